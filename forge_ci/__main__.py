@@ -1,0 +1,3 @@
+from forge_ci.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,223 @@
+"""Read forge.yml: YAML with line numbers, ``${VAR}`` from the environment, validation.
+
+Every error is a :class:`ConfigError` naming the file, the key path and the line,
+with a hint (the nearest valid key for a typo). No value from the environment
+ever appears in a message: they may be secrets.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from forge_ci.config.models import EnvironmentConfig, ForgeConfig
+from forge_ci.errors import ConfigError
+
+KeyPath = tuple[str | int, ...]
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{([^}]*)\}?")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The validated config, where it came from, and the values taken from the environment."""
+
+    config: ForgeConfig
+    path: Path
+    secrets: tuple[str, ...]  # every ${VAR} value: callers mask them in logs
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def environment(self, name: str) -> EnvironmentConfig:
+        envs = self.config.environments
+        if name not in envs:
+            near = difflib.get_close_matches(name, list(envs), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(envs))}"
+            raise ConfigError(f"no environment {name!r}", file=str(self.path), key="environments",
+                              hint=hint)
+        return envs[name]
+
+
+def load(path: Path, env: Mapping[str, str]) -> LoadedConfig:
+    """Parse, expand and validate ``path``; raise :class:`ConfigError` on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path),
+                          hint="run forge-ci in the site's repository or pass --config PATH") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e.__class__.__name__}", file=str(path)) from None
+    return parse(text, env, filename=str(path), path=path)
+
+
+def parse(text: str, env: Mapping[str, str], *, filename: str = "forge.yml",
+          path: Path | None = None) -> LoadedConfig:
+    lines: dict[KeyPath, int] = {}
+    data = _compose(text, filename, lines)
+    secrets: list[str] = []
+    data = _expand(data, (), env, filename, lines, secrets)
+    try:
+        config = ForgeConfig.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise _translate(e, filename, lines) from None
+    return LoadedConfig(config=config, path=(path or Path(filename)).resolve(),
+                        secrets=tuple(secrets))
+
+
+# -- YAML with line numbers ---------------------------------------------------
+
+def _compose(text: str, filename: str, lines: dict[KeyPath, int]) -> Any:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"not valid YAML: {problem}", file=filename, line=line,
+                          hint="check indentation and quoting on that line") from None
+    if node is None:
+        raise ConfigError("the file is empty", file=filename, hint="start with 'version: 1'")
+    return _to_python(node, (), filename, lines)
+
+
+def _to_python(node: yaml.Node, key: KeyPath, filename: str, lines: dict[KeyPath, int]) -> Any:
+    lines[key] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for k_node, v_node in node.value:
+            k = k_node.value if isinstance(k_node, yaml.ScalarNode) else None
+            if not isinstance(k, str):
+                raise ConfigError("keys must be plain strings", file=filename,
+                                  line=k_node.start_mark.line + 1, key=_dotted(key))
+            if k in out:
+                raise ConfigError(f"key {k!r} is given twice", file=filename,
+                                  line=k_node.start_mark.line + 1, key=_dotted(key),
+                                  hint="remove one of them")
+            child = (*key, k)
+            out[k] = _to_python(v_node, child, filename, lines)
+            lines[child] = k_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, (*key, i), filename, lines) for i, v in enumerate(node.value)]
+    # Scalars: let PyYAML's safe resolver type them (int, bool, null, str).
+    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+
+
+# -- ${VAR} expansion ---------------------------------------------------------
+
+def _expand(value: Any, key: KeyPath, env: Mapping[str, str], filename: str,
+            lines: dict[KeyPath, int], secrets: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, (*key, k), env, filename, lines, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, (*key, i), env, filename, lines, secrets) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        if name is None:
+            raise ConfigError(f"malformed variable reference {m.group(0)!r}", file=filename,
+                              line=_line(lines, key), key=_dotted(key),
+                              hint="write ${NAME} with letters, digits and _, or $$ for a literal $")
+        if name not in env:
+            raise ConfigError(f"${{{name}}} is not set in the environment", file=filename,
+                              line=_line(lines, key), key=_dotted(key),
+                              hint=f"export {name}=... (in Actions: pass it as a secret in env:)")
+        secrets.append(env[name])
+        return env[name]
+
+    return _VAR.sub(sub, value)
+
+
+# -- pydantic errors -> ConfigError ------------------------------------------
+
+def _translate(exc: pydantic.ValidationError, filename: str,
+               lines: dict[KeyPath, int]) -> ConfigError:
+    errors = exc.errors(include_url=False, include_input=False)
+    # A typo shows up as "unknown key" plus "missing": the unknown key is the useful one.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc: KeyPath = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    kind = first["type"]
+    hint = None
+    if kind == "extra_forbidden":
+        bad = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        near = difflib.get_close_matches(bad, allowed, n=1, cutoff=0.5)
+        message = f"unknown key {bad!r}"
+        hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(allowed)}"
+    elif kind == "missing":
+        message = f"required key {loc[-1]!r} is missing"
+        loc_for_line = loc[:-1]
+        return ConfigError(message, file=filename, line=_line(lines, loc_for_line),
+                           key=_dotted(loc_for_line) or None, hint="add it")
+    else:
+        # Messages are pydantic's wording of the rule; they never include the input value.
+        message = str(first["msg"]).removeprefix("Value error, ")
+    more = len(errors)
+    if more > 1:
+        message += f" (and {more - 1} more problem{'s' if more > 2 else ''})"
+    return ConfigError(message, file=filename, line=_line(lines, loc), key=_dotted(loc),
+                       hint=hint)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic puts the chosen union member's name in loc for X | None fields.
+    return isinstance(part, str) and (part.endswith("]") or part[:1].isupper())
+
+
+def _allowed_keys(loc: KeyPath) -> list[str]:
+    model: Any = ForgeConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            if model is ForgeConfig.model_fields["environments"].annotation:
+                continue
+            # dict[str, Model]: the part is a free name (an environment); keep the value model.
+            model = _value_model(model)
+            continue
+        model = _inner_model(field.annotation)
+    fields = getattr(model, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def _inner_model(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        inner = _inner_model(arg)
+        if hasattr(inner, "model_fields") or getattr(inner, "__origin__", None) is dict:
+            return inner
+    return annotation
+
+
+def _value_model(model: Any) -> Any:
+    if getattr(model, "__origin__", None) is dict:
+        return _inner_model(model.__args__[1])
+    return model
+
+
+def _line(lines: dict[KeyPath, int], key: KeyPath) -> int | None:
+    while True:
+        if key in lines:
+            return lines[key]
+        if not key:
+            return None
+        key = key[:-1]
+
+
+def _dotted(key: KeyPath) -> str:
+    out = ""
+    for part in key:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out

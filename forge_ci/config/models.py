@@ -1,0 +1,135 @@
+"""forge.yml as frozen data. Parsed once, at the edge, by :mod:`forge_ci.config.loader`.
+
+Sections owned by a capability live beside this module (``backup.py``,
+``provision.py``) so each stays small; this module ties them together.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from forge_ci.config.backup import BackupConfig
+from forge_ci.config.provision import ProvisionConfig
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def relative_path(value: str, what: str) -> str:
+    """A clean path inside a tree: no absolute paths, no ``..``, no empty parts."""
+    if not value or value.startswith("/") or "\0" in value or "\n" in value:
+        raise ValueError(f"{what} must be a relative path inside the site, got {value!r}")
+    norm = posixpath.normpath(value)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{what} must stay inside the site, got {value!r}")
+    return norm
+
+
+class BuildConfig(Frozen):
+    composer: bool = Field(False, description="composer install --no-dev --optimize-autoloader")
+    commands: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = (".git", "node_modules", "tests")
+
+
+class HostConfig(Frozen):
+    host: str = Field(min_length=1)
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: str = Field("deploy", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class HealthCheck(Frozen):
+    url: str = Field(pattern=r"^https?://")
+    status: Annotated[int, Field(ge=100, le=599)] = 200
+    contains: str | None = None
+
+
+class Hooks(Frozen):
+    before_switch: tuple[str, ...] = ()
+    after_switch: tuple[str, ...] = ()
+
+
+class PhpConfig(Frozen):
+    """How PHP is made to see a new release after the switch.
+
+    ``none``: nginx passes ``$realpath_root`` so every release has its own paths
+    and opcache keys; nothing to do. ``command``: run ``reload_command`` on each
+    host (for example ``sudo systemctl reload php8.2-fpm``).
+    """
+
+    refresh: Literal["none", "command"] = "none"
+    reload_command: str | None = None
+
+    @model_validator(mode="after")
+    def _command_given(self) -> PhpConfig:
+        if self.refresh == "command" and not self.reload_command:
+            raise ValueError("refresh: command needs reload_command")
+        return self
+
+
+class EnvironmentConfig(Frozen):
+    url: str | None = Field(None, pattern=r"^https?://")
+    hosts: tuple[HostConfig, ...] = ()
+    path: str = Field(min_length=1)
+    keep_releases: Annotated[int, Field(ge=1, le=100)] = 5
+    shared: tuple[str, ...] = ()
+    dotenv: dict[str, SecretStr] = Field(default_factory=dict)
+    hooks: Hooks = Hooks()
+    php: PhpConfig = PhpConfig()
+    health: tuple[HealthCheck, ...] = ()
+    # The release marker (web/forge-release.php) proves PHP serves the new code.
+    marker: bool = True
+    health_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    lock_wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    backup: BackupConfig | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return not self.hosts
+
+    @field_validator("shared")
+    @classmethod
+    def _shared_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(relative_path(v, "a shared path") for v in value)
+
+    @field_validator("dotenv")
+    @classmethod
+    def _dotenv_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key in value:
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid .env variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _remote_path_absolute(self) -> EnvironmentConfig:
+        if self.hosts and not self.path.startswith("/"):
+            raise ValueError("path must be absolute when hosts are given")
+        return self
+
+
+class ForgeConfig(Frozen):
+    version: Literal[1]
+    project: str = Field(pattern=_NAME.pattern)
+    build: BuildConfig = BuildConfig()
+    environments: dict[str, EnvironmentConfig] = Field(min_length=1)
+    provision: ProvisionConfig | None = None
+
+    @field_validator("environments")
+    @classmethod
+    def _env_names(cls, value: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"environment name {name!r} must be lowercase letters, digits, -")
+        return value
