@@ -1,0 +1,230 @@
+"""SSH targets through paramiko, with host keys taken only from FORGE_KNOWN_HOSTS.
+
+There is no trust on first use: a host whose key is not pinned, or whose key
+changed, is refused before any command runs. paramiko's exceptions are
+translated here into :mod:`forge_ci.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+
+import paramiko
+
+from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
+from forge_ci.remote.base import Host, Process, Result
+
+# Bigger windows than paramiko's defaults: release tarballs stream at disk speed.
+_WINDOW = 64 * 1024 * 1024
+_PACKET = 32768
+
+
+def parse_private_key(text: str) -> paramiko.PKey:
+    """The private key from FORGE_SSH_KEY (OpenSSH or PEM; ed25519, ECDSA or RSA)."""
+    text = text.strip().replace("\r\n", "\n") + "\n"
+    if "PRIVATE KEY" not in text:
+        raise SecretError("FORGE_SSH_KEY does not hold a private key",
+                          hint="paste the whole key file, BEGIN and END lines included")
+    classes: list[type[paramiko.PKey]] = [paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey]
+    for cls in classes:
+        try:
+            return cls.from_private_key(io.StringIO(text))
+        except paramiko.PasswordRequiredException:
+            raise SecretError("FORGE_SSH_KEY is protected by a passphrase",
+                              hint="use a dedicated deploy key without a passphrase, "
+                                   "stored as a repository or environment secret") from None
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise SecretError("FORGE_SSH_KEY could not be read as an ed25519, ECDSA or RSA key",
+                      hint="generate one with: ssh-keygen -t ed25519 -N '' -f deploy_key")
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _host_id(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class SshProcess(Process):
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._ch = channel
+        self._err = bytearray()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._ch.sendall(data)
+        except OSError as e:
+            raise RemoteCommandError(f"the remote command stopped reading: {e}") from None
+
+    def close_stdin(self) -> None:
+        if not self._ch.closed:
+            self._ch.shutdown_write()
+
+    def read(self, size: int = 65536) -> bytes:
+        return self._ch.recv(size)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.close_stdin()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ch.exit_status_ready():
+            self._drain_stderr()
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                raise RemoteCommandError("the remote command did not finish in time")
+            time.sleep(0.01)
+        self._drain_stderr()
+        return self._ch.recv_exit_status()
+
+    def _drain_stderr(self) -> None:
+        while self._ch.recv_stderr_ready():
+            self._err += self._ch.recv_stderr(65536)
+
+    def stderr(self) -> bytes:
+        self._drain_stderr()
+        return bytes(self._err)
+
+    def kill(self) -> None:
+        self._ch.close()
+
+
+class SshHost(Host):
+    """One SSH target. Connects in the constructor so reachability is checked first."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        *,
+        key: paramiko.PKey,
+        known_hosts: str,
+        timeout: float = 15.0,
+    ) -> None:
+        self.name = f"{user}@{host}:{port}"
+        self._client = paramiko.SSHClient()
+        self._load_known_hosts(known_hosts)
+        self._client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self._connect(host, port, user, key, timeout)
+        transport = self._client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(15)
+        self._transport = transport
+
+    def _load_known_hosts(self, text: str) -> None:
+        # load_system_host_keys never writes back; a temp file handles hashed names too.
+        with tempfile.NamedTemporaryFile("w", prefix="forge-known-hosts-") as f:
+            f.write(text)
+            f.flush()
+            try:
+                self._client.load_system_host_keys(f.name)
+            except (paramiko.SSHException, ValueError) as e:
+                raise SecretError(f"FORGE_KNOWN_HOSTS could not be parsed: {e}",
+                                  hint="use lines as in ~/.ssh/known_hosts "
+                                       "([host]:port keytype base64)") from None
+
+    def _connect(self, host: str, port: int, user: str, key: paramiko.PKey,
+                 timeout: float) -> None:
+        try:
+            self._client.connect(
+                host, port=port, username=user, pkey=key, timeout=timeout,
+                banner_timeout=timeout, auth_timeout=timeout,
+                allow_agent=False, look_for_keys=False,
+            )
+        except paramiko.BadHostKeyException as e:
+            raise HostKeyError(
+                f"the host key of {_host_id(host, port)} has CHANGED: it presents "
+                f"{fingerprint(e.key)}, FORGE_KNOWN_HOSTS pins {fingerprint(e.expected_key)}",
+                hint="if the server was rebuilt, update the known-hosts secret (provision "
+                     "prints it); otherwise someone may be intercepting: do not proceed",
+            ) from None
+        except paramiko.AuthenticationException:
+            raise ConnectError(
+                f"{self.name} refused the key in FORGE_SSH_KEY",
+                hint=f"add its public key to ~{user}/.ssh/authorized_keys on the server",
+            ) from None
+        except paramiko.SSHException as e:
+            if "not found in known_hosts" in str(e):
+                raise HostKeyError(
+                    f"{_host_id(host, port)} is not in FORGE_KNOWN_HOSTS; refusing to trust it",
+                    hint=f"pin it: ssh-keyscan -p {port} {host} (checked out of band) "
+                         "or the known-hosts output of forge-ci provision",
+                ) from None
+            raise ConnectError(f"SSH to {self.name} failed: {e}") from None
+        except (OSError, socket.timeout) as e:
+            reason = e.strerror or e.__class__.__name__
+            raise ConnectError(f"cannot reach {self.name}: {reason}",
+                               hint="check host, port and firewall") from None
+
+    def _channel(self, script: str) -> paramiko.Channel:
+        try:
+            ch = self._transport.open_session(window_size=_WINDOW, max_packet_size=_PACKET)
+            ch.exec_command(script)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise ConnectError(f"lost the SSH connection to {self.name}: {e}") from None
+        return ch
+
+    def run(
+        self,
+        script: str,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = 600,
+        check: bool = True,
+    ) -> Result:
+        proc = SshProcess(self._channel(script))
+        out = bytearray()
+        try:
+            if input:
+                proc.write(input)
+            proc.close_stdin()
+            ch = proc._ch
+            ch.settimeout(timeout)
+            while True:
+                chunk = ch.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+            status = proc.wait(timeout)
+        except socket.timeout:
+            proc.kill()
+            raise RemoteCommandError(f"a command on {self.name} timed out") from None
+        result = Result(status, bytes(out), proc.stderr())
+        if check:
+            first = script.strip().splitlines()[0][:80] if script.strip() else "command"
+            return self.check(result, f"`{first}`")
+        return result
+
+    def start(self, script: str) -> Process:
+        return SshProcess(self._channel(script))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def connector(key_text: str | None, known_hosts: str | None,
+              *, timeout: float = 15.0) -> Callable[[str, int, str], SshHost]:
+    """Check the two SSH secrets once and return a function that opens hosts."""
+    if not key_text:
+        raise SecretError("FORGE_SSH_KEY is not set",
+                          hint="pass the deploy key as a secret in the step's env:")
+    if not known_hosts:
+        raise SecretError("FORGE_KNOWN_HOSTS is not set; forge never trusts a host key "
+                          "on first use", hint="pass the pinned host keys as a secret")
+    key = parse_private_key(key_text)
+
+    def open_host(host: str, port: int, user: str) -> SshHost:
+        return SshHost(host, port, user, key=key, known_hosts=known_hosts, timeout=timeout)
+
+    return open_host
+
+
+__all__ = ["SshHost", "connector", "fingerprint", "parse_private_key"]
