@@ -43,7 +43,7 @@ class Context:
     def config(self) -> LoadedConfig:
         if self._config is None:
             path = Path(getattr(self.args, "config", None) or "forge.yml")
-            self._config = load(path, self.env)
+            self._config = load(path, self.env, getattr(self.args, "environment", None))
             for value in self._config.secrets:
                 self.runner.mask(value)
             for name in SECRET_VARS:
@@ -83,9 +83,11 @@ class Common:
 
 def _modules() -> list[Any]:
     # One line per capability; each module's register() adds its subcommands.
+    from forge_ci.build import cli as build_cli
     from forge_ci.config import cli as config_cli
+    from forge_ci.deploy import cli as deploy_cli
 
-    return [config_cli]
+    return [config_cli, build_cli, deploy_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

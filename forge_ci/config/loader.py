@@ -46,8 +46,12 @@ class LoadedConfig:
         return envs[name]
 
 
-def load(path: Path, env: Mapping[str, str]) -> LoadedConfig:
-    """Parse, expand and validate ``path``; raise :class:`ConfigError` on any problem."""
+def load(path: Path, env: Mapping[str, str], environment: str | None = None) -> LoadedConfig:
+    """Parse, expand and validate ``path``; raise :class:`ConfigError` on any problem.
+
+    With ``environment``, a ``${VAR}`` inside another environment may be unset (it
+    stays literal): deploying to staging must not need production's secrets.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -55,15 +59,16 @@ def load(path: Path, env: Mapping[str, str]) -> LoadedConfig:
                           hint="run forge-ci in the site's repository or pass --config PATH") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e.__class__.__name__}", file=str(path)) from None
-    return parse(text, env, filename=str(path), path=path)
+    return parse(text, env, filename=str(path), path=path, environment=environment)
 
 
 def parse(text: str, env: Mapping[str, str], *, filename: str = "forge.yml",
-          path: Path | None = None) -> LoadedConfig:
+          path: Path | None = None, environment: str | None = None) -> LoadedConfig:
     lines: dict[KeyPath, int] = {}
     data = _compose(text, filename, lines)
     secrets: list[str] = []
-    data = _expand(data, (), env, filename, lines, secrets)
+    exp = _Expander(env, filename, lines, secrets, environment)
+    data = exp.expand(data, ())
     try:
         config = ForgeConfig.model_validate(data)
     except pydantic.ValidationError as e:
@@ -113,31 +118,41 @@ def _to_python(node: yaml.Node, key: KeyPath, filename: str, lines: dict[KeyPath
 
 # -- ${VAR} expansion ---------------------------------------------------------
 
-def _expand(value: Any, key: KeyPath, env: Mapping[str, str], filename: str,
-            lines: dict[KeyPath, int], secrets: list[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _expand(v, (*key, k), env, filename, lines, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, (*key, i), env, filename, lines, secrets) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "$" not in value:
-        return value
+class _Expander:
+    def __init__(self, env: Mapping[str, str], filename: str, lines: dict[KeyPath, int],
+                 secrets: list[str], environment: str | None) -> None:
+        self.env, self.filename, self.lines = env, filename, lines
+        self.secrets, self.environment = secrets, environment
 
-    def sub(m: re.Match[str]) -> str:
+    def _optional(self, key: KeyPath) -> bool:
+        # Another environment's variables: not needed by this run.
+        return (self.environment is not None and len(key) >= 2
+                and key[0] == "environments" and key[1] != self.environment)
+
+    def expand(self, value: Any, key: KeyPath) -> Any:
+        if isinstance(value, dict):
+            return {k: self.expand(v, (*key, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.expand(v, (*key, i)) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "$" not in value:
+            return value
+        return _VAR.sub(lambda m: self._one(m, key), value)
+
+    def _one(self, m: re.Match[str], key: KeyPath) -> str:
         if m.group(0) == "$$":
             return "$"
         name = m.group(1)
+        where = {"file": self.filename, "line": _line(self.lines, key), "key": _dotted(key)}
         if name is None:
-            raise ConfigError(f"malformed variable reference {m.group(0)!r}", file=filename,
-                              line=_line(lines, key), key=_dotted(key),
-                              hint="write ${NAME} with letters, digits and _, or $$ for a literal $")
-        if name not in env:
-            raise ConfigError(f"${{{name}}} is not set in the environment", file=filename,
-                              line=_line(lines, key), key=_dotted(key),
+            raise ConfigError(f"malformed variable reference {m.group(0)!r}", **where,
+                              hint="write ${NAME} (letters, digits, _) or $$ for a literal $")
+        if name not in self.env:
+            if self._optional(key):
+                return m.group(0)
+            raise ConfigError(f"${{{name}}} is not set in the environment", **where,
                               hint=f"export {name}=... (in Actions: pass it as a secret in env:)")
-        secrets.append(env[name])
-        return env[name]
-
-    return _VAR.sub(sub, value)
+        self.secrets.append(self.env[name])
+        return self.env[name]
 
 
 # -- pydantic errors -> ConfigError ------------------------------------------

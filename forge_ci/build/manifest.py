@@ -1,0 +1,185 @@
+"""The per-file manifest of a build: what a release contains, file by file.
+
+A manifest is plain data: for each path (relative, POSIX, sorted) its type, mode,
+and for files size and sha256, for symlinks the target. Deploy compares the new
+manifest with the live release's to send only what changed. Reading a manifest
+rejects anything that could escape the release directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from forge_ci.errors import ArtifactError
+
+Kind = Literal["file", "dir", "symlink"]
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    mode: int
+    size: int = 0
+    sha256: str = ""
+    target: str = ""  # symlinks only
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.kind, "mode": self.mode}
+        if self.kind == "file":
+            d.update(size=self.size, sha256=self.sha256)
+        elif self.kind == "symlink":
+            d["target"] = self.target
+        return d
+
+
+@dataclass(frozen=True)
+class Manifest:
+    entries: Mapping[str, Entry]
+
+    def to_bytes(self) -> bytes:
+        data = {"version": 1, "files": {p: e.to_json() for p, e in sorted(self.entries.items())}}
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @property
+    def total_size(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "manifest") -> Manifest:
+        try:
+            raw = json.loads(data)
+            files = raw["files"]
+            if raw.get("version") != 1 or not isinstance(files, dict):
+                raise ValueError("unknown manifest version")
+            entries = {check_path(p, source): _entry(e) for p, e in files.items()}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{source} is not a valid forge manifest: {e}",
+                                hint="rebuild the artifact with forge-ci build") from None
+        for path, entry in entries.items():
+            if entry.kind == "symlink":
+                check_link(path, entry.target, source)
+        return cls(entries)
+
+
+def _entry(e: Mapping[str, Any]) -> Entry:
+    kind = e["type"]
+    if kind not in ("file", "dir", "symlink"):
+        raise ValueError(f"unsupported entry type {kind!r} (only files, dirs and symlinks)")
+    mode = int(e["mode"])
+    if mode & ~0o777:
+        raise ValueError("modes may only carry permission bits (no setuid, setgid, sticky)")
+    if kind == "file":
+        sha = str(e["sha256"])
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError("bad sha256")
+        return Entry("file", mode, int(e["size"]), sha)
+    if kind == "symlink":
+        return Entry("symlink", 0o777, target=str(e["target"]))
+    return Entry("dir", mode)
+
+
+def check_path(path: str, source: str) -> str:
+    """A release-relative path: no absolute paths, no ``..``, nothing odd."""
+    norm = posixpath.normpath(path) if path else ""
+    bad = (
+        not path
+        or path != norm
+        or path.startswith("/")
+        or norm == ".."
+        or norm.startswith("../")
+        or "\0" in path
+    )
+    if bad:
+        raise ArtifactError(f"{source} names a path outside the release: {path!r}",
+                            hint="the artifact may be corrupt or hostile; rebuild it")
+    return path
+
+
+def check_link(path: str, target: str, source: str) -> None:
+    """Symlinks must point inside the release (relative, not climbing out)."""
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if target.startswith("/") or joined == ".." or joined.startswith("../") or not target:
+        raise ArtifactError(f"{source}: symlink {path!r} points outside the release "
+                            f"({target!r})", hint="make the link relative and inside the site")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scan(root: Path) -> Manifest:
+    """Describe the tree under ``root``; refuses devices, sockets and escaping links."""
+    entries: dict[str, Entry] = {}
+    for rel, st in _walk(root):
+        full = root / rel
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(full)
+            check_link(rel, target, str(root))
+            entries[rel] = Entry("symlink", 0o777, target=target)
+        elif stat.S_ISDIR(st.st_mode):
+            entries[rel] = Entry("dir", stat.S_IMODE(st.st_mode) & 0o777)
+        elif stat.S_ISREG(st.st_mode):
+            entries[rel] = Entry("file", stat.S_IMODE(st.st_mode) & 0o777, st.st_size,
+                                 file_sha256(full))
+        else:
+            raise ArtifactError(f"{full} is not a file, directory or symlink",
+                                hint="remove device files, sockets and FIFOs from the build")
+    return Manifest(entries)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            for de in it:
+                rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+                st = de.stat(follow_symlinks=False)
+                yield rel, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(rel)
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What turns the old tree into the new one."""
+
+    send: tuple[str, ...]  # entries to transfer (new or changed), parents first
+    remove: tuple[str, ...]  # paths to delete from a hard-linked copy of the old tree
+
+
+def diff(old: Manifest | None, new: Manifest) -> Diff:
+    """Entries to send and to remove, when the new release starts as a copy of ``old``."""
+    if old is None:
+        return Diff(send=tuple(sorted(new.entries)), remove=())
+    send, remove = [], []
+    for path, entry in new.entries.items():
+        prev = old.entries.get(path)
+        if prev != entry:
+            send.append(path)
+            if prev is not None and (prev.kind != "dir" or entry.kind != "dir"):
+                remove.append(path)  # replaced files are unlinked, never rewritten in place
+    for path in old.entries:
+        if path not in new.entries:
+            remove.append(path)
+    # Drop removals inside already-removed directories; rm -rf covers them.
+    removed_dirs = {p for p in remove if old.entries[p].kind == "dir"}
+    remove = [p for p in remove if not any(p.startswith(d + "/") for d in removed_dirs)]
+    return Diff(send=tuple(sorted(send)), remove=tuple(sorted(remove)))

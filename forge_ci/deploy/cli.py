@@ -1,0 +1,149 @@
+"""``forge-ci deploy | rollback | releases | health``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from forge_ci.build.builder import build, open_artifact
+from forge_ci.build.cli import default_out, local_targets
+from forge_ci.cli import Common, Context
+from forge_ci.deploy import health
+from forge_ci.deploy.engine import Deployment, Result, deploy, rollback
+from forge_ci.deploy.lock import owner_info
+from forge_ci.deploy.plan import observe
+from forge_ci.deploy.releases import Layout, list_releases
+from forge_ci.errors import HealthError
+from forge_ci.remote import open_hosts, target_root
+
+
+def register(sub: Any, common: Common) -> None:
+    env_help = "environment name from forge.yml"
+    p = sub.add_parser("deploy", parents=[common.config, common.json, common.dry_run],
+                       help="ship a release, switch atomically, check health, roll back if bad")
+    p.add_argument("environment", help=env_help)
+    p.add_argument("--artifact", metavar="DIR", type=Path,
+                   help="a directory made by forge-ci build (default: build now)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", parents=[common.config, common.json, common.dry_run],
+                       help="switch back to the previous good release (or --to RELEASE)")
+    p.add_argument("environment", help=env_help)
+    p.add_argument("--to", metavar="RELEASE", help="release id (see forge-ci releases)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("releases", parents=[common.config, common.json],
+                       help="list releases and their states, newest first")
+    p.add_argument("environment", help=env_help)
+    p.set_defaults(func=cmd_releases)
+
+    p = sub.add_parser("health", parents=[common.config, common.json],
+                       help="run the environment's health checks against the live release")
+    p.add_argument("environment", help=env_help)
+    p.add_argument("--timeout", type=float, help="seconds to keep retrying (default: config)")
+    p.set_defaults(func=cmd_health)
+
+
+@contextlib.contextmanager
+def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
+    loaded = ctx.config()
+    name = ctx.args.environment
+    env = loaded.environment(name)
+    with ctx.runner.group(f"connect to {name}"):
+        hosts = open_hosts(env, ctx.env)
+        for h in hosts:
+            ctx.runner.log(f"{h.name}: connected")
+    try:
+        yield Deployment(
+            environment=name, env=env, hosts=hosts, root=target_root(env, loaded.root),
+            owner=owner_info(ctx.env, command), log=ctx.runner.log,
+            policy=health.Policy(timeout=env.health_timeout),
+            by=ctx.env.get("GITHUB_ACTOR", "") or ctx.env.get("USER", ""),
+        )
+    finally:
+        for h in hosts:
+            h.close()
+
+
+def _report(ctx: Context, verb: str, res: Result, started: float) -> None:
+    r = ctx.runner
+    r.set_output("release-id", res.release)
+    r.set_output("previous-release-id", res.previous or "")
+    r.set_output("url", res.url or "")
+    seconds = time.monotonic() - started
+    rows = "\n".join(f"| {h} | {res.release} |" for h in _hosts(res))
+    r.summary(f"### forge-ci {verb}: {res.plan.environment}\n\n"
+              f"Release **{res.release}** is live (was {res.previous or 'none'}). "
+              f"Health: {res.health or 'n/a'}. Took {seconds:.1f}s.\n\n"
+              f"| host | live release |\n|---|---|\n{rows}")
+    ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
+              "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3)},
+             f"{verb}: {res.release} is live on {res.plan.environment} "
+             f"(previous: {res.previous or 'none'})")
+
+
+def _hosts(res: Result) -> list[str]:
+    data = res.plan.to_json()
+    return [h["host"] for h in data["hosts"]]
+
+
+def cmd_deploy(ctx: Context) -> int:
+    started = time.monotonic()
+    loaded = ctx.config()
+    loaded.environment(ctx.args.environment)  # fail on a bad name before building
+    if ctx.args.artifact:
+        artifact = open_artifact(ctx.args.artifact)
+    else:
+        with ctx.runner.group("build"):
+            artifact = build(loaded.root, loaded.config.build, default_out(loaded), env=ctx.env,
+                             extra_exclude=local_targets(loaded), log=ctx.runner.log)
+    with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"):
+        res = deploy(dep, artifact, dry_run=ctx.dry_run)
+    if ctx.dry_run:
+        ctx.emit(res.plan.to_json(), res.plan.render())
+        return 0
+    _report(ctx, "deploy", res, started)
+    return 0
+
+
+def cmd_rollback(ctx: Context) -> int:
+    started = time.monotonic()
+    with _deployment(ctx, "rollback") as dep, ctx.runner.group(f"roll back {dep.environment}"):
+        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run)
+    if ctx.dry_run:
+        ctx.emit(res.plan.to_json(), res.plan.render())
+        return 0
+    _report(ctx, "rollback", res, started)
+    return 0
+
+
+def cmd_releases(ctx: Context) -> int:
+    with _deployment(ctx, "releases") as dep:
+        obs = observe(dep.hosts[0], Layout(dep.root))
+    infos = list_releases(obs.log, obs.dirs, obs.current)
+    lines = [f"{'*' if i.current else ' '} {i.id}  {i.state}{'' if i.present else ' (gone)'}"
+             for i in infos] or ["no releases yet"]
+    ctx.emit({"environment": dep.environment, "host": obs.name, "current": obs.current,
+              "releases": [i.to_json() for i in infos]}, "\n".join(lines))
+    return 0
+
+
+def cmd_health(ctx: Context) -> int:
+    with _deployment(ctx, "health") as dep:
+        obs = observe(dep.hosts[0], Layout(dep.root))
+    checks = list(dep.env.health)
+    if dep.env.marker and dep.env.url and obs.current:
+        checks.insert(0, health.marker_check(dep.env.url, obs.current))
+    if not checks:
+        ctx.emit({"ok": True, "checks": 0}, "no health checks configured (set url or health)")
+        return 0
+    timeout = ctx.args.timeout if ctx.args.timeout is not None else dep.env.health_timeout
+    outcome = health.run_checks(checks, health.Policy(timeout=timeout), ctx.runner.log)
+    if not outcome.ok:
+        raise HealthError(f"{dep.environment}: {outcome.detail}")
+    ctx.emit({"ok": True, "release": obs.current, "detail": outcome.detail},
+             f"{dep.environment}: {outcome.detail} (release {obs.current})")
+    return 0

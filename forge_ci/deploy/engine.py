@@ -1,0 +1,361 @@
+"""Carry out deploys and rollbacks, in PRODUCT.md's order, across every host.
+
+Prepare every host, then switch every host; if anything fails after the first
+switch, every switched host goes back. Errors raised here say what state the
+site is in: :class:`DeployFailed` (nothing switched), :class:`RolledBack`
+(switched, then restored), :class:`RollbackFailed` (could not restore).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from forge_ci.build.builder import Artifact
+from forge_ci.build.manifest import Manifest
+from forge_ci.config.models import EnvironmentConfig, HealthCheck
+from forge_ci.deploy import health
+from forge_ci.deploy.lock import Lock
+from forge_ci.deploy.plan import DeployPlan, Observed, RollbackPlan, observe, plan_host
+from forge_ci.deploy.releases import Layout, State, event, new_release_id, unfinished
+from forge_ci.deploy.ship import ship
+from forge_ci.errors import (
+    DeployFailed,
+    ForgeError,
+    RollbackFailed,
+    RolledBack,
+    UsageError,
+)
+from forge_ci.remote.base import Host, sh
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Deployment:
+    """Everything one deploy or rollback needs, built by the CLI and handed down."""
+
+    environment: str
+    env: EnvironmentConfig
+    hosts: Sequence[Host]
+    root: str
+    owner: Mapping[str, str]
+    log: Log
+    policy: health.Policy = field(default_factory=health.Policy)
+    by: str = ""
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.root)
+
+
+@dataclass(frozen=True)
+class Result:
+    release: str
+    previous: str | None
+    url: str | None
+    plan: DeployPlan | RollbackPlan
+    health: str = ""
+
+
+# -- small remote steps ------------------------------------------------------
+
+def _record(obs: Observed, release: str, state: State, by: str, note: str = "") -> None:
+    obs.host.append(obs.layout.log, event(release, state, by, note).to_line())
+
+
+def _switch(host: Host, layout: Layout, release: str | None) -> None:
+    """Point ``current`` at ``release`` by temp link + rename; None moves it aside."""
+    tmp = layout.current + ".forge-tmp"
+    if release is None:
+        # First deploy failed: there is no earlier release to go back to.
+        host.run(f"mv -Tf {sh(layout.current)} {sh(layout.meta + '/failed-current')}",
+                 check=False)
+        return
+    target = posixpath.join("releases", release)
+    host.check(host.run(
+        f"rm -f {sh(tmp)} && ln -s {sh(target)} {sh(tmp)} && mv -Tf {sh(tmp)} {sh(layout.current)}",
+        check=False), f"switching current to {release}")
+
+
+def _hook_env(dep: Deployment, release: str, previous: str | None) -> str:
+    pairs = {"FORGE_ENVIRONMENT": dep.environment, "FORGE_RELEASE": release,
+             "FORGE_RELEASE_PATH": dep.layout.release(release),
+             "FORGE_PREVIOUS_RELEASE": previous or "", "FORGE_PATH": dep.root}
+    return "".join(f"export {k}={sh(v)}\n" for k, v in pairs.items())
+
+
+def _hooks(dep: Deployment, obs: Observed, which: str, commands: Sequence[str],
+           release: str, previous: str | None) -> None:
+    for i, command in enumerate(commands):
+        dep.log(f"{obs.name}: {which}[{i}]: {command}")
+        r = obs.host.run(_hook_env(dep, release, previous)
+                         + f"cd {sh(dep.layout.release(release))} || exit 1\n{command}\n",
+                         check=False, timeout=900)
+        for line in (r.stdout + r.stderr).decode(errors="replace").splitlines()[-30:]:
+            dep.log(f"    {line}")
+        if r.status != 0:
+            raise DeployFailed(f"{obs.name}: hook {which}[{i}] failed with exit {r.status}",
+                               hint="fix the hook or the release; the output is above")
+
+
+def _php_refresh(dep: Deployment, obs: Observed) -> None:
+    php = dep.env.php
+    if php.refresh == "command" and php.reload_command:
+        r = obs.host.run(php.reload_command, check=False, timeout=120)
+        if r.status != 0:
+            raise DeployFailed(f"{obs.name}: PHP reload command failed (exit {r.status}): "
+                               f"{r.tail(3)}")
+
+
+def _dotenv(env: EnvironmentConfig) -> bytes:
+    lines = ["# Written by forge-ci for this release. Do not edit on the server."]
+    for key, secret in env.dotenv.items():
+        value = secret.get_secret_value()
+        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+                   .replace("\n", "\\n"))
+        lines.append(f'{key}="{escaped}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _shared_paths(env: EnvironmentConfig) -> list[str]:
+    # A rendered .env belongs to its release (rollback brings the old one back).
+    return [p for p in env.shared if not (p == ".env" and env.dotenv)]
+
+
+def _link_shared(dep: Deployment, obs: Observed, release: str) -> None:
+    lay = dep.layout
+    script = ["set -e"]
+    for p in _shared_paths(dep.env):
+        s = posixpath.join(lay.shared, p)
+        r = posixpath.join(lay.release(release), p)
+        rel = posixpath.relpath(s, posixpath.dirname(r))
+        script.append(
+            f'if [ ! -e {sh(s)} ]; then mkdir -p {sh(posixpath.dirname(s))}; '
+            f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)}; '
+            f'else mkdir -p {sh(s)}; fi; fi'
+        )
+        script.append(f"rm -rf {sh(r)}; mkdir -p {sh(posixpath.dirname(r))}; "
+                      f"ln -s {sh(rel)} {sh(r)}")
+    if len(script) > 1:
+        obs.host.check(obs.host.run("\n".join(script), check=False), "linking shared paths")
+
+
+def _extras(dep: Deployment) -> list[str]:
+    out = _shared_paths(dep.env)
+    if dep.env.dotenv:
+        out.append(".env")
+    if dep.env.marker:
+        out.append(health.MARKER_PATH)
+    return out
+
+
+# -- deploy ------------------------------------------------------------------
+
+def _checks(dep: Deployment, release: str) -> list[HealthCheck]:
+    checks: list[HealthCheck] = []
+    if dep.env.marker and dep.env.url:
+        checks.append(health.marker_check(dep.env.url, release))
+    return checks + list(dep.env.health)
+
+
+def _notes(dep: Deployment, artifact: Artifact) -> list[str]:
+    notes = ["no preview route: checks run after the switch, with automatic rollback"]
+    if not dep.env.url and not dep.env.health:
+        notes.append("no url and no health checks: the switch is not verified over HTTP")
+    elif dep.env.marker and not dep.env.url:
+        notes.append("marker check needs url: skipped")
+    if dep.env.marker and "web" not in artifact.manifest.entries:
+        notes.append("the build has no web/ directory: the release marker cannot be served")
+    return notes
+
+
+def make_plan(dep: Deployment, artifact: Artifact, observed: Sequence[Observed]) -> DeployPlan:
+    taken = sorted({d for o in observed for d in o.dirs} | {r for o in observed
+                                                           for r in o.log.order})
+    release = new_release_id(artifact.digest, taken=taken)
+    hosts = tuple(plan_host(o, artifact.manifest, release, dep.env.keep_releases)
+                  for o in observed)
+    checks = tuple(f"{c.url} -> {c.status}" + (f" containing {c.contains!r}" if c.contains else "")
+                   for c in _checks(dep, release))
+    return DeployPlan(dep.environment, release, hosts, checks, tuple(_notes(dep, artifact)))
+
+
+def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -> None:
+    lay = dep.layout
+    host = obs.host
+    stale = unfinished(obs.log, obs.dirs, obs.current)
+    if stale:
+        dep.log(f"{obs.name}: removing unfinished releases {', '.join(stale)}")
+        host.remove_trees(lay.release(r) for r in stale)
+        for r in stale:
+            if r in obs.log.states:
+                _record(obs, r, "removed", dep.by, "unfinished")
+    host.makedirs(lay.releases, lay.shared, posixpath.dirname(lay.manifest(release)))
+    _record(obs, release, "preparing", dep.by)
+    base = lay.release(obs.current) if obs.current and obs.current_manifest else None
+    ship(host, artifact, lay.release(release), base, obs.current_manifest, _extras(dep), dep.log)
+    _link_shared(dep, obs, release)
+    if dep.env.dotenv:
+        host.write(posixpath.join(lay.release(release), ".env"), _dotenv(dep.env), mode=0o600)
+    if dep.env.marker and "web" in artifact.manifest.entries:
+        host.write(posixpath.join(lay.release(release), health.MARKER_PATH),
+                   health.marker_php(release), mode=0o644)
+    host.write(lay.manifest(release), artifact.manifest.to_bytes())
+    _hooks(dep, obs, "before_switch", dep.env.hooks.before_switch, release, obs.current)
+    _record(obs, release, "prepared", dep.by)
+
+
+def _switch_back(dep: Deployment, switched: Sequence[Observed], release: str) -> list[str]:
+    """Put every switched host back; return the hosts that could not be restored."""
+    failed = []
+    for obs in switched:
+        try:
+            _switch(obs.host, dep.layout, obs.current)
+            _php_refresh(dep, obs)
+            _record(obs, release, "bad", dep.by, "rolled back")
+        except ForgeError as e:
+            dep.log(f"{obs.name}: switching back FAILED: {e}")
+            failed.append(obs.name)
+    return failed
+
+
+def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Result:
+    if dry_run:
+        observed = [observe(h, dep.layout) for h in dep.hosts]
+        plan = make_plan(dep, artifact, observed)
+        return Result(plan.release, observed[0].current, dep.env.url, plan)
+    with contextlib.ExitStack() as stack:
+        for host in dep.hosts:
+            stack.enter_context(Lock(host, dep.layout, dep.owner, dep.env.lock_wait))
+        observed = [observe(h, dep.layout) for h in dep.hosts]
+        plan = make_plan(dep, artifact, observed)
+        release = plan.release
+        previous = observed[0].current
+        dep.log(plan.render())
+        _prepare_all(dep, observed, artifact, release)
+        outcome = _switch_all_and_check(dep, observed, release)
+        for obs in observed:
+            _record(obs, release, "live", dep.by)
+        _prune(dep, observed, release)
+        return Result(release, previous, dep.env.url, plan, outcome)
+    raise AssertionError("unreachable")
+
+
+def _prepare_all(dep: Deployment, observed: Sequence[Observed], artifact: Artifact,
+                 release: str) -> None:
+    for obs in observed:
+        try:
+            _prepare(dep, obs, artifact, release)
+        except ForgeError as e:
+            for o in observed:
+                with contextlib.suppress(ForgeError):
+                    _record(o, release, "bad", dep.by, "failed before switch")
+            raise DeployFailed(f"{e.message} — the live site was not touched",
+                               hint=e.hint) from None
+
+
+def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed], release: str) -> str:
+    switched: list[Observed] = []
+    try:
+        for obs in observed:
+            switched.append(obs)
+            _switch(obs.host, dep.layout, release)
+        for obs in observed:
+            _php_refresh(dep, obs)
+        for obs in observed:
+            _hooks(dep, obs, "after_switch", dep.env.hooks.after_switch, release, obs.current)
+        checks = _checks(dep, release)
+        if checks:
+            outcome = health.run_checks(checks, dep.policy, dep.log)
+            if not outcome.ok:
+                raise DeployFailed(f"health checks failed: {outcome.detail}")
+            dep.log(f"health: {outcome.detail} in {outcome.seconds:.1f}s")
+            return outcome.detail
+        return "not checked (no health checks configured)"
+    except ForgeError as e:
+        failed = _switch_back(dep, switched, release)
+        back = observed[0].current or "(nothing: first deploy)"
+        if failed:
+            raise RollbackFailed(f"{e.message}; switching back to {back} FAILED on "
+                                 f"{', '.join(failed)}",
+                                 hint="check the site now: run forge-ci releases and rollback") from None
+        raise RolledBack(f"{e.message}; rolled back to {back} on every host",
+                         hint="the release is marked bad; fix it and deploy again") from None
+
+
+def _prune(dep: Deployment, observed: Sequence[Observed], release: str) -> None:
+    for obs in observed:
+        fresh = observe(obs.host, dep.layout)  # the same rule the plan showed
+        victims = [r for r in plan_host(fresh, Manifest({}), release,
+                                        dep.env.keep_releases).prune_after if r != release]
+        if victims:
+            dep.log(f"{obs.name}: pruning {', '.join(victims)}")
+            obs.host.remove_trees(dep.layout.release(r) for r in victims)
+            obs.host.remove_trees(dep.layout.manifest(r) for r in victims)
+            for r in victims:
+                _record(fresh, r, "removed", dep.by, "pruned")
+
+
+# -- rollback ----------------------------------------------------------------
+
+def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Result:
+    stack = contextlib.ExitStack()
+    with stack:
+        if not dry_run:
+            for host in dep.hosts:
+                stack.enter_context(Lock(host, dep.layout, dep.owner, dep.env.lock_wait))
+        observed = [observe(h, dep.layout) for h in dep.hosts]
+        target = to or observed[0].log.previous_good(observed[0].current)
+        if target is None:
+            raise UsageError("there is no earlier good release to roll back to",
+                             hint="see forge-ci releases ENV; pass --to RELEASE")
+        for obs in observed:
+            if target not in obs.dirs:
+                raise UsageError(f"release {target} is not on {obs.name}",
+                                 hint="see forge-ci releases ENV for what can be restored")
+            if obs.log.states.get(target) in ("preparing", "removed", None):
+                raise UsageError(f"release {target} on {obs.name} never finished preparing")
+        checks = _checks(dep, target)
+        plan = RollbackPlan(dep.environment, target,
+                            tuple((o.name, o.current) for o in observed),
+                            tuple(f"{c.url} -> {c.status}" for c in checks))
+        previous = observed[0].current
+        if dry_run:
+            return Result(target, previous, dep.env.url, plan)
+        dep.log(plan.render())
+        if all(o.current == target for o in observed):
+            return Result(target, previous, dep.env.url, plan, "already live")
+        switched: list[Observed] = []
+        try:
+            for obs in observed:
+                switched.append(obs)
+                _switch(obs.host, dep.layout, target)
+            for obs in observed:
+                _php_refresh(dep, obs)
+            outcome = "not checked (no health checks configured)"
+            if checks:
+                res = health.run_checks(checks, dep.policy, dep.log)
+                if not res.ok:
+                    raise DeployFailed(f"release {target} is unhealthy: {res.detail}")
+                outcome = res.detail
+        except ForgeError as e:
+            failed = []
+            for obs in switched:
+                try:
+                    _switch(obs.host, dep.layout, obs.current)
+                    _php_refresh(dep, obs)
+                except ForgeError:
+                    failed.append(obs.name)
+            if failed:
+                raise RollbackFailed(f"{e.message}; restoring {previous} failed on "
+                                     f"{', '.join(failed)}") from None
+            raise DeployFailed(f"{e.message}; {previous} stays live",
+                               hint="pick another release with --to") from None
+        for obs in observed:
+            if obs.current and obs.current != target:
+                _record(obs, obs.current, "bad", dep.by, f"rolled back to {target}")
+            _record(obs, target, "live", dep.by, "rollback")
+        return Result(target, previous, dep.env.url, plan, outcome)

@@ -1,0 +1,92 @@
+"""The deploy lock: flock(1) held by a command that lives as long as this run.
+
+The lock is taken by ``flock`` on the target and held by a ``cat`` that waits on
+the connection's stdin. When the run ends, or is killed with SIGKILL, or the
+network drops, the connection closes, ``cat`` exits and the kernel releases the
+lock: a lock whose owner is gone is recovered without anyone deleting a file.
+``lock.json`` beside it records the owner only to tell the next run who holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+from forge_ci.deploy.releases import Layout
+from forge_ci.errors import LockedError, RemoteCommandError
+from forge_ci.remote.base import Host, Process, sh
+
+_BUSY = 75
+
+
+def owner_info(env: Mapping[str, str], command: str) -> dict[str, str]:
+    return {
+        "command": command,
+        "run": env.get("GITHUB_RUN_ID", ""),
+        "actor": env.get("GITHUB_ACTOR", "") or env.get("USER", ""),
+        "repository": env.get("GITHUB_REPOSITORY", ""),
+        "runner": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+class Lock:
+    def __init__(self, host: Host, layout: Layout, owner: Mapping[str, str],
+                 wait: float = 0.0) -> None:
+        self.host, self.layout, self.owner, self.wait = host, layout, dict(owner), wait
+        self._proc: Process | None = None
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        lay = self.layout
+        self.host.makedirs(lay.meta)
+        wait = max(0, int(self.wait))
+        script = (
+            f"exec 9>>{sh(lay.lock)} || exit 1\n"
+            f"flock -w {wait} 9 || exit {_BUSY}\n"
+            "echo locked\n"
+            "exec cat >/dev/null\n"
+        )
+        proc = self.host.start(script)
+        line = proc.readline()
+        if line.strip() != b"locked":
+            status = proc.wait(30)
+            if status == _BUSY:
+                raise LockedError(self._busy_message(), hint=(
+                    "wait for that run to finish (set lock_wait in forge.yml to wait), "
+                    "or cancel it; a run that died releases the lock by itself"))
+            raise RemoteCommandError(
+                f"could not take the lock on {self.host.name}: "
+                f"{proc.stderr().decode(errors='replace').strip()}")
+        self._proc = proc
+        self.host.write(lay.lock_owner, json.dumps(self.owner).encode() + b"\n")
+
+    def _busy_message(self) -> str:
+        raw = self.host.read(self.layout.lock_owner)
+        try:
+            o = json.loads(raw or b"{}")
+        except ValueError:
+            o = {}
+        who = ", ".join(f"{k} {o[k]}" for k in ("command", "actor", "run", "runner", "since")
+                        if o.get(k))
+        return f"{self.host.name}: another forge run holds the lock ({who or 'owner unknown'})"
+
+    def release(self) -> None:
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        try:
+            proc.close_stdin()
+            proc.wait(30)
+        except Exception:
+            proc.kill()

@@ -1,0 +1,112 @@
+"""Ship a release: only what changed travels; the rest is hard-linked from the live release.
+
+On the target, the new release starts as ``cp -al`` of the live one (new
+directories, shared file inodes), then every path that changed or went away is
+unlinked (never rewritten in place, so the live release is untouched), then a
+tar stream of the changed entries is unpacked into it. Without a live release
+(or its manifest) everything is sent.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_ci.build.builder import Artifact
+from forge_ci.build.manifest import Manifest, diff
+from forge_ci.errors import RemoteCommandError
+from forge_ci.remote.base import Host, Process, sh
+
+
+@dataclass(frozen=True)
+class ShipStats:
+    sent_entries: int
+    sent_bytes: int
+    linked_entries: int
+
+
+class _ProcWriter:
+    """File-like adapter so tarfile streams straight into the remote tar's stdin."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        if len(self.buf) >= 1 << 20:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.proc.write(bytes(self.buf))
+            self.buf.clear()
+
+
+def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
+         base_manifest: Manifest | None, extras: list[str],
+         log: Callable[[str], None]) -> ShipStats:
+    """Create ``release_dir`` on ``host`` from ``artifact``.
+
+    ``base_dir``/``base_manifest`` describe the live release to link from;
+    ``extras`` are per-release paths added after shipping (shared links, .env,
+    marker) that must not be inherited from the base.
+    """
+    new = artifact.manifest
+    if base_dir is not None and base_manifest is not None:
+        d = diff(base_manifest, new)
+        host.check(host.run(
+            f"rm -rf {sh(release_dir)} && cp -al -- {sh(base_dir)} {sh(release_dir)}",
+            check=False), "hard-linking the live release")
+        remove = sorted(set(d.remove) | set(extras))
+        if remove:
+            listing = b"".join(p.encode() + b"\0" for p in remove)
+            host.check(host.run(f"cd {sh(release_dir)} && xargs -0 -r rm -rf --",
+                                input=listing, check=False), "removing changed files")
+        send = d.send
+    else:
+        host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
+                            check=False), "creating the release directory")
+        send = tuple(sorted(new.entries))
+    sent_bytes = _send_tar(host, artifact.tree, release_dir, send, new)
+    linked = len(new.entries) - len(send)
+    log(f"{host.name}: sent {len(send)} entries ({sent_bytes} bytes), linked {linked}")
+    return ShipStats(len(send), sent_bytes, linked)
+
+
+def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
+              manifest: Manifest) -> int:
+    if not paths:
+        return 0
+    proc = host.start(
+        f"cd {sh(release_dir)} && exec tar -x -p --no-same-owner --delay-directory-restore -f -")
+    writer = _ProcWriter(proc)
+    sent = 0
+    try:
+        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for rel in paths:
+                entry = manifest.entries[rel]
+                full = tree / rel
+                info = tar.gettarinfo(str(full), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mode = entry.mode
+                if entry.kind == "file":
+                    sent += info.size
+                    with full.open("rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+        writer.flush()
+    except (OSError, RemoteCommandError) as e:
+        proc.kill()
+        raise RemoteCommandError(f"sending the release to {host.name} failed: {e}") from None
+    status = proc.wait(600)
+    if status != 0:
+        err = proc.stderr().decode(errors="replace").strip()[-500:]
+        raise RemoteCommandError(f"unpacking the release on {host.name} failed: {err}")
+    return sent
+
