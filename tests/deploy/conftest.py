@@ -1,0 +1,76 @@
+"""A site on the local target, served by a real HTTP server from <path>/current/web."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from forge_ci.cli import main
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class LocalSite:
+    src: Path
+    target: Path
+    url: str
+    env: dict[str, str]
+
+    def write(self, rel: str, text: str) -> None:
+        p = self.src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+    def config(self, extra: str = "", health: str = "") -> None:
+        (self.src / "forge.yml").write_text(
+            "version: 1\nproject: t\nbuild: {exclude: [target]}\nenvironments:\n  local:\n"
+            f"    path: ../target\n    url: {self.url}\n    marker: false\n"
+            f"    health_timeout: 3\n    shared: [web/app/uploads]\n{extra}"
+            + (
+                f"    health:\n{health}"
+                if health
+                else f"    health:\n      - {{url: '{self.url}/index.html', contains: 'ok'}}\n"
+            )
+        )
+
+    def forge(self, *args: str) -> int:
+        return main([*args, "--config", str(self.src / "forge.yml")], env=self.env)
+
+    @property
+    def current(self) -> str:
+        return os.readlink(self.target / "current").split("/")[-1]
+
+    def page(self) -> str:
+        return (self.target / "current/web/index.html").read_text()
+
+
+@pytest.fixture
+def local_site(tmp_path: Path) -> Iterator[LocalSite]:
+    target = tmp_path / "target"
+    target.mkdir()
+    handler = functools.partial(_Quiet, directory=str(target / "current" / "web"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    site = LocalSite(
+        tmp_path / "src",
+        target,
+        f"http://127.0.0.1:{server.server_address[1]}",
+        {"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
+    site.write("web/index.html", "ok v1\n")
+    site.config()
+    yield site
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,156 @@
+"""Deploys to the local target, checked the way a user would look at the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from forge_ci.errors import ExitCode
+from tests.deploy.conftest import LocalSite
+
+
+def releases(site: LocalSite) -> list[dict[str, object]]:
+    log = (site.target / ".forge/log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in log]
+
+
+def state(site: LocalSite, rid: str) -> str:
+    return [e["state"] for e in releases(site) if e["release"] == rid][-1]  # type: ignore[return-value]
+
+
+def test_redeploy_links_unchanged_files_and_leaves_the_live_release_untouched(
+    local_site: LocalSite,
+) -> None:
+    local_site.write("web/big.bin", "x" * 100_000)
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    second = local_site.current
+    assert second != first
+    old, new = local_site.target / "releases" / first, local_site.target / "releases" / second
+    assert (old / "web/index.html").read_text() == "ok v1\n"
+    assert (new / "web/index.html").read_text() == "ok v2\n"
+    assert (old / "web/big.bin").stat().st_ino == (new / "web/big.bin").stat().st_ino
+    assert state(local_site, second) == "live"
+    assert os.readlink(local_site.target / "current") == f"releases/{second}"
+
+
+def test_unhealthy_release_is_rolled_back_with_its_own_exit_code(local_site: LocalSite) -> None:
+    assert local_site.forge("deploy", "local") == 0
+    good = local_site.current
+    local_site.write("web/index.html", "error 500\n")
+    assert local_site.forge("deploy", "local") == ExitCode.ROLLED_BACK
+    assert local_site.current == good
+    assert local_site.page() == "ok v1\n"
+    bad = [e["release"] for e in releases(local_site) if e["state"] == "bad"]
+    assert len(bad) == 1 and bad[0] != good
+
+
+def test_failing_before_switch_hook_leaves_the_site_untouched(local_site: LocalSite) -> None:
+    assert local_site.forge("deploy", "local") == 0
+    good = local_site.current
+    local_site.config(extra="    hooks: {before_switch: ['echo migrating; exit 7']}\n")
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    assert local_site.current == good and local_site.page() == "ok v1\n"
+
+
+def test_first_deploy_that_fails_health_leaves_no_current(local_site: LocalSite) -> None:
+    local_site.write("web/index.html", "error 500\n")
+    assert local_site.forge("deploy", "local") == ExitCode.ROLLED_BACK
+    assert not (local_site.target / "current").exists()
+
+
+def test_dry_run_changes_nothing(local_site: LocalSite, capsys: pytest.CaptureFixture[str]) -> None:
+    assert local_site.forge("deploy", "local", "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["hosts"][0]["send"] >= 1
+    assert sorted(p.name for p in local_site.target.iterdir()) == []
+
+
+def test_env_file_is_private_and_shared_paths_are_links(local_site: LocalSite) -> None:
+    local_site.config(extra="    dotenv: {DB_PASSWORD: 'p\"a$s\\w'}\n")
+    assert local_site.forge("deploy", "local") == 0
+    env = local_site.target / "current/.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert 'DB_PASSWORD="p\\"a\\$s\\\\w"' in env.read_text()
+    uploads = local_site.target / "current/web/app/uploads"
+    assert uploads.is_symlink() and not os.readlink(uploads).startswith("/")
+    (uploads / "photo.jpg").write_text("img")
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert (local_site.target / "current/web/app/uploads/photo.jpg").read_text() == "img"
+
+
+def test_manual_rollback_and_rollback_to(local_site: LocalSite) -> None:
+    ids = []
+    for v in ("1", "2", "3"):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    assert local_site.forge("rollback", "local") == 0
+    assert local_site.current == ids[1] and state(local_site, ids[2]) == "bad"
+    assert local_site.forge("rollback", "local", "--to", ids[0]) == 0
+    assert local_site.page() == "ok v1\n"
+    assert local_site.forge("rollback", "local", "--to", "nope") == ExitCode.USAGE
+
+
+def test_keep_releases_prunes_but_never_current_or_last_good(local_site: LocalSite) -> None:
+    local_site.config(extra="    keep_releases: 2\n")
+    ids = []
+    for v in range(4):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    assert sorted(os.listdir(local_site.target / "releases")) == sorted(ids[-2:])
+
+
+def _forge_process(site: LocalSite) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "forge_ci",
+            "deploy",
+            "local",
+            "--config",
+            str(site.src / "forge.yml"),
+        ],
+        env=dict(site.env, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_live_lock_is_refused_and_a_killed_owner_frees_it(local_site: LocalSite) -> None:
+    assert local_site.forge("deploy", "local") == 0
+    good = local_site.current
+    marker = local_site.target.parent / "hook-started"
+    local_site.config(extra=f"    hooks: {{before_switch: ['touch {marker}; sleep 60']}}\n")
+    local_site.write("web/index.html", "ok v2\n")
+    proc = _forge_process(local_site)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        assert local_site.forge("deploy", "local") == ExitCode.FAILED  # locked
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert local_site.current == good and local_site.page() == "ok v1\n"
+    local_site.config()
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.page() == "ok v2\n"
+    dirs = os.listdir(local_site.target / "releases")
+    assert len(dirs) == 2  # the killed run's half release was removed
