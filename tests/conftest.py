@@ -1,0 +1,156 @@
+"""Fixtures that expose the lab: real sshd, WordPress stacks, MariaDB and S3
+running as plain processes on 127.0.0.1 (see tests/lab).
+
+A machine without the lab's binaries makes these fixtures FAIL, not skip:
+CI must never pass by quietly not talking to real peers. Set
+FORGE_LAB_ALLOW_SKIP=1 to skip them instead on a machine without the lab.
+
+Tests using any of these fixtures get the `lab` marker automatically, so
+`pytest -m "not lab"` runs only the fast tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# The lab is imported as `lab`, whatever import mode pytest runs in.
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from lab._proc import lab_root  # noqa: E402
+from lab.faultproxy import FaultProxy  # noqa: E402
+from lab.mariadb import MariaDB, start_mariadb  # noqa: E402
+from lab.policy import lab_required  # noqa: E402
+from lab.s3 import S3Server, start_s3  # noqa: E402
+from lab.site import WordPressSite, start_site  # noqa: E402
+from lab.sshd import KeyPair, SshHost, generate_ed25519, start_sshd  # noqa: E402
+
+LAB_FIXTURES = frozenset(
+    {
+        "sshd_host",
+        "ssh_hosts",
+        "mariadb_server",
+        "wp_site",
+        "s3_server",
+        "s3_bucket",
+        "fault_proxy",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lab: uses real services from tests/lab (sshd, nginx, PHP-FPM, MariaDB, S3)"
+    )
+    config.addinivalue_line(
+        "markers", "e2e: runs the actions and workflows end to end, as a site repository would"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LAB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture
+def lab_dir() -> Iterator[Path]:
+    """A fresh directory every user can traverse (tmp_path cannot: it is 0700)."""
+    path = lab_root()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def ssh_client_key() -> KeyPair:
+    """The test's deploy key: every lab host in one test accepts it."""
+    return generate_ed25519()
+
+
+@pytest.fixture
+def sshd_host(ssh_client_key: KeyPair) -> Iterator[SshHost]:
+    """One sshd for user forgedeploy on its own port, with its own host key."""
+    with lab_required():
+        host = start_sshd(ssh_client_key)
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def ssh_hosts(ssh_client_key: KeyPair) -> Iterator[Callable[[int], list[SshHost]]]:
+    """Factory: `ssh_hosts(n)` starts n more sshd, all accepting `ssh_client_key`."""
+    started: list[SshHost] = []
+
+    def make(n: int = 2) -> list[SshHost]:
+        with lab_required():
+            hosts = []
+            for _ in range(n):
+                hosts.append(start_sshd(ssh_client_key))
+                started.append(hosts[-1])
+        return hosts
+
+    yield make
+    for host in started:
+        host.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDB]:
+    """One MariaDB for the session; tests get their own database from it."""
+    with lab_required():
+        server = start_mariadb()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def wp_site(mariadb_server: MariaDB) -> Iterator[Callable[..., WordPressSite]]:
+    """Factory: `wp_site(preview=False, php_workers=4)` starts nginx + PHP-FPM for
+    a fresh deploy path and database. Nothing is deployed yet (see lab.bedrock)."""
+    started: list[WordPressSite] = []
+
+    def make(*, preview: bool = False, php_workers: int = 4) -> WordPressSite:
+        with lab_required():
+            site = start_site(mariadb_server, preview=preview, php_workers=php_workers)
+        started.append(site)
+        return site
+
+    yield make
+    for site in started:
+        site.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server for the session; use your own bucket (`s3_bucket`)."""
+    with lab_required():
+        server = start_s3()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    return s3_server.create_bucket()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+    """Factory: `fault_proxy(target_port, target_host="127.0.0.1")` starts a proxy."""
+    started: list[FaultProxy] = []
+
+    def make(target_port: int, target_host: str = "127.0.0.1") -> FaultProxy:
+        proxy = FaultProxy(target_port, target_host).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()

@@ -1,0 +1,165 @@
+"""A private MariaDB server: own datadir, socket and loopback port.
+
+Starting one takes about a second, so the conftest keeps one per session and
+hands each test a fresh database and user (`create_database`).
+"""
+
+from __future__ import annotations
+
+import pwd
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._proc import (
+    free_port,
+    lab_root,
+    port_open,
+    require_binary,
+    require_root,
+    run,
+    spawn,
+    terminate,
+    wait_until,
+)
+
+_START_TIMEOUT = 60.0
+_SERVER_USER = "mysql"
+
+
+@dataclass(frozen=True)
+class Database:
+    """One database and the user that owns it, reachable over TCP and the socket."""
+
+    name: str
+    user: str
+    password: str = field(repr=False)
+    host: str
+    port: int
+    socket: Path
+
+    @property
+    def host_port(self) -> str:
+        """The DB_HOST value WordPress wants for TCP: `127.0.0.1:PORT`."""
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class MariaDB:
+    """A running mariadbd. Root connects through the socket without a password."""
+
+    workdir: Path
+    port: int
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "mysqld.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mariadb.log"
+
+    def sql(self, statement: str, database: str | None = None) -> str:
+        """Run SQL as root; statements go on stdin so passwords stay off `ps`."""
+        argv = [require_binary("mariadb"), "--no-defaults", "-uroot", f"--socket={self.socket}"]
+        argv += ["--batch", "--skip-column-names"]
+        if database:
+            argv.append(database)
+        return run(argv, what="mariadb client", input=statement)
+
+    def create_database(self, prefix: str = "wp") -> Database:
+        """A fresh database plus a user allowed only on it, from any loopback client."""
+        suffix = secrets.token_hex(4)
+        db = Database(
+            name=f"{prefix}_{suffix}",
+            user=f"u_{suffix}",
+            password=secrets.token_urlsafe(18),
+            host="127.0.0.1",
+            port=self.port,
+            socket=self.socket,
+        )
+        self.sql(
+            f"CREATE DATABASE `{db.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
+            f"CREATE USER '{db.user}'@'%' IDENTIFIED BY '{db.password}';\n"
+            f"CREATE USER '{db.user}'@'localhost' IDENTIFIED BY '{db.password}';\n"
+            f"GRANT ALL ON `{db.name}`.* TO '{db.user}'@'%';\n"
+            f"GRANT ALL ON `{db.name}`.* TO '{db.user}'@'localhost';\n"
+        )
+        return db
+
+    def drop_database(self, db: Database) -> None:
+        self.sql(
+            f"DROP DATABASE IF EXISTS `{db.name}`;\n"
+            f"DROP USER IF EXISTS '{db.user}'@'%';\n"
+            f"DROP USER IF EXISTS '{db.user}'@'localhost';\n"
+        )
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            terminate(self._proc, timeout=30)
+            self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_mariadb() -> MariaDB:
+    """Initialise a datadir and start mariadbd on a free loopback port."""
+    require_root()
+    workdir = lab_root()
+    server = MariaDB(workdir=workdir, port=free_port())
+    datadir = workdir / "data"
+    entry = pwd.getpwnam(_SERVER_USER)
+    datadir.mkdir()
+    _chown(datadir, entry)
+    # The socket and pid file live in workdir, written by the mysql user.
+    _chown(workdir, entry)
+    run(
+        [
+            require_binary("mariadb-install-db", "package mariadb-server"),
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--user={_SERVER_USER}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        what="mariadb-install-db",
+        timeout=120,
+    )
+    server._proc = spawn(_server_argv(server, datadir), server.log_path)
+    wait_until(
+        lambda: server.socket.exists() and port_open(server.port),
+        what=f"mariadbd on port {server.port}",
+        timeout=_START_TIMEOUT,
+        log=server.log_path,
+        proc=server._proc,
+    )
+    return server
+
+
+def _server_argv(server: MariaDB, datadir: Path) -> list[str]:
+    return [
+        require_binary("mariadbd", "package mariadb-server"),
+        "--no-defaults",
+        f"--datadir={datadir}",
+        f"--socket={server.socket}",
+        f"--pid-file={server.workdir / 'mariadb.pid'}",
+        f"--port={server.port}",
+        "--bind-address=127.0.0.1",
+        "--skip-networking=0",
+        "--skip-name-resolve",
+        f"--user={_SERVER_USER}",
+        # A test database: small and fast beats durable.
+        "--innodb-buffer-pool-size=64M",
+        "--innodb-flush-log-at-trx-commit=0",
+        "--skip-log-bin",
+        "--max-connections=200",
+    ]
+
+
+def _chown(path: Path, entry: pwd.struct_passwd) -> None:
+    shutil.chown(path, entry.pw_uid, entry.pw_gid)
