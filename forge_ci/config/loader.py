@@ -56,7 +56,8 @@ def load(path: Path, env: Mapping[str, str], environment: str | None = None) -> 
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(path),
-                          hint="run forge-ci in the site's repository or pass --config PATH") from None
+                          hint="run forge-ci in the site's repository or pass --config PATH",
+                          ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e.__class__.__name__}", file=str(path)) from None
     return parse(text, env, filename=str(path), path=path, environment=environment)
@@ -113,7 +114,9 @@ def _to_python(node: yaml.Node, key: KeyPath, filename: str, lines: dict[KeyPath
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, (*key, i), filename, lines) for i, v in enumerate(node.value)]
     # Scalars: let PyYAML's safe resolver type them (int, bool, null, str).
-    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    return yaml.safe_load(yaml.serialize(node))
 
 
 # -- ${VAR} expansion ---------------------------------------------------------
@@ -142,14 +145,16 @@ class _Expander:
         if m.group(0) == "$$":
             return "$"
         name = m.group(1)
-        where = {"file": self.filename, "line": _line(self.lines, key), "key": _dotted(key)}
+        line, dotted = _line(self.lines, key), _dotted(key)
         if name is None:
-            raise ConfigError(f"malformed variable reference {m.group(0)!r}", **where,
+            raise ConfigError(f"malformed variable reference {m.group(0)!r}", file=self.filename,
+                              line=line, key=dotted,
                               hint="write ${NAME} (letters, digits, _) or $$ for a literal $")
         if name not in self.env:
             if self._optional(key):
                 return m.group(0)
-            raise ConfigError(f"${{{name}}} is not set in the environment", **where,
+            raise ConfigError(f"${{{name}}} is not set in the environment", file=self.filename,
+                              line=line, key=dotted,
                               hint=f"export {name}=... (in Actions: pass it as a secret in env:)")
         self.secrets.append(self.env[name])
         return self.env[name]

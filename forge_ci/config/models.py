@@ -35,7 +35,7 @@ def relative_path(value: str, what: str) -> str:
 
 
 class BuildConfig(Frozen):
-    composer: bool = Field(False, description="composer install --no-dev --optimize-autoloader")
+    composer: bool = False  # composer install --no-dev --optimize-autoloader
     commands: tuple[str, ...] = ()
     exclude: tuple[str, ...] = (".git", "node_modules", "tests")
 

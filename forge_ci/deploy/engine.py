@@ -189,7 +189,7 @@ def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -
     stale = unfinished(obs.log, obs.dirs, obs.current)
     if stale:
         dep.log(f"{obs.name}: removing unfinished releases {', '.join(stale)}")
-        host.remove_trees(lay.release(r) for r in stale)
+        host.remove_trees(lay.release(r) for r in stale if r in obs.dirs)
         for r in stale:
             if r in obs.log.states:
                 _record(obs, r, "removed", dep.by, "unfinished")
@@ -281,7 +281,8 @@ def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed], release
         if failed:
             raise RollbackFailed(f"{e.message}; switching back to {back} FAILED on "
                                  f"{', '.join(failed)}",
-                                 hint="check the site now: run forge-ci releases and rollback") from None
+                                 hint="check the site now: forge-ci releases, then rollback",
+                                 ) from None
         raise RolledBack(f"{e.message}; rolled back to {back} on every host",
                          hint="the release is marked bad; fix it and deploy again") from None
 

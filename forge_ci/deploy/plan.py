@@ -54,7 +54,8 @@ def observe(host: Host, layout: Layout) -> Observed:
         raw = host.read(layout.manifest(current))
         if raw is not None:
             try:
-                manifest = Manifest.from_bytes(raw, source=f"{host.name}:{layout.manifest(current)}")
+                source = f"{host.name}:{layout.manifest(current)}"
+                manifest = Manifest.from_bytes(raw, source=source)
             except Exception:
                 manifest = None
     return Observed(host, layout, current, log, dirs, manifest)

@@ -204,5 +204,7 @@ def prune_plan(log: ReleaseLog, dirs: Sequence[str], current: str | None, keep: 
 def unfinished(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> list[str]:
     """Directories left by a run that died before finishing: removed first by the next run."""
     states = log.states
-    return [d for d in dirs
-            if d != current and states.get(d) in (None, "preparing", "removed")]
+    stale = [d for d in dirs if d != current and states.get(d) in (None, "preparing", "removed")]
+    # A run killed before its directory appeared still logged "preparing": close that too.
+    stale += [r for r, s in states.items() if s == "preparing" and r not in dirs and r != current]
+    return stale

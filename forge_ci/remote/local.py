@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import tempfile
 from typing import IO
@@ -12,7 +14,7 @@ from forge_ci.remote.base import Host, Process, Result
 class LocalProcess(Process):
     def __init__(self, script: str) -> None:
         # stderr goes to a file: a full stderr pipe must never block the command.
-        self._err: IO[bytes] = tempfile.TemporaryFile()
+        self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
         self._p = subprocess.Popen(
             ["/bin/sh", "-c", script],
             stdin=subprocess.PIPE,
@@ -26,14 +28,13 @@ class LocalProcess(Process):
 
     def close_stdin(self) -> None:
         if self._p.stdin and not self._p.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self._p.stdin.close()
-            except BrokenPipeError:
-                pass
 
     def read(self, size: int = 65536) -> bytes:
-        assert self._p.stdout is not None
-        return self._p.stdout.read1(size)
+        out = self._p.stdout
+        assert isinstance(out, io.BufferedReader)
+        return out.read1(size)
 
     def wait(self, timeout: float | None = None) -> int:
         self.close_stdin()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -159,7 +158,7 @@ class SshHost(Host):
                          "or the known-hosts output of forge-ci provision",
                 ) from None
             raise ConnectError(f"SSH to {self.name} failed: {e}") from None
-        except (OSError, socket.timeout) as e:
+        except (TimeoutError, OSError) as e:
             reason = e.strerror or e.__class__.__name__
             raise ConnectError(f"cannot reach {self.name}: {reason}",
                                hint="check host, port and firewall") from None
@@ -194,7 +193,7 @@ class SshHost(Host):
                     break
                 out += chunk
             status = proc.wait(timeout)
-        except socket.timeout:
+        except TimeoutError:
             proc.kill()
             raise RemoteCommandError(f"a command on {self.name} timed out") from None
         result = Result(status, bytes(out), proc.stderr())
