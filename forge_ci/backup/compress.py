@@ -1,0 +1,328 @@
+"""zstd framing of object plaintext: every stored payload is a valid zstd stream.
+
+The universal restore recipe never changes: ``age -d -i KEY OBJECT | zstd -d``.
+There is no "raw" object type a reader would have to recognise. Two writers exist:
+
+* ``compress`` - an ordinary zstd frame (chosen level, content checksum, single
+  thread), for text, SQL dumps, PHP, JSON...
+* ``store`` - for data that will not shrink (JPEG, MP4, ZIP...): a zstd frame made
+  only of *raw* blocks (RFC 8878 block type 0), written here in pure Python: 3 bytes
+  of framing per 128 KiB, no compression work at all, and ``zstd -d`` reads it like
+  any other frame. Such frames carry no zstd checksum (that needs xxHash64);
+  integrity comes from age's authenticated chunks anyway.
+
+A reader can tell the two apart without forge (``zstd -lv``: "Compressed" size ~
+decompressed size, no check) but never needs to.
+
+:func:`choose_mode` is the cheap incompressibility test: by file extension first,
+else by compressing a sample at level 1 and storing when it saves less than 5 %.
+
+:func:`decompress_iter` accepts any zstd stream (concatenated frames, skippable
+frames) with bounded memory: output comes in slices of at most ``OUTPUT_SIZE``, the
+window is capped at ``max_window_size``, and a stream that stops inside a frame or
+has trailing garbage raises :class:`BackupFormatError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+from collections.abc import Iterable, Iterator
+from typing import IO, Literal, cast
+
+import zstandard
+
+from forge_ci.backup.errors import BackupFormatError
+
+Mode = Literal["auto", "compress", "store"]
+
+DEFAULT_LEVEL = 3
+SAMPLE_SIZE = 256 * 1024
+STORE_RATIO = 0.95  # store when level 1 cannot save 5 % of the sample
+OUTPUT_SIZE = 256 * 1024
+MAX_WINDOW_SIZE = 1 << 27  # the zstd CLI's default limit (128 MiB)
+_MAX_FEED = 1024 * 1024
+_RAW_BLOCK = 128 * 1024  # largest block; equals the window we declare below
+_MAGIC = 0xFD2FB528
+# Frame header for stored frames: descriptor 0 (no content size, no checksum, no
+# dictionary, not single-segment) then window descriptor 0x38 = 2^(10+7) = 128 KiB.
+_STORED_FRAME_HEADER = _MAGIC.to_bytes(4, "little") + b"\x00\x38"
+
+INCOMPRESSIBLE_SUFFIXES = frozenset(
+    {
+        # images, audio, video
+        "jpg",
+        "jpeg",
+        "png",
+        "gif",
+        "webp",
+        "avif",
+        "heic",
+        "heif",
+        "jxl",
+        "mp4",
+        "m4v",
+        "mov",
+        "webm",
+        "mkv",
+        "avi",
+        "mp3",
+        "m4a",
+        "aac",
+        "ogg",
+        "oga",
+        "opus",
+        "flac",
+        # fonts and archives
+        "woff",
+        "woff2",
+        "zip",
+        "gz",
+        "tgz",
+        "bz2",
+        "xz",
+        "zst",
+        "lz4",
+        "7z",
+        "rar",
+        "br",
+        "jar",
+        "docx",
+        "xlsx",
+        "pptx",
+        "odt",
+        "ods",
+        "epub",
+        "age",
+    }
+)
+
+
+def is_incompressible_name(name: str) -> bool:
+    """True for names whose extension marks already-compressed content."""
+    suffix = posixpath.splitext(name.lower())[1].lstrip(".")
+    return suffix in INCOMPRESSIBLE_SUFFIXES
+
+
+def looks_incompressible(sample: bytes) -> bool:
+    """True when zstd level 1 cannot save 5 % of ``sample`` (a prefix of the data)."""
+    if len(sample) < 1024:
+        return False  # too small to judge and too small to matter
+    compressed = zstandard.ZstdCompressor(level=1).compress(sample)
+    return len(compressed) >= STORE_RATIO * len(sample)
+
+
+def choose_mode(name: str | None, sample: bytes) -> Literal["compress", "store"]:
+    """Pick the writer for one object: by ``name``'s extension, else by ``sample``."""
+    if name is not None and is_incompressible_name(name):
+        return "store"
+    return "store" if looks_incompressible(sample) else "compress"
+
+
+def compress_iter(
+    chunks: Iterable[bytes],
+    *,
+    mode: Mode = "auto",
+    name: str | None = None,
+    level: int = DEFAULT_LEVEL,
+) -> Iterator[bytes]:
+    """Turn a plaintext stream into one zstd stream, lazily and with bounded memory.
+
+    ``mode="auto"`` reads up to ``SAMPLE_SIZE`` bytes ahead to run :func:`choose_mode`.
+    Lazy: nothing is read before the first ``next()``.
+    """
+    if mode == "auto":
+        sample, rest = _peek(iter(chunks), SAMPLE_SIZE)
+        mode = choose_mode(name, sample)
+        chunks = itertools.chain([sample], rest)
+    if mode == "store":
+        yield from _stored_frame(chunks)
+    else:
+        yield from _compressed_frame(chunks, level)
+
+
+def _peek(chunks: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
+    head = bytearray()
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    return bytes(head), chunks
+
+
+def _compressed_frame(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
+    # threads=0: no worker threads, so memory and CPU use are predictable in CI.
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0)
+    cobj = cctx.compressobj()
+    for chunk in chunks:
+        for pos in range(0, len(chunk), _MAX_FEED):
+            out = cobj.compress(chunk[pos : pos + _MAX_FEED])
+            if out:
+                yield out
+    yield cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+
+
+def _raw_block(data: bytes | memoryview, *, last: bool) -> bytes:
+    header = (len(data) << 3) | int(last)  # block type 0 (raw) in bits 1-2
+    return header.to_bytes(3, "little") + data
+
+
+def _stored_frame(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    yield _STORED_FRAME_HEADER
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        out, pos = [], 0
+        with memoryview(buf) as view:
+            while len(buf) - pos > _RAW_BLOCK:  # not the last block: more data follows
+                out.append(_raw_block(view[pos : pos + _RAW_BLOCK], last=False))
+                pos += _RAW_BLOCK
+        del buf[:pos]
+        if out:
+            yield b"".join(out)
+    yield _raw_block(bytes(buf), last=True)
+
+
+# --- decompression ---------------------------------------------------------------------
+
+
+class _FrameWalker:
+    """Follows zstd frame boundaries (RFC 8878 sections 3.1) without decoding, so that
+    the end of the input can be checked to fall exactly at the end of a frame."""
+
+    def __init__(self) -> None:
+        self._state, self._need, self._skip = "magic", 4, 0
+        self._field = bytearray()
+        self._checksum = False
+        self.frames = 0
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            step = min(self._need - len(self._field), len(data) - pos)
+            self._field += data[pos : pos + step]
+            pos += step
+            if len(self._field) == self._need:
+                value = int.from_bytes(self._field, "little")
+                self._field.clear()
+                self._advance(value)
+
+    def _advance(self, value: int) -> None:
+        handler = getattr(self, f"_on_{self._state}")
+        handler(value)
+
+    def _goto(self, state: str, need: int, skip: int = 0) -> None:
+        self._state, self._need, self._skip = state, need, skip
+
+    def _on_magic(self, value: int) -> None:
+        if value == _MAGIC:
+            self._goto("descriptor", 1)
+        elif value & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
+            self._goto("skippable", 4)
+        else:
+            raise BackupFormatError("not a zstd stream (or trailing data after the last frame)")
+
+    def _on_skippable(self, value: int) -> None:
+        self._goto("magic", 4, skip=value)
+
+    def _on_descriptor(self, fhd: int) -> None:
+        if fhd & 0x08:
+            raise BackupFormatError("zstd frame header has the reserved bit set")
+        single = (fhd >> 5) & 1
+        self._checksum = bool((fhd >> 2) & 1)
+        fcs = (single, 2, 4, 8)[fhd >> 6]
+        rest = (1 - single) + (0, 1, 2, 4)[fhd & 3] + fcs
+        self._goto("block", 3, skip=rest)
+
+    def _on_block(self, header: int) -> None:
+        kind, size = (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise BackupFormatError("zstd block of the reserved type")
+        content = 1 if kind == 1 else size  # an RLE block stores one byte
+        if not header & 1:
+            self._goto("block", 3, skip=content)
+        elif self._checksum:
+            self._goto("checksum", 4, skip=content)
+        else:
+            self.frames += 1
+            self._goto("magic", 4, skip=content)
+
+    def _on_checksum(self, _value: int) -> None:
+        self.frames += 1
+        self._goto("magic", 4)
+
+    def at_frame_end(self) -> bool:
+        return self._state == "magic" and not self._field and not self._skip
+
+
+class _ChunkReader:
+    """A minimal ``read(n)`` file over an iterable of chunks, shown to a walker."""
+
+    def __init__(self, chunks: Iterable[bytes], walker: _FrameWalker) -> None:
+        self._chunks = iter(chunks)
+        self._walker = walker
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while self._pos >= len(self._buf):
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return b""
+            self._buf, self._pos = bytes(nxt), 0
+        limit = len(self._buf) if size < 0 else self._pos + size
+        out = self._buf[self._pos : limit]
+        self._pos += len(out)
+        self._walker.feed(out)
+        return out
+
+
+def decompress_iter(
+    chunks: Iterable[bytes], *, max_window_size: int = MAX_WINDOW_SIZE
+) -> Iterator[bytes]:
+    """Decompress a zstd stream lazily; yields slices of at most ``OUTPUT_SIZE`` bytes.
+
+    Raises :class:`BackupFormatError` for corrupt data, a stream cut inside a frame,
+    trailing non-zstd bytes, or an empty input.
+    """
+    walker = _FrameWalker()
+    dctx = zstandard.ZstdDecompressor(max_window_size=max_window_size)
+    source = cast(IO[bytes], _ChunkReader(chunks, walker))  # only read() is used
+    reader = dctx.stream_reader(source, read_size=_RAW_BLOCK, read_across_frames=True)
+    try:
+        while out := reader.read(OUTPUT_SIZE):
+            yield out
+    except zstandard.ZstdError as exc:
+        raise BackupFormatError(f"corrupt zstd data: {exc}") from None
+    if not walker.at_frame_end() or walker.frames == 0:
+        raise BackupFormatError("truncated zstd stream: it ends inside a frame")
+
+
+def decompress_bytes(data: bytes) -> bytes:
+    """Whole-buffer convenience for small objects."""
+    return b"".join(decompress_iter([data]))
+
+
+def compress_bytes(
+    data: bytes, *, mode: Mode = "auto", name: str | None = None, level: int = DEFAULT_LEVEL
+) -> bytes:
+    """Whole-buffer convenience for small objects."""
+    return b"".join(compress_iter([data], mode=mode, name=name, level=level))
+
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "INCOMPRESSIBLE_SUFFIXES",
+    "choose_mode",
+    "compress_bytes",
+    "compress_iter",
+    "decompress_bytes",
+    "decompress_iter",
+    "is_incompressible_name",
+    "looks_incompressible",
+]

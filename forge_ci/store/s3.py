@@ -1,0 +1,424 @@
+"""``s3://bucket/prefix`` - any S3-compatible endpoint through boto3.
+
+Atomicity comes from S3 itself: a PutObject or a CompleteMultipartUpload makes the
+whole object visible at once. Streams of unknown length are buffered one part at a
+time: if the stream ends within the first part it goes up as a single PutObject,
+otherwise as a multipart upload whose part size starts at ``part_size`` (>= 5 MiB)
+and doubles every ``grow_every`` parts, so 10,000 parts reach S3's 5 TiB object limit
+while memory stays at one part. Any failure or interruption (KeyboardInterrupt too)
+aborts the multipart upload before the exception propagates; uploads orphaned by a
+killed process are removed by :meth:`S3Store.cleanup` (a bucket lifecycle rule
+"AbortIncompleteMultipartUpload" is a good second net).
+
+Every request carries Content-MD5, so the store rejects bytes damaged in transit;
+botocore's newer default CRC checksums are switched to "when_required" because many
+S3-compatible stores reject or mangle them. Retries: botocore "standard" mode.
+Reads resume after a dropped connection with a Range request pinned to the ETag.
+
+Optional Object Lock: ``retention_mode`` ("GOVERNANCE" or "COMPLIANCE") and
+``retention_days`` set a retain-until date on every put (the bucket must have been
+created with Object Lock enabled).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from forge_ci.store.base import ObjectStore, check_key, check_prefix
+from forge_ci.store.errors import (
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    StoreAccessError,
+    StoreError,
+    StoreUnreachableError,
+)
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, GetObjectOutputTypeDef
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+MAX_PARTS = 10_000
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+_FEED = 1024 * 1024
+_READ_SIZE = 256 * 1024
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidSecurity",
+    }
+)
+_NETWORK_ERRORS = (HTTPClientError, BotoConnectionError, IncompleteReadError)
+RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
+T = TypeVar("T")
+
+
+def part_size_for(part_number: int, base: int = DEFAULT_PART_SIZE, grow_every: int = 1000) -> int:
+    """Size of part ``part_number`` (1-based): ``base`` doubled every ``grow_every``
+    parts, capped at 5 GiB. With the defaults 10,000 parts hold over 5 TiB."""
+    return min(MAX_PART_SIZE, base << ((part_number - 1) // grow_every))
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def _safe_endpoint(endpoint: str | None) -> str:
+    """The endpoint without any user:password@ part, for messages."""
+    if not endpoint:
+        return "AWS S3"
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+class S3Store(ObjectStore):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        min_part_size: int = MIN_PART_SIZE,
+        grow_every: int = 1000,
+        retention_mode: RetentionMode | None = None,
+        retention_days: int | None = None,
+        max_attempts: int = 5,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        addressing_style: Literal["auto", "path", "virtual"] | None = None,
+    ) -> None:
+        """``min_part_size`` may be lowered only for test stores that allow it."""
+        if part_size < min_part_size:
+            raise ValueError(f"part_size must be at least {min_part_size} bytes")
+        if (retention_mode is None) != (retention_days is None):
+            raise ValueError("retention_mode and retention_days go together")
+        self.bucket = bucket
+        self.prefix = check_prefix(prefix.strip("/") + "/") if prefix.strip("/") else ""
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.endpoint = _safe_endpoint(endpoint_url)
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self._part_size, self._grow_every = part_size, grow_every
+        self._retention = (retention_mode, retention_days) if retention_mode else None
+        self._max_attempts = max_attempts
+        config = Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+            region_name=region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+        )
+        self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    # --- contract -------------------------------------------------------------------
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        name = self.prefix + check_key(key)
+        buf = bytearray()
+        upload: _MultipartUpload | None = None
+        try:
+            for chunk in chunks:  # errors of the caller's iterable propagate unchanged
+                for pos in range(0, len(chunk), _FEED):
+                    buf += chunk[pos : pos + _FEED]
+                    limit = upload.next_size() if upload else self._part_size
+                    # Strictly greater: the last part must never be empty.
+                    if len(buf) > limit:
+                        upload = upload or _MultipartUpload(self, name, key)
+                        with memoryview(buf) as view:
+                            part = bytes(view[:limit])
+                        del buf[:limit]
+                        upload.send(part)
+                        del part
+            if upload is None:
+                self._call(
+                    "put",
+                    key,
+                    lambda: self._client.put_object(
+                        Bucket=self.bucket,
+                        Key=name,
+                        Body=bytes(buf),
+                        ContentMD5=_md5(bytes(buf)),
+                        **self._lock_args(),
+                    ),
+                )
+                return len(buf)
+            upload.send(bytes(buf))
+            upload.complete()
+            return upload.size
+        except BaseException:
+            if upload is not None:
+                upload.abort()
+            raise
+
+    def get(self, key: str) -> Iterator[bytes]:
+        name = self.prefix + check_key(key)
+        response = self._call(
+            "get", key, lambda: self._client.get_object(Bucket=self.bucket, Key=name)
+        )
+        return self._stream(name, key, response)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        name = self.prefix + check_key(key)
+        head = self._call(
+            "stat", key, lambda: self._client.head_object(Bucket=self.bucket, Key=name)
+        )
+        return head["ContentLength"]
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = self.prefix + check_prefix(prefix)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full
+        )
+        iterator = iter(pages)
+        while True:
+            page = self._call("list", None, lambda: next(iterator, None))
+            if page is None:
+                return
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(self.prefix) :]
+
+    def delete(self, key: str) -> None:
+        name = self.prefix + check_key(key)
+        self._call("delete", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=name))
+
+    def cleanup(self, older_than: float = 24 * 3600.0) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        stale = [
+            (u["Key"], u["UploadId"]) for u in self.incomplete_uploads() if u["Initiated"] < cutoff
+        ]
+        for name, upload_id in stale:
+            self._abort(name, upload_id)
+        return len(stale)
+
+    def _abort(self, name: str, upload_id: str) -> None:
+        self._call(
+            "abort upload",
+            name,
+            lambda: self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload_id
+            ),
+        )
+
+    def incomplete_uploads(self) -> Iterator[dict[str, Any]]:
+        """Multipart uploads under this store's prefix not yet completed or aborted
+        (each as returned by ListMultipartUploads: Key, UploadId, Initiated...)."""
+        pages = iter(
+            self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+        )
+        while True:
+            page = self._call("list uploads", None, lambda: next(pages, None))
+            if page is None:
+                return
+            for upload in page.get("Uploads", []):
+                yield dict(upload)
+
+    def check(self) -> None:
+        """Fail early, with a clear error, if the bucket is missing or unreachable."""
+        self._call("open bucket", None, lambda: self._client.head_bucket(Bucket=self.bucket))
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _lock_args(self) -> dict[str, Any]:
+        if self._retention is None:
+            return {}
+        mode, days = self._retention
+        until = datetime.now(UTC) + timedelta(days=days or 0)
+        return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
+
+    def _stream(self, name: str, key: str, response: GetObjectOutputTypeDef) -> Iterator[bytes]:
+        etag, total, pos, retries = response["ETag"], response["ContentLength"], 0, 0
+        body = response["Body"]
+        try:
+            while True:
+                try:
+                    for chunk in body.iter_chunks(_READ_SIZE):
+                        pos += len(chunk)
+                        yield chunk
+                    if pos >= total:
+                        return
+                    raise IncompleteReadError(actual_bytes=pos, expected_bytes=total)
+                except _NETWORK_ERRORS as exc:
+                    retries += 1
+                    if retries >= self._max_attempts:
+                        raise self._translate(exc, "read", key) from exc
+                body.close()
+                body = self._reopen(name, key, pos, etag)
+        finally:
+            body.close()
+
+    def _reopen(self, name: str, key: str, start: int, etag: str) -> StreamingBody:
+        """Resume a read where the connection dropped, refusing a replaced object."""
+        response = self._call(
+            "read",
+            key,
+            lambda: self._client.get_object(
+                Bucket=self.bucket, Key=name, Range=f"bytes={start}-", IfMatch=etag
+            ),
+        )
+        return response["Body"]
+
+    def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, op, key) from exc
+
+    def _translate(self, exc: Exception, op: str, key: str | None) -> StoreError:
+        where = f"{self.url}: {op}" + (f" {key!r}" if key else "")
+        if isinstance(exc, ClientError):
+            return self._translate_client_error(exc, where, key)
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StoreAccessError(
+                f"{where}: no usable AWS credentials",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an OIDC role)",
+            )
+        if isinstance(exc, _NETWORK_ERRORS):
+            return StoreUnreachableError(
+                f"{where}: cannot reach {self.endpoint} ({type(exc).__name__}, "
+                f"after {self._max_attempts} attempts)",
+                hint="check AWS_ENDPOINT_URL and the network; nothing partial was stored",
+            )
+        return StoreError(f"{where} failed: {exc}")
+
+    def _translate_client_error(self, exc: ClientError, where: str, key: str | None) -> StoreError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket" or (key is None and status == 404):
+            return BucketNotFoundError(
+                f"{where}: bucket {self.bucket!r} does not exist at {self.endpoint}",
+                hint="create the bucket, or fix `backup.store` in forge.yml / AWS_ENDPOINT_URL",
+            )
+        if code in ("NoSuchKey", "404", "NotFound") and key is not None:
+            return ObjectNotFoundError(self.url, key)
+        if code in _ACCESS_CODES or status == 403:
+            return StoreAccessError(
+                f"{where}: access denied by {self.endpoint} ({code or status})",
+                hint="check the AWS credentials (or OIDC role) and the bucket policy: forge "
+                "needs Get/Put/DeleteObject, ListBucket and AbortMultipartUpload",
+            )
+        if code == "PreconditionFailed":
+            return StoreError(
+                f"{where}: the object was replaced while being read", hint="run the command again"
+            )
+        hint = None
+        if self._retention and code == "InvalidRequest":
+            hint = "Object Lock retention needs a bucket created with Object Lock enabled"
+        message = str(error.get("Message", "")).strip()
+        return StoreError(f"{where} failed: {code or status} {message}".rstrip(), hint=hint)
+
+
+class _MultipartUpload:
+    """One multipart upload in flight; ``abort`` is safe to call at any time."""
+
+    def __init__(self, store: S3Store, name: str, key: str) -> None:
+        self._store, self._name, self._key = store, name, key
+        self._client = store._client
+        response = store._call(
+            "start upload",
+            key,
+            lambda: self._client.create_multipart_upload(
+                Bucket=store.bucket, Key=name, **store._lock_args()
+            ),
+        )
+        self.upload_id = response["UploadId"]
+        self.parts: list[CompletedPartTypeDef] = []
+        self.size = 0
+
+    def next_size(self) -> int:
+        return part_size_for(len(self.parts) + 1, self._store._part_size, self._store._grow_every)
+
+    def send(self, data: bytes) -> None:
+        number = len(self.parts) + 1
+        if number > MAX_PARTS:
+            raise StoreError(
+                f"{self._store.url}: {self._key!r} exceeds S3's 10,000 parts",
+                hint="raise part_size",
+            )
+        response = self._store._call(
+            "upload part",
+            self._key,
+            lambda: self._client.upload_part(
+                Bucket=self._store.bucket,
+                Key=self._name,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_md5(data),
+            ),
+        )
+        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self.size += len(data)
+
+    def complete(self) -> None:
+        self._store._call(
+            "complete upload",
+            self._key,
+            lambda: self._client.complete_multipart_upload(
+                Bucket=self._store.bucket,
+                Key=self._name,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            ),
+        )
+
+    def abort(self) -> None:
+        # Best effort: cleanup() and bucket lifecycle rules catch what is left.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.abort_multipart_upload(
+                Bucket=self._store.bucket, Key=self._name, UploadId=self.upload_id
+            )

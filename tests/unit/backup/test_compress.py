@@ -1,0 +1,169 @@
+"""zstd framing: `zstd -d` (and `age -d | zstd -d`) always recovers the data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forge_ci.backup import compress
+from forge_ci.backup.age import encrypt_iter
+from forge_ci.backup.compress import (
+    OUTPUT_SIZE,
+    choose_mode,
+    compress_bytes,
+    compress_iter,
+    decompress_bytes,
+    decompress_iter,
+    is_incompressible_name,
+)
+from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.keys import format_identity_file, generate_identity
+
+needs_cli = pytest.mark.skipif(
+    shutil.which("zstd") is None or shutil.which("age") is None,
+    reason="reference zstd/age not installed",
+)
+SIZES = [0, 1, 1000, 128 * 1024, 128 * 1024 + 1, 3_000_000]
+
+
+def text(size: int) -> bytes:
+    line = b"INSERT INTO wp_posts VALUES (1, 'hello world', '2024-01-01');\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+def zstd_cli(data: bytes) -> bytes:
+    proc = subprocess.run(["zstd", "-d", "-c"], input=data, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["compress", "store", "auto"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", ["text", "random"])
+def test_round_trip_and_reference_zstd(mode: compress.Mode, size: int, kind: str) -> None:
+    data = text(size) if kind == "text" else os.urandom(size)
+    framed = b"".join(compress_iter([data[:7], data[7:]], mode=mode))
+    assert decompress_bytes(framed) == data
+    if shutil.which("zstd"):
+        assert zstd_cli(framed) == data
+
+
+def test_store_mode_is_raw_blocks() -> None:
+    data = os.urandom(1_000_000)
+    framed = compress_bytes(data, mode="store")
+    blocks = -(-len(data) // (128 * 1024))
+    assert len(framed) == 6 + 3 * blocks + len(data)  # header + 3 bytes a block
+    params = zstandard.get_frame_parameters(framed)
+    assert params.window_size == 128 * 1024 and not params.has_checksum
+
+
+def test_auto_mode_decides_by_name_then_sample() -> None:
+    assert is_incompressible_name("web/app/uploads/2024/01/photo.JPG")
+    assert is_incompressible_name("backup.tar.gz")
+    assert not is_incompressible_name("dump.sql")
+    assert choose_mode("photo.jpg", text(10_000)) == "store"
+    assert choose_mode("dump.sql", text(300_000)) == "compress"
+    assert choose_mode(None, os.urandom(300_000)) == "store"
+    assert choose_mode(None, b"tiny") == "compress"
+    # by name: text in a .png is stored as is, without a compression attempt
+    assert len(compress_bytes(text(500_000), name="x.png")) > 500_000
+    assert len(compress_bytes(text(500_000), name="x.sql")) < 10_000
+
+
+def test_compress_iter_is_lazy() -> None:
+    consumed: list[bool] = []
+
+    def source() -> Iterator[bytes]:
+        consumed.append(True)
+        yield b"data"
+
+    stream = compress_iter(source())
+    assert consumed == []
+    assert decompress_bytes(b"".join(stream)) == b"data"
+
+
+def test_rejects_truncated_trailing_and_garbage() -> None:
+    modes: tuple[compress.Mode, ...] = ("compress", "store")
+    for mode in modes:
+        framed = compress_bytes(text(400_000), mode=mode)
+        for bad in (
+            framed[:-1],
+            framed[: len(framed) // 2],
+            framed[:5],
+            framed + b"x",
+            framed + bytes(8),
+        ):
+            with pytest.raises(BackupFormatError):
+                decompress_bytes(bad)
+    with pytest.raises(BackupFormatError):
+        decompress_bytes(b"")
+    with pytest.raises(BackupFormatError):
+        decompress_bytes(b"plain text, not zstd")
+    corrupt = bytearray(compress_bytes(text(400_000), mode="compress"))
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    with pytest.raises(BackupFormatError):
+        decompress_bytes(bytes(corrupt))
+
+
+def test_accepts_what_zstd_cli_accepts() -> None:
+    """Concatenated frames and skippable frames decode like `zstd -d` does."""
+    skippable = (0x184D2A50).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    stream = (
+        compress_bytes(b"one ", mode="compress") + skippable + compress_bytes(b"two", mode="store")
+    )
+    assert decompress_bytes(stream) == b"one two"
+
+
+def test_decompression_output_is_bounded() -> None:
+    """A tiny input that expands hugely still comes out in bounded slices."""
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(64 * 1024 * 1024))
+    assert len(bomb) < 10_000
+    total = 0
+    for piece in decompress_iter([bomb]):
+        assert len(piece) <= OUTPUT_SIZE
+        total += len(piece)
+    assert total == 64 * 1024 * 1024
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    data=st.binary(max_size=300_000),
+    split=st.integers(1, 300_000),
+    mode=st.sampled_from(["compress", "store"]),
+)
+def test_property_round_trip(data: bytes, split: int, mode: compress.Mode) -> None:
+    framed = b"".join(compress_iter([data[:split], data[split:]], mode=mode))
+    pieces = [framed[i : i + split] for i in range(0, len(framed), split)]
+    assert b"".join(decompress_iter(pieces)) == data
+
+
+@needs_cli
+@pytest.mark.parametrize("kind", ["sql", "jpeg-like"])
+def test_age_then_zstd_is_the_universal_recipe(tmp_path: Path, kind: str) -> None:
+    """What a user without forge runs: age -d -i key OBJECT | zstd -d."""
+    identity = generate_identity()
+    key = tmp_path / "key.txt"
+    key.write_text(format_identity_file(identity).reveal())
+    data, name = (
+        (text(2_000_000), "dump.sql") if kind == "sql" else (os.urandom(2_000_000), "photo.jpg")
+    )
+    obj = tmp_path / "object"
+    obj.write_bytes(b"".join(encrypt_iter(compress_iter([data], name=name), [identity.recipient])))
+    if kind == "sql":
+        assert obj.stat().st_size < len(data) // 10
+    result = subprocess.run(
+        f"age -d -i {key} {obj} | zstd -d -c",
+        shell=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout == data
