@@ -90,6 +90,25 @@ def _md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
+def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+    """Slice huge caller chunks so the part buffer never overshoots by more than 1 MiB."""
+    for chunk in chunks:
+        if len(chunk) <= _FEED:
+            yield chunk
+            continue
+        with memoryview(chunk) as view:
+            for pos in range(0, len(view), _FEED):
+                yield view[pos : pos + _FEED]
+
+
+def _take(buf: bytearray, size: int) -> bytes:
+    """Remove and return the first ``size`` bytes of ``buf`` (one copy)."""
+    with memoryview(buf) as view:
+        head = bytes(view[:size])
+    del buf[:size]
+    return head
+
+
 def _safe_endpoint(endpoint: str | None) -> str:
     """The endpoint without any user:password@ part, for messages."""
     if not endpoint:
@@ -159,32 +178,17 @@ class S3Store(ObjectStore):
         buf = bytearray()
         upload: _MultipartUpload | None = None
         try:
-            for chunk in chunks:  # errors of the caller's iterable propagate unchanged
-                for pos in range(0, len(chunk), _FEED):
-                    buf += chunk[pos : pos + _FEED]
-                    limit = upload.next_size() if upload else self._part_size
-                    # Strictly greater: the last part must never be empty.
-                    if len(buf) > limit:
-                        upload = upload or _MultipartUpload(self, name, key)
-                        with memoryview(buf) as view:
-                            part = bytes(view[:limit])
-                        del buf[:limit]
-                        upload.send(part)
-                        del part
+            for piece in _pieces(chunks):  # errors of the caller's iterable propagate unchanged
+                buf += piece
+                limit = upload.next_size() if upload else self._part_size
+                if len(buf) > limit:  # strictly: the last part must never be empty
+                    upload = upload or _MultipartUpload(self, name, key)
+                    upload.send(_take(buf, limit))
+            rest = _take(buf, len(buf))
             if upload is None:
-                self._call(
-                    "put",
-                    key,
-                    lambda: self._client.put_object(
-                        Bucket=self.bucket,
-                        Key=name,
-                        Body=bytes(buf),
-                        ContentMD5=_md5(bytes(buf)),
-                        **self._lock_args(),
-                    ),
-                )
-                return len(buf)
-            upload.send(bytes(buf))
+                self._put_single(name, key, rest)
+                return len(rest)
+            upload.send(rest)
             upload.complete()
             return upload.size
         except BaseException:
@@ -271,6 +275,15 @@ class S3Store(ObjectStore):
         self._client.close()
 
     # --- helpers --------------------------------------------------------------------
+
+    def _put_single(self, name: str, key: str, body: bytes) -> None:
+        self._call(
+            "put",
+            key,
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=name, Body=body, ContentMD5=_md5(body), **self._lock_args()
+            ),
+        )
 
     def _lock_args(self) -> dict[str, Any]:
         if self._retention is None:
