@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.lab)
 
 
+def close_all(closers: Iterable[Callable[[], None]]) -> None:
+    """Run every closer even if one fails (no leaked services); re-raise the first error."""
+    errors: list[BaseException] = []
+    for close in closers:
+        try:
+            close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 @pytest.fixture
 def lab_dir() -> Iterator[Path]:
     """A fresh directory every user can traverse (tmp_path cannot: it is 0700)."""
@@ -96,8 +108,7 @@ def ssh_hosts(ssh_client_key: KeyPair) -> Iterator[Callable[[int], list[SshHost]
         return hosts
 
     yield make
-    for host in started:
-        host.close()
+    close_all(host.close for host in started)
 
 
 @pytest.fixture(scope="session")
@@ -122,8 +133,7 @@ def wp_site(mariadb_server: MariaDB) -> Iterator[Callable[..., WordPressSite]]:
         return site
 
     yield make
-    for site in started:
-        site.close()
+    close_all(site.close for site in started)
 
 
 @pytest.fixture(scope="session")
@@ -152,5 +162,4 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
         return proxy
 
     yield make
-    for proxy in started:
-        proxy.stop()
+    close_all(proxy.stop for proxy in started)

@@ -22,11 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 _PR_SET_PDEATHSIG = 1
 _LIVE: dict[int, str] = {}
 _LIVE_LOCK = threading.Lock()
 _HANDED_OUT: set[int] = set()
+T = TypeVar("T")
 
 
 class LabError(RuntimeError):
@@ -79,6 +81,22 @@ def free_port() -> int:
             _HANDED_OUT.add(port)
             return port
     raise LabError("no free loopback port found")
+
+
+def on_free_port(start: Callable[[int], T], attempts: int = 3) -> T:
+    """Call `start(port)` with a free port; retry with another if it was taken.
+
+    Another process (or an outgoing connection) can grab the port between our
+    probe and the service's bind; `start` must clean up after itself and raise
+    LabError, whose message carries the service's log ("already in use").
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(free_port())
+        except LabError as exc:
+            if attempt == attempts or "already in use" not in str(exc):
+                raise
+    raise LabError("unreachable")
 
 
 def tail(path: Path, lines: int = 30) -> str:

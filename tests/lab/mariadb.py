@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._proc import (
-    free_port,
+    LabError,
     lab_root,
+    on_free_port,
     port_open,
     require_binary,
     require_root,
@@ -111,7 +112,6 @@ def start_mariadb() -> MariaDB:
     """Initialise a datadir and start mariadbd on a free loopback port."""
     require_root()
     workdir = lab_root()
-    server = MariaDB(workdir=workdir, port=free_port())
     datadir = workdir / "data"
     entry = pwd.getpwnam(_SERVER_USER)
     datadir.mkdir()
@@ -130,14 +130,22 @@ def start_mariadb() -> MariaDB:
         what="mariadb-install-db",
         timeout=120,
     )
+    return on_free_port(lambda port: _launch(MariaDB(workdir=workdir, port=port), datadir))
+
+
+def _launch(server: MariaDB, datadir: Path) -> MariaDB:
     server._proc = spawn(_server_argv(server, datadir), server.log_path)
-    wait_until(
-        lambda: server.socket.exists() and port_open(server.port),
-        what=f"mariadbd on port {server.port}",
-        timeout=_START_TIMEOUT,
-        log=server.log_path,
-        proc=server._proc,
-    )
+    try:
+        wait_until(
+            lambda: server.socket.exists() and port_open(server.port),
+            what=f"mariadbd on port {server.port}",
+            timeout=_START_TIMEOUT,
+            log=server.log_path,
+            proc=server._proc,
+        )
+    except LabError:
+        server.stop()
+        raise
     return server
 
 

@@ -25,6 +25,7 @@ from ._proc import (
     LabError,
     free_port,
     lab_root,
+    on_free_port,
     port_open,
     require_binary,
     require_root,
@@ -200,29 +201,18 @@ php_admin_flag[display_errors] = off
 """
 
 
-def _start_nginx(site: WordPressSite, preview: bool, attempts: int = 3) -> None:
+def _start_nginx(site: WordPressSite, preview: bool) -> None:
     nginx_dir = site.workdir / "nginx"
     (nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    for attempt in range(attempts):
-        site.port = free_port()
-        site.url = f"http://127.0.0.1:{site.port}"
-        if preview:
-            site.preview_port = free_port()
-            site.preview_url = f"http://127.0.0.1:{site.preview_port}"
-        try:
-            _launch_nginx(site, nginx_dir)
-            return
-        except LabError:
-            if site._nginx is not None:
-                terminate(site._nginx)
-                site._nginx = None
-            # Another process may take a port between our probe and nginx's bind.
-            clash = "Address already in use" in tail(site.nginx_error_log)
-            if attempt == attempts - 1 or not clash:
-                raise
+    on_free_port(lambda port: _launch_nginx(site, nginx_dir, port, preview))
 
 
-def _launch_nginx(site: WordPressSite, nginx_dir: Path) -> None:
+def _launch_nginx(site: WordPressSite, nginx_dir: Path, port: int, preview: bool) -> None:
+    site.port = port
+    site.url = f"http://127.0.0.1:{port}"
+    if preview:
+        site.preview_port = free_port()
+        site.preview_url = f"http://127.0.0.1:{site.preview_port}"
     config = nginx_dir / "nginx.conf"
     config.write_text(_nginx_config(site, nginx_dir))
     binary = require_binary("nginx", "package nginx")
@@ -230,13 +220,18 @@ def _launch_nginx(site: WordPressSite, nginx_dir: Path) -> None:
     argv += ["-g", "daemon off;"]
     site._nginx = spawn(argv, nginx_dir / "stderr.log")
     ports = [site.port] + ([site.preview_port] if site.preview_port else [])
-    wait_until(
-        lambda: all(port_open(port) for port in ports),
-        what=f"nginx on {ports}",
-        timeout=_START_TIMEOUT,
-        log=[nginx_dir / "stderr.log", site.nginx_error_log],
-        proc=site._nginx,
-    )
+    try:
+        wait_until(
+            lambda: all(port_open(port) for port in ports),
+            what=f"nginx on {ports}",
+            timeout=_START_TIMEOUT,
+            log=[nginx_dir / "stderr.log", site.nginx_error_log],
+            proc=site._nginx,
+        )
+    except LabError:
+        terminate(site._nginx)
+        site._nginx = None
+        raise
 
 
 def _nginx_config(site: WordPressSite, nginx_dir: Path) -> str:

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ._proc import (
     LabError,
     descendants,
-    free_port,
     lab_root,
+    on_free_port,
     require_binary,
     require_root,
     spawn,
@@ -186,26 +186,18 @@ def start_sshd(client_key: KeyPair | None = None, user: str = DEPLOY_USER) -> Ss
         known_hosts_path=workdir / "known_hosts",
         workdir=workdir,
     )
-    _start_on_free_port(host)
+    return on_free_port(lambda port: _first_start(host, port))
+
+
+def _first_start(host: SshHost, port: int) -> SshHost:
+    host.port = port
+    _write_host_key(host)
+    try:
+        host.start()
+    except LabError:
+        host.stop()
+        raise
     return host
-
-
-def _start_on_free_port(host: SshHost, attempts: int = 3) -> None:
-    # Another process may grab the port between our probe and sshd's bind.
-    for attempt in range(attempts):
-        host.port = free_port()
-        _write_host_key(host)
-        try:
-            host.start()
-            return
-        except LabError:
-            host.stop()
-            if attempt == attempts - 1 or "Address already in use" not in _read(host.log_path):
-                raise
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _write_host_key(host: SshHost) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+import subprocess
+import time
 from collections.abc import Callable
 
 import requests
@@ -18,6 +20,7 @@ from lab.bedrock import (
     write_env,
 )
 from lab.site import WordPressSite
+from lab.sshd import SshHost
 from lab.users import chown_tree
 
 
@@ -102,3 +105,20 @@ def test_sites_are_independent(wp_site: Callable[..., WordPressSite]) -> None:
     hand_deploy(two, "r1", "two")
     assert release_line("one") in get(one.url + "/").text
     assert release_line("two") in get(two.url + "/").text
+
+
+def test_deploy_user_reloads_php_over_ssh(
+    wp_site: Callable[..., WordPressSite], sshd_host: SshHost
+) -> None:
+    site = wp_site()
+    hand_deploy(site, "r1", "ssh")
+    ready = site.php_fpm_log.read_text().count("ready to handle connections")
+    done = subprocess.run(
+        sshd_host.ssh_argv(site.reload_command), capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 10
+    while site.php_fpm_log.read_text().count("ready to handle connections") == ready:
+        assert time.monotonic() < deadline, site.logs()
+        time.sleep(0.05)
+    assert release_line("ssh") in get(site.url + "/").text
