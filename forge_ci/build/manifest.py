@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from forge_ci.errors import ArtifactError
 
 Kind = Literal["file", "dir", "symlink"]
 _CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def _entry(e: Mapping[str, Any]) -> Entry:
         raise ValueError("modes may only carry permission bits (no setuid, setgid, sticky)")
     if kind == "file":
         sha = str(e["sha256"])
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not _SHA256.fullmatch(sha):
             raise ValueError("bad sha256")
         return Entry("file", mode, int(e["size"]), sha)
     if kind == "symlink":

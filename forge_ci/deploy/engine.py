@@ -14,12 +14,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
-from forge_ci.build.manifest import Manifest
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
 from forge_ci.deploy import health
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.plan import DeployPlan, Observed, RollbackPlan, observe, plan_host
-from forge_ci.deploy.releases import Layout, State, event, new_release_id, unfinished
+from forge_ci.deploy.releases import (
+    Layout,
+    State,
+    event,
+    new_release_id,
+    prune_plan,
+    unfinished,
+)
 from forge_ci.deploy.ship import ship
 from forge_ci.errors import (
     DeployFailed,
@@ -62,8 +68,16 @@ class Result:
 
 # -- small remote steps ------------------------------------------------------
 
+def _log_script(obs: Observed, release: str, state: State, by: str, note: str = "") -> str:
+    """A shell line appending one event; the in-memory log follows along."""
+    ev = event(release, state, by, note)
+    obs.log.events.append(ev)
+    return f"printf '%s\\n' {sh(ev.to_line().decode().strip())} >> {sh(obs.layout.log)}\n"
+
+
 def _record(obs: Observed, release: str, state: State, by: str, note: str = "") -> None:
-    obs.host.append(obs.layout.log, event(release, state, by, note).to_line())
+    obs.host.check(obs.host.run(_log_script(obs, release, state, by, note), check=False),
+                   "writing the release log")
 
 
 def _switch(host: Host, layout: Layout, release: str | None) -> None:
@@ -125,7 +139,7 @@ def _shared_paths(env: EnvironmentConfig) -> list[str]:
     return [p for p in env.shared if not (p == ".env" and env.dotenv)]
 
 
-def _link_shared(dep: Deployment, obs: Observed, release: str) -> None:
+def _link_shared(dep: Deployment, obs: Observed, release: str, then: str = "") -> None:
     lay = dep.layout
     script = ["set -e"]
     for p in _shared_paths(dep.env):
@@ -139,8 +153,8 @@ def _link_shared(dep: Deployment, obs: Observed, release: str) -> None:
         )
         script.append(f"rm -rf {sh(r)}; mkdir -p {sh(posixpath.dirname(r))}; "
                       f"ln -s {sh(rel)} {sh(r)}")
-    if len(script) > 1:
-        obs.host.check(obs.host.run("\n".join(script), check=False), "linking shared paths")
+    script.append(then)
+    obs.host.check(obs.host.run("\n".join(script), check=False), "linking shared paths")
 
 
 def _extras(dep: Deployment) -> list[str]:
@@ -187,25 +201,32 @@ def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -
     lay = dep.layout
     host = obs.host
     stale = unfinished(obs.log, obs.dirs, obs.current)
+    # Round trips are the cost on a fast network: each step below is one command.
+    script = "set -e\n" + sh("mkdir", "-p", lay.releases, lay.shared,
+                             posixpath.dirname(lay.manifest(release))) + "\n"
     if stale:
         dep.log(f"{obs.name}: removing unfinished releases {', '.join(stale)}")
-        host.remove_trees(lay.release(r) for r in stale if r in obs.dirs)
-        for r in stale:
-            if r in obs.log.states:
-                _record(obs, r, "removed", dep.by, "unfinished")
-    host.makedirs(lay.releases, lay.shared, posixpath.dirname(lay.manifest(release)))
-    _record(obs, release, "preparing", dep.by)
+        script += sh("rm", "-rf", "--", *(lay.release(r) for r in stale if r in obs.dirs)) + "\n"
+        script += "".join(_log_script(obs, r, "removed", dep.by, "unfinished")
+                          for r in stale if r in obs.log.states)
+    script += _log_script(obs, release, "preparing", dep.by)
+    script += f"cat > {sh(lay.manifest(release))}\n"
+    host.check(host.run(script, input=artifact.manifest.to_bytes(), check=False),
+               "starting the release")
     base = lay.release(obs.current) if obs.current and obs.current_manifest else None
-    ship(host, artifact, lay.release(release), base, obs.current_manifest, _extras(dep), dep.log)
-    _link_shared(dep, obs, release)
+    generated: dict[str, tuple[bytes, int]] = {}
     if dep.env.dotenv:
-        host.write(posixpath.join(lay.release(release), ".env"), _dotenv(dep.env), mode=0o600)
+        generated[".env"] = (_dotenv(dep.env), 0o600)
     if dep.env.marker and "web" in artifact.manifest.entries:
-        host.write(posixpath.join(lay.release(release), health.MARKER_PATH),
-                   health.marker_php(release), mode=0o644)
-    host.write(lay.manifest(release), artifact.manifest.to_bytes())
-    _hooks(dep, obs, "before_switch", dep.env.hooks.before_switch, release, obs.current)
-    _record(obs, release, "prepared", dep.by)
+        generated[health.MARKER_PATH] = (health.marker_php(release), 0o644)
+    ship(host, artifact, lay.release(release), base, obs.current_manifest, _extras(dep),
+         dep.log, generated=generated)
+    hooks = dep.env.hooks.before_switch
+    tail = "" if hooks else _log_script(obs, release, "prepared", dep.by)
+    _link_shared(dep, obs, release, then=tail)
+    if hooks:
+        _hooks(dep, obs, "before_switch", hooks, release, obs.current)
+        _record(obs, release, "prepared", dep.by)
 
 
 def _switch_back(dep: Deployment, switched: Sequence[Observed], release: str) -> list[str]:
@@ -238,8 +259,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Res
         _prepare_all(dep, observed, artifact, release)
         outcome = _switch_all_and_check(dep, observed, release)
         for obs in observed:
-            _record(obs, release, "live", dep.by)
-        _prune(dep, observed, release)
+            _finish(dep, obs, release)
         return Result(release, previous, dep.env.url, plan, outcome)
     raise AssertionError("unreachable")
 
@@ -287,17 +307,18 @@ def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed], release
                          hint="the release is marked bad; fix it and deploy again") from None
 
 
-def _prune(dep: Deployment, observed: Sequence[Observed], release: str) -> None:
-    for obs in observed:
-        fresh = observe(obs.host, dep.layout)  # the same rule the plan showed
-        victims = [r for r in plan_host(fresh, Manifest({}), release,
-                                        dep.env.keep_releases).prune_after if r != release]
-        if victims:
-            dep.log(f"{obs.name}: pruning {', '.join(victims)}")
-            obs.host.remove_trees(dep.layout.release(r) for r in victims)
-            obs.host.remove_trees(dep.layout.manifest(r) for r in victims)
-            for r in victims:
-                _record(fresh, r, "removed", dep.by, "pruned")
+def _finish(dep: Deployment, obs: Observed, release: str) -> None:
+    """Mark the release live and prune, in one command, by the rule the plan showed."""
+    script = _log_script(obs, release, "live", dep.by)
+    dirs = sorted({*obs.dirs, release} - set(unfinished(obs.log, obs.dirs, obs.current)))
+    victims = [r for r in prune_plan(obs.log, dirs, release, dep.env.keep_releases)
+               if r != release]
+    if victims:
+        dep.log(f"{obs.name}: pruning {', '.join(victims)}")
+        script += sh("rm", "-rf", "--", *(dep.layout.release(r) for r in victims),
+                     *(dep.layout.manifest(r) for r in victims)) + "\n"
+        script += "".join(_log_script(obs, r, "removed", dep.by, "pruned") for r in victims)
+    obs.host.check(obs.host.run(script, check=False), "recording the live release")
 
 
 # -- rollback ----------------------------------------------------------------

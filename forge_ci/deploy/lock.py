@@ -49,15 +49,18 @@ class Lock:
 
     def acquire(self) -> None:
         lay = self.layout
-        self.host.makedirs(lay.meta)
         wait = max(0, int(self.wait))
+        # One round trip: the owner record arrives as the first line of stdin.
         script = (
-            f"exec 9>>{sh(lay.lock)} || exit 1\n"
+            f"mkdir -p {sh(lay.meta)} && exec 9>>{sh(lay.lock)} || exit 1\n"
+            "IFS= read -r owner\n"
             f"flock -w {wait} 9 || exit {_BUSY}\n"
+            f"printf '%s\\n' \"$owner\" > {sh(lay.lock_owner)}\n"
             "echo locked\n"
             "exec cat >/dev/null\n"
         )
         proc = self.host.start(script)
+        proc.write(json.dumps(self.owner).encode() + b"\n")
         line = proc.readline()
         if line.strip() != b"locked":
             status = proc.wait(30)
@@ -69,7 +72,6 @@ class Lock:
                 f"could not take the lock on {self.host.name}: "
                 f"{proc.stderr().decode(errors='replace').strip()}")
         self._proc = proc
-        self.host.write(lay.lock_owner, json.dumps(self.owner).encode() + b"\n")
 
     def _busy_message(self) -> str:
         raw = self.host.read(self.layout.lock_owner)

@@ -11,7 +11,7 @@ from typing import Any
 
 from forge_ci.build.manifest import Manifest, diff
 from forge_ci.deploy.releases import Layout, ReleaseLog, event, prune_plan, unfinished
-from forge_ci.errors import ConnectError, RemoteCommandError
+from forge_ci.errors import ArtifactError, ConnectError, RemoteCommandError
 from forge_ci.remote.base import Host, sh
 
 REQUIRED_TOOLS = ("tar", "cp", "flock", "xargs", "mv", "ln", "readlink", "cat")
@@ -33,32 +33,42 @@ class Observed:
         return self.host.name
 
 
+def _observe_script(layout: Layout) -> str:
+    # One round trip: NUL-separated fields (the log and manifests never contain NUL).
+    tools = " ".join(REQUIRED_TOOLS)
+    return f"""\
+cd {sh(layout.root)} 2>/dev/null || {{ printf 'absent\\0'; exit 0; }}
+printf 'present\\0'
+for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done; printf '\\0'
+if [ -e current ] && [ ! -L current ]; then printf notlink; fi; printf '\\0'
+cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
+ls -1A releases 2>/dev/null; printf '\\0'
+cat .forge/log.jsonl 2>/dev/null; printf '\\0'
+[ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
+"""
+
+
 def observe(host: Host, layout: Layout) -> Observed:
-    missing = host.run(
-        "for t in " + " ".join(REQUIRED_TOOLS) + "; do command -v $t >/dev/null || echo $t; done",
-        check=False).text.split()
-    if missing:
-        raise ConnectError(f"{host.name} lacks {', '.join(missing)}",
+    fields = host.run(_observe_script(layout)).stdout.split(b"\0")
+    if fields[0] != b"present":
+        return Observed(host, layout, None, ReleaseLog(), [])
+    missing, notlink, link, dirs, log, manifest = (fields + [b""] * 7)[1:7]
+    if missing.strip():
+        raise ConnectError(f"{host.name} lacks {missing.decode().strip()}",
                            hint="install coreutils, tar and util-linux on the server")
-    if host.exists(layout.current) and host.run(f"[ -L {sh(layout.current)} ]",
-                                                check=False).status != 0:
+    if notlink:
         raise RemoteCommandError(
             f"{layout.current} on {host.name} exists but is not a symlink",
             hint="move that directory away; forge manages current as a link to a release")
-    link = host.readlink(layout.current)
-    current = link.rstrip("/").split("/")[-1] if link else None
-    log = ReleaseLog.parse(host.read(layout.log))
-    dirs = host.listdir(layout.releases)
-    manifest = None
-    if current:
-        raw = host.read(layout.manifest(current))
-        if raw is not None:
-            try:
-                source = f"{host.name}:{layout.manifest(current)}"
-                manifest = Manifest.from_bytes(raw, source=source)
-            except Exception:
-                manifest = None
-    return Observed(host, layout, current, log, dirs, manifest)
+    current = link.decode().rstrip("/").split("/")[-1] or None
+    parsed = None
+    if current and manifest:
+        try:
+            parsed = Manifest.from_bytes(manifest, source=f"{host.name}:{layout.manifest(current)}")
+        except ArtifactError:
+            parsed = None  # a damaged stored manifest only costs a full send
+    return Observed(host, layout, current, ReleaseLog.parse(log),
+                    sorted(dirs.decode().splitlines()), parsed)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class LocalProcess(Process):
     def write(self, data: bytes) -> None:
         assert self._p.stdin is not None
         self._p.stdin.write(data)
+        self._p.stdin.flush()
 
     def close_stdin(self) -> None:
         if self._p.stdin and not self._p.stdin.closed:

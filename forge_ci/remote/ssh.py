@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import socket
 import tempfile
-import time
 from collections.abc import Callable
 
 import paramiko
@@ -73,13 +73,9 @@ class SshProcess(Process):
 
     def wait(self, timeout: float | None = None) -> int:
         self.close_stdin()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._ch.exit_status_ready():
-            self._drain_stderr()
-            if deadline is not None and time.monotonic() > deadline:
-                self.kill()
-                raise RemoteCommandError("the remote command did not finish in time")
-            time.sleep(0.01)
+        if not self._ch.status_event.wait(timeout):
+            self.kill()
+            raise RemoteCommandError("the remote command did not finish in time")
         self._drain_stderr()
         return self._ch.recv_exit_status()
 
@@ -133,8 +129,11 @@ class SshHost(Host):
     def _connect(self, host: str, port: int, user: str, key: paramiko.PKey,
                  timeout: float) -> None:
         try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            # Without it, Nagle and delayed ACKs add ~40 ms to every command's round trip.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._client.connect(
-                host, port=port, username=user, pkey=key, timeout=timeout,
+                host, port=port, username=user, pkey=key, timeout=timeout, sock=sock,
                 banner_timeout=timeout, auth_timeout=timeout,
                 allow_agent=False, look_for_keys=False,
             )

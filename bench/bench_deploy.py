@@ -1,0 +1,134 @@
+"""Deploy speed and memory against tar-over-ssh and rsync, measured in the same run.
+
+    .venv/bin/python bench/bench_deploy.py [--files 4300] [--mb 75]
+
+A Bedrock-sized tree (WordPress core from Debian plus generated vendor and theme
+assets up to the target size) is deployed over loopback SSH to a lab sshd, with
+nginx + PHP-FPM serving the release marker, so the health check is real.
+Prints wall times and ratios; needs root and the lab's Debian packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lab.bedrock import make_site  # noqa: E402
+from lab.mariadb import start_mariadb  # noqa: E402
+from lab.site import start_site  # noqa: E402
+from lab.sshd import start_sshd  # noqa: E402
+from lab.users import chown_tree  # noqa: E402
+
+
+def fill(tree: Path, files: int, mb: int) -> None:
+    """Top the example (with WordPress core) up to `files` files and `mb` MB."""
+    have = sum(1 for p in tree.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+    extra = max(files - have, 1)
+    per = max((mb * 1_000_000 - size) // extra, 1)
+    vendor = tree / "vendor"
+    for i in range(extra):
+        d = vendor / f"pkg{i // 100:03d}" / "src"
+        d.mkdir(parents=True, exist_ok=True)
+        # Half compressible text, half random: like PHP sources plus minified assets.
+        body = (b"<?php // generated\n" * (per // 40)) + os.urandom(per // 2)
+        (d / f"File{i}.php").write_bytes(body[:per])
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None, shell: bool = False) -> tuple[float, int]:
+    """Wall seconds and the child's peak RSS in MB."""
+    t = time.perf_counter()
+    p = subprocess.run(argv if not shell else " ".join(argv), env=env, shell=shell,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"failed: {argv}\n{p.stderr.decode()[-2000:]}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    return wall, rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=4300)
+    ap.add_argument("--mb", type=int, default=75)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="forge-bench-"))
+    work.chmod(0o755)
+    db = start_mariadb()
+    site = start_site(db)
+    host = start_sshd()
+    try:
+        src = make_site(work / "src", "v1")
+        fill(src, args.files, args.mb)
+        chown_tree(work, "forgedeploy")
+        n = sum(1 for p in src.rglob("*") if p.is_file())
+        mb = sum(p.stat().st_size for p in src.rglob("*") if p.is_file()) / 1e6
+        (src / "forge.yml").write_text(
+            "version: 1\nproject: bench\nenvironments:\n  production:\n"
+            f"    url: {site.url}\n    hosts: [{{host: 127.0.0.1, port: {host.port}, user: forgedeploy}}]\n"
+            f"    path: {site.path}\n    shared: [web/app/uploads]\n")
+        env = dict(os.environ, **host.env())
+        forge = [sys.executable, "-m", "forge_ci"]
+        artifact = work / "artifact"
+        subprocess.run([*forge, "build", "--config", str(src / "forge.yml"), "--out", str(artifact)],
+                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        ssh = " ".join(host.ssh_argv())
+        ref_dir = f"/tmp/forge-bench-ref-{os.getpid()}"
+        rs_dir = f"/tmp/forge-bench-rsync-{os.getpid()}"
+        subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}; mkdir -p {ref_dir} {rs_dir}"),
+                       check=True)
+        deploy = [*forge, "deploy", "production", "--config", str(src / "forge.yml"),
+                  "--artifact", str(artifact)]
+
+        wipe = host.ssh_argv(f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current "
+                             f"{site.path}/.forge")
+        # Best of three, each from an empty target, so caches favour no one.
+        t_tar = t_first = float("inf")
+        for _ in range(3):
+            subprocess.run(wipe, check=True)
+            t, _ = timed([f"tar -C {artifact}/tree -cf - . | {ssh} 'tar -C {ref_dir} -xf -'"],
+                         shell=True)
+            t_tar = min(t_tar, t)
+            subprocess.run(wipe, check=True)
+            t, rss1 = timed(deploy, env=env)
+            t_first = min(t_first, t)
+        # One-file change: rebuild the artifact, then redeploy; rsync gets the same change.
+        rsync = ["rsync", "-a", "--delete", "-e", " ".join(host.ssh_argv()[:-1]),
+                 f"{artifact}/tree/", f"forgedeploy@127.0.0.1:{rs_dir}/"]
+        timed(rsync)
+        from forge_ci.build.manifest import scan
+
+        t_rsync = t_second = float("inf")
+        for i in range(3):
+            (artifact / "tree/web/app/themes/forge-example/version.txt").write_text(f"v{i + 2}\n")
+            (artifact / "manifest.json").write_bytes(scan(artifact / "tree").to_bytes())
+            t, _ = timed(rsync)
+            t_rsync = min(t_rsync, t)
+            t, rss2 = timed(deploy, env=env)
+            t_second = min(t_second, t)
+        print(f"tree: {n} files, {mb:.0f} MB, loopback SSH")
+        print(f"first deploy   forge {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
+              f"ratio {t_first / t_tar:4.2f} (goal <= 1.3)")
+        print(f"one-file redeploy forge {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
+              f"ratio {t_second / t_rsync:4.2f} (goal <= 2.0)")
+        print(f"peak RSS of forge: {max(rss1, rss2)} MB (goal < 150)")
+        subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}"), check=False)
+    finally:
+        host.close()
+        site.close()
+        db.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
