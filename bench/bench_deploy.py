@@ -45,11 +45,18 @@ def fill(tree: Path, files: int, mb: int) -> None:
         (d / f"File{i}.php").write_bytes(body[:per])
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None, shell: bool = False) -> tuple[float, int]:
+def timed(
+    argv: list[str], env: dict[str, str] | None = None, shell: bool = False
+) -> tuple[float, int]:
     """Wall seconds and the child's peak RSS in MB."""
     t = time.perf_counter()
-    p = subprocess.run(argv if not shell else " ".join(argv), env=env, shell=shell,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.run(
+        argv if not shell else " ".join(argv),
+        env=env,
+        shell=shell,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"failed: {argv}\n{p.stderr.decode()[-2000:]}")
@@ -76,35 +83,58 @@ def main() -> None:
         (src / "forge.yml").write_text(
             "version: 1\nproject: bench\nenvironments:\n  production:\n"
             f"    url: {site.url}\n    hosts: [{{host: 127.0.0.1, port: {host.port}, user: forgedeploy}}]\n"
-            f"    path: {site.path}\n    shared: [web/app/uploads]\n")
+            f"    path: {site.path}\n    shared: [web/app/uploads]\n"
+        )
         env = dict(os.environ, **host.env())
         forge = [sys.executable, "-m", "forge_ci"]
         artifact = work / "artifact"
-        subprocess.run([*forge, "build", "--config", str(src / "forge.yml"), "--out", str(artifact)],
-                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*forge, "build", "--config", str(src / "forge.yml"), "--out", str(artifact)],
+            check=True,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
         ssh = " ".join(host.ssh_argv())
         ref_dir = f"/tmp/forge-bench-ref-{os.getpid()}"
         rs_dir = f"/tmp/forge-bench-rsync-{os.getpid()}"
-        subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}; mkdir -p {ref_dir} {rs_dir}"),
-                       check=True)
-        deploy = [*forge, "deploy", "production", "--config", str(src / "forge.yml"),
-                  "--artifact", str(artifact)]
+        subprocess.run(
+            host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}; mkdir -p {ref_dir} {rs_dir}"), check=True
+        )
+        deploy = [
+            *forge,
+            "deploy",
+            "production",
+            "--config",
+            str(src / "forge.yml"),
+            "--artifact",
+            str(artifact),
+        ]
 
-        wipe = host.ssh_argv(f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current "
-                             f"{site.path}/.forge")
+        wipe = host.ssh_argv(
+            f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current {site.path}/.forge"
+        )
         # Best of three, each from an empty target, so caches favour no one.
         t_tar = t_first = float("inf")
         for _ in range(3):
             subprocess.run(wipe, check=True)
-            t, _ = timed([f"tar -C {artifact}/tree -cf - . | {ssh} 'tar -C {ref_dir} -xf -'"],
-                         shell=True)
+            t, _ = timed(
+                [f"tar -C {artifact}/tree -cf - . | {ssh} 'tar -C {ref_dir} -xf -'"], shell=True
+            )
             t_tar = min(t_tar, t)
             subprocess.run(wipe, check=True)
             t, rss1 = timed(deploy, env=env)
             t_first = min(t_first, t)
         # One-file change: rebuild the artifact, then redeploy; rsync gets the same change.
-        rsync = ["rsync", "-a", "--delete", "-e", " ".join(host.ssh_argv()[:-1]),
-                 f"{artifact}/tree/", f"forgedeploy@127.0.0.1:{rs_dir}/"]
+        rsync = [
+            "rsync",
+            "-a",
+            "--delete",
+            "-e",
+            " ".join(host.ssh_argv()[:-1]),
+            f"{artifact}/tree/",
+            f"forgedeploy@127.0.0.1:{rs_dir}/",
+        ]
         timed(rsync)
         from forge_ci.build.manifest import scan
 
@@ -117,10 +147,14 @@ def main() -> None:
             t, rss2 = timed(deploy, env=env)
             t_second = min(t_second, t)
         print(f"tree: {n} files, {mb:.0f} MB, loopback SSH")
-        print(f"first deploy   forge {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
-              f"ratio {t_first / t_tar:4.2f} (goal <= 1.3)")
-        print(f"one-file redeploy forge {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
-              f"ratio {t_second / t_rsync:4.2f} (goal <= 2.0)")
+        print(
+            f"first deploy   forge {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
+            f"ratio {t_first / t_tar:4.2f} (goal <= 1.3)"
+        )
+        print(
+            f"one-file redeploy forge {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
+            f"ratio {t_second / t_rsync:4.2f} (goal <= 2.0)"
+        )
         print(f"peak RSS of forge: {max(rss1, rss2)} MB (goal < 150)")
         subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}"), check=False)
     finally:
