@@ -79,6 +79,14 @@ class PhpConfig(Frozen):
         return self
 
 
+class PreviewConfig(Frozen):
+    """A second server block that serves ``<path>/<link>/web``: the new release is
+    checked there before visitors see it. ``url`` replaces the site URL in checks."""
+
+    url: str = Field(pattern=r"^https?://")
+    link: str = Field("next", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 class EnvironmentConfig(Frozen):
     url: str | None = Field(None, pattern=r"^https?://")
     hosts: tuple[HostConfig, ...] = ()
@@ -92,6 +100,7 @@ class EnvironmentConfig(Frozen):
     # The release marker (web/forge-release.php) proves PHP serves the new code.
     marker: bool = True
     health_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    preview: PreviewConfig | None = None
     lock_wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
     backup: BackupConfig | None = None
 
@@ -116,6 +125,8 @@ class EnvironmentConfig(Frozen):
     def _remote_path_absolute(self) -> EnvironmentConfig:
         if self.hosts and not self.path.startswith("/"):
             raise ValueError("path must be absolute when hosts are given")
+        if self.preview and not self.url:
+            raise ValueError("preview needs url: checks are moved from url to preview.url")
         return self
 
 

@@ -80,18 +80,23 @@ def _record(obs: Observed, release: str, state: State, by: str, note: str = "") 
                    "writing the release log")
 
 
+def _point(host: Host, link: str, release: str) -> None:
+    """Point ``link`` at ``release``: a new link beside it, renamed over it."""
+    tmp = link + ".forge-tmp"
+    target = posixpath.join("releases", release)
+    host.check(host.run(
+        f"rm -f {sh(tmp)} && ln -s {sh(target)} {sh(tmp)} && mv -Tf {sh(tmp)} {sh(link)}",
+        check=False), f"pointing {posixpath.basename(link)} at {release}")
+
+
 def _switch(host: Host, layout: Layout, release: str | None) -> None:
     """Point ``current`` at ``release`` by temp link + rename; None moves it aside."""
-    tmp = layout.current + ".forge-tmp"
     if release is None:
         # First deploy failed: there is no earlier release to go back to.
         host.run(f"mv -Tf {sh(layout.current)} {sh(layout.meta + '/failed-current')}",
                  check=False)
         return
-    target = posixpath.join("releases", release)
-    host.check(host.run(
-        f"rm -f {sh(tmp)} && ln -s {sh(target)} {sh(tmp)} && mv -Tf {sh(tmp)} {sh(layout.current)}",
-        check=False), f"switching current to {release}")
+    _point(host, layout.current, release)
 
 
 def _hook_env(dep: Deployment, release: str, previous: str | None) -> str:
@@ -175,8 +180,22 @@ def _checks(dep: Deployment, release: str) -> list[HealthCheck]:
     return checks + list(dep.env.health)
 
 
+def _preview_checks(dep: Deployment, release: str) -> list[HealthCheck]:
+    """The checks, aimed at the preview route instead of the site."""
+    pv, url = dep.env.preview, dep.env.url
+    if pv is None or url is None:
+        return []
+    base, new = url.rstrip("/"), pv.url.rstrip("/")
+    return [c.model_copy(update={"url": new + c.url[len(base):]})
+            for c in _checks(dep, release) if c.url.startswith(base)]
+
+
 def _notes(dep: Deployment, artifact: Artifact) -> list[str]:
-    notes = ["no preview route: checks run after the switch, with automatic rollback"]
+    if dep.env.preview:
+        notes = [f"preview route: checks run at {dep.env.preview.url} before the switch; "
+                 "after it the live site is checked again, with automatic rollback"]
+    else:
+        notes = ["no preview route: checks run after the switch, with automatic rollback"]
     if not dep.env.url and not dep.env.health:
         notes.append("no url and no health checks: the switch is not verified over HTTP")
     elif dep.env.marker and not dep.env.url:
@@ -257,6 +276,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Res
         previous = observed[0].current
         dep.log(plan.render())
         _prepare_all(dep, observed, artifact, release)
+        _preview(dep, observed, release)
         outcome = _switch_all_and_check(dep, observed, release)
         for obs in observed:
             _finish(dep, obs, release)
@@ -275,6 +295,28 @@ def _prepare_all(dep: Deployment, observed: Sequence[Observed], artifact: Artifa
                     _record(o, release, "bad", dep.by, "failed before switch")
             raise DeployFailed(f"{e.message} — the live site was not touched",
                                hint=e.hint) from None
+
+
+def _preview(dep: Deployment, observed: Sequence[Observed], release: str) -> None:
+    """Serve the release on the preview route and check it there: visitors see nothing."""
+    pv = dep.env.preview
+    checks = _preview_checks(dep, release)
+    if pv is None or not checks:
+        return
+    try:
+        for obs in observed:
+            _point(obs.host, dep.layout.link(pv.link), release)
+        outcome = health.run_checks(checks, dep.policy, dep.log)
+    except ForgeError as e:
+        outcome = health.Outcome(False, e.message, 0.0)
+    if not outcome.ok:
+        for obs in observed:
+            with contextlib.suppress(ForgeError):
+                _record(obs, release, "bad", dep.by, "failed on the preview route")
+        raise DeployFailed(f"the release failed its checks on the preview route "
+                           f"({outcome.detail}); visitors never saw it",
+                           hint="fix the release and deploy again")
+    dep.log(f"preview: {outcome.detail} in {outcome.seconds:.1f}s")
 
 
 def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed], release: str) -> str:

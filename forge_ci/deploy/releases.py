@@ -66,6 +66,9 @@ class Layout:
     def log(self) -> str:
         return self._j(".forge", "log.jsonl")
 
+    def link(self, name: str) -> str:
+        return self._j(name)
+
     def release(self, rid: str) -> str:
         return self._j("releases", rid)
 

@@ -151,3 +151,26 @@ def test_kill_9_mid_deploy_keeps_the_old_release_and_the_next_deploy_just_works(
     assert ssh_site.serves("v2")
     states = [json.loads(x) for x in log.read_text().splitlines()]
     assert any(e["state"] == "removed" for e in states)  # the killed run's release
+
+
+def test_preview_route_keeps_a_bad_release_from_visitors(
+        lab_dir: Path, wp_site: Callable[..., WordPressSite], sshd_host: SshHost) -> None:
+    site = wp_site(preview=True)
+    s = SshSite.create(lab_dir, site, [sshd_host])
+    s.configure(f"    preview: {{ url: '{site.preview_url}' }}\n")
+    assert s.forge("deploy", "production") == 0
+    assert s.serves("v1")
+    index = s.src / "web/index.php"
+    good = index.read_text()
+    index.write_text("<?php http_response_code(500); echo 'fatal error';\n")
+    with Load(site.url + "/") as load:
+        # Failed before the switch: "nothing changed", not "rolled back".
+        assert s.forge("deploy", "production") == ExitCode.FAILED
+    assert load.failures == {}, load.statuses
+    assert s.serves("v1")
+    index.write_text(good)
+    s.set_version("v2")
+    with Load(site.url + "/") as load:
+        assert s.forge("deploy", "production") == 0
+    assert load.failures == {}, load.statuses
+    assert s.serves("v2")
