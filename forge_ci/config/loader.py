@@ -73,7 +73,17 @@ def parse(text: str, env: Mapping[str, str], *, filename: str = "forge.yml",
     try:
         config = ForgeConfig.model_validate(data)
     except pydantic.ValidationError as e:
-        raise _translate(e, filename, lines) from None
+        # Another environment may be invalid only because its ${VAR}s are not set
+        # in this run: leave it out rather than demand secrets this run never uses.
+        skip = {str(k[1]) for k in exp.unresolved}
+        envs = data.get("environments") if isinstance(data, dict) else None
+        if not skip or not isinstance(envs, dict) or not _only_in(e, skip):
+            raise _translate(e, filename, lines) from None
+        data = {**data, "environments": {k: v for k, v in envs.items() if k not in skip}}
+        try:
+            config = ForgeConfig.model_validate(data)
+        except pydantic.ValidationError as e2:
+            raise _translate(e2, filename, lines) from None
     return LoadedConfig(config=config, path=(path or Path(filename)).resolve(),
                         secrets=tuple(secrets))
 
@@ -126,6 +136,7 @@ class _Expander:
                  secrets: list[str], environment: str | None) -> None:
         self.env, self.filename, self.lines = env, filename, lines
         self.secrets, self.environment = secrets, environment
+        self.unresolved: set[KeyPath] = set()
 
     def _optional(self, key: KeyPath) -> bool:
         # Another environment's variables: not needed by this run.
@@ -152,6 +163,7 @@ class _Expander:
                               hint="write ${NAME} (letters, digits, _) or $$ for a literal $")
         if name not in self.env:
             if self._optional(key):
+                self.unresolved.add(key)
                 return m.group(0)
             raise ConfigError(f"${{{name}}} is not set in the environment", file=self.filename,
                               line=line, key=dotted,
@@ -189,6 +201,14 @@ def _translate(exc: pydantic.ValidationError, filename: str,
         message += f" (and {more - 1} more problem{'s' if more > 2 else ''})"
     return ConfigError(message, file=filename, line=_line(lines, loc), key=_dotted(loc),
                        hint=hint)
+
+
+def _only_in(exc: pydantic.ValidationError, environments: set[str]) -> bool:
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = err["loc"]
+        if not (len(loc) >= 2 and loc[0] == "environments" and loc[1] in environments):
+            return False
+    return True
 
 
 def _is_union_tag(part: str | int) -> bool:
