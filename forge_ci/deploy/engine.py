@@ -290,11 +290,19 @@ def _prepare_all(dep: Deployment, observed: Sequence[Observed], artifact: Artifa
         try:
             _prepare(dep, obs, artifact, release)
         except ForgeError as e:
-            for o in observed:
-                with contextlib.suppress(ForgeError):
-                    _record(o, release, "bad", dep.by, "failed before switch")
+            _discard(dep, observed, release, "failed before switch")
             raise DeployFailed(f"{e.message} — the live site was not touched",
                                hint=e.hint) from None
+
+
+def _discard(dep: Deployment, observed: Sequence[Observed], release: str, why: str) -> None:
+    """Best effort: mark a release that never went live bad and free its space
+    (a full disk must not stay full because of the release that filled it)."""
+    for o in observed:
+        with contextlib.suppress(ForgeError):
+            o.host.run(_log_script(o, release, "bad", dep.by, why)
+                       + sh("rm", "-rf", "--", dep.layout.release(release)) + "\n"
+                       + _log_script(o, release, "removed", dep.by, why), check=False)
 
 
 def _preview(dep: Deployment, observed: Sequence[Observed], release: str) -> None:

@@ -8,11 +8,13 @@ translated here into :mod:`forge_ci.errors`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import paramiko
 
@@ -53,29 +55,49 @@ def _host_id(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+@contextlib.contextmanager
+def _lost(name: str) -> Iterator[None]:
+    """paramiko's ways of saying the connection went away, as one ConnectError."""
+    try:
+        yield
+    except (EOFError, paramiko.SSHException, ConnectionError, BrokenPipeError) as e:
+        raise ConnectError(f"lost the SSH connection to {name}"
+                           + (f": {e}" if str(e) else ""),
+                           hint="check the server and network, then run again") from None
+
+
 class SshProcess(Process):
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: paramiko.Channel, name: str) -> None:
         self._ch = channel
         self._err = bytearray()
+        self._name = name
 
     def write(self, data: bytes) -> None:
-        try:
+        with _lost(self._name):
+            if self._ch.closed:
+                raise EOFError("channel closed")
             self._ch.sendall(data)
-        except OSError as e:
-            raise RemoteCommandError(f"the remote command stopped reading: {e}") from None
 
     def close_stdin(self) -> None:
-        if not self._ch.closed:
-            self._ch.shutdown_write()
+        with _lost(self._name):
+            if not self._ch.closed:
+                self._ch.shutdown_write()
 
     def read(self, size: int = 65536) -> bytes:
-        return self._ch.recv(size)
+        with _lost(self._name):
+            return self._ch.recv(size)
 
     def wait(self, timeout: float | None = None) -> int:
         self.close_stdin()
-        if not self._ch.status_event.wait(timeout):
-            self.kill()
-            raise RemoteCommandError("the remote command did not finish in time")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # status_event is never set when the connection dies, so look at the transport too.
+        while not self._ch.status_event.wait(0.5):
+            transport = self._ch.get_transport()
+            if self._ch.closed or transport is None or not transport.is_active():
+                raise ConnectError(f"lost the SSH connection to {self._name}")
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                raise RemoteCommandError(f"a command on {self._name} did not finish in time")
         self._drain_stderr()
         return self._ch.recv_exit_status()
 
@@ -178,18 +200,14 @@ class SshHost(Host):
         timeout: float | None = 600,
         check: bool = True,
     ) -> Result:
-        proc = SshProcess(self._channel(script))
+        proc = SshProcess(self._channel(script), self.name)
         out = bytearray()
         try:
             if input:
                 proc.write(input)
             proc.close_stdin()
-            ch = proc._ch
-            ch.settimeout(timeout)
-            while True:
-                chunk = ch.recv(65536)
-                if not chunk:
-                    break
+            proc._ch.settimeout(timeout)
+            while chunk := proc.read(65536):
                 out += chunk
             status = proc.wait(timeout)
         except TimeoutError:
@@ -202,7 +220,7 @@ class SshHost(Host):
         return result
 
     def start(self, script: str) -> Process:
-        return SshProcess(self._channel(script))
+        return SshProcess(self._channel(script), self.name)
 
     def close(self) -> None:
         self._client.close()

@@ -174,3 +174,48 @@ def test_preview_route_keeps_a_bad_release_from_visitors(
         assert s.forge("deploy", "production") == 0
     assert load.failures == {}, load.statuses
     assert s.serves("v2")
+
+
+def test_connection_cut_mid_transfer_fails_cleanly_and_next_deploy_works(
+        ssh_site: SshSite) -> None:
+    assert ssh_site.forge("deploy", "production") == 0
+    ssh_site.set_version("v2")
+    (ssh_site.src / "web/app/big.bin").write_bytes(os.urandom(60 << 20))
+    proc = _spawn(ssh_site)
+    assert proc.stdout is not None
+    seen = b""
+    while b"unlink" not in seen:  # the plan is printed just before shipping starts
+        line = proc.stdout.readline()
+        assert line, seen.decode()
+        seen += line
+    time.sleep(0.3)
+    ssh_site.hosts[0].kill_connections()
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == ExitCode.FAILED, (seen + out).decode()
+    assert b"not touched" in out
+    assert ssh_site.serves("v1")
+    (ssh_site.src / "web/app/big.bin").unlink()
+    assert ssh_site.forge("deploy", "production") == 0
+    assert ssh_site.serves("v2")
+
+
+def test_full_disk_on_the_target_fails_before_the_switch_and_frees_the_space(
+        lab_dir: Path, wp_site: Callable[..., WordPressSite], sshd_host: SshHost) -> None:
+    site = wp_site()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m,mode=0755", "tmpfs", str(site.path)],
+                   check=True)
+    try:
+        subprocess.run(["chown", site.user, str(site.path)], check=True)
+        s = SshSite.create(lab_dir, site, [sshd_host])
+        assert s.forge("deploy", "production") == 0
+        s.set_version("v2")
+        (s.src / "web/app/big.bin").write_bytes(os.urandom(50 << 20))
+        assert s.forge("deploy", "production") == ExitCode.FAILED
+        assert s.serves("v1")
+        assert len(os.listdir(site.path / "releases")) == 1
+        (s.src / "web/app/big.bin").unlink()
+        assert s.forge("deploy", "production") == 0
+        assert s.serves("v2")
+    finally:
+        site.stop()
+        subprocess.run(["umount", "-l", str(site.path)], check=False)
