@@ -1,0 +1,298 @@
+"""The Python side of forge's composite actions: check inputs, then run ``forge-ci``.
+
+Each action (``actions/<name>/action.yml``) has one step that runs
+``python -m forge_ci.actions <name>`` in forge's cached virtualenv. Its inputs arrive
+as ``INPUT_*`` environment variables — never spliced into shell code — and are
+validated here before they become an argv for :func:`forge_ci.cli.main`, which runs
+in this same process (one interpreter start, not two).
+
+Two more variables are read here:
+
+``FORGE_ENV``
+    Extra ``NAME=value`` lines (the reusable workflows' ``env`` secret) for the
+    ``${VAR}``\\s of forge.yml. Each value is masked before anything else is
+    printed, then exported to forge-ci's environment only; the raw blob is removed.
+``AWS_ROLE_ARN``
+    With the job's OIDC token available (``permissions: id-token: write``), the
+    token is written to a 0600 file and boto3 assumes the role itself
+    (``AWS_WEB_IDENTITY_TOKEN_FILE``): no long-lived AWS key in the repository.
+
+Errors in inputs exit 2 (bad usage) with an ``::error::`` naming the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_ci import cli, gha
+from forge_ci.errors import ExitCode
+
+Env = MutableMapping[str, str]
+
+_ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
+
+# Names an ``env`` line may not set: they change how the runner, the shell or the
+# interpreter behave, or they are the job's own identity.
+_RESERVED = frozenset({"PATH", "HOME", "SHELL", "IFS", "ENV", "BASH_ENV", "CDPATH", "PWD",
+                       "CI", "NODE_OPTIONS", "FORGE_ENV", "FORGE_PYTHON"})
+_RESERVED_PREFIXES = ("GITHUB_", "RUNNER_", "ACTIONS_", "INPUT_", "LD_", "DYLD_", "PYTHON",
+                      "BASH_FUNC_")
+
+
+class InputError(Exception):
+    """An action input (or ``env`` line) is invalid; the message names it, never a value."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The validated inputs every action shares plus the action's own (strings)."""
+
+    environment: str
+    config: str
+    working_directory: Path
+    extra: dict[str, str]
+
+
+def _get(env: Env, name: str) -> str:
+    return env.get(f"INPUT_{name.upper().replace('-', '_')}", "").strip()
+
+
+def _text(env: Env, name: str, *, default: str = "") -> str:
+    value = _get(env, name) or default
+    if any(c in value for c in "\0\n\r"):
+        raise InputError(f"input {name!r} must be a single line")
+    return value
+
+
+def _bool(env: Env, name: str, default: bool) -> bool:
+    value = _get(env, name).lower()
+    if not value:
+        return default
+    if value in ("true", "false"):
+        return value == "true"
+    raise InputError(f"input {name!r} must be true or false")
+
+
+def _ident(env: Env, name: str, what: str) -> str:
+    value = _text(env, name)
+    if value and not _ID.match(value):
+        raise InputError(f"input {name!r} is not a valid {what} "
+                         "(letters, digits, '.', '_', ':', '-'; as forge-ci prints it)")
+    return value
+
+
+def _common(env: Env) -> Inputs:
+    environment = _text(env, "environment")
+    if not environment:
+        raise InputError("input 'environment' is required (a name from forge.yml)")
+    if not _ENV_NAME.match(environment):
+        raise InputError("input 'environment' must be a forge.yml environment name "
+                         "(letters, digits, '.', '_', '-'; at most 64)")
+    config = _text(env, "config", default="forge.yml")
+    if config.startswith("-"):
+        raise InputError("input 'config' must be a path to forge.yml")
+    wd = Path(_text(env, "working-directory", default="."))
+    if not wd.is_dir():
+        raise InputError("input 'working-directory' is not a directory in the workspace")
+    return Inputs(environment=environment, config=config, working_directory=wd, extra={})
+
+
+# -- one argv list per forge-ci command an action runs ---------------------------
+
+Plan = Callable[[Env, Inputs], list[list[str]]]
+
+
+def _deploy(env: Env, i: Inputs) -> list[list[str]]:
+    argv = ["deploy", i.environment, f"--config={i.config}"]
+    artifact = _text(env, "artifact")
+    if artifact:
+        if not (i.working_directory / artifact).is_dir():
+            raise InputError("input 'artifact' is not a directory (a `forge-ci build` output)")
+        argv.append(f"--artifact={artifact}")
+    return [argv]
+
+
+def _rollback(env: Env, i: Inputs) -> list[list[str]]:
+    argv = ["rollback", i.environment, f"--config={i.config}"]
+    release = _ident(env, "release", "release id")
+    if release:
+        argv.append(f"--to={release}")
+    return [argv]
+
+
+def _backup(env: Env, i: Inputs) -> list[list[str]]:
+    runs = [["backup", i.environment, f"--config={i.config}"]]
+    if _bool(env, "verify", False):
+        runs.append(["verify", i.environment, f"--config={i.config}"])
+    if _bool(env, "prune", False):
+        runs.append(["prune", i.environment, f"--config={i.config}"])
+    return runs
+
+
+def _restore(env: Env, i: Inputs) -> list[list[str]]:
+    snapshot = _ident(env, "snapshot", "snapshot id")
+    if _text(env, "confirm") != i.environment:
+        raise InputError("restore overwrites the live site: set input 'confirm' to the "
+                         f"environment's name ({i.environment}) to go ahead")
+    argv = ["restore", i.environment, f"--config={i.config}", "--yes"]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    return [argv]
+
+
+def _provision(env: Env, i: Inputs) -> list[list[str]]:
+    argv = ["provision", i.environment, f"--config={i.config}"]
+    if _bool(env, "no-wait", False):
+        argv.append("--no-wait")
+    return [argv]
+
+
+ACTIONS: dict[str, Plan] = {
+    "deploy": _deploy,
+    "rollback": _rollback,
+    "backup": _backup,
+    "restore": _restore,
+    "provision": _provision,
+}
+
+
+def plan(action: str, env: Env) -> tuple[Inputs, list[list[str]]]:
+    """Validate ``env``'s inputs for ``action``; return them and the forge-ci argvs."""
+    if action not in ACTIONS:
+        raise InputError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+    inputs = _common(env)
+    return inputs, ACTIONS[action](env, inputs)
+
+
+# -- FORGE_ENV: extra NAME=value lines -------------------------------------------
+
+def parse_env_lines(text: str) -> dict[str, str]:
+    """Parse ``NAME=value`` lines. Blank lines and ``#`` comments are skipped.
+
+    The value is everything after the first ``=``, taken literally (no quotes, no
+    ``$`` expansion). Errors name the line number and the variable, never a value.
+    """
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not _VAR.match(name):
+            raise InputError(f"env line {n}: expected NAME=value with NAME of letters, "
+                             "digits and '_'")
+        if name in _RESERVED or name.startswith(_RESERVED_PREFIXES):
+            raise InputError(f"env line {n}: {name} cannot be set through env "
+                             "(it changes the runner, shell or interpreter)")
+        if name in out:
+            raise InputError(f"env line {n}: {name} is given twice")
+        out[name] = value
+    return out
+
+
+def export_env_lines(env: Env, runner: gha.Runner) -> list[str]:
+    """Move ``FORGE_ENV``'s variables into ``env``, masking every value first."""
+    text = env.pop("FORGE_ENV", "")
+    parsed = parse_env_lines(text)
+    for value in parsed.values():
+        runner.mask(value)
+    for name, value in parsed.items():
+        if env.get(name) and env[name] != value:
+            raise InputError(f"env: {name} is also set in the step's environment; "
+                             "give it in one place")
+        env[name] = value
+    return sorted(parsed)
+
+
+# -- AWS through OIDC --------------------------------------------------------------
+
+def oidc_aws(env: Env, runner: gha.Runner, *, timeout: float = 10.0) -> bool:
+    """With ``AWS_ROLE_ARN`` set, fetch the job's OIDC token for boto3 to assume the role.
+
+    Returns True when a token file was written. Static keys, if also given, win:
+    boto3 prefers them, so the token is not requested.
+    """
+    role = env.get("AWS_ROLE_ARN", "").strip()
+    if not role or env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_ACCESS_KEY_ID"):
+        return False
+    if not _ROLE_ARN.match(role):
+        raise InputError("aws-role-arn is not an IAM role ARN (arn:aws:iam::123456789012:role/…)")
+    url, token = env.get("ACTIONS_ID_TOKEN_REQUEST_URL"), env.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+    if not url or not token:
+        raise InputError("aws-role-arn is set but this job cannot request an OIDC token: "
+                         "grant it `permissions: id-token: write`")
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        raise InputError("ACTIONS_ID_TOKEN_REQUEST_URL is not an http(s) URL")
+    sep = "&" if "?" in url else "?"
+    req = urllib.request.Request(  # noqa: S310 - scheme checked above
+        f"{url}{sep}{urllib.parse.urlencode({'audience': 'sts.amazonaws.com'})}",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - checked above
+            jwt = str(json.load(resp)["value"])
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"could not get the job's OIDC token ({e.__class__.__name__}); "
+                         "is `id-token: write` granted?") from None
+    runner.mask(jwt)
+    folder = env.get("RUNNER_TEMP") or tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix="forge-oidc-", dir=folder)  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(jwt)
+    env["AWS_WEB_IDENTITY_TOKEN_FILE"] = path
+    run = f"{env.get('GITHUB_RUN_ID', 'local')}-{env.get('GITHUB_RUN_ATTEMPT', '1')}"
+    env.setdefault("AWS_ROLE_SESSION_NAME", f"forge-{run}")
+    return True
+
+
+# -- entry point -------------------------------------------------------------------
+
+def run(action: str, env: Env, *,
+        forge: Callable[[Sequence[str], Env], int] | None = None) -> int:
+    """Run ``action`` with inputs from ``env`` (mutated: it is the process environment)."""
+    runner = gha.Runner.from_env(env)
+    call = forge or (lambda argv, e: cli.main(argv, e))
+    try:
+        names = export_env_lines(env, runner)
+        inputs, argvs = plan(action, env)
+        oidc_aws(env, runner)
+    except InputError as e:
+        runner.error(str(e), title=f"forge {action}")
+        return ExitCode.USAGE
+    if names:
+        runner.log(f"env: exported {', '.join(names)} (values masked)")
+    cwd = Path.cwd()
+    os.chdir(inputs.working_directory)
+    try:
+        for argv in argvs:
+            runner.log(f"$ forge-ci {' '.join(argv)}")
+            code = call(argv, env)
+            if code != 0:
+                return code
+    finally:
+        os.chdir(cwd)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print(f"usage: python -m forge_ci.actions {{{','.join(ACTIONS)}}}", file=sys.stderr)
+        return ExitCode.USAGE
+    return run(args[0], os.environ)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
