@@ -86,8 +86,9 @@ def _modules() -> list[Any]:
     from forge_ci.build import cli as build_cli
     from forge_ci.config import cli as config_cli
     from forge_ci.deploy import cli as deploy_cli
+    from forge_ci.provision import cli as provision_cli
 
-    return [config_cli, build_cli, deploy_cli]
+    return [config_cli, build_cli, deploy_cli, provision_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,24 @@
+"""Which :class:`~forge_ci.provision.base.Provider` a ``provision:`` section names.
+
+Adding a host (a CyberPanel API, a cPanel-style account) means one package
+beside ``hetzner/`` and one branch here; deploy and backup never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from forge_ci.config.provision import ProvisionConfig
+from forge_ci.provision.base import Provider
+from forge_ci.provision.policy import Policy
+
+
+def make_provider(config: ProvisionConfig, env: Mapping[str, str], policy: Policy,
+                  log: Callable[[str], None]) -> Provider[Any]:
+    """Build the provider from config and its secrets in ``env`` (SecretError if missing)."""
+    if config.provider == "hetzner":
+        from forge_ci.provision.hetzner import HetznerProvider
+
+        return HetznerProvider.from_env(config, env, policy, log)
+    raise AssertionError(f"unknown provider {config.provider!r}")  # config validation forbids it
