@@ -6,7 +6,6 @@ hands each test a fresh database and user (`create_database`).
 
 from __future__ import annotations
 
-import pwd
 import secrets
 import shutil
 import subprocess
@@ -27,7 +26,9 @@ from ._proc import (
 )
 
 _START_TIMEOUT = 60.0
-_SERVER_USER = "mysql"
+# Root, not mysql: switching user clears the kernel's parent-death signal, and
+# a mariadbd that outlives a killed pytest run would hold its port forever.
+_SERVER_USER = "root"
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,7 @@ def start_mariadb() -> MariaDB:
     require_root()
     workdir = lab_root()
     datadir = workdir / "data"
-    entry = pwd.getpwnam(_SERVER_USER)
     datadir.mkdir()
-    _chown(datadir, entry)
-    # The socket and pid file live in workdir, written by the mysql user.
-    _chown(workdir, entry)
     run(
         [
             require_binary("mariadb-install-db", "package mariadb-server"),
@@ -167,7 +164,3 @@ def _server_argv(server: MariaDB, datadir: Path) -> list[str]:
         "--skip-log-bin",
         "--max-connections=200",
     ]
-
-
-def _chown(path: Path, entry: pwd.struct_passwd) -> None:
-    shutil.chown(path, entry.pw_uid, entry.pw_gid)
