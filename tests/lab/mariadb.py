@@ -123,6 +123,7 @@ def start_mariadb() -> MariaDB:
             f"--user={_SERVER_USER}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
+            *_SMALL,
         ],
         what="mariadb-install-db",
         timeout=120,
@@ -146,6 +147,10 @@ def _launch(server: MariaDB, datadir: Path) -> MariaDB:
     return server
 
 
+# The default 96 MB redo log would be most of each lab datadir.
+_SMALL = ("--innodb-log-file-size=16M",)
+
+
 def _server_argv(server: MariaDB, datadir: Path) -> list[str]:
     return [
         require_binary("mariadbd", "package mariadb-server"),
@@ -162,5 +167,6 @@ def _server_argv(server: MariaDB, datadir: Path) -> list[str]:
         "--innodb-buffer-pool-size=64M",
         "--innodb-flush-log-at-trx-commit=0",
         "--skip-log-bin",
+        *_SMALL,
         "--max-connections=200",
     ]
