@@ -83,12 +83,13 @@ class Common:
 
 def _modules() -> list[Any]:
     # One line per capability; each module's register() adds its subcommands.
+    from forge_ci.backup import cli as backup_cli
     from forge_ci.build import cli as build_cli
     from forge_ci.config import cli as config_cli
     from forge_ci.deploy import cli as deploy_cli
     from forge_ci.provision import cli as provision_cli
 
-    return [config_cli, build_cli, deploy_cli, provision_cli]
+    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,32 @@
-"""The ``backup:`` section of an environment (owned by the backup package)."""
+"""The ``backup:`` section of an environment (owned by the backup package).
+
+::
+
+    backup:
+      store: s3://bucket/prefix            # or file:///abs/path, or file:rel/path (from forge.yml)
+      host: 203.0.113.10                   # which of the environment's hosts (default: the first)
+      database: { name: example, user: example, password: "${DB_PASSWORD}" }
+      paths: ["shared/web/app/uploads"]    # relative to the environment's path (the default)
+      retention: { keep_daily: 14, keep_weekly: 8, timezone: Europe/Berlin }
+      object_lock: { mode: governance, days: 30 }   # S3 buckets with Object Lock enabled
+
+Secrets never live here: the database password comes from ``${VAR}``; keys and S3
+credentials come from the environment (``FORGE_BACKUP_RECIPIENT``, ``AWS_*``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import posixpath
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+DEFAULT_PATHS = ("shared/web/app/uploads",)
+_S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 
 
 class _Frozen(BaseModel):
@@ -12,14 +34,22 @@ class _Frozen(BaseModel):
 
 
 class DatabaseConfig(_Frozen):
-    name: str = Field(min_length=1)
-    user: str = Field(min_length=1)
+    """The database dumped on the backup host (``mariadb-dump``, else ``mysqldump``).
+
+    ``host`` and ``port`` are as seen from that host: ``localhost`` uses the socket.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^/\\.\x00\s][^/\\\x00]*$")
+    user: str = Field(min_length=1, max_length=80)
     password: SecretStr
-    host: str = "localhost"
+    host: str = Field("localhost", min_length=1, pattern=r"^[^\s\x00]+$")
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
 
 
 class Retention(_Frozen):
+    """restic's ``forget`` policy. Buckets (hour, day, ISO week, month, year) are cut
+    in ``timezone`` (an IANA name), so "daily" means the site's days, not UTC's."""
+
     keep_last: Annotated[int, Field(ge=1)] | None = None
     keep_hourly: Annotated[int, Field(ge=1)] | None = None
     keep_daily: Annotated[int, Field(ge=1)] | None = None
@@ -28,18 +58,96 @@ class Retention(_Frozen):
     keep_yearly: Annotated[int, Field(ge=1)] | None = None
     timezone: str = "UTC"
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as "
+                             "'UTC' or 'Europe/Berlin'") from None
+        return value
+
     @model_validator(mode="after")
     def _not_empty(self) -> Retention:
-        counts = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
-                  self.keep_monthly, self.keep_yearly)
-        if all(c is None for c in counts):
+        if all(c is None for c in self.counts().values()):
             raise ValueError("an empty retention policy would delete every snapshot; "
                              "set at least one keep_* count")
         return self
 
+    def counts(self) -> dict[str, int | None]:
+        """The six counts by restic's names: last, hourly, daily, weekly, monthly, yearly."""
+        return {"last": self.keep_last, "hourly": self.keep_hourly, "daily": self.keep_daily,
+                "weekly": self.keep_weekly, "monthly": self.keep_monthly,
+                "yearly": self.keep_yearly}
+
+
+class ObjectLock(_Frozen):
+    """S3 Object Lock retention put on every object written (the bucket must have
+    Object Lock enabled). Locked objects survive a leaked key; prune's deletes only
+    hide them until ``days`` have passed."""
+
+    mode: Literal["governance", "compliance"] = "governance"
+    days: Annotated[int, Field(ge=1, le=36500)]
+
 
 class BackupConfig(_Frozen):
-    store: str = Field(pattern=r"^(s3|file)://")
+    store: str
+    host: str | None = None
     database: DatabaseConfig | None = None
-    paths: tuple[str, ...] = ()
+    paths: tuple[str, ...] = DEFAULT_PATHS
     retention: Retention | None = None
+    object_lock: ObjectLock | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not _S3.match(value):
+                raise ValueError("store must look like s3://bucket or s3://bucket/prefix")
+            return value.rstrip("/")
+        if value.startswith("file://"):
+            if not value.startswith("file:///"):
+                raise ValueError("file:// stores need an absolute path (file:///srv/backups); "
+                                 "write file:backups for a path relative to forge.yml")
+            return value.rstrip("/") if value != "file:///" else value
+        if value.startswith("file:") and len(value) > 5:
+            _relative(unquote(value[5:]), "a relative file: store")
+            return value
+        raise ValueError("store must be s3://bucket/prefix, file:///abs/path or file:rel/path")
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        clean = tuple(_relative(v, "a backup path") for v in value)
+        for a in clean:
+            for b in clean:
+                if a != b and (b + "/").startswith(a + "/"):
+                    raise ValueError(f"backup paths overlap: {b!r} is inside {a!r}")
+        if len(set(clean)) != len(clean):
+            raise ValueError("a backup path is listed twice")
+        return clean
+
+    @model_validator(mode="after")
+    def _something(self) -> BackupConfig:
+        if self.database is None and not self.paths:
+            raise ValueError("nothing to back up: give a database or paths")
+        if self.object_lock is not None and not self.store.startswith("s3://"):
+            raise ValueError("object_lock needs an s3:// store")
+        return self
+
+    def store_url(self, config_dir: Path) -> str:
+        """The store's URL with ``file:rel`` made absolute against forge.yml's folder."""
+        if self.store.startswith("file:") and not self.store.startswith("file://"):
+            path = (config_dir / unquote(self.store[5:])).resolve()
+            return "file://" + quote(str(path))
+        return self.store
+
+
+def _relative(value: str, what: str) -> str:
+    if not value or value.startswith("/") or "\0" in value or "\n" in value:
+        raise ValueError(f"{what} must be relative to the environment's path, got {value!r}")
+    norm = posixpath.normpath(value)
+    if norm in (".", "..") or norm.startswith("../"):
+        raise ValueError(f"{what} must stay inside the environment's path, got {value!r}")
+    return norm

@@ -1,0 +1,265 @@
+"""The snapshot manifest: what a snapshot holds, and the checks that make it safe to restore.
+
+A manifest is JSON (UTF-8, keys sorted), stored like every object as age(zstd(json))
+under ``snapshots/<site>/<environment>/<id>``; it is written last, so a snapshot
+without one does not exist. Example::
+
+    {"format": "forge-ci snapshot", "version": 1,
+     "id": "20240115T031502Z-3f9a1c2b", "time": "2024-01-15T03:15:02.123456+00:00",
+     "site": "example-site", "environment": "production", "hostnames": ["deploy@203.0.113.10:22"],
+     "tool": "forge-ci 0.1.0", "paths": ["shared/web/app/uploads"],
+     "files": [
+       {"path": "shared/web/app/uploads", "type": "dir", "mode": 493,
+        "mtime_ns": 1705287302000000000},
+       {"path": "shared/web/app/uploads/a b.jpg", "type": "file", "mode": 420,
+        "mtime_ns": 1705287302123456789, "size": 51234, "sha256": "<64 hex>",
+        "objects": ["data/3f/3f...<64 hex>"]},
+       {"path": "shared/web/app/uploads/latest", "type": "symlink", "mode": 511,
+        "mtime_ns": 1705287302000000000, "target": "2024/01"}],
+     "database": {"name": "example", "object": "data/9c/9c...", "size": 1048576,
+                  "sha256": "<64 hex>", "tool": "mariadb-dump", "trailer": "-- Dump completed"},
+     "stats": {"files": 1, "bytes": 51234, "new_objects": 2, "new_bytes": 40000, "seconds": 3.2}}
+
+A file's content is the concatenation of the plaintexts of its ``objects`` in order
+(today zero objects for an empty file, else exactly one). Paths are relative to the
+environment's ``path``. Names that are not UTF-8 are kept as JSON ``\\udcXX`` escapes.
+
+:func:`parse` refuses hostile manifests before anything is written: absolute paths,
+``..`` or unnormalised paths, paths outside the snapshot's ``paths``, duplicates,
+entries below a symlink, and symlinks whose target leaves the environment's tree.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.layout import is_data_key, is_snapshot_id
+
+FORMAT = "forge-ci snapshot"
+VERSION = 1
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+FileType = Literal["file", "dir", "symlink"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    type: FileType
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    sha256: str | None = None
+    objects: tuple[str, ...] = ()
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class DatabaseEntry:
+    name: str
+    object: str
+    size: int
+    sha256: str
+    tool: str
+    trailer: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: str
+    time: datetime
+    site: str
+    environment: str
+    hostnames: tuple[str, ...]
+    tool: str
+    paths: tuple[str, ...]
+    files: tuple[FileEntry, ...] = ()
+    database: DatabaseEntry | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def objects(self) -> set[str]:
+        """Every data object this snapshot needs."""
+        keys = {k for f in self.files for k in f.objects}
+        if self.database is not None:
+            keys.add(self.database.object)
+        return keys
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files) + (self.database.size if self.database else 0)
+
+
+def dumps(manifest: Manifest) -> bytes:
+    """Serialise; :func:`parse` of the result gives ``manifest`` back."""
+    files = []
+    for f in manifest.files:
+        item: dict[str, Any] = {"path": f.path, "type": f.type, "mode": f.mode,
+                                "mtime_ns": f.mtime_ns}
+        if f.type == "file":
+            item |= {"size": f.size, "sha256": f.sha256, "objects": list(f.objects)}
+        elif f.type == "symlink":
+            item["target"] = f.target
+        files.append(item)
+    doc = {
+        "format": FORMAT, "version": VERSION, "id": manifest.id,
+        "time": manifest.time.isoformat(), "site": manifest.site,
+        "environment": manifest.environment, "hostnames": list(manifest.hostnames),
+        "tool": manifest.tool, "paths": list(manifest.paths), "files": files,
+        "database": asdict(manifest.database) if manifest.database else None,
+        "stats": manifest.stats,
+    }
+    # ensure_ascii: non-UTF-8 names (lone surrogates) survive as \udcXX escapes.
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
+    """Parse and validate a manifest; raise :class:`BackupFormatError` if it is
+    malformed or hostile (see the module docstring)."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        manifest = _build(doc)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise BackupFormatError(f"invalid snapshot manifest: {e}") from None
+    if expect_id is not None and manifest.id != expect_id:
+        raise BackupFormatError(f"manifest stored as {expect_id} says it is {manifest.id}")
+    check_tree(manifest)
+    return manifest
+
+
+def _build(doc: dict[str, Any]) -> Manifest:
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ValueError(f"not a {FORMAT} version {VERSION}")
+    time = datetime.fromisoformat(_str(doc["time"]))
+    if time.tzinfo is None:
+        raise ValueError("time has no time zone")
+    if not is_snapshot_id(_str(doc["id"])):
+        raise ValueError("bad id")
+    for key in ("site", "environment"):
+        if not _NAME.match(_str(doc[key])):
+            raise ValueError(f"bad {key}")
+    db = doc.get("database")
+    return Manifest(
+        id=doc["id"], time=time, site=doc["site"], environment=doc["environment"],
+        hostnames=tuple(_str(h) for h in doc["hostnames"]), tool=_str(doc["tool"]),
+        paths=tuple(_str(p) for p in doc["paths"]),
+        files=tuple(_file(f) for f in doc["files"]),
+        database=_database(db) if db is not None else None,
+        stats={str(k): float(v) for k, v in dict(doc.get("stats") or {}).items()},
+    )
+
+
+def _file(item: dict[str, Any]) -> FileEntry:
+    kind = item["type"]
+    mode, mtime = _int(item["mode"]), _int(item["mtime_ns"])
+    if not 0 <= mode <= 0o7777:
+        raise ValueError("bad mode")
+    path = _str(item["path"])
+    if kind == "file":
+        size, sha, objects = _int(item["size"]), _str(item["sha256"]), item["objects"]
+        if size < 0 or not _HEX64.match(sha) or not isinstance(objects, list):
+            raise ValueError(f"bad file entry {path!r}")
+        if not all(isinstance(o, str) and is_data_key(o) for o in objects):
+            raise ValueError(f"bad object key in {path!r}")
+        if bool(objects) != (size > 0):
+            raise ValueError(f"{path!r}: objects do not match its size")
+        return FileEntry(path, "file", mode, mtime, size, sha, tuple(objects))
+    if kind == "dir":
+        return FileEntry(path, "dir", mode, mtime)
+    if kind == "symlink":
+        return FileEntry(path, "symlink", mode, mtime, target=_str(item["target"]))
+    raise ValueError(f"unknown entry type {kind!r}")
+
+
+def _database(item: dict[str, Any]) -> DatabaseEntry:
+    entry = DatabaseEntry(name=_str(item["name"]), object=_str(item["object"]),
+                          size=_int(item["size"]), sha256=_str(item["sha256"]),
+                          tool=_str(item["tool"]), trailer=_str(item["trailer"]))
+    if not is_data_key(entry.object) or not _HEX64.match(entry.sha256) or entry.size <= 0:
+        raise ValueError("bad database entry")
+    return entry
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+# --- hostile paths ------------------------------------------------------------------
+
+
+def safe_relative(path: str) -> bool:
+    """A clean relative path: no absolute, no ``..``/``.``/empty parts, no NUL."""
+    if not path or path.startswith("/") or "\0" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def check_tree(manifest: Manifest) -> None:
+    """Refuse entries that could write outside the restore root when extracted."""
+    roots = manifest.paths
+    for root in roots:
+        if not safe_relative(root):
+            raise BackupFormatError(f"manifest {manifest.id}: hostile backup path {root!r}")
+    seen: dict[str, FileEntry] = {}
+    for entry in manifest.files:
+        path = entry.path
+        if not safe_relative(path):
+            raise BackupFormatError(f"manifest {manifest.id}: hostile path {path!r}")
+        if not any(path == r or path.startswith(r + "/") for r in roots):
+            raise BackupFormatError(f"manifest {manifest.id}: {path!r} is outside its paths")
+        if path in seen:
+            raise BackupFormatError(f"manifest {manifest.id}: {path!r} is listed twice")
+        seen[path] = entry
+    for entry in manifest.files:
+        _check_parents(manifest.id, entry.path, seen)
+        if entry.type == "symlink":
+            _check_link(manifest.id, entry, seen)
+
+
+def _check_parents(sid: str, path: str, seen: dict[str, FileEntry]) -> None:
+    parent = posixpath.dirname(path)
+    while parent:
+        above = seen.get(parent)
+        if above is not None and above.type != "dir":
+            raise BackupFormatError(
+                f"manifest {sid}: {path!r} lies below {parent!r}, which is not a directory")
+        parent = posixpath.dirname(parent)
+
+
+def _check_link(sid: str, entry: FileEntry, seen: dict[str, FileEntry]) -> None:
+    """Resolve the target one component at a time: it must never climb above the
+    environment's root, nor pass *through* another symlink of the snapshot (whose
+    real location would make a lexical check meaningless)."""
+    target = entry.target or ""
+    if not target or target.startswith("/") or "\0" in target:
+        raise BackupFormatError(f"manifest {sid}: symlink {entry.path!r} has a hostile target")
+    stack = entry.path.split("/")[:-1]
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        if part == "..":
+            if not stack:
+                raise BackupFormatError(
+                    f"manifest {sid}: symlink {entry.path!r} points outside the environment")
+            stack.pop()
+            continue
+        stack.append(part)
+        hop = seen.get("/".join(stack))
+        if hop is not None and hop.type == "symlink" and i < len(parts) - 1:
+            raise BackupFormatError(
+                f"manifest {sid}: symlink {entry.path!r} resolves through another symlink")

@@ -1,0 +1,122 @@
+"""Prune: forget snapshots the retention policy does not keep, then delete the data
+objects no remaining snapshot references.
+
+Plan, then act. :func:`plan_prune` only reads: every manifest in the store (all
+sites and environments: a store may be shared, and their objects too), the verify
+markers, the data listing, the locks. The policy applies to this environment's
+group only; the newest *verified* snapshot of the group is always kept. An object
+is deleted only if no kept manifest of any group references it - and if any
+manifest cannot be read with the identity at hand, no object is deleted at all
+(its references are unknown). The plan runs under an exclusive lock, so no backup
+is between "this object exists" and "my manifest references it".
+
+Order of deletion: manifests (the snapshot disappears atomically), then their
+verify markers, then unreferenced objects, then stale locks. An interrupted prune
+leaves only unreferenced objects, which the next one removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from forge_ci.backup import layout
+from forge_ci.backup.lock import StoreLock, stale_locks
+from forge_ci.backup.manifest import Manifest
+from forge_ci.backup.repo import Repository, SnapshotRef
+from forge_ci.backup.retention import Candidate, Decision, apply_policy, describe
+from forge_ci.config.backup import Retention
+from forge_ci.errors import ForgeError
+
+
+@dataclass
+class PrunePlan:
+    policy: str
+    decisions: list[Decision]
+    forget: list[SnapshotRef]
+    delete: list[str]  # data object keys
+    orphan_markers: list[str]
+    stale_locks: list[str]
+    unreadable: list[str] = field(default_factory=list)
+    protected: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "policy": self.policy,
+            "snapshots": [{"id": d.id, "time": d.time.isoformat(), "keep": d.keep,
+                           "reasons": list(d.reasons)} for d in self.decisions],
+            "forget": [r.id for r in self.forget],
+            "delete_objects": len(self.delete),
+            "orphan_markers": len(self.orphan_markers),
+            "stale_locks": len(self.stale_locks),
+            "unreadable_manifests": self.unreadable,
+            "newest_verified": self.protected,
+        }
+
+    def render(self) -> str:
+        lines = [self.policy]
+        for d in self.decisions:
+            why = ", ".join(d.reasons) if d.keep else "no rule keeps it"
+            lines.append(f"  {'keep  ' if d.keep else 'forget'} {d.id}  {why}")
+        lines.append(f"{len(self.forget)} snapshot(s) to forget, {len(self.delete)} "
+                     f"unreferenced object(s) to delete")
+        if self.unreadable:
+            lines.append(f"not deleting any object: {len(self.unreadable)} manifest(s) "
+                         "cannot be read with this identity")
+        return "\n".join(lines)
+
+
+def plan_prune(repo: Repository, policy: Retention, *, keep_oldest: bool = True) -> PrunePlan:
+    """Decide what prune would delete. Reads only."""
+    manifests: dict[SnapshotRef, Manifest] = {}
+    unreadable: list[str] = []
+    for ref in repo.refs(all_groups=True):
+        try:
+            manifests[ref] = repo.load(ref)
+        except ForgeError:
+            unreadable.append(f"{ref.site}/{ref.environment}/{ref.id}")
+    mine = repo.refs()
+    times = {r: (manifests[r].time if r in manifests else r.time) for r in mine}
+    verified = repo.verified_ids()
+    newest_verified = max((r for r in mine if r.id in verified and r in manifests),
+                          key=lambda r: times[r], default=None)
+    protect = [newest_verified.id] if newest_verified else []
+    decisions = apply_policy([Candidate(r.id, times[r]) for r in mine], policy,
+                             protect=protect, keep_oldest=keep_oldest)
+    keep = {d.id for d in decisions if d.keep}
+    forget = [r for r in mine if r.id not in keep]
+    gone = set(forget)
+    referenced: set[str] = set()
+    for ref, manifest in manifests.items():
+        if ref not in gone:
+            referenced |= manifest.objects()
+    delete = [] if unreadable else sorted(repo.data_keys() - referenced)
+    live_ids = {r.id for r in mine if r not in gone}
+    markers = [layout.verified_key(repo.site, repo.environment, i)
+               for i in sorted(verified - live_ids)]
+    return PrunePlan(
+        policy=describe(policy), decisions=decisions, forget=forget, delete=delete,
+        orphan_markers=markers, stale_locks=[lock.key for lock in stale_locks(repo.store)],
+        unreadable=unreadable, protected=newest_verified.id if newest_verified else None)
+
+
+def prune(repo: Repository, policy: Retention, *, dry_run: bool = False,
+          log: Callable[[str], None] = lambda _m: None, keep_oldest: bool = True) -> PrunePlan:
+    """Plan, and unless ``dry_run`` carry out the plan under an exclusive lock."""
+    if dry_run:
+        return plan_prune(repo, policy, keep_oldest=keep_oldest)
+    with StoreLock(repo.store, "exclusive", repo.recipients,
+                   who=f"prune of {repo.site}/{repo.environment}"):
+        plan = plan_prune(repo, policy, keep_oldest=keep_oldest)
+        for ref in plan.forget:
+            log(f"forgetting snapshot {ref.id}")
+            repo.forget(ref)
+        for key in plan.delete:
+            repo.store.delete(key)
+        for key in plan.orphan_markers + plan.stale_locks:
+            repo.store.delete(key)
+        removed = repo.store.cleanup()
+        if removed:
+            log(f"removed {removed} abandoned upload(s)")
+    log(f"deleted {len(plan.delete)} unreferenced object(s)")
+    return plan

@@ -1,0 +1,273 @@
+"""Restore a snapshot: nothing live changes until everything has authenticated.
+
+Order of operations:
+
+1. The manifest is decrypted and checked for hostile paths (``manifest.parse``).
+2. Database: the dump object's *ciphertext* is downloaded to an anonymous temporary
+   file on the runner (``tempfile.TemporaryFile``: no name, removed on close; it
+   holds only age ciphertext), then decrypted once in full to check the age
+   authentication to the final chunk, the zstd frames, the SHA-256, the size and
+   the ``-- Dump completed`` trailer. Only then is it decrypted a second time, from
+   the same local bytes (no second download that could differ), into ``mariadb``.
+3. Files: streamed as a tar into a staging directory on the host. Each file's bytes
+   are checked against the manifest as they pass; any failure kills the extraction
+   and removes the staging directory. Modes and nanosecond mtimes travel in the tar.
+4. Only when steps 2 and 3 succeeded: the dump is imported, then each backup path is
+   swapped for its staged copy with two renames (the old tree is set aside, then
+   deleted). A drill (``--to-dir``) moves the staged tree to the empty target instead.
+
+A dump imported over the live database replaces the tables the dump contains
+(``DROP TABLE IF EXISTS`` + ``CREATE``); tables created after the snapshot are left.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Literal
+
+from forge_ci.backup.dump import check_database_name, has_trailer, import_database
+from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.failures import RestoreRefused
+from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest
+from forge_ci.backup.objects import checked, unseal
+from forge_ci.backup.repo import Repository, SnapshotRef
+from forge_ci.backup.tarstream import tar_info, write_tree
+from forge_ci.config.backup import BackupConfig
+from forge_ci.errors import ForgeError
+from forge_ci.remote import Host, sh
+
+Only = Literal["database", "files"]
+_READ = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    ref: SnapshotRef
+    manifest: Manifest
+    root: str
+    database: str | None = None  # target database name, None: not restored
+    database_live: bool = False
+    files_dest: str | None = None  # directory the snapshot's paths land under
+    files_live: bool = False
+
+    def live_targets(self) -> list[str]:
+        out = []
+        if self.database and self.database_live:
+            out.append(f"database {self.database}")
+        if self.files_dest and self.files_live:
+            out += [f"{self.root}/{p}" for p in self.manifest.paths]
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        files = [f for f in self.manifest.files if f.type == "file"]
+        return {
+            "snapshot": self.ref.id, "time": self.manifest.time.isoformat(),
+            "database": self.database, "database_live": self.database_live,
+            "files_dest": self.files_dest, "files_live": self.files_live,
+            "files": len(files) if self.files_dest else 0,
+            "bytes": sum(f.size for f in files) if self.files_dest else 0,
+            "overwrites": self.live_targets(),
+        }
+
+    def describe(self) -> str:
+        d = self.as_dict()
+        lines = [f"snapshot {self.ref.id} ({d['time']})"]
+        if self.database:
+            where = "over the LIVE database" if self.database_live else "as a drill"
+            lines.append(f"  database -> {self.database} ({where})")
+        if self.files_dest:
+            where = "over the LIVE paths" if self.files_live else "as a drill"
+            lines.append(f"  {d['files']} files, {d['bytes']} bytes -> {self.files_dest} "
+                         f"({where})")
+        return "\n".join(lines)
+
+
+def plan_restore(ref: SnapshotRef, manifest: Manifest, cfg: BackupConfig, root: str, *,
+                 database: str | None = None, to_dir: str | None = None,
+                 only: Only | None = None) -> RestorePlan:
+    """Decide targets: each part goes to its live place unless redirected."""
+    db_target, db_live = None, False
+    if manifest.database is not None and only != "files":
+        if cfg.database is None:
+            raise RestoreRefused("the snapshot holds a database but forge.yml has no "
+                                 "backup.database (the credentials to restore with)",
+                                 hint="add it, or pass --only files")
+        db_target = check_database_name(database or cfg.database.name)
+        db_live = db_target == cfg.database.name
+    elif database is not None:
+        raise RestoreRefused(f"snapshot {ref.id} holds no database to restore")
+    dest, live = None, False
+    if manifest.files and only != "database":
+        dest = posixpath.normpath(to_dir) if to_dir else root
+        if not dest.startswith("/"):
+            raise RestoreRefused(f"--to-dir must be an absolute path on the host: {to_dir}")
+        live = dest == posixpath.normpath(root)
+    elif to_dir is not None:
+        raise RestoreRefused(f"snapshot {ref.id} holds no files to restore")
+    if db_target is None and dest is None:
+        raise RestoreRefused("nothing to restore with these options")
+    return RestorePlan(ref, manifest, root, db_target, db_live, dest, live)
+
+
+@dataclass
+class RestoreReport:
+    snapshot_id: str
+    database: str | None
+    files_dest: str | None
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConfig, *,
+                yes: bool, log: Callable[[str], None] = lambda _m: None) -> RestoreReport:
+    """Carry out ``plan``; live targets need ``yes``. See the module docstring."""
+    live = plan.live_targets()
+    if live and not yes:
+        raise RestoreRefused(f"this restore overwrites live data: {', '.join(live)}",
+                             hint="pass --yes to confirm, or restore as a drill with "
+                                  "--database NAME / --to-dir DIR (and --only)")
+    started = time.monotonic()
+    report = RestoreReport(plan.ref.id, plan.database, plan.files_dest)
+    with tempfile.TemporaryFile(prefix="forge-restore-") as spool:
+        db = plan.manifest.database
+        if plan.database and db is not None:
+            log(f"downloading and authenticating the database dump ({db.size} bytes)")
+            _fetch_verified(repo, db, spool)
+        staged = None
+        if plan.files_dest:
+            log(f"staging files on {host.name}")
+            staged = _stage(repo, host, plan, report)
+        try:
+            if plan.database and db is not None and cfg.database is not None:
+                log(f"importing into database {plan.database} on {host.name}")
+                spool.seek(0)
+                import_database(host, cfg.database, plan.database,
+                                unseal(_read(spool), repo.identities),
+                                create=not plan.database_live)
+            if staged is not None:
+                _put_in_place(host, plan, staged)
+                staged = None
+        finally:
+            if staged is not None:
+                _remove(host, staged.top)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _read(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(_READ):
+        yield chunk
+
+
+def _fetch_verified(repo: Repository, db: DatabaseEntry, spool: IO[bytes]) -> None:
+    for chunk in repo.store.get(db.object):
+        spool.write(chunk)
+    spool.flush()
+    spool.seek(0)
+    tail = b""
+    for chunk in checked(unseal(_read(spool), repo.identities), sha256=db.sha256,
+                         size=db.size, what=f"database dump {db.object}"):
+        tail = (tail + chunk)[-512:]
+    if not has_trailer(tail):
+        raise BackupFormatError(f"database dump {db.object} has no '-- Dump completed' trailer")
+
+
+@dataclass(frozen=True)
+class _Staged:
+    top: str  # remove this to undo everything
+    new: str  # the staged tree: <new>/<manifest path>
+
+
+def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreReport) -> _Staged:
+    assert plan.files_dest is not None
+    if plan.files_live:
+        top = f"{plan.root}/.forge/restore-{plan.ref.id}"
+    else:
+        # Inside the (new or empty) target: needs no write access to its parent.
+        _check_drill_target(host, plan.files_dest)
+        top = f"{plan.files_dest}/.forge-restore-{os.urandom(4).hex()}"
+    staged = _Staged(top, f"{top}/new")
+    _remove(host, top)  # a previous failed attempt
+    entries = list(plan.manifest.files)
+    by_name = {f.path: f for f in entries}
+    try:
+        write_tree(host, staged.new, (_info(f) for f in entries),
+                   lambda info: _content(repo, by_name[_name(info)]))
+    except BaseException:
+        _remove(host, top)
+        raise
+    files = [f for f in entries if f.type == "file"]
+    report.files, report.bytes = len(files), sum(f.size for f in files)
+    return staged
+
+
+def _name(info: tarfile.TarInfo) -> str:
+    return info.name.rstrip("/")
+
+
+def _info(f: FileEntry) -> tarfile.TarInfo:
+    return tar_info(f.path, f.type, f.mode, f.mtime_ns, size=f.size, target=f.target)
+
+
+def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
+    assert f.sha256 is not None
+
+    def plain() -> Iterator[bytes]:
+        for key in f.objects:
+            yield from unseal(repo.store.get(key), repo.identities)
+
+    return checked(plain(), sha256=f.sha256, size=f.size, what=f"file {f.path!r}")
+
+
+def _check_drill_target(host: Host, dest: str) -> None:
+    d = sh(dest)
+    r = host.run(f'[ ! -e {d} ] || {{ [ -d {d} ] && [ -z "$(ls -A -- {d})" ]; }}', check=False)
+    if r.status != 0:
+        raise RestoreRefused(f"{dest} on {host.name} exists and is not an empty directory",
+                             hint="a drill restores into a new or empty directory")
+
+
+def _put_in_place(host: Host, plan: RestorePlan, staged: _Staged) -> None:
+    assert plan.files_dest is not None
+    if not plan.files_live:
+        tops = sorted({p.split("/")[0] for p in plan.manifest.paths})
+        moves = " && ".join(f"mv -- {sh(staged.new + '/' + t)} {sh(plan.files_dest)}/"
+                            for t in tops)
+        host.check(host.run(f"{moves} && rm -rf -- {sh(staged.top)}", check=False),
+                   f"moving the restored tree into {plan.files_dest}")
+        return
+    swaps = "\n".join(f"swap {sh(p)}" for p in plan.manifest.paths)
+    script = (
+        "set -e\n"
+        f"new={sh(staged.new)}; old={sh(staged.top)}/old\n"
+        f"cd -- {sh(plan.root)}\n"
+        "swap() {\n"
+        '  [ -e "$new/$1" ] || [ -L "$new/$1" ] || return 0\n'
+        '  if [ -e "$1" ] || [ -L "$1" ]; then real=$(readlink -f -- "$1")\n'
+        '  else real="$PWD/$1"; mkdir -p -- "$(dirname -- "$real")"; fi\n'
+        '  mkdir -p -- "$old/$(dirname -- "$1")"\n'
+        '  if [ -e "$real" ]; then mv -- "$real" "$old/$1"; fi\n'
+        '  mv -- "$new/$1" "$real"\n'
+        "}\n"
+        f"{swaps}\n"
+        f"rm -rf -- {sh(staged.top)}\n"
+    )
+    r = host.run(script, check=False)
+    if r.status != 0:
+        raise ForgeError(f"putting the restored files in place on {host.name} failed: "
+                         f"{r.tail()}",
+                         hint=f"the previous trees are kept under {staged.top}/old")
+
+
+def _remove(host: Host, path: str) -> None:
+    host.run(f"rm -rf -- {sh(path)}", check=False)

@@ -1,0 +1,160 @@
+"""What is on the host: list the backup paths, hash what changed, remember the hashes.
+
+Everything runs on the host through the Host seam with standard GNU tools (``find``,
+``sha256sum``): file contents are read there, and only their hashes travel. The hash
+cache (``<path>/.forge/backup-hashes.json``, mode 0600) lives on the host too - it
+holds nothing the host does not already have - and lets an unchanged file (same path,
+size, mtime, ctime and inode) skip hashing. The store is never asked about files:
+whether an object exists comes from one listing of ``data/``.
+
+All paths are relative to the environment's root, as ``str`` decoded from the
+host's bytes with ``surrogateescape`` (non-UTF-8 names survive the round trip).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from forge_ci.errors import BackupError, RemoteCommandError
+from forge_ci.remote import Host, sh
+
+CACHE_PATH = ".forge/backup-hashes.json"
+_FIELDS = 8
+_FIND_FORMAT = r"%y\0%s\0%T@\0%C@\0%i\0%m\0%p\0%l\0"
+_TYPES = {"f": "file", "d": "dir", "l": "symlink"}
+
+Kind = Literal["file", "dir", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class Stat:
+    path: str
+    kind: Kind
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    mode: int
+    target: str | None = None
+
+    def cache_key(self) -> list[int]:
+        return [self.size, self.mtime_ns, self.ctime_ns, self.inode]
+
+
+def decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _ns(text: str) -> int:
+    return int(Decimal(text).scaleb(9).to_integral_value())
+
+
+def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool = True,
+              allow_missing: bool = False) -> list[Stat]:
+    """Every entry under ``paths`` (the paths themselves included), in ``find`` order.
+
+    ``follow_start`` (``find -H``) follows a configured path that is itself a symlink
+    (so ``current/web/app/uploads`` works) but never links met below it. A missing
+    path is an error unless ``allow_missing``: a backup that silently lost the uploads
+    is worse than a failed one.
+    """
+    if not paths:
+        return []
+    on_missing = ":" if allow_missing else '{ printf "%s\\n" "$p" >&2; exit 4; }'
+    script = (
+        f"cd -- {sh(root)} || exit 3\n"
+        "set --\n"
+        f"for p in {' '.join(sh(p) for p in paths)}; do\n"
+        f'  if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "./$p"; else {on_missing}; fi\n'
+        "done\n"
+        '[ "$#" -gt 0 ] || exit 0\n'
+        f"exec find {'-H ' if follow_start else ''}\"$@\" -printf '{_FIND_FORMAT}'"
+    )
+    r = host.run(script, check=False, timeout=3600)
+    if r.status == 4:
+        missing = r.stderr.decode("utf-8", "replace").strip()
+        raise BackupError(f"{host.name}: backup path {missing!r} does not exist under {root}",
+                          hint="fix `backup.paths` in forge.yml, or create the directory")
+    host.check(r, f"listing the backup paths under {root}")
+    return parse_listing(r.stdout)
+
+
+def parse_listing(data: bytes) -> list[Stat]:
+    fields = data.split(b"\0")
+    if fields and fields[-1] == b"":
+        fields.pop()
+    if len(fields) % _FIELDS:
+        raise RemoteCommandError("unexpected output from find (truncated listing?)")
+    out = []
+    for i in range(0, len(fields), _FIELDS):
+        kind, size, mtime, ctime, inode, mode, path, target = fields[i:i + _FIELDS]
+        name = decode(path)
+        name = name[2:] if name.startswith("./") else name
+        k: Kind = _TYPES.get(kind.decode(), "other")  # type: ignore[assignment]
+        out.append(Stat(
+            path=name, kind=k, size=int(size), mtime_ns=_ns(mtime.decode()),
+            ctime_ns=_ns(ctime.decode()), inode=int(inode), mode=int(mode, 8),
+            target=decode(target) if k == "symlink" else None))
+    return out
+
+
+def hash_files(host: Host, root: str, paths: Iterable[str]) -> dict[str, str]:
+    """SHA-256 of each file, computed on the host. Files that vanished meanwhile are
+    simply absent from the result."""
+    todo = list(paths)
+    if not todo:
+        return {}
+    stdin = b"".join(encode(p) + b"\0" for p in todo)
+    script = f"cd -- {sh(root)} || exit 3\nexec xargs -0 -r sha256sum -z --"
+    r = host.run(script, input=stdin, check=False, timeout=None)
+    # 123: some sha256sum failed - a file vanished between listing and hashing.
+    if r.status not in (0, 123):
+        host.check(r, f"hashing files under {root}")
+    out = {}
+    for rec in r.stdout.split(b"\0"):
+        if len(rec) > 66:
+            out[decode(rec[66:])] = rec[:64].decode("ascii")
+    return out
+
+
+class HashCache:
+    """``path -> (size, mtime, ctime, inode, sha256)`` as last seen on the host."""
+
+    def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
+        self._entries: dict[str, list[object]] = dict(entries or {})
+
+    @classmethod
+    def load(cls, host: Host, root: str) -> HashCache:
+        try:
+            raw = host.read(f"{root}/{CACHE_PATH}")
+            doc = json.loads(raw) if raw else {}
+            entries = doc.get("entries", {}) if doc.get("version") == 1 else {}
+        except (ValueError, AttributeError, RemoteCommandError):
+            entries = {}  # a damaged cache only costs re-hashing
+        return cls(entries if isinstance(entries, dict) else {})
+
+    def lookup(self, st: Stat) -> str | None:
+        entry = self._entries.get(st.path)
+        if isinstance(entry, list) and len(entry) == 5 and entry[:4] == st.cache_key():
+            sha = entry[4]
+            return sha if isinstance(sha, str) and len(sha) == 64 else None
+        return None
+
+    @classmethod
+    def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:
+        return cls({s.path: [*s.cache_key(), hashes[s.path]] for s in stats
+                    if s.path in hashes})
+
+    def save(self, host: Host, root: str) -> None:
+        data = json.dumps({"version": 1, "entries": self._entries},
+                          separators=(",", ":")).encode("ascii")
+        host.makedirs(f"{root}/.forge")
+        host.write(f"{root}/{CACHE_PATH}", data, mode=0o600)

@@ -1,0 +1,123 @@
+"""Take a snapshot: database dump, then files, then - last - the manifest.
+
+Order matters. The dump comes first: its transaction is the snapshot's point in
+time. Data objects go up next, each one complete or not at all. The manifest is
+written only when every object it names is stored; a run that fails anywhere
+before that leaves no snapshot (just unreferenced objects, which the next prune
+removes) and its shared lock keeps a concurrent prune from deleting objects this
+run is about to reference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from forge_ci import __version__
+from forge_ci.backup import files, layout
+from forge_ci.backup.dump import dump_database
+from forge_ci.backup.lock import StoreLock
+from forge_ci.backup.manifest import DatabaseEntry, Manifest
+from forge_ci.backup.repo import Repository
+from forge_ci.backup.scan import HashCache
+from forge_ci.backup.uploader import Uploader
+from forge_ci.config.backup import BackupConfig
+from forge_ci.errors import ForgeError
+from forge_ci.remote import Host
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a snapshot's data lives: one host, the environment's root on it."""
+
+    host: Host
+    root: str
+    site: str
+    environment: str
+    hostnames: tuple[str, ...]
+
+
+@dataclass
+class BackupReport:
+    snapshot_id: str | None
+    dry_run: bool
+    files: int = 0
+    file_bytes: int = 0
+    database_bytes: int = 0
+    upload_files: int = 0  # files whose content the store lacked (planned)
+    upload_bytes: int = 0
+    new_objects: int = 0  # objects actually stored by this run
+    new_stored_bytes: int = 0  # their encrypted, compressed size
+    hashed: int = 0
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
+                  dry_run: bool = False, log: Log = lambda _m: None,
+                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                  workers: int = 8) -> BackupReport:
+    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only)."""
+    started = time.monotonic()
+    host, root = source.host, source.root
+    key = repo.naming_key()
+    if dry_run:
+        present = repo.data_keys()
+        plan = files.plan(host, root, cfg.paths, key, present, HashCache.load(host, root))
+        return _report(None, True, plan, None, started)
+    with StoreLock(repo.store, "shared", repo.recipients,
+                   who=f"backup of {source.site}/{source.environment}"):
+        present = repo.data_keys()
+        snapshot_time = now()
+        sid = layout.new_snapshot_id(snapshot_time)
+        db: DatabaseEntry | None = None
+        db_stored = 0
+        with Uploader(repo, workers=workers) as uploader:
+            if cfg.database is not None:
+                log(f"dumping database {cfg.database.name} on {host.name}")
+                db, db_stored = dump_database(host, cfg.database, repo,
+                                              layout.random_data_key())
+                log(f"database dump: {db.size} bytes ({db.tool})")
+            plan = files.plan(host, root, cfg.paths, key, present, HashCache.load(host, root))
+            log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
+                f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
+            files.upload(host, root, plan, key, present, uploader, progress=log)
+        report = _report(sid, False, plan, db, started)
+        report.new_objects = uploader.objects + (1 if db else 0)
+        report.new_stored_bytes = uploader.stored_bytes + db_stored
+        manifest = Manifest(
+            id=sid, time=snapshot_time, site=source.site, environment=source.environment,
+            hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
+            files=plan.entries(), database=db,
+            stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
+                   "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
+                   "seconds": round(time.monotonic() - started, 3)})
+        repo.save(manifest)  # the snapshot exists from here on
+    _save_cache(host, root, plan, log)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEntry | None,
+            started: float) -> BackupReport:
+    file_stats = plan.files
+    return BackupReport(
+        snapshot_id=sid, dry_run=dry_run, files=len(file_stats),
+        file_bytes=sum(s.size for s in file_stats), database_bytes=db.size if db else 0,
+        upload_files=len(plan.upload), upload_bytes=plan.upload_bytes(), hashed=plan.hashed,
+        skipped=list(plan.skipped),
+        seconds=round(time.monotonic() - started, 3))
+
+
+def _save_cache(host: Host, root: str, plan: files.FilePlan, log: Log) -> None:
+    try:
+        HashCache.of(plan.files, plan.hashes).save(host, root)
+    except ForgeError as e:
+        log(f"warning: could not save the hash cache on {host.name}: {e.message}")

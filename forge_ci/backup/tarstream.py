@@ -1,0 +1,187 @@
+"""tar as the wire format between runner and host, in both directions, streamed.
+
+Out of the host (backup): GNU ``tar --create`` of an explicit file list on the host,
+read on the runner with :mod:`tarfile` in stream mode, one member at a time - never
+a file or the archive in memory, nothing on the runner's disk. tar is only framing
+here: metadata comes from the listing (:mod:`forge_ci.backup.scan`), and content is
+checked against the hash computed on the host.
+
+Into the host (restore): :mod:`tarfile` writes a PAX stream (nanosecond mtimes,
+any file name) straight into ``tar --extract`` on the host.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO
+
+from forge_ci.backup.scan import encode
+from forge_ci.errors import BackupError, RemoteCommandError
+from forge_ci.remote import Host, Process, sh
+
+_READ = 1024 * 1024
+
+CREATE = ("tar --create --file=- --format=gnu --no-recursion --hard-dereference "
+          "--null --verbatim-files-from --files-from=-")
+EXTRACT = ("tar --extract --file=- --preserve-permissions --no-same-owner "
+           "--delay-directory-restore")
+
+
+class ProcessReader(io.RawIOBase):
+    """A process's stdout as a readable binary file."""
+
+    def __init__(self, proc: Process) -> None:
+        self._proc = proc
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._proc.read(min(len(buf), _READ))
+        n = len(data)
+        buf[:n] = data
+        return n
+
+
+class ProcessWriter(io.RawIOBase):
+    """A process's stdin as a writable binary file."""
+
+    def __init__(self, proc: Process) -> None:
+        self._proc = proc
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._proc.write(bytes(data))
+        return len(data)
+
+
+class IterReader(io.RawIOBase):
+    """An iterator of chunks as a readable file (for ``tarfile.addfile``)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buf:
+            nxt = next(self._it, None)
+            if nxt is None:
+                return 0
+            self._buf = nxt
+        n = min(len(buf), len(self._buf))
+        buf[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+Member = tuple[str, IO[bytes] | None]  # (name, content reader; None unless a regular file)
+
+
+@contextmanager
+def read_files(host: Host, root: str, paths: list[str]) -> Iterator[Iterator[Member]]:
+    """Yield an iterator of ``(path, reader)`` for the files tar sends, in its order.
+
+    A path that vanished or stopped being a regular file is simply missing or comes
+    with ``None``; the caller compares with what it asked for. Read each reader to
+    its end (or not at all) before advancing. tar's own exit status is not an error
+    (1 = "file changed as we read it", 2 = a file vanished): the hash check decides.
+    """
+    proc = host.start(f"cd -- {sh(root)} || exit 3\nexec {CREATE}")
+    names = b"".join(encode(p) + b"\0" for p in paths)
+    feeder = threading.Thread(target=_feed, args=(proc, names), daemon=True,
+                              name="forge-tar-names")
+    feeder.start()
+    done = False
+    try:
+        yield _members(proc)
+        done = True
+    finally:
+        if not done:
+            proc.kill()
+        feeder.join(timeout=30)
+        status = proc.wait(timeout=60) if done else None
+        if done and status not in (0, 1, 2):
+            err = proc.stderr().decode("utf-8", "replace").strip()[-400:]
+            raise RemoteCommandError(f"tar on {host.name} failed (exit {status}): {err}",
+                                     exit_status=status)
+
+
+def _feed(proc: Process, names: bytes) -> None:
+    # A thread: tar starts writing the archive before it has read every name.
+    try:
+        for pos in range(0, len(names), 65536):
+            proc.write(names[pos:pos + 65536])
+        proc.close_stdin()
+    except (OSError, RemoteCommandError):
+        pass  # tar died; the reader sees the end of the stream and the status says why
+
+
+def _members(proc: Process) -> Iterator[Member]:
+    raw = io.BufferedReader(ProcessReader(proc), buffer_size=_READ)
+    try:
+        with tarfile.open(fileobj=raw, mode="r|", encoding="utf-8",
+                          errors="surrogateescape") as tar:
+            for info in tar:
+                yield info.name, (tar.extractfile(info) if info.isreg() else None)
+    except (tarfile.TarError, EOFError) as e:
+        raise BackupError(f"the file stream from the host broke off: {e}",
+                          hint="check the SSH connection and run the backup again") from None
+
+
+# --- restore: runner -> host -------------------------------------------------------
+
+
+def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
+               content: Callable[[tarfile.TarInfo], Iterable[bytes]]) -> None:
+    """Extract ``entries`` into ``dest`` (created) on the host with ``tar``.
+
+    ``content(info)`` gives a regular file's bytes; if it raises, extraction is
+    killed and the exception propagates (the caller removes ``dest``).
+    """
+    proc = host.start(f"mkdir -p -- {sh(dest)} && cd -- {sh(dest)} && exec {EXTRACT}")
+    try:
+        with tarfile.open(fileobj=ProcessWriter(proc), mode="w|",
+                          format=tarfile.PAX_FORMAT, encoding="utf-8",
+                          errors="surrogateescape") as tar:
+            for info in entries:
+                body = IterReader(content(info)) if info.isreg() else None
+                tar.addfile(info, body)
+    except (OSError, RemoteCommandError) as e:
+        proc.kill()
+        status = proc.wait(timeout=30)
+        err = proc.stderr().decode("utf-8", "replace").strip()[-400:]
+        raise BackupError(f"writing files into {dest} on {host.name} failed "
+                          f"(tar exit {status}): {err or e}") from None
+    except BaseException:
+        proc.kill()
+        raise
+    status = proc.wait(timeout=None)
+    if status != 0:
+        err = proc.stderr().decode("utf-8", "replace").strip()[-400:]
+        raise BackupError(f"tar could not extract into {dest} on {host.name} "
+                          f"(exit {status}): {err}")
+
+
+def tar_info(path: str, kind: str, mode: int, mtime_ns: int, *, size: int = 0,
+             target: str | None = None) -> tarfile.TarInfo:
+    """A PAX member carrying the exact nanosecond mtime."""
+    info = tarfile.TarInfo(path)
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE,
+                 "symlink": tarfile.SYMTYPE}[kind]
+    info.mode, info.size = mode, size if kind == "file" else 0
+    info.mtime = mtime_ns // 1_000_000_000
+    sec, ns = divmod(mtime_ns, 1_000_000_000)
+    info.pax_headers = {"mtime": f"{sec}.{ns:09d}"}
+    if target is not None:
+        info.linkname = target
+    info.uname = info.gname = ""
+    return info
