@@ -99,7 +99,9 @@ class Change:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
-        facts = ", ".join(f"{k}={_short(v)}" for k, v in self.detail.items())
+        """One line for logs; mappings (labels) are left to the JSON form."""
+        facts = ", ".join(f"{k}={_short(v)}" for k, v in self.detail.items()
+                          if not isinstance(v, Mapping))
         text = f"{_SYMBOL.get(self.action, '*')} {self.action} {self.kind} {self.name}"
         return f"{text} ({facts})" if facts else text
 
@@ -110,7 +112,7 @@ class Change:
 
 def _short(value: Any) -> str:
     if isinstance(value, list | tuple):
-        return "[" + " ".join(str(v) for v in value) + "]"
+        return "[" + "; ".join(str(v) for v in value) + "]"
     return str(value)
 
 

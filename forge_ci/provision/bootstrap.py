@@ -83,9 +83,11 @@ def connect_when_up(open_host: Opener, known_hosts: str, deadline: Deadline,
             reason = e.message
         except ConnectError as e:
             if deadline.passed:
-                raise ProvisionTimeout(f"the server did not accept SSH in time: {e.message}",
-                                       hint=e.hint or "look at the server's console in the "
-                                                      "Hetzner project") from None
+                raise ProvisionTimeout(
+                    f"the server did not accept SSH in time: {e.message}",
+                    hint="is this machine's address inside provision.ssh_sources (the firewall "
+                         "lets only those reach SSH)? Otherwise look at the server's console",
+                ) from None
             reason = e.message
         if reason != last:
             log(f"waiting for SSH: {reason}")

@@ -129,8 +129,8 @@ def _summary(site: Site, outcome: engine.Outcome) -> str:
     if outcome.applied:
         rows.append(f"| host key | {outcome.host_key} |")
         rows.append(f"| cloud-init | {outcome.cloud_init or 'not waited for'} |")
-    rows.append(f"| changes | {'<br>'.join(_md(c) for c in outcome.plan.lines())} |")
-    out = "\n".join(rows)
+    out = "\n".join(rows) + "\n\nChanges:\n\n" + "\n".join(
+        f"- `{line}`" for line in outcome.plan.lines())
     if outcome.known_hosts:
         out += f"\n\nknown_hosts:\n\n```\n{outcome.known_hosts}\n```"
     if outcome.warnings:

@@ -82,6 +82,8 @@ def provision(provider: Provider[Any], spec: ServerSpec, site: Site, *, host_key
         return Outcome(plan=plan, applied=False, server=plan.existing)
     with rt.group("Apply"):
         made = provider.apply(spec, plan)
+        for note in made.notes:
+            rt.log(f"note: {note}")
     address = made.server.ipv4
     if not address:
         raise ProvisionError(f"server {spec.name} has no public IPv4 address",

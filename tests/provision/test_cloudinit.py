@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from lab import require_binary
+from lab.policy import lab_required
 
 from forge_ci.provision import cloudinit, stack
 from forge_ci.provision.keys import generate_host_key
@@ -31,12 +33,12 @@ def files() -> dict[str, dict[str, Any]]:
 
 
 def need(binary: str) -> str:
-    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.fail(f"{binary} is not installed (.ci/run installs it)")
-    return found
+    """The lab's binary, or a failure (a skip only with FORGE_LAB_ALLOW_SKIP=1)."""
+    with lab_required():
+        return require_binary(binary)
 
 
+@pytest.mark.lab
 def test_cloud_init_schema_accepts_it_and_it_fits_hetzner(tmp_path: Path) -> None:
     assert TEXT.startswith("#cloud-config\n")
     assert len(TEXT.encode()) < 32 * 1024
@@ -89,6 +91,7 @@ def test_stack_packages_swap_upgrades_and_layout() -> None:
     assert DOC["runcmd"] == [[stack.SETUP_PATH]]
 
 
+@pytest.mark.lab
 def test_nginx_serves_current_web_with_realpath_root(tmp_path: Path) -> None:
     site = files()["/etc/nginx/sites-available/forge.conf"]
     assert site["defer"] is True  # after the nginx package, so it is not overwritten
@@ -109,6 +112,7 @@ def test_nginx_serves_current_web_with_realpath_root(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.lab
 def test_php_pool_runs_as_the_deploy_user(tmp_path: Path) -> None:
     pool = files()["/etc/php/8.3/fpm/pool.d/forge.conf"]["content"]
     assert "user = deploy\ngroup = deploy\n" in pool
@@ -116,9 +120,7 @@ def test_php_pool_runs_as_the_deploy_user(tmp_path: Path) -> None:
     assert "fastcgi_pass unix:/run/php/php8.3-fpm-forge.sock;" in (
         files()["/etc/nginx/sites-available/forge.conf"]["content"])
     # php-fpm parses it (the lab's version; accounts swapped for ones this machine has).
-    fpm = next(iter(sorted(Path("/usr/sbin").glob("php-fpm*"))), None)
-    if fpm is None:
-        pytest.fail("php-fpm is not installed (.ci/run installs it)")
+    fpm = next(iter(sorted(Path("/usr/sbin").glob("php-fpm*"))), None) or need("php-fpm")
     local = pool.replace("= deploy", "= nobody").replace("group = nobody", "group = nogroup")
     conf = tmp_path / "fpm.conf"
     conf.write_text(f"[global]\nerror_log = {tmp_path}/fpm.log\n" + local)

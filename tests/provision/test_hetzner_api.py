@@ -286,3 +286,13 @@ def test_unreachable_api_is_retried_then_reported(fake: HetznerFake) -> None:
     with pytest.raises(ProviderUnavailable, match="cannot reach the Hetzner API"):
         api.call("listing locations", api.client.locations.get_all)
     assert len(clock.sleeps) == 2
+
+
+def test_a_server_that_never_answers_ssh_times_out_with_a_hint(repo: Repo, run: Run) -> None:
+    text = repo.config.read_text().replace("boot_timeout: 30", "boot_timeout: 0.3")
+    repo.config.write_text(text)
+    result = run("provision", "production")  # nothing boots: no sshd behind the address
+    assert result.code == ExitCode.FAILED
+    assert "did not accept SSH in time" in result.stdout
+    assert "provision.ssh_sources" in result.stdout
+    assert repo.fake.server(SERVER) is not None  # the API work stands; a re-run continues
