@@ -161,7 +161,7 @@ def _start_fpm(site: WordPressSite, workers: int) -> None:
     sock = fpm_dir / "php-fpm.sock"
     config = fpm_dir / "php-fpm.conf"
     config.write_text(_fpm_config(fpm_dir, sock, workers))
-    binary = require_binary("php-fpm8.2", "package php8.2-fpm")
+    binary = _php_fpm()
     # FPM opens its own error_log as the deploy user; the console log catches
     # what it prints before that.
     console = fpm_dir / "console.log"
@@ -174,6 +174,15 @@ def _start_fpm(site: WordPressSite, workers: int) -> None:
         log=[console, site.php_fpm_log],
         proc=site._fpm,
     )
+
+
+def _php_fpm() -> str:
+    """Debian 12's php-fpm8.2, else the PHP-FPM the distribution ships."""
+    preferred = Path("/usr/sbin/php-fpm8.2")
+    if preferred.exists():
+        return str(preferred)
+    others = sorted(Path("/usr/sbin").glob("php-fpm*"))
+    return str(others[-1]) if others else require_binary("php-fpm8.2", "package php8.2-fpm")
 
 
 def _fpm_config(fpm_dir: Path, sock: Path, workers: int) -> str:
