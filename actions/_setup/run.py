@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 STAMP = ".forge-ready"
 # What decides the venv's contents; a change to any of them means a new venv.
-KEY_FILES = ("requirements/runtime.lock", "pyproject.toml")
+KEY_FILES = ("requirements/runtime.lock", "actions/_setup/build.lock", "pyproject.toml")
 
 
 def _iter_package(root: Path) -> Iterator[Path]:
@@ -49,7 +49,7 @@ def cache_key(root: Path = ROOT) -> str:
     """sha256 over the locks, the package's files and the interpreter, as hex."""
     h = hashlib.sha256()
     h.update(f"{sys.version}\0{os.path.realpath(sys.executable)}\0".encode())
-    files = [root / f for f in KEY_FILES] + [HERE / "build.lock"] + list(_iter_package(root))
+    files = [root / f for f in KEY_FILES] + list(_iter_package(root))
     for path in files:
         h.update(str(path.relative_to(root)).encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
@@ -142,7 +142,8 @@ def install(venv: Path, root: Path = ROOT) -> float:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
                    stdin=subprocess.DEVNULL)
     _pip(venv, "--require-hashes", "-r", str(root / "requirements" / "runtime.lock"))
-    _pip(venv, "--require-hashes", "--no-deps", "-r", str(HERE / "build.lock"))
+    build_lock = root / "actions" / "_setup" / "build.lock"
+    _pip(venv, "--require-hashes", "--no-deps", "-r", str(build_lock))
     with tempfile.TemporaryDirectory(prefix="forge-src-") as tmp:
         src = _source_copy(root, Path(tmp))
         _pip(venv, "--no-deps", "--no-build-isolation", "--no-index", str(src))

@@ -1,0 +1,162 @@
+"""actions/_setup/run.py: the venv key, where the venv lives, the warm path.
+
+The cold install itself (pip from the hash-locked files) runs in the e2e suite and
+in bench/bench_action_overhead.py; here the decisions around it are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ._files import REPO
+
+SETUP = REPO / "actions" / "_setup" / "run.py"
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("forge_setup_run", SETUP)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+run = _module()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "forge"
+    (root / "requirements").mkdir(parents=True)
+    (root / "forge_ci" / "sub" / "__pycache__").mkdir(parents=True)
+    (root / "requirements" / "runtime.lock").write_text("pydantic==2 --hash=sha256:aa\n")
+    (root / "actions" / "_setup").mkdir(parents=True)
+    (root / "actions" / "_setup" / "build.lock").write_text("setuptools==1 --hash=sha256:bb\n")
+    (root / "pyproject.toml").write_text("[project]\nname='forge-ci'\n")
+    (root / "forge_ci" / "__init__.py").write_text('__version__ = "1.2.3"\n')
+    (root / "forge_ci" / "sub" / "x.sh").write_text("echo\n")
+    return root
+
+
+def test_key_is_stable_and_ignores_bytecode(tree: Path) -> None:
+    key = run.cache_key(tree)
+    (tree / "forge_ci" / "sub" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (tree / "forge_ci" / "y.pyc").write_bytes(b"\0")
+    assert run.cache_key(tree) == key
+
+
+@pytest.mark.parametrize("change", ["requirements/runtime.lock", "actions/_setup/build.lock",
+                                    "pyproject.toml",
+                                    "forge_ci/sub/x.sh", "forge_ci/new.py"])
+def test_key_changes_with_the_lock_or_any_package_file(tree: Path, change: str) -> None:
+    key = run.cache_key(tree)
+    (tree / change).write_text("changed\n")
+    assert run.cache_key(tree) != key
+
+
+def test_venv_location(tree: Path, tmp_path: Path) -> None:
+    py = f"py{sys.version_info[0]}.{sys.version_info[1]}"
+    v = run.venv_path({"RUNNER_TOOL_CACHE": str(tmp_path / "tc")}, tree)
+    assert v.parent == tmp_path / "tc" / "forge-ci"
+    assert v.name.startswith(f"1.2.3-{py}-") and len(v.name.rsplit("-", 1)[1]) == 32
+    assert run.venv_path({"FORGE_CI_CACHE": str(tmp_path / "c"),
+                          "RUNNER_TOOL_CACHE": "/ignored"}, tree).parent == tmp_path / "c"
+    assert run.cache_dir({}) == Path.home() / ".cache" / "forge-ci"
+
+
+def test_warm_path_installs_nothing(tree: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"FORGE_CI_CACHE": str(tmp_path / "cache")}
+    venv = run.venv_path(env, tree)
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / run.STAMP).write_text("{}")
+
+    def boom(*a: object) -> float:
+        raise AssertionError("installed on the warm path")
+
+    monkeypatch.setattr(run, "install", boom)
+    assert run.ensure(env, tree) == venv
+
+
+def test_partial_venv_without_stamp_is_rebuilt(tree: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"FORGE_CI_CACHE": str(tmp_path / "cache")}
+    venv = run.venv_path(env, tree)
+    (venv / "bin").mkdir(parents=True)  # an interrupted install: no stamp
+    calls: list[Path] = []
+
+    def fake_install(v: Path, root: Path) -> float:
+        calls.append(v)
+        (v / "bin").mkdir(parents=True, exist_ok=True)
+        (v / "bin" / "python").symlink_to(sys.executable)
+        (v / run.STAMP).write_text("{}")
+        return 0.0
+
+    monkeypatch.setattr(run, "install", fake_install)
+    assert run.ensure(env, tree) == venv and calls == [venv]
+    assert run.ensure(env, tree) == venv and calls == [venv]
+
+
+def test_failed_install_removes_the_partial_venv_and_says_why(
+        tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"FORGE_CI_CACHE": str(tmp_path / "cache")}
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+
+    def failing(v: Path, root: Path) -> float:
+        v.mkdir(parents=True)
+        raise subprocess.CalledProcessError(1, ["pip"])
+
+    monkeypatch.setattr(run, "install", failing)
+    with pytest.raises(SystemExit):
+        run.ensure(env, tree)
+    assert not run.venv_path(env, tree).exists()
+    out = capsys.readouterr().out
+    assert "::group::Install forge-ci 1.2.3" in out
+    assert "::error title=forge setup::could not install forge-ci" in out
+
+
+def test_source_copy_leaves_the_checkout_untouched(tree: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "build"
+    dest.mkdir()
+    src = run._source_copy(tree, dest)
+    assert (src / "README.md").is_file() and (src / "forge_ci" / "sub" / "x.sh").is_file()
+    assert not (src / "forge_ci" / "sub" / "__pycache__").exists()
+    assert sorted(p.name for p in tree.iterdir()) == ["actions", "forge_ci", "pyproject.toml",
+                                                       "requirements"]
+
+
+def test_build_lock_is_hash_pinned() -> None:
+    text = (REPO / "actions" / "_setup" / "build.lock").read_text()
+    reqs = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
+    assert reqs and all("==" in r for r in reqs)
+    assert text.count("--hash=sha256:") >= len(reqs)
+
+
+def test_entry_refuses_old_python_and_usage(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-I", "-S", str(SETUP)], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3")
+def test_ensure_prints_an_existing_venv_fast(tmp_path: Path) -> None:
+    # The real script, in a subprocess, against a prepared stamp: no pip involved.
+    env = {**os.environ, "FORGE_CI_CACHE": str(tmp_path)}
+    venv = run.venv_path(env)
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / run.STAMP).write_text(json.dumps({"key": venv.name}))
+    r = subprocess.run([sys.executable, "-I", "-S", str(SETUP), "--ensure"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(venv)
