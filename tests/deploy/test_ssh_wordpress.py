@@ -144,13 +144,18 @@ def test_kill_9_mid_deploy_keeps_the_old_release_and_the_next_deploy_just_works(
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ssh_site.serves("v1")
+    if point == "sent":
+        # The run may have switched before the signal landed: any good release will do.
+        assert ssh_site.serves("v1") or ssh_site.serves("v2")
+    else:
+        assert ssh_site.serves("v1")
     ssh_site.configure()
     (ssh_site.src / "web/app/big.bin").unlink(missing_ok=True)
     assert ssh_site.forge("deploy", "production") == 0
     assert ssh_site.serves("v2")
     states = [json.loads(x) for x in log.read_text().splitlines()]
-    assert any(e["state"] == "removed" for e in states)  # the killed run's release
+    if point != "sent":
+        assert any(e["state"] == "removed" for e in states)  # the killed run's release
 
 
 def test_preview_route_keeps_a_bad_release_from_visitors(
