@@ -182,10 +182,12 @@ def cmd_prune(ctx: Context) -> int:
 
 
 def cmd_keygen(ctx: Context) -> int:
+    out: Path | None = ctx.args.output
+    if out is None and ctx.runner.in_actions:
+        raise UsageError("keygen would print a private key into the job log",
+                         hint="run it on your machine, or pass --output FILE")
     identity = generate_identity()
     text = format_identity_file(identity)
-    ctx.runner.mask(identity.to_secret().reveal())
-    out: Path | None = ctx.args.output
     recipient = str(identity.recipient)
     if out is None:
         ctx.emit({"recipient": recipient, "identity": text.reveal().strip().splitlines()[-1]},

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
 
 from forge_ci.backup import layout
 from forge_ci.backup.failures import SourceChanged
 from forge_ci.backup.manifest import FileEntry
 from forge_ci.backup.objects import Digest, on_end
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree
-from forge_ci.backup.tarstream import read_files
+from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import SMALL, Uploader
 from forge_ci.remote import Host
 
@@ -163,7 +162,7 @@ def _send(host: Host, root: str, todo: list[str], result: FilePlan,
     return changed + sorted(expected)  # missing from the stream: vanished or unreadable
 
 
-def _put_one(path: str, reader: IO[bytes], result: FilePlan, uploader: Uploader) -> bool:
+def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader) -> bool:
     st, sha, key = result.stats[path], result.hashes[path], result.keys[path]
     if st.size <= SMALL:
         data = reader.read(SMALL + 1)
@@ -188,6 +187,6 @@ def _put_one(path: str, reader: IO[bytes], result: FilePlan, uploader: Uploader)
     return True
 
 
-def _chunks(reader: IO[bytes]) -> Iterator[bytes]:
+def _chunks(reader: Readable) -> Iterator[bytes]:
     while chunk := reader.read(_READ):
         yield chunk

@@ -17,7 +17,7 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Protocol
 
 from forge_ci.backup.scan import encode
 from forge_ci.errors import BackupError, RemoteCommandError
@@ -82,8 +82,14 @@ class IterReader(io.RawIOBase):
         self._buf = self._buf[n:]
         return n
 
+    def finish(self) -> None:
+        """Run the iterator to its end: checks that fire only there (a hash, age's
+        final chunk) must run even when the reader stopped at the expected size."""
+        if self._buf or any(self._it):
+            raise OSError("the content is longer than its recorded size")
 
-Member = tuple[str, IO[bytes] | None]  # (name, content reader; None unless a regular file)
+
+Member = tuple[str, "Readable | None"]  # (name, content; None unless a regular file)
 
 
 @contextmanager
@@ -125,16 +131,38 @@ def _feed(proc: Process, names: bytes) -> None:
         pass  # tar died; the reader sees the end of the stream and the status says why
 
 
+def _broken(e: Exception) -> BackupError:
+    return BackupError(f"the file stream from the host broke off: {e}",
+                       hint="check the SSH connection and run the backup again")
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _MemberReader:
+    """A member's content; a stream cut inside it becomes a :class:`BackupError`."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._inner.read(size)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise _broken(e) from None
+
+
 def _members(proc: Process) -> Iterator[Member]:
     raw = io.BufferedReader(ProcessReader(proc), buffer_size=_READ)
     try:
         with tarfile.open(fileobj=raw, mode="r|", encoding="utf-8",
                           errors="surrogateescape") as tar:
             for info in tar:
-                yield info.name, (tar.extractfile(info) if info.isreg() else None)
-    except (tarfile.TarError, EOFError) as e:
-        raise BackupError(f"the file stream from the host broke off: {e}",
-                          hint="check the SSH connection and run the backup again") from None
+                body = tar.extractfile(info) if info.isreg() else None
+                yield info.name, (_MemberReader(body) if body is not None else None)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise _broken(e) from None
 
 
 # --- restore: runner -> host -------------------------------------------------------
@@ -147,7 +175,9 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
     ``content(info)`` gives a regular file's bytes; if it raises, extraction is
     killed and the exception propagates (the caller removes ``dest``).
     """
-    proc = host.start(f"mkdir -p -- {sh(dest)} && cd -- {sh(dest)} && exec {EXTRACT}")
+    # mkdir first, on its own: a kill must never leave a child that creates it later.
+    host.makedirs(dest)
+    proc = host.start(f"cd -- {sh(dest)} && exec {EXTRACT}")
     try:
         with tarfile.open(fileobj=ProcessWriter(proc), mode="w|",
                           format=tarfile.PAX_FORMAT, encoding="utf-8",
@@ -155,6 +185,8 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
             for info in entries:
                 body = IterReader(content(info)) if info.isreg() else None
                 tar.addfile(info, body)
+                if body is not None:
+                    body.finish()
     except (OSError, RemoteCommandError) as e:
         proc.kill()
         status = proc.wait(timeout=30)

@@ -91,6 +91,7 @@ class Site:
     summary: Path
     environment: str = "production"
     owner: str | None = None
+    sshd: SshHost | None = None
     last_json: Any = field(default=None, repr=False)
     last_err: str = field(default="", repr=False)
 
@@ -108,6 +109,8 @@ class Site:
     def run(self, *argv: str, read: bool = True, env: dict[str, str] | None = None,
             capsys: pytest.CaptureFixture[str] | None = None) -> int:
         args = [argv[0], "--config", str(self.config), *argv[1:]]
+        if capsys is not None:
+            capsys.readouterr()  # drop what earlier commands printed
         rc = main(args, env or self.env(read=read))
         if capsys is not None:
             out, self.last_err = capsys.readouterr()
@@ -202,9 +205,9 @@ def make_site(mariadb_server: MariaDB, lab_dir: Path,
             env |= server.env()
         else:
             url = f"file://{lab_dir / 'store'}"
-        hosts, owner = "", None
+        hosts, owner, sshd = "", None, None
         if ssh:
-            sshd: SshHost = request.getfixturevalue("sshd_host")
+            sshd = request.getfixturevalue("sshd_host")
             hosts = f"[{{ host: {sshd.host}, port: {sshd.port}, user: {sshd.user} }}]"
             env |= {"FORGE_SSH_KEY": sshd.private_key, "FORGE_KNOWN_HOSTS": sshd.known_hosts}
             owner = DEPLOY_USER
@@ -217,7 +220,7 @@ def make_site(mariadb_server: MariaDB, lab_dir: Path,
             out.write(format_identity_file(identity).reveal())
         site = Site(root=root, config=config, db=db, server=mariadb_server, identity=identity,
                     identity_file=identity_file, base_env=env, outputs=lab_dir / "outputs",
-                    summary=lab_dir / "summary.md", owner=owner)
+                    summary=lab_dir / "summary.md", owner=owner, sshd=sshd)
         site.chown()
         made.append(site)
         return site

@@ -1,0 +1,89 @@
+"""Interrupted backups leave nothing half done: no manifest, no open multipart upload,
+earlier snapshots intact - whether S3 or the SSH connection drops mid-transfer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from lab.s3 import S3Server
+
+from forge_ci.backup import layout
+from forge_ci.backup.repo import Repository
+from forge_ci.backup.take import Source, take_snapshot
+from forge_ci.config import load
+from forge_ci.remote import LocalHost
+from forge_ci.store import StoreError
+from forge_ci.store.s3 import MIN_PART_SIZE, S3Store
+
+from .conftest import Site
+from .cutproxy import CutProxy
+
+
+def _store(server: S3Server, site: Site, endpoint: str) -> S3Store:
+    bucket, prefix = site.config.read_text().split("store: s3://")[1].split()[0].split("/", 1)
+    return S3Store(bucket, prefix, endpoint_url=endpoint, access_key_id=server.access_key_id,
+                   secret_access_key=server.secret_access_key, region=server.region,
+                   part_size=MIN_PART_SIZE, max_attempts=2, read_timeout=10.0)
+
+
+def test_s3_dropping_mid_upload_leaves_no_snapshot_and_no_upload(  # type: ignore[no-untyped-def]
+        make_site, fault_proxy, s3_server: S3Server,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    site: Site = make_site(store="s3")
+    proxy = fault_proxy(s3_server.port)
+    site.base_env |= s3_server.env(proxy.url)
+    first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
+
+    # A new 12 MB file must go up in multipart parts; every connection now breaks
+    # after 1 MB, so each part (and its retry) is cut mid-body.
+    (site.uploads / "video.mp4").write_bytes(os.urandom(12_000_000))
+    proxy.set(drop_after_bytes=1_000_000)
+    cfg = load(site.config, site.env(read=False), "production").environment("production").backup
+    assert cfg is not None
+    store = _store(s3_server, site, proxy.url)
+    repo = Repository(store, "backup-lab", "production", recipients=[site.identity.recipient])
+    source = Source(LocalHost(), str(site.root), "backup-lab", "production", ("local",))
+    with pytest.raises(StoreError):
+        take_snapshot(repo, source, cfg)
+    assert proxy.stats().dropped >= 2
+
+    proxy.clear()
+    direct = _store(s3_server, site, s3_server.endpoint_url)
+    assert [k.split("/")[-1] for k in direct.list(layout.SNAPSHOTS)] == [first]
+    assert list(direct.incomplete_uploads()) == []
+    assert list(direct.list(layout.LOCKS)) == []
+    assert site.run("verify", "production", "--snapshot", first) == 0
+    # And the next run, with the network back, completes.
+    assert site.json(capsys, "backup", "production", read=False)["upload_files"] == 1
+
+
+def test_ssh_dropping_mid_transfer_leaves_no_snapshot(  # type: ignore[no-untyped-def]
+        make_site, lab_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site: Site = make_site(store="file", ssh=True)
+    sshd = site.sshd
+    assert sshd is not None
+    proxy = CutProxy(sshd.port)
+    try:
+        text = site.config.read_text().replace(f"port: {sshd.port}", f"port: {proxy.port}")
+        site.config.write_text(text)
+        site.base_env["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(f":{sshd.port} ",
+                                                                      f":{proxy.port} ")
+        first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
+
+        (site.uploads / "video.mp4").write_bytes(os.urandom(4_000_000))
+        site.chown()
+        proxy.cut_after_down = 2_000_000  # server -> runner: cut inside the tar stream
+        assert site.run("backup", "production", read=False, capsys=capsys) == 1
+        assert proxy.cuts == 1
+        assert "broke off" in site.last_err
+        store = lab_dir / "store"
+        assert [p.name for p in (store / "snapshots").rglob("*") if p.is_file()] == [first]
+        assert not [p for p in store.rglob(".tmp-*")], "temporary files left in the store"
+        assert not list((store / "locks").iterdir())
+
+        proxy.cut_after_down = None
+        assert site.run("verify", "production", "--snapshot", first) == 0
+    finally:
+        proxy.close()
