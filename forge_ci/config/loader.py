@@ -93,15 +93,15 @@ def parse(text: str, env: Mapping[str, str], *, filename: str = "forge.yml",
 def _compose(text: str, filename: str, lines: dict[KeyPath, int]) -> Any:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            raise ConfigError("the file is empty", file=filename, hint="start with 'version: 1'")
+        return _to_python(node, (), filename, lines)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(e, "problem", None) or "not valid YAML"
         raise ConfigError(f"not valid YAML: {problem}", file=filename, line=line,
                           hint="check indentation and quoting on that line") from None
-    if node is None:
-        raise ConfigError("the file is empty", file=filename, hint="start with 'version: 1'")
-    return _to_python(node, (), filename, lines)
 
 
 def _to_python(node: yaml.Node, key: KeyPath, filename: str, lines: dict[KeyPath, int]) -> Any:
