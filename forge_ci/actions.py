@@ -51,6 +51,14 @@ _RESERVED_PREFIXES = ("GITHUB_", "RUNNER_", "ACTIONS_", "INPUT_", "LD_", "DYLD_"
                       "BASH_FUNC_")
 
 
+# A secret or input the caller did not give arrives as an empty string; libraries
+# (boto3 above all: AWS_REGION="" is a region) must see these as unset.
+_UNSET_IF_EMPTY = ("FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_RECIPIENT",
+                   "FORGE_BACKUP_IDENTITY", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT",
+                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_ENDPOINT_URL")
+
+
 class InputError(Exception):
     """An action input (or ``env`` line) is invalid; the message names it, never a value."""
 
@@ -264,6 +272,9 @@ def run(action: str, env: Env, *,
     """Run ``action`` with inputs from ``env`` (mutated: it is the process environment)."""
     runner = gha.Runner.from_env(env)
     call = forge or (lambda argv, e: cli.main(argv, e))
+    for name in _UNSET_IF_EMPTY:
+        if name in env and not env[name].strip():
+            del env[name]
     try:
         names = export_env_lines(env, runner)
         inputs, argvs = plan(action, env)

@@ -243,3 +243,19 @@ def test_oidc_without_id_token_permission_says_what_to_grant() -> None:
         actions.oidc_aws({"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/x"}, gha.Runner())
     with pytest.raises(InputError, match="not an IAM role ARN"):
         actions.oidc_aws({"AWS_ROLE_ARN": "role/x"}, gha.Runner())
+
+
+def test_secrets_not_given_are_unset_not_empty(tmp_path: Path) -> None:
+    env = _env(tmp_path, environment="prod")
+    env.update(AWS_REGION="", AWS_ACCESS_KEY_ID="  ", FORGE_SSH_KEY="", FORGE_ENV="",
+               HCLOUD_TOKEN="keep-me")
+    got: dict[str, str] = {}
+
+    def forge(argv: Sequence[str], e: Any) -> int:
+        got.update(e)
+        return 0
+
+    with redirect_stdout(io.StringIO()):
+        assert actions.run("deploy", env, forge=forge) == 0
+    assert not {"AWS_REGION", "AWS_ACCESS_KEY_ID", "FORGE_SSH_KEY", "FORGE_ENV"} & set(got)
+    assert got["HCLOUD_TOKEN"] == "keep-me"

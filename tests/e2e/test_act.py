@@ -8,6 +8,7 @@ lab's real WordPress over SSH).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, Site, TokenEndpoint, export_tree
+from .conftest import REPO, Site, TokenEndpoint
 
 FAKE_SSH_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
                 "e2e-fake-ssh-key-body-Hx91QmZ0vR\n"
@@ -183,9 +184,10 @@ def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(
 
 
 def test_a_release_runs_with_its_own_tag_only(
-        make_site: Callable[..., Site], tmp_path: Path) -> None:
+        make_site: Callable[..., Site], tmp_path: Path, forge_tree: Path) -> None:
     """Same-commit pinning: a stamped release tree resolves no ref but v1 and its tag."""
-    stamped = export_tree(tmp_path / "forge-release")
+    stamped = tmp_path / "forge-release"
+    shutil.copytree(forge_tree, stamped)
     r = subprocess.run(["python3", str(stamped / "scripts" / "release"), "--stamp", "v1.0.0",
                         str(stamped)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
