@@ -82,7 +82,8 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in src.rglob("*") if p.is_file()) / 1e6
         (src / "forge.yml").write_text(
             "version: 1\nproject: bench\nenvironments:\n  production:\n"
-            f"    url: {site.url}\n    hosts: [{{host: 127.0.0.1, port: {host.port}, user: forgedeploy}}]\n"
+            f"    url: {site.url}\n"
+            f"    hosts: [{{host: 127.0.0.1, port: {host.port}, user: forgedeploy}}]\n"
             f"    path: {site.path}\n    shared: [web/app/uploads]\n"
         )
         env = dict(os.environ, **host.env())

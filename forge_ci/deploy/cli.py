@@ -80,7 +80,9 @@ def _report(ctx: Context, verb: str, res: Result, started: float) -> None:
               f"Health: {res.health or 'n/a'}. Took {seconds:.1f}s.\n\n"
               f"| host | live release |\n|---|---|\n{rows}")
     ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
-              "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3)},
+              "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3),
+              "switch_to_healthy": (None if res.switch_to_healthy is None
+                                    else round(res.switch_to_healthy, 3))},
              f"{verb}: {res.release} is live on {res.plan.environment} "
              f"(previous: {res.previous or 'none'})")
 

@@ -64,6 +64,8 @@ class Result:
     url: str | None
     plan: DeployPlan | RollbackPlan
     health: str = ""
+    # From the end of the switch until every check passed (the marker comes first).
+    switch_to_healthy: float | None = None
 
 
 # -- small remote steps ------------------------------------------------------
@@ -280,7 +282,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Res
         outcome = _switch_all_and_check(dep, observed, release)
         for obs in observed:
             _finish(dep, obs, release)
-        return Result(release, previous, dep.env.url, plan, outcome)
+        return Result(release, previous, dep.env.url, plan, outcome.detail, outcome.seconds)
     raise AssertionError("unreachable")
 
 
@@ -327,7 +329,8 @@ def _preview(dep: Deployment, observed: Sequence[Observed], release: str) -> Non
     dep.log(f"preview: {outcome.detail} in {outcome.seconds:.1f}s")
 
 
-def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed], release: str) -> str:
+def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed],
+                          release: str) -> health.Outcome:
     switched: list[Observed] = []
     try:
         for obs in observed:
@@ -342,9 +345,9 @@ def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed], release
             outcome = health.run_checks(checks, dep.policy, dep.log)
             if not outcome.ok:
                 raise DeployFailed(f"health checks failed: {outcome.detail}")
-            dep.log(f"health: {outcome.detail} in {outcome.seconds:.1f}s")
-            return outcome.detail
-        return "not checked (no health checks configured)"
+            dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
+            return outcome
+        return health.Outcome(True, "not checked (no health checks configured)", 0.0)
     except ForgeError as e:
         failed = _switch_back(dep, switched, release)
         back = observed[0].current or "(nothing: first deploy)"
