@@ -67,6 +67,10 @@ class _Link:
             for sock in (self.client, self.upstream):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+                # close() alone waits for a thread blocked in recv() on the same
+                # socket; SHUT_RD wakes it without sending the peer a FIN.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
                 with contextlib.suppress(OSError):
                     sock.close()
 
@@ -221,6 +225,7 @@ class FaultProxy:
             self._send(dst, data, direction, link)
 
     def _send(self, dst: socket.socket, data: bytes, direction: str, link: _Link) -> None:
-        dst.sendall(data)
+        # Counted first: once the peer has the bytes, stats() must show them.
         link.sent[direction] += len(data)
         self._count(**{f"bytes_{direction}": len(data)})
+        dst.sendall(data)
