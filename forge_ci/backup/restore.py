@@ -27,7 +27,8 @@ import posixpath
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Literal
 
@@ -38,6 +39,7 @@ from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.tarstream import tar_info, write_tree
+from forge_ci.backup.uploader import SMALL
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.remote import Host, sh
@@ -201,8 +203,9 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     entries = list(plan.manifest.files)
     by_name = {f.path: f for f in entries}
     try:
-        write_tree(host, staged.new, (_info(f) for f in entries),
-                   lambda info: _content(repo, by_name[_name(info)]))
+        with _Prefetch(repo, [f for f in entries if f.type == "file"]) as prefetch:
+            write_tree(host, staged.new, (_info(f) for f in entries),
+                       lambda info: prefetch.content(by_name[_name(info)]))
     except BaseException:
         _remove(host, top)
         raise
@@ -227,6 +230,44 @@ def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
             yield from unseal(repo.store.get(key), repo.identities)
 
     return checked(plain(), sha256=f.sha256, size=f.size, what=f"file {f.path!r}")
+
+
+class _Prefetch:
+    """Fetch and fully check small files a few ahead of the tar writer, in threads.
+
+    tar needs files in order; fetching them one by one would pay a store round trip
+    each. Small files (at most ``SMALL`` bytes, ``window`` of them in memory) are
+    downloaded, decrypted and hash-checked by workers; large ones stream in order.
+    """
+
+    def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
+                 window: int = 16) -> None:
+        self._repo, self._files, self._window = repo, files, window
+        self._index = {f.path: i for i, f in enumerate(files)}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
+        self._pending: dict[int, Future[bytes]] = {}
+        self._next = 0
+
+    def content(self, f: FileEntry) -> Iterable[bytes]:
+        i = self._index[f.path]
+        self._fill(i)
+        future = self._pending.pop(i, None)
+        return [future.result()] if future is not None else _content(self._repo, f)
+
+    def _fill(self, current: int) -> None:
+        self._next = max(self._next, current)
+        while self._next < len(self._files) and self._next < current + self._window:
+            f = self._files[self._next]
+            if f.size <= SMALL:
+                self._pending[self._next] = self._pool.submit(
+                    lambda f=f: b"".join(_content(self._repo, f)))  # type: ignore[misc]
+            self._next += 1
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_drill_target(host: Host, dest: str) -> None:

@@ -17,11 +17,14 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from forge_ci.backup.scan import encode
 from forge_ci.errors import BackupError, RemoteCommandError
 from forge_ci.remote import Host, Process, sh
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 _READ = 1024 * 1024
 
@@ -56,9 +59,10 @@ class ProcessWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self._proc.write(bytes(data))
-        return len(data)
+    def write(self, data: ReadableBuffer, /) -> int:
+        chunk = bytes(data)
+        self._proc.write(chunk)
+        return len(chunk)
 
 
 class IterReader(io.RawIOBase):
@@ -179,14 +183,16 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
     host.makedirs(dest)
     proc = host.start(f"cd -- {sh(dest)} && exec {EXTRACT}")
     try:
-        with tarfile.open(fileobj=ProcessWriter(proc), mode="w|",
-                          format=tarfile.PAX_FORMAT, encoding="utf-8",
-                          errors="surrogateescape") as tar:
+        # tarfile writes 10 KiB records: buffer them into fewer, larger pipe writes.
+        out = io.BufferedWriter(ProcessWriter(proc), buffer_size=_READ)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                          encoding="utf-8", errors="surrogateescape") as tar:
             for info in entries:
                 body = IterReader(content(info)) if info.isreg() else None
                 tar.addfile(info, body)
                 if body is not None:
                     body.finish()
+        out.flush()
     except (OSError, RemoteCommandError) as e:
         proc.kill()
         status = proc.wait(timeout=30)
