@@ -15,7 +15,7 @@ from forge_ci.backup.restore import plan_restore, run_restore
 from forge_ci.backup.take import BackupReport, take_snapshot
 from forge_ci.backup.verify import verify_snapshot
 from forge_ci.cli import Common, Context
-from forge_ci.errors import ConfigError, UsageError
+from forge_ci.errors import ConfigError, ForgeError, UsageError
 
 ENV_HELP = "environment name from forge.yml"
 
@@ -116,10 +116,18 @@ def cmd_snapshots(ctx: Context) -> int:
         ctx.emit({"snapshots": []}, f"no snapshots of {t.site}/{t.name} yet")
         return 0
     lines = [f"{r['id']}  {r['time']}  {'verified' if r['verified'] else '        '}  "
-             + (f"{r['files']} files, {_size(float(str(r['bytes'])))}" if "files" in r
-                else "(details need FORGE_BACKUP_IDENTITY)") for r in rows]
+             + _details(r) for r in rows]
     ctx.emit({"snapshots": rows}, "\n".join(lines))
     return 0
+
+
+def _details(row: dict[str, object]) -> str:
+    if "error" in row:
+        return f"UNREADABLE: {row['error']}"
+    if "files" not in row:
+        return "(details need FORGE_BACKUP_IDENTITY)"
+    db = f" + database {row['database']}" if row.get("database") else ""
+    return f"{row['files']} files, {_size(float(str(row['bytes'])))}{db}"
 
 
 def _snapshot_rows(repo: Repository) -> list[dict[str, object]]:
@@ -129,11 +137,15 @@ def _snapshot_rows(repo: Repository) -> list[dict[str, object]]:
         row: dict[str, object] = {"id": ref.id, "time": ref.time.isoformat(),
                                   "verified": ref.id in verified}
         if repo.can_read:
-            m = repo.load(ref)
-            row |= {"time": m.time.isoformat(), "hostnames": list(m.hostnames),
-                    "files": sum(1 for f in m.files if f.type == "file"),
-                    "bytes": m.total_bytes,
-                    "database": m.database.name if m.database else None}
+            try:
+                m = repo.load(ref)
+            except ForgeError as e:  # one damaged manifest must not hide the others
+                row["error"] = e.message
+            else:
+                row |= {"time": m.time.isoformat(), "hostnames": list(m.hostnames),
+                        "files": sum(1 for f in m.files if f.type == "file"),
+                        "bytes": m.total_bytes,
+                        "database": m.database.name if m.database else None}
         rows.append(row)
     return rows
 

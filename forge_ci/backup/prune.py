@@ -11,8 +11,9 @@ manifest cannot be read with the identity at hand, no object is deleted at all
 is between "this object exists" and "my manifest references it".
 
 Order of deletion: manifests (the snapshot disappears atomically), then their
-verify markers, then unreferenced objects, then stale locks. An interrupted prune
-leaves only unreferenced objects, which the next one removes.
+verify markers, then unreferenced objects, then stale locks, then uploads left by
+killed runs (multipart uploads, temporary files). An interrupted prune leaves only
+unreferenced objects, which the next one removes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class PrunePlan:
     stale_locks: list[str]
     unreadable: list[str] = field(default_factory=list)
     protected: str | None = None
+    abandoned_uploads: int = 0  # known only after the run: cleanup() reports it
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -51,6 +53,7 @@ class PrunePlan:
             "stale_locks": len(self.stale_locks),
             "unreadable_manifests": self.unreadable,
             "newest_verified": self.protected,
+            "abandoned_uploads": self.abandoned_uploads,
         }
 
     def render(self) -> str:
@@ -115,8 +118,10 @@ def prune(repo: Repository, policy: Retention, *, dry_run: bool = False,
             repo.store.delete(key)
         for key in plan.orphan_markers + plan.stale_locks:
             repo.store.delete(key)
-        removed = repo.store.cleanup()
-        if removed:
-            log(f"removed {removed} abandoned upload(s)")
+        # Under the exclusive lock no writer is live: every unfinished upload or temp
+        # file is a killed run's leftover, however young.
+        plan.abandoned_uploads = repo.store.cleanup(older_than=0.0)
+        if plan.abandoned_uploads:
+            log(f"removed {plan.abandoned_uploads} abandoned upload(s)")
     log(f"deleted {len(plan.delete)} unreferenced object(s)")
     return plan
