@@ -156,8 +156,10 @@ def cmd_verify(ctx: Context) -> int:
         ref = repo.resolve(ctx.args.snapshot)
         with ctx.runner.group(f"verify {ref.id}"):
             report = verify_snapshot(repo, ref, log=ctx.runner.log)
-    ctx.emit(report.as_dict(), f"snapshot {ref.id} verified: {report.objects} objects, "
-             f"{_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
+    line = (f"snapshot {ref.id} verified: {report.objects} objects, "
+            f"{_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
+    ctx.runner.summary(f"### forge-ci verify: {t.name}\n\n{line}")
+    ctx.emit(report.as_dict(), line)
     return 0
 
 
@@ -177,6 +179,8 @@ def cmd_restore(ctx: Context) -> int:
                 ctx.runner.group(f"restore {ref.id} on {host.name}"):
             report = run_restore(plan, repo, host, t.backup, yes=ctx.args.yes,
                                  log=ctx.runner.log)
+    ctx.runner.summary(f"### forge-ci restore: {t.name}\n\n```\n{plan.describe()}\n```\n"
+                       f"Took {report.seconds:.1f}s.")
     ctx.emit(report.as_dict(), f"restored {plan.describe()}\nin {report.seconds:.1f}s")
     return 0
 
@@ -189,6 +193,8 @@ def cmd_prune(ctx: Context) -> int:
                           hint="add retention: { keep_daily: 14, keep_weekly: 8, ... }")
     with session.repository(t, ctx.env) as repo, ctx.runner.group(f"prune {t.name}"):
         plan = prune(repo, t.backup.retention, dry_run=ctx.dry_run, log=ctx.runner.log)
+    if not ctx.dry_run:
+        ctx.runner.summary(f"### forge-ci prune: {t.name}\n\n```\n{plan.render()}\n```")
     ctx.emit({**plan.as_dict(), "dry_run": ctx.dry_run}, plan.render())
     return 0
 
