@@ -250,20 +250,6 @@ def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -
         _record(obs, release, "prepared", dep.by)
 
 
-def _switch_back(dep: Deployment, switched: Sequence[Observed], release: str) -> list[str]:
-    """Put every switched host back; return the hosts that could not be restored."""
-    failed = []
-    for obs in switched:
-        try:
-            _switch(obs.host, dep.layout, obs.current)
-            _php_refresh(dep, obs)
-            _record(obs, release, "bad", dep.by, "rolled back")
-        except ForgeError as e:
-            dep.log(f"{obs.name}: switching back FAILED: {e}")
-            failed.append(obs.name)
-    return failed
-
-
 def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Result:
     if dry_run:
         observed = [observe(h, dep.layout) for h in dep.hosts]
@@ -329,8 +315,18 @@ def _preview(dep: Deployment, observed: Sequence[Observed], release: str) -> Non
     dep.log(f"preview: {outcome.detail} in {outcome.seconds:.1f}s")
 
 
-def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed],
-                          release: str) -> health.Outcome:
+class _SwitchFailed(Exception):
+    """Raised by :func:`_switch_and_verify` after it put every host back it could."""
+
+    def __init__(self, cause: ForgeError, unrestored: list[str]) -> None:
+        super().__init__(cause.message)
+        self.cause, self.unrestored = cause, unrestored
+
+
+def _switch_and_verify(dep: Deployment, observed: Sequence[Observed], release: str,
+                       after_switch: Sequence[str]) -> health.Outcome:
+    """Switch every host to ``release``, refresh PHP, run hooks and checks; on any
+    failure switch every switched host back to what it served before."""
     switched: list[Observed] = []
     try:
         for obs in observed:
@@ -339,24 +335,42 @@ def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed],
         for obs in observed:
             _php_refresh(dep, obs)
         for obs in observed:
-            _hooks(dep, obs, "after_switch", dep.env.hooks.after_switch, release, obs.current)
+            _hooks(dep, obs, "after_switch", after_switch, release, obs.current)
         checks = _checks(dep, release)
-        if checks:
-            outcome = health.run_checks(checks, dep.policy, dep.log)
-            if not outcome.ok:
-                raise DeployFailed(f"health checks failed: {outcome.detail}")
-            dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
-            return outcome
-        return health.Outcome(True, "not checked (no health checks configured)", 0.0)
+        if not checks:
+            return health.Outcome(True, "not checked (no health checks configured)", 0.0)
+        outcome = health.run_checks(checks, dep.policy, dep.log)
+        if not outcome.ok:
+            raise DeployFailed(f"health checks failed: {outcome.detail}")
+        dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
+        return outcome
     except ForgeError as e:
-        failed = _switch_back(dep, switched, release)
+        unrestored = []
+        for obs in switched:
+            try:
+                _switch(obs.host, dep.layout, obs.current)
+                _php_refresh(dep, obs)
+            except ForgeError as back:
+                dep.log(f"{obs.name}: switching back FAILED: {back}")
+                unrestored.append(obs.name)
+        raise _SwitchFailed(e, unrestored) from None
+
+
+def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed],
+                          release: str) -> health.Outcome:
+    try:
+        return _switch_and_verify(dep, observed, release, dep.env.hooks.after_switch)
+    except _SwitchFailed as f:
+        for obs in observed:
+            with contextlib.suppress(ForgeError):
+                _record(obs, release, "bad", dep.by, "rolled back")
         back = observed[0].current or "(nothing: first deploy)"
-        if failed:
-            raise RollbackFailed(f"{e.message}; switching back to {back} FAILED on "
-                                 f"{', '.join(failed)}",
+        if f.unrestored:
+            raise RollbackFailed(f"{f.cause.message}; switching back to {back} FAILED on "
+                                 f"{', '.join(f.unrestored)}",
                                  hint="check the site now: forge-ci releases, then rollback",
                                  ) from None
-        raise RolledBack(f"{e.message}; rolled back to {back} on every host",
+        raise RolledBack(f"{f.cause.message}; rolled back to {back} on every host",
                          hint="the release is marked bad; fix it and deploy again") from None
 
 
@@ -403,31 +417,13 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Resul
         dep.log(plan.render())
         if all(o.current == target for o in observed):
             return Result(target, previous, dep.env.url, plan, "already live")
-        switched: list[Observed] = []
         try:
-            for obs in observed:
-                switched.append(obs)
-                _switch(obs.host, dep.layout, target)
-            for obs in observed:
-                _php_refresh(dep, obs)
-            outcome = "not checked (no health checks configured)"
-            if checks:
-                res = health.run_checks(checks, dep.policy, dep.log)
-                if not res.ok:
-                    raise DeployFailed(f"release {target} is unhealthy: {res.detail}")
-                outcome = res.detail
-        except ForgeError as e:
-            failed = []
-            for obs in switched:
-                try:
-                    _switch(obs.host, dep.layout, obs.current)
-                    _php_refresh(dep, obs)
-                except ForgeError:
-                    failed.append(obs.name)
-            if failed:
-                raise RollbackFailed(f"{e.message}; restoring {previous} failed on "
-                                     f"{', '.join(failed)}") from None
-            raise DeployFailed(f"{e.message}; {previous} stays live",
+            outcome = _switch_and_verify(dep, observed, target, ()).detail
+        except _SwitchFailed as f:
+            if f.unrestored:
+                raise RollbackFailed(f"{f.cause.message}; restoring {previous} failed on "
+                                     f"{', '.join(f.unrestored)}") from None
+            raise DeployFailed(f"release {target}: {f.cause.message}; {previous} stays live",
                                hint="pick another release with --to") from None
         for obs in observed:
             if obs.current and obs.current != target:
