@@ -80,7 +80,11 @@ def store_for(t: Target, environ: Mapping[str, str]) -> ObjectStore:
         lock = t.backup.object_lock
         if lock is not None:
             opts |= {"retention_mode": lock.mode.upper(), "retention_days": lock.days}
-    store = open_store(url, **opts)
+    try:
+        store = open_store(url, **opts)
+    except ValueError as e:
+        raise ConfigError(str(e), file=str(t.loaded.path),
+                          key=f"environments.{t.name}.backup.store") from None
     check = getattr(store, "check", None)
     if callable(check):
         check()  # a missing bucket fails here, before any work

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 DEFAULT_PATHS = ("shared/web/app/uploads",)
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
 
 class _Frozen(BaseModel):
@@ -39,7 +40,8 @@ class DatabaseConfig(_Frozen):
     ``host`` and ``port`` are as seen from that host: ``localhost`` uses the socket.
     """
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[^/\\.\x00\s][^/\\\x00]*$")
+    # Names forge quotes into SQL (CREATE DATABASE for drills): keep them plain.
+    name: str = Field(pattern=r"^[A-Za-z0-9_$-]{1,64}$")
     user: str = Field(min_length=1, max_length=80)
     password: SecretStr
     host: str = Field("localhost", min_length=1, pattern=r"^[^\s\x00]+$")
@@ -105,6 +107,10 @@ class BackupConfig(_Frozen):
         if value.startswith("s3://"):
             if not _S3.match(value):
                 raise ValueError("store must look like s3://bucket or s3://bucket/prefix")
+            prefix = value[5:].rstrip("/").partition("/")[2]
+            if prefix and not _PREFIX.match(prefix):
+                raise ValueError("an s3:// prefix is /-separated names of letters, digits, "
+                                 "'.', '_' and '-' (not starting with '.')")
             return value.rstrip("/")
         if value.startswith("file://"):
             if not value.startswith("file:///"):

@@ -103,3 +103,19 @@ def test_a_hostile_manifest_is_refused_before_writing(make_site, lab_dir: Path, 
                                                 or "outside" in site.last_err)
         assert not victim.exists()
     assert not os.path.lexists(site.uploads / "escape")
+
+
+def test_backup_host_must_be_one_of_the_hosts(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "forge.yml"
+    config.write_text(
+        "version: 1\nproject: p\nenvironments:\n  production:\n"
+        "    hosts: [{ host: 192.0.2.1 }, { host: 192.0.2.2 }]\n    path: /srv/site\n"
+        f"    backup: {{ store: 'file://{tmp_path}/store', host: 192.0.2.9 }}\n")
+    from forge_ci.backup.keys import generate_identity
+
+    env = {"FORGE_BACKUP_RECIPIENT": str(generate_identity().recipient)}
+    assert main(["backup", "--config", str(config), "production"], env) == 2
+    err = capsys.readouterr().err
+    assert "backup.host '192.0.2.9' is not one of the environment's hosts" in err
+    assert "192.0.2.1, 192.0.2.2" in err
