@@ -34,7 +34,7 @@ from typing import IO, Literal
 
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
 from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.failures import RestoreRefused
+from forge_ci.backup.failures import DumpError, RestoreRefused
 from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.repo import Repository, SnapshotRef
@@ -100,7 +100,10 @@ def plan_restore(ref: SnapshotRef, manifest: Manifest, cfg: BackupConfig, root: 
             raise RestoreRefused("the snapshot holds a database but forge.yml has no "
                                  "backup.database (the credentials to restore with)",
                                  hint="add it, or pass --only files")
-        db_target = check_database_name(database or cfg.database.name)
+        try:
+            db_target = check_database_name(database or cfg.database.name)
+        except DumpError as e:
+            raise RestoreRefused(e.message, hint=e.hint) from None
         db_live = db_target == cfg.database.name
     elif database is not None:
         raise RestoreRefused(f"snapshot {ref.id} holds no database to restore")

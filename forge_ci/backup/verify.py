@@ -88,8 +88,9 @@ def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
         raise BackupFormatError(
             f"snapshot {ref.id} failed verification: {len(report.problems)} problem(s)\n  "
             f"{shown}",
-            hint="restore from an older snapshot (forge-ci snapshots lists them) and take "
-                 "a new backup")
+            hint="restore from another snapshot (forge-ci snapshots lists them). Objects "
+                 "are named by content: delete a damaged data/ object and the next backup "
+                 "uploads that content again for new snapshots")
     if record:
         repo.mark_verified(ref, {"objects": report.objects, "bytes": report.plain_bytes})
     return report
