@@ -22,7 +22,6 @@ from forge_ci.store import StoreError
 from forge_ci.store.s3 import MIN_PART_SIZE, S3Store
 
 from .conftest import Site
-from .cutproxy import CutProxy
 
 
 def _store(server: S3Server, site: Site, endpoint: str) -> S3Store:
@@ -64,33 +63,32 @@ def test_s3_dropping_mid_upload_leaves_no_snapshot_and_no_upload(  # type: ignor
 
 
 def test_ssh_dropping_mid_transfer_leaves_no_snapshot(  # type: ignore[no-untyped-def]
-        make_site, lab_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        make_site, fault_proxy, lab_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="file", ssh=True)
     sshd = site.sshd
     assert sshd is not None
-    proxy = CutProxy(sshd.port)
-    try:
-        text = site.config.read_text().replace(f"port: {sshd.port}", f"port: {proxy.port}")
-        site.config.write_text(text)
-        site.base_env["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(f":{sshd.port} ",
-                                                                      f":{proxy.port} ")
-        first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
+    proxy = fault_proxy(sshd.port)
+    site.config.write_text(site.config.read_text().replace(f"port: {sshd.port}",
+                                                           f"port: {proxy.port}"))
+    site.base_env["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(f":{sshd.port} ",
+                                                                  f":{proxy.port} ")
+    first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
 
-        (site.uploads / "video.mp4").write_bytes(os.urandom(4_000_000))
-        site.chown()
-        proxy.cut_after_down = 2_000_000  # server -> runner: cut inside the tar stream
-        assert site.run("backup", "production", read=False, capsys=capsys) == 1
-        assert proxy.cuts == 1
-        assert "broke off" in site.last_err
-        store = lab_dir / "store"
-        assert [p.name for p in (store / "snapshots").rglob("*") if p.is_file()] == [first]
-        assert not [p for p in store.rglob(".tmp-*")], "temporary files left in the store"
-        assert not list((store / "locks").iterdir())
+    (site.uploads / "video.mp4").write_bytes(os.urandom(4_000_000))
+    site.chown()
+    proxy.set(drop_after_bytes_down=2_000_000)  # server -> runner: cut inside the tar
+    started = time.monotonic()
+    assert site.run("backup", "production", read=False, capsys=capsys) == 1
+    assert time.monotonic() - started < 10, "the drop was noticed late"
+    assert proxy.stats().dropped == 1
+    assert "broke off" in site.last_err
+    store = lab_dir / "store"
+    assert [p.name for p in (store / "snapshots").rglob("*") if p.is_file()] == [first]
+    assert not [p for p in store.rglob(".tmp-*")], "temporary files left in the store"
+    assert not list((store / "locks").iterdir())
 
-        proxy.cut_after_down = None
-        assert site.run("verify", "production", "--snapshot", first) == 0
-    finally:
-        proxy.close()
+    proxy.clear()
+    assert site.run("verify", "production", "--snapshot", first) == 0
 
 
 def test_a_killed_backup_leaves_no_snapshot_and_prune_clears_its_upload(  # type: ignore[no-untyped-def]
