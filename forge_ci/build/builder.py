@@ -15,6 +15,7 @@ import fnmatch
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -160,11 +161,15 @@ def open_artifact(root: Path) -> Artifact:
     except FileNotFoundError:
         raise ArtifactError(f"{root} is not a forge artifact (no manifest.json)",
                             hint="create one with forge-ci build --out DIR") from None
-    tree = root / "tree"
+    tree = str(root / "tree")
     for path, entry in manifest.entries.items():
-        full = tree / path
-        if entry.kind == "file" and (not full.is_file() or full.is_symlink()
-                                     or full.stat().st_size != entry.size):
+        if entry.kind != "file":
+            continue
+        try:
+            st = os.lstat(f"{tree}/{path}")  # one call per file: redeploys start here
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
             raise ArtifactError(f"artifact {root}: {path} is missing or changed since the build",
                                 hint="rebuild the artifact")
     return Artifact(root, manifest)

@@ -26,7 +26,7 @@ from forge_ci.deploy.releases import (
     prune_plan,
     unfinished,
 )
-from forge_ci.deploy.ship import ship
+from forge_ci.deploy.ship import ship, stage_script, staged_base
 from forge_ci.errors import (
     DeployFailed,
     ForgeError,
@@ -225,6 +225,10 @@ def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -
     # Round trips are the cost on a fast network: each step below is one command.
     script = "set -e\n" + sh("mkdir", "-p", lay.releases, lay.shared,
                              posixpath.dirname(lay.manifest(release))) + "\n"
+    # Staged copies of anything but the live release are stale.
+    keep = posixpath.basename(staged_base(lay.release(obs.current or "-")))
+    script += (f"find {sh(lay.releases)} -mindepth 1 -maxdepth 1 -name '.forge-base-*' "
+               f"! -name {sh(keep)} -exec rm -rf {{}} + 2>/dev/null || true\n")
     if stale:
         dep.log(f"{obs.name}: removing unfinished releases {', '.join(stale)}")
         script += sh("rm", "-rf", "--", *(lay.release(r) for r in stale if r in obs.dirs)) + "\n"
@@ -385,6 +389,7 @@ def _finish(dep: Deployment, obs: Observed, release: str) -> None:
         script += sh("rm", "-rf", "--", *(dep.layout.release(r) for r in victims),
                      *(dep.layout.manifest(r) for r in victims)) + "\n"
         script += "".join(_log_script(obs, r, "removed", dep.by, "pruned") for r in victims)
+    script += stage_script(dep.layout.release(release))
     obs.host.check(obs.host.run(script, check=False), "recording the live release")
 
 

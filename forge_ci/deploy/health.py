@@ -7,11 +7,11 @@ cached old one. Configured checks (status, contains) run after it.
 
 from __future__ import annotations
 
+import http.client
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import requests
 
 from forge_ci.config.models import HealthCheck
 
@@ -44,15 +44,66 @@ class Outcome:
     seconds: float
 
 
-def _probe(session: requests.Session, check: HealthCheck, timeout: float) -> str | None:
+class _Client:
+    """Plain http.client with one kept-alive connection per origin.
+
+    Not requests: its import alone costs a noticeable part of a redeploy, and a
+    health check needs only GET, a status and a body.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+
+    def get(self, url: str) -> tuple[int, str]:
+        parts = urllib.parse.urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for attempt in (1, 2):  # a kept-alive connection the server closed: retry once
+            conn = self._conns.get(key) or self._connect(parts)
+            self._conns[key] = conn
+            try:
+                conn.request("GET", path, headers={"User-Agent": "forge-ci health check",
+                                                   "Cache-Control": "no-cache"})
+                resp = conn.getresponse()
+                body = resp.read(4 << 20).decode("utf-8", "replace")
+                if resp.will_close:
+                    self._drop(key)
+                return resp.status, body
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._drop(key)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connect(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+        host, port = parts.hostname or "", parts.port
+        if parts.scheme == "https":
+            import ssl  # only here: most of a deploy never needs it
+
+            return http.client.HTTPSConnection(host, port, timeout=self.timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        conn = self._conns.pop(key, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for key in list(self._conns):
+            self._drop(key)
+
+
+def _probe(client: _Client, check: HealthCheck) -> str | None:
     """None when the check passes, else why not."""
     try:
-        r = session.get(check.url, timeout=timeout, allow_redirects=False)
-    except requests.RequestException as e:
+        status, body = client.get(check.url)
+    except (OSError, http.client.HTTPException) as e:
         return f"{check.url}: {e.__class__.__name__}"
-    if r.status_code != check.status:
-        return f"{check.url}: HTTP {r.status_code}, expected {check.status}"
-    if check.contains is not None and check.contains not in r.text:
+    if status != check.status:
+        return f"{check.url}: HTTP {status}, expected {check.status}"
+    if check.contains is not None and check.contains not in body:
         return f"{check.url}: response does not contain {check.contains!r}"
     return None
 
@@ -61,13 +112,12 @@ def run_checks(checks: Sequence[HealthCheck], policy: Policy,
                log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> Outcome:
     """Retry until every check passes in one round, or the time bound runs out."""
     start = time.monotonic()
-    last = "no checks"
-    with requests.Session() as session:
-        session.headers["User-Agent"] = "forge-ci health check"
-        attempt = 0
+    client = _Client(policy.request_timeout)
+    attempt = 0
+    try:
         while True:
             attempt += 1
-            failures = [f for c in checks if (f := _probe(session, c, policy.request_timeout))]
+            failures = [f for c in checks if (f := _probe(client, c))]
             elapsed = time.monotonic() - start
             if not failures:
                 return Outcome(True, f"healthy after {attempt} attempt(s)", elapsed)
@@ -77,6 +127,8 @@ def run_checks(checks: Sequence[HealthCheck], policy: Policy,
             if attempt == 1 or attempt % 5 == 0:
                 log(f"  waiting: {last}")
             sleep(policy.interval)
+    finally:
+        client.close()
 
 
 def marker_check(url: str, release_id: str) -> HealthCheck:

@@ -42,7 +42,7 @@ printf 'present\\0'
 for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done; printf '\\0'
 if [ -e current ] && [ ! -L current ]; then printf notlink; fi; printf '\\0'
 cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
-ls -1A releases 2>/dev/null; printf '\\0'
+ls -1 releases 2>/dev/null; printf '\\0'
 cat .forge/log.jsonl 2>/dev/null; printf '\\0'
 [ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
 """

@@ -10,6 +10,7 @@ tar stream of the changed entries is unpacked into it. Without a live release
 from __future__ import annotations
 
 import io
+import posixpath
 import subprocess
 import tarfile
 import tempfile
@@ -66,8 +67,11 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
         d = diff(base_manifest, new)
         remove = sorted(set(d.remove) | set(extras))
         listing = b"".join(p.encode() + b"\0" for p in remove)
+        # A copy staged after the last deploy saves the cp -al on the critical path.
+        staged = staged_base(base_dir)
         host.check(host.run(
-            f"rm -rf {sh(release_dir)} && cp -al -- {sh(base_dir)} {sh(release_dir)} && "
+            f"rm -rf {sh(release_dir)} && {{ mv -T -- {sh(staged)} {sh(release_dir)} 2>/dev/null"
+            f" || cp -al -- {sh(base_dir)} {sh(release_dir)}; }} && "
             f"cd {sh(release_dir)} && xargs -0 -r rm -rf --",
             input=listing, check=False), "hard-linking the live release")
         send = d.send
@@ -79,6 +83,23 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
     linked = len(new.entries) - len(send)
     log(f"{host.name}: sent {len(send)} entries ({sent_bytes} bytes), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
+
+
+def staged_base(release_dir: str) -> str:
+    """Where a ready hard-linked copy of ``release_dir`` waits for the next deploy."""
+    parent, name = posixpath.split(release_dir)
+    return posixpath.join(parent, f".forge-base-{name}")
+
+
+def stage_script(release_dir: str) -> str:
+    """Shell that prepares the next deploy's starting tree in the background: a
+    hard-linked copy of the release that just went live, renamed into place only
+    when complete. Nothing waits for it; a deploy that finds none copies itself."""
+    staged = staged_base(release_dir)
+    tmp = staged + ".tmp"
+    inner = (f"rm -rf {sh(tmp)} && cp -al -- {sh(release_dir)} {sh(tmp)} && "
+             f"mv -T -- {sh(tmp)} {sh(staged)} || rm -rf {sh(tmp)}")
+    return f"nohup sh -c {sh(inner)} </dev/null >/dev/null 2>&1 &\n"
 
 
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],

@@ -22,6 +22,11 @@ def releases(site: LocalSite) -> list[dict[str, object]]:
     return [json.loads(line) for line in log]
 
 
+def releases_on_disk(site: LocalSite) -> list[str]:
+    # Dot-entries are forge's staged copies for the next deploy, not releases.
+    return [d for d in os.listdir(site.target / "releases") if not d.startswith(".")]
+
+
 def state(site: LocalSite, rid: str) -> str:
     return [e["state"] for e in releases(site) if e["release"] == rid][-1]  # type: ignore[return-value]
 
@@ -111,7 +116,7 @@ def test_keep_releases_prunes_but_never_current_or_last_good(local_site: LocalSi
         local_site.write("web/index.html", f"ok v{v}\n")
         assert local_site.forge("deploy", "local") == 0
         ids.append(local_site.current)
-    assert sorted(os.listdir(local_site.target / "releases")) == sorted(ids[-2:])
+    assert sorted(releases_on_disk(local_site)) == sorted(ids[-2:])
 
 
 def _forge_process(site: LocalSite) -> subprocess.Popen[bytes]:
@@ -152,5 +157,26 @@ def test_live_lock_is_refused_and_a_killed_owner_frees_it(local_site: LocalSite)
     local_site.config()
     assert local_site.forge("deploy", "local") == 0
     assert local_site.page() == "ok v2\n"
-    dirs = os.listdir(local_site.target / "releases")
+    dirs = releases_on_disk(local_site)
     assert len(dirs) == 2  # the killed run's half release was removed
+
+
+def test_next_deploy_starts_from_a_staged_copy_and_stale_copies_go(local_site: LocalSite) -> None:
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    staged = local_site.target / "releases" / f".forge-base-{first}"
+    deadline = time.monotonic() + 20
+    while not staged.is_dir():  # made in the background after the deploy
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert not staged.exists()  # it became the new release
+    second = local_site.current
+    old, new = local_site.target / "releases" / first, local_site.target / "releases" / second
+    assert (old / "web/index.html").read_text() == "ok v1\n"
+    assert (new / "web/index.html").read_text() == "ok v2\n"
+    assert local_site.forge("rollback", "local") == 0
+    local_site.write("web/index.html", "ok v3\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert not (local_site.target / "releases" / f".forge-base-{second}").exists()

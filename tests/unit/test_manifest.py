@@ -146,3 +146,21 @@ def test_composer_builds_with_a_path_repository(tmp_path: Path) -> None:
     art = build(site, BuildConfig(composer=True), tmp_path / "out", env=env, log=lambda _m: None)
     assert "vendor/autoload.php" in art.manifest.entries
     assert "vendor/acme/hello/src/Hello.php" in art.manifest.entries
+
+
+@given(st.lists(st.sampled_from(["a", "b.c", ".", "..", "", ".x", "..y", "/"]), min_size=1,
+                max_size=5).map("/".join))
+def test_path_check_agrees_with_normpath(path: str) -> None:
+    import posixpath
+
+    from forge_ci.build.manifest import check_path
+
+    norm = posixpath.normpath(path) if path else ""
+    expected_ok = bool(path) and path == norm and not path.startswith("/") and \
+        norm != ".." and not norm.startswith("../") and norm != "."
+    try:
+        check_path(path, "test")
+        ok = True
+    except ArtifactError:
+        ok = False
+    assert ok == expected_ok, path
