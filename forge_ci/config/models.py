@@ -85,6 +85,9 @@ class PreviewConfig(Frozen):
 
     url: str = Field(pattern=r"^https?://")
     link: str = Field("next", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # True: the preview listens on the server's loopback (as provisioning sets it
+    # up) and each host checks its own preview with curl over SSH.
+    on_host: bool = False
 
 
 class EnvironmentConfig(Frozen):

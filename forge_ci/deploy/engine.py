@@ -306,7 +306,18 @@ def _preview(dep: Deployment, observed: Sequence[Observed], release: str) -> Non
     try:
         for obs in observed:
             _point(obs.host, dep.layout.link(pv.link), release)
-        outcome = health.run_checks(checks, dep.policy, dep.log)
+        if pv.on_host:
+            # Every host checks its own preview: one bad host stops them all.
+            for obs in observed:
+                outcome = health.run_checks(
+                    checks, dep.policy, dep.log,
+                    fetch=health.fetch_on(obs.host, dep.policy.request_timeout))
+                if not outcome.ok:
+                    outcome = health.Outcome(False, f"{obs.name}: {outcome.detail}",
+                                             outcome.seconds)
+                    break
+        else:
+            outcome = health.run_checks(checks, dep.policy, dep.log)
     except ForgeError as e:
         outcome = health.Outcome(False, e.message, 0.0)
     if not outcome.ok:

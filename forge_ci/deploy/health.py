@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from forge_ci.config.models import HealthCheck
+from forge_ci.remote.base import Host, sh
 
 MARKER_PATH = "web/forge-release.php"
 MARKER_URL = "forge-release.php"
@@ -95,12 +96,33 @@ class _Client:
             self._drop(key)
 
 
-def _probe(client: _Client, check: HealthCheck) -> str | None:
+Fetch = Callable[[str], tuple[int, str]]
+_STATUS = "\n__forge_status__:"
+
+
+def fetch_on(host: Host, timeout: float) -> Fetch:
+    """GET through ``curl`` on the target itself: for a preview route that listens on
+    the server's loopback, so the release is checked without being exposed."""
+
+    def get(url: str) -> tuple[int, str]:
+        r = host.run(f"curl -sS --max-time {int(timeout)} -H 'Cache-Control: no-cache' "
+                     f"-w {sh(_STATUS + '%{http_code}')} -- {sh(url)}", check=False,
+                     timeout=timeout + 15)
+        body, _, code = r.text.rpartition(_STATUS)
+        if r.status != 0 or not code.strip().isdigit():
+            raise OSError(f"curl on {host.name}: {r.tail(1) or f'exit {r.status}'}")
+        return int(code), body
+
+    return get
+
+
+def _probe(fetch: Fetch, check: HealthCheck) -> str | None:
     """None when the check passes, else why not."""
     try:
-        status, body = client.get(check.url)
+        status, body = fetch(check.url)
     except (OSError, http.client.HTTPException) as e:
-        return f"{check.url}: {e.__class__.__name__}"
+        detail = str(e) if str(e) else e.__class__.__name__
+        return f"{check.url}: {detail}"
     if status != check.status:
         return f"{check.url}: HTTP {status}, expected {check.status}"
     if check.contains is not None and check.contains not in body:
@@ -109,15 +131,18 @@ def _probe(client: _Client, check: HealthCheck) -> str | None:
 
 
 def run_checks(checks: Sequence[HealthCheck], policy: Policy,
-               log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> Outcome:
-    """Retry until every check passes in one round, or the time bound runs out."""
+               log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
+               fetch: Fetch | None = None) -> Outcome:
+    """Retry until every check passes in one round, or the time bound runs out.
+    ``fetch`` replaces the HTTP client (see :func:`fetch_on`)."""
     start = time.monotonic()
     client = _Client(policy.request_timeout)
+    get = fetch or client.get
     attempt = 0
     try:
         while True:
             attempt += 1
-            failures = [f for c in checks if (f := _probe(client, c))]
+            failures = [f for c in checks if (f := _probe(get, c))]
             elapsed = time.monotonic() - start
             if not failures:
                 return Outcome(True, f"healthy after {attempt} attempt(s)", elapsed)

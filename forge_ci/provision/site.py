@@ -34,6 +34,7 @@ class Site:
     swap_mb: int
     ssh_port: int
     hostnames: tuple[str, ...]  # nginx server_name; empty means any
+    https: bool = False  # the site's url is https: the preview must say so to WordPress
 
 
 def provision_section(config: ForgeConfig, file: str) -> ProvisionConfig:
@@ -63,7 +64,8 @@ def resolve(config: ForgeConfig, environment: str, file: str) -> Site:
     database = prov.database or f"{config.project}_{environment}".replace("-", "_")[:64]
     return Site(project=config.project, environment=environment, server_name=name,
                 deploy_user=user, path=path, php_version=prov.php_version, database=database,
-                swap_mb=prov.swap_mb, ssh_port=prov.ssh_port, hostnames=_hostnames(env.url))
+                swap_mb=prov.swap_mb, ssh_port=prov.ssh_port, hostnames=_hostnames(env.url),
+                https=bool(env.url and env.url.startswith("https://")))
 
 
 def _hostnames(url: str | None) -> tuple[str, ...]:

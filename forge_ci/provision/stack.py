@@ -79,9 +79,45 @@ server {
 """
 
 
+PREVIEW_PORT = 8081
+
+_PREVIEW = """\
+# The preview route: <path>/next is the release about to go live. It listens on
+# loopback only; forge checks it over SSH (preview: {url: http://127.0.0.1:8081,
+# on_host: true}) before the switch, so a bad release never reaches visitors.
+# It poses as the live host so WordPress renders instead of redirecting home.
+server {
+    listen 127.0.0.1:@PORT@;
+    server_name _;
+    root @PATH@/next/web;
+    index index.php index.html;
+    server_tokens off;
+
+    location ~ /\\.(?!well-known/) { deny all; }
+    location ~* ^/app/uploads/.*\\.php$ { deny all; }
+
+    location / {
+        try_files $uri $uri/ /index.php?$args;
+    }
+
+    location ~ \\.php$ {
+        try_files $uri =404;
+        include fastcgi_params;
+        fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;
+        fastcgi_param DOCUMENT_ROOT $realpath_root;
+        fastcgi_param HTTP_HOST @LIVEHOST@;
+@HTTPS@        fastcgi_pass unix:@SOCKET@;
+    }
+}
+"""
+
+
 def nginx_site(site: Site) -> str:
     names = " ".join(site.hostnames) or "_"
-    return (_NGINX.replace("@PATH@", site.path).replace("@NAMES@", names)
+    live = site.hostnames[0] if site.hostnames else "$host"
+    preview = (_PREVIEW.replace("@PORT@", str(PREVIEW_PORT)).replace("@LIVEHOST@", live)
+               .replace("@HTTPS@", "        fastcgi_param HTTPS on;\n" if site.https else ""))
+    return ((_NGINX + "\n" + preview).replace("@PATH@", site.path).replace("@NAMES@", names)
             .replace("@SOCKET@", fpm_socket(site)))
 
 

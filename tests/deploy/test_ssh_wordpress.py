@@ -158,11 +158,14 @@ def test_kill_9_mid_deploy_keeps_the_old_release_and_the_next_deploy_just_works(
         assert any(e["state"] == "removed" for e in states)  # the killed run's release
 
 
+@pytest.mark.parametrize("on_host", [False, True], ids=["from-runner", "curl-on-host"])
 def test_preview_route_keeps_a_bad_release_from_visitors(
-        lab_dir: Path, wp_site: Callable[..., WordPressSite], sshd_host: SshHost) -> None:
+        lab_dir: Path, wp_site: Callable[..., WordPressSite], sshd_host: SshHost,
+        on_host: bool) -> None:
     site = wp_site(preview=True)
     s = SshSite.create(lab_dir, site, [sshd_host])
-    s.configure(f"    preview: {{ url: '{site.preview_url}' }}\n")
+    on = "true" if on_host else "false"
+    s.configure(f"    preview: {{ url: '{site.preview_url}', on_host: {on} }}\n")
     assert s.forge("deploy", "production") == 0
     assert s.serves("v1")
     index = s.src / "web/index.php"
