@@ -46,13 +46,17 @@ def main() -> None:
     ap.add_argument("--good", type=int, default=20)
     ap.add_argument("--bad", type=int, default=5)
     ap.add_argument("--rollbacks", type=int, default=5)
+    ap.add_argument("--no-preview", action="store_true",
+                    help="check after the switch instead (shows what visitors then see)")
     args = ap.parse_args()
     db = start_mariadb()
     wp = start_site(db, preview=True)
     host = start_sshd()
     try:
         site = SshSite.create(lab_root(), wp, [host])
-        site.configure(f"    preview: {{ url: '{wp.preview_url}' }}\n")
+        # Enough releases kept that five rollbacks in a row each find an older good one.
+        preview = "" if args.no_preview else f"    preview: {{ url: '{wp.preview_url}' }}\n"
+        site.configure(f"{preview}    keep_releases: 10\n")
         code, _ = forge_json(site, "deploy", "production")
         assert code == 0, wp.logs()
         index = site.src / "web/index.php"

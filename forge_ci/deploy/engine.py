@@ -354,7 +354,7 @@ def _switch_and_verify(dep: Deployment, observed: Sequence[Observed], release: s
         checks = _checks(dep, release)
         if not checks:
             return health.Outcome(True, "not checked (no health checks configured)", 0.0)
-        outcome = health.run_checks(checks, dep.policy, dep.log)
+        outcome = health.run_checks(checks, dep.policy, dep.log, live=True)
         if not outcome.ok:
             raise DeployFailed(f"health checks failed: {outcome.detail}")
         dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")

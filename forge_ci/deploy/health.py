@@ -132,21 +132,38 @@ def _probe(fetch: Fetch, check: HealthCheck) -> str | None:
 
 def run_checks(checks: Sequence[HealthCheck], policy: Policy,
                log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
-               fetch: Fetch | None = None) -> Outcome:
+               fetch: Fetch | None = None, live: bool = False) -> Outcome:
     """Retry until every check passes in one round, or the time bound runs out.
-    ``fetch`` replaces the HTTP client (see :func:`fetch_on`)."""
+    ``fetch`` replaces the HTTP client (see :func:`fetch_on`).
+
+    ``live``: visitors see this release now. Once the release marker shows PHP
+    serves it, a check that still fails is the release's fault, not a slow
+    switch: after one confirming round the outcome is a failure at once, so a
+    bad release is rolled back in well under a second instead of staying up
+    for the whole time bound.
+    """
     start = time.monotonic()
     client = _Client(policy.request_timeout)
     get = fetch or client.get
     attempt = 0
+    confirmed_bad = 0
     try:
         while True:
             attempt += 1
-            failures = [f for c in checks if (f := _probe(get, c))]
+            results = [(c, _probe(get, c)) for c in checks]
+            failures = [f for _, f in results if f]
             elapsed = time.monotonic() - start
             if not failures:
                 return Outcome(True, f"healthy after {attempt} attempt(s)", elapsed)
             last = "; ".join(failures)
+            marker_ok = any(_is_marker(c) and not f for c, f in results)
+            if live and marker_ok and not any(f and _is_marker(c) for c, f in results):
+                confirmed_bad += 1
+                if confirmed_bad >= 2:
+                    return Outcome(False, f"unhealthy while serving the new release: {last}",
+                                   elapsed)
+                sleep(min(policy.interval, 0.2))
+                continue
             if elapsed + policy.interval > policy.timeout:
                 return Outcome(False, f"unhealthy after {attempt} attempt(s): {last}", elapsed)
             if attempt == 1 or attempt % 5 == 0:
@@ -154,6 +171,11 @@ def run_checks(checks: Sequence[HealthCheck], policy: Policy,
             sleep(policy.interval)
     finally:
         client.close()
+
+
+def _is_marker(check: HealthCheck) -> bool:
+    return check.url.endswith("/" + MARKER_URL) and (check.contains or "").startswith(
+        "forge-release:")
 
 
 def marker_check(url: str, release_id: str) -> HealthCheck:
