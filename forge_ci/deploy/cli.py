@@ -16,7 +16,13 @@ from forge_ci.deploy.engine import Deployment, Result, deploy, rollback
 from forge_ci.deploy.lock import owner_info
 from forge_ci.deploy.plan import observe
 from forge_ci.deploy.releases import Layout, list_releases
-from forge_ci.errors import HealthError
+from forge_ci.errors import (
+    DeployFailed,
+    ForgeError,
+    HealthError,
+    RollbackFailed,
+    RolledBack,
+)
 from forge_ci.remote import open_hosts, target_root
 
 
@@ -68,6 +74,24 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             h.close()
 
 
+_VERDICT = {DeployFailed: "failed, the live site was not touched",
+            RolledBack: "failed and rolled back: the previous release is live",
+            RollbackFailed: "FAILED and could not roll back: check the site now"}
+
+
+@contextlib.contextmanager
+def _failure_summary(ctx: Context, verb: str, dep: Deployment) -> Iterator[None]:
+    """On failure, the step summary still says what state every host is in."""
+    try:
+        yield
+    except ForgeError as e:
+        verdict = next((v for cls, v in _VERDICT.items() if isinstance(e, cls)), "failed")
+        hosts = "\n".join(f"| {h.name} | {verdict} |" for h in dep.hosts)
+        ctx.runner.summary(f"### forge-ci {verb}: {dep.environment} {verdict}\n\n"
+                           f"{e.message}\n\n| host | state |\n|---|---|\n{hosts}")
+        raise
+
+
 def _report(ctx: Context, verb: str, res: Result, started: float) -> None:
     r = ctx.runner
     r.set_output("release-id", res.release)
@@ -102,7 +126,8 @@ def cmd_deploy(ctx: Context) -> int:
         with ctx.runner.group("build"):
             artifact = build(loaded.root, loaded.config.build, default_out(loaded), env=ctx.env,
                              extra_exclude=local_targets(loaded), log=ctx.runner.log)
-    with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"):
+    with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
+            _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
@@ -113,7 +138,8 @@ def cmd_deploy(ctx: Context) -> int:
 
 def cmd_rollback(ctx: Context) -> int:
     started = time.monotonic()
-    with _deployment(ctx, "rollback") as dep, ctx.runner.group(f"roll back {dep.environment}"):
+    with _deployment(ctx, "rollback") as dep, ctx.runner.group(f"roll back {dep.environment}"), \
+            _failure_summary(ctx, "rollback", dep):
         res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())

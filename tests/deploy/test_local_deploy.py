@@ -180,3 +180,15 @@ def test_next_deploy_starts_from_a_staged_copy_and_stale_copies_go(local_site: L
     local_site.write("web/index.html", "ok v3\n")
     assert local_site.forge("deploy", "local") == 0
     assert not (local_site.target / "releases" / f".forge-base-{second}").exists()
+
+
+def test_failed_deploy_writes_a_summary_that_says_what_happened(
+        local_site: LocalSite, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    local_site.env["GITHUB_STEP_SUMMARY"] = str(summary)
+    assert local_site.forge("deploy", "local") == 0
+    local_site.write("web/index.html", "error 500\n")
+    assert local_site.forge("deploy", "local") == ExitCode.ROLLED_BACK
+    text = summary.read_text()
+    assert "rolled back: the previous release is live" in text
+    assert "| local | failed and rolled back" in text
