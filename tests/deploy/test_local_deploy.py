@@ -192,3 +192,35 @@ def test_failed_deploy_writes_a_summary_that_says_what_happened(
     text = summary.read_text()
     assert "rolled back: the previous release is live" in text
     assert "| local | failed and rolled back" in text
+
+
+def test_kill_9_mid_rollback_leaves_a_good_release_and_the_next_deploy_works(
+        local_site: LocalSite) -> None:
+    for v in ("1", "2"):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+    marker = local_site.target.parent / "refresh-started"
+    local_site.config(extra="    php: { refresh: command, reload_command: "
+                            f"'touch {marker}; sleep 60' }}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forge_ci", "rollback", "local",
+         "--config", str(local_site.src / "forge.yml")],
+        env=dict(local_site.env, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    # Killed between the switch and its record: a release that was live before serves.
+    assert local_site.page() in ("ok v1\n", "ok v2\n")
+    local_site.config()
+    local_site.write("web/index.html", "ok v3\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.page() == "ok v3\n"
+    assert local_site.forge("rollback", "local") == 0
+    assert local_site.page() in ("ok v1\n", "ok v2\n")
