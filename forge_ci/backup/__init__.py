@@ -10,7 +10,7 @@ The repository format is described in ``FORMAT.md`` beside this file. Modules:
 ``tarstream``   tar as the wire format to and from the host
 ``dump``        mariadb-dump out, mariadb in, on the host
 ``files``       plan file uploads, stream them, re-read changed files
-``uploader``    bounded parallel puts of small objects
+``uploader``    bounded parallel puts: sealed in the caller, stored by threads
 ``take``        a backup run: dump, files, manifest last
 ``verify``      authenticate everything a snapshot references
 ``restore``     authenticate first, then stage, import and swap

@@ -4,8 +4,11 @@ Atomicity comes from S3 itself: a PutObject or a CompleteMultipartUpload makes t
 whole object visible at once. Streams of unknown length are buffered one part at a
 time: if the stream ends within the first part it goes up as a single PutObject,
 otherwise as a multipart upload whose part size starts at ``part_size`` (>= 5 MiB)
-and doubles every ``grow_every`` parts, so 10,000 parts reach S3's 5 TiB object limit
-while memory stays at one part. Any failure or interruption (KeyboardInterrupt too)
+and doubles every ``grow_every`` parts, so 10,000 parts reach S3's 5 TiB object limit.
+Parts go up from the store's own threads, up to ``parts_in_flight`` per upload
+(default 1: the next part fills while the previous one travels); a part is cut from
+the buffer only once there is room for it, so memory stays at about
+``parts_in_flight + 1`` parts per put. Any failure or interruption (KeyboardInterrupt too)
 aborts the multipart upload before the exception propagates; uploads orphaned by a
 killed process are removed by :meth:`S3Store.cleanup` (a bucket lifecycle rule
 "AbortIncompleteMultipartUpload" is a good second net).
@@ -14,6 +17,9 @@ Every request carries Content-MD5, so the store rejects bytes damaged in transit
 botocore's newer default CRC checksums are switched to "when_required" because many
 S3-compatible stores reject or mangle them. Retries: botocore "standard" mode.
 Reads resume after a dropped connection with a Range request pinned to the ETag.
+One client (thread-safe) serves every thread; its connection pool holds
+``max_pool_connections`` keep-alive connections, enough for the backup engine's
+uploader threads plus their parts, so parallel requests reuse connections.
 
 Optional Object Lock: ``retention_mode`` ("GOVERNANCE" or "COMPLIANCE") and
 ``retention_days`` set a retain-until date on every put (the bucket must have been
@@ -26,7 +32,10 @@ import base64
 import contextlib
 import hashlib
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -101,12 +110,33 @@ def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
                 yield view[pos : pos + _FEED]
 
 
-def _take(buf: bytearray, size: int) -> bytes:
-    """Remove and return the first ``size`` bytes of ``buf`` (one copy)."""
-    with memoryview(buf) as view:
-        head = bytes(view[:size])
-    del buf[:size]
-    return head
+class _Buffer:
+    """Pieces waiting to become a part; cutting a part copies each byte once."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, piece: bytes | memoryview) -> None:
+        if not len(piece):
+            return
+        # A slice of a huge caller chunk is copied: it must not keep the chunk alive.
+        self._pieces.append(piece if isinstance(piece, bytes) else bytes(piece))
+        self.size += len(piece)
+
+    def take(self, size: int) -> bytes:
+        """Remove and return the first ``size`` bytes."""
+        head: list[bytes] = []
+        need = size
+        while need:
+            piece = self._pieces.popleft()
+            if len(piece) > need:  # split the piece that straddles the cut
+                self._pieces.appendleft(piece[need:])
+                piece = piece[:need]
+            head.append(piece)
+            need -= len(piece)
+        self.size -= size
+        return head[0] if len(head) == 1 else b"".join(head)
 
 
 def _safe_endpoint(endpoint: str | None) -> str:
@@ -138,10 +168,14 @@ class S3Store(ObjectStore):
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         addressing_style: Literal["auto", "path", "virtual"] | None = None,
+        parts_in_flight: int = 1,
+        max_pool_connections: int = 32,
     ) -> None:
         """``min_part_size`` may be lowered only for test stores that allow it."""
         if part_size < min_part_size:
             raise ValueError(f"part_size must be at least {min_part_size} bytes")
+        if parts_in_flight < 1:
+            raise ValueError("parts_in_flight must be at least 1")
         if (retention_mode is None) != (retention_days is None):
             raise ValueError("retention_mode and retention_days go together")
         self.bucket = bucket
@@ -152,10 +186,14 @@ class S3Store(ObjectStore):
         self._part_size, self._grow_every = part_size, grow_every
         self._retention = (retention_mode, retention_days) if retention_mode else None
         self._max_attempts = max_attempts
+        self._parts_in_flight = parts_in_flight
+        self._part_pool: ThreadPoolExecutor | None = None
+        self._part_pool_lock = threading.Lock()
         config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
@@ -175,19 +213,21 @@ class S3Store(ObjectStore):
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
         name = self.prefix + check_key(key)
-        buf = bytearray()
+        buf = _Buffer()
         upload: _MultipartUpload | None = None
         try:
             for piece in _pieces(chunks):  # errors of the caller's iterable propagate unchanged
-                buf += piece
+                buf.add(piece)
                 limit = upload.next_size() if upload else self._part_size
-                if len(buf) > limit:  # strictly: the last part must never be empty
+                if buf.size > limit:  # strictly: the last part must never be empty
                     upload = upload or _MultipartUpload(self, name, key)
-                    upload.send(_take(buf, limit))
-            rest = _take(buf, len(buf))
+                    upload.make_room()  # before cutting: one part travels, one fills
+                    upload.send(buf.take(limit))
+            rest = buf.take(buf.size)
             if upload is None:
                 self._put_single(name, key, rest)
                 return len(rest)
+            upload.make_room()
             upload.send(rest)
             upload.complete()
             return upload.size
@@ -272,6 +312,10 @@ class S3Store(ObjectStore):
         self._call("open bucket", None, lambda: self._client.head_bucket(Bucket=self.bucket))
 
     def close(self) -> None:
+        with self._part_pool_lock:
+            pool, self._part_pool = self._part_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
     # --- helpers --------------------------------------------------------------------
@@ -284,6 +328,14 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Key=name, Body=body, ContentMD5=_md5(body), **self._lock_args()
             ),
         )
+
+    def _parts(self) -> ThreadPoolExecutor:
+        """Threads sending multipart parts, shared by every put of this store."""
+        with self._part_pool_lock:
+            if self._part_pool is None:
+                self._part_pool = ThreadPoolExecutor(
+                    max_workers=8 * self._parts_in_flight, thread_name_prefix="forge-s3-part")
+            return self._part_pool
 
     def _lock_args(self) -> dict[str, Any]:
         if self._retention is None:
@@ -376,7 +428,12 @@ class S3Store(ObjectStore):
 
 
 class _MultipartUpload:
-    """One multipart upload in flight; ``abort`` is safe to call at any time."""
+    """One multipart upload in flight; ``abort`` is safe to call at any time.
+
+    :meth:`send` hands each part to the store's part threads (call :meth:`make_room`
+    first, before cutting the part, to bound memory); the first failed part raises
+    from the next ``make_room``/``send`` or from :meth:`complete`.
+    """
 
     def __init__(self, store: S3Store, name: str, key: str) -> None:
         self._store, self._name, self._key = store, name, key
@@ -390,18 +447,26 @@ class _MultipartUpload:
         )
         self.upload_id = response["UploadId"]
         self.parts: list[CompletedPartTypeDef] = []
+        self._sending: list[Future[CompletedPartTypeDef]] = []
+        self._count = 0
         self.size = 0
 
     def next_size(self) -> int:
-        return part_size_for(len(self.parts) + 1, self._store._part_size, self._store._grow_every)
+        return part_size_for(self._count + 1, self._store._part_size, self._store._grow_every)
 
     def send(self, data: bytes) -> None:
-        number = len(self.parts) + 1
+        number = self._count + 1
         if number > MAX_PARTS:
             raise StoreError(
                 f"{self._store.url}: {self._key!r} exceeds S3's 10,000 parts",
                 hint="raise part_size",
             )
+        self.make_room()
+        self._sending.append(self._store._parts().submit(self._send, number, data))
+        self._count = number
+        self.size += len(data)
+
+    def _send(self, number: int, data: bytes) -> CompletedPartTypeDef:
         response = self._store._call(
             "upload part",
             self._key,
@@ -414,10 +479,19 @@ class _MultipartUpload:
                 ContentMD5=_md5(data),
             ),
         )
-        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
-        self.size += len(data)
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def make_room(self) -> None:
+        """Wait until another part may travel; raises a failed part's error."""
+        while len(self._sending) >= self._store._parts_in_flight:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        self.parts.append(self._sending.pop(0).result())
 
     def complete(self) -> None:
+        while self._sending:
+            self._settle_oldest()
         self._store._call(
             "complete upload",
             self._key,
@@ -430,7 +504,15 @@ class _MultipartUpload:
         )
 
     def abort(self) -> None:
+        # Parts still travelling must end first, or they could outlive the abort.
         # Best effort: cleanup() and bucket lifecycle rules catch what is left.
+        for future in self._sending:
+            future.cancel()
+        for future in self._sending:
+            if not future.cancelled():
+                with contextlib.suppress(BaseException):
+                    future.result()
+        self._sending.clear()
         with contextlib.suppress(ClientError, BotoCoreError):
             self._client.abort_multipart_upload(
                 Bucket=self._store.bucket, Key=self._name, UploadId=self.upload_id
