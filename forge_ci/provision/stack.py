@@ -48,14 +48,11 @@ def sudo_rule(site: Site) -> str:
     return "ALL=(root) NOPASSWD: " + ", ".join(commands)
 
 
-_NGINX = """\
-# Written by forge-ci. Releases go live by renaming @PATH@/current, so PHP is
-# given resolved paths ($realpath_root): each release keeps its own opcache keys.
+_SERVER = """\
 server {
-    listen 80 default_server;
-    listen [::]:80 default_server;
+@LISTEN@
     server_name @NAMES@;
-    root @PATH@/current/web;
+    root @ROOT@;
     index index.php index.html;
     client_max_body_size 64m;
     server_tokens off;
@@ -73,52 +70,38 @@ server {
         include fastcgi_params;
         fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;
         fastcgi_param DOCUMENT_ROOT $realpath_root;
-        fastcgi_pass unix:@SOCKET@;
+@PARAMS@        fastcgi_pass unix:@SOCKET@;
     }
 }
 """
-
 
 PREVIEW_PORT = 8081
 
-_PREVIEW = """\
-# The preview route: <path>/next is the release about to go live. It listens on
-# loopback only; forge checks it over SSH (preview: {url: http://127.0.0.1:8081,
-# on_host: true}) before the switch, so a bad release never reaches visitors.
-# It poses as the live host so WordPress renders instead of redirecting home.
-server {
-    listen 127.0.0.1:@PORT@;
-    server_name _;
-    root @PATH@/next/web;
-    index index.php index.html;
-    server_tokens off;
 
-    location ~ /\\.(?!well-known/) { deny all; }
-    location ~* ^/app/uploads/.*\\.php$ { deny all; }
-
-    location / {
-        try_files $uri $uri/ /index.php?$args;
-    }
-
-    location ~ \\.php$ {
-        try_files $uri =404;
-        include fastcgi_params;
-        fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;
-        fastcgi_param DOCUMENT_ROOT $realpath_root;
-        fastcgi_param HTTP_HOST @LIVEHOST@;
-@HTTPS@        fastcgi_pass unix:@SOCKET@;
-    }
-}
-"""
+def _server(listen: list[str], names: str, root: str, params: list[str], socket: str) -> str:
+    return (_SERVER.replace("@LISTEN@", "\n".join(f"    listen {x};" for x in listen))
+            .replace("@NAMES@", names).replace("@ROOT@", root).replace("@SOCKET@", socket)
+            .replace("@PARAMS@", "".join(f"        fastcgi_param {x};\n" for x in params)))
 
 
 def nginx_site(site: Site) -> str:
-    names = " ".join(site.hostnames) or "_"
-    live = site.hostnames[0] if site.hostnames else "$host"
-    preview = (_PREVIEW.replace("@PORT@", str(PREVIEW_PORT)).replace("@LIVEHOST@", live)
-               .replace("@HTTPS@", "        fastcgi_param HTTPS on;\n" if site.https else ""))
-    return ((_NGINX + "\n" + preview).replace("@PATH@", site.path).replace("@NAMES@", names)
-            .replace("@SOCKET@", fpm_socket(site)))
+    socket = fpm_socket(site)
+    live = _server(["80 default_server", "[::]:80 default_server"],
+                   " ".join(site.hostnames) or "_", f"{site.path}/current/web", [], socket)
+    # It poses as the live host so WordPress renders instead of redirecting home.
+    params = [f"HTTP_HOST {site.hostnames[0] if site.hostnames else '$host'}"]
+    if site.https:
+        params.append("HTTPS on")
+    preview = _server([f"127.0.0.1:{PREVIEW_PORT}"], "_", f"{site.path}/next/web", params, socket)
+    return (
+        "# Written by forge-ci. Releases go live by renaming current, so PHP is given\n"
+        "# resolved paths ($realpath_root): each release keeps its own opcache keys.\n"
+        + live
+        + "\n# The preview route: <path>/next is the release about to go live, on loopback\n"
+        "# only; forge checks it over SSH (preview: {url: http://127.0.0.1:8081,\n"
+        "# on_host: true}) before the switch, so a bad release never reaches visitors.\n"
+        + preview
+    )
 
 
 _POOL = """\
