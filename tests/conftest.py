@@ -23,6 +23,7 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+from lab import leaks  # noqa: E402
 from lab._proc import lab_root  # noqa: E402
 from lab.faultproxy import FaultProxy  # noqa: E402
 from lab.mariadb import MariaDB, start_mariadb  # noqa: E402
@@ -163,3 +164,16 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
 
     yield make
     close_all(proxy.stop for proxy in started)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Fail any test whose captured output shows a secret the lab handed out."""
+    outcome = yield
+    report = outcome.get_result()
+    captured = "\n".join(content for _, content in report.sections)
+    leaked = leaks.found_in(captured)
+    if leaked and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (f"a lab secret appears in this test's captured output "
+                           f"({', '.join(sorted(leaked))}): something printed a secret")

@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import leaks
 from ._proc import (
     LabError,
     lab_root,
@@ -78,7 +79,7 @@ class MariaDB:
         db = Database(
             name=f"{prefix}_{suffix}",
             user=f"u_{suffix}",
-            password=secrets.token_urlsafe(18),
+            password=_registered(secrets.token_urlsafe(18)),
             host="127.0.0.1",
             port=self.port,
             socket=self.socket,
@@ -170,3 +171,8 @@ def _server_argv(server: MariaDB, datadir: Path) -> list[str]:
         *_SMALL,
         "--max-connections=200",
     ]
+
+
+def _registered(password: str) -> str:
+    leaks.register(password)
+    return password

@@ -22,6 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from . import leaks
 from ._proc import (
     LabError,
     descendants,
@@ -171,6 +172,7 @@ def start_sshd(client_key: KeyPair | None = None, user: str = DEPLOY_USER) -> Ss
     require_root()
     ensure_deploy_user(user)
     key = client_key or generate_ed25519()
+    leaks.register(key.private)
     workdir = lab_root()
     (workdir / "authorized_keys").write_text(key.public + "\n")
     (workdir / "authorized_keys").chmod(0o644)
