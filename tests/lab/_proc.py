@@ -146,6 +146,24 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def wait_or_stop(
+    check: Callable[[], bool],
+    stop: Callable[[], None],
+    *,
+    what: str,
+    timeout: float,
+    log: Path | Sequence[Path],
+    proc: subprocess.Popen[bytes],
+) -> None:
+    """`wait_until` for a service just spawned: if it never gets ready, stop it
+    before raising, so a failed start leaves no process behind."""
+    try:
+        wait_until(check, what=what, timeout=timeout, log=log, proc=proc)
+    except LabError:
+        stop()
+        raise
+
+
 def spawn(
     argv: Sequence[str],
     log: Path,

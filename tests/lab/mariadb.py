@@ -14,7 +14,6 @@ from pathlib import Path
 
 from . import leaks
 from ._proc import (
-    LabError,
     lab_root,
     on_free_port,
     port_open,
@@ -23,7 +22,7 @@ from ._proc import (
     run,
     spawn,
     terminate,
-    wait_until,
+    wait_or_stop,
 )
 
 _START_TIMEOUT = 60.0
@@ -134,17 +133,14 @@ def start_mariadb() -> MariaDB:
 
 def _launch(server: MariaDB, datadir: Path) -> MariaDB:
     server._proc = spawn(_server_argv(server, datadir), server.log_path)
-    try:
-        wait_until(
-            lambda: server.socket.exists() and port_open(server.port),
-            what=f"mariadbd on port {server.port}",
-            timeout=_START_TIMEOUT,
-            log=server.log_path,
-            proc=server._proc,
-        )
-    except LabError:
-        server.stop()
-        raise
+    wait_or_stop(
+        lambda: server.socket.exists() and port_open(server.port),
+        server.stop,
+        what=f"mariadbd on port {server.port}",
+        timeout=_START_TIMEOUT,
+        log=server.log_path,
+        proc=server._proc,
+    )
     return server
 
 

@@ -19,7 +19,7 @@ import boto3
 import requests
 from botocore.config import Config
 
-from ._proc import LabError, LabUnavailable, lab_root, on_free_port, spawn, terminate, wait_until
+from ._proc import LabUnavailable, lab_root, on_free_port, spawn, terminate, wait_or_stop
 
 _START_TIMEOUT = 30.0
 
@@ -91,17 +91,14 @@ def _launch(workdir: Path, port: int) -> S3Server:
     server = S3Server(endpoint_url=f"http://127.0.0.1:{port}", port=port, workdir=workdir)
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     server._proc = spawn(argv, server.log_path)
-    try:
-        wait_until(
-            lambda: _answers(server.endpoint_url),
-            what=f"moto S3 server on port {port}",
-            timeout=_START_TIMEOUT,
-            log=server.log_path,
-            proc=server._proc,
-        )
-    except LabError:
-        server.stop()
-        raise
+    wait_or_stop(
+        lambda: _answers(server.endpoint_url),
+        server.stop,
+        what=f"moto S3 server on port {port}",
+        timeout=_START_TIMEOUT,
+        log=server.log_path,
+        proc=server._proc,
+    )
     return server
 
 

@@ -32,6 +32,7 @@ from ._proc import (
     spawn,
     tail,
     terminate,
+    wait_or_stop,
     wait_until,
 )
 from .mariadb import Database, MariaDB
@@ -229,18 +230,20 @@ def _launch_nginx(site: WordPressSite, nginx_dir: Path, port: int, preview: bool
     argv += ["-g", "daemon off;"]
     site._nginx = spawn(argv, nginx_dir / "stderr.log")
     ports = [site.port] + ([site.preview_port] if site.preview_port else [])
-    try:
-        wait_until(
-            lambda: all(port_open(port) for port in ports),
-            what=f"nginx on {ports}",
-            timeout=_START_TIMEOUT,
-            log=[nginx_dir / "stderr.log", site.nginx_error_log],
-            proc=site._nginx,
-        )
-    except LabError:
-        terminate(site._nginx)
+    nginx = site._nginx
+
+    def stop() -> None:
+        terminate(nginx)
         site._nginx = None
-        raise
+
+    wait_or_stop(
+        lambda: all(port_open(port) for port in ports),
+        stop,
+        what=f"nginx on {ports}",
+        timeout=_START_TIMEOUT,
+        log=[nginx_dir / "stderr.log", site.nginx_error_log],
+        proc=nginx,
+    )
 
 
 def _nginx_config(site: WordPressSite, nginx_dir: Path) -> str:
