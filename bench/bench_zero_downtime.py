@@ -1,6 +1,6 @@
 """Failed requests seen by steady clients during deploys, bad deploys and rollbacks.
 
-    sudo .venv/bin/python bench/bench_zero_downtime.py [--good 20] [--bad 5] [--rollbacks 5]
+    .venv/bin/python bench/bench_zero_downtime.py   (as root) [--good 20] [--bad 5] [--rollbacks 5]
 
 Real WordPress (the example site) on the lab's nginx + PHP-FPM + MariaDB, reached
 over real SSH, with a preview route. Two clients request the home page without
