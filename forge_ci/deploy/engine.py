@@ -221,6 +221,7 @@ def make_plan(dep: Deployment, artifact: Artifact, observed: Sequence[Observed])
 def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -> None:
     lay = dep.layout
     host = obs.host
+    dep.log(f"{obs.name}: shipping {release}")
     stale = unfinished(obs.log, obs.dirs, obs.current)
     # Round trips are the cost on a fast network: each step below is one command.
     script = "set -e\n" + sh("mkdir", "-p", lay.releases, lay.shared,
@@ -248,6 +249,7 @@ def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -
          dep.log, generated=generated)
     hooks = dep.env.hooks.before_switch
     tail = "" if hooks else _log_script(obs, release, "prepared", dep.by)
+    dep.log(f"{obs.name}: linking shared paths")
     _link_shared(dep, obs, release, then=tail)
     if hooks:
         _hooks(dep, obs, "before_switch", hooks, release, obs.current)
@@ -260,8 +262,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Res
         plan = make_plan(dep, artifact, observed)
         return Result(plan.release, observed[0].current, dep.env.url, plan)
     with contextlib.ExitStack() as stack:
-        for host in dep.hosts:
-            stack.enter_context(Lock(host, dep.layout, dep.owner, dep.env.lock_wait))
+        _lock_all(dep, stack)
         observed = [observe(h, dep.layout) for h in dep.hosts]
         plan = make_plan(dep, artifact, observed)
         release = plan.release
@@ -274,6 +275,15 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Res
             _finish(dep, obs, release)
         return Result(release, previous, dep.env.url, plan, outcome.detail, outcome.seconds)
     raise AssertionError("unreachable")
+
+
+def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> None:
+    """Take every host's lock, held until ``stack`` closes. The log says where a run
+    waits, and where it was when it died."""
+    for host in dep.hosts:
+        dep.log(f"{host.name}: taking the deploy lock")
+        stack.enter_context(Lock(host, dep.layout, dep.owner, dep.env.lock_wait))
+        dep.log(f"{host.name}: locked")
 
 
 def _prepare_all(dep: Deployment, observed: Sequence[Observed], artifact: Artifact,
@@ -303,6 +313,7 @@ def _preview(dep: Deployment, observed: Sequence[Observed], release: str) -> Non
     checks = _preview_checks(dep, release)
     if pv is None or not checks:
         return
+    dep.log(f"preview: checking {release} at {pv.url}")
     try:
         for obs in observed:
             _point(obs.host, dep.layout.link(pv.link), release)
@@ -346,6 +357,7 @@ def _switch_and_verify(dep: Deployment, observed: Sequence[Observed], release: s
     try:
         for obs in observed:
             switched.append(obs)
+            dep.log(f"{obs.name}: switching current to {release}")
             _switch(obs.host, dep.layout, release)
         for obs in observed:
             _php_refresh(dep, obs)
@@ -354,6 +366,7 @@ def _switch_and_verify(dep: Deployment, observed: Sequence[Observed], release: s
         checks = _checks(dep, release)
         if not checks:
             return health.Outcome(True, "not checked (no health checks configured)", 0.0)
+        dep.log(f"health: checking {release}")
         outcome = health.run_checks(checks, dep.policy, dep.log, live=True)
         if not outcome.ok:
             raise DeployFailed(f"health checks failed: {outcome.detail}")
@@ -391,6 +404,7 @@ def _switch_all_and_check(dep: Deployment, observed: Sequence[Observed],
 
 def _finish(dep: Deployment, obs: Observed, release: str) -> None:
     """Mark the release live and prune, in one command, by the rule the plan showed."""
+    dep.log(f"{obs.name}: recording {release} as live")
     script = _log_script(obs, release, "live", dep.by)
     dirs = sorted({*obs.dirs, release} - set(unfinished(obs.log, obs.dirs, obs.current)))
     victims = [r for r in prune_plan(obs.log, dirs, release, dep.env.keep_releases)
@@ -410,8 +424,7 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Resul
     stack = contextlib.ExitStack()
     with stack:
         if not dry_run:
-            for host in dep.hosts:
-                stack.enter_context(Lock(host, dep.layout, dep.owner, dep.env.lock_wait))
+            _lock_all(dep, stack)
         observed = [observe(h, dep.layout) for h in dep.hosts]
         target = to or observed[0].log.previous_good(observed[0].current)
         if target is None:
@@ -442,6 +455,7 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Resul
             raise DeployFailed(f"release {target}: {f.cause.message}; {previous} stays live",
                                hint="pick another release with --to") from None
         for obs in observed:
+            dep.log(f"{obs.name}: recording {target} as live")
             if obs.current and obs.current != target:
                 _record(obs, obs.current, "bad", dep.by, f"rolled back to {target}")
             _record(obs, target, "live", dep.by, "rollback")
