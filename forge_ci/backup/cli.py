@@ -9,6 +9,7 @@ from typing import Any
 
 from forge_ci.backup import session
 from forge_ci.backup.keys import format_identity_file, generate_identity
+from forge_ci.backup.memory import tune_malloc
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import plan_restore, run_restore
@@ -63,6 +64,7 @@ def register(sub: Any, common: Common) -> None:
 
 
 def _target(ctx: Context) -> session.Target:
+    tune_malloc()  # before any thread starts: see forge_ci.backup.memory
     return session.target(ctx.config(), ctx.args.environment)
 
 

@@ -1,29 +1,34 @@
 """The file half of a snapshot: plan what must travel, then stream it up.
 
 Plan (no writes anywhere): list the backup paths on the host, take each file's
-SHA-256 from the host's hash cache or hash it there, name its object
-(:func:`forge_ci.backup.layout.content_key`) and keep for upload only the files
-whose object the store does not hold yet - one per distinct content.
+SHA-256 from the host's hash cache or hash it there, name its content
+(:func:`forge_ci.backup.layout.content_name`) and keep for upload only the files
+whose content the store does not hold yet (:class:`forge_ci.backup.index.BlobIndex`)
+- one per distinct content.
 
-Upload: one ``tar`` stream from the host carries exactly those files. A file is
-put under the name of the hash the host reported; its bytes are hashed again as
-they pass, and if they differ (the file changed since it was hashed) the put is
-abandoned from inside the stream, so no object is ever published under a wrong
-name. Such files are listed, hashed and sent again, up to ``rounds`` times.
+Upload: one ``tar`` stream from the host carries exactly those files. Small ones go
+into packs (:mod:`forge_ci.backup.pack`), large ones into objects of their own. A
+file's bytes are hashed again as they pass, and if they differ from the hash the
+host reported (the file changed since) the content is not packed, or its put is
+abandoned from inside the stream: nothing is ever stored under a wrong name. Such
+files are listed, hashed and sent again, up to ``rounds`` times.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from forge_ci.backup import layout
 from forge_ci.backup.failures import SourceChanged
+from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.manifest import FileEntry
 from forge_ci.backup.objects import Digest, on_end
+from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree
 from forge_ci.backup.tarstream import Readable, read_files
-from forge_ci.backup.uploader import SMALL, Uploader
+from forge_ci.backup.uploader import Uploader
 from forge_ci.remote import Host
 
 _READ = 1024 * 1024
@@ -33,8 +38,8 @@ _READ = 1024 * 1024
 class FilePlan:
     stats: dict[str, Stat]  # every entry, in listing order
     hashes: dict[str, str]  # path -> sha256 for regular files
-    keys: dict[str, str]  # path -> object key for non-empty regular files
-    upload: list[str]  # paths whose content the store lacks (one per object)
+    names: dict[str, str]  # path -> content name for non-empty regular files
+    upload: list[str]  # paths whose content the store lacks (one per content)
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed on the host this time (cache misses)
 
@@ -45,25 +50,30 @@ class FilePlan:
     def upload_bytes(self) -> int:
         return sum(self.stats[p].size for p in self.upload)
 
-    def entries(self) -> tuple[FileEntry, ...]:
+    def entries(self, index: BlobIndex) -> tuple[FileEntry, ...]:
+        """Manifest entries; every content must be stored (``index`` knows where)."""
         out = []
         for s in self.stats.values():
             if s.kind == "file":
-                key = self.keys.get(s.path)
+                name = self.names.get(s.path)
+                where = index.find(name) if name else None
+                if name and where is None:
+                    raise AssertionError(f"content of {s.path!r} was not stored")
                 out.append(FileEntry(s.path, "file", s.mode, s.mtime_ns, s.size,
-                                     self.hashes[s.path], (key,) if key else ()))
+                                     self.hashes[s.path], (where[0],) if where else (),
+                                     offset=where[1] if where else None))
             elif s.kind in ("dir", "symlink"):
                 out.append(FileEntry(s.path, s.kind, s.mode, s.mtime_ns, target=s.target))
         return tuple(out)
 
 
 def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
-         present: set[str], cache: HashCache) -> FilePlan:
+         index: BlobIndex, cache: HashCache) -> FilePlan:
     """Observe the host and the store; decide what to send. Reads only."""
     listing = list_tree(host, root, list(paths))
-    result = FilePlan(stats={}, hashes={}, keys={}, upload=[])
+    result = FilePlan(stats={}, hashes={}, names={}, upload=[])
     _absorb(result, listing, host, root, naming_key, cache)
-    result.upload = missing(result, present)
+    result.upload = missing(result, index)
     return result
 
 
@@ -91,16 +101,16 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             del result.stats[path]  # vanished between listing and hashing
     for st in listing:
         if st.kind == "file" and st.path in result.hashes and st.size > 0:
-            result.keys[st.path] = layout.content_key(naming_key, result.hashes[st.path])
+            result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
 
 
-def missing(result: FilePlan, present: set[str]) -> list[str]:
-    """One path per object key the store lacks, in listing order."""
+def missing(result: FilePlan, index: BlobIndex) -> list[str]:
+    """One path per content the store lacks, in listing order."""
     wanted: set[str] = set()
     out = []
-    for path, key in result.keys.items():
-        if key not in present and key not in wanted:
-            wanted.add(key)
+    for path, name in result.names.items():
+        if name not in wanted and name not in index:
+            wanted.add(name)
             out.append(path)
     return out
 
@@ -109,31 +119,35 @@ class _Changed(Exception):
     """A file's bytes did not hash as planned: abandon its put."""
 
 
-def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, present: set[str],
-           uploader: Uploader, *, rounds: int = 3,
+def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: BlobIndex,
+           uploader: Uploader, packer: PackWriter, *, rounds: int = 3,
            progress: Callable[[str], None] = lambda _m: None) -> None:
     """Send ``result.upload``; re-plan files that changed meanwhile, up to ``rounds``.
 
-    ``present`` is updated with every object stored. On return every key in
-    ``result.keys`` is in the store.
+    ``index`` learns every content stored. On return every name in ``result.names``
+    is found in it.
     """
     todo = list(result.upload)
     changed: list[str] = []
     for attempt in range(rounds):
-        changed = _send(host, root, todo, result, uploader)
+        queued_packs = set(packer.written)
+        changed = _send(host, root, todo, result, uploader, packer, index)
+        packer.flush()
         uploader.join()
-        present.update(result.keys[p] for p in todo if p not in changed)
+        index.stored(set(packer.written) - queued_packs)
+        index.stored(layout.data_key(result.names[p]) for p in todo
+                     if p not in changed and result.stats[p].size > MEMBER_MAX)
         if changed:
             progress(f"{len(changed)} file(s) changed while being read; reading them again")
             if attempt == rounds - 1:
                 break
             for path in changed:
-                for table in (result.stats, result.hashes, result.keys):
+                for table in (result.stats, result.hashes, result.names):
                     table.pop(path, None)
             relisted = list_tree(host, root, changed, follow_start=False, allow_missing=True)
             _absorb(result, relisted, host, root, naming_key, HashCache())
         # A changed file may have been the one carrying content other paths share.
-        todo = missing(result, present)
+        todo = missing(result, index)
         if not todo:
             return
     raise SourceChanged(f"{len(changed)} file(s) kept changing while being backed up, "
@@ -142,8 +156,8 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, present: 
                              "files that are rewritten constantly (logs, caches)")
 
 
-def _send(host: Host, root: str, todo: list[str], result: FilePlan,
-          uploader: Uploader) -> list[str]:
+def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Uploader,
+          packer: PackWriter, index: BlobIndex) -> list[str]:
     """One tar pass; returns the paths that must be planned again."""
     if not todo:
         return []
@@ -157,21 +171,21 @@ def _send(host: Host, root: str, todo: list[str], result: FilePlan,
             if reader is None:
                 changed.append(name)
                 continue
-            if not _put_one(name, reader, result, uploader):
+            if not _put_one(name, reader, result, uploader, packer, index):
                 changed.append(name)
     return changed + sorted(expected)  # missing from the stream: vanished or unreadable
 
 
-def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader) -> bool:
-    st, sha, key = result.stats[path], result.hashes[path], result.keys[path]
-    if st.size <= SMALL:
-        data = reader.read(SMALL + 1)
-        digest = Digest()
-        for _ in digest.tee([data]):
-            pass
-        if digest.hexdigest != sha:
+def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
+             packer: PackWriter, index: BlobIndex) -> bool:
+    st, sha, name = result.stats[path], result.hashes[path], result.names[path]
+    key = layout.data_key(name)
+    if st.size <= MEMBER_MAX:
+        data = reader.read(MEMBER_MAX + 1)
+        if len(data) != st.size or hashlib.sha256(data).hexdigest() != sha:
             return False
-        uploader.submit(key, data, name=path)
+        pack, offset = packer.add(name, data, path=path)
+        index.add_packed(name, pack, offset, len(data))
         return True
     digest = Digest()
 

@@ -4,7 +4,8 @@
 
     snapshots/<site>/<environment>/<snapshot-id>   manifest: written last, it *is* the snapshot
     verified/<site>/<environment>/<snapshot-id>    written by `verify` when every object checked out
-    data/<2 hex>/<64 hex>                          file contents and database dumps
+    data/<2 hex>/<64 hex>                          file contents, packs of small files, dumps
+    index/<16 hex>/<32 hex>                        which pack holds which small file's content
     locks/<shared|exclusive>-<unix time>-<hex>     held while a backup or a prune runs
 
 Every object, whatever its key, is an age file whose plaintext is a zstd stream.
@@ -21,11 +22,17 @@ The naming key is derived (HKDF-SHA256) from the sorted set of backup recipients
 * a different recipient set gives different names, so content is never "deduplicated"
   into an object the new recipients could not decrypt: rotating keys re-uploads.
 
-Database dumps get a random name (their hash is unknown until the stream ends, and
-they change every night anyway). What a bucket reader *does* learn: the number and
-sizes of objects (a stored JPEG's object is its size plus ~0.2 %), upload times,
-which objects appear in several snapshots' time ranges, and the site and environment
-names and snapshot times from the ``snapshots/`` keys.
+Small files (see :mod:`forge_ci.backup.pack`) are not stored alone: their contents
+go, one after the other, into *packs* with random names, and ``index/`` objects map
+each content name to its pack and offset. Index objects are encrypted to a key
+derived from the naming key, so a backup that holds only the recipients can read
+them and skip what is stored; they hold content names, offsets and sizes only.
+
+Database dumps and packs get random names (a dump's hash is unknown until the stream
+ends). What a bucket reader *does* learn: the number and sizes of objects (a large
+stored JPEG's object is its size plus ~0.2 %; small files hide inside packs),
+upload times, and the site and environment names and snapshot times from the
+``snapshots/`` keys.
 """
 
 from __future__ import annotations
@@ -43,13 +50,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 SNAPSHOTS = "snapshots/"
 VERIFIED = "verified/"
 DATA = "data/"
+INDEX = "index/"
 LOCKS = "locks/"
 
 _ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _DATA_KEY = re.compile(r"^data/([0-9a-f]{2})/([0-9a-f]{64})$")
+_INDEX_KEY = re.compile(r"^index/([0-9a-f]{16})/([0-9a-f]{32})$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAMING_SALT = b"forge-ci backup object names"
 _NAMING_INFO = b"forge-ci/v1 naming key"
 _FILE_LABEL = b"forge-ci file\x00"
+_INDEX_INFO = b"forge-ci/v1 index identity"
+_TAG_LABEL = b"forge-ci index tag\x00"
 
 
 def naming_key(recipients: Iterable[object]) -> bytes:
@@ -62,13 +74,46 @@ def naming_key(recipients: Iterable[object]) -> bytes:
                 info=_NAMING_INFO).derive(material)
 
 
-def content_key(key: bytes, sha256_hex: str) -> str:
-    """The data object key for content whose SHA-256 is ``sha256_hex``."""
+def content_name(key: bytes, sha256_hex: str) -> str:
+    """The name (64 hex) of content whose SHA-256 is ``sha256_hex``: its object's key
+    when stored alone (:func:`data_key`), its index entry when packed."""
     digest = bytes.fromhex(sha256_hex)
     if len(digest) != 32:
         raise ValueError("a SHA-256 digest is 32 bytes")
-    name = hmac.new(key, _FILE_LABEL + digest, hashlib.sha256).hexdigest()
+    return hmac.new(key, _FILE_LABEL + digest, hashlib.sha256).hexdigest()
+
+
+def content_key(key: bytes, sha256_hex: str) -> str:
+    """The data object key for content whose SHA-256 is ``sha256_hex``."""
+    return data_key(content_name(key, sha256_hex))
+
+
+def data_key(name: str) -> str:
+    if not _HEX64.match(name):
+        raise ValueError("a data object name is 64 hex digits")
     return f"{DATA}{name[:2]}/{name}"
+
+
+def index_secret(key: bytes) -> bytes:
+    """The X25519 private key index objects are encrypted to, derived from the naming
+    key: whoever can name objects (holds the recipients) can read the index, which
+    says no more than the names themselves (see FORMAT.md)."""
+    return HKDF(algorithm=SHA256(), length=32, salt=_NAMING_SALT,
+                info=_INDEX_INFO).derive(key)
+
+
+def index_prefix(key: bytes) -> str:
+    """``index/<tag>/``: the index objects of one recipient set."""
+    tag = hmac.new(key, _TAG_LABEL, hashlib.sha256).hexdigest()[:16]
+    return f"{INDEX}{tag}/"
+
+
+def new_index_key(key: bytes) -> str:
+    return f"{index_prefix(key)}{os.urandom(16).hex()}"
+
+
+def is_index_key(key: str) -> bool:
+    return bool(_INDEX_KEY.match(key))
 
 
 def random_data_key() -> str:

@@ -13,7 +13,7 @@ without one does not exist. Example::
         "mtime_ns": 1705287302000000000},
        {"path": "shared/web/app/uploads/a b.jpg", "type": "file", "mode": 420,
         "mtime_ns": 1705287302123456789, "size": 51234, "sha256": "<64 hex>",
-        "objects": ["data/3f/3f...<64 hex>"]},
+        "objects": ["data/3f/3f...<64 hex>"], "offset": 1048576},
        {"path": "shared/web/app/uploads/latest", "type": "symlink", "mode": 511,
         "mtime_ns": 1705287302000000000, "target": "2024/01"}],
      "database": {"name": "example", "object": "data/9c/9c...", "size": 1048576,
@@ -21,7 +21,9 @@ without one does not exist. Example::
      "stats": {"files": 1, "bytes": 51234, "new_objects": 2, "new_bytes": 40000, "seconds": 3.2}}
 
 A file's content is the concatenation of the plaintexts of its ``objects`` in order
-(today zero objects for an empty file, else exactly one). Paths are relative to the
+(zero objects for an empty file, else exactly one) - unless the entry has an
+``offset``: then it is ``size`` bytes of its one object's plaintext from ``offset``
+on (a small file packed with others; at most ``PACKED_MAX`` bytes). Paths are relative to the
 environment's ``path``. Names that are not UTF-8 are kept as JSON ``\\udcXX`` escapes.
 
 :func:`parse` refuses hostile manifests before anything is written: absolute paths,
@@ -43,6 +45,7 @@ from forge_ci.backup.layout import is_data_key, is_snapshot_id
 
 FORMAT = "forge-ci snapshot"
 VERSION = 1
+PACKED_MAX = 16 * 1024 * 1024  # a packed file is read whole into memory on restore
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -59,6 +62,7 @@ class FileEntry:
     sha256: str | None = None
     objects: tuple[str, ...] = ()
     target: str | None = None
+    offset: int | None = None  # set: packed, ``size`` bytes of ``objects[0]`` from here
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ def dumps(manifest: Manifest) -> bytes:
                                 "mtime_ns": f.mtime_ns}
         if f.type == "file":
             item |= {"size": f.size, "sha256": f.sha256, "objects": list(f.objects)}
+            if f.offset is not None:
+                item["offset"] = f.offset
         elif f.type == "symlink":
             item["target"] = f.target
         files.append(item)
@@ -171,7 +177,11 @@ def _file(item: dict[str, Any]) -> FileEntry:
             raise ValueError(f"bad object key in {path!r}")
         if bool(objects) != (size > 0):
             raise ValueError(f"{path!r}: objects do not match its size")
-        return FileEntry(path, "file", mode, mtime, size, sha, tuple(objects))
+        offset = item.get("offset")
+        if offset is not None and (_int(offset) < 0 or len(objects) != 1
+                                   or size > PACKED_MAX):
+            raise ValueError(f"{path!r}: bad packed entry")
+        return FileEntry(path, "file", mode, mtime, size, sha, tuple(objects), offset=offset)
     if kind == "dir":
         return FileEntry(path, "dir", mode, mtime)
     if kind == "symlink":

@@ -37,6 +37,7 @@ from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.failures import DumpError, RestoreRefused
 from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.objects import checked, unseal
+from forge_ci.backup.pack import read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.backup.uploader import SMALL
@@ -203,7 +204,7 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
         top = f"{plan.files_dest}/.forge-restore-{os.urandom(4).hex()}"
     staged = _Staged(top, f"{top}/new")
     _remove(host, top)  # a previous failed attempt
-    entries = list(plan.manifest.files)
+    entries = _order(plan.manifest.files)
     by_name = {f.path: f for f in entries}
     try:
         with _Prefetch(repo, [f for f in entries if f.type == "file"]) as prefetch:
@@ -217,6 +218,21 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     return staged
 
 
+def _order(entries: Iterable[FileEntry]) -> list[FileEntry]:
+    """Directories (parents first, as listed), then files grouped by the object that
+    holds them and by offset - each pack is read once, front to back - then links.
+    tar restores directories' modes and times last (``--delay-directory-restore``)."""
+    entries = list(entries)
+    first: dict[str, int] = {}
+    for i, f in enumerate(entries):
+        if f.type == "file" and f.objects:
+            first.setdefault(f.objects[0], i)
+    files = sorted((f for f in entries if f.type == "file"),
+                   key=lambda f: (first[f.objects[0]], f.offset or 0) if f.objects else (-1, 0))
+    return ([f for f in entries if f.type == "dir"] + files
+            + [f for f in entries if f.type == "symlink"])
+
+
 def _name(info: tarfile.TarInfo) -> str:
     return info.name.rstrip("/")
 
@@ -226,6 +242,7 @@ def _info(f: FileEntry) -> tarfile.TarInfo:
 
 
 def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
+    """A file stored alone (or empty), streamed and checked."""
     assert f.sha256 is not None
 
     def plain() -> Iterator[bytes]:
@@ -235,35 +252,75 @@ def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
     return checked(plain(), sha256=f.sha256, size=f.size, what=f"file {f.path!r}")
 
 
-class _Prefetch:
-    """Fetch and fully check small files a few ahead of the tar writer, in threads.
+def _unpack(repo: Repository, key: str, files: list[FileEntry]) -> dict[str, bytes]:
+    """Read one pack front to back; each member checked against its file's SHA-256."""
+    wanted = sorted({(f.offset or 0, f.size) for f in files})
+    data = dict(zip(wanted, read_members(unseal(repo.store.get(key), repo.identities), wanted),
+                    strict=True))
+    out = {}
+    for f in files:
+        assert f.sha256 is not None
+        out[f.path] = b"".join(checked([data[(f.offset or 0, f.size)]], sha256=f.sha256,
+                                       size=f.size, what=f"file {f.path!r}"))
+    return out
 
-    tar needs files in order; fetching them one by one would pay a store round trip
-    each. Small files (at most ``SMALL`` bytes, ``window`` of them in memory) are
-    downloaded, decrypted and hash-checked by workers; large ones stream in order.
+
+class _Prefetch:
+    """Fetch, decrypt and check contents a few units ahead of the tar writer, in threads.
+
+    tar needs files one after the other; fetching them one by one would pay a store
+    round trip each. A unit is a pack (all its files of this snapshot, read in one
+    pass) or a small file stored alone; ``window`` units (at most ``max_bytes`` of
+    plaintext) are in memory or in flight. Large files stream in order.
     """
 
     def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
-                 window: int = 16) -> None:
-        self._repo, self._files, self._window = repo, files, window
-        self._index = {f.path: i for i, f in enumerate(files)}
+                 window: int = 16, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._repo, self._window, self._max_bytes = repo, window, max_bytes
+        packs: dict[str, list[FileEntry]] = {}
+        self._units: list[tuple[str, list[FileEntry]]] = []  # (kind, files)
+        for f in files:
+            if f.offset is not None:
+                if f.objects[0] not in packs:
+                    packs[f.objects[0]] = []
+                    self._units.append(("pack", packs[f.objects[0]]))
+                packs[f.objects[0]].append(f)
+            elif f.objects and f.size <= SMALL:
+                self._units.append(("small", [f]))
+            else:
+                self._units.append(("stream", [f]))
+        self._unit_of = {f.path: i for i, (_k, fs) in enumerate(self._units) for f in fs}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
-        self._pending: dict[int, Future[bytes]] = {}
+        self._pending: dict[int, Future[dict[str, bytes]]] = {}
         self._next = 0
 
     def content(self, f: FileEntry) -> Iterable[bytes]:
-        i = self._index[f.path]
+        i = self._unit_of[f.path]
         self._fill(i)
-        future = self._pending.pop(i, None)
-        return [future.result()] if future is not None else _content(self._repo, f)
+        kind, files = self._units[i]
+        if kind == "stream":
+            return _content(self._repo, f)
+        future = self._pending[i]
+        data = future.result().pop(f.path)
+        if files[-1].path == f.path:
+            self._pending.pop(i, None)  # the unit's last file: free it
+        return [data]
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)
-        while self._next < len(self._files) and self._next < current + self._window:
-            f = self._files[self._next]
-            if f.size <= SMALL:
+        while self._next < len(self._units) and self._next < current + self._window:
+            ahead = sum(sum(g.size for g in self._units[j][1]) for j in self._pending
+                        if j > current)
+            kind, files = self._units[self._next]
+            if self._next > current and ahead + sum(g.size for g in files) > self._max_bytes:
+                break
+            if kind == "pack":
                 self._pending[self._next] = self._pool.submit(
-                    lambda f=f: b"".join(_content(self._repo, f)))  # type: ignore[misc]
+                    _unpack, self._repo, files[0].objects[0], files)
+            elif kind == "small":
+                f = files[0]
+                self._pending[self._next] = self._pool.submit(
+                    lambda f=f: {f.path: b"".join(_content(self._repo, f))})  # type: ignore[misc]
             self._next += 1
 
     def __enter__(self) -> _Prefetch:

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 
 from forge_ci import __version__
 from forge_ci.backup import files, layout
+from forge_ci.backup import index as index_store
 from forge_ci.backup.dump import dump_database
 from forge_ci.backup.lock import StoreLock
 from forge_ci.backup.manifest import DatabaseEntry, Manifest
+from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
 from forge_ci.backup.uploader import Uploader
@@ -69,12 +71,12 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
     host, root = source.host, source.root
     key = repo.naming_key()
     if dry_run:
-        present = repo.data_keys()
-        plan = files.plan(host, root, cfg.paths, key, present, HashCache.load(host, root))
+        index = index_store.load(repo, repo.data_keys())
+        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
         return _report(None, True, plan, None, started)
     with StoreLock(repo.store, "shared", repo.recipients,
                    who=f"backup of {source.site}/{source.environment}"):
-        present = repo.data_keys()
+        index = index_store.load(repo, repo.data_keys())
         snapshot_time = now()
         sid = layout.new_snapshot_id(snapshot_time)
         db: DatabaseEntry | None = None
@@ -85,17 +87,20 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 db, db_stored = dump_database(host, cfg.database, repo,
                                               layout.random_data_key())
                 log(f"database dump: {db.size} bytes ({db.tool})")
-            plan = files.plan(host, root, cfg.paths, key, present, HashCache.load(host, root))
+            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
                 f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
-            files.upload(host, root, plan, key, present, uploader, progress=log)
+            packer = PackWriter(uploader, repo.recipients)
+            files.upload(host, root, plan, key, index, uploader, packer, progress=log)
+        # The index next, so the next backup finds these packs; then the manifest.
+        index_store.save(repo, index, packer.written)
         report = _report(sid, False, plan, db, started)
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         manifest = Manifest(
             id=sid, time=snapshot_time, site=source.site, environment=source.environment,
             hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
-            files=plan.entries(), database=db,
+            files=plan.entries(index), database=db,
             stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
                    "seconds": round(time.monotonic() - started, 3)})

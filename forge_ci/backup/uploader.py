@@ -5,10 +5,10 @@ each would cost a full store round trip. So the caller's thread does the CPU wor
 (hash, compress, encrypt) and hands every finished object to a pool of ``workers``
 uploader threads:
 
-* a small object (at most ``SMALL`` plaintext bytes) is sealed whole in the caller's
-  thread and queued as bytes; at most ``workers`` objects and ``max_bytes`` sealed
-  bytes wait or travel at any time, so :meth:`Uploader.submit` blocks when the
-  store is slower than the caller;
+* an object sealed whole by the caller (a pack of small files, see
+  :mod:`forge_ci.backup.pack`) is queued as bytes; at most ``workers`` objects and
+  ``max_bytes`` sealed bytes wait or travel at any time, so
+  :meth:`Uploader.submit_sealed` blocks when the store is slower than the caller;
 * a large object is sealed chunk by chunk in the caller's thread and streamed to a
   worker through a small bounded queue (:meth:`Uploader.put_stream` returns when
   the last chunk is handed over; the store still buffers one part at a time).
@@ -66,11 +66,10 @@ class Uploader:
         self.stored_bytes = 0  # encrypted bytes sent to the store
         self.plain_bytes = 0
 
-    def submit(self, key: str, data: bytes, *, name: str | None = None) -> None:
-        """Seal ``data`` here and queue its put; blocks while the pool is full."""
+    def submit_sealed(self, key: str, sealed: bytes, *, plain_size: int) -> None:
+        """Queue the put of an object sealed by the caller; blocks while the pool is full."""
         self._raise_if_failed()
-        sealed = b"".join(seal([data], self._repo.recipients, name=name))
-        self._start(key, [sealed], len(sealed), len(data))
+        self._start(key, [sealed], len(sealed), plain_size)
 
     def put_stream(self, key: str, chunks: Iterable[bytes], *, name: str | None = None,
                    mode: Mode = "auto", plain_size: int = 0) -> None:

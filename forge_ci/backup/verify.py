@@ -19,19 +19,22 @@ from forge_ci.backup.dump import has_trailer
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.manifest import Manifest
 from forge_ci.backup.objects import checked, unseal
+from forge_ci.backup.pack import read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.errors import BackupError, StoreError
 
 
 @dataclass(frozen=True)
 class Unit:
-    """Content to check: the concatenated plaintext of ``keys``."""
+    """Content to check: the concatenated plaintext of ``keys`` - or, with an
+    ``offset``, ``size`` bytes of the one object's plaintext from there (packed)."""
 
     what: str
     keys: tuple[str, ...]
     sha256: str
     size: int
     dump: bool = False
+    offset: int | None = None
 
 
 @dataclass
@@ -51,17 +54,27 @@ class VerifyReport:
         return {**self.__dict__, "ok": self.ok}
 
 
-def units(manifest: Manifest) -> list[Unit]:
-    seen: dict[tuple[str, ...], Unit] = {}
+def units(manifest: Manifest) -> list[list[Unit]]:
+    """What to check, grouped by what is read in one pass: an object stored alone
+    (or a list of them), or a pack with every member this snapshot uses."""
+    groups: dict[tuple[str, ...], list[Unit]] = {}
     if manifest.database is not None:
         db = manifest.database
-        seen[(db.object,)] = Unit(f"database dump {db.name}", (db.object,), db.sha256,
-                                  db.size, dump=True)
+        groups[(db.object,)] = [Unit(f"database dump {db.name}", (db.object,), db.sha256,
+                                     db.size, dump=True)]
+    seen: set[tuple[tuple[str, ...], int | None, int]] = set()
     for f in manifest.files:
-        if f.type == "file" and f.objects and tuple(f.objects) not in seen:
-            assert f.sha256 is not None
-            seen[tuple(f.objects)] = Unit(f"file {f.path!r}", f.objects, f.sha256, f.size)
-    return list(seen.values())
+        if f.type != "file" or not f.objects:
+            continue
+        assert f.sha256 is not None
+        ident = (tuple(f.objects), f.offset, f.size)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        key = tuple(f.objects) if f.offset is None else ("pack", f.objects[0])
+        groups.setdefault(key, []).append(
+            Unit(f"file {f.path!r}", f.objects, f.sha256, f.size, offset=f.offset))
+    return list(groups.values())
 
 
 def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
@@ -74,14 +87,16 @@ def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
     report = VerifyReport(ref.id)
     log(f"verifying {ref.id}: {len(todo)} objects")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-verify") as pool:
-        for unit, result in zip(todo, pool.map(lambda u: _check(repo, u), todo), strict=True):
-            stored, problem = result
-            report.objects += len(unit.keys)
+        for group, result in zip(todo, pool.map(lambda g: _check_group(repo, g), todo),
+                                 strict=True):
+            stored, problems = result
+            report.objects += len(group[0].keys)
             report.stored_bytes += stored
-            if problem:
-                report.problems.append(f"{unit.what} ({', '.join(unit.keys)}): {problem}")
-            else:
-                report.plain_bytes += unit.size
+            for unit, problem in zip(group, problems, strict=True):
+                if problem:
+                    report.problems.append(f"{unit.what} ({', '.join(unit.keys)}): {problem}")
+                else:
+                    report.plain_bytes += unit.size
     report.seconds = round(time.monotonic() - started, 3)
     if report.problems:
         shown = "\n  ".join(report.problems[:20])
@@ -94,6 +109,31 @@ def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
     if record:
         repo.mark_verified(ref, {"objects": report.objects, "bytes": report.plain_bytes})
     return report
+
+
+def _check_group(repo: Repository, group: list[Unit]) -> tuple[int, list[str | None]]:
+    if group[0].offset is None:
+        stored, problem = _check(repo, group[0])
+        return stored, [problem]
+    counter = _Count()
+    ordered = sorted(range(len(group)), key=lambda i: (group[i].offset, group[i].size))
+    wanted = [(group[i].offset or 0, group[i].size) for i in ordered]
+    problems: list[str | None] = [None] * len(group)
+    try:
+        members = read_members(_plain(repo, group[0].keys, counter), wanted, drain=True)
+        for i, data in zip(ordered, members, strict=False):
+            unit = group[i]
+            try:
+                for _ in checked([data], sha256=unit.sha256, size=unit.size, what=unit.what):
+                    pass
+            except BackupError as e:
+                problems[i] = e.message
+        for _ in members:  # the end of the pack: authenticates its final chunk
+            pass
+    except (BackupError, StoreError) as e:
+        # The pack itself is damaged or missing: every file in it is in doubt.
+        problems = [e.message] * len(group)
+    return counter.n, problems
 
 
 def _check(repo: Repository, unit: Unit) -> tuple[int, str | None]:

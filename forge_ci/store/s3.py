@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
-DEFAULT_PART_SIZE = 8 * 1024 * 1024
+DEFAULT_PART_SIZE = 6 * 1024 * 1024  # two in memory (one sending, one filling); 5 TiB fits
 _FEED = 1024 * 1024
 _READ_SIZE = 256 * 1024
 _ACCESS_CODES = frozenset(
@@ -213,6 +213,11 @@ class S3Store(ObjectStore):
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
         name = self.prefix + check_key(key)
+        if (isinstance(chunks, list | tuple) and len(chunks) == 1 and isinstance(chunks[0], bytes)
+                and len(chunks[0]) <= self._part_size):
+            # An object sealed whole by the caller (a pack): one PUT, no copy of it.
+            self._put_single(name, key, chunks[0])
+            return len(chunks[0])
         buf = _Buffer()
         upload: _MultipartUpload | None = None
         try:

@@ -10,6 +10,8 @@ import pytest
 
 from forge_ci.backup import files
 from forge_ci.backup.failures import SourceChanged
+from forge_ci.backup.index import BlobIndex
+from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import CACHE_PATH, HashCache
 from forge_ci.backup.uploader import Uploader
@@ -53,13 +55,15 @@ def test_a_file_that_keeps_changing_fails_the_backup(lab_dir: Path) -> None:
 
     repo = Repository(MemoryStore(), "s", "e", recipients=[generate_identity().recipient])
     key = repo.naming_key()
-    plan = files.plan(host, str(root), PATHS, key, set(), HashCache())
+    plan = files.plan(host, str(root), PATHS, key, BlobIndex(set()), HashCache())
     HashCache.of(plan.files, plan.hashes).save(host, str(root))
     _poison(root, "2024/01/big.bin", "a b.jpg")
-    present: set[str] = set()
-    plan = files.plan(host, str(root), PATHS, key, present, HashCache.load(host, str(root)))
+    index = BlobIndex(set())
+    plan = files.plan(host, str(root), PATHS, key, index, HashCache.load(host, str(root)))
     with Uploader(repo) as uploader, pytest.raises(SourceChanged, match="kept changing"):
-        files.upload(host, str(root), plan, key, present, uploader, rounds=1)
-    # Nothing was stored under a name its bytes do not hash to.
-    stale_keys = {files.layout.content_key(key, s) for s in STALE}
-    assert not stale_keys & set(repo.store.list("data/"))
+        files.upload(host, str(root), plan, key, index, uploader,
+                     PackWriter(uploader, repo.recipients), rounds=1)
+    # Nothing was stored under a name its bytes do not hash to: not alone, not packed.
+    stale = {files.layout.content_name(key, s) for s in STALE}
+    assert not {files.layout.data_key(n) for n in stale} & set(repo.store.list("data/"))
+    assert not stale & set(index.packed)

@@ -45,7 +45,8 @@ def test_round_trip_over_ssh_to_s3(make_site, capsys: pytest.CaptureFixture[str]
 
     first = site.json(capsys, "backup", "production", read=False)
     sid = first["snapshot_id"]
-    assert first["files"] == 34 and first["new_objects"] == first["upload_files"] + 1
+    # 32 distinct contents: the big one alone, 31 small ones in one pack, and the dump.
+    assert first["files"] == 34 and first["upload_files"] == 32 and first["new_objects"] == 3
     assert f"snapshot-id={sid}" in site.outputs.read_text()
     assert "new bytes stored" in site.summary.read_text()
 
@@ -60,14 +61,17 @@ def test_round_trip_over_ssh_to_s3(make_site, capsys: pytest.CaptureFixture[str]
     assert _sha(dump) == manifest["database"]["sha256"]
     for entry in manifest["files"]:
         if entry["type"] == "file" and entry["objects"]:
-            assert _sha(plain[entry["objects"][0]]) == entry["sha256"]
+            start = entry.get("offset", 0)
+            content = plain[entry["objects"][0]][start:start + entry["size"]]
+            assert _sha(content) == entry["sha256"]
     assert all(is_data_key(k) for k in stored if k.startswith("data/"))
     # Object names reveal no file name or content hash.
     names = " ".join(stored)
     assert "jpg" not in names and "uploads" not in names
     assert not [e for e in manifest["files"] if e["type"] == "file" and e["sha256"] in names]
 
-    # A second backup after adding one file sends only that file and the new dump.
+    # A second backup after adding one file sends only that file (in a pack of its
+    # own, with an index entry for it) and the new dump.
     new = site.uploads / "2024" / "01" / "new upload.jpg"
     new.write_bytes(b"\xff\xd8 fresh image")
     shutil.chown(new, site.owner, site.owner)  # only this one: chown changes ctime

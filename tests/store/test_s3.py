@@ -22,7 +22,14 @@ from forge_ci.store import (
     open_store,
 )
 from forge_ci.store.file import FileStore
-from forge_ci.store.s3 import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, S3Store, part_size_for
+from forge_ci.store.s3 import (
+    DEFAULT_PART_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    S3Store,
+    part_size_for,
+)
 
 from .conftest import PART, make_s3_store
 
@@ -45,7 +52,7 @@ def free_port() -> int:
 
 def test_part_size_schedule_reaches_the_object_limit() -> None:
     sizes = [part_size_for(n) for n in range(1, MAX_PARTS + 1)]
-    assert sizes[0] == 8 * 1024 * 1024 and min(sizes) >= MIN_PART_SIZE
+    assert sizes[0] == DEFAULT_PART_SIZE and min(sizes) >= MIN_PART_SIZE
     assert max(sizes) <= MAX_PART_SIZE
     assert sum(sizes) >= 5 * 1024**4  # S3's 5 TiB object limit fits in 10,000 parts
     assert sizes == sorted(sizes)

@@ -1,0 +1,160 @@
+"""Where stored content lives: alone under its name, or inside a pack.
+
+The dedup index of a backup is two things it can read without the identity:
+
+* the ``data/`` listing: content stored alone is ``data/<name[:2]>/<name>``;
+* ``index/<tag>/`` objects: JSON ``{"format": "forge-ci index", "version": 1,
+  "packs": {"<pack key>": [["<name>", offset, size], ...]}}``, age-encrypted to an
+  X25519 key derived from the naming key (:func:`forge_ci.backup.layout.index_secret`),
+  so whoever holds the recipients - and only they - can read them (and to the
+  recipients themselves, so the identity opens them like every other object).
+
+An index entry counts only while its pack is listed: prune deletes packs no snapshot
+references and never rewrites an index, so stale entries are skipped here. Each
+backup that packed something writes one index object (before its manifest); when
+``CONSOLIDATE`` of them have piled up, it writes one merged index of the live
+entries instead and deletes the ones it merged. Losing an index object costs only
+re-uploads: restore never reads the index (manifests name packs and offsets).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from forge_ci.backup import layout
+from forge_ci.backup.age import Recipient
+from forge_ci.backup.keys import X25519Identity
+from forge_ci.backup.objects import seal, unseal
+from forge_ci.backup.pack import MEMBER_MAX, Member
+from forge_ci.backup.repo import Repository
+from forge_ci.errors import BackupError, StoreError
+
+FORMAT = "forge-ci index"
+VERSION = 1
+CONSOLIDATE = 16
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+Location = tuple[str, int | None]  # object key, offset (None: the whole object)
+
+
+@dataclass
+class BlobIndex:
+    """Content name -> where it is stored, for contents whose object is present."""
+
+    data_keys: set[str]
+    packed: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # pack, offset, size
+    index_keys: list[str] = field(default_factory=list)  # index objects read
+    unreadable: int = 0
+
+    def find(self, name: str) -> Location | None:
+        alone = layout.data_key(name)
+        if alone in self.data_keys:
+            return alone, None
+        hit = self.packed.get(name)
+        if hit is not None and hit[0] in self.data_keys:
+            return hit[0], hit[1]
+        return None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.find(name) is not None
+
+    def add_packed(self, name: str, key: str, offset: int, size: int) -> None:
+        """Record a member queued in a pack; :meth:`find` sees it once ``stored(key)``."""
+        if name not in self:
+            self.packed[name] = (key, offset, size)
+
+    def stored(self, keys: Iterable[str]) -> None:
+        self.data_keys.update(keys)
+
+
+def _identity(repo: Repository) -> X25519Identity:
+    return X25519Identity(layout.index_secret(repo.naming_key()))
+
+
+def load(repo: Repository, data_keys: set[str], *, workers: int = 8) -> BlobIndex:
+    """Read every index object of this recipient set (in parallel)."""
+    index = BlobIndex(set(data_keys))
+    keys = [k for k in repo.store.list(layout.index_prefix(repo.naming_key()))
+            if layout.is_index_key(k)]
+    if not keys:
+        return index
+    identity = _identity(repo)
+
+    def read(key: str) -> dict[str, list[Member]] | None:
+        try:
+            return parse(b"".join(unseal(repo.store.get(key), [identity])))
+        except (BackupError, StoreError, ValueError):
+            return None  # gone meanwhile or damaged: its contents are uploaded again
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(keys)),
+                            thread_name_prefix="forge-index") as pool:
+        for key, packs in zip(keys, pool.map(read, keys), strict=True):
+            if packs is None:
+                index.unreadable += 1
+                continue
+            index.index_keys.append(key)
+            for pack, members in packs.items():
+                if pack not in index.data_keys:
+                    continue  # pruned
+                for name, offset, size in members:
+                    index.packed.setdefault(name, (pack, offset, size))
+    return index
+
+
+def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]], *,
+         consolidate: int = CONSOLIDATE) -> int:
+    """Write this run's index object (or a merged one); returns index objects deleted."""
+    if not new:
+        return 0
+    merge = len(index.index_keys) + 1 >= consolidate
+    packs: dict[str, list[Member]] = {k: list(v) for k, v in new.items()}
+    if merge:
+        for name, (pack, offset, size) in index.packed.items():
+            if pack in index.data_keys and pack not in new:
+                packs.setdefault(pack, []).append((name, offset, size))
+    body = dumps(packs)
+    # To the recipients too, so `age -d` with the real identity opens it like any
+    # object - unless one is a passphrase (age allows a scrypt stanza only alone).
+    recipients: list[Recipient] = [_identity(repo).recipient]
+    if not any(getattr(r, "exclusive", False) for r in repo.recipients):
+        recipients += repo.recipients
+    repo.store.put(layout.new_index_key(repo.naming_key()),
+                   seal([body], recipients, mode="compress"))
+    if not merge:
+        return 0
+    for key in index.index_keys:
+        repo.store.delete(key)
+    return len(index.index_keys)
+
+
+def dumps(packs: Mapping[str, list[Member]]) -> bytes:
+    doc = {"format": FORMAT, "version": VERSION,
+           "packs": {k: [list(m) for m in sorted(v, key=lambda m: m[1])]
+                     for k, v in sorted(packs.items())}}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def parse(data: bytes) -> dict[str, list[Member]]:
+    """Validate an index object's plaintext; ValueError if it is malformed."""
+    doc: Any = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT \
+            or doc.get("version") != VERSION or not isinstance(doc.get("packs"), dict):
+        raise ValueError("not a forge-ci index")
+    out: dict[str, list[Member]] = {}
+    for pack, members in doc["packs"].items():
+        if not layout.is_data_key(pack) or not isinstance(members, list):
+            raise ValueError("bad pack key")
+        entries = []
+        for m in members:
+            if not (isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
+                    and _HEX64.match(m[0]) and all(type(v) is int for v in m[1:])
+                    and m[1] >= 0 and 0 <= m[2] <= MEMBER_MAX):
+                raise ValueError("bad index entry")
+            entries.append((m[0], m[1], m[2]))
+        out[pack] = entries
+    return out

@@ -1,0 +1,32 @@
+"""Keep the C heap from holding on to freed buffers (glibc only; a no-op elsewhere).
+
+Backups and restores move multi-megabyte buffers (packs, multipart parts) between
+threads. glibc's malloc raises its mmap threshold each time a large block is freed,
+up to 32 MiB, so later buffers come from per-thread arenas and their pages stay
+resident after ``free``: peak RSS grows with the number of threads rather than
+with what is alive. A fixed threshold keeps every buffer of 256 KiB or more in its
+own mapping, returned to the system on ``free``; two arenas are plenty for a pool
+that mostly waits on sockets. Same effect as ``MALLOC_MMAP_THRESHOLD_=262144
+MALLOC_ARENA_MAX=2`` in the environment, applied from inside the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD = 256 * 1024
+
+
+def tune_malloc() -> bool:
+    """Apply the settings above; False where this is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_ARENA_MAX, 2))

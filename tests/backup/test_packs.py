@@ -1,0 +1,166 @@
+"""Small files travel in packs; the index lets a backup that holds only the public key
+skip what is stored, and a pruned pack or a damaged index costs re-uploads, never a
+snapshot that cannot be restored."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forge_ci.backup import index as index_store
+from forge_ci.backup import layout
+from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.keys import generate_identity
+from forge_ci.backup.pack import read_members
+from forge_ci.backup.prune import prune
+from forge_ci.backup.repo import Repository
+from forge_ci.backup.restore import plan_restore, run_restore
+from forge_ci.backup.take import Source, take_snapshot
+from forge_ci.backup.verify import verify_snapshot
+from forge_ci.config.backup import BackupConfig, Retention
+from forge_ci.remote import LocalHost
+from forge_ci.store.file import FileStore
+
+PATHS = ("uploads",)
+
+
+class Lab:
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "env"
+        self.uploads = self.root / "uploads"
+        self.uploads.mkdir(parents=True)
+        self.store = FileStore(tmp / "store")
+        self.identity = generate_identity()
+        self.cfg = BackupConfig(store=f"file://{tmp / 'store'}", paths=PATHS)
+
+    def writer(self) -> Repository:  # what CI has: the public key only
+        return Repository(self.store, "site", "prod", recipients=[self.identity.recipient])
+
+    def reader(self) -> Repository:
+        return Repository(self.store, "site", "prod", identities=[self.identity])
+
+    def backup(self) -> dict[str, object]:
+        source = Source(LocalHost(), str(self.root), "site", "prod", ("local",))
+        return take_snapshot(self.writer(), source, self.cfg).as_dict()
+
+    def restore_to(self, dest: Path, sid: str) -> None:
+        repo = self.reader()
+        ref = repo.resolve(sid)
+        plan = plan_restore(ref, repo.load(ref), self.cfg, str(self.root), to_dir=str(dest))
+        run_restore(plan, repo, LocalHost(), self.cfg, yes=False)
+
+    def index_keys(self) -> list[str]:
+        return [k for k in self.store.list(layout.INDEX) if layout.is_index_key(k)]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_small_files_share_packs_and_a_second_backup_sends_nothing(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    for i in range(60):
+        (lab.uploads / f"img-{i:02d}.jpg").write_bytes(os.urandom(50_000 + i))
+    (lab.uploads / "copy.jpg").write_bytes((lab.uploads / "img-00.jpg").read_bytes())
+    (lab.uploads / "video.mp4").write_bytes(os.urandom(1_500_000))
+    first = lab.backup()
+    # 61 distinct contents: one pack (3 MB < a pack) and the video alone.
+    assert (first["upload_files"], first["new_objects"]) == (61, 2)
+    assert len(lab.index_keys()) == 1
+
+    # The host's hash cache gone: only the index (read with the public key) can tell
+    # that every content is stored.
+    (lab.root / ".forge" / "backup-hashes.json").unlink()
+    second = lab.backup()
+    assert (second["upload_files"], second["new_objects"], second["hashed"]) == (0, 0, 62)
+    assert len(lab.index_keys()) == 1  # nothing packed, nothing indexed
+
+    verify_snapshot(lab.reader(), lab.reader().resolve(str(second["snapshot_id"])))
+    lab.restore_to(tmp_path / "drill", str(second["snapshot_id"]))
+    assert _tree(tmp_path / "drill" / "uploads") == _tree(lab.uploads)
+
+
+def test_a_pruned_pack_is_not_trusted_and_its_content_goes_up_again(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    gone = lab.uploads / "gone.txt"
+    gone.write_bytes(b"only in the first snapshot\n" * 100)
+    content = gone.read_bytes()
+    lab.backup()  # its pack holds `gone` alone
+    gone.unlink()
+    (lab.uploads / "new.txt").write_bytes(b"second snapshot\n" * 100)
+    lab.backup()
+    plan = prune(lab.reader(), Retention(keep_last=1))
+    assert len(plan.forget) == 1 and len(plan.delete) == 1  # the pack that held `gone`
+    # The index still names the deleted pack: a backup must not point there.
+    gone.write_bytes(content)
+    third = lab.backup()
+    assert third["upload_files"] == 1
+    repo = lab.reader()
+    verify_snapshot(repo, repo.resolve(str(third["snapshot_id"])))
+    lab.restore_to(tmp_path / "drill", str(third["snapshot_id"]))
+    assert (tmp_path / "drill" / "uploads" / "gone.txt").read_bytes() == content
+
+
+def test_a_damaged_index_costs_an_upload_not_a_backup(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    (lab.uploads / "a.txt").write_bytes(b"a" * 5000)
+    lab.backup()
+    [key] = lab.index_keys()
+    path = tmp_path / "store" / key
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    (lab.root / ".forge" / "backup-hashes.json").unlink()
+    again = lab.backup()
+    assert again["upload_files"] == 1
+    repo = lab.reader()
+    verify_snapshot(repo, repo.resolve(str(again["snapshot_id"])))
+
+
+def test_indexes_are_merged_when_they_pile_up(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    counts = []
+    for i in range(index_store.CONSOLIDATE + 2):
+        (lab.uploads / f"post-{i}.txt").write_bytes(f"post {i}\n".encode() * 50)
+        lab.backup()
+        counts.append(len(lab.index_keys()))
+    assert max(counts) < index_store.CONSOLIDATE and counts[-1] <= 3
+    # Everything is still found: the cache gone, nothing is uploaded again.
+    (lab.root / ".forge" / "backup-hashes.json").unlink()
+    assert lab.backup()["upload_files"] == 0
+
+
+def test_index_objects_open_with_the_identity_too(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    (lab.uploads / "a.txt").write_bytes(b"hello\n")
+    lab.backup()
+    [key] = lab.index_keys()
+    packs = index_store.parse(lab.reader().read_small(key))
+    [(pack, members)] = packs.items()
+    assert lab.store.exists(pack) and [m[1:] for m in members] == [(0, 6)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=0, max_size=3000),
+       cuts=st.lists(st.integers(0, 3000), max_size=8),
+       members=st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 400)), max_size=10),
+       drain=st.booleans())
+def test_read_members_is_slicing(data: bytes, cuts: list[int],
+                                 members: list[tuple[int, int]], drain: bool) -> None:
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    wanted = sorted(members)
+    overlapping = any(b[0] < a[0] + a[1] and a != b for a, b in zip(wanted, wanted[1:],
+                                                                    strict=False))
+    too_short = any(o + s > len(data) for o, s in wanted)
+    try:
+        got = list(read_members(chunks, wanted, drain=drain))
+    except BackupFormatError:
+        assert overlapping or too_short
+        return
+    assert not too_short
+    assert got == [data[o:o + s] for o, s in wanted]
