@@ -68,6 +68,7 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             owner=owner_info(ctx.env, command), log=ctx.runner.log,
             policy=health.Policy(timeout=env.health_timeout),
             by=ctx.env.get("GITHUB_ACTOR", "") or ctx.env.get("USER", ""),
+            warn=ctx.runner.warning,
         )
     finally:
         for h in hosts:

@@ -9,6 +9,7 @@ site is in: :class:`DeployFailed` (nothing switched), :class:`RolledBack`
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Deployment:
     log: Log
     policy: health.Policy = field(default_factory=health.Policy)
     by: str = ""
+    warn: Log | None = None  # a problem that does not fail the run (default: log)
 
     @property
     def layout(self) -> Layout:
@@ -272,7 +274,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Res
         _preview(dep, observed, release)
         outcome = _switch_all_and_check(dep, observed, release)
         for obs in observed:
-            _finish(dep, obs, release)
+            _record_live(dep, obs, release, functools.partial(_finish, dep, obs, release))
         return Result(release, previous, dep.env.url, plan, outcome.detail, outcome.seconds)
     raise AssertionError("unreachable")
 
@@ -455,8 +457,28 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Resul
             raise DeployFailed(f"release {target}: {f.cause.message}; {previous} stays live",
                                hint="pick another release with --to") from None
         for obs in observed:
-            dep.log(f"{obs.name}: recording {target} as live")
-            if obs.current and obs.current != target:
-                _record(obs, obs.current, "bad", dep.by, f"rolled back to {target}")
-            _record(obs, target, "live", dep.by, "rollback")
+            _record_live(dep, obs, target, functools.partial(_record_rollback, dep, obs, target))
         return Result(target, previous, dep.env.url, plan, outcome)
+
+
+def _record_rollback(dep: Deployment, obs: Observed, target: str) -> None:
+    dep.log(f"{obs.name}: recording {target} as live")
+    if obs.current and obs.current != target:
+        _record(obs, obs.current, "bad", dep.by, f"rolled back to {target}")
+    _record(obs, target, "live", dep.by, "rollback")
+
+
+def _record_live(dep: Deployment, obs: Observed, release: str,
+                 record: Callable[[], None]) -> None:
+    """Run ``record`` for a release every host serves and that passed its checks.
+
+    If the host cannot be reached any more, the site is still right; failing now
+    would report "nothing changed" (exit 1) for a site that did change, so warn.
+    The next run works from what is live; only the log lags (the release shows as
+    prepared) and old releases wait for the next prune.
+    """
+    try:
+        record()
+    except ForgeError as e:
+        (dep.warn or dep.log)(f"{obs.name}: {release} is live and passed its checks, but "
+                              f"recording that failed: {e.message}")
