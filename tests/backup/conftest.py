@@ -184,6 +184,47 @@ def _config(site_root: Path, store: str, db: Database, *, hosts: str = "",
     )
 
 
+def new_site(server: MariaDB, lab_dir: Path, *, s3: S3Server | None = None,
+             sshd: SshHost | None = None, retention: str = "{ keep_last: 3 }",
+             big: int = 3_000_000) -> Site:
+    """A database with awkward rows and an uploads tree under ``lab_dir``, backed up to
+    a bucket of ``s3`` (else a file:// store in ``lab_dir``), through ``sshd`` if given."""
+    db = server.create_database("bk")
+    as_user(db, ROWS_SQL, server)
+    root = lab_dir / "site"
+    fill_uploads(root / "shared" / "web" / "app" / "uploads", big=big)
+    env = {"PATH": os.environ["PATH"], "DB_PASSWORD": db.password,
+           "GITHUB_OUTPUT": str(lab_dir / "outputs"),
+           "GITHUB_STEP_SUMMARY": str(lab_dir / "summary.md")}
+    if s3 is not None:
+        url = f"s3://{s3.create_bucket()}/forge/backups"
+        env |= s3.env()
+    else:
+        url = f"file://{lab_dir / 'store'}"
+    hosts, owner = "", None
+    if sshd is not None:
+        hosts = f"[{{ host: {sshd.host}, port: {sshd.port}, user: {sshd.user} }}]"
+        env |= {"FORGE_SSH_KEY": sshd.private_key, "FORGE_KNOWN_HOSTS": sshd.known_hosts}
+        owner = DEPLOY_USER
+    config = lab_dir / "forge.yml"
+    config.write_text(_config(root, url, db, hosts=hosts, retention=retention))
+    identity = generate_identity()
+    identity_file = lab_dir / "identity.txt"
+    fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(format_identity_file(identity).reveal())
+    site = Site(root=root, config=config, db=db, server=server, identity=identity,
+                identity_file=identity_file, base_env=env, outputs=lab_dir / "outputs",
+                summary=lab_dir / "summary.md", owner=owner, sshd=sshd)
+    site.chown()
+    return site
+
+
+def drop_site(site: Site) -> None:
+    site.server.drop_database(site.db)
+    shutil.rmtree(site.root, ignore_errors=True)
+
+
 @pytest.fixture
 def make_site(mariadb_server: MariaDB, lab_dir: Path,
               request: pytest.FixtureRequest) -> Iterator[Callable[..., Site]]:
@@ -192,43 +233,15 @@ def make_site(mariadb_server: MariaDB, lab_dir: Path,
 
     def make(*, store: str = "file", ssh: bool = False,
              retention: str = "{ keep_last: 3 }", big: int = 3_000_000) -> Site:
-        db = mariadb_server.create_database("bk")
-        as_user(db, ROWS_SQL, mariadb_server)
-        root = lab_dir / "site"
-        fill_uploads(root / "shared" / "web" / "app" / "uploads", big=big)
-        env = {"PATH": os.environ["PATH"], "DB_PASSWORD": db.password,
-               "GITHUB_OUTPUT": str(lab_dir / "outputs"),
-               "GITHUB_STEP_SUMMARY": str(lab_dir / "summary.md")}
-        if store == "s3":
-            server: S3Server = request.getfixturevalue("s3_server")
-            url = f"s3://{server.create_bucket()}/forge/backups"
-            env |= server.env()
-        else:
-            url = f"file://{lab_dir / 'store'}"
-        hosts, owner, sshd = "", None, None
-        if ssh:
-            sshd = request.getfixturevalue("sshd_host")
-            hosts = f"[{{ host: {sshd.host}, port: {sshd.port}, user: {sshd.user} }}]"
-            env |= {"FORGE_SSH_KEY": sshd.private_key, "FORGE_KNOWN_HOSTS": sshd.known_hosts}
-            owner = DEPLOY_USER
-        config = lab_dir / "forge.yml"
-        config.write_text(_config(root, url, db, hosts=hosts, retention=retention))
-        identity = generate_identity()
-        identity_file = lab_dir / "identity.txt"
-        fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(format_identity_file(identity).reveal())
-        site = Site(root=root, config=config, db=db, server=mariadb_server, identity=identity,
-                    identity_file=identity_file, base_env=env, outputs=lab_dir / "outputs",
-                    summary=lab_dir / "summary.md", owner=owner, sshd=sshd)
-        site.chown()
-        made.append(site)
-        return site
+        s3 = request.getfixturevalue("s3_server") if store == "s3" else None
+        sshd = request.getfixturevalue("sshd_host") if ssh else None
+        made.append(new_site(mariadb_server, lab_dir, s3=s3, sshd=sshd, retention=retention,
+                             big=big))
+        return made[-1]
 
     yield make
     for site in made:
-        mariadb_server.drop_database(site.db)
-        shutil.rmtree(site.root, ignore_errors=True)
+        drop_site(site)
 
 
 def reference_decrypt(identity_file: Path, blob: bytes) -> bytes:
