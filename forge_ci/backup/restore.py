@@ -161,6 +161,7 @@ def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConf
                                 unseal(_read(spool), repo.identities),
                                 create=not plan.database_live)
             if staged is not None:
+                log(f"putting the restored files in place on {host.name}")
                 _put_in_place(host, plan, staged)
                 staged = None
         finally:

@@ -93,6 +93,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
             packer = PackWriter(uploader, repo.recipients)
             files.upload(host, root, plan, key, index, uploader, packer, progress=log)
         # The index next, so the next backup finds these packs; then the manifest.
+        log(f"saving snapshot {sid}")
         index_store.save(repo, index, packer.written)
         report = _report(sid, False, plan, db, started)
         report.new_objects = uploader.objects + (1 if db else 0)
