@@ -26,7 +26,7 @@ from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.manifest import FileEntry
 from forge_ci.backup.objects import Digest, on_end
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
-from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree
+from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
 from forge_ci.remote import Host
@@ -41,14 +41,17 @@ class FilePlan:
     names: dict[str, str]  # path -> content name for non-empty regular files
     upload: list[str]  # paths whose content the store lacks (one per content)
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
-    hashed: int = 0  # files hashed on the host this time (cache misses)
+    hashed: int = 0  # files hashed this time (cache misses)
+    # Small files hashed as they pass instead of on the host first (a first backup:
+    # everything goes up anyway); named only once read.
+    unhashed: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[Stat]:
         return [s for s in self.stats.values() if s.kind == "file"]
 
     def upload_bytes(self) -> int:
-        return sum(self.stats[p].size for p in self.upload)
+        return sum(self.stats[p].size for p in self.upload if p in self.stats)
 
     def entries(self, index: BlobIndex) -> tuple[FileEntry, ...]:
         """Manifest entries; every content must be stored (``index`` knows where)."""
@@ -72,13 +75,16 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     """Observe the host and the store; decide what to send. Reads only."""
     listing = list_tree(host, root, list(paths))
     result = FilePlan(stats={}, hashes={}, names={}, upload=[])
-    _absorb(result, listing, host, root, naming_key, cache)
-    result.upload = missing(result, index)
+    # Nothing stored for these recipients yet (a first backup): every file goes up,
+    # and hashing small ones on the host first would read them twice.
+    first = not index.data_keys and not index.packed
+    _absorb(result, listing, host, root, naming_key, cache, defer_small=first)
+    result.upload = missing(result, index) + result.unhashed
     return result
 
 
 def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming_key: bytes,
-            cache: HashCache) -> None:
+            cache: HashCache, *, defer_small: bool = False) -> None:
     """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects."""
     misses = []
     for st in listing:
@@ -88,7 +94,9 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
         result.stats[st.path] = st
         if st.kind == "file":
             sha = cache.lookup(st)
-            if sha is None:
+            if sha is None and defer_small and 0 < st.size <= MEMBER_MAX:
+                result.unhashed.append(st.path)
+            elif sha is None:
                 misses.append(st.path)
             else:
                 result.hashes[st.path] = sha
@@ -131,9 +139,14 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     changed: list[str] = []
     for attempt in range(rounds):
         queued_packs = set(packer.written)
-        changed = _send(host, root, todo, result, uploader, packer, index)
+        changed = _send(host, root, todo, result, uploader, packer, index, naming_key)
         packer.flush()
         uploader.join()
+        if result.unhashed:
+            # Read without a hash to compare with: a file rewritten while tar read it
+            # (same size) shows in its metadata. Such files go round again, hashed.
+            changed += _moved(host, root, result, set(result.unhashed) - set(changed))
+            result.unhashed = []
         index.stored(set(packer.written) - queued_packs)
         index.stored(layout.data_key(result.names[p]) for p in todo
                      if p not in changed and result.stats[p].size > MEMBER_MAX)
@@ -144,7 +157,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             for path in changed:
                 for table in (result.stats, result.hashes, result.names):
                     table.pop(path, None)
-            relisted = list_tree(host, root, changed, follow_start=False, allow_missing=True)
+            relisted = stat_paths(host, root, changed)
             _absorb(result, relisted, host, root, naming_key, HashCache())
         # A changed file may have been the one carrying content other paths share.
         todo = missing(result, index)
@@ -156,12 +169,20 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                              "files that are rewritten constantly (logs, caches)")
 
 
+def _moved(host: Host, root: str, result: FilePlan, paths: set[str]) -> list[str]:
+    """Paths whose metadata differs from the listing (or that are gone)."""
+    now = {st.path: st for st in stat_paths(host, root, sorted(paths))}
+    return sorted(p for p in paths if p not in now
+                  or now[p].cache_key() != result.stats[p].cache_key())
+
+
 def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Uploader,
-          packer: PackWriter, index: BlobIndex) -> list[str]:
+          packer: PackWriter, index: BlobIndex, naming_key: bytes) -> list[str]:
     """One tar pass; returns the paths that must be planned again."""
     if not todo:
         return []
     expected = set(todo)
+    deferred = set(result.unhashed)
     changed: list[str] = []
     with read_files(host, root, todo) as members:
         for name, reader in members:
@@ -171,9 +192,29 @@ def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Up
             if reader is None:
                 changed.append(name)
                 continue
-            if not _put_one(name, reader, result, uploader, packer, index):
+            if name in deferred:
+                if not _pack_unhashed(name, reader, result, packer, index, naming_key):
+                    changed.append(name)
+            elif not _put_one(name, reader, result, uploader, packer, index):
                 changed.append(name)
     return changed + sorted(expected)  # missing from the stream: vanished or unreadable
+
+
+def _pack_unhashed(path: str, reader: Readable, result: FilePlan, packer: PackWriter,
+                   index: BlobIndex, naming_key: bytes) -> bool:
+    """Hash a small file as it passes, then pack it unless its content is stored."""
+    st = result.stats[path]
+    data = reader.read(MEMBER_MAX + 1)
+    if len(data) != st.size:
+        return False
+    sha = hashlib.sha256(data).hexdigest()
+    name = layout.content_name(naming_key, sha)
+    result.hashes[path], result.names[path] = sha, name
+    result.hashed += 1
+    if name not in index and name not in packer.names:
+        pack, offset = packer.add(name, data, path=path)
+        index.add_packed(name, pack, offset, len(data))
+    return True
 
 
 def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader,

@@ -45,6 +45,7 @@ class PackWriter:
         self._plain = 0
         self._key: str | None = None
         self.written: dict[str, list[Member]] = {}  # pack key -> members, once queued
+        self.names: set[str] = set()  # every content packed by this writer
 
     def add(self, name: str, data: bytes, *, path: str | None = None) -> tuple[str, int]:
         """Append one content (``path`` only guides compression); (pack key, offset)."""
@@ -58,6 +59,7 @@ class PackWriter:
         if sealed:
             self._sealed.append(sealed)
         self._members.append((name, offset, len(data)))
+        self.names.add(name)
         self._stored += len(sealed)
         self._plain += len(data)
         if self._stored >= self._target:

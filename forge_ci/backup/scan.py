@@ -87,6 +87,24 @@ def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool
     return parse_listing(r.stdout)
 
 
+def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
+    """The entries ``paths`` name (not what lies below them; links not followed); paths
+    that are gone are left out. Names go over stdin, so any name and any number work."""
+    todo = list(paths)
+    if not todo:
+        return []
+    stdin = b"".join(b"./" + encode(p) + b"\0" for p in todo)
+    script = (f"cd -- {sh(root)} || exit 3\n"
+              # xargs appends names last; find wants them before its expression.
+              "exec xargs -0 -r sh -c 'exec find -P \"$@\" -maxdepth 0 -printf \"$0\"' "
+              f"{sh(_FIND_FORMAT)}")
+    r = host.run(script, input=stdin, check=False, timeout=3600)
+    # 123: find complained about some path (it vanished) - the others are listed.
+    if r.status not in (0, 123):
+        host.check(r, f"checking files under {root}")
+    return parse_listing(r.stdout)
+
+
 def parse_listing(data: bytes) -> list[Stat]:
     fields = data.split(b"\0")
     if fields and fields[-1] == b"":

@@ -58,4 +58,5 @@ def test_the_documented_procedure_restores_a_snapshot_without_forge(  # type: ig
     assert {k: got.get(k) for k in simple} == simple and len(simple) > 20
     assert sorted(got.values()) == sorted(want.values())
     dump = (work / "dump.sql").read_bytes()
-    assert b"CREATE TABLE" in dump and dump.rstrip().splitlines()[-1].startswith(b"-- Dump completed")
+    assert b"CREATE TABLE" in dump
+    assert dump.rstrip().splitlines()[-1].startswith(b"-- Dump completed")

@@ -13,7 +13,7 @@ from forge_ci.backup.failures import SourceChanged
 from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
-from forge_ci.backup.scan import CACHE_PATH, HashCache
+from forge_ci.backup.scan import CACHE_PATH, HashCache, hash_files, list_tree
 from forge_ci.backup.uploader import Uploader
 from forge_ci.remote import LocalHost
 from forge_ci.store.memory import MemoryStore
@@ -55,8 +55,9 @@ def test_a_file_that_keeps_changing_fails_the_backup(lab_dir: Path) -> None:
 
     repo = Repository(MemoryStore(), "s", "e", recipients=[generate_identity().recipient])
     key = repo.naming_key()
-    plan = files.plan(host, str(root), PATHS, key, BlobIndex(set()), HashCache())
-    HashCache.of(plan.files, plan.hashes).save(host, str(root))
+    listing = [st for st in list_tree(host, str(root), list(PATHS)) if st.kind == "file"]
+    hashes = hash_files(host, str(root), [st.path for st in listing])
+    HashCache.of(listing, hashes).save(host, str(root))
     _poison(root, "2024/01/big.bin", "a b.jpg")
     index = BlobIndex(set())
     plan = files.plan(host, str(root), PATHS, key, index, HashCache.load(host, str(root)))

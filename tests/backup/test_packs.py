@@ -4,21 +4,26 @@ snapshot that cannot be restored."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forge_ci.backup import files, layout
 from forge_ci.backup import index as index_store
-from forge_ci.backup import layout
 from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.keys import generate_identity
-from forge_ci.backup.pack import read_members
+from forge_ci.backup.pack import PackWriter, read_members
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import plan_restore, run_restore
+from forge_ci.backup.scan import HashCache
 from forge_ci.backup.take import Source, take_snapshot
+from forge_ci.backup.uploader import Uploader
 from forge_ci.backup.verify import verify_snapshot
 from forge_ci.config.backup import BackupConfig, Retention
 from forge_ci.remote import LocalHost
@@ -68,8 +73,9 @@ def test_small_files_share_packs_and_a_second_backup_sends_nothing(tmp_path: Pat
     (lab.uploads / "copy.jpg").write_bytes((lab.uploads / "img-00.jpg").read_bytes())
     (lab.uploads / "video.mp4").write_bytes(os.urandom(1_500_000))
     first = lab.backup()
-    # 61 distinct contents: one pack (3 MB < a pack) and the video alone.
-    assert (first["upload_files"], first["new_objects"]) == (61, 2)
+    # A first backup reads every file once (62; the copy is found to be a duplicate
+    # as it passes): 61 contents in one pack (3 MB < a pack) and the video alone.
+    assert (first["upload_files"], first["new_objects"]) == (62, 2)
     assert len(lab.index_keys()) == 1
 
     # The host's hash cache gone: only the index (read with the public key) can tell
@@ -152,10 +158,9 @@ def test_index_objects_open_with_the_identity_too(tmp_path: Path) -> None:
 def test_read_members_is_slicing(data: bytes, cuts: list[int],
                                  members: list[tuple[int, int]], drain: bool) -> None:
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
     wanted = sorted(members)
-    overlapping = any(b[0] < a[0] + a[1] and a != b for a, b in zip(wanted, wanted[1:],
-                                                                    strict=False))
+    overlapping = any(b[0] < a[0] + a[1] and a != b for a, b in itertools.pairwise(wanted))
     too_short = any(o + s > len(data) for o, s in wanted)
     try:
         got = list(read_members(chunks, wanted, drain=drain))
@@ -164,3 +169,23 @@ def test_read_members_is_slicing(data: bytes, cuts: list[int],
         return
     assert not too_short
     assert got == [data[o:o + s] for o, s in wanted]
+
+
+def test_a_first_backup_reads_once_and_catches_a_file_rewritten_meanwhile(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    target = lab.uploads / "a.txt"
+    target.write_bytes(b"old " * 100)
+    (lab.uploads / "b.txt").write_bytes(b"stays " * 100)
+    repo, host = lab.writer(), LocalHost()
+    index = BlobIndex(set())
+    plan = files.plan(host, str(lab.root), PATHS, repo.naming_key(), index, HashCache())
+    assert sorted(plan.unhashed) == ["uploads/a.txt", "uploads/b.txt"]  # no hashing pass
+    # Rewritten after the listing, same size: only its metadata tells.
+    target.write_bytes(b"new " * 100)
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    with Uploader(repo) as uploader:
+        files.upload(host, str(lab.root), plan, repo.naming_key(), index, uploader,
+                     PackWriter(uploader, repo.recipients))
+    entry = next(e for e in plan.entries(index) if e.path == "uploads/a.txt")
+    assert entry.sha256 == hashlib.sha256(b"new " * 100).hexdigest()
+    assert entry.mtime_ns == 1_000_000_000  # the metadata of the bytes that were stored
