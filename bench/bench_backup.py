@@ -1,14 +1,15 @@
 """forge-ci backup/restore against `restic` on the same data and the same S3 endpoint.
 
-    .venv/bin/python bench/bench_backup.py [--files 400] [--big-mib 64]
+    .venv/bin/python bench/bench_backup.py [--files 400] [--big-mib 64] [--repeat 3]
 
 One moto S3 server (the lab's), two buckets. The data is an uploads-like tree: many
 small images (random bytes), a few text files, some big videos. Both tools back it up
 from scratch, then again after one file was added, then restore it. Each run is a
-separate process started with posix_spawn and reaped with wait4, so wall time and peak
-RSS (ru_maxrss) are measured the same way for both. Prints seconds, MiB, and the ratio
-forge/restic (below 1.0: forge is faster or smaller). forge runs with the local target
-(no SSH) so both read the same local files.
+separate process started with posix_spawn and reaped with wait4, so wall time, CPU
+time and peak RSS (ru_maxrss) are measured the same way for both. Each round uses new
+buckets and alternates which tool goes first (this machine's load drifts); the table
+shows medians over the rounds and the ratio forge/restic (below 1.0: forge is faster
+or smaller). forge runs with the local target (no SSH) so both read the same files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -51,8 +53,8 @@ def make_tree(root: Path, files: int, big_mib: int, seed: int = 1) -> int:
     return total
 
 
-def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run to completion; (seconds, peak RSS MiB). Output goes to /dev/null."""
+def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run to completion; (seconds, CPU seconds, peak RSS MiB). Output: /dev/null."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     path = shutil.which(argv[0]) or argv[0]
     start = time.perf_counter()
@@ -63,29 +65,42 @@ def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     os.close(devnull)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[:3]} failed with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=400)
     parser.add_argument("--big-mib", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if not shutil.which("restic"):
         raise SystemExit("restic is not installed")
     server = start_s3()
     tmp = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     try:
-        run(server, tmp, args.files, args.big_mib)
+        site = tmp / "site"
+        total = make_tree(site, args.files, args.big_mib)
+        print(f"data: {args.files + 22} files, {total / 2**20:.0f} MiB "
+              f"(S3: moto on loopback), {args.repeat} rounds, medians")
+        rounds = [run(server, tmp / f"round-{i}", site, forge_first=i % 2 == 0)
+                  for i in range(args.repeat)]
+        report(rounds)
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(server: object, tmp: Path, files: int, big_mib: int) -> None:
-    site = tmp / "site"
-    total = make_tree(site, files, big_mib)
+Measure = tuple[float, float, float]
+STEPS = ("backup (first)", "backup (+1 file)", "restore (drill)")
+
+
+def run(server: object, tmp: Path, site: Path, *,
+        forge_first: bool) -> list[tuple[Measure, Measure]]:
+    tmp.mkdir()
     uploads = site / "shared" / "web" / "app" / "uploads"
+    (uploads / "new-upload.jpg").unlink(missing_ok=True)
+    shutil.rmtree(site / ".forge", ignore_errors=True)  # forge's hash cache: a first backup
     forge_bucket = server.create_bucket()  # type: ignore[attr-defined]
     restic_bucket = server.create_bucket()  # type: ignore[attr-defined]
     identity = generate_identity()
@@ -100,26 +115,38 @@ def run(server: object, tmp: Path, files: int, big_mib: int) -> None:
     forge = [sys.executable, "-m", "forge_ci", "--config", str(tmp / "forge.yml")]
     restic = ["restic", "--no-cache"]
     spawn([*restic, "init"], restic_env)
-
-    print(f"data: {files + 22} files, {total / 2**20:.0f} MiB (S3: moto on loopback)")
-    print(f"{'step':22} {'forge s':>8} {'restic s':>9} {'ratio':>6} {'forge MiB':>10} "
-          f"{'restic MiB':>11} {'ratio':>6}")
     backup_ours = [*forge, "backup", "production"]
     backup_theirs = [*restic, "backup", "-q", str(uploads)]
     steps = [
-        ("backup (first)", backup_ours, backup_theirs),
-        ("backup (+1 file)", backup_ours, backup_theirs),
-        ("restore (drill)", [*forge, "restore", "production", "--only", "files", "--to-dir",
-                             str(tmp / "forge-restore")],
+        (backup_ours, backup_theirs),
+        (backup_ours, backup_theirs),
+        ([*forge, "restore", "production", "--only", "files", "--to-dir",
+          str(tmp / "forge-restore")],
          [*restic, "restore", "latest", "--target", str(tmp / "restic-restore")]),
     ]
-    for i, (name, ours, theirs) in enumerate(steps):
+    out = []
+    for i, (ours, theirs) in enumerate(steps):
         if i == 1:
             (uploads / "new-upload.jpg").write_bytes(os.urandom(300_000))
-        t_f, m_f = spawn(ours, forge_env)
-        t_r, m_r = spawn(theirs, restic_env)
-        print(f"{name:22} {t_f:8.2f} {t_r:9.2f} {t_f / t_r:6.2f} {m_f:10.0f} {m_r:11.0f} "
-              f"{m_f / m_r:6.2f}")
+        os.sync()
+        if forge_first:
+            f, r = spawn(ours, forge_env), spawn(theirs, restic_env)
+        else:
+            r, f = spawn(theirs, restic_env), spawn(ours, forge_env)
+        out.append((f, r))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def report(rounds: list[list[tuple[Measure, Measure]]]) -> None:
+    print(f"{'step':18} {'forge s':>8} {'restic s':>9} {'ratio':>6}   {'forge cpu':>9} "
+          f"{'restic cpu':>10}   {'forge MiB':>9} {'restic MiB':>10} {'ratio':>6}")
+    for i, name in enumerate(STEPS):
+        f = [statistics.median(r[i][0][k] for r in rounds) for k in range(3)]
+        t = [statistics.median(r[i][1][k] for r in rounds) for k in range(3)]
+        walls = ", ".join(f"{r[i][0][0] / r[i][1][0]:.2f}" for r in rounds)
+        print(f"{name:18} {f[0]:8.2f} {t[0]:9.2f} {f[0] / t[0]:6.2f}   {f[1]:9.2f} {t[1]:10.2f}"
+              f"   {f[2]:9.0f} {t[2]:10.0f} {f[2] / t[2]:6.2f}   (rounds: {walls})")
 
 
 if __name__ == "__main__":

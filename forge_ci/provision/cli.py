@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forge_ci.cli import Common, Context
 from forge_ci.config import LoadedConfig
 from forge_ci.errors import SecretError, UsageError
-from forge_ci.provision import engine
 from forge_ci.provision.base import Plan, forge_labels
-from forge_ci.provision.keys import generate_host_key
 from forge_ci.provision.policy import Policy
-from forge_ci.provision.providers import make_provider
 from forge_ci.provision.site import Site, provision_section, resolve
-from forge_ci.remote.ssh import parse_private_key
+
+if TYPE_CHECKING:
+    from forge_ci.provision import engine
+
+# The engine, the providers (hcloud, requests) and paramiko are imported by the
+# commands that use them: every other forge-ci command starts without them.
 
 _PROVISION_HELP = """\
 Create the environment's server if it is missing, with its firewall and SSH key,
@@ -58,10 +60,17 @@ def _site(ctx: Context) -> tuple[LoadedConfig, Site]:
 
 
 def _runtime(ctx: Context) -> engine.Runtime:
+    from forge_ci.provision import engine
+
     return engine.Runtime(log=ctx.runner.log, warn=ctx.runner.warning, group=ctx.runner.group)
 
 
 def cmd_provision(ctx: Context) -> int:
+    from forge_ci.provision import engine
+    from forge_ci.provision.keys import generate_host_key
+    from forge_ci.provision.providers import make_provider
+    from forge_ci.remote.ssh import parse_private_key
+
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
     policy = Policy.from_config(prov.wait)
@@ -143,6 +152,9 @@ def _md(text: str) -> str:
 
 
 def cmd_destroy(ctx: Context) -> int:
+    from forge_ci.provision import engine
+    from forge_ci.provision.providers import make_provider
+
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
     name = site.server_name
