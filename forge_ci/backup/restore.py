@@ -46,6 +46,7 @@ from forge_ci.errors import ForgeError
 from forge_ci.remote import Host, sh
 
 Only = Literal["database", "files"]
+_DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
 _READ = 1024 * 1024
 
 
@@ -199,12 +200,15 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     assert plan.files_dest is not None
     if plan.files_live:
         top = f"{plan.root}/.forge/restore-{plan.ref.id}"
+        leftovers = f"{sh(plan.root + '/.forge')}/restore-*"
     else:
         # Inside the (new or empty) target: needs no write access to its parent.
         _check_drill_target(host, plan.files_dest)
-        top = f"{plan.files_dest}/.forge-restore-{os.urandom(4).hex()}"
+        top = f"{plan.files_dest}/{_DRILL_STAGING}{os.urandom(4).hex()}"
+        leftovers = f"{sh(plan.files_dest)}/{_DRILL_STAGING}*"
     staged = _Staged(top, f"{top}/new")
-    _remove(host, top)  # a previous failed attempt
+    # What killed attempts staged (of this snapshot or another) goes first.
+    host.run(f"rm -rf -- {leftovers}", check=False)
     entries = _order(plan.manifest.files)
     by_name = {f.path: f for f in entries}
     try:
@@ -333,7 +337,9 @@ class _Prefetch:
 
 def _check_drill_target(host: Host, dest: str) -> None:
     d = sh(dest)
-    r = host.run(f'[ ! -e {d} ] || {{ [ -d {d} ] && [ -z "$(ls -A -- {d})" ]; }}', check=False)
+    # A killed drill's staging directory does not make the target "not empty".
+    others = f"ls -A -- {d} | grep -v {sh('^' + _DRILL_STAGING.replace('.', '[.]'))}"
+    r = host.run(f'[ ! -e {d} ] || {{ [ -d {d} ] && [ -z "$({others})" ]; }}', check=False)
     if r.status != 0:
         raise RestoreRefused(f"{dest} on {host.name} exists and is not an empty directory",
                              hint="a drill restores into a new or empty directory")
