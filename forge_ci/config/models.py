@@ -66,17 +66,57 @@ class PhpConfig(Frozen):
 
     ``none``: nginx passes ``$realpath_root`` so every release has its own paths
     and opcache keys; nothing to do. ``command``: run ``reload_command`` on each
-    host (for example ``sudo systemctl reload php8.2-fpm``).
+    host (for example ``sudo systemctl reload php8.2-fpm``). ``opcache-reset``:
+    reset opcache (and with it every worker's realpath cache) inside the FPM pool
+    listening on ``fpm_socket``, through FastCGI from each host
+    (:mod:`forge_ci.deploy.php_refresh`).
     """
 
-    refresh: Literal["none", "command"] = "none"
+    refresh: Literal["none", "command", "opcache-reset"] = "none"
     reload_command: str | None = None
+    # No default: the path names the pool (Debian 12: /run/php/php8.2-fpm.sock,
+    # Ubuntu 24.04: /run/php/php8.3-fpm.sock, forge's provisioning: its own pool),
+    # and resetting some other pool would leave the site's opcache stale.
+    fpm_socket: str | None = None
+
+    @field_validator("fpm_socket")
+    @classmethod
+    def _socket_path(cls, value: str | None) -> str | None:
+        return None if value is None else socket_path(value)
 
     @model_validator(mode="after")
     def _command_given(self) -> PhpConfig:
         if self.refresh == "command" and not self.reload_command:
             raise ValueError("refresh: command needs reload_command")
+        if self.refresh == "opcache-reset" and not self.fpm_socket:
+            raise ValueError(
+                "refresh: opcache-reset needs fpm_socket, the PHP-FPM socket of the site's "
+                "pool: the path after 'unix:' in its nginx fastcgi_pass (Debian 12's "
+                "default pool: /run/php/php8.2-fpm.sock)")
+        if self.fpm_socket and self.refresh != "opcache-reset":
+            raise ValueError("fpm_socket is only used by refresh: opcache-reset")
         return self
+
+
+# sun_path holds 108 bytes, the terminating NUL included.
+_SUN_PATH_MAX = 107
+
+
+def socket_path(value: str) -> str:
+    """An absolute, clean path of a unix socket (what nginx writes after ``unix:``)."""
+    if value.startswith("unix:"):
+        raise ValueError("fpm_socket is a path: leave out the 'unix:' prefix nginx uses")
+    if not value.startswith("/"):
+        raise ValueError("fpm_socket must be the absolute path of PHP-FPM's unix socket "
+                         "(a TCP address like 127.0.0.1:9000 is not supported)")
+    clean = posixpath.normpath(value) == value and "//" not in value and value != "/"
+    if not clean or any(c in value for c in "\0\n\r\t"):
+        raise ValueError("fpm_socket must be a plain absolute path to a file (no '..', "
+                         "'//', control characters or trailing '/')")
+    if len(value.encode()) > _SUN_PATH_MAX:
+        raise ValueError(f"fpm_socket is longer than the {_SUN_PATH_MAX} bytes a unix "
+                         "socket path may have")
+    return value
 
 
 class PreviewConfig(Frozen):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import posixpath
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
-from forge_ci.deploy import health
+from forge_ci.deploy import health, php_refresh
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.plan import DeployPlan, Observed, RollbackPlan, observe, plan_host
 from forge_ci.deploy.releases import (
@@ -124,13 +125,21 @@ def _hooks(dep: Deployment, obs: Observed, which: str, commands: Sequence[str],
                                hint="fix the hook or the release; the output is above")
 
 
-def _php_refresh(dep: Deployment, obs: Observed) -> None:
-    php = dep.env.php
-    if php.refresh == "command" and php.reload_command:
-        r = obs.host.run(php.reload_command, check=False, timeout=120)
-        if r.status != 0:
-            raise DeployFailed(f"{obs.name}: PHP reload command failed (exit {r.status}): "
-                               f"{r.tail(3)}")
+def _php_refresh(dep: Deployment, obs: Observed, release: str | None) -> None:
+    """Make PHP run ``release``, which ``current`` now points at (None: nothing)."""
+    started = time.monotonic()
+    where = dep.layout.release(release) if release else None
+    done = php_refresh.refresh(obs.host, dep.env.php, where)
+    if done:
+        dep.log(f"{obs.name}: PHP: {done} ({time.monotonic() - started:.2f}s)")
+
+
+def _php_probe(dep: Deployment, obs: Observed, release: str) -> None:
+    """Before any switch: the pool that will be refreshed can be, from this release."""
+    answer = php_refresh.probe(obs.host, dep.env.php, dep.layout.release(release))
+    if answer is not None and answer.state == "off":
+        dep.log(f"{obs.name}: PHP: opcache is off in the pool at {dep.env.php.fpm_socket}; "
+                "nothing will need a reset")
 
 
 def _dotenv(env: EnvironmentConfig) -> bytes:
@@ -172,6 +181,8 @@ def _extras(dep: Deployment) -> list[str]:
         out.append(".env")
     if dep.env.marker:
         out.append(health.MARKER_PATH)
+    if dep.env.php.refresh == "opcache-reset":
+        out.append(php_refresh.SCRIPT)  # left by a killed run: never inherited
     return out
 
 
@@ -206,6 +217,12 @@ def _notes(dep: Deployment, artifact: Artifact) -> list[str]:
         notes.append("marker check needs url: skipped")
     if dep.env.marker and "web" not in artifact.manifest.entries:
         notes.append("the build has no web/ directory: the release marker cannot be served")
+    php = dep.env.php
+    if php.refresh == "opcache-reset":
+        notes.append(f"PHP refresh: opcache reset in the FPM pool at {php.fpm_socket} on each "
+                     "host, through FastCGI (checked before the switch)")
+    elif php.refresh == "command":
+        notes.append("PHP refresh: reload_command on each host")
     return notes
 
 
@@ -249,6 +266,7 @@ def _prepare(dep: Deployment, obs: Observed, artifact: Artifact, release: str) -
         generated[health.MARKER_PATH] = (health.marker_php(release), 0o644)
     ship(host, artifact, lay.release(release), base, obs.current_manifest, _extras(dep),
          dep.log, generated=generated)
+    _php_probe(dep, obs, release)
     hooks = dep.env.hooks.before_switch
     tail = "" if hooks else _log_script(obs, release, "prepared", dep.by)
     dep.log(f"{obs.name}: linking shared paths")
@@ -361,8 +379,9 @@ def _switch_and_verify(dep: Deployment, observed: Sequence[Observed], release: s
             switched.append(obs)
             dep.log(f"{obs.name}: switching current to {release}")
             _switch(obs.host, dep.layout, release)
+        switched_at = time.monotonic()
         for obs in observed:
-            _php_refresh(dep, obs)
+            _php_refresh(dep, obs, release)
         for obs in observed:
             _hooks(dep, obs, "after_switch", after_switch, release, obs.current)
         checks = _checks(dep, release)
@@ -373,13 +392,14 @@ def _switch_and_verify(dep: Deployment, observed: Sequence[Observed], release: s
         if not outcome.ok:
             raise DeployFailed(f"health checks failed: {outcome.detail}")
         dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
-        return outcome
+        # What a visitor waits for: PHP refresh and after_switch hooks included.
+        return health.Outcome(True, outcome.detail, time.monotonic() - switched_at)
     except ForgeError as e:
         unrestored = []
         for obs in switched:
             try:
                 _switch(obs.host, dep.layout, obs.current)
-                _php_refresh(dep, obs)
+                _php_refresh(dep, obs, obs.current)
             except ForgeError as back:
                 dep.log(f"{obs.name}: switching back FAILED: {back}")
                 unrestored.append(obs.name)
@@ -448,6 +468,11 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Resul
         dep.log(plan.render())
         if all(o.current == target for o in observed):
             return Result(target, previous, dep.env.url, plan, "already live")
+        for obs in observed:
+            try:
+                _php_probe(dep, obs, target)
+            except ForgeError as e:
+                raise DeployFailed(f"{e.message} — nothing was switched", hint=e.hint) from None
         try:
             outcome = _switch_and_verify(dep, observed, target, ()).detail
         except _SwitchFailed as f:
