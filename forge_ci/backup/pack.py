@@ -71,7 +71,7 @@ class PackWriter:
         if self._key is None or self._encryptor is None:
             return
         self._sealed.append(self._encryptor.finish())
-        sealed = b"".join(self._sealed)
+        sealed = self._sealed  # pieces: the store sends them without joining
         key, members, plain = self._key, self._members, self._plain
         self._sealed, self._members, self._stored, self._plain = [], [], 0, 0
         self._key = self._encryptor = None

@@ -66,10 +66,11 @@ class Uploader:
         self.stored_bytes = 0  # encrypted bytes sent to the store
         self.plain_bytes = 0
 
-    def submit_sealed(self, key: str, sealed: bytes, *, plain_size: int) -> None:
-        """Queue the put of an object sealed by the caller; blocks while the pool is full."""
+    def submit_sealed(self, key: str, pieces: list[bytes], *, plain_size: int) -> None:
+        """Queue the put of an object sealed by the caller (its ``pieces`` in order);
+        blocks while the pool is full."""
         self._raise_if_failed()
-        self._start(key, [sealed], len(sealed), plain_size)
+        self._start(key, pieces, sum(len(p) for p in pieces), plain_size)
 
     def put_stream(self, key: str, chunks: Iterable[bytes], *, name: str | None = None,
                    mode: Mode = "auto", plain_size: int = 0) -> None:

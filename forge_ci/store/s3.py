@@ -34,10 +34,10 @@ import hashlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import boto3
@@ -95,8 +95,61 @@ def part_size_for(part_number: int, base: int = DEFAULT_PART_SIZE, grow_every: i
     return min(MAX_PART_SIZE, base << ((part_number - 1) // grow_every))
 
 
-def _md5(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+def _md5(pieces: Sequence[bytes]) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    for piece in pieces:
+        h.update(piece)
+    return base64.b64encode(h.digest()).decode()
+
+
+class _Body:
+    """A request body made of pieces, read in place: sending a part or a pack never
+    joins it into one more copy. Seekable, so botocore can resend it on a retry."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self._pieces = [p for p in pieces if p]
+        self._size = sum(len(p) for p in self._pieces)
+        self._index = self._offset = self._pos = 0
+
+    @classmethod
+    def of(cls, pieces: Sequence[bytes]) -> IO[bytes]:
+        """For botocore, which reads (and seeks) what it is given like a file."""
+        return cast("IO[bytes]", cls(pieces))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        target = {0: pos, 1: self._pos + pos, 2: self._size + pos}[whence]
+        if not 0 <= target <= self._size:
+            raise ValueError("seek outside the body")
+        self._index, self._offset, self._pos = 0, 0, 0
+        while self._index < len(self._pieces) and \
+                self._pos + len(self._pieces[self._index]) <= target:
+            self._pos += len(self._pieces[self._index])
+            self._index += 1
+        self._offset = target - self._pos
+        self._pos = target
+        return target
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._pos
+        out = []
+        while size > 0 and self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            take = piece[self._offset:self._offset + size] if (self._offset or size < len(piece)) \
+                else piece
+            out.append(take)
+            size -= len(take)
+            self._pos += len(take)
+            self._offset += len(take)
+            if self._offset == len(piece):
+                self._index, self._offset = self._index + 1, 0
+        return out[0] if len(out) == 1 else b"".join(out)
 
 
 def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
@@ -124,8 +177,9 @@ class _Buffer:
         self._pieces.append(piece if isinstance(piece, bytes) else bytes(piece))
         self.size += len(piece)
 
-    def take(self, size: int) -> bytes:
-        """Remove and return the first ``size`` bytes."""
+    def take(self, size: int) -> list[bytes]:
+        """Remove and return the first ``size`` bytes, as pieces (no copy but the one
+        piece that straddles the cut)."""
         head: list[bytes] = []
         need = size
         while need:
@@ -136,7 +190,7 @@ class _Buffer:
             head.append(piece)
             need -= len(piece)
         self.size -= size
-        return head[0] if len(head) == 1 else b"".join(head)
+        return head
 
 
 def _safe_endpoint(endpoint: str | None) -> str:
@@ -213,11 +267,11 @@ class S3Store(ObjectStore):
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
         name = self.prefix + check_key(key)
-        if (isinstance(chunks, list | tuple) and len(chunks) == 1 and isinstance(chunks[0], bytes)
-                and len(chunks[0]) <= self._part_size):
+        if (isinstance(chunks, list | tuple) and all(isinstance(c, bytes) for c in chunks)
+                and sum(len(c) for c in chunks) <= self._part_size):
             # An object sealed whole by the caller (a pack): one PUT, no copy of it.
-            self._put_single(name, key, chunks[0])
-            return len(chunks[0])
+            self._put_single(name, key, list(chunks))
+            return sum(len(c) for c in chunks)
         buf = _Buffer()
         upload: _MultipartUpload | None = None
         try:
@@ -231,7 +285,7 @@ class S3Store(ObjectStore):
             rest = buf.take(buf.size)
             if upload is None:
                 self._put_single(name, key, rest)
-                return len(rest)
+                return sum(len(p) for p in rest)
             upload.make_room()
             upload.send(rest)
             upload.complete()
@@ -325,12 +379,14 @@ class S3Store(ObjectStore):
 
     # --- helpers --------------------------------------------------------------------
 
-    def _put_single(self, name: str, key: str, body: bytes) -> None:
+    def _put_single(self, name: str, key: str, pieces: Sequence[bytes]) -> None:
+        md5 = _md5(pieces)
         self._call(
             "put",
             key,
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=name, Body=body, ContentMD5=_md5(body), **self._lock_args()
+                Bucket=self.bucket, Key=name, Body=_Body.of(pieces), ContentMD5=md5,
+                **self._lock_args()
             ),
         )
 
@@ -459,7 +515,7 @@ class _MultipartUpload:
     def next_size(self) -> int:
         return part_size_for(self._count + 1, self._store._part_size, self._store._grow_every)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: list[bytes]) -> None:
         number = self._count + 1
         if number > MAX_PARTS:
             raise StoreError(
@@ -469,9 +525,10 @@ class _MultipartUpload:
         self.make_room()
         self._sending.append(self._store._parts().submit(self._send, number, data))
         self._count = number
-        self.size += len(data)
+        self.size += sum(len(p) for p in data)
 
-    def _send(self, number: int, data: bytes) -> CompletedPartTypeDef:
+    def _send(self, number: int, data: list[bytes]) -> CompletedPartTypeDef:
+        md5 = _md5(data)
         response = self._store._call(
             "upload part",
             self._key,
@@ -480,8 +537,8 @@ class _MultipartUpload:
                 Key=self._name,
                 UploadId=self.upload_id,
                 PartNumber=number,
-                Body=data,
-                ContentMD5=_md5(data),
+                Body=_Body.of(data),
+                ContentMD5=md5,
             ),
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
