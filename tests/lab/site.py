@@ -6,7 +6,10 @@ Layout, as on a server forge deploys to::
     <path>/next    -> releases/<id>   the optional preview server serves <path>/next/web
 
 nginx resolves `current` per request ($realpath_root), so a switch is picked up
-without an nginx reload. PHP-FPM's master and workers run as the deploy user:
+without an nginx reload. `start_site(symlinked_root=True)` passes the symlinked path
+($document_root) instead, the setup where PHP's opcache can keep serving the old
+release (with `php_admin={"opcache.validate_timestamps": "0"}` it always does until
+something resets it). PHP-FPM's master and workers run as the deploy user:
 they can read a 0600 .env, and the deploy user may reload FPM itself
 (`reload_command`), the way a sudo rule would allow on a real server.
 """
@@ -18,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +65,11 @@ class WordPressSite:
     @property
     def php_fpm_pid_file(self) -> Path:
         return self.workdir / "fpm" / "php-fpm.pid"
+
+    @property
+    def fpm_socket(self) -> Path:
+        """The pool's FastCGI socket (what nginx's fastcgi_pass points at)."""
+        return self.workdir / "fpm" / "php-fpm.sock"
 
     @property
     def php_fpm_log(self) -> Path:
@@ -133,8 +142,20 @@ class WordPressSite:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_site(mariadb: MariaDB, *, preview: bool = False, php_workers: int = 4) -> WordPressSite:
-    """Start nginx and PHP-FPM for a fresh deploy path and a fresh database."""
+def start_site(
+    mariadb: MariaDB,
+    *,
+    preview: bool = False,
+    php_workers: int = 4,
+    symlinked_root: bool = False,
+    php_admin: Mapping[str, str] | None = None,
+) -> WordPressSite:
+    """Start nginx and PHP-FPM for a fresh deploy path and a fresh database.
+
+    `symlinked_root`: nginx gives PHP the path through `current` ($document_root)
+    instead of the resolved one. `php_admin`: extra php_admin_value settings for
+    the pool, e.g. {"opcache.validate_timestamps": "0"}.
+    """
     require_root()
     ensure_deploy_user()
     workdir = lab_root()
@@ -149,19 +170,19 @@ def start_site(mariadb: MariaDB, *, preview: bool = False, php_workers: int = 4)
         _mariadb=mariadb,
     )
     try:
-        _start_fpm(site, php_workers)
-        _start_nginx(site, preview)
+        _start_fpm(site, php_workers, php_admin or {})
+        _start_nginx(site, preview, symlinked_root)
     except BaseException:
         site.close()
         raise
     return site
 
 
-def _start_fpm(site: WordPressSite, workers: int) -> None:
+def _start_fpm(site: WordPressSite, workers: int, php_admin: Mapping[str, str]) -> None:
     fpm_dir = make_owned_dir(site.workdir / "fpm", site.user)
-    sock = fpm_dir / "php-fpm.sock"
+    sock = site.fpm_socket
     config = fpm_dir / "php-fpm.conf"
-    config.write_text(_fpm_config(fpm_dir, sock, workers))
+    config.write_text(_fpm_config(fpm_dir, sock, workers, php_admin))
     binary = _php_fpm()
     # FPM opens its own error_log as the deploy user; the console log catches
     # what it prints before that.
@@ -186,7 +207,8 @@ def _php_fpm() -> str:
     return str(others[-1]) if others else require_binary("php-fpm8.2", "package php8.2-fpm")
 
 
-def _fpm_config(fpm_dir: Path, sock: Path, workers: int) -> str:
+def _fpm_config(fpm_dir: Path, sock: Path, workers: int, php_admin: Mapping[str, str]) -> str:
+    extra = "".join(f"php_admin_value[{k}] = {v}\n" for k, v in php_admin.items())
     return f"""\
 [global]
 pid = {fpm_dir / "php-fpm.pid"}
@@ -208,23 +230,26 @@ security.limit_extensions = .php
 php_admin_flag[log_errors] = on
 php_admin_value[error_log] = {fpm_dir / "php-error.log"}
 php_admin_flag[display_errors] = off
-"""
+{extra}"""
 
 
-def _start_nginx(site: WordPressSite, preview: bool) -> None:
+def _start_nginx(site: WordPressSite, preview: bool, symlinked_root: bool) -> None:
     nginx_dir = site.workdir / "nginx"
     (nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    on_free_port(lambda port: _launch_nginx(site, nginx_dir, port, preview))
+    root_var = "$document_root" if symlinked_root else "$realpath_root"
+    on_free_port(lambda port: _launch_nginx(site, nginx_dir, port, preview, root_var))
 
 
-def _launch_nginx(site: WordPressSite, nginx_dir: Path, port: int, preview: bool) -> None:
+def _launch_nginx(
+    site: WordPressSite, nginx_dir: Path, port: int, preview: bool, root_var: str
+) -> None:
     site.port = port
     site.url = f"http://127.0.0.1:{port}"
     if preview:
         site.preview_port = free_port()
         site.preview_url = f"http://127.0.0.1:{site.preview_port}"
     config = nginx_dir / "nginx.conf"
-    config.write_text(_nginx_config(site, nginx_dir))
+    config.write_text(_nginx_config(site, nginx_dir, root_var))
     binary = require_binary("nginx", "package nginx")
     argv = [binary, "-p", str(nginx_dir), "-e", str(site.nginx_error_log), "-c", str(config)]
     argv += ["-g", "daemon off;"]
@@ -246,15 +271,17 @@ def _launch_nginx(site: WordPressSite, nginx_dir: Path, port: int, preview: bool
     )
 
 
-def _nginx_config(site: WordPressSite, nginx_dir: Path) -> str:
-    sock = site.workdir / "fpm" / "php-fpm.sock"
+def _nginx_config(site: WordPressSite, nginx_dir: Path, root_var: str) -> str:
+    sock = site.fpm_socket
     tmp = nginx_dir / "tmp"
-    servers = _server_block(site.port, site.path / "current" / "web", "$host:$server_port")
+    servers = _server_block(
+        site.port, site.path / "current" / "web", "$host:$server_port", root_var
+    )
     if site.preview_port:
         # The preview poses as the live host so WordPress, whose home URL is the
         # live one, renders the page instead of redirecting to it.
         servers += _server_block(
-            site.preview_port, site.path / "next" / "web", f"$host:{site.port}"
+            site.preview_port, site.path / "next" / "web", f"$host:{site.port}", root_var
         )
     return f"""\
 worker_processes 2;
@@ -287,9 +314,10 @@ http {{
 """
 
 
-def _server_block(port: int, root: Path, http_host: str) -> str:
+def _server_block(port: int, root: Path, http_host: str, root_var: str) -> str:
     # $realpath_root resolves the `current` link per request, so PHP (and its
-    # opcache) sees the release directory, never the moving link.
+    # opcache) sees the release directory, never the moving link; $document_root
+    # keeps the link in every path PHP sees.
     # HTTP_HOST carries the port: without it WordPress on a non-default port
     # redirects to itself forever. $http_host is client-controlled: never used.
     return f"""
@@ -313,8 +341,8 @@ def _server_block(port: int, root: Path, http_host: str) -> str:
             fastcgi_split_path_info ^(.+\\.php)(/.+)$;
             fastcgi_pass php;
             fastcgi_index index.php;
-            fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;
-            fastcgi_param DOCUMENT_ROOT $realpath_root;
+            fastcgi_param SCRIPT_FILENAME {root_var}$fastcgi_script_name;
+            fastcgi_param DOCUMENT_ROOT {root_var};
             fastcgi_param HTTP_HOST {http_host};
             fastcgi_param HTTP_PROXY "";
             fastcgi_param SCRIPT_NAME $fastcgi_script_name;
