@@ -260,17 +260,30 @@ class Encryptor:
         self._done = False
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        return b"".join(self.update_pieces(data))
+
+    def update_pieces(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Like :meth:`update`, as a list of pieces (a chunk each): full chunks are
+        sealed straight from ``data``, only a partial one is copied aside."""
         if self._done:
             raise ValueError("update() after finish()")
-        self._buf += data
-        out, pos, size = [self._take_pending()], 0, len(self._buf)
-        with memoryview(self._buf) as view:
+        out = [self._take_pending()]
+        with memoryview(data) as whole, whole.cast("B") as view:
+            pos, size = 0, len(view)
+            if self._buf:
+                # Top up the chunk held back; seal it once more bytes are known to follow.
+                pos = min(size, CHUNK_SIZE - len(self._buf))
+                self._buf += view[:pos]
+                if pos == size:
+                    return [p for p in out if p]
+                out.append(self._stream.seal(bytes(self._buf), last=False))
+                self._buf.clear()
             # Seal only chunks known not to be last: more bytes follow them.
             while size - pos > CHUNK_SIZE:
                 out.append(self._stream.seal(view[pos : pos + CHUNK_SIZE], last=False))
                 pos += CHUNK_SIZE
-        del self._buf[:pos]
-        return b"".join(out)
+            self._buf += view[pos:]
+        return [p for p in out if p]
 
     def finish(self) -> bytes:
         if self._done:

@@ -308,6 +308,25 @@ def decompress_bytes(data: bytes) -> bytes:
     return b"".join(decompress_iter([data]))
 
 
+def frame_pieces(data: bytes, *, name: str | None = None,
+                 level: int = DEFAULT_LEVEL) -> list[bytes | memoryview]:
+    """One zstd frame holding ``data`` (a whole small object), chosen as
+    :func:`compress_iter` chooses, as pieces: a stored frame is block headers
+    around slices of ``data`` itself, no copy of it."""
+    if not data or choose_mode(name, data[:SAMPLE_SIZE]) == "compress":
+        return list(_compressed_frame([data], level))
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = [_STORED_FRAME_HEADER]
+    pos = 0
+    while True:
+        block = view[pos : pos + _RAW_BLOCK]
+        pos += len(block)
+        last = pos >= len(view)
+        pieces += [((len(block) << 3) | int(last)).to_bytes(3, "little"), block]
+        if last:
+            return pieces
+
+
 def compress_bytes(
     data: bytes, *, mode: Mode = "auto", name: str | None = None, level: int = DEFAULT_LEVEL
 ) -> bytes:

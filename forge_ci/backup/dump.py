@@ -37,7 +37,7 @@ TRAILER = "-- Dump completed"
 TRAILER_RE = re.compile(rb"\n-- Dump completed(?: on [^\n]*)?\n*\Z")
 _TOOL_RE = re.compile(rb"^-- ((?:MariaDB|MySQL) dump [^\n]*)$", re.M)
 _TAIL = 512
-_READ = 1024 * 1024
+_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 _SAFE_DB = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 
 

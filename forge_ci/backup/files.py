@@ -31,7 +31,7 @@ from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
 from forge_ci.remote import Host
 
-_READ = 1024 * 1024
+_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from forge_ci.backup import layout
 from forge_ci.backup.age import Encryptor, Recipient
-from forge_ci.backup.compress import compress_bytes
+from forge_ci.backup.compress import frame_pieces
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.uploader import SMALL, Uploader
 
@@ -55,12 +55,12 @@ class PackWriter:
             self._key = layout.random_data_key()
             self._encryptor = Encryptor(self._recipients)
         key, offset = self._key, self._plain
-        sealed = self._encryptor.update(compress_bytes(data, name=path))
-        if sealed:
-            self._sealed.append(sealed)
+        for piece in frame_pieces(data, name=path):
+            sealed = self._encryptor.update_pieces(piece)
+            self._sealed += sealed
+            self._stored += sum(len(p) for p in sealed)
         self._members.append((name, offset, len(data)))
         self.names.add(name)
-        self._stored += len(sealed)
         self._plain += len(data)
         if self._stored >= self._target:
             self.flush()

@@ -26,7 +26,7 @@ from forge_ci.remote import Host, Process, sh
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-_READ = 1024 * 1024
+_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 
 CREATE = ("tar --create --file=- --format=gnu --no-recursion --hard-dereference "
           "--null --verbatim-files-from --files-from=-")
