@@ -47,7 +47,7 @@ from forge_ci.remote import Host, sh
 
 Only = Literal["database", "files"]
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
-_READ = 1024 * 1024
+_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 6 * 1024 * 1024  # two in memory (one sending, one filling); 5 TiB fits
 _FEED = 1024 * 1024
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 128 * 1024  # below the backup's mmap threshold: reused, not faulted in
 _ACCESS_CODES = frozenset(
     {
         "AccessDenied",
