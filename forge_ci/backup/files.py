@@ -42,7 +42,7 @@ class FilePlan:
     upload: list[str]  # paths whose content the store lacks (one per content)
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
-    # Small files hashed as they pass instead of on the host first (a first backup:
+    # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
     unhashed: list[str] = field(default_factory=list)
 
@@ -94,7 +94,7 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
         result.stats[st.path] = st
         if st.kind == "file":
             sha = cache.lookup(st)
-            if sha is None and defer_small and 0 < st.size <= MEMBER_MAX:
+            if sha is None and defer_small and st.size > 0:
                 result.unhashed.append(st.path)
             elif sha is None:
                 misses.append(st.path)
@@ -139,17 +139,21 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     changed: list[str] = []
     for attempt in range(rounds):
         queued_packs = set(packer.written)
+        deferred = set(result.unhashed)
         changed = _send(host, root, todo, result, uploader, packer, index, naming_key)
         packer.flush()
         uploader.join()
-        if result.unhashed:
+        if deferred:
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
-            changed += _moved(host, root, result, set(result.unhashed) - set(changed))
+            changed += _moved(host, root, result, deferred - set(changed))
             result.unhashed = []
+        # Packs and objects under random keys (deferred large files), then large
+        # files stored alone under their names.
         index.stored(set(packer.written) - queued_packs)
         index.stored(layout.data_key(result.names[p]) for p in todo
-                     if p not in changed and result.stats[p].size > MEMBER_MAX)
+                     if p not in changed and p not in deferred
+                     and result.stats[p].size > MEMBER_MAX)
         if changed:
             progress(f"{len(changed)} file(s) changed while being read; reading them again")
             if attempt == rounds - 1:
@@ -193,17 +197,39 @@ def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Up
                 changed.append(name)
                 continue
             if name in deferred:
-                if not _pack_unhashed(name, reader, result, packer, index, naming_key):
+                if not _put_unhashed(name, reader, result, uploader, packer, index,
+                                     naming_key):
                     changed.append(name)
             elif not _put_one(name, reader, result, uploader, packer, index):
                 changed.append(name)
     return changed + sorted(expected)  # missing from the stream: vanished or unreadable
 
 
-def _pack_unhashed(path: str, reader: Readable, result: FilePlan, packer: PackWriter,
-                   index: BlobIndex, naming_key: bytes) -> bool:
-    """Hash a small file as it passes, then pack it unless its content is stored."""
+def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
+                  packer: PackWriter, index: BlobIndex, naming_key: bytes) -> bool:
+    """Hash a file as it passes and name it then: a small one is packed unless its
+    content is stored already; a large one goes up under a random key, which the
+    index maps its content name to."""
     st = result.stats[path]
+    if st.size > MEMBER_MAX:
+        key = layout.random_data_key()
+        digest = Digest()
+
+        def check() -> None:
+            if digest.size != st.size:
+                raise _Changed(path)
+
+        try:
+            uploader.put_stream(key, on_end(digest.tee(_chunks(reader)), check), name=path,
+                                plain_size=st.size)
+        except _Changed:
+            return False
+        name = layout.content_name(naming_key, digest.hexdigest)
+        result.hashes[path], result.names[path] = digest.hexdigest, name
+        result.hashed += 1
+        packer.record_whole(key, name, st.size)
+        index.add_packed(name, key, None, st.size)
+        return True
     data = reader.read(MEMBER_MAX + 1)
     if len(data) != st.size:
         return False

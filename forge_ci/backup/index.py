@@ -4,7 +4,9 @@ The dedup index of a backup is two things it can read without the identity:
 
 * the ``data/`` listing: content stored alone is ``data/<name[:2]>/<name>``;
 * ``index/<tag>/`` objects: JSON ``{"format": "forge-ci index", "version": 1,
-  "packs": {"<pack key>": [["<name>", offset, size], ...]}}``, age-encrypted to an
+  "packs": {"<pack key>": [["<name>", offset, size], ...]}}`` (offset ``null``: the
+  object holds that one content whole - a large file of a first backup, which is
+  read once and named as it passes), age-encrypted to an
   X25519 key derived from the naming key (:func:`forge_ci.backup.layout.index_secret`),
   so whoever holds the recipients - and only they - can read them (and to the
   recipients themselves, so the identity opens them like every other object).
@@ -40,6 +42,7 @@ CONSOLIDATE = 16
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 Location = tuple[str, int | None]  # object key, offset (None: the whole object)
+Entry = tuple[str, int | None, int]  # object key, offset, size
 
 
 @dataclass
@@ -47,7 +50,7 @@ class BlobIndex:
     """Content name -> where it is stored, for contents whose object is present."""
 
     data_keys: set[str]
-    packed: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # pack, offset, size
+    packed: dict[str, Entry] = field(default_factory=dict)
     index_keys: list[str] = field(default_factory=list)  # index objects read
     unreadable: int = 0
 
@@ -63,7 +66,7 @@ class BlobIndex:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.find(name) is not None
 
-    def add_packed(self, name: str, key: str, offset: int, size: int) -> None:
+    def add_packed(self, name: str, key: str, offset: int | None, size: int) -> None:
         """Record a member queued in a pack; :meth:`find` sees it once ``stored(key)``."""
         if name not in self:
             self.packed[name] = (key, offset, size)
@@ -134,7 +137,7 @@ def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]], *,
 
 def dumps(packs: Mapping[str, list[Member]]) -> bytes:
     doc = {"format": FORMAT, "version": VERSION,
-           "packs": {k: [list(m) for m in sorted(v, key=lambda m: m[1])]
+           "packs": {k: [list(m) for m in sorted(v, key=lambda m: m[1] or 0)]
                      for k, v in sorted(packs.items())}}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
 
@@ -152,9 +155,12 @@ def parse(data: bytes) -> dict[str, list[Member]]:
         entries = []
         for m in members:
             if not (isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
-                    and _HEX64.match(m[0]) and all(type(v) is int for v in m[1:])
-                    and m[1] >= 0 and 0 <= m[2] <= MEMBER_MAX):
+                    and _HEX64.match(m[0]) and type(m[2]) is int and m[2] > 0
+                    and (m[1] is None or (type(m[1]) is int and m[1] >= 0
+                                          and m[2] <= MEMBER_MAX))):
                 raise ValueError("bad index entry")
+            if m[1] is None and len(members) != 1:
+                raise ValueError("a whole-object entry shares its object")
             entries.append((m[0], m[1], m[2]))
         out[pack] = entries
     return out

@@ -25,7 +25,7 @@ from forge_ci.backup.uploader import SMALL, Uploader
 MEMBER_MAX = SMALL  # larger files are stored alone, streamed
 TARGET = 4 * 1024 * 1024  # stored bytes per pack
 
-Member = tuple[str, int, int]  # content name, plaintext offset, size
+Member = tuple[str, int | None, int]  # content name, plaintext offset (None: whole), size
 
 
 class PackWriter:
@@ -65,6 +65,12 @@ class PackWriter:
         if self._stored >= self._target:
             self.flush()
         return key, offset
+
+    def record_whole(self, key: str, name: str, size: int) -> None:
+        """Note an object that holds one content whole (a large file of a first backup,
+        stored under a random key), so the index maps the name to it."""
+        self.written[key] = [(name, None, size)]
+        self.names.add(name)
 
     def flush(self) -> None:
         """Seal and queue the pack being filled, if any."""

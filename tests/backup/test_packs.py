@@ -175,17 +175,26 @@ def test_a_first_backup_reads_once_and_catches_a_file_rewritten_meanwhile(tmp_pa
     lab = Lab(tmp_path)
     target = lab.uploads / "a.txt"
     target.write_bytes(b"old " * 100)
+    big = lab.uploads / "big.bin"
+    big.write_bytes(os.urandom(1_500_000))
     (lab.uploads / "b.txt").write_bytes(b"stays " * 100)
     repo, host = lab.writer(), LocalHost()
     index = BlobIndex(set())
     plan = files.plan(host, str(lab.root), PATHS, repo.naming_key(), index, HashCache())
-    assert sorted(plan.unhashed) == ["uploads/a.txt", "uploads/b.txt"]  # no hashing pass
-    # Rewritten after the listing, same size: only its metadata tells.
+    # No hashing pass: each file is hashed as it goes up.
+    assert sorted(plan.unhashed) == ["uploads/a.txt", "uploads/b.txt", "uploads/big.bin"]
+    # Rewritten after the listing, same size: only their metadata tells.
+    new_big = os.urandom(1_500_000)
     target.write_bytes(b"new " * 100)
-    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    big.write_bytes(new_big)
+    for path in (target, big):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
     with Uploader(repo) as uploader:
         files.upload(host, str(lab.root), plan, repo.naming_key(), index, uploader,
                      PackWriter(uploader, repo.recipients))
-    entry = next(e for e in plan.entries(index) if e.path == "uploads/a.txt")
-    assert entry.sha256 == hashlib.sha256(b"new " * 100).hexdigest()
-    assert entry.mtime_ns == 1_000_000_000  # the metadata of the bytes that were stored
+    entries = {e.path: e for e in plan.entries(index)}
+    assert entries["uploads/a.txt"].sha256 == hashlib.sha256(b"new " * 100).hexdigest()
+    assert entries["uploads/big.bin"].sha256 == hashlib.sha256(new_big).hexdigest()
+    # The metadata recorded is that of the bytes that were stored.
+    assert entries["uploads/a.txt"].mtime_ns == entries["uploads/big.bin"].mtime_ns \
+        == 1_000_000_000
