@@ -90,9 +90,11 @@ class DeploySite:
         self.ssh.set_version(version)
         return version
 
-    def config(self, extra: str = "") -> None:
+    def config(self, extra: str = "", *, slow_health: bool = False) -> None:
+        """forge.yml with the preview route; ``slow_health``: the health check asks for
+        a page that takes 0.3 s, as a real page may, so a test can act while it runs."""
         preview = f"    preview: {{ url: '{self.ssh.site.preview_url}' }}\n"
-        self.ssh.configure(preview + extra)
+        self.ssh.configure(preview + extra, health_path="/slow.php" if slow_health else "/")
 
     def forge(self, *args: str) -> tuple[int, Any]:
         """Run forge-ci in this process; with --json also return what it printed."""
@@ -106,7 +108,7 @@ class DeploySite:
         self.runs += 1
         config = str(self.ssh.src / "forge.yml")
         return Run([*args, "--config", config], self.ssh.env,
-                   self.workdir / f"run-{self.runs}.log")
+                   self.workdir / f"run-{self.runs}.out")
 
     def deploy(self) -> str:
         """A normal deploy of a new version; it must succeed and be served."""
@@ -174,6 +176,7 @@ class DeploySite:
 def make_source(src: Path) -> Path:
     (src / "web").mkdir(parents=True)
     (src / "web" / "index.php").write_text(INDEX_PHP)
+    (src / "web" / "slow.php").write_text("<?php usleep(300000); require __DIR__ . '/index.php';\n")
     (src / VERSION_FILE).parent.mkdir(parents=True)
     (src / VERSION_FILE).write_text("v0\n")
     return src
