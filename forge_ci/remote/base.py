@@ -76,7 +76,8 @@ class Process(abc.ABC):
 
     @abc.abstractmethod
     def kill(self) -> None:
-        """Stop the command (and, for SSH, its channel) now."""
+        """Stop the command (and, for SSH, its channel) now. Never raises: callers
+        use it to clean up after a failure, often a lost connection."""
 
     def readline(self) -> bytes:
         out = bytearray()

@@ -110,7 +110,10 @@ class SshProcess(Process):
         return bytes(self._err)
 
     def kill(self) -> None:
-        self._ch.close()
+        # Called while cleaning up after a failure, often one that lost the connection:
+        # closing a channel whose transport is gone has nothing left to stop.
+        with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+            self._ch.close()
 
 
 class SshHost(Host):
