@@ -24,7 +24,7 @@ from forge_ci.backup import layout
 from forge_ci.backup.failures import SourceChanged
 from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.manifest import FileEntry
-from forge_ci.backup.objects import Digest, on_end
+from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
 from forge_ci.backup.tarstream import Readable, read_files
@@ -63,7 +63,7 @@ class FilePlan:
                 if name and where is None:
                     raise AssertionError(f"content of {s.path!r} was not stored")
                 out.append(FileEntry(s.path, "file", s.mode, s.mtime_ns, s.size,
-                                     self.hashes[s.path], (where[0],) if where else (),
+                                     self.hashes[s.path], where[0] if where else (),
                                      offset=where[1] if where else None))
             elif s.kind in ("dir", "symlink"):
                 out.append(FileEntry(s.path, s.kind, s.mode, s.mtime_ns, target=s.target))
@@ -138,7 +138,6 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     todo = list(result.upload)
     changed: list[str] = []
     for attempt in range(rounds):
-        queued_packs = set(packer.written)
         deferred = set(result.unhashed)
         changed = _send(host, root, todo, result, uploader, packer, index, naming_key)
         packer.flush()
@@ -148,12 +147,9 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             # (same size) shows in its metadata. Such files go round again, hashed.
             changed += _moved(host, root, result, deferred - set(changed))
             result.unhashed = []
-        # Packs and objects under random keys (deferred large files), then large
-        # files stored alone under their names.
-        index.stored(set(packer.written) - queued_packs)
-        index.stored(layout.data_key(result.names[p]) for p in todo
-                     if p not in changed and p not in deferred
-                     and result.stats[p].size > MEMBER_MAX)
+        index.stored(packer.keys())  # packs and large files' segments: confirmed
+        uploader.discard(packer.unwanted)
+        packer.unwanted.clear()
         if changed:
             progress(f"{len(changed)} file(s) changed while being read; reading them again")
             if attempt == rounds - 1:
@@ -212,23 +208,16 @@ def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploa
     index maps its content name to."""
     st = result.stats[path]
     if st.size > MEMBER_MAX:
-        key = layout.random_data_key()
         digest = Digest()
-
-        def check() -> None:
-            if digest.size != st.size:
-                raise _Changed(path)
-
-        try:
-            uploader.put_stream(key, on_end(digest.tee(_chunks(reader)), check), name=path,
-                                plain_size=st.size)
-        except _Changed:
+        keys = packer.segments(digest.tee(_chunks(reader)), path=path)
+        if digest.size != st.size:
+            packer.unwanted += keys
             return False
         name = layout.content_name(naming_key, digest.hexdigest)
         result.hashes[path], result.names[path] = digest.hexdigest, name
         result.hashed += 1
-        packer.record_whole(key, name, st.size)
-        index.add_packed(name, key, None, st.size)
+        packer.record_file(name, st.size, keys)
+        index.add_whole(name, st.size, keys)
         return True
     data = reader.read(MEMBER_MAX + 1)
     if len(data) != st.size:
@@ -246,7 +235,6 @@ def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploa
 def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
              packer: PackWriter, index: BlobIndex) -> bool:
     st, sha, name = result.stats[path], result.hashes[path], result.names[path]
-    key = layout.data_key(name)
     if st.size <= MEMBER_MAX:
         data = reader.read(MEMBER_MAX + 1)
         if len(data) != st.size or hashlib.sha256(data).hexdigest() != sha:
@@ -255,16 +243,12 @@ def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
         index.add_packed(name, pack, offset, len(data))
         return True
     digest = Digest()
-
-    def check() -> None:
-        if digest.hexdigest != sha:
-            raise _Changed(path)
-
-    try:
-        uploader.put_stream(key, on_end(digest.tee(_chunks(reader)), check), name=path,
-                            plain_size=st.size)
-    except _Changed:
+    keys = packer.segments(digest.tee(_chunks(reader)), path=path)
+    if digest.size != st.size or digest.hexdigest != sha:
+        packer.unwanted += keys  # deleted once stored: nothing may name them
         return False
+    packer.record_file(name, st.size, keys)
+    index.add_whole(name, st.size, keys)
     return True
 
 

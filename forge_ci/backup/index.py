@@ -4,9 +4,9 @@ The dedup index of a backup is two things it can read without the identity:
 
 * the ``data/`` listing: content stored alone is ``data/<name[:2]>/<name>``;
 * ``index/<tag>/`` objects: JSON ``{"format": "forge-ci index", "version": 1,
-  "packs": {"<pack key>": [["<name>", offset, size], ...]}}`` (offset ``null``: the
-  object holds that one content whole - a large file of a first backup, which is
-  read once and named as it passes), age-encrypted to an
+  "packs": {"<pack key>": [["<name>", offset, size], ...]},
+  "files": {"<name>": {"size": N, "objects": ["<key>", ...]}}}`` - small contents in
+  packs, large ones as consecutive whole objects (segments) - age-encrypted to an
   X25519 key derived from the naming key (:func:`forge_ci.backup.layout.index_secret`),
   so whoever holds the recipients - and only they - can read them (and to the
   recipients themselves, so the identity opens them like every other object).
@@ -41,8 +41,8 @@ VERSION = 1
 CONSOLIDATE = 16
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-Location = tuple[str, int | None]  # object key, offset (None: the whole object)
-Entry = tuple[str, int | None, int]  # object key, offset, size
+Location = tuple[tuple[str, ...], int | None]  # objects, offset (None: whole objects)
+Entry = tuple[str, int, int]  # pack key, offset, size
 
 
 @dataclass
@@ -51,25 +51,31 @@ class BlobIndex:
 
     data_keys: set[str]
     packed: dict[str, Entry] = field(default_factory=dict)
+    whole: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # size, keys
     index_keys: list[str] = field(default_factory=list)  # index objects read
     unreadable: int = 0
 
     def find(self, name: str) -> Location | None:
-        alone = layout.data_key(name)
-        if alone in self.data_keys:
-            return alone, None
         hit = self.packed.get(name)
         if hit is not None and hit[0] in self.data_keys:
-            return hit[0], hit[1]
+            return (hit[0],), hit[1]
+        segments = self.whole.get(name)
+        if segments is not None and all(k in self.data_keys for k in segments[1]):
+            return segments[1], None
         return None
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.find(name) is not None
 
-    def add_packed(self, name: str, key: str, offset: int | None, size: int) -> None:
+    def add_packed(self, name: str, key: str, offset: int, size: int) -> None:
         """Record a member queued in a pack; :meth:`find` sees it once ``stored(key)``."""
         if name not in self:
             self.packed[name] = (key, offset, size)
+
+    def add_whole(self, name: str, size: int, keys: tuple[str, ...]) -> None:
+        """Record a content queued as segments; found once every key is ``stored``."""
+        if name not in self:
+            self.whole[name] = (size, keys)
 
     def stored(self, keys: Iterable[str]) -> None:
         self.data_keys.update(keys)
@@ -88,7 +94,7 @@ def load(repo: Repository, data_keys: set[str], *, workers: int = 8) -> BlobInde
         return index
     identity = _identity(repo)
 
-    def read(key: str) -> dict[str, list[Member]] | None:
+    def read(key: str) -> Parsed | None:
         try:
             return parse(b"".join(unseal(repo.store.get(key), [identity])))
         except (BackupError, StoreError, ValueError):
@@ -96,23 +102,29 @@ def load(repo: Repository, data_keys: set[str], *, workers: int = 8) -> BlobInde
 
     with ThreadPoolExecutor(max_workers=min(workers, len(keys)),
                             thread_name_prefix="forge-index") as pool:
-        for key, packs in zip(keys, pool.map(read, keys), strict=True):
-            if packs is None:
+        for key, parsed in zip(keys, pool.map(read, keys), strict=True):
+            if parsed is None:
                 index.unreadable += 1
                 continue
             index.index_keys.append(key)
+            packs, files = parsed
             for pack, members in packs.items():
                 if pack not in index.data_keys:
                     continue  # pruned
                 for name, offset, size in members:
                     index.packed.setdefault(name, (pack, offset, size))
+            for name, (size, segments) in files.items():
+                if all(k in index.data_keys for k in segments):
+                    index.whole.setdefault(name, (size, segments))
     return index
 
 
-def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]], *,
+def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]],
+         new_files: Mapping[str, tuple[int, tuple[str, ...]]] | None = None, *,
          consolidate: int = CONSOLIDATE) -> int:
     """Write this run's index object (or a merged one); returns index objects deleted."""
-    if not new:
+    files = dict(new_files or {})
+    if not new and not files:
         return 0
     merge = len(index.index_keys) + 1 >= consolidate
     packs: dict[str, list[Member]] = {k: list(v) for k, v in new.items()}
@@ -120,7 +132,10 @@ def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]], *,
         for name, (pack, offset, size) in index.packed.items():
             if pack in index.data_keys and pack not in new:
                 packs.setdefault(pack, []).append((name, offset, size))
-    body = dumps(packs)
+        for name, (size, segments) in index.whole.items():
+            if all(k in index.data_keys for k in segments):
+                files.setdefault(name, (size, segments))
+    body = dumps(packs, files)
     # To the recipients too, so `age -d` with the real identity opens it like any
     # object - unless one is a passphrase (age allows a scrypt stanza only alone).
     recipients: list[Recipient] = [_identity(repo).recipient]
@@ -135,18 +150,25 @@ def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]], *,
     return len(index.index_keys)
 
 
-def dumps(packs: Mapping[str, list[Member]]) -> bytes:
+def dumps(packs: Mapping[str, list[Member]],
+          files: Mapping[str, tuple[int, tuple[str, ...]]] | None = None) -> bytes:
     doc = {"format": FORMAT, "version": VERSION,
-           "packs": {k: [list(m) for m in sorted(v, key=lambda m: m[1] or 0)]
-                     for k, v in sorted(packs.items())}}
+           "packs": {k: [list(m) for m in sorted(v, key=lambda m: m[1])]
+                     for k, v in sorted(packs.items())},
+           "files": {name: {"size": size, "objects": list(keys)}
+                     for name, (size, keys) in sorted((files or {}).items())}}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def parse(data: bytes) -> dict[str, list[Member]]:
+Parsed = tuple[dict[str, list[Member]], dict[str, tuple[int, tuple[str, ...]]]]
+
+
+def parse(data: bytes) -> Parsed:
     """Validate an index object's plaintext; ValueError if it is malformed."""
     doc: Any = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT \
-            or doc.get("version") != VERSION or not isinstance(doc.get("packs"), dict):
+            or doc.get("version") != VERSION or not isinstance(doc.get("packs"), dict) \
+            or not isinstance(doc.get("files", {}), dict):
         raise ValueError("not a forge-ci index")
     out: dict[str, list[Member]] = {}
     for pack, members in doc["packs"].items():
@@ -155,12 +177,18 @@ def parse(data: bytes) -> dict[str, list[Member]]:
         entries = []
         for m in members:
             if not (isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
-                    and _HEX64.match(m[0]) and type(m[2]) is int and m[2] > 0
-                    and (m[1] is None or (type(m[1]) is int and m[1] >= 0
-                                          and m[2] <= MEMBER_MAX))):
+                    and _HEX64.match(m[0]) and all(type(v) is int for v in m[1:])
+                    and m[1] >= 0 and 0 < m[2] <= MEMBER_MAX):
                 raise ValueError("bad index entry")
-            if m[1] is None and len(members) != 1:
-                raise ValueError("a whole-object entry shares its object")
             entries.append((m[0], m[1], m[2]))
         out[pack] = entries
-    return out
+    files: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for name, entry in doc.get("files", {}).items():
+        if not (_HEX64.match(name) and isinstance(entry, dict)
+                and type(entry.get("size")) is int and entry["size"] > 0
+                and isinstance(entry.get("objects"), list) and entry["objects"]
+                and all(isinstance(k, str) and layout.is_data_key(k)
+                        for k in entry["objects"])):
+            raise ValueError("bad index file entry")
+        files[name] = (entry["size"], tuple(entry["objects"]))
+    return out, files

@@ -18,14 +18,15 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from forge_ci.backup import layout
 from forge_ci.backup.age import Encryptor, Recipient
-from forge_ci.backup.compress import frame_pieces
+from forge_ci.backup.compress import compress_iter, frame_pieces
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.uploader import SMALL, Uploader
 
-MEMBER_MAX = SMALL  # larger files are stored alone, streamed
+MEMBER_MAX = SMALL  # larger files are stored as segments
 TARGET = 4 * 1024 * 1024  # stored bytes per pack
+SEGMENT = 4 * 1024 * 1024  # plaintext bytes per object of a large file
 
-Member = tuple[str, int | None, int]  # content name, plaintext offset (None: whole), size
+Member = tuple[str, int, int]  # content name, plaintext offset, size
 
 
 class PackWriter:
@@ -46,6 +47,8 @@ class PackWriter:
         self._key: str | None = None
         self.written: dict[str, list[Member]] = {}  # pack key -> members, once queued
         self.names: set[str] = set()  # every content packed by this writer
+        self.files: dict[str, tuple[int, tuple[str, ...]]] = {}  # large: name -> size, keys
+        self.unwanted: list[str] = []  # segments of files that changed while read
 
     def add(self, name: str, data: bytes, *, path: str | None = None) -> tuple[str, int]:
         """Append one content (``path`` only guides compression); (pack key, offset)."""
@@ -66,11 +69,18 @@ class PackWriter:
             self.flush()
         return key, offset
 
-    def record_whole(self, key: str, name: str, size: int) -> None:
-        """Note an object that holds one content whole (a large file of a first backup,
-        stored under a random key), so the index maps the name to it."""
-        self.written[key] = [(name, None, size)]
+    def segments(self, chunks: Iterable[bytes], *, path: str | None = None) -> tuple[str, ...]:
+        """A large content's segments (see :func:`put_segments`)."""
+        return put_segments(self._uploader, self._recipients, chunks, path=path)
+
+    def record_file(self, name: str, size: int, keys: tuple[str, ...]) -> None:
+        """Note a large content stored as ``keys``, for this run's index."""
+        self.files.setdefault(name, (size, keys))
         self.names.add(name)
+
+    def keys(self) -> set[str]:
+        """Every object this writer queued: packs and recorded segments."""
+        return set(self.written) | {k for _s, ks in self.files.values() for k in ks}
 
     def flush(self) -> None:
         """Seal and queue the pack being filled, if any."""
@@ -83,6 +93,43 @@ class PackWriter:
         self._key = self._encryptor = None
         self._uploader.submit_sealed(key, sealed, plain_size=plain)
         self.written[key] = members
+
+
+def put_segments(uploader: Uploader, recipients: Sequence[Recipient], chunks: Iterable[bytes],
+                 *, path: str | None = None, segment: int = SEGMENT) -> tuple[str, ...]:
+    """Store a large content as consecutive objects of ``segment`` plaintext bytes (the
+    last one shorter), each sealed whole and put with one request under a random key,
+    several in flight at once. Returns their keys in order (stored once the uploader
+    is joined). An exception of ``chunks`` propagates; segments already queued are
+    left for prune (nothing references them)."""
+    keys: list[str] = []
+    pending: list[bytes] = []
+    size = 0
+
+    def seal_one() -> None:
+        encryptor = Encryptor(recipients)
+        sealed: list[bytes] = []
+        for frame in compress_iter(pending, name=path):
+            sealed += encryptor.update_pieces(frame)
+        sealed.append(encryptor.finish())
+        key = layout.random_data_key()
+        uploader.submit_sealed(key, sealed, plain_size=size)
+        keys.append(key)
+
+    for chunk in chunks:
+        with memoryview(chunk) as view:
+            pos = 0
+            while pos < len(view):
+                take = min(len(view) - pos, segment - size)
+                pending.append(bytes(view[pos:pos + take]) if take < len(view) else chunk)
+                size += take
+                pos += take
+                if size == segment:
+                    seal_one()
+                    pending, size = [], 0
+    if size or not keys:
+        seal_one()
+    return tuple(keys)
 
 
 def read_members(plain: Iterable[bytes], wanted: Sequence[tuple[int, int]], *,

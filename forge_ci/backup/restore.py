@@ -37,10 +37,9 @@ from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.failures import DumpError, RestoreRefused
 from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.objects import checked, unseal
-from forge_ci.backup.pack import read_members
+from forge_ci.backup.pack import SEGMENT, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.tarstream import tar_info, write_tree
-from forge_ci.backup.uploader import SMALL
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.remote import Host, sh
@@ -271,61 +270,75 @@ def _unpack(repo: Repository, key: str, files: list[FileEntry]) -> dict[str, byt
 
 
 class _Prefetch:
-    """Fetch, decrypt and check contents a few units ahead of the tar writer, in threads.
+    """Fetch, decrypt and check contents a few jobs ahead of the tar writer, in threads.
 
     tar needs files one after the other; fetching them one by one would pay a store
-    round trip each. A unit is a pack (all its files of this snapshot, read in one
-    pass) or a small file stored alone; ``window`` units (at most ``max_bytes`` of
-    plaintext) are in memory or in flight. Large files stream in order.
+    round trip each. A job is a pack (all its files of this snapshot, read in one
+    pass) or one object of a file stored in segments; ``window`` jobs (at most
+    ``max_bytes`` of plaintext) are in memory or in flight. An object bigger than a
+    segment (a manifest from elsewhere) streams in order instead.
     """
 
     def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
                  window: int = 16, max_bytes: int = 16 * 1024 * 1024) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
-        packs: dict[str, list[FileEntry]] = {}
-        self._units: list[tuple[str, list[FileEntry]]] = []  # (kind, files)
+        self._jobs: list[tuple[str, str, list[FileEntry], int]] = []  # kind, key, files, bytes
+        self._of: dict[str, list[int]] = {}  # path -> its jobs
+        packs: dict[str, int] = {}
         for f in files:
             if f.offset is not None:
-                if f.objects[0] not in packs:
-                    packs[f.objects[0]] = []
-                    self._units.append(("pack", packs[f.objects[0]]))
-                packs[f.objects[0]].append(f)
-            elif f.objects and f.size <= SMALL:
-                self._units.append(("small", [f]))
-            else:
-                self._units.append(("stream", [f]))
-        self._unit_of = {f.path: i for i, (_k, fs) in enumerate(self._units) for f in fs}
+                key = f.objects[0]
+                if key not in packs:
+                    packs[key] = len(self._jobs)
+                    self._jobs.append(("pack", key, [], 0))
+                kind, _k, members, size = self._jobs[packs[key]]
+                members.append(f)
+                self._jobs[packs[key]] = (kind, key, members, size + f.size)
+                self._of[f.path] = [packs[key]]
+            elif f.objects and f.size <= SEGMENT * len(f.objects):
+                each = min(f.size, SEGMENT)
+                self._of[f.path] = list(range(len(self._jobs), len(self._jobs) + len(f.objects)))
+                self._jobs += [("object", key, [f], each) for key in f.objects]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
-        self._pending: dict[int, Future[dict[str, bytes]]] = {}
+        self._pending: dict[int, Future[dict[str, bytes] | bytes]] = {}
         self._next = 0
 
     def content(self, f: FileEntry) -> Iterable[bytes]:
-        i = self._unit_of[f.path]
-        self._fill(i)
-        kind, files = self._units[i]
-        if kind == "stream":
+        jobs = self._of.get(f.path)
+        if not jobs:
             return _content(self._repo, f)
-        future = self._pending[i]
-        data = future.result().pop(f.path)
-        if files[-1].path == f.path:
-            self._pending.pop(i, None)  # the unit's last file: free it
-        return [data]
+        if f.offset is not None:
+            i = jobs[0]
+            self._fill(i)
+            members = self._pending[i].result()
+            assert isinstance(members, dict)
+            data = members.pop(f.path)
+            if not members:
+                del self._pending[i]  # the pack's last file: free it
+            return [data]
+        assert f.sha256 is not None
+        return checked(self._segments(jobs), sha256=f.sha256, size=f.size,
+                       what=f"file {f.path!r}")
+
+    def _segments(self, jobs: list[int]) -> Iterator[bytes]:
+        for i in jobs:
+            self._fill(i)
+            data = self._pending.pop(i).result()
+            assert isinstance(data, bytes)
+            yield data
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)
-        while self._next < len(self._units) and self._next < current + self._window:
-            ahead = sum(sum(g.size for g in self._units[j][1]) for j in self._pending
-                        if j > current)
-            kind, files = self._units[self._next]
-            if self._next > current and ahead + sum(g.size for g in files) > self._max_bytes:
+        while self._next < len(self._jobs) and self._next < current + self._window:
+            ahead = sum(self._jobs[j][3] for j in self._pending if j > current)
+            kind, key, files, size = self._jobs[self._next]
+            if self._next > current and ahead + size > self._max_bytes:
                 break
             if kind == "pack":
+                self._pending[self._next] = self._pool.submit(_unpack, self._repo, key, files)
+            else:
                 self._pending[self._next] = self._pool.submit(
-                    _unpack, self._repo, files[0].objects[0], files)
-            elif kind == "small":
-                f = files[0]
-                self._pending[self._next] = self._pool.submit(
-                    lambda f=f: {f.path: b"".join(_content(self._repo, f))})  # type: ignore[misc]
+                    _object, self._repo, key, SEGMENT)
             self._next += 1
 
     def __enter__(self) -> _Prefetch:
@@ -333,6 +346,18 @@ class _Prefetch:
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _object(repo: Repository, key: str, limit: int) -> bytes:
+    """An object's whole plaintext, authenticated to its end; at most ``limit`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    for chunk in unseal(repo.store.get(key), repo.identities):
+        size += len(chunk)
+        if size > limit:
+            raise BackupFormatError(f"object {key} is larger than a segment")
+        out.append(chunk)
+    return b"".join(out)
 
 
 def _check_drill_target(host: Host, dest: str) -> None:

@@ -94,7 +94,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
             files.upload(host, root, plan, key, index, uploader, packer, progress=log)
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")
-        index_store.save(repo, index, packer.written)
+        index_store.save(repo, index, packer.written, packer.files)
         report = _report(sid, False, plan, db, started)
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored

@@ -2,18 +2,11 @@
 
 A WordPress uploads tree is mostly images of a few hundred KiB: put one at a time,
 each would cost a full store round trip. So the caller's thread does the CPU work
-(hash, compress, encrypt) and hands every finished object to a pool of ``workers``
-uploader threads:
-
-* an object sealed whole by the caller (a pack of small files, see
-  :mod:`forge_ci.backup.pack`) is queued as bytes; at most ``workers`` objects and
-  ``max_bytes`` sealed bytes wait or travel at any time, so
-  :meth:`Uploader.submit_sealed` blocks when the store is slower than the caller;
-* a large object is sealed chunk by chunk in the caller's thread and streamed to a
-  worker through a small bounded queue (:meth:`Uploader.put_stream` returns when
-  the last chunk is handed over; the store still buffers one part at a time).
-  If the caller's stream raises, the put is abandoned (a multipart upload is
-  aborted) before the exception propagates.
+(hash, compress, encrypt) and hands every object it sealed whole - a pack of small
+files or a segment of a large one (see :mod:`forge_ci.backup.pack`) - to a pool of
+``workers`` uploader threads. At most ``workers`` objects and ``max_bytes`` sealed
+bytes wait or travel at any time, so :meth:`Uploader.submit_sealed` blocks when the
+store is slower than the caller.
 
 :meth:`Uploader.join` returns only when every put is stored and raises the first
 failure; the first failure also stops further submissions. Nothing here decides
@@ -22,30 +15,15 @@ the commit order: the caller writes the manifest after ``join``.
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Iterable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
-from forge_ci.backup.compress import Mode
-from forge_ci.backup.objects import seal
 from forge_ci.backup.repo import Repository
 
 SMALL = 1024 * 1024
-MAX_BYTES = 8 * 1024 * 1024  # sealed small objects waiting or in flight
-_STREAM_DEPTH = 8  # sealed chunks (about 64 KiB each) queued per large put
-_POLL = 0.5  # seconds between checks that a large put's worker is still alive
-
-
-class _Abandon:
-    """Queue marker: the caller's stream failed with ``error``."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
+MAX_BYTES = 8 * 1024 * 1024  # sealed objects waiting or in flight
 
 
 class Uploader:
@@ -57,12 +35,12 @@ class Uploader:
         self._workers, self._max_bytes = workers, max_bytes
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-put")
         self._cond = threading.Condition()
-        self._closing = threading.Event()  # set on exit: no large stream is fed any more
         self._in_flight = 0  # objects queued or being put
         self._in_flight_bytes = 0
         self._futures: set[Future[None]] = set()
         self._error: BaseException | None = None
         self.objects = 0
+        self._sizes: dict[str, tuple[int, int]] = {}
         self.stored_bytes = 0  # encrypted bytes sent to the store
         self.plain_bytes = 0
 
@@ -71,31 +49,6 @@ class Uploader:
         blocks while the pool is full."""
         self._raise_if_failed()
         self._start(key, pieces, sum(len(p) for p in pieces), plain_size)
-
-    def put_stream(self, key: str, chunks: Iterable[bytes], *, name: str | None = None,
-                   mode: Mode = "auto", plain_size: int = 0) -> None:
-        """Seal a large stream here while a worker puts it; returns once it is all
-        handed over. An exception of ``chunks`` abandons the put, then propagates."""
-        self._raise_if_failed()
-        pipe: queue.Queue[object] = queue.Queue(maxsize=_STREAM_DEPTH)
-        future = self._start(key, _drain(pipe, self._closing), 0, plain_size)
-        sealed = seal(chunks, self._repo.recipients, name=name, mode=mode)
-        try:
-            for chunk in sealed:
-                if not _hand_over(pipe, chunk, future):
-                    break  # the put ended early: its error is raised below
-            else:
-                _hand_over(pipe, _END, future)
-        except BaseException as exc:
-            _hand_over(pipe, _Abandon(exc), future)
-            _wait(future)  # the store has abandoned the put when this returns
-            raise
-        if future.done():
-            if future.cancelled():
-                raise CancelledError(f"put of {key} was cancelled")
-            error = future.exception()
-            if error is not None:
-                raise error
 
     def join(self) -> None:
         """Wait for every queued put; raise the first failure."""
@@ -131,12 +84,24 @@ class Uploader:
         future.add_done_callback(lambda f: self._done(f, size))
         return future
 
+    def discard(self, keys: Iterable[str]) -> None:
+        """Delete objects this uploader stored that turned out not to be wanted (a
+        file's segments whose bytes changed while read); call after :meth:`join`."""
+        for key in keys:
+            self._repo.store.delete(key)
+            with self._cond:
+                stored, plain = self._sizes.pop(key, (0, 0))
+                self.objects -= 1
+                self.stored_bytes -= stored
+                self.plain_bytes -= plain
+
     def _put(self, key: str, chunks: Iterable[bytes], plain_size: int) -> None:
         stored = self._repo.store.put(key, chunks)
         with self._cond:
             self.objects += 1
             self.stored_bytes += stored
             self.plain_bytes += plain_size
+            self._sizes[key] = (stored, plain_size)
 
     def _done(self, future: Future[None], size: int) -> None:
         exc = None if future.cancelled() else future.exception()
@@ -144,7 +109,7 @@ class Uploader:
             self._in_flight -= 1
             self._in_flight_bytes -= size
             self._futures.discard(future)
-            if exc is not None and self._error is None and not isinstance(exc, _Abandoned):
+            if exc is not None and self._error is None:
                 self._error = exc
             self._cond.notify_all()
 
@@ -159,43 +124,8 @@ class Uploader:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # On error, queued puts are cancelled; running ones finish or abort cleanly
-        # (a large put whose feeder was interrupted gives up instead of waiting).
-        self._closing.set()
+        # On error, queued puts are cancelled; running ones finish or fail cleanly.
         self._pool.shutdown(wait=True, cancel_futures=exc is not None)
-
-
-class _Abandoned(Exception):
-    """Raised inside a worker's stream when the caller abandoned a large put (the
-    caller raises its own exception; this one is not the uploader's failure)."""
-
-
-def _drain(pipe: queue.Queue[object], closing: threading.Event) -> Iterator[bytes]:
-    while True:
-        try:
-            item = pipe.get(timeout=_POLL)
-        except queue.Empty:
-            if closing.is_set():
-                raise _Abandoned() from None
-            continue
-        if item is _END:
-            return
-        if isinstance(item, _Abandon):
-            raise _Abandoned() from item.error
-        assert isinstance(item, bytes)
-        yield item
-
-
-def _hand_over(pipe: queue.Queue[object], item: object, future: Future[None]) -> bool:
-    """Queue ``item`` for the worker; False if the worker's put already ended."""
-    while True:
-        if future.done():
-            return False
-        try:
-            pipe.put(item, timeout=_POLL)
-            return True
-        except queue.Full:
-            continue
 
 
 def _wait(future: Future[None]) -> None:

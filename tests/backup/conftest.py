@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import leaks
 from lab.mariadb import Database, MariaDB
 from lab.s3 import S3Server
 from lab.sshd import SshHost
@@ -209,7 +210,8 @@ def new_site(server: MariaDB, lab_dir: Path, *, s3: S3Server | None = None,
     config = lab_dir / "forge.yml"
     config.write_text(_config(root, url, db, hosts=hosts, retention=retention))
     identity = generate_identity()
-    identity_file = lab_dir / "identity.txt"
+    leaks.register(identity.to_secret().reveal())
+    identity_file = leaks.holds_secrets(lab_dir / "identity.txt")
     fd = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(format_identity_file(identity).reveal())

@@ -3,6 +3,7 @@ snapshot. The procedure is taken from FORMAT.md itself and run as written."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -27,6 +28,8 @@ def _procedure() -> str:
 def test_the_documented_procedure_restores_a_snapshot_without_forge(  # type: ignore[no-untyped-def]
         make_site, lab_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="file")
+    (site.uploads / "video.mp4").write_bytes(os.urandom(9_000_000))  # three segments
+    site.chown()
     sid = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
     script = _procedure()
     script = re.sub(r"^m=.*$", f"m=snapshots/backup-lab/production/{sid}", script, flags=re.M)
@@ -37,8 +40,9 @@ def test_the_documented_procedure_restores_a_snapshot_without_forge(  # type: ig
     # Run inside a copy of the store's layout: the keys are relative paths.
     (work / "data").symlink_to(store / "data")
     (work / "snapshots").symlink_to(store / "snapshots")
-    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, check=True,
-                   capture_output=True, timeout=120)
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
 
     restored = work / "restore" / "shared" / "web" / "app" / "uploads"
     want = {p.relative_to(site.uploads): p.read_bytes() for p in site.uploads.rglob("*")

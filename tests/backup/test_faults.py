@@ -91,7 +91,7 @@ def test_ssh_dropping_mid_transfer_leaves_no_snapshot(  # type: ignore[no-untype
     assert site.run("verify", "production", "--snapshot", first) == 0
 
 
-def test_a_killed_backup_leaves_no_snapshot_and_prune_clears_its_upload(  # type: ignore[no-untyped-def]
+def test_a_killed_backup_leaves_no_snapshot_and_prune_clears_what_it_stored(  # type: ignore[no-untyped-def]
         make_site, s3_server: S3Server, capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="s3", big=10_000)
     first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
@@ -99,24 +99,31 @@ def test_a_killed_backup_leaves_no_snapshot_and_prune_clears_its_upload(  # type
         for _ in range(96):
             f.write(os.urandom(1 << 20))
     store = _store(s3_server, site, s3_server.endpoint_url)
+    before = set(store.list(layout.DATA))
     proc = subprocess.Popen([sys.executable, "-m", "forge_ci", "--config", str(site.config),
                              "backup", "production"], env=site.env(read=False),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not list(store.incomplete_uploads()) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no multipart upload started"
+    # Kill once the video's first segments are stored, long before its last one.
+    while len(set(store.list(layout.DATA)) - before) < 4 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no segment was stored"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)  # no chance to abort anything
+    proc.send_signal(signal.SIGKILL)  # no chance to clean anything up
     proc.wait()
     assert [k.split("/")[-1] for k in store.list(layout.SNAPSHOTS)] == [first]
-    assert list(store.incomplete_uploads())  # orphaned by the kill
+    orphans = set(store.list(layout.DATA)) - before
+    assert orphans  # stored by the killed run, named by no snapshot
     # Its lock stays until it is stale; pretend the hour has passed.
     [lock] = list(store.list(layout.LOCKS))
     store.delete(lock)
     store.put(f"locks/shared-{int(time.time()) - 7200}-{'0' * 16}", [b"stale"])
 
     plan = site.json(capsys, "prune", "production")
-    assert plan["stale_locks"] == 1 and plan["abandoned_uploads"] == 1
+    assert plan["stale_locks"] == 1 and plan["delete_objects"] >= len(orphans)
+    assert not orphans & set(store.list(layout.DATA))
     assert list(store.incomplete_uploads()) == []
     assert list(store.list(layout.LOCKS)) == []
     assert site.run("verify", "production", "--snapshot", first) == 0
+    # And the next backup takes the video from scratch and completes.
+    assert site.run("backup", "production", read=False) == 0
+    assert site.run("verify", "production") == 0

@@ -145,7 +145,8 @@ def test_index_objects_open_with_the_identity_too(tmp_path: Path) -> None:
     (lab.uploads / "a.txt").write_bytes(b"hello\n")
     lab.backup()
     [key] = lab.index_keys()
-    packs = index_store.parse(lab.reader().read_small(key))
+    packs, files_ = index_store.parse(lab.reader().read_small(key))
+    assert files_ == {}
     [(pack, members)] = packs.items()
     assert lab.store.exists(pack) and [m[1:] for m in members] == [(0, 6)]
 
