@@ -90,16 +90,26 @@ class SshProcess(Process):
     def wait(self, timeout: float | None = None) -> int:
         self.close_stdin()
         deadline = None if timeout is None else time.monotonic() + timeout
-        # status_event is never set when the connection dies, so look at the transport too.
+        # status_event may wait forever on a dying connection, so look at the transport too.
         while not self._ch.status_event.wait(0.5):
-            transport = self._ch.get_transport()
-            if self._ch.closed or transport is None or not transport.is_active():
+            if self._ch.closed:
                 raise ConnectError(f"lost the SSH connection to {self._name}")
+            self._check_connected()
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
                 raise RemoteCommandError(f"a command on {self._name} did not finish in time")
         self._drain_stderr()
-        return self._ch.recv_exit_status()
+        status = self._ch.recv_exit_status()
+        if status == -1:
+            # No exit status: paramiko also sets status_event when the connection
+            # dies. That is a lost connection, not a command that failed.
+            self._check_connected()
+        return status
+
+    def _check_connected(self) -> None:
+        transport = self._ch.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectError(f"lost the SSH connection to {self._name}")
 
     def _drain_stderr(self) -> None:
         while self._ch.recv_stderr_ready():

@@ -6,8 +6,10 @@ exit 70, "a bug": what a connection cut while a deploy recorded its release did.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
+import pytest
 from lab.faultproxy import FaultProxy
 from lab.sshd import SshHost
 
@@ -47,3 +49,24 @@ def test_cleaning_up_after_a_cut_connection_never_raises(
             proc.close_stdin()
         proc.kill()
         host.close()
+
+
+def test_a_command_cut_off_is_a_lost_connection_not_a_failed_command(
+        sshd_host: SshHost, fault_proxy: Callable[..., FaultProxy]) -> None:
+    """Otherwise paramiko's closed channel reads as a command that exited -1: "the PHP
+    reload command failed (exit -1)", and a probe such as ``Host.exists`` caught by
+    the cut would answer False instead of failing."""
+    proxy = fault_proxy(sshd_host.port)
+    host = Target(sshd_host.host, proxy.port, sshd_host.user,
+                  key=parse_private_key(sshd_host.private_key),
+                  known_hosts=sshd_host.known_hosts.replace(f":{sshd_host.port} ",
+                                                            f":{proxy.port} "))
+    proc = host.start("sleep 30")
+    proxy.kill_connections()
+    deadline = time.monotonic() + 10
+    while host._transport.is_active():  # paramiko has seen the reset
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(ConnectError, match="lost the SSH connection"):
+        proc.wait(10)
+    host.close()
