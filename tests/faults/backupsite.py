@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class BackupSite:
     ssh_proxy: FaultProxy
     workdir: Path
     runs: int = 0
+    _client: Any = field(default=None, repr=False)
 
     @property
     def bucket(self) -> str:
@@ -74,7 +75,9 @@ class BackupSite:
     def open_uploads(self) -> list[str]:
         """Multipart uploads still open in the bucket (what `aws s3api
         list-multipart-uploads` shows)."""
-        listing = self.s3.client().list_multipart_uploads(Bucket=self.bucket)
+        if self._client is None:
+            self._client = self.s3.client()
+        listing = self._client.list_multipart_uploads(Bucket=self.bucket)
         return [u["Key"] for u in listing.get("Uploads", [])]
 
     def staging_dirs(self) -> list[Path]:

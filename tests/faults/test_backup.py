@@ -65,7 +65,7 @@ def _after(bsite: BackupSite, capsys: pytest.CaptureFixture[str], earlier: list[
 @pytest.mark.parametrize("phase", BACKUP, ids=str)
 def test_kill_9_during_backup(bsite: BackupSite, earlier: list[str], phase: Phase,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    _new_data(bsite, phase.name, large=(7 << 20) * (phase.name == "upload"))
+    _new_data(bsite, phase.name, large=(16 << 20) * (phase.name == "upload"))
     run = bsite.spawn("backup", "production", read=False)
     run.wait_for(phase.starts)
     if phase.name == "upload":
