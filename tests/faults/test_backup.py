@@ -40,8 +40,8 @@ def earlier(bsite: BackupSite, capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 
 def _new_data(bsite: BackupSite, name: str, large: int = 0) -> None:
-    """Something for the next backup to upload: small files (packed) and, with
-    ``large``, a file of that size (uploaded in multipart parts)."""
+    """Something for the next backup to upload: small files and, with ``large``, a
+    file of that size."""
     uploads = bsite.site.uploads / "faults" / name
     uploads.mkdir(parents=True)
     if large:
@@ -69,10 +69,12 @@ def test_kill_9_during_backup(bsite: BackupSite, earlier: list[str], phase: Phas
     run = bsite.spawn("backup", "production", read=False)
     run.wait_for(phase.starts)
     if phase.name == "upload":
-        # Mid-upload: a multipart upload is open in the bucket.
+        # Mid-upload: some of the 16 MiB went to S3 (through the proxy that counts).
+        sent = bsite.s3_proxy.stats().bytes_up
         deadline = time.monotonic() + 60
-        while not bsite.open_uploads():
+        while bsite.s3_proxy.stats().bytes_up < sent + (4 << 20):
             assert run.running() and time.monotonic() < deadline, run.output
+            time.sleep(0.002)
     run.kill()
     assert phase.then not in run.output, f"killed too late, after {phase}:\n{run.output}"
     _after(bsite, capsys, earlier, may_exist=phase.name == "commit")
