@@ -17,9 +17,13 @@
     no URL reaches it) and sends one FastCGI request for it straight to the pool's
     socket, from the host itself, with a small client in core Perl
     (``fastcgi.pl``; perl-base is Essential on Debian and Ubuntu, while cgi-fcgi,
-    cachetool and even the PHP CLI may be missing). ``opcache_reset()`` makes
-    every worker compile afresh, and each worker empties its realpath cache when
-    it sees the restart, so the next request anywhere runs the new release.
+    cachetool and even the PHP CLI may be missing). ``opcache_reset()`` schedules
+    a restart of the shared cache, which happens once no request that began
+    before it still runs; until then workers skip the cache but may still resolve
+    ``current`` through their realpath cache (the old release). So the client asks
+    again every 10 ms, in the same command, until the restart is seen (at most
+    :data:`SETTLE` seconds). After it, each worker empties its realpath cache at
+    its next request (``accel_activate``): every request runs the new release.
 
     Why not FastCGI from the runner through an SSH ``direct-streamlocal`` channel:
     paramiko has no API for it, servers often disable forwarding
