@@ -300,7 +300,7 @@ class _Prefetch:
                 self._of[f.path] = list(range(len(self._jobs), len(self._jobs) + len(f.objects)))
                 self._jobs += [("object", key, [f], each) for key in f.objects]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
-        self._pending: dict[int, Future[dict[str, bytes] | bytes]] = {}
+        self._pending: dict[int, Future[dict[str, bytes] | list[bytes]]] = {}
         self._next = 0
 
     def content(self, f: FileEntry) -> Iterable[bytes]:
@@ -324,8 +324,8 @@ class _Prefetch:
         for i in jobs:
             self._fill(i)
             data = self._pending.pop(i).result()
-            assert isinstance(data, bytes)
-            yield data
+            assert isinstance(data, list)
+            yield from data
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)
@@ -348,8 +348,9 @@ class _Prefetch:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _object(repo: Repository, key: str, limit: int) -> bytes:
-    """An object's whole plaintext, authenticated to its end; at most ``limit`` bytes."""
+def _object(repo: Repository, key: str, limit: int) -> list[bytes]:
+    """An object's whole plaintext (in pieces), authenticated to its end; at most
+    ``limit`` bytes."""
     out: list[bytes] = []
     size = 0
     for chunk in unseal(repo.store.get(key), repo.identities):
@@ -357,7 +358,7 @@ def _object(repo: Repository, key: str, limit: int) -> bytes:
         if size > limit:
             raise BackupFormatError(f"object {key} is larger than a segment")
         out.append(chunk)
-    return b"".join(out)
+    return out
 
 
 def _check_drill_target(host: Host, dest: str) -> None:

@@ -70,7 +70,7 @@ class IterReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._it = iter(chunks)
-        self._buf = b""
+        self._buf = memoryview(b"")  # the current chunk, read from without copying it
 
     def readable(self) -> bool:
         return True
@@ -80,7 +80,7 @@ class IterReader(io.RawIOBase):
             nxt = next(self._it, None)
             if nxt is None:
                 return 0
-            self._buf = nxt
+            self._buf = memoryview(nxt)
         n = min(len(buf), len(self._buf))
         buf[:n] = self._buf[:n]
         self._buf = self._buf[n:]
