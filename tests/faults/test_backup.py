@@ -97,13 +97,13 @@ def test_s3_failing_parts(bsite: BackupSite, earlier: list[str],
 def test_kill_9_at_random_moments(bsite: BackupSite, rng: random.Random,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Kills at moments drawn from the measured length of a normal backup."""
-    _new_data(bsite, "measured", large=7 << 20)
+    _new_data(bsite, "measured", large=4 << 20)
     started = time.monotonic()
     bsite.backup(capsys)
     took = time.monotonic() - started
     for i in range(2):
         earlier = bsite.snapshots(capsys)
-        _new_data(bsite, f"random-{i}", large=7 << 20)
+        _new_data(bsite, f"random-{i}", large=4 << 20)
         run = bsite.spawn("backup", "production", read=False)
         time.sleep(max(0.0, rng.uniform(0, took) - (time.monotonic() - run.started)))
         run.kill()

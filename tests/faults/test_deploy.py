@@ -107,8 +107,8 @@ def test_kill_9_during_rollback(site: DeploySite, phase: Phase) -> None:
 
 
 # (phase, exit code, what serves): the exit code must say what happened to the site.
+# (Cut mid-transfer: tests/deploy/test_ssh_wordpress.py.)
 CUTS = [
-    ("deploy", "transfer", ExitCode.FAILED, "old"),
     ("deploy", "switch", ExitCode.ROLLBACK_FAILED, "either"),
     ("deploy", "finish", ExitCode.OK, "new"),
     ("rollback", "record", ExitCode.OK, "new"),
