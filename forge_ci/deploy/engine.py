@@ -179,10 +179,10 @@ def _extras(dep: Deployment) -> list[str]:
     out = _shared_paths(dep.env)
     if dep.env.dotenv:
         out.append(".env")
-    if dep.env.marker:
-        out.append(health.MARKER_PATH)
-    if dep.env.php.refresh == "opcache-reset":
-        out.append(php_refresh.SCRIPT)  # left by a killed run: never inherited
+    # forge's own per-release files are never inherited, whatever today's settings:
+    # an old release's marker would claim to be this one (marker: false).
+    out.append(health.MARKER_PATH)
+    out.append(php_refresh.SCRIPT)  # left by a killed run
     return out
 
 

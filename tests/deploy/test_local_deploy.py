@@ -224,3 +224,19 @@ def test_kill_9_mid_rollback_leaves_a_good_release_and_the_next_deploy_works(
     assert local_site.page() == "ok v3\n"
     assert local_site.forge("rollback", "local") == 0
     assert local_site.page() in ("ok v1\n", "ok v2\n")
+
+
+def test_a_release_never_inherits_the_previous_marker(local_site: LocalSite) -> None:
+    # With the marker on, the release carries its own; turned off, the next release
+    # must not keep the old one (it would claim to be that release).
+    local_site.config()
+    cfg = (local_site.src / "forge.yml").read_text()
+    (local_site.src / "forge.yml").write_text(cfg.replace("marker: false", "marker: true"))
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    assert (local_site.target / "releases" / first / "web/forge-release.php").exists()
+    local_site.config()  # marker: false
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.current != first
+    assert not (local_site.target / "current/web/forge-release.php").exists()
