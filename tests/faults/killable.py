@@ -6,7 +6,8 @@ on every run, and a fault suite starts dozens. Each run is a real, separate proc
 running ``forge_ci.cli.main`` in a process group of its own (so forge's children,
 such as the local ``tar``, die with it). Its stdout and stderr go into a FIFO the
 test reads with ``select``, so it wakes the moment forge prints the line that starts
-a phase and kills within a fraction of a millisecond of it.
+a phase and kills right then; a test checks that forge had not printed the next
+phase's line, so a kill that came too late fails instead of passing unnoticed.
 """
 
 from __future__ import annotations
