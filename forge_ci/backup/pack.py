@@ -23,8 +23,8 @@ from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.uploader import SMALL, Uploader
 
 MEMBER_MAX = SMALL  # larger files are stored as segments
-TARGET = 4 * 1024 * 1024  # stored bytes per pack
-SEGMENT = 4 * 1024 * 1024  # plaintext bytes per object of a large file
+TARGET = 2 * 1024 * 1024  # stored bytes per pack
+SEGMENT = 2 * 1024 * 1024  # plaintext bytes per object of a large file
 
 Member = tuple[str, int, int]  # content name, plaintext offset, size
 

@@ -28,7 +28,7 @@ def _procedure() -> str:
 def test_the_documented_procedure_restores_a_snapshot_without_forge(  # type: ignore[no-untyped-def]
         make_site, lab_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="file")
-    (site.uploads / "video.mp4").write_bytes(os.urandom(9_000_000))  # three segments
+    (site.uploads / "video.mp4").write_bytes(os.urandom(5_000_000))  # three segments
     site.chown()
     sid = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
     script = _procedure()

@@ -46,8 +46,8 @@ def test_round_trip_over_ssh_to_s3(make_site, capsys: pytest.CaptureFixture[str]
     first = site.json(capsys, "backup", "production", read=False)
     sid = first["snapshot_id"]
     # Every non-empty file is read once (33; dup-2.txt turns out to repeat dup-1.txt):
-    # the big one alone, the small ones in one pack, and the dump.
-    assert first["files"] == 34 and first["upload_files"] == 33 and first["new_objects"] == 3
+    # the big one in two segments, the small ones in one pack, and the dump.
+    assert first["files"] == 34 and first["upload_files"] == 33 and first["new_objects"] == 4
     assert f"snapshot-id={sid}" in site.outputs.read_text()
     assert "new bytes stored" in site.summary.read_text()
 
@@ -62,8 +62,9 @@ def test_round_trip_over_ssh_to_s3(make_site, capsys: pytest.CaptureFixture[str]
     assert _sha(dump) == manifest["database"]["sha256"]
     for entry in manifest["files"]:
         if entry["type"] == "file" and entry["objects"]:
-            start = entry.get("offset", 0)
-            content = plain[entry["objects"][0]][start:start + entry["size"]]
+            start = entry.get("offset", 0)  # packed; else segments, concatenated
+            whole = b"".join(plain[k] for k in entry["objects"])
+            content = whole[start:start + entry["size"]]
             assert _sha(content) == entry["sha256"]
     assert all(is_data_key(k) for k in stored if k.startswith("data/"))
     # Object names reveal no file name or content hash.
