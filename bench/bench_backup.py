@@ -1,10 +1,15 @@
 """forge-ci backup/restore against `restic` on the same data and the same S3 endpoint.
 
-    .venv/bin/python bench/bench_backup.py [--files 400] [--big-mib 64] [--repeat 3]
+    .venv/bin/python bench/bench_backup.py [--files 400] [--big-mib 64] [--db-mib 40]
+                                           [--repeat 3]
 
-One moto S3 server (the lab's), two buckets. The data is an uploads-like tree: many
-small images (random bytes), a few text files, some big videos. Both tools back it up
-from scratch, then again after one file was added, then restore it. Each run is a
+One moto S3 server (the lab's), two buckets, and the lab's MariaDB with a database of
+``--db-mib`` of rows. The data is an uploads-like tree: many small images (random
+bytes), a few text files, some big videos. Both tools back up the tree and the
+database from scratch, then again after one file was added, then restore the tree.
+forge dumps the database itself (``mariadb-dump`` in its backup); restic gets the same
+dump piped in (``mariadb-dump | restic backup --stdin``, its documented way), and its
+two commands' times and CPU are added up (peak RSS: the larger). Each run is a
 separate process started with posix_spawn and reaped with wait4, so wall time, CPU
 time and peak RSS (ru_maxrss) are measured the same way for both. Each round uses new
 buckets and alternates which tool goes first (this machine's load drifts); the table
@@ -26,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from lab.mariadb import Database, MariaDB, start_mariadb
 from lab.s3 import start_s3
 
 from forge_ci.backup.keys import generate_identity
@@ -53,6 +59,26 @@ def make_tree(root: Path, files: int, big_mib: int, seed: int = 1) -> int:
     return total
 
 
+def fill_database(server: MariaDB, mib: int) -> Database:
+    """Posts of text (half random words, half repeated: it compresses like a blog)."""
+    db = server.create_database("bench")
+    server.sql("CREATE TABLE posts (id INT AUTO_INCREMENT PRIMARY KEY, title VARCHAR(200),"
+               " body LONGTEXT) ENGINE=InnoDB;", db.name)
+    rng = random.Random(2)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(5000)]
+    row = 20_000
+    rows = 0
+    while rows * row < mib << 20:
+        values = []
+        for _ in range(100):
+            text = " ".join(rng.choice(words) for _ in range(row // 12))
+            values.append(f"('post {rows}', '{text} {'lorem ipsum ' * (row // 24)}')")
+            rows += 1
+        server.sql("INSERT INTO posts (title, body) VALUES " + ",".join(values) + ";", db.name)
+    return db
+
+
 def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     """Run to completion; (seconds, CPU seconds, peak RSS MiB). Output: /dev/null."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -72,22 +98,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=400)
     parser.add_argument("--big-mib", type=int, default=64)
+    parser.add_argument("--db-mib", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if not shutil.which("restic"):
         raise SystemExit("restic is not installed")
     server = start_s3()
+    mariadb = start_mariadb()
     tmp = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     try:
         site = tmp / "site"
         total = make_tree(site, args.files, args.big_mib)
-        print(f"data: {args.files + 22} files, {total / 2**20:.0f} MiB "
-              f"(S3: moto on loopback), {args.repeat} rounds, medians")
-        rounds = [run(server, tmp / f"round-{i}", site, forge_first=i % 2 == 0)
+        db = fill_database(mariadb, args.db_mib)
+        print(f"data: {args.files + 22} files, {total / 2**20:.0f} MiB, a database of "
+              f"~{args.db_mib} MiB (S3: moto on loopback), {args.repeat} rounds, medians")
+        rounds = [run(server, db, tmp / f"round-{i}", site, forge_first=i % 2 == 0)
                   for i in range(args.repeat)]
         report(rounds)
     finally:
         server.close()
+        mariadb.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -95,7 +125,7 @@ Measure = tuple[float, float, float]
 STEPS = ("backup (first)", "backup (+1 file)", "restore (drill)")
 
 
-def run(server: object, tmp: Path, site: Path, *,
+def run(server: object, db: Database, tmp: Path, site: Path, *,
         forge_first: bool) -> list[tuple[Measure, Measure]]:
     tmp.mkdir()
     uploads = site / "shared" / "web" / "app" / "uploads"
@@ -106,23 +136,32 @@ def run(server: object, tmp: Path, site: Path, *,
     identity = generate_identity()
     (tmp / "forge.yml").write_text(
         "version: 1\nproject: bench\nenvironments:\n  production:\n"
-        f"    path: {site}\n    backup:\n      store: s3://{forge_bucket}/forge\n")
+        f"    path: {site}\n    backup:\n      store: s3://{forge_bucket}/forge\n"
+        f"      database: {{ name: {db.name}, user: {db.user}, password: \"${{DB_PASSWORD}}\","
+        f" host: 127.0.0.1, port: {db.port} }}\n")
     base = {"PATH": os.environ["PATH"], "HOME": str(tmp), **server.env()}  # type: ignore[attr-defined]
     forge_env = {**base, "FORGE_BACKUP_RECIPIENT": str(identity.recipient),
-                 "FORGE_BACKUP_IDENTITY": identity.to_secret().reveal()}
+                 "FORGE_BACKUP_IDENTITY": identity.to_secret().reveal(),
+                 "DB_PASSWORD": db.password}
     restic_env = {**base, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(tmp / "cache"),
                   "RESTIC_REPOSITORY": f"s3:{server.endpoint_url}/{restic_bucket}/restic"}  # type: ignore[attr-defined]
     forge = [sys.executable, "-m", "forge_ci", "--config", str(tmp / "forge.yml")]
     restic = ["restic", "--no-cache"]
     spawn([*restic, "init"], restic_env)
-    backup_ours = [*forge, "backup", "production"]
-    backup_theirs = [*restic, "backup", "-q", str(uploads)]
+    backup_ours = [[*forge, "backup", "production"]]
+    dump = (f"MYSQL_PWD=$DB_PASSWORD mariadb-dump --single-transaction --quick -h 127.0.0.1 "
+            f"-P {db.port} -u {db.user} {db.name} | restic --no-cache backup -q --stdin "
+            "--stdin-filename dump.sql")
+    backup_theirs = [[*restic, "backup", "-q", str(uploads)],
+                     ["bash", "-c", f"set -o pipefail; {dump}"]]
+    restic_env["DB_PASSWORD"] = db.password
     steps = [
         (backup_ours, backup_theirs),
         (backup_ours, backup_theirs),
-        ([*forge, "restore", "production", "--only", "files", "--to-dir",
-          str(tmp / "forge-restore")],
-         [*restic, "restore", "latest", "--target", str(tmp / "restic-restore")]),
+        ([[*forge, "restore", "production", "--only", "files", "--to-dir",
+           str(tmp / "forge-restore")]],
+         [[*restic, "restore", "latest", "--path", str(uploads), "--target",
+           str(tmp / "restic-restore")]]),
     ]
     out = []
     for i, (ours, theirs) in enumerate(steps):
@@ -130,12 +169,18 @@ def run(server: object, tmp: Path, site: Path, *,
             (uploads / "new-upload.jpg").write_bytes(os.urandom(300_000))
         os.sync()
         if forge_first:
-            f, r = spawn(ours, forge_env), spawn(theirs, restic_env)
+            f, r = spawn_all(ours, forge_env), spawn_all(theirs, restic_env)
         else:
-            r, f = spawn(theirs, restic_env), spawn(ours, forge_env)
+            r, f = spawn_all(theirs, restic_env), spawn_all(ours, forge_env)
         out.append((f, r))
     shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def spawn_all(commands: list[list[str]], env: dict[str, str]) -> Measure:
+    """Run one after the other: summed seconds and CPU, the largest peak RSS."""
+    done = [spawn(argv, env) for argv in commands]
+    return (sum(d[0] for d in done), sum(d[1] for d in done), max(d[2] for d in done))
 
 
 def report(rounds: list[list[tuple[Measure, Measure]]]) -> None:

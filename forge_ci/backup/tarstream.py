@@ -31,6 +31,7 @@ _READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, 
 CREATE = ("tar --create --file=- --format=gnu --no-recursion --hard-dereference "
           "--null --verbatim-files-from --files-from=-")
 EXTRACT = ("tar --extract --file=- --preserve-permissions --no-same-owner "
+           "--blocking-factor=256 --read-full-records "  # 128 KiB reads from the pipe
            "--delay-directory-restore")
 
 
@@ -185,8 +186,10 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
     try:
         # tarfile writes 10 KiB records: buffer them into fewer, larger pipe writes.
         out = io.BufferedWriter(ProcessWriter(proc), buffer_size=_READ)
+        # copybufsize: tarfile copies a member 16 KiB at a time unless told otherwise.
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                          encoding="utf-8", errors="surrogateescape") as tar:
+                          encoding="utf-8", errors="surrogateescape",
+                          copybufsize=_READ) as tar:
             for info in entries:
                 body = IterReader(content(info)) if info.isreg() else None
                 tar.addfile(info, body)
