@@ -1,6 +1,6 @@
 """forge-ci backup/restore against `restic` on the same data and the same S3 endpoint.
 
-    .venv/bin/python bench/bench_backup.py [--files 400] [--big-mib 64] [--db-mib 40]
+    .venv/bin/python bench/bench_backup.py [--files 900] [--big-mib 128] [--db-mib 40]
                                            [--repeat 3]
 
 One moto S3 server (the lab's), two buckets, and the lab's MariaDB with a database of
@@ -96,8 +96,8 @@ def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--files", type=int, default=400)
-    parser.add_argument("--big-mib", type=int, default=64)
+    parser.add_argument("--files", type=int, default=900)
+    parser.add_argument("--big-mib", type=int, default=128)
     parser.add_argument("--db-mib", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
