@@ -187,7 +187,7 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
         # tarfile writes 10 KiB records: buffer them into fewer, larger pipe writes.
         out = io.BufferedWriter(ProcessWriter(proc), buffer_size=_READ)
         # copybufsize: tarfile copies a member 16 KiB at a time unless told otherwise.
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+        with tarfile.open(fileobj=out, mode="w|", bufsize=_READ, format=tarfile.PAX_FORMAT,
                           encoding="utf-8", errors="surrogateescape",
                           copybufsize=_READ) as tar:
             for info in entries:
