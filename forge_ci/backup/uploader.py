@@ -23,7 +23,7 @@ from types import TracebackType
 from forge_ci.backup.repo import Repository
 
 SMALL = 1024 * 1024
-MAX_BYTES = 16 * 1024 * 1024  # sealed objects waiting or in flight
+MAX_BYTES = 10 * 1024 * 1024  # sealed objects waiting or in flight
 
 
 class Uploader:
