@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from _pytest.capture import CaptureResult
 
 # The lab is imported as `lab`, whatever import mode pytest runs in.
 _TESTS = str(Path(__file__).resolve().parent)
@@ -131,6 +132,8 @@ def wp_site(mariadb_server: MariaDB) -> Iterator[Callable[..., WordPressSite]]:
         with lab_required():
             site = start_site(mariadb_server, preview=preview, php_workers=php_workers)
         started.append(site)
+        # forge's state and log on the target (the releases themselves are code).
+        leaks.watch(site.path / ".forge")
         return site
 
     yield make
@@ -166,14 +169,47 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
     close_all(proxy.stop for proxy in started)
 
 
+# Every subprocess output a test reads is checked, from the first import on.
+leaks.check_subprocess_output()
+
+
+@pytest.fixture
+def capsys(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
+    """pytest's capsys, but what a test reads with it is checked for secrets too
+    (read output never reaches the report the hook below checks)."""
+    read = capsys.readouterr
+
+    def readouterr() -> CaptureResult[str]:
+        result = read()
+        leaks.check(result.out + result.err, "output read with capsys")
+        return result
+
+    capsys.readouterr = readouterr  # type: ignore[method-assign]
+    return capsys
+
+
+def _dirs_to_check(item: pytest.Item) -> list[Path]:
+    funcargs = getattr(item, "funcargs", {})
+    dirs = [funcargs.get("tmp_path"), funcargs.get("lab_dir"), *leaks.take_watched()]
+    return [d for d in dirs if isinstance(d, Path) and d.is_dir()]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Fail any test whose captured output shows a secret the lab handed out."""
+    """Fail any passing test that showed a secret the lab handed out: in its captured
+    output, in a subprocess output or capsys text it read, or in a text file it left
+    in tmp_path, lab_dir or a watched directory (checked before fixtures tear down)."""
     outcome = yield
     report = outcome.get_result()
-    captured = "\n".join(content for _, content in report.sections)
-    leaked = leaks.found_in(captured)
-    if leaked and report.passed:
+    if call.when == "call":
+        dirs = _dirs_to_check(item)
+        for path in dirs if report.passed else ():
+            leaks.check_tree(path)
+    # Sections accumulate over setup, call and teardown: check each phase's own once.
+    phase = f" {call.when}"
+    captured = "\n".join(text for title, text in report.sections if title.endswith(phase))
+    leaks.check(captured, "captured output")
+    found = leaks.take_findings()
+    if found and report.passed:
         report.outcome = "failed"
-        report.longrepr = (f"a lab secret appears in this test's captured output "
-                           f"({', '.join(sorted(leaked))}): something printed a secret")
+        report.longrepr = "a lab secret leaked (something showed it):\n  " + "\n  ".join(found)
