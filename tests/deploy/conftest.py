@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lab import leaks
 
 from forge_ci.cli import main
 
@@ -57,7 +58,7 @@ class LocalSite:
 
 @pytest.fixture
 def local_site(tmp_path: Path) -> Iterator[LocalSite]:
-    target = tmp_path / "target"
+    target = leaks.deploy_target(tmp_path / "target")
     target.mkdir()
     handler = functools.partial(_Quiet, directory=str(target / "current" / "web"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

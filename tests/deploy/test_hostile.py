@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from lab import leaks as lab_leaks
 
 from forge_ci.cli import main
 
@@ -46,6 +47,9 @@ def test_secrets_never_reach_output_summary_or_errors(
         "  prod:\n    hosts: [{host: 127.0.0.1, port: 1}]\n    path: /srv/x\n"
         "    url: 'https://example.com/${DB_PASSWORD}'\n")
     out_file, summary = tmp_path / "out", tmp_path / "summary"
+    lab_leaks.register(secret)
+    lab_leaks.register(key)
+    lab_leaks.deploy_target(tmp_path / "target")  # each release's .env holds DB_PASSWORD
     env = {"PATH": os.environ["PATH"], "DB_PASSWORD": secret, "FORGE_SSH_KEY": key,
            "GITHUB_OUTPUT": str(out_file), "GITHUB_STEP_SUMMARY": str(summary),
            "GITHUB_ACTIONS": "true"}

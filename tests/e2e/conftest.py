@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lab import leaks
 
 REPO = Path(__file__).resolve().parents[2]
 ACT = REPO / ".venv" / "bin" / "act"
@@ -166,7 +168,8 @@ class Site:
         work.mkdir(exist_ok=True)
         out = work / "outputs.txt"
         out.unlink(missing_ok=True)
-        (work / "secrets.yml").write_text(yaml.safe_dump(self.secrets), encoding="utf-8")
+        secrets_file = leaks.holds_secrets(work / "secrets.yml")
+        secrets_file.write_text(yaml.safe_dump(self.secrets), encoding="utf-8")
         (work / "vars.yml").write_text(yaml.safe_dump(self.variables), encoding="utf-8")
         cmd = [str(ACT), event, "-W", f".github/workflows/{workflow}",
                "-P", "ubuntu-latest=-self-hosted", "--pull=false", "--no-cache-server",
@@ -258,8 +261,10 @@ class TokenEndpoint:
 def oidc_endpoint() -> Iterator[TokenEndpoint]:
     """Serves ACTIONS_ID_TOKEN_REQUEST_URL on loopback, as the runner does for
     `id-token: write` jobs (act has no such endpoint)."""
-    _Tokens.jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJyZXBvOm9yZy9zaXRlIn0.e2e-oidc-Jw7"
-    _Tokens.bearer = "e2e-token-request-bearer-Kp3"
+    _Tokens.jwt = f"eyJhbGciOiJub25lIn0.eyJzdWIiOiJyZXBvOm9yZy9zaXRlIn0.{secrets.token_urlsafe(16)}"
+    _Tokens.bearer = f"e2e-token-request-bearer-{secrets.token_urlsafe(12)}"
+    leaks.register(_Tokens.jwt)
+    leaks.register(_Tokens.bearer)
     _Tokens.seen = []
     server = HTTPServer(("127.0.0.1", 0), _Tokens)
     t = threading.Thread(target=server.serve_forever, daemon=True)

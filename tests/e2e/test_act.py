@@ -8,6 +8,7 @@ lab's real WordPress over SSH).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -15,14 +16,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lab import leaks
 
 from .conftest import REPO, Site, TokenEndpoint
 
+# Random per run (a copy of this file in a test's tree is no leak) and registered
+# with the suite's leak check, which then also reads act's logs and every file left.
 FAKE_SSH_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
-                "e2e-fake-ssh-key-body-Hx91QmZ0vR\n"
+                f"e2e-fake-ssh-key-body-{secrets.token_urlsafe(12)}\n"
                 "-----END OPENSSH PRIVATE KEY-----\n")
-DB_PASSWORD = "e2e-db-password-Zq81"
-EXTRA = "e2e-extra-token-Vb52"
+DB_PASSWORD = f"e2e-db-password-{secrets.token_urlsafe(9)}"
+EXTRA = f"e2e-extra-token-{secrets.token_urlsafe(9)}"
+for _secret in (FAKE_SSH_KEY, DB_PASSWORD, EXTRA):
+    leaks.register(_secret)
 
 
 def _set_production(site: Site, env: dict[str, object]) -> None:
@@ -33,6 +39,7 @@ def _set_production(site: Site, env: dict[str, object]) -> None:
 
 
 def _local_production(site: Site, target: Path, **extra: object) -> None:
+    leaks.deploy_target(target)  # forge writes DB_PASSWORD into each release's .env
     _set_production(site, {
         "path": str(target), "keep_releases": 5, "shared": ["web/app/uploads"],
         "dotenv": {"WP_ENV": "production", "DB_NAME": "example", "DB_USER": "example",
@@ -142,7 +149,12 @@ def _keypair(tmp_path: Path) -> tuple[str, str]:
     r = subprocess.run([str(REPO / ".venv" / "bin" / "forge-ci"), "keygen", "--json",
                         "--output", str(ident)], capture_output=True, text=True, check=True)
     recipient = yaml.safe_load(r.stdout)["recipient"]
-    return ident.read_text().strip(), recipient
+    identity = ident.read_text().strip()
+    leaks.register(next(x for x in identity.splitlines() if x.startswith("AGE-SECRET-KEY-")))
+    leaks.holds_secrets(ident)
+    # Made by forge, so registered only now: look at what keygen printed again.
+    leaks.check(r.stdout + r.stderr, "output of forge-ci keygen --output")
+    return identity, recipient
 
 
 def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(

@@ -18,6 +18,7 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import leaks
 from ._proc import LabError, LabUnavailable, lab_root, require_binary, run
 from .mariadb import Database
 from .site import WordPressSite
@@ -116,7 +117,7 @@ def write_env(path: Path, values: Mapping[str, str], owner: str = DEPLOY_USER) -
     with os.fdopen(fd, "w") as out:
         out.write(text)
     shutil.chown(path, owner, owner)
-    return path
+    return leaks.holds_secrets(path)
 
 
 def _salt() -> str:

@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from . import leaks
 
 Json = dict[str, Any]
 MAX_USER_DATA = 32 * 1024
@@ -88,7 +91,8 @@ _TYPES = [("cx22", 1, 2, 4.0, 40, "x86"), ("cx32", 2, 4, 8.0, 80, "x86"),
 class HetznerFake:
     """The fake API. Use as a context manager, or call :meth:`start`/:meth:`stop`."""
 
-    token: str = "test-token-0123456789"
+    # HCLOUD_TOKEN: random and registered, so the suite's leak check sees it anywhere.
+    token: str = field(default_factory=lambda: f"hcloud-{secrets.token_urlsafe(24)}")
     action_polls: int = 1  # GETs of an action that still answer "running"
     on_create: Callable[[Json], None] | None = None  # "boots" a created server
     calls: list[Call] = field(default_factory=list)
@@ -99,6 +103,7 @@ class HetznerFake:
     actions: dict[int, Json] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        leaks.register(self.token)
         self._lock = threading.RLock()
         self._ids = itertools.count(1001)
         self._ips = itertools.count(2)

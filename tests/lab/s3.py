@@ -1,8 +1,9 @@
 """A real S3 endpoint on loopback: moto's standalone server.
 
 One per test session; tests keep apart by using their own bucket
-(`create_bucket` makes a unique one). Any credentials are accepted; the fake
-ones here exist so code under test finds the variables it expects.
+(`create_bucket` makes a unique one). Any credentials are accepted; the ones
+here exist so code under test finds the variables it expects, and the secret
+key is random and registered, so the suite's leak check sees it anywhere.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import boto3
 import requests
 from botocore.config import Config
 
+from . import leaks
 from ._proc import LabUnavailable, lab_root, on_free_port, spawn, terminate, wait_or_stop
 
 _START_TIMEOUT = 30.0
+# One per test run, never in the source: a copy of the repository is no leak.
+SECRET_ACCESS_KEY = f"forge-lab-secret-{secrets.token_urlsafe(18)}"
+leaks.register(SECRET_ACCESS_KEY)
 
 
 @dataclass
@@ -30,7 +35,7 @@ class S3Server:
     port: int
     workdir: Path
     access_key_id: str = "forge-lab-access-key"
-    secret_access_key: str = field(default="forge-lab-secret-key", repr=False)
+    secret_access_key: str = field(default=SECRET_ACCESS_KEY, repr=False)
     region: str = "us-east-1"
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 

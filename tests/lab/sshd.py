@@ -48,6 +48,7 @@ class KeyPair:
 
 
 def generate_ed25519(comment: str = "forge-lab") -> KeyPair:
+    """A fresh key; its private half is registered as a secret (tests/lab/leaks.py)."""
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -59,6 +60,7 @@ def generate_ed25519(comment: str = "forge-lab") -> KeyPair:
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode()
     )
+    leaks.register(private)
     return KeyPair(private=private, public=f"{public} {comment}")
 
 
@@ -66,7 +68,7 @@ def _write_secret(path: Path, text: str) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
-    return path
+    return leaks.holds_secrets(path)
 
 
 @dataclass
@@ -172,7 +174,6 @@ def start_sshd(client_key: KeyPair | None = None, user: str = DEPLOY_USER) -> Ss
     require_root()
     ensure_deploy_user(user)
     key = client_key or generate_ed25519()
-    leaks.register(key.private)
     workdir = lab_root()
     (workdir / "authorized_keys").write_text(key.public + "\n")
     (workdir / "authorized_keys").chmod(0o644)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import leaks
 from lab._proc import free_port
 from lab.hetzner import HetznerFake
 from lab.policy import lab_required
@@ -134,8 +135,10 @@ def run(repo: Repo, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]
         capsys.readouterr()
         code = main([*argv, f"--config={repo.config}"], env={**repo.env, **(env or {})})
         captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err, parse_outputs(out_file.read_text()),
-                      summary_file.read_text())
+        outputs, summary = out_file.read_text(), summary_file.read_text()
+        # The next call empties both files: check them now, not after the test.
+        leaks.check(outputs + summary, "GITHUB_OUTPUT or step summary")
+        return Result(code, captured.out, captured.err, parse_outputs(outputs), summary)
 
     return call
 

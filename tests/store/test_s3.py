@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from lab.s3 import SECRET_ACCESS_KEY
 
 from forge_ci.store import (
     BucketNotFoundError,
@@ -33,7 +34,7 @@ from forge_ci.store.s3 import (
 
 from .conftest import PART, make_s3_store
 
-SECRET = "forge-lab-secret-key"  # the lab's fake secret: must never show up in errors
+SECRET = SECRET_ACCESS_KEY  # the lab's secret key: must never show up in errors
 
 
 def server_view(server: Any, bucket: str) -> tuple[list[str], list[str]]:
