@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,9 @@ def test_hostile_paths_are_data_not_shell(tmp_path: Path) -> None:
 
 def test_secrets_never_reach_output_summary_or_errors(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    secret = "S3cr3t-DB-pass-9f2c"
-    key = ("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAfakekeymaterial\n"
+    # Random, so a copy of this file elsewhere (e2e copies the repository) shows neither.
+    secret = f"S3cr3t-DB-pass-{secrets.token_hex(4)}"
+    key = (f"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAfakekeymaterial{secrets.token_hex(4)}\n"
            "-----END OPENSSH PRIVATE KEY-----")
     src = tmp_path / "src"
     (src / "web").mkdir(parents=True)
