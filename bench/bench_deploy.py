@@ -113,7 +113,10 @@ def main() -> None:
             str(artifact),
         ]
 
+        # After each deploy forge stages the next one's tree in the background
+        # (releases/.forge-base-*.tmp): wait for that copy to end before wiping.
         wipe = host.ssh_argv(
+            f"while pgrep -u \"$(id -u)\" -f 'cp -al' >/dev/null; do sleep 0.05; done; "
             f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current {site.path}/.forge"
         )
         # Best of three, each from an empty target, so caches favour no one.
