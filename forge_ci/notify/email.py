@@ -99,7 +99,7 @@ class SmtpNotifier:
             return Delivery.failed(f"{where} refused the login (SMTP {exc.smtp_code}): "
                                    "check the SMTP user and password", retryable=False)
         except smtplib.SMTPNotSupportedError:
-            return Delivery.failed(f"{where} offers no AUTH after STARTTLS", retryable=False)
+            return Delivery.failed(f"{where} offers no AUTH (SMTP login)", retryable=False)
         except smtplib.SMTPRecipientsRefused:
             return Delivery.failed(f"{where} refused every recipient", retryable=False)
         except smtplib.SMTPResponseException as exc:
