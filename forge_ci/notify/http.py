@@ -137,7 +137,7 @@ def discord_payload(event: Event) -> dict[str, Any]:
 def teams_payload(event: Event) -> dict[str, Any]:
     body: list[dict[str, Any]] = [
         {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": True,
-         "style": "heading", "color": _TEAMS_STYLE[event.severity],
+         "color": _TEAMS_STYLE[event.severity],
          "text": f"{_ICONS[event.severity]} {event.environment}: {event.name}"},
         {"type": "TextBlock", "wrap": True, "text": event.summary},
         {"type": "FactSet",
