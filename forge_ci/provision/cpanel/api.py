@@ -33,7 +33,7 @@ from forge_ci.provision.errors import (
     ProviderUnavailable,
     ProvisionError,
 )
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.retrying import RetryPolicy
 
 Json = dict[str, Any]
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
@@ -86,7 +86,7 @@ class ShellAccess:
 class CpanelApi:
     """The cPanel account ``user`` at ``endpoint`` (``https://host:2083``)."""
 
-    def __init__(self, endpoint: str, user: str, token: str, policy: Policy, *,
+    def __init__(self, endpoint: str, user: str, token: str, policy: RetryPolicy, *,
                  verify: bool | str = True, timeout: float = 30.0,
                  session: requests.Session | None = None,
                  log: Callable[[str], None] = lambda _msg: None) -> None:

@@ -15,7 +15,7 @@ key views); HTTP 200 with *no* status key when the security middleware refuses
 a value (it rejects `` ` $ & ( ) [ ] { } ; : ' < > | `` in most ``/api/`` fields,
 the admin password included); an HTML page with HTTP 500 when a view crashes.
 Website creation answers at once; its outcome is read by polling ``statusFunc``
-against the :class:`Policy`'s time limit. Messages never contain the password.
+against the policy's time limit. Messages never contain the password.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from forge_ci.provision.errors import (
     ProviderUnavailable,
     ProvisionTimeout,
 )
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.retrying import RetryPolicy
 
 Json = dict[str, Any]
 
@@ -76,7 +76,7 @@ class Created:
 class CyberPanelApi:
     """A CyberPanel server at ``endpoint`` (``https://host:8090``), as its admin user."""
 
-    def __init__(self, endpoint: str, admin_user: str, admin_password: str, policy: Policy, *,
+    def __init__(self, endpoint: str, admin_user: str, admin_password: str, policy: RetryPolicy, *,
                  verify: bool | str = True, timeout: float = 30.0,
                  session: requests.Session | None = None,
                  log: Callable[[str], None] = lambda _msg: None) -> None:
