@@ -10,7 +10,9 @@ Built from CyberPanel's own source (``api/views.py``, ``cloudAPI/views.py``,
 - ``POST /cloudAPI/``: ``{"serverUserName": "admin", "controller": ...}`` with
   ``Authorization: Basic <sha256hex("admin:<password>")>``; controllers
   ``verifyLogin``, ``fetchWebsites``, ``statusFunc``, ``submitDBCreation``,
-  ``fetchDatabases``, ``ChangeLinuxUserPassword``, ``addSSHKey``.
+  ``fetchDatabases``, ``ChangeLinuxUserPassword``, ``addSSHKey``, ``submitDomainCreation``
+  and ``fetchDomains`` (child domains, whose ``path`` under ``/home/<master>/`` is
+  fixed at creation: the API's only way to choose a document root).
 
 Quirks kept: every answer is HTTP 200 with a per-view status key (``verifyConn``,
 ``createWebSiteStatus``, ``websiteDeleteStatus``, ``createDBStatus``,
@@ -84,6 +86,7 @@ class CyberPanelFake:
     databases: dict[str, Json] = field(default_factory=dict)
     linux_passwords: dict[str, str] = field(default_factory=dict)  # linux user -> password
     root_keys: list[str] = field(default_factory=list)
+    child_domains: dict[str, Json] = field(default_factory=dict)  # domain -> master, path
     users: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -285,7 +288,8 @@ class CyberPanelFake:
               "fetchWebsites": self._fetch_websites, "statusFunc": self._status_func,
               "submitDBCreation": self._db_create, "fetchDatabases": self._fetch_databases,
               "ChangeLinuxUserPassword": self._linux_password,
-              "addSSHKey": self._add_ssh_key}.get(controller)
+              "addSSHKey": self._add_ssh_key, "submitDomainCreation": self._child_create,
+              "fetchDomains": self._fetch_domains}.get(controller)
         if fn is None:
             return 500, HTML_500, controller  # the router returns None: Django crashes
         return 200, fn(data), controller
@@ -334,10 +338,56 @@ class CyberPanelFake:
             self._files[path].append(f"Setting up directories..,{100 - 25 * left}")
             self._jobs[path] = (left - 1, outcome, site)
             return
-        if site is not None:
+        if site is not None and "master" in site:
+            self.child_domains[site["domain"]] = site
+        elif site is not None:
             self.websites[site["domain"]] = site
         self._files[path].append(outcome)
         del self._jobs[path]
+
+    def _child_create(self, data: Json) -> Json:
+        try:
+            master, domain = data["masterDomain"], data["domainName"]
+            data["phpSelection"]  # read (and required) when not an alias
+            path = data["path"]
+        except KeyError as e:
+            return {"status": 0, "createWebSiteStatus": 0, "error_message": _text(e)}
+        if not _DOMAIN.match(domain):
+            return {"status": 0, "createWebSiteStatus": 0, "error_message": "Invalid domain."}
+        if ".." in path:
+            return {"status": 0, "createWebSiteStatus": 0,
+                    "errorMessage": "You are not authorized to access this resource.",
+                    "error_message": "You are not authorized to access this resource."}
+        if "openBasedir" not in data:  # an admin's request must carry it
+            return {"status": 0, "createWebSiteStatus": 0, "error_message": "'openBasedir'"}
+        full = f"/home/{master}/{path.lstrip('/')}" if path else f"/home/{master}/{domain}"
+        status_file = f"/home/cyberpanel/{next(self._file_ids)}"
+        child: Json | None = None
+        if domain in self.websites:
+            outcome = "This Domain already exists as a website. [404]"
+        elif domain in self.child_domains:
+            outcome = "This domain already exists as child domain. [404]"
+        elif master not in self.websites:
+            outcome = "Websites matching query does not exist.. [404]"
+        else:
+            outcome = "Domain successfully created. [200]"
+            child = {"domain": domain, "master": master, "path": full}
+        self._files[status_file] = ["Running some checks..,0"]
+        self._jobs[status_file] = (self.creation_polls, outcome, child)
+        return {"status": 1, "createWebSiteStatus": 1, "error_message": "None",
+                "tempStatusPath": status_file}
+
+    def _fetch_domains(self, data: Json) -> Json:
+        try:
+            master = data["masterDomain"]
+            if master not in self.websites:
+                raise _Missing("Websites matching query does not exist.")
+        except (KeyError, _Missing) as e:
+            return {"status": 0, "fetchStatus": 0, "error_message": _text(e)}
+        rows = [{"childDomain": c["domain"], "path": c["path"],
+                 "childLunch": f"/websites/{master}/{c['domain']}"}
+                for c in self.child_domains.values() if c["master"] == master]
+        return {"status": 1, "fetchStatus": 1, "error_message": "None", "data": json.dumps(rows)}
 
     def _db_create(self, data: Json) -> Json:
         try:

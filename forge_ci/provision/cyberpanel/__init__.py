@@ -5,6 +5,6 @@ CyberPanel's error forms into :mod:`forge_ci.provision.errors` happen there.
 docs/providers-panels.md lists what the API can and cannot do.
 """
 
-from forge_ci.provision.cyberpanel.api import CyberPanelApi, Database, Website
+from forge_ci.provision.cyberpanel.api import ChildDomain, CyberPanelApi, Database, Website
 
-__all__ = ["CyberPanelApi", "Database", "Website"]
+__all__ = ["ChildDomain", "CyberPanelApi", "Database", "Website"]

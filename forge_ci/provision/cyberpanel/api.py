@@ -66,6 +66,12 @@ class Database:
 
 
 @dataclass(frozen=True)
+class ChildDomain:
+    domain: str
+    path: str  # absolute: /home/<master>/<path given at creation>
+
+
+@dataclass(frozen=True)
 class Created:
     """What ``createWebsite`` answered: the status file to poll and the site's Linux user."""
 
@@ -93,8 +99,7 @@ class CyberPanelApi:
 
     def verify_connection(self) -> None:
         """Check the admin user and password with both APIs (changes nothing)."""
-        body = self._api("verifyConn", {}, key="verifyConn", what="checking the admin login")
-        del body
+        self._api("verifyConn", {}, key="verifyConn", what="checking the admin login")
         self._cloud("verifyLogin", {}, key="status", what="checking the cloudAPI login")
 
     def list_websites(self) -> list[Website]:
@@ -183,6 +188,40 @@ class CyberPanelApi:
                     hint="look at the website in CyberPanel; running provision again adopts it "
                          "once it exists")
             deadline.wait()
+
+    def list_child_domains(self, master: str) -> list[ChildDomain]:
+        body = self._cloud("fetchDomains", {"masterDomain": master}, key="fetchStatus",
+                           what=f"listing the child domains of {master}")
+        return [ChildDomain(domain=str(r["childDomain"]), path=str(r.get("path", "")))
+                for r in _json_list(body.get("data"), "fetchDomains")]
+
+    def ensure_child_domain(self, *, master: str, domain: str, path: str,
+                            php: str = "PHP 8.2") -> tuple[ChildDomain, bool]:
+        """Adopt or create the child domain ``domain`` of website ``master``; ``(it, created)``.
+
+        ``path`` is relative to ``/home/<master>/`` and becomes the child's document
+        root, fixed at creation (no API changes it later): an existing child with
+        another path is refused rather than silently served from the wrong place.
+        """
+        if ".." in path.split("/"):
+            raise UsageError(f"the path {path!r} for {domain} climbs out of /home/{master}",
+                             hint="give a path inside the website's home, without ..")
+        want = f"/home/{master}/{path.strip('/')}"
+        found = next((c for c in self.list_child_domains(master) if c.domain == domain), None)
+        if found is not None:
+            if found.path.rstrip("/") != want:
+                raise ProviderApiError(
+                    f"the child domain {domain} of {master} serves {found.path}, not {want}",
+                    code="docroot_mismatch",
+                    hint="CyberPanel cannot move a document root through its API: delete the "
+                         "child domain in CyberPanel (its files stay) and run provision again")
+            return found, False
+        what = f"creating the child domain {domain} of {master}"
+        body = self._cloud("submitDomainCreation", {
+            "masterDomain": master, "domainName": domain, "phpSelection": php,
+            "path": path.strip("/"), "openBasedir": 1}, key="createWebSiteStatus", what=what)
+        self.wait(str(body.get("tempStatusPath", "")), what)
+        return ChildDomain(domain=domain, path=want), True
 
     def delete_website(self, domain: str) -> None:
         self._api("deleteWebsite", {"domainName": domain}, key="websiteDeleteStatus",

@@ -252,3 +252,44 @@ def test_an_unreachable_panel_is_unavailable_after_retries() -> None:
     with pytest.raises(ProviderUnavailable) as err:
         api.verify_connection()
     assert "cannot reach CyberPanel" in str(err.value)
+
+
+def test_a_child_domain_gets_its_path_as_document_root_then_is_adopted(
+        fake: CyberPanelFake) -> None:
+    fake.add_website(DOMAIN)
+    api = client(fake)
+    child, created = api.ensure_child_domain(master=DOMAIN, domain="www2.example.org",
+                                             path="site/current/web")
+    assert created and child.path == f"/home/{DOMAIN}/site/current/web"
+    assert fake.child_domains["www2.example.org"]["path"] == child.path
+    assert fake.names() == ["fetchDomains", "submitDomainCreation"] + ["statusFunc"] * 3
+    fake.calls.clear()
+    _, created = api.ensure_child_domain(master=DOMAIN, domain="www2.example.org",
+                                         path="site/current/web")
+    assert created is False and fake.names() == ["fetchDomains"]
+
+
+def test_a_child_domain_with_another_path_is_refused_not_moved(fake: CyberPanelFake) -> None:
+    fake.add_website(DOMAIN)
+    api = client(fake)
+    api.ensure_child_domain(master=DOMAIN, domain="www2.example.org", path="old")
+    with pytest.raises(ProviderApiError) as err:
+        api.ensure_child_domain(master=DOMAIN, domain="www2.example.org", path="site/current/web")
+    assert "cannot move a document root" in str(err.value)
+
+
+def test_a_child_domain_that_is_a_website_fails_in_the_status_file(fake: CyberPanelFake) -> None:
+    fake.add_website(DOMAIN)
+    fake.add_website("taken.example.org")
+    with pytest.raises(ProviderApiError) as err:
+        client(fake).ensure_child_domain(master=DOMAIN, domain="taken.example.org", path="x")
+    assert "already exists as a website" in str(err.value)
+    assert fake.count("submitDomainCreation") == 1
+
+
+def test_a_path_climbing_out_of_home_is_refused_before_cyberpanel(fake: CyberPanelFake) -> None:
+    fake.add_website(DOMAIN)
+    with pytest.raises(UsageError):
+        client(fake).ensure_child_domain(master=DOMAIN, domain="www2.example.org",
+                                         path="../other")
+    assert fake.count("submitDomainCreation") == 0
