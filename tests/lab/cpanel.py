@@ -82,6 +82,7 @@ class CpanelFake:
         self.home = f"/home/{self.user}"
         self._add_domain(self.main_domain, "main_domain", f"{self.home}/public_html")
         self._httpd: ThreadingHTTPServer | None = None
+        self._unavailable = 0
         self.workdir = lab_root()
         self.ca_file = self.workdir / "ca.pem"
 
@@ -123,6 +124,11 @@ class CpanelFake:
     def count(self, name: str) -> int:
         return sum(1 for c in self.calls if c.name == name)
 
+    def unavailable(self, n: int) -> None:
+        """The next ``n`` requests get HTTP 503 (cpsrvd restarting)."""
+        with self._lock:
+            self._unavailable = n
+
     def add_subdomain(self, fqdn: str, reldir: str) -> None:
         """A subdomain made outside forge."""
         with self._lock:
@@ -132,6 +138,10 @@ class CpanelFake:
 
     def handle(self, path: str, query: dict[str, str], auth: str | None) -> tuple[int, Json | str]:
         with self._lock:
+            if self._unavailable > 0:
+                self._unavailable -= 1
+                self.calls.append(Call("none", "unavailable", {}, 503))
+                return 503, "Service Unavailable"
             status, body, api, name = self._route(path, query, auth)
             shown = {k: ("<secret>" if k in ("password", "key") else v) for k, v in query.items()}
             self.calls.append(Call(api, name, shown, status))

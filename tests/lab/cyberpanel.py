@@ -97,6 +97,7 @@ class CyberPanelFake:
         self._file_ids = itertools.count(1000)
         self._app_ids = itertools.count(1001)
         self._httpd: ThreadingHTTPServer | None = None
+        self._unavailable = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -133,6 +134,11 @@ class CyberPanelFake:
     def count(self, name: str) -> int:
         return sum(1 for c in self.calls if c.name == name)
 
+    def unavailable(self, n: int) -> None:
+        """The next ``n`` requests get HTTP 503 (a proxy in front of a restarting lscpd)."""
+        with self._lock:
+            self._unavailable = n
+
     def add_website(self, domain: str, *, owner: str = "admin", package: str = "Default") -> Json:
         """A website made outside forge (already complete)."""
         with self._lock:
@@ -144,6 +150,10 @@ class CyberPanelFake:
 
     def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, bytes]:
         with self._lock:
+            if self._unavailable > 0:
+                self._unavailable -= 1
+                self.calls.append(Call(path, "unavailable", None, 503))
+                return 503, b"<h1>503 Service Unavailable</h1>"
             status, body, name = self._route(path, headers, raw)
             parsed: Any
             try:

@@ -177,3 +177,16 @@ def test_an_unknown_function_is_a_refusal(fake: CpanelFake) -> None:
     with pytest.raises(ProviderApiError) as err:
         client(fake).uapi("Nope", "nothing", {}, what="calling nothing")
     assert err.value.code == "Nope::nothing"
+
+
+def test_a_503_is_retried_by_the_policy_then_given_up(fake: CpanelFake) -> None:
+    slept: list[float] = []
+    policy = Policy(poll_interval=0.0, api_retries=1, api_backoff=0.5, sleep=slept.append)
+    api = CpanelApi(fake.url, fake.user, fake.token, policy, verify=str(fake.ca_file))
+    fake.unavailable(1)
+    assert api.list_domains().main_domain == "example.ly"
+    assert slept == [0.5]
+    fake.unavailable(2)
+    with pytest.raises(ProviderUnavailable) as err:
+        api.list_domains()
+    assert "HTTP 503" in str(err.value)

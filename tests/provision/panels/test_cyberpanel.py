@@ -293,3 +293,15 @@ def test_a_path_climbing_out_of_home_is_refused_before_cyberpanel(fake: CyberPan
         client(fake).ensure_child_domain(master=DOMAIN, domain="www2.example.org",
                                          path="../other")
     assert fake.count("submitDomainCreation") == 0
+
+
+def test_a_503_is_retried_by_the_policy_then_given_up(fake: CyberPanelFake) -> None:
+    slept: list[float] = []
+    policy = Policy(poll_interval=0.0, api_retries=2, api_backoff=1.0, sleep=slept.append)
+    fake.unavailable(2)
+    client(fake, policy=policy).verify_connection()
+    assert slept == [1.0, 2.0] and fake.names()[-2:] == ["verifyConn", "verifyLogin"]
+    fake.unavailable(3)
+    with pytest.raises(ProviderUnavailable) as err:
+        client(fake, policy=policy).verify_connection()
+    assert "HTTP 503" in str(err.value)
