@@ -28,6 +28,7 @@ import datetime
 import ipaddress
 import json
 import secrets
+import shutil
 import ssl
 import threading
 import urllib.parse
@@ -104,6 +105,7 @@ class CpanelFake:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> CpanelFake:
         return self.start()
