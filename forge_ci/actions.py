@@ -3,15 +3,15 @@
 Each action (``actions/<name>/action.yml``) has one step that runs
 ``python -m forge_ci.actions <name>`` in forge's cached virtualenv. Its inputs arrive
 as ``INPUT_*`` environment variables — never spliced into shell code — and are
-validated here before they become an argv for :func:`forge_ci.cli.main`, which runs
-in this same process (one interpreter start, not two).
+validated here before they become an argv for ``forge-ci``, run as a child process
+with an explicit environment and working directory (this process's own are left alone).
 
 Two more variables are read here:
 
 ``FORGE_ENV``
     Extra ``NAME=value`` lines (the reusable workflows' ``env`` secret) for the
     ``${VAR}``\\s of forge.yml. Each value is masked before anything else is
-    printed, then exported to forge-ci's environment only; the raw blob is removed.
+    printed, then given to forge-ci's environment only; the raw blob is removed.
 ``AWS_ROLE_ARN``
     With the job's OIDC token available (``permissions: id-token: write``), the
     token is written to a 0600 file and boto3 assumes the role itself
@@ -25,15 +25,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from forge_ci import cli, gha
+from forge_ci import gha
 from forge_ci.errors import ExitCode
 
 Env = MutableMapping[str, str]
@@ -267,11 +268,24 @@ def oidc_aws(env: Env, runner: gha.Runner, *, timeout: float = 10.0) -> bool:
 
 # -- entry point -------------------------------------------------------------------
 
-def run(action: str, env: Env, *,
-        forge: Callable[[Sequence[str], Env], int] | None = None) -> int:
-    """Run ``action`` with inputs from ``env`` (mutated: it is the process environment)."""
+Forge = Callable[[Sequence[str], Mapping[str, str], Path], int]
+
+
+def forge_ci(argv: Sequence[str], environ: Mapping[str, str], cwd: Path) -> int:
+    """Run ``forge-ci argv`` as a child process with exactly ``environ``, in ``cwd``.
+
+    A process of its own, so nothing here changes this interpreter's directory or
+    environment, and boto3 in the child sees the OIDC token file exported for it.
+    """
+    sys.stdout.flush()
+    return subprocess.run([sys.executable, "-I", "-m", "forge_ci", *argv], cwd=cwd,  # noqa: S603
+                          env=dict(environ), check=False).returncode
+
+
+def run(action: str, environ: Mapping[str, str], *, forge: Forge = forge_ci) -> int:
+    """Run ``action`` with inputs from ``environ`` (not changed: forge gets a copy)."""
+    env: Env = dict(environ)
     runner = gha.Runner.from_env(env)
-    call = forge or (lambda argv, e: cli.main(argv, e))
     for name in _UNSET_IF_EMPTY:
         if name in env and not env[name].strip():
             del env[name]
@@ -284,16 +298,11 @@ def run(action: str, env: Env, *,
         return ExitCode.USAGE
     if names:
         runner.log(f"env: exported {', '.join(names)} (values masked)")
-    cwd = Path.cwd()
-    os.chdir(inputs.working_directory)
-    try:
-        for argv in argvs:
-            runner.log(f"$ forge-ci {' '.join(argv)}")
-            code = call(argv, env)
-            if code != 0:
-                return code
-    finally:
-        os.chdir(cwd)
+    for argv in argvs:
+        runner.log(f"$ forge-ci {' '.join(argv)}")
+        code = forge(argv, env, inputs.working_directory)
+        if code != 0:
+            return code
     return 0
 
 

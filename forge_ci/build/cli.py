@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_ci.build.builder import build
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 from forge_ci.config import LoadedConfig
 
 
@@ -37,7 +37,7 @@ def cmd_build(ctx: Context) -> int:
     loaded = ctx.config()
     out = ctx.args.out or default_out(loaded)
     with ctx.runner.group("build"):
-        artifact = build(loaded.root, loaded.config.build, out, env=ctx.env,
+        artifact = build(loaded.root, loaded.config.build, out, env=ctx.environ,
                          extra_exclude=local_targets(loaded), log=ctx.runner.log)
     m = artifact.manifest
     ctx.emit({"artifact": str(artifact.root), "digest": artifact.digest,

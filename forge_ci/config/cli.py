@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 
 
 def register(sub: Any, common: Common) -> None:

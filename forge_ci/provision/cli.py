@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 from forge_ci.config import LoadedConfig
 from forge_ci.errors import SecretError, UsageError
 from forge_ci.provision.base import Plan, forge_labels
@@ -74,8 +74,8 @@ def cmd_provision(ctx: Context) -> int:
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
     policy = Policy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.env, policy, ctx.runner.log)
-    key_text = ctx.env.get("FORGE_SSH_KEY")
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log)
+    key_text = ctx.environ.get("FORGE_SSH_KEY")
     if not key_text:
         raise SecretError("FORGE_SSH_KEY is not set",
                           hint="the deploy key: its public half becomes the deploy user's login")
@@ -85,7 +85,7 @@ def cmd_provision(ctx: Context) -> int:
                              deploy_key=deploy_key, host_key=host_key)
     outcome = engine.provision(
         provider, spec, site, host_key=host_key, deploy_key=deploy_key,
-        pinned=ctx.env.get("FORGE_KNOWN_HOSTS") or None, plan_only=ctx.dry_run,
+        pinned=ctx.environ.get("FORGE_KNOWN_HOSTS") or None, plan_only=ctx.dry_run,
         wait=bool(ctx.args.wait), policy=policy, rt=_runtime(ctx))
     _report(ctx, site, outcome, _hosts_hint(loaded, site, outcome))
     return 0
@@ -165,7 +165,7 @@ def cmd_destroy(ctx: Context) -> int:
                    else f"--confirm {confirm!r} is not the server's name")
         raise UsageError(problem, hint=f"pass --confirm {name} to delete server {name}")
     policy = Policy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.env, policy, ctx.runner.log)
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log)
     plan = engine.destroy(provider, name, forge_labels(site.project, site.environment),
                           plan_only=ctx.dry_run, rt=_runtime(ctx))
     _report_destroy(ctx, plan, done=not ctx.dry_run)
