@@ -278,7 +278,7 @@ def forge_ci(argv: Sequence[str], environ: Mapping[str, str], cwd: Path) -> int:
     environment, and boto3 in the child sees the OIDC token file exported for it.
     """
     sys.stdout.flush()
-    return subprocess.run([sys.executable, "-I", "-m", "forge_ci", *argv], cwd=cwd,  # noqa: S603
+    return subprocess.run([sys.executable, "-I", "-m", "forge_ci", *argv], cwd=cwd,
                           env=dict(environ), check=False).returncode
 
 

@@ -1,7 +1,7 @@
 """The hcloud client behind one narrow door: every call goes through :meth:`Api.call`.
 
 That is where forge's retry policy applies (rate limits, conflicts, gateway
-errors, network failures: backoff from the :class:`Policy`) and where hcloud's
+errors, network failures: backoff from the :class:`ProvisionPolicy`) and where hcloud's
 exceptions become :mod:`forge_ci.provision.errors`. Actions are polled here,
 against the policy's time limit.
 """
@@ -23,7 +23,7 @@ from forge_ci.provision.errors import (
     ProviderUnavailable,
     ProvisionTimeout,
 )
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy
 
 DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
 T = TypeVar("T")
@@ -50,7 +50,7 @@ def make_client(token: str, endpoint: str | None, *, timeout: float = 30.0) -> C
 class Api:
     """An hcloud :class:`Client` plus the policy for retries and polling."""
 
-    def __init__(self, client: Client, policy: Policy, *, endpoint: str | None = None,
+    def __init__(self, client: Client, policy: ProvisionPolicy, *, endpoint: str | None = None,
                  log: Callable[[str], None] = lambda _msg: None) -> None:
         self.client = client
         self.policy = policy
