@@ -281,8 +281,8 @@ def test_unreachable_api_is_retried_then_reported(fake: HetznerFake) -> None:
     clock = Clock()
     url = fake.url
     fake.stop()
-    api = Api(make_client(fake.token, url), ProvisionPolicy(api_retries=2, api_backoff=0.0,
-                                                   sleep=clock.sleep, clock=clock), endpoint=url)
+    policy = ProvisionPolicy(api_retries=2, api_backoff=0.0, sleep=clock.sleep, clock=clock)
+    api = Api(make_client(fake.token, url), policy, endpoint=url)
     with pytest.raises(ProviderUnavailable, match="cannot reach the Hetzner API"):
         api.call("listing locations", api.client.locations.get_all)
     assert len(clock.sleeps) == 2

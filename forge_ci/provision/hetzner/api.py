@@ -39,8 +39,12 @@ def make_client(token: str, endpoint: str | None, *, timeout: float = 30.0) -> C
     client = Client(token=token, api_endpoint=(endpoint or DEFAULT_ENDPOINT).rstrip("/"),
                     application_name="forge-ci", application_version=__version__,
                     timeout=timeout)
-    # hcloud retries internally with its own fixed backoff (seconds per retry, not
-    # configurable); forge's policy must be the only one, or tests could not pass zero.
+    # hcloud retries some requests itself (up to 5 times, exponential backoff of up to a
+    # minute) and offers no public setting for it: its Client takes poll_interval,
+    # poll_max_retries and timeout only (hcloud 2.27). forge's ProvisionPolicy is the
+    # retry policy (Api.call), so hcloud's must be off, or a failing call would wait
+    # minutes per forge attempt and tests could not pass zero. The only way is this
+    # attribute; tests/provision/test_hetzner_api.py fails if it stops working.
     base = getattr(client, "_client", None)
     if base is not None and hasattr(base, "_retry_max_retries"):
         base._retry_max_retries = 0
