@@ -125,8 +125,9 @@ def cmd_deploy(ctx: Context) -> int:
         artifact = open_artifact(ctx.args.artifact)
     else:
         with ctx.runner.group("build"):
-            artifact = build(loaded.root, loaded.config.build, default_out(loaded), env=ctx.environ,
-                             extra_exclude=local_targets(loaded), log=ctx.runner.log)
+            artifact = build(loaded.root, loaded.config.build, default_out(loaded),
+                             environ=ctx.environ, extra_exclude=local_targets(loaded),
+                             log=ctx.runner.log)
     with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
             _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)

@@ -37,15 +37,15 @@ class HetznerProvider(Provider[ServerFacts]):
         self.settings = settings
 
     @classmethod
-    def from_env(cls, config: ProvisionConfig, env: Mapping[str, str], policy: ProvisionPolicy,
+    def from_env(cls, config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
                  log: Callable[[str], None]) -> HetznerProvider:
         """Build from HCLOUD_TOKEN (required) and HCLOUD_ENDPOINT (optional)."""
-        token = env.get(TOKEN_VAR, "").strip()
+        token = environ.get(TOKEN_VAR, "").strip()
         if not token:
             raise SecretError(f"{TOKEN_VAR} is not set",
                               hint="create an API token (Read & Write) in the Hetzner project "
                                    "and pass it as the hcloud-token secret in the step's env:")
-        endpoint = env.get(ENDPOINT_VAR) or None
+        endpoint = environ.get(ENDPOINT_VAR) or None
         api = Api(make_client(token, endpoint), policy, endpoint=endpoint, log=log)
         return cls(api, settings_from(config))
 
