@@ -3,15 +3,15 @@
 Each action (``actions/<name>/action.yml``) has one step that runs
 ``python -m forge_ci.actions <name>`` in forge's cached virtualenv. Its inputs arrive
 as ``INPUT_*`` environment variables — never spliced into shell code — and are
-validated here before they become an argv for :func:`forge_ci.cli.main`, which runs
-in this same process (one interpreter start, not two).
+validated here before they become an argv for ``forge-ci``, run as a child process
+with an explicit environment and working directory (this process's own are left alone).
 
 Two more variables are read here:
 
 ``FORGE_ENV``
     Extra ``NAME=value`` lines (the reusable workflows' ``env`` secret) for the
     ``${VAR}``\\s of forge.yml. Each value is masked before anything else is
-    printed, then exported to forge-ci's environment only; the raw blob is removed.
+    printed, then given to forge-ci's environment only; the raw blob is removed.
 ``AWS_ROLE_ARN``
     With the job's OIDC token available (``permissions: id-token: write``), the
     token is written to a 0600 file and boto3 assumes the role itself
@@ -25,18 +25,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from forge_ci import cli, gha
+from forge_ci import gha
 from forge_ci.errors import ExitCode
 
-Env = MutableMapping[str, str]
+Environ = MutableMapping[str, str]
 
 _ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
@@ -73,19 +74,19 @@ class Inputs:
     extra: dict[str, str]
 
 
-def _get(env: Env, name: str) -> str:
-    return env.get(f"INPUT_{name.upper().replace('-', '_')}", "").strip()
+def _get(environ: Environ, name: str) -> str:
+    return environ.get(f"INPUT_{name.upper().replace('-', '_')}", "").strip()
 
 
-def _text(env: Env, name: str, *, default: str = "") -> str:
-    value = _get(env, name) or default
+def _text(environ: Environ, name: str, *, default: str = "") -> str:
+    value = _get(environ, name) or default
     if any(c in value for c in "\0\n\r"):
         raise InputError(f"input {name!r} must be a single line")
     return value
 
 
-def _bool(env: Env, name: str, default: bool) -> bool:
-    value = _get(env, name).lower()
+def _bool(environ: Environ, name: str, default: bool) -> bool:
+    value = _get(environ, name).lower()
     if not value:
         return default
     if value in ("true", "false"):
@@ -93,25 +94,25 @@ def _bool(env: Env, name: str, default: bool) -> bool:
     raise InputError(f"input {name!r} must be true or false")
 
 
-def _ident(env: Env, name: str, what: str) -> str:
-    value = _text(env, name)
+def _ident(environ: Environ, name: str, what: str) -> str:
+    value = _text(environ, name)
     if value and not _ID.match(value):
         raise InputError(f"input {name!r} is not a valid {what} "
                          "(letters, digits, '.', '_', ':', '-'; as forge-ci prints it)")
     return value
 
 
-def _common(env: Env) -> Inputs:
-    environment = _text(env, "environment")
+def _common(environ: Environ) -> Inputs:
+    environment = _text(environ, "environment")
     if not environment:
         raise InputError("input 'environment' is required (a name from forge.yml)")
     if not _ENV_NAME.match(environment):
         raise InputError("input 'environment' must be a forge.yml environment name "
                          "(letters, digits, '.', '_', '-'; at most 64)")
-    config = _text(env, "config", default="forge.yml")
+    config = _text(environ, "config", default="forge.yml")
     if config.startswith("-"):
         raise InputError("input 'config' must be a path to forge.yml")
-    wd = Path(_text(env, "working-directory", default="."))
+    wd = Path(_text(environ, "working-directory", default="."))
     if not wd.is_dir():
         raise InputError("input 'working-directory' is not a directory in the workspace")
     return Inputs(environment=environment, config=config, working_directory=wd, extra={})
@@ -119,12 +120,12 @@ def _common(env: Env) -> Inputs:
 
 # -- one argv list per forge-ci command an action runs ---------------------------
 
-Plan = Callable[[Env, Inputs], list[list[str]]]
+Plan = Callable[[Environ, Inputs], list[list[str]]]
 
 
-def _deploy(env: Env, i: Inputs) -> list[list[str]]:
+def _deploy(environ: Environ, i: Inputs) -> list[list[str]]:
     argv = ["deploy", i.environment, f"--config={i.config}"]
-    artifact = _text(env, "artifact")
+    artifact = _text(environ, "artifact")
     if artifact:
         if not (i.working_directory / artifact).is_dir():
             raise InputError("input 'artifact' is not a directory (a `forge-ci build` output)")
@@ -132,26 +133,26 @@ def _deploy(env: Env, i: Inputs) -> list[list[str]]:
     return [argv]
 
 
-def _rollback(env: Env, i: Inputs) -> list[list[str]]:
+def _rollback(environ: Environ, i: Inputs) -> list[list[str]]:
     argv = ["rollback", i.environment, f"--config={i.config}"]
-    release = _ident(env, "release", "release id")
+    release = _ident(environ, "release", "release id")
     if release:
         argv.append(f"--to={release}")
     return [argv]
 
 
-def _backup(env: Env, i: Inputs) -> list[list[str]]:
+def _backup(environ: Environ, i: Inputs) -> list[list[str]]:
     runs = [["backup", i.environment, f"--config={i.config}"]]
-    if _bool(env, "verify", False):
+    if _bool(environ, "verify", False):
         runs.append(["verify", i.environment, f"--config={i.config}"])
-    if _bool(env, "prune", False):
+    if _bool(environ, "prune", False):
         runs.append(["prune", i.environment, f"--config={i.config}"])
     return runs
 
 
-def _restore(env: Env, i: Inputs) -> list[list[str]]:
-    snapshot = _ident(env, "snapshot", "snapshot id")
-    if _text(env, "confirm") != i.environment:
+def _restore(environ: Environ, i: Inputs) -> list[list[str]]:
+    snapshot = _ident(environ, "snapshot", "snapshot id")
+    if _text(environ, "confirm") != i.environment:
         raise InputError("restore overwrites the live site: set input 'confirm' to the "
                          f"environment's name ({i.environment}) to go ahead")
     argv = ["restore", i.environment, f"--config={i.config}", "--yes"]
@@ -160,9 +161,9 @@ def _restore(env: Env, i: Inputs) -> list[list[str]]:
     return [argv]
 
 
-def _provision(env: Env, i: Inputs) -> list[list[str]]:
+def _provision(environ: Environ, i: Inputs) -> list[list[str]]:
     argv = ["provision", i.environment, f"--config={i.config}"]
-    if _bool(env, "no-wait", False):
+    if _bool(environ, "no-wait", False):
         argv.append("--no-wait")
     return [argv]
 
@@ -176,12 +177,12 @@ ACTIONS: dict[str, Plan] = {
 }
 
 
-def plan(action: str, env: Env) -> tuple[Inputs, list[list[str]]]:
+def plan(action: str, environ: Environ) -> tuple[Inputs, list[list[str]]]:
     """Validate ``env``'s inputs for ``action``; return them and the forge-ci argvs."""
     if action not in ACTIONS:
         raise InputError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
-    inputs = _common(env)
-    return inputs, ACTIONS[action](env, inputs)
+    inputs = _common(environ)
+    return inputs, ACTIONS[action](environ, inputs)
 
 
 # -- FORGE_ENV: extra NAME=value lines -------------------------------------------
@@ -211,34 +212,36 @@ def parse_env_lines(text: str) -> dict[str, str]:
     return out
 
 
-def export_env_lines(env: Env, runner: gha.Runner) -> list[str]:
+def export_env_lines(environ: Environ, runner: gha.Runner) -> list[str]:
     """Move ``FORGE_ENV``'s variables into ``env``, masking every value first."""
-    text = env.pop("FORGE_ENV", "")
+    text = environ.pop("FORGE_ENV", "")
     parsed = parse_env_lines(text)
     for value in parsed.values():
         runner.mask(value)
     for name, value in parsed.items():
-        if env.get(name) and env[name] != value:
+        if environ.get(name) and environ[name] != value:
             raise InputError(f"env: {name} is also set in the step's environment; "
                              "give it in one place")
-        env[name] = value
+        environ[name] = value
     return sorted(parsed)
 
 
 # -- AWS through OIDC --------------------------------------------------------------
 
-def oidc_aws(env: Env, runner: gha.Runner, *, timeout: float = 10.0) -> bool:
+def oidc_aws(environ: Environ, runner: gha.Runner, *, timeout: float = 10.0) -> bool:
     """With ``AWS_ROLE_ARN`` set, fetch the job's OIDC token for boto3 to assume the role.
 
     Returns True when a token file was written. Static keys, if also given, win:
     boto3 prefers them, so the token is not requested.
     """
-    role = env.get("AWS_ROLE_ARN", "").strip()
-    if not role or env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_ACCESS_KEY_ID"):
+    role = environ.get("AWS_ROLE_ARN", "").strip()
+    if (not role or environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+            or environ.get("AWS_ACCESS_KEY_ID")):
         return False
     if not _ROLE_ARN.match(role):
         raise InputError("aws-role-arn is not an IAM role ARN (arn:aws:iam::123456789012:role/…)")
-    url, token = env.get("ACTIONS_ID_TOKEN_REQUEST_URL"), env.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+    url = environ.get("ACTIONS_ID_TOKEN_REQUEST_URL")
+    token = environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
     if not url or not token:
         raise InputError("aws-role-arn is set but this job cannot request an OIDC token: "
                          "grant it `permissions: id-token: write`")
@@ -255,45 +258,53 @@ def oidc_aws(env: Env, runner: gha.Runner, *, timeout: float = 10.0) -> bool:
         raise InputError(f"could not get the job's OIDC token ({e.__class__.__name__}); "
                          "is `id-token: write` granted?") from None
     runner.mask(jwt)
-    folder = env.get("RUNNER_TEMP") or tempfile.gettempdir()
+    folder = environ.get("RUNNER_TEMP") or tempfile.gettempdir()
     fd, path = tempfile.mkstemp(prefix="forge-oidc-", dir=folder)  # mode 0600
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(jwt)
-    env["AWS_WEB_IDENTITY_TOKEN_FILE"] = path
-    run = f"{env.get('GITHUB_RUN_ID', 'local')}-{env.get('GITHUB_RUN_ATTEMPT', '1')}"
-    env.setdefault("AWS_ROLE_SESSION_NAME", f"forge-{run}")
+    environ["AWS_WEB_IDENTITY_TOKEN_FILE"] = path
+    run = f"{environ.get('GITHUB_RUN_ID', 'local')}-{environ.get('GITHUB_RUN_ATTEMPT', '1')}"
+    environ.setdefault("AWS_ROLE_SESSION_NAME", f"forge-{run}")
     return True
 
 
 # -- entry point -------------------------------------------------------------------
 
-def run(action: str, env: Env, *,
-        forge: Callable[[Sequence[str], Env], int] | None = None) -> int:
-    """Run ``action`` with inputs from ``env`` (mutated: it is the process environment)."""
-    runner = gha.Runner.from_env(env)
-    call = forge or (lambda argv, e: cli.main(argv, e))
+Forge = Callable[[Sequence[str], Mapping[str, str], Path], int]
+
+
+def forge_ci(argv: Sequence[str], environ: Mapping[str, str], cwd: Path) -> int:
+    """Run ``forge-ci argv`` as a child process with exactly ``environ``, in ``cwd``.
+
+    A process of its own, so nothing here changes this interpreter's directory or
+    environment, and boto3 in the child sees the OIDC token file exported for it.
+    """
+    sys.stdout.flush()
+    return subprocess.run([sys.executable, "-I", "-m", "forge_ci", *argv], cwd=cwd,
+                          env=dict(environ), check=False).returncode
+
+
+def run(action: str, environ: Mapping[str, str], *, forge: Forge = forge_ci) -> int:
+    """Run ``action`` with inputs from ``environ`` (not changed: forge gets a copy)."""
+    child: Environ = dict(environ)
+    runner = gha.Runner.from_env(child)
     for name in _UNSET_IF_EMPTY:
-        if name in env and not env[name].strip():
-            del env[name]
+        if name in child and not child[name].strip():
+            del child[name]
     try:
-        names = export_env_lines(env, runner)
-        inputs, argvs = plan(action, env)
-        oidc_aws(env, runner)
+        names = export_env_lines(child, runner)
+        inputs, argvs = plan(action, child)
+        oidc_aws(child, runner)
     except InputError as e:
         runner.error(str(e), title=f"forge {action}")
         return ExitCode.USAGE
     if names:
         runner.log(f"env: exported {', '.join(names)} (values masked)")
-    cwd = Path.cwd()
-    os.chdir(inputs.working_directory)
-    try:
-        for argv in argvs:
-            runner.log(f"$ forge-ci {' '.join(argv)}")
-            code = call(argv, env)
-            if code != 0:
-                return code
-    finally:
-        os.chdir(cwd)
+    for argv in argvs:
+        runner.log(f"$ forge-ci {' '.join(argv)}")
+        code = forge(argv, child, inputs.working_directory)
+        if code != 0:
+            return code
     return 0
 
 

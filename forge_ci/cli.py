@@ -7,78 +7,16 @@ Each capability registers its own subcommands (``register(sub, common)`` in its
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from forge_ci import __version__, gha
-from forge_ci.config import LoadedConfig, load
+from forge_ci._malloc import tune_malloc
+from forge_ci.command import SECRET_VARS, Command, Common, Context
 from forge_ci.errors import ExitCode, ForgeError
-
-Command = Callable[["Context"], int]
-
-
-@dataclass
-class Context:
-    """What a command gets: its arguments, the environment, and where to report."""
-
-    args: argparse.Namespace
-    env: Mapping[str, str]
-    runner: gha.Runner
-    _config: LoadedConfig | None = field(default=None, repr=False)
-
-    @property
-    def json(self) -> bool:
-        return bool(getattr(self.args, "json", False))
-
-    @property
-    def dry_run(self) -> bool:
-        return bool(getattr(self.args, "dry_run", False))
-
-    def config(self) -> LoadedConfig:
-        if self._config is None:
-            path = Path(getattr(self.args, "config", None) or "forge.yml")
-            self._config = load(path, self.env, getattr(self.args, "environment", None))
-            for value in self._config.secrets:
-                self.runner.mask(value)
-            for name in SECRET_VARS:
-                if self.env.get(name):
-                    self.runner.mask(self.env[name])
-        return self._config
-
-    def emit(self, data: Any, human: str) -> None:
-        """Print ``data`` as JSON with --json, else the human text, on stdout."""
-        text = json.dumps(data, indent=2, sort_keys=True) if self.json else human
-        print(self.runner.redact(text), flush=True)
-
-
-# Values masked in every log line and output as soon as a command starts.
-SECRET_VARS = (
-    "FORGE_SSH_KEY",
-    "FORGE_BACKUP_IDENTITY",
-    "HCLOUD_TOKEN",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)
-
-
-class Common:
-    """Parent parsers shared by subcommands."""
-
-    def __init__(self) -> None:
-        self.config = argparse.ArgumentParser(add_help=False)
-        self.config.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                                 help="forge.yml to read (default: ./forge.yml)")
-        self.json = argparse.ArgumentParser(add_help=False)
-        self.json.add_argument("--json", action="store_true", help="machine-readable output")
-        self.dry_run = argparse.ArgumentParser(add_help=False)
-        self.dry_run.add_argument("--dry-run", action="store_true",
-                                  help="print what would be done and change nothing")
 
 
 def _modules() -> list[Any]:
@@ -110,14 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    env = dict(os.environ if env is None else env)
-    runner = gha.Runner.from_env(env)
+    """Run one ``forge-ci`` command; ``env`` is its process environment (default ``os.environ``)."""
+    tune_malloc()  # process-wide, before any thread starts: see forge_ci._malloc
+    environ = dict(os.environ if env is None else env)
+    runner = gha.Runner.from_env(environ)
     for name in SECRET_VARS:
-        if env.get(name):
-            runner.mask(env[name])
+        if environ.get(name):
+            runner.mask(environ[name])
     parser = build_parser()
     args = parser.parse_args(argv)
-    ctx = Context(args=args, env=env, runner=runner)
+    ctx = Context(args=args, environ=environ, runner=runner)
     func: Command = args.func
     try:
         return func(ctx)

@@ -34,11 +34,11 @@ class Runner:
     masked: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], stream: TextIO | None = None) -> Runner:
-        out = env.get("GITHUB_OUTPUT")
-        summ = env.get("GITHUB_STEP_SUMMARY")
+    def from_env(cls, environ: Mapping[str, str], stream: TextIO | None = None) -> Runner:
+        out = environ.get("GITHUB_OUTPUT")
+        summ = environ.get("GITHUB_STEP_SUMMARY")
         return cls(
-            in_actions=env.get("GITHUB_ACTIONS") == "true",
+            in_actions=environ.get("GITHUB_ACTIONS") == "true",
             output_file=Path(out) if out else None,
             summary_file=Path(summ) if summ else None,
             stream=stream or sys.stderr,

@@ -5,12 +5,25 @@ A machine without the lab's binaries makes these fixtures FAIL, not skip:
 CI must never pass by quietly not talking to real peers. Set
 FORGE_LAB_ALLOW_SKIP=1 to skip them instead on a machine without the lab.
 
-Tests using any of these fixtures get the `lab` marker automatically, so
-`pytest -m "not lab"` runs only the fast tests.
+Tests using any of these fixtures, and the lab's own tests (tests/lab/test_*.py),
+get the `lab` marker automatically, so `pytest -m "not lab"` runs only the fast tests.
+
+Tests live by capability, mirroring the package (the test of forge_ci/x/y.py is under
+tests/x/); what kind of test it is, is a marker:
+
+- `lab`: real peers from tests/lab;
+- `e2e`: the actions and workflows run by act, as a site repository would
+  (tests/actions/test_act.py);
+- `faults`: forge killed (SIGKILL) or cut off at every phase of deploy, rollback,
+  backup and restore, then checked the way a user would check (the test_faults*.py
+  modules of tests/deploy, tests/backup and tests/remote). A phase is hit by watching
+  forge's own output for the line that starts it (``lab.killable.Run.wait_for``).
 """
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -53,11 +66,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "e2e: runs the actions and workflows end to end, as a site repository would"
     )
+    config.addinivalue_line(
+        "markers", "faults: kills or cuts off forge mid-run, then checks what a user would check"
+    )
+
+
+_LAB_PACKAGE = Path(_TESTS) / "lab"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if LAB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if (LAB_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or item.path.is_relative_to(_LAB_PACKAGE)):
             item.add_marker(pytest.mark.lab)
 
 
@@ -167,6 +187,15 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
 
     yield make
     close_all(proxy.stop for proxy in started)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """Seeded randomness (the fault suite's random moments); the seed is printed so a
+    failure can be replayed with FORGE_FAULT_SEED=<seed>."""
+    seed = int(os.environ.get("FORGE_FAULT_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"{request.node.nodeid}: FORGE_FAULT_SEED={seed}")
+    return random.Random(seed)
 
 
 # Every subprocess output a test reads is checked, from the first import on.

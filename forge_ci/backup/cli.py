@@ -9,13 +9,12 @@ from typing import Any
 
 from forge_ci.backup import session
 from forge_ci.backup.keys import format_identity_file, generate_identity
-from forge_ci.backup.memory import tune_malloc
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import plan_restore, run_restore
 from forge_ci.backup.take import BackupReport, take_snapshot
 from forge_ci.backup.verify import verify_snapshot
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 from forge_ci.errors import ConfigError, ForgeError, UsageError
 
 ENV_HELP = "environment name from forge.yml"
@@ -64,7 +63,6 @@ def register(sub: Any, common: Common) -> None:
 
 
 def _target(ctx: Context) -> session.Target:
-    tune_malloc()  # before any thread starts: see forge_ci.backup.memory
     return session.target(ctx.config(), ctx.args.environment)
 
 
@@ -78,7 +76,7 @@ def _size(n: float) -> str:
 
 def cmd_backup(ctx: Context) -> int:
     t = _target(ctx)
-    with session.repository(t, ctx.env) as repo, session.backup_host(t, ctx.env) as host, \
+    with session.repository(t, ctx.environ) as repo, session.backup_host(t, ctx.environ) as host, \
             ctx.runner.group(f"back up {t.name} from {host.name}"):
         report = take_snapshot(repo, session.source(t, host), t.backup,
                                dry_run=ctx.dry_run, log=ctx.runner.log)
@@ -112,7 +110,7 @@ def _summary(t: session.Target, r: BackupReport) -> str:
 
 def cmd_snapshots(ctx: Context) -> int:
     t = _target(ctx)
-    with session.repository(t, ctx.env) as repo:
+    with session.repository(t, ctx.environ) as repo:
         rows = _snapshot_rows(repo)
     if not rows:
         ctx.emit({"snapshots": []}, f"no snapshots of {t.site}/{t.name} yet")
@@ -154,7 +152,7 @@ def _snapshot_rows(repo: Repository) -> list[dict[str, object]]:
 
 def cmd_verify(ctx: Context) -> int:
     t = _target(ctx)
-    with session.repository(t, ctx.env) as repo:
+    with session.repository(t, ctx.environ) as repo:
         ref = repo.resolve(ctx.args.snapshot)
         with ctx.runner.group(f"verify {ref.id}"):
             report = verify_snapshot(repo, ref, log=ctx.runner.log)
@@ -170,14 +168,14 @@ def cmd_restore(ctx: Context) -> int:
     to_dir = ctx.args.to_dir
     if to_dir is not None and t.env.is_local:
         to_dir = os.path.abspath(to_dir)
-    with session.repository(t, ctx.env) as repo:
+    with session.repository(t, ctx.environ) as repo:
         ref = repo.resolve(ctx.args.snapshot)
         plan = plan_restore(ref, repo.load(ref), t.backup, t.root, database=ctx.args.database,
                             to_dir=to_dir, only=ctx.args.only)
         if ctx.dry_run:
             ctx.emit(plan.as_dict(), "would restore " + plan.describe())
             return 0
-        with session.backup_host(t, ctx.env) as host, \
+        with session.backup_host(t, ctx.environ) as host, \
                 ctx.runner.group(f"restore {ref.id} on {host.name}"):
             report = run_restore(plan, repo, host, t.backup, yes=ctx.args.yes,
                                  log=ctx.runner.log)
@@ -193,7 +191,7 @@ def cmd_prune(ctx: Context) -> int:
         raise ConfigError(f"environment {t.name!r} has no backup.retention policy",
                           file=str(t.loaded.path), key=f"environments.{t.name}.backup",
                           hint="add retention: { keep_daily: 14, keep_weekly: 8, ... }")
-    with session.repository(t, ctx.env) as repo, ctx.runner.group(f"prune {t.name}"):
+    with session.repository(t, ctx.environ) as repo, ctx.runner.group(f"prune {t.name}"):
         plan = prune(repo, t.backup.retention, dry_run=ctx.dry_run, log=ctx.runner.log)
     if not ctx.dry_run:
         ctx.runner.summary(f"### forge-ci prune: {t.name}\n\n```\n{plan.render()}\n```")

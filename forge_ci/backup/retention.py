@@ -1,7 +1,7 @@
 """Which snapshots to keep: restic's ``forget`` rules, as a pure function.
 
 Semantics (those of restic's ``ApplyPolicy``, which the oracle test in
-``tests/unit/backup/test_retention_oracle.py`` compares against the real binary):
+``tests/backup/test_retention_oracle.py`` compares against the real binary):
 
 * Snapshots of one group (site + environment, never the runner's host name) are
   walked newest first.

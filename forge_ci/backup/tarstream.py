@@ -189,7 +189,7 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
         # copybufsize: tarfile copies a member 16 KiB at a time unless told otherwise.
         with tarfile.open(fileobj=out, mode="w|", bufsize=_READ, format=tarfile.PAX_FORMAT,
                           encoding="utf-8", errors="surrogateescape",
-                          copybufsize=_READ) as tar:
+                          copybufsize=_READ) as tar:  # type: ignore[call-overload]
             for info in entries:
                 body = IterReader(content(info)) if info.isreg() else None
                 tar.addfile(info, body)

@@ -90,11 +90,11 @@ def copy_tree(src: Path, dst: Path, patterns: tuple[str, ...]) -> None:
                 shutil.copy2(s, target_dir / name)
 
 
-def _run(cmd: list[str] | str, cwd: Path, env: Mapping[str, str], what: str,
+def _run(cmd: list[str] | str, cwd: Path, environ: Mapping[str, str], what: str,
          log: Callable[[str], None]) -> None:
     log(f"$ {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=dict(env), shell=isinstance(cmd, str),
+        p = subprocess.run(cmd, cwd=cwd, env=dict(environ), shell=isinstance(cmd, str),
                            capture_output=True, text=True)
     except FileNotFoundError:
         raise BuildError(f"{what}: command not found",
@@ -106,7 +106,7 @@ def _run(cmd: list[str] | str, cwd: Path, env: Mapping[str, str], what: str,
                          hint="the output above shows why; fix the build and push again")
 
 
-def build(source: Path, config: BuildConfig, out: Path, *, env: Mapping[str, str],
+def build(source: Path, config: BuildConfig, out: Path, *, environ: Mapping[str, str],
           extra_exclude: Iterable[str] = (), log: Callable[[str], None] = print) -> Artifact:
     """Build ``source`` into the artifact directory ``out`` (replaced if present)."""
     patterns = (*ALWAYS_EXCLUDE, *config.exclude, *extra_exclude)
@@ -118,9 +118,9 @@ def build(source: Path, config: BuildConfig, out: Path, *, env: Mapping[str, str
         if not (tree / "composer.json").exists():
             raise BuildError("build.composer is true but there is no composer.json",
                              hint="set build.composer: false or add composer.json")
-        _run(list(COMPOSER), tree, env, "composer install", log)
+        _run(list(COMPOSER), tree, environ, "composer install", log)
     for i, command in enumerate(config.commands):
-        _run(command, tree, env, f"build.commands[{i}]", log)
+        _run(command, tree, environ, f"build.commands[{i}]", log)
     _prune_excluded(tree, patterns)  # build commands may create node_modules etc.
     manifest = scan(tree)
     (tmp / "manifest.json").write_bytes(manifest.to_bytes())
@@ -129,7 +129,7 @@ def build(source: Path, config: BuildConfig, out: Path, *, env: Mapping[str, str
         "files": len(manifest.entries),
         "bytes": manifest.total_size,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": env.get("GITHUB_SHA", ""),
+        "commit": environ.get("GITHUB_SHA", ""),
         "forge": __version__,
     }
     (tmp / "artifact.json").write_text(json.dumps(info, indent=2) + "\n")

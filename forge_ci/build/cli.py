@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_ci.build.builder import build
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 from forge_ci.config import LoadedConfig
 
 
@@ -21,9 +21,9 @@ def register(sub: Any, common: Common) -> None:
 def local_targets(loaded: LoadedConfig) -> list[str]:
     """Local environments living inside the site: never copied into a build."""
     out = []
-    for env in loaded.config.environments.values():
-        if env.is_local:
-            target = (loaded.root / env.path).resolve()
+    for config in loaded.config.environments.values():
+        if config.is_local:
+            target = (loaded.root / config.path).resolve()
             if target.is_relative_to(loaded.root):
                 out.append(str(target.relative_to(loaded.root)))
     return out
@@ -37,7 +37,7 @@ def cmd_build(ctx: Context) -> int:
     loaded = ctx.config()
     out = ctx.args.out or default_out(loaded)
     with ctx.runner.group("build"):
-        artifact = build(loaded.root, loaded.config.build, out, env=ctx.env,
+        artifact = build(loaded.root, loaded.config.build, out, environ=ctx.environ,
                          extra_exclude=local_targets(loaded), log=ctx.runner.log)
     m = artifact.manifest
     ctx.emit({"artifact": str(artifact.root), "digest": artifact.digest,

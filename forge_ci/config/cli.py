@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 
 
 def register(sub: Any, common: Common) -> None:
@@ -20,12 +20,12 @@ def register(sub: Any, common: Common) -> None:
 def cmd_check(ctx: Context) -> int:
     loaded = ctx.config()
     envs = {}
-    for name, env in loaded.config.environments.items():
+    for name, config in loaded.config.environments.items():
         envs[name] = {
-            "target": "local" if env.is_local else [h.label for h in env.hosts],
-            "path": env.path,
-            "url": env.url,
-            "backup": env.backup.store if env.backup else None,
+            "target": "local" if config.is_local else [h.label for h in config.hosts],
+            "path": config.path,
+            "url": config.url,
+            "backup": config.backup.store if config.backup else None,
         }
     lines = [f"{loaded.path}: ok (project {loaded.config.project})"]
     for name, info in envs.items():

@@ -46,7 +46,7 @@ class LoadedConfig:
         return envs[name]
 
 
-def load(path: Path, env: Mapping[str, str], environment: str | None = None) -> LoadedConfig:
+def load(path: Path, environ: Mapping[str, str], environment: str | None = None) -> LoadedConfig:
     """Parse, expand and validate ``path``; raise :class:`ConfigError` on any problem.
 
     With ``environment``, a ``${VAR}`` inside another environment may be unset (it
@@ -60,15 +60,15 @@ def load(path: Path, env: Mapping[str, str], environment: str | None = None) -> 
                           ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e.__class__.__name__}", file=str(path)) from None
-    return parse(text, env, filename=str(path), path=path, environment=environment)
+    return parse(text, environ, filename=str(path), path=path, environment=environment)
 
 
-def parse(text: str, env: Mapping[str, str], *, filename: str = "forge.yml",
+def parse(text: str, environ: Mapping[str, str], *, filename: str = "forge.yml",
           path: Path | None = None, environment: str | None = None) -> LoadedConfig:
     lines: dict[KeyPath, int] = {}
     data = _compose(text, filename, lines)
     secrets: list[str] = []
-    exp = _Expander(env, filename, lines, secrets, environment)
+    exp = _Expander(environ, filename, lines, secrets, environment)
     data = exp.expand(data, ())
     try:
         config = ForgeConfig.model_validate(data)
@@ -132,9 +132,9 @@ def _to_python(node: yaml.Node, key: KeyPath, filename: str, lines: dict[KeyPath
 # -- ${VAR} expansion ---------------------------------------------------------
 
 class _Expander:
-    def __init__(self, env: Mapping[str, str], filename: str, lines: dict[KeyPath, int],
+    def __init__(self, environ: Mapping[str, str], filename: str, lines: dict[KeyPath, int],
                  secrets: list[str], environment: str | None) -> None:
-        self.env, self.filename, self.lines = env, filename, lines
+        self.environ, self.filename, self.lines = environ, filename, lines
         self.secrets, self.environment = secrets, environment
         self.unresolved: set[KeyPath] = set()
 
@@ -161,15 +161,15 @@ class _Expander:
             raise ConfigError(f"malformed variable reference {m.group(0)!r}", file=self.filename,
                               line=line, key=dotted,
                               hint="write ${NAME} (letters, digits, _) or $$ for a literal $")
-        if name not in self.env:
+        if name not in self.environ:
             if self._optional(key):
                 self.unresolved.add(key)
                 return m.group(0)
             raise ConfigError(f"${{{name}}} is not set in the environment", file=self.filename,
                               line=line, key=dotted,
                               hint=f"export {name}=... (in Actions: pass it as a secret in env:)")
-        self.secrets.append(self.env[name])
-        return self.env[name]
+        self.secrets.append(self.environ[name])
+        return self.environ[name]
 
 
 # -- pydantic errors -> ConfigError ------------------------------------------

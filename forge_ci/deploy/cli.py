@@ -10,7 +10,7 @@ from typing import Any
 
 from forge_ci.build.builder import build, open_artifact
 from forge_ci.build.cli import default_out, local_targets
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 from forge_ci.deploy import health
 from forge_ci.deploy.engine import Deployment, Result, deploy, rollback
 from forge_ci.deploy.lock import owner_info
@@ -59,15 +59,15 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
     name = ctx.args.environment
     env = loaded.environment(name)
     with ctx.runner.group(f"connect to {name}"):
-        hosts = open_hosts(env, ctx.env)
+        hosts = open_hosts(env, ctx.environ)
         for h in hosts:
             ctx.runner.log(f"{h.name}: connected")
     try:
         yield Deployment(
             environment=name, env=env, hosts=hosts, root=target_root(env, loaded.root),
-            owner=owner_info(ctx.env, command), log=ctx.runner.log,
+            owner=owner_info(ctx.environ, command), log=ctx.runner.log,
             policy=health.Policy(timeout=env.health_timeout),
-            by=ctx.env.get("GITHUB_ACTOR", "") or ctx.env.get("USER", ""),
+            by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
             warn=ctx.runner.warning,
         )
     finally:
@@ -125,8 +125,9 @@ def cmd_deploy(ctx: Context) -> int:
         artifact = open_artifact(ctx.args.artifact)
     else:
         with ctx.runner.group("build"):
-            artifact = build(loaded.root, loaded.config.build, default_out(loaded), env=ctx.env,
-                             extra_exclude=local_targets(loaded), log=ctx.runner.log)
+            artifact = build(loaded.root, loaded.config.build, default_out(loaded),
+                             environ=ctx.environ, extra_exclude=local_targets(loaded),
+                             log=ctx.runner.log)
     with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
             _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)

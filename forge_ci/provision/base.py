@@ -3,7 +3,7 @@
 A provider works in three steps, so that ``--plan`` is exact and plans can be
 tested as data without any API:
 
-``observe(spec) -> Observed``
+``observe(spec) -> ServerFacts``
     Read-only calls (GET and nothing else) that capture what exists now, as
     plain data owned by the provider. Raises :class:`ProviderAuthError` or
     :class:`ProviderUnavailable` when the API cannot be used.

@@ -24,8 +24,8 @@ import paramiko
 
 from forge_ci.errors import ConnectError, HostKeyError
 from forge_ci.provision.errors import BootstrapError, ProvisionTimeout
-from forge_ci.provision.keys import known_hosts_line, parse_public
-from forge_ci.provision.policy import Deadline, Policy
+from forge_ci.provision.hostkeys import known_hosts_line, parse_public
+from forge_ci.provision.policy import Deadline, ProvisionPolicy
 from forge_ci.remote.base import Host
 from forge_ci.remote.ssh import SshHost
 
@@ -51,7 +51,7 @@ def ssh_opener(address: str, port: int, user: str, key: paramiko.PKey) -> Opener
     return open_host
 
 
-def bootstrap(open_host: Opener, address: str, port: int, pinned: str, policy: Policy,
+def bootstrap(open_host: Opener, address: str, port: int, pinned: str, policy: ProvisionPolicy,
               log: Callable[[str], None]) -> Bootstrapped:
     host = connect_when_up(open_host, pinned, policy.deadline(policy.boot_timeout), log,
                            retry_key_mismatch=False)
@@ -95,7 +95,7 @@ def connect_when_up(open_host: Opener, known_hosts: str, deadline: Deadline,
         deadline.wait()
 
 
-def wait_cloud_init(host: Host, policy: Policy) -> str:
+def wait_cloud_init(host: Host, policy: ProvisionPolicy) -> str:
     """``done`` or ``degraded``; raises BootstrapError when cloud-init failed."""
     result = host.run(CLOUD_INIT_COMMAND, check=False, timeout=policy.boot_timeout)
     if result.status == 0:

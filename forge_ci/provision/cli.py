@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from forge_ci.cli import Common, Context
+from forge_ci.command import Common, Context
 from forge_ci.config import LoadedConfig
 from forge_ci.errors import SecretError, UsageError
 from forge_ci.provision.base import Plan, forge_labels
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy
 from forge_ci.provision.site import Site, provision_section, resolve
 
 if TYPE_CHECKING:
-    from forge_ci.provision import engine
+    from forge_ci.provision import reconcile
 
-# The engine, the providers (hcloud, requests) and paramiko are imported by the
+# reconcile, the providers (hcloud, requests) and paramiko are imported by the
 # commands that use them: every other forge-ci command starts without them.
 
 _PROVISION_HELP = """\
@@ -59,39 +59,39 @@ def _site(ctx: Context) -> tuple[LoadedConfig, Site]:
     return loaded, resolve(loaded.config, name, str(loaded.path))
 
 
-def _runtime(ctx: Context) -> engine.Runtime:
-    from forge_ci.provision import engine
+def _runtime(ctx: Context) -> reconcile.Runtime:
+    from forge_ci.provision import reconcile
 
-    return engine.Runtime(log=ctx.runner.log, warn=ctx.runner.warning, group=ctx.runner.group)
+    return reconcile.Runtime(log=ctx.runner.log, warn=ctx.runner.warning, group=ctx.runner.group)
 
 
 def cmd_provision(ctx: Context) -> int:
-    from forge_ci.provision import engine
-    from forge_ci.provision.keys import generate_host_key
+    from forge_ci.provision import reconcile
+    from forge_ci.provision.hostkeys import generate_host_key
     from forge_ci.provision.providers import make_provider
     from forge_ci.remote.ssh import parse_private_key
 
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
-    policy = Policy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.env, policy, ctx.runner.log)
-    key_text = ctx.env.get("FORGE_SSH_KEY")
+    policy = ProvisionPolicy.from_config(prov.wait)
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log)
+    key_text = ctx.environ.get("FORGE_SSH_KEY")
     if not key_text:
         raise SecretError("FORGE_SSH_KEY is not set",
                           hint="the deploy key: its public half becomes the deploy user's login")
     deploy_key = parse_private_key(key_text)
     host_key = generate_host_key()
-    spec = engine.build_spec(site, user_labels=prov.labels, ssh_sources=prov.ssh_sources,
+    spec = reconcile.build_spec(site, user_labels=prov.labels, ssh_sources=prov.ssh_sources,
                              deploy_key=deploy_key, host_key=host_key)
-    outcome = engine.provision(
+    outcome = reconcile.provision(
         provider, spec, site, host_key=host_key, deploy_key=deploy_key,
-        pinned=ctx.env.get("FORGE_KNOWN_HOSTS") or None, plan_only=ctx.dry_run,
+        pinned=ctx.environ.get("FORGE_KNOWN_HOSTS") or None, plan_only=ctx.dry_run,
         wait=bool(ctx.args.wait), policy=policy, rt=_runtime(ctx))
     _report(ctx, site, outcome, _hosts_hint(loaded, site, outcome))
     return 0
 
 
-def _hosts_hint(loaded: LoadedConfig, site: Site, outcome: engine.Outcome) -> str | None:
+def _hosts_hint(loaded: LoadedConfig, site: Site, outcome: reconcile.Outcome) -> str | None:
     """What to change in forge.yml so deploy goes to this server, if anything."""
     server = outcome.server
     if not outcome.applied or server is None or not server.ipv4:
@@ -106,7 +106,7 @@ def _hosts_hint(loaded: LoadedConfig, site: Site, outcome: engine.Outcome) -> st
     return f"to deploy to this server, set {where}: [{entry}] and path: {site.path}"
 
 
-def _report(ctx: Context, site: Site, outcome: engine.Outcome, hint: str | None) -> None:
+def _report(ctx: Context, site: Site, outcome: reconcile.Outcome, hint: str | None) -> None:
     server = outcome.server
     if hint:
         ctx.runner.warning(hint)
@@ -127,7 +127,7 @@ def _report(ctx: Context, site: Site, outcome: engine.Outcome, hint: str | None)
     ctx.emit(outcome.as_dict(), "\n".join(lines))
 
 
-def _summary(site: Site, outcome: engine.Outcome) -> str:
+def _summary(site: Site, outcome: reconcile.Outcome) -> str:
     title = "Plan" if not outcome.applied else "Provisioned"
     rows = [f"### {title}: `{site.server_name}` ({site.environment})", "",
             "| | |", "|---|---|"]
@@ -152,7 +152,7 @@ def _md(text: str) -> str:
 
 
 def cmd_destroy(ctx: Context) -> int:
-    from forge_ci.provision import engine
+    from forge_ci.provision import reconcile
     from forge_ci.provision.providers import make_provider
 
     loaded, site = _site(ctx)
@@ -164,9 +164,9 @@ def cmd_destroy(ctx: Context) -> int:
         problem = ("destroy deletes the server and everything on it" if confirm is None
                    else f"--confirm {confirm!r} is not the server's name")
         raise UsageError(problem, hint=f"pass --confirm {name} to delete server {name}")
-    policy = Policy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.env, policy, ctx.runner.log)
-    plan = engine.destroy(provider, name, forge_labels(site.project, site.environment),
+    policy = ProvisionPolicy.from_config(prov.wait)
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log)
+    plan = reconcile.destroy(provider, name, forge_labels(site.project, site.environment),
                           plan_only=ctx.dry_run, rt=_runtime(ctx))
     _report_destroy(ctx, plan, done=not ctx.dry_run)
     return 0

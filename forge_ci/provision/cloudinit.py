@@ -23,7 +23,7 @@ import yaml
 
 from forge_ci.errors import ProvisionError
 from forge_ci.provision import stack
-from forge_ci.provision.keys import HostKey
+from forge_ci.provision.hostkeys import HostKey
 from forge_ci.provision.site import Site
 
 MAX_BYTES = 32 * 1024

@@ -17,7 +17,7 @@ _BACKOFF_CAP = 60.0
 
 
 @dataclass(frozen=True)
-class Policy:
+class ProvisionPolicy:
     poll_interval: float = 2.0
     action_timeout: float = 600.0
     boot_timeout: float = 1800.0
@@ -27,7 +27,7 @@ class Policy:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     @classmethod
-    def from_config(cls, wait: ProvisionWait) -> Policy:
+    def from_config(cls, wait: ProvisionWait) -> ProvisionPolicy:
         return cls(poll_interval=wait.poll_interval, action_timeout=wait.action_timeout,
                    boot_timeout=wait.boot_timeout, api_retries=wait.api_retries,
                    api_backoff=wait.api_backoff)
@@ -44,7 +44,7 @@ class Policy:
 class Deadline:
     """A point in time on the policy's clock; :meth:`wait` sleeps one poll interval."""
 
-    policy: Policy
+    policy: ProvisionPolicy
     at: float
 
     @property

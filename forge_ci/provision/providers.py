@@ -11,14 +11,14 @@ from typing import Any
 
 from forge_ci.config.provision import ProvisionConfig
 from forge_ci.provision.base import Provider
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy
 
 
-def make_provider(config: ProvisionConfig, env: Mapping[str, str], policy: Policy,
+def make_provider(config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
                   log: Callable[[str], None]) -> Provider[Any]:
-    """Build the provider from config and its secrets in ``env`` (SecretError if missing)."""
+    """Build the provider from config and its secrets in ``environ`` (SecretError if missing)."""
     if config.provider == "hetzner":
         from forge_ci.provision.hetzner import HetznerProvider
 
-        return HetznerProvider.from_env(config, env, policy, log)
+        return HetznerProvider.from_env(config, environ, policy, log)
     raise AssertionError(f"unknown provider {config.provider!r}")  # config validation forbids it

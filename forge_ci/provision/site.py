@@ -48,24 +48,25 @@ def provision_section(config: ForgeConfig, file: str) -> ProvisionConfig:
 def resolve(config: ForgeConfig, environment: str, file: str) -> Site:
     """The :class:`Site` for ``environment`` (which must exist in ``config``)."""
     prov = provision_section(config, file)
-    env = config.environments[environment]
+    target = config.environments[environment]
     name = prov.server_name(config.project, environment)
     if not _HOSTNAME.match(name):
         raise ConfigError(f"server name {name!r} is not a valid host name", file=file,
                           key="provision.name",
                           hint="use lowercase letters, digits and '-', at most 63 characters")
-    user = prov.deploy_user or (env.hosts[0].user if env.hosts else "deploy")
+    user = prov.deploy_user or (target.hosts[0].user if target.hosts else "deploy")
     if user == "root":
         raise ConfigError("the deploy user cannot be root", file=file, key="provision.deploy_user")
-    path = prov.path or (env.path if env.path.startswith("/") else f"/srv/www/{config.project}")
+    default = target.path if target.path.startswith("/") else f"/srv/www/{config.project}"
+    path = prov.path or default
     path = posixpath.normpath(path)
     if path == "/" or ".." in path.split("/"):
         raise ConfigError(f"deploy path {path!r} is not usable", file=file, key="provision.path")
     database = prov.database or f"{config.project}_{environment}".replace("-", "_")[:64]
     return Site(project=config.project, environment=environment, server_name=name,
                 deploy_user=user, path=path, php_version=prov.php_version, database=database,
-                swap_mb=prov.swap_mb, ssh_port=prov.ssh_port, hostnames=_hostnames(env.url),
-                https=bool(env.url and env.url.startswith("https://")))
+                swap_mb=prov.swap_mb, ssh_port=prov.ssh_port, hostnames=_hostnames(target.url),
+                https=bool(target.url and target.url.startswith("https://")))
 
 
 def _hostnames(url: str | None) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 REUSABLE = ("deploy", "rollback", "backup", "restore", "provision")
 ACTIONS = REUSABLE
 WORKFLOW_DIRS = (REPO / ".github" / "workflows", REPO / "examples" / "workflows",
-                 REPO / "tests" / "e2e" / "workflows")
+                 REPO / "tests" / "actions" / "workflows")
 FORGE_USES = re.compile(r"^org/forge/(?P<path>[^@]+)@(?P<ref>.+)$")
 SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[^@]*)?@[0-9a-f]{40}$")
 

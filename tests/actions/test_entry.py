@@ -31,7 +31,7 @@ def _env(tmp_path: Path, **inputs: str) -> dict[str, str]:
 def _run(action: str, env: dict[str, str], code: int = 0) -> tuple[int, list[list[str]], str]:
     calls: list[list[str]] = []
 
-    def forge(argv: Sequence[str], e: Any) -> int:
+    def forge(argv: Sequence[str], e: Any, cwd: Path) -> int:
         calls.append(list(argv))
         return code
 
@@ -119,17 +119,17 @@ def test_forge_failure_stops_the_sequence_with_its_code(tmp_path: Path) -> None:
 def test_working_directory_is_where_forge_runs(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
-    seen: list[str] = []
+    seen: list[Path] = []
     cwd = os.getcwd()
 
-    def forge(argv: Sequence[str], e: Any) -> int:
-        seen.append(os.getcwd())
+    def forge(argv: Sequence[str], e: Any, where: Path) -> int:
+        seen.append(where)
         return 0
 
     env = _env(tmp_path, environment="prod", working_directory=str(site))
     with redirect_stdout(io.StringIO()):
         assert actions.run("deploy", env, forge=forge) == 0
-    assert seen == [str(site)] and os.getcwd() == cwd
+    assert seen == [site] and os.getcwd() == cwd
 
 
 # -- FORGE_ENV lines -----------------------------------------------------------------------
@@ -159,7 +159,7 @@ def test_env_lines_are_masked_then_exported_and_the_blob_removed(tmp_path: Path)
     env["FORGE_ENV"] = "DB_PASSWORD=hunter2-db-secret\nAWS_ENDPOINT_URL=http://127.0.0.1:9"
     got: dict[str, str] = {}
 
-    def forge(argv: Sequence[str], e: Any) -> int:
+    def forge(argv: Sequence[str], e: Any, cwd: Path) -> int:
         got.update(e)
         return 0
 
@@ -251,7 +251,7 @@ def test_secrets_not_given_are_unset_not_empty(tmp_path: Path) -> None:
                HCLOUD_TOKEN="keep-me")
     got: dict[str, str] = {}
 
-    def forge(argv: Sequence[str], e: Any) -> int:
+    def forge(argv: Sequence[str], e: Any, cwd: Path) -> int:
         got.update(e)
         return 0
 

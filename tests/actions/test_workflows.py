@@ -1,4 +1,4 @@
-"""Structure of every workflow and action file: the conventions in PRODUCT.md as data.
+"""Structure of every workflow and action file: the house conventions as data.
 
 These run in milliseconds and catch what a linter does not know is a rule here:
 no expression inside ``run:``, ``permissions: {}`` first, one concurrency queue

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from lab import leaks
+from lab.mariadb import MariaDB
 
 from forge_ci.cli import main
+
+from .deploysite import DeploySite, deploy_site
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -75,3 +78,11 @@ def local_site(tmp_path: Path) -> Iterator[LocalSite]:
     yield site
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def site(mariadb_server: MariaDB) -> Iterator[DeploySite]:
+    """The fault suite's site (test_faults_kill.py): one per module, a good release live.
+    Every test leaves it as a normal run does, so the next one starts from a good state."""
+    with deploy_site(mariadb_server) as s:
+        yield s

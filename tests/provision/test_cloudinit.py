@@ -14,7 +14,7 @@ from lab import require_binary
 from lab.policy import lab_required
 
 from forge_ci.provision import cloudinit, stack
-from forge_ci.provision.keys import generate_host_key
+from forge_ci.provision.hostkeys import generate_host_key
 from forge_ci.provision.site import Site
 
 SITE = Site(project="example-site", environment="production",

@@ -16,7 +16,7 @@ from forge_ci.errors import ExitCode
 from forge_ci.provision.base import forge_labels
 from forge_ci.provision.errors import ProviderUnavailable, ProvisionTimeout
 from forge_ci.provision.hetzner.api import Api, make_client
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy
 from tests.provision.conftest import SERVER, Repo, Result
 
 Run = Callable[..., Result]
@@ -247,7 +247,7 @@ def api_for(fake: HetznerFake, clock: Clock, **policy: float) -> Api:
     settings = {"poll_interval": 2.0, "action_timeout": 60.0, "api_retries": 3,
                 "api_backoff": 1.0, **policy}
     return Api(make_client(fake.token, fake.url),
-               Policy(**settings, sleep=clock.sleep, clock=clock),  # type: ignore[arg-type]
+               ProvisionPolicy(**settings, sleep=clock.sleep, clock=clock),  # type: ignore[arg-type]
                endpoint=fake.url)
 
 
@@ -281,8 +281,8 @@ def test_unreachable_api_is_retried_then_reported(fake: HetznerFake) -> None:
     clock = Clock()
     url = fake.url
     fake.stop()
-    api = Api(make_client(fake.token, url), Policy(api_retries=2, api_backoff=0.0,
-                                                   sleep=clock.sleep, clock=clock), endpoint=url)
+    policy = ProvisionPolicy(api_retries=2, api_backoff=0.0, sleep=clock.sleep, clock=clock)
+    api = Api(make_client(fake.token, url), policy, endpoint=url)
     with pytest.raises(ProviderUnavailable, match="cannot reach the Hetzner API"):
         api.call("listing locations", api.client.locations.get_all)
     assert len(clock.sleeps) == 2

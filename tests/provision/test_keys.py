@@ -9,7 +9,7 @@ import pytest
 from lab import require_binary
 from lab.policy import lab_required
 
-from forge_ci.provision.keys import (
+from forge_ci.provision.hostkeys import (
     generate_host_key,
     known_hosts_line,
     md5_fingerprint,

@@ -9,13 +9,13 @@ import pytest
 from forge_ci.errors import ConfigError
 from forge_ci.provision.base import ServerInfo, ServerSpec, forge_labels
 from forge_ci.provision.errors import CapacityError, NotManagedError
-from forge_ci.provision.hetzner.plan import desired_rules, plan, plan_destroy
+from forge_ci.provision.hetzner.changes import desired_rules, plan, plan_destroy
 from forge_ci.provision.hetzner.state import (
     Catalog,
     FirewallState,
     KeyState,
-    Observed,
     Rule,
+    ServerFacts,
     Settings,
     TypeState,
 )
@@ -35,10 +35,10 @@ SERVER = ServerInfo(id="7", name="shop-production", status="running", ipv4="198.
                     ipv6=None, labels={**OWN, "team": "web"}, server_type="cx22", location="fsn1")
 FIREWALL = FirewallState(id=3, name="shop-production", labels=OWN, rules=desired_rules(SPEC),
                          server_ids=(7,))
-NOTHING = Observed(server=None, firewall=None, ssh_key=None, catalog=CATALOG)
+NOTHING = ServerFacts(server=None, firewall=None, ssh_key=None, catalog=CATALOG)
 
 
-def kinds(observed: Observed, settings: Settings = SETTINGS) -> list[tuple[str, str]]:
+def kinds(observed: ServerFacts, settings: Settings = SETTINGS) -> list[tuple[str, str]]:
     return [(c.action, c.kind) for c in plan(SPEC, settings, observed).changes]
 
 
@@ -59,7 +59,8 @@ def test_existing_key_is_reused_whatever_its_name() -> None:
 
 
 def test_everything_in_place_plans_nothing() -> None:
-    p = plan(SPEC, SETTINGS, Observed(server=SERVER, firewall=FIREWALL, ssh_key=None, catalog=None))
+    p = plan(SPEC, SETTINGS,
+             ServerFacts(server=SERVER, firewall=FIREWALL, ssh_key=None, catalog=None))
     assert p.empty and p.notes == () and p.existing == SERVER
 
 
@@ -71,7 +72,7 @@ def test_firewall_rules_open_web_to_all_and_ssh_to_sources_only() -> None:
 
 def test_rule_drift_is_replaced_and_a_missing_attachment_added() -> None:
     loose = replace(FIREWALL, rules=(Rule.of("tcp", "22", ["0.0.0.0/0"]),), server_ids=())
-    p = plan(SPEC, SETTINGS, Observed(server=SERVER, firewall=loose, ssh_key=None, catalog=None))
+    p = plan(SPEC, SETTINGS, ServerFacts(server=SERVER, firewall=loose, ssh_key=None, catalog=None))
     assert [(c.action, c.kind) for c in p.changes] == [("update", "firewall"),
                                                       ("attach", "firewall")]
     assert p.changes[1].detail == {"id": 3, "server_id": "7"}
@@ -79,14 +80,15 @@ def test_rule_drift_is_replaced_and_a_missing_attachment_added() -> None:
 
 
 def test_missing_firewall_for_an_existing_server_is_created_on_it() -> None:
-    p = plan(SPEC, SETTINGS, Observed(server=SERVER, firewall=None, ssh_key=None, catalog=None))
+    p = plan(SPEC, SETTINGS, ServerFacts(server=SERVER, firewall=None, ssh_key=None, catalog=None))
     assert [(c.action, c.kind) for c in p.changes] == [("create", "firewall")]
     assert p.changes[0].detail["apply_to"] == "7"
 
 
 def test_label_drift_updates_labels_but_type_drift_is_only_a_note() -> None:
     server = replace(SERVER, labels=OWN, server_type="cpx41", location="ash")
-    p = plan(SPEC, SETTINGS, Observed(server=server, firewall=FIREWALL, ssh_key=None, catalog=None))
+    p = plan(SPEC, SETTINGS,
+             ServerFacts(server=server, firewall=FIREWALL, ssh_key=None, catalog=None))
     assert [(c.action, c.kind) for c in p.changes] == [("update", "server")]
     assert p.changes[0].detail["labels"]["team"] == "web"
     assert any("forge does not resize" in n for n in p.notes)
@@ -96,10 +98,10 @@ def test_label_drift_updates_labels_but_type_drift_is_only_a_note() -> None:
 def test_a_server_without_forge_labels_is_never_adopted() -> None:
     foreign = replace(SERVER, labels={"team": "web"})
     with pytest.raises(NotManagedError, match="does not carry forge's labels"):
-        plan(SPEC, SETTINGS, Observed(server=foreign, firewall=None, ssh_key=None, catalog=None))
+        plan(SPEC, SETTINGS, ServerFacts(server=foreign, firewall=None, ssh_key=None, catalog=None))
     other_env = replace(SERVER, labels={**OWN, "forge-environment": "staging"})
     with pytest.raises(NotManagedError):
-        plan(SPEC, SETTINGS, Observed(server=other_env, firewall=None, ssh_key=None,
+        plan(SPEC, SETTINGS, ServerFacts(server=other_env, firewall=None, ssh_key=None,
                                       catalog=None))
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from forge_ci.errors import ExitCode
-from forge_ci.provision.keys import generate_host_key
+from forge_ci.provision.hostkeys import generate_host_key
 from tests.provision.conftest import SERVER, Repo, Result
 from tests.provision.server import Booter, presented_key
 

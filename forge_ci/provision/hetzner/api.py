@@ -1,7 +1,7 @@
 """The hcloud client behind one narrow door: every call goes through :meth:`Api.call`.
 
 That is where forge's retry policy applies (rate limits, conflicts, gateway
-errors, network failures: backoff from the :class:`Policy`) and where hcloud's
+errors, network failures: backoff from the :class:`ProvisionPolicy`) and where hcloud's
 exceptions become :mod:`forge_ci.provision.errors`. Actions are polled here,
 against the policy's time limit.
 """
@@ -23,7 +23,7 @@ from forge_ci.provision.errors import (
     ProviderUnavailable,
     ProvisionTimeout,
 )
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy
 
 DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
 T = TypeVar("T")
@@ -39,8 +39,12 @@ def make_client(token: str, endpoint: str | None, *, timeout: float = 30.0) -> C
     client = Client(token=token, api_endpoint=(endpoint or DEFAULT_ENDPOINT).rstrip("/"),
                     application_name="forge-ci", application_version=__version__,
                     timeout=timeout)
-    # hcloud retries internally with its own fixed backoff (seconds per retry, not
-    # configurable); forge's policy must be the only one, or tests could not pass zero.
+    # hcloud retries some requests itself (up to 5 times, exponential backoff of up to a
+    # minute) and offers no public setting for it: its Client takes poll_interval,
+    # poll_max_retries and timeout only (hcloud 2.27). forge's ProvisionPolicy is the
+    # retry policy (Api.call), so hcloud's must be off, or a failing call would wait
+    # minutes per forge attempt and tests could not pass zero. The only way is this
+    # attribute; tests/provision/test_hetzner_api.py fails if it stops working.
     base = getattr(client, "_client", None)
     if base is not None and hasattr(base, "_retry_max_retries"):
         base._retry_max_retries = 0
@@ -50,7 +54,7 @@ def make_client(token: str, endpoint: str | None, *, timeout: float = 30.0) -> C
 class Api:
     """An hcloud :class:`Client` plus the policy for retries and polling."""
 
-    def __init__(self, client: Client, policy: Policy, *, endpoint: str | None = None,
+    def __init__(self, client: Client, policy: ProvisionPolicy, *, endpoint: str | None = None,
                  log: Callable[[str], None] = lambda _msg: None) -> None:
         self.client = client
         self.policy = policy

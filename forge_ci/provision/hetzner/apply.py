@@ -27,6 +27,7 @@ from forge_ci.provision.errors import (
     ProvisionTimeout,
 )
 from forge_ci.provision.hetzner.api import Api
+from forge_ci.provision.hetzner.changes import desired_rules
 from forge_ci.provision.hetzner.observe import (
     find_firewall,
     find_key,
@@ -34,7 +35,6 @@ from forge_ci.provision.hetzner.observe import (
     ident,
     server_info,
 )
-from forge_ci.provision.hetzner.plan import desired_rules
 from forge_ci.provision.hetzner.state import Settings
 
 

@@ -13,21 +13,21 @@ from forge_ci.provision.hetzner.state import (
     Catalog,
     FirewallState,
     KeyState,
-    Observed,
     Rule,
+    ServerFacts,
     Settings,
     TypeState,
 )
-from forge_ci.provision.keys import md5_fingerprint
+from forge_ci.provision.hostkeys import md5_fingerprint
 
 
-def observe(api: Api, spec: ServerSpec, settings: Settings) -> Observed:
+def observe(api: Api, spec: ServerSpec, settings: Settings) -> ServerFacts:
     server = find_server(api, spec.name)
     firewall = find_firewall(api, spec.name)
     if server is not None:
         # Nothing will be created: the key and the catalogue do not matter.
-        return Observed(server=server, firewall=firewall, ssh_key=None, catalog=None)
-    return Observed(server=None, firewall=firewall, ssh_key=find_key(api, spec.ssh_public_key),
+        return ServerFacts(server=server, firewall=firewall, ssh_key=None, catalog=None)
+    return ServerFacts(server=None, firewall=firewall, ssh_key=find_key(api, spec.ssh_public_key),
                     catalog=catalog(api, settings))
 
 

@@ -12,12 +12,12 @@ from forge_ci.config.provision import ProvisionConfig
 from forge_ci.errors import SecretError
 from forge_ci.provision.base import Plan, Provider, Provisioned, ServerSpec
 from forge_ci.provision.errors import ProviderApiError, ProvisionTimeout
-from forge_ci.provision.hetzner import plan as planning
+from forge_ci.provision.hetzner import changes
 from forge_ci.provision.hetzner.api import Api, make_client
 from forge_ci.provision.hetzner.apply import Applier
 from forge_ci.provision.hetzner.observe import find_firewall, find_server, observe
-from forge_ci.provision.hetzner.state import Observed, Settings
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.hetzner.state import ServerFacts, Settings
+from forge_ci.provision.policy import ProvisionPolicy
 
 TOKEN_VAR = "HCLOUD_TOKEN"  # noqa: S105 (a variable name, not a value)
 ENDPOINT_VAR = "HCLOUD_ENDPOINT"
@@ -29,7 +29,7 @@ def settings_from(config: ProvisionConfig) -> Settings:
                     fallback_server_types=config.fallback_server_types)
 
 
-class HetznerProvider(Provider[Observed]):
+class HetznerProvider(Provider[ServerFacts]):
     name = "hetzner"
 
     def __init__(self, api: Api, settings: Settings) -> None:
@@ -37,29 +37,29 @@ class HetznerProvider(Provider[Observed]):
         self.settings = settings
 
     @classmethod
-    def from_env(cls, config: ProvisionConfig, env: Mapping[str, str], policy: Policy,
+    def from_env(cls, config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
                  log: Callable[[str], None]) -> HetznerProvider:
         """Build from HCLOUD_TOKEN (required) and HCLOUD_ENDPOINT (optional)."""
-        token = env.get(TOKEN_VAR, "").strip()
+        token = environ.get(TOKEN_VAR, "").strip()
         if not token:
             raise SecretError(f"{TOKEN_VAR} is not set",
                               hint="create an API token (Read & Write) in the Hetzner project "
                                    "and pass it as the hcloud-token secret in the step's env:")
-        endpoint = env.get(ENDPOINT_VAR) or None
+        endpoint = environ.get(ENDPOINT_VAR) or None
         api = Api(make_client(token, endpoint), policy, endpoint=endpoint, log=log)
         return cls(api, settings_from(config))
 
-    def observe(self, spec: ServerSpec) -> Observed:
+    def observe(self, spec: ServerSpec) -> ServerFacts:
         return observe(self.api, spec, self.settings)
 
-    def plan(self, spec: ServerSpec, observed: Observed) -> Plan:
-        return planning.plan(spec, self.settings, observed)
+    def plan(self, spec: ServerSpec, observed: ServerFacts) -> Plan:
+        return changes.plan(spec, self.settings, observed)
 
     def apply(self, spec: ServerSpec, plan: Plan) -> Provisioned:
         return Applier(self.api, spec, self.settings).run(plan)
 
     def plan_destroy(self, name: str, ownership: Mapping[str, str]) -> Plan:
-        return planning.plan_destroy(name, ownership, find_server(self.api, name),
+        return changes.plan_destroy(name, ownership, find_server(self.api, name),
                                      find_firewall(self.api, name))
 
     def destroy(self, plan: Plan) -> None:

@@ -1,6 +1,6 @@
 """What forge observed in a Hetzner project, as plain data (no hcloud objects).
 
-:func:`~forge_ci.provision.hetzner.plan.plan` takes only these, so plans are
+:func:`~forge_ci.provision.hetzner.changes.plan` takes only these, so plans are
 tested by building them by hand.
 """
 
@@ -62,7 +62,7 @@ class Catalog:
 
 
 @dataclass(frozen=True)
-class Observed:
+class ServerFacts:
     server: ServerInfo | None
     firewall: FirewallState | None
     ssh_key: KeyState | None

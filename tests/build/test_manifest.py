@@ -106,7 +106,7 @@ def test_build_runs_commands_and_drops_excluded_output(tmp_path: Path) -> None:
         commands=("mkdir -p node_modules && echo built > web/built.txt",),
         exclude=("node_modules", "tests"),
     )
-    art = build(src, cfg, out, env=dict(os.environ), log=lambda _m: None)
+    art = build(src, cfg, out, environ=dict(os.environ), log=lambda _m: None)
     assert set(art.manifest.entries) == {"web", "web/index.php", "web/built.txt"}
     assert open_artifact(out).digest == art.digest
 
@@ -118,7 +118,7 @@ def test_failed_build_command_is_a_build_error(tmp_path: Path) -> None:
             src,
             BuildConfig(commands=("exit 3",)),
             tmp_path / "out",
-            env=dict(os.environ),
+            environ=dict(os.environ),
             log=lambda _m: None,
         )
     assert not (tmp_path / "out").exists()
@@ -143,7 +143,8 @@ def test_composer_builds_with_a_path_repository(tmp_path: Path) -> None:
         )
     )
     env = dict(os.environ, COMPOSER_HOME=str(tmp_path / "ch"), COMPOSER_ALLOW_SUPERUSER="1")
-    art = build(site, BuildConfig(composer=True), tmp_path / "out", env=env, log=lambda _m: None)
+    art = build(site, BuildConfig(composer=True), tmp_path / "out", environ=env,
+                log=lambda _m: None)
     assert "vendor/autoload.php" in art.manifest.entries
     assert "vendor/acme/hello/src/Hello.php" in art.manifest.entries
 

@@ -17,6 +17,8 @@ from forge_ci.errors import ConnectError
 from forge_ci.remote.ssh import SshHost as Target
 from forge_ci.remote.ssh import SshProcess, parse_private_key
 
+pytestmark = [pytest.mark.faults, pytest.mark.lab]
+
 
 class _CutChannel:
     """A paramiko channel whose socket just broke, before paramiko's reader thread

@@ -26,8 +26,8 @@ from forge_ci.errors import ProvisionError
 from forge_ci.provision import cloudinit
 from forge_ci.provision.base import Plan, Provider, ServerInfo, ServerSpec, forge_labels
 from forge_ci.provision.bootstrap import bootstrap, ssh_opener
-from forge_ci.provision.keys import HostKey, known_hosts_line, public_line
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.hostkeys import HostKey, known_hosts_line, public_line
+from forge_ci.provision.policy import ProvisionPolicy
 from forge_ci.provision.site import Site
 
 
@@ -73,7 +73,7 @@ class Runtime:
 
 def provision(provider: Provider[Any], spec: ServerSpec, site: Site, *, host_key: HostKey,
               deploy_key: paramiko.PKey, pinned: str | None, plan_only: bool, wait: bool,
-              policy: Policy, rt: Runtime) -> Outcome:
+              policy: ProvisionPolicy, rt: Runtime) -> Outcome:
     with rt.group(f"Plan: {spec.name} on {provider.name}"):
         plan = provider.reconcile_plan(spec)
         for line in plan.lines():

@@ -20,6 +20,8 @@ from lab import leaks
 
 from .conftest import REPO, Site, TokenEndpoint
 
+pytestmark = pytest.mark.e2e
+
 # Random per run (a copy of this file in a test's tree is no leak) and registered
 # with the suite's leak check, which then also reads act's logs and every file left.
 FAKE_SSH_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"

@@ -9,11 +9,13 @@ import random
 import time
 
 import pytest
+from lab.killable import Phase, Run
 
 from forge_ci.errors import ExitCode
 
 from .deploysite import DeploySite
-from .killable import Phase, Run
+
+pytestmark = [pytest.mark.faults, pytest.mark.lab]
 
 DEPLOY = [
     Phase("lock", ": taking the deploy lock", ": locked", "old"),

@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from lab.killable import Phase
 from lab.mariadb import MariaDB
 from lab.s3 import S3Server
 
 from .backupsite import BackupSite, backup_site
-from .killable import Phase
+
+pytestmark = [pytest.mark.faults, pytest.mark.lab]
 
 BACKUP = [
     Phase("lock", "== back up production", "dumping database"),

@@ -25,14 +25,13 @@ import requests
 from lab._proc import lab_root
 from lab.bedrock import VERSION_FILE, release_line
 from lab.faultproxy import FaultProxy
+from lab.killable import Run
 from lab.mariadb import MariaDB
 from lab.policy import lab_required
 from lab.site import WordPressSite, start_site
 from lab.sshd import SshHost, start_sshd
 
 from tests.deploy.sshsite import SshSite
-
-from .killable import Run
 
 INDEX_PHP = """\
 <?php

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import leaks
-
 from forge_ci.cli import main
+
+from . import leaks
 
 _PRELOAD = ["forge_ci.cli", "forge_ci.deploy.cli", "forge_ci.backup.cli",
             "forge_ci.build.cli", "forge_ci.remote.ssh", "forge_ci.store.s3", "paramiko",

@@ -8,6 +8,8 @@ with what is alive. A fixed threshold keeps every buffer of 256 KiB or more in i
 own mapping, returned to the system on ``free``; two arenas are plenty for a pool
 that mostly waits on sockets. Same effect as ``MALLOC_MMAP_THRESHOLD_=262144
 MALLOC_ARENA_MAX=2`` in the environment, applied from inside the process.
+
+Process-wide, so it is applied once, by the entry point (:func:`forge_ci.cli.main`).
 """
 
 from __future__ import annotations

@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from lab.killable import Phase, Run
 from lab.mariadb import MariaDB
 from lab.s3 import S3Server
 
 from tests.backup.conftest import as_user, db_state, tree_state
 
 from .backupsite import BackupSite, backup_site
-from .killable import Phase, Run
+
+pytestmark = [pytest.mark.faults, pytest.mark.lab]
 
 RESTORE = [
     Phase("download", "downloading and authenticating", "staging files on"),

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 from lab._proc import lab_root
 from lab.faultproxy import FaultProxy
+from lab.killable import Run
 from lab.mariadb import MariaDB
 from lab.policy import lab_required
 from lab.s3 import S3Server
 from lab.sshd import SshHost, start_sshd
 
 from tests.backup.conftest import Site, drop_site, new_site
-
-from .killable import Run
 
 
 @dataclass

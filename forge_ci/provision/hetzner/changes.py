@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from forge_ci.errors import ConfigError
 from forge_ci.provision.base import Change, Plan, ServerInfo, ServerSpec, carries
 from forge_ci.provision.errors import CapacityError, NotManagedError
-from forge_ci.provision.hetzner.state import Catalog, FirewallState, Observed, Rule, Settings
-from forge_ci.provision.keys import md5_fingerprint
+from forge_ci.provision.hetzner.state import Catalog, FirewallState, Rule, ServerFacts, Settings
+from forge_ci.provision.hostkeys import md5_fingerprint
 
 PROVIDER = "hetzner"
 ANYWHERE = ("0.0.0.0/0", "::/0")
@@ -47,7 +47,7 @@ def key_name(fingerprint: str) -> str:
     return "forge-ci-" + fingerprint.replace(":", "")[:16]
 
 
-def plan(spec: ServerSpec, settings: Settings, observed: Observed) -> Plan:
+def plan(spec: ServerSpec, settings: Settings, observed: ServerFacts) -> Plan:
     changes: list[Change] = []
     notes: list[str] = []
     server = observed.server

@@ -1,0 +1,80 @@
+"""What every ``forge-ci`` subcommand shares: its :class:`Context` and :class:`Common` parsers.
+
+The entry point (:mod:`forge_ci.cli`) builds a :class:`Context` and calls the command;
+each capability's ``cli`` module registers its subcommands against :class:`Common` and
+reads its arguments, environment variables and config through the :class:`Context`.
+Nothing here imports a capability, so no capability imports the entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forge_ci import gha
+from forge_ci.config import LoadedConfig, load
+
+Command = Callable[["Context"], int]
+
+
+@dataclass
+class Context:
+    """What a command gets: its arguments, the process environment (``environ``), and where
+    to report."""
+
+    args: argparse.Namespace
+    environ: Mapping[str, str]
+    runner: gha.Runner
+    _config: LoadedConfig | None = field(default=None, repr=False)
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(getattr(self.args, "dry_run", False))
+
+    def config(self) -> LoadedConfig:
+        if self._config is None:
+            path = Path(getattr(self.args, "config", None) or "forge.yml")
+            self._config = load(path, self.environ, getattr(self.args, "environment", None))
+            for value in self._config.secrets:
+                self.runner.mask(value)
+            for name in SECRET_VARS:
+                if self.environ.get(name):
+                    self.runner.mask(self.environ[name])
+        return self._config
+
+    def emit(self, data: Any, human: str) -> None:
+        """Print ``data`` as JSON with --json, else the human text, on stdout."""
+        text = json.dumps(data, indent=2, sort_keys=True) if self.json else human
+        print(self.runner.redact(text), flush=True)
+
+
+# Values masked in every log line and output as soon as a command starts.
+SECRET_VARS = (
+    "FORGE_SSH_KEY",
+    "FORGE_BACKUP_IDENTITY",
+    "HCLOUD_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+
+
+class Common:
+    """Parent parsers shared by subcommands."""
+
+    def __init__(self) -> None:
+        self.config = argparse.ArgumentParser(add_help=False)
+        self.config.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                                 help="forge.yml to read (default: ./forge.yml)")
+        self.json = argparse.ArgumentParser(add_help=False)
+        self.json.add_argument("--json", action="store_true", help="machine-readable output")
+        self.dry_run = argparse.ArgumentParser(add_help=False)
+        self.dry_run.add_argument("--dry-run", action="store_true",
+                                  help="print what would be done and change nothing")
