@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from forge_ci.backup.keys import (
+from forge_ci.backup.format.keys import (
     IDENTITY_ENV,
     RECIPIENT_ENV,
     Secret,

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from forge_ci.backup.dump import has_trailer
 from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.manifest import Manifest
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
+from forge_ci.backup.snapshot import Manifest
 from forge_ci.errors import BackupError, StoreError
 
 

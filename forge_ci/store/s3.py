@@ -52,6 +52,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from forge_ci._malloc import READ_SIZE
 from forge_ci.store.base import ObjectStore, check_key, check_prefix
 from forge_ci.store.errors import (
     BucketNotFoundError,
@@ -71,7 +72,6 @@ MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 6 * 1024 * 1024  # two in memory (one sending, one filling); 5 TiB fits
 _FEED = 1024 * 1024
-_READ_SIZE = 128 * 1024  # below the backup's mmap threshold: reused, not faulted in
 _ACCESS_CODES = frozenset(
     {
         "AccessDenied",
@@ -411,7 +411,7 @@ class S3Store(ObjectStore):
         try:
             while True:
                 try:
-                    for chunk in body.iter_chunks(_READ_SIZE):
+                    for chunk in body.iter_chunks(READ_SIZE):
                         pos += len(chunk)
                         yield chunk
                     if pos >= total:

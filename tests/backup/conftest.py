@@ -23,7 +23,7 @@ from lab.s3 import S3Server
 from lab.sshd import SshHost
 from lab.users import DEPLOY_USER
 
-from forge_ci.backup.keys import X25519Identity, format_identity_file, generate_identity
+from forge_ci.backup.format.keys import X25519Identity, format_identity_file, generate_identity
 from forge_ci.cli import main
 
 ROWS_SQL = r"""

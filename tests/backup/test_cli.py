@@ -11,8 +11,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from forge_ci.backup.manifest import FileEntry
 from forge_ci.backup.repo import Repository
+from forge_ci.backup.snapshot import FileEntry
 from forge_ci.cli import main
 from forge_ci.config.backup import BackupConfig
 from forge_ci.store.file import FileStore
@@ -112,7 +112,7 @@ def test_backup_host_must_be_one_of_the_hosts(tmp_path: Path,
         "version: 1\nproject: p\nenvironments:\n  production:\n"
         "    hosts: [{ host: 192.0.2.1 }, { host: 192.0.2.2 }]\n    path: /srv/site\n"
         f"    backup: {{ store: 'file://{tmp_path}/store', host: 192.0.2.9 }}\n")
-    from forge_ci.backup.keys import generate_identity
+    from forge_ci.backup.format.keys import generate_identity
 
     env = {"FORGE_BACKUP_RECIPIENT": str(generate_identity().recipient)}
     assert main(["backup", "--config", str(config), "production"], env) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from forge_ci.backup import layout
-from forge_ci.backup.lock import StoreLock
+from forge_ci.backup.store_lock import StoreLock
 from forge_ci.store.file import FileStore
 
 from .conftest import Site, reference_decrypt
