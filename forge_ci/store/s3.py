@@ -21,6 +21,12 @@ One client (thread-safe) serves every thread; its connection pool holds
 ``max_pool_connections`` keep-alive connections, enough for the backup engine's
 uploader threads plus their parts, so parallel requests reuse connections.
 
+Settings come from the caller only (:func:`forge_ci.backup.session.s3_options` builds
+them from forge.yml and the command's environment): ``endpoint_url`` (None: AWS S3,
+unless botocore's own configuration names an endpoint), ``region`` (None: us-east-1)
+and static keys. Without keys, boto3's default credential chain supplies them (the
+web identity token file the OIDC action wrote, a profile, an instance role).
+
 Optional Object Lock: ``retention_mode`` ("GOVERNANCE" or "COMPLIANCE") and
 ``retention_days`` set a retain-until date on every put (the bucket must have been
 created with Object Lock enabled).
@@ -31,7 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -234,7 +239,7 @@ class S3Store(ObjectStore):
             raise ValueError("retention_mode and retention_days go together")
         self.bucket = bucket
         self.prefix = check_prefix(prefix.strip("/") + "/") if prefix.strip("/") else ""
-        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        endpoint_url = endpoint_url or None
         self.endpoint = _safe_endpoint(endpoint_url)
         self.url = f"s3://{bucket}/{self.prefix}"
         self._part_size, self._grow_every = part_size, grow_every
@@ -256,10 +261,7 @@ class S3Store(ObjectStore):
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
             aws_session_token=session_token,
-            region_name=region
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1",
+            region_name=region or "us-east-1",
         )
         self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
 
