@@ -20,8 +20,8 @@ def _data(store: Path) -> set[str]:
     return {str(p.relative_to(store)) for p in (store / "data").rglob("*") if p.is_file()}
 
 
-def _manifest(site: Site, store: Path, env: str, sid: str) -> dict:  # type: ignore[type-arg]
-    blob = (store / layout.manifest_key("backup-lab", env, sid)).read_bytes()
+def _manifest(site: Site, store: Path, environment: str, sid: str) -> dict:  # type: ignore[type-arg]
+    blob = (store / layout.manifest_key("backup-lab", environment, sid)).read_bytes()
     return json.loads(reference_decrypt(site.identity_file, blob))
 
 
