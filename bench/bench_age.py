@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from forge_ci.backup.age import decrypt_iter, encrypt_iter
-from forge_ci.backup.compress import compress_iter, decompress_iter
-from forge_ci.backup.keys import format_identity_file, generate_identity, parse_identities
+from forge_ci.backup.format.age import decrypt_iter, encrypt_iter
+from forge_ci.backup.format.keys import format_identity_file, generate_identity, parse_identities
+from forge_ci.backup.format.zstd import compress_iter, decompress_iter
 
 PIECE = 1024 * 1024
 

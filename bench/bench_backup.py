@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from lab.mariadb import Database, MariaDB, start_mariadb
 from lab.s3 import start_s3
 
-from forge_ci.backup.keys import generate_identity
+from forge_ci.backup.format.keys import generate_identity
 
 
 def make_tree(root: Path, files: int, big_mib: int, seed: int = 1) -> int:

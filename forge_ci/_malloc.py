@@ -1,4 +1,8 @@
-"""Keep the C heap from holding on to freed buffers (glibc only; a no-op elsewhere).
+"""Process-wide memory settings: the malloc tuning and the read size that relies on it.
+
+:func:`tune_malloc` keeps the C heap from holding on to freed buffers (glibc only; a
+no-op elsewhere). It changes the whole process, so only an entry point calls it,
+once, before any thread starts.
 
 Backups and restores move multi-megabyte buffers (packs, multipart parts) between
 threads. glibc's malloc raises its mmap threshold each time a large block is freed,
@@ -10,6 +14,10 @@ that mostly waits on sockets. Same effect as ``MALLOC_MMAP_THRESHOLD_=262144
 MALLOC_ARENA_MAX=2`` in the environment, applied from inside the process.
 
 Process-wide, so it is applied once, by the entry point (:func:`forge_ci.cli.main`).
+
+:data:`READ_SIZE` is the one size for reads from processes, files and S3 bodies
+(backup and store layers alike): below ``MMAP_THRESHOLD``, so its buffers come from
+the heap and are reused rather than mapped and faulted in on every read.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import ctypes.util
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 MMAP_THRESHOLD = 256 * 1024
+READ_SIZE = 128 * 1024
 
 
 def tune_malloc() -> bool:

@@ -3,7 +3,7 @@
 The repository format is described in ``FORMAT.md`` beside this file. Modules:
 
 ``layout``      keys in the store, object naming (what names reveal)
-``manifest``    the snapshot manifest and its hostile-path checks
+``snapshot``    the snapshot manifest and its hostile-path checks
 ``objects``     age(zstd(plaintext)) streams, hashing on the fly
 ``repo``        one store + group + keys: list, load, save, open
 ``scan``        the host side: list paths, hash files, the hash cache
@@ -16,9 +16,10 @@ The repository format is described in ``FORMAT.md`` beside this file. Modules:
 ``restore``     authenticate first, then stage, import and swap
 ``retention``   restic's forget rules as a pure function
 ``prune``       forget + delete unreferenced objects, under an exclusive lock
-``lock``        advisory store locks (shared for backup, exclusive for prune)
+``store_lock``  advisory store locks (shared for backup, exclusive for prune)
 ``session``     build stores, keys and hosts from config + environment
+``errors``      the backup leaves of the error tree
 ``cli``         the commands
 
-Format primitives (age, zstd, keys) are in ``age``, ``compress`` and ``keys``.
+The object format (age, zstd, keys) is the ``format`` subpackage.
 """

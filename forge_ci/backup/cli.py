@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_ci.backup import session
-from forge_ci.backup.keys import format_identity_file, generate_identity
+from forge_ci.backup.format.keys import format_identity_file, generate_identity
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import plan_restore, run_restore
@@ -77,11 +77,11 @@ def _size(n: float) -> str:
 def cmd_backup(ctx: Context) -> int:
     t = _target(ctx)
     with session.repository(t, ctx.environ) as repo, session.backup_host(t, ctx.environ) as host, \
-            ctx.runner.group(f"back up {t.name} from {host.name}"):
-        report = take_snapshot(repo, session.source(t, host), t.backup,
+            ctx.runner.group(f"back up {t.environment} from {host.name}"):
+        report = take_snapshot(repo, session.source(t, host), t.backup_config,
                                dry_run=ctx.dry_run, log=ctx.runner.log)
     if ctx.dry_run:
-        db = t.backup.database.name if t.backup.database else None
+        db = t.backup_config.database.name if t.backup_config.database else None
         ctx.emit({**report.as_dict(), "database": db},
                  f"would dump database {db}\n" * bool(db)
                  + f"{report.files} files ({_size(report.file_bytes)}); "
@@ -98,8 +98,8 @@ def cmd_backup(ctx: Context) -> int:
 
 
 def _summary(t: session.Target, r: BackupReport) -> str:
-    return (f"### forge-ci backup: {t.name}\n\n"
-            f"Snapshot **{r.snapshot_id}** stored in `{t.backup.store}`.\n\n"
+    return (f"### forge-ci backup: {t.environment}\n\n"
+            f"Snapshot **{r.snapshot_id}** stored in `{t.backup_config.store}`.\n\n"
             "| | |\n|---|---|\n"
             f"| files | {r.files} ({_size(r.file_bytes)}) |\n"
             f"| database dump | {_size(r.database_bytes)} |\n"
@@ -113,7 +113,7 @@ def cmd_snapshots(ctx: Context) -> int:
     with session.repository(t, ctx.environ) as repo:
         rows = _snapshot_rows(repo)
     if not rows:
-        ctx.emit({"snapshots": []}, f"no snapshots of {t.site}/{t.name} yet")
+        ctx.emit({"snapshots": []}, f"no snapshots of {t.site}/{t.environment} yet")
         return 0
     lines = [f"{r['id']}  {r['time']}  {'verified' if r['verified'] else '        '}  "
              + _details(r) for r in rows]
@@ -158,7 +158,7 @@ def cmd_verify(ctx: Context) -> int:
             report = verify_snapshot(repo, ref, log=ctx.runner.log)
     line = (f"snapshot {ref.id} verified: {report.objects} objects, "
             f"{_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
-    ctx.runner.summary(f"### forge-ci verify: {t.name}\n\n{line}")
+    ctx.runner.summary(f"### forge-ci verify: {t.environment}\n\n{line}")
     ctx.emit(report.as_dict(), line)
     return 0
 
@@ -166,20 +166,20 @@ def cmd_verify(ctx: Context) -> int:
 def cmd_restore(ctx: Context) -> int:
     t = _target(ctx)
     to_dir = ctx.args.to_dir
-    if to_dir is not None and t.env.is_local:
+    if to_dir is not None and t.config.is_local:
         to_dir = os.path.abspath(to_dir)
     with session.repository(t, ctx.environ) as repo:
         ref = repo.resolve(ctx.args.snapshot)
-        plan = plan_restore(ref, repo.load(ref), t.backup, t.root, database=ctx.args.database,
-                            to_dir=to_dir, only=ctx.args.only)
+        plan = plan_restore(ref, repo.load(ref), t.backup_config, t.root,
+                            database=ctx.args.database, to_dir=to_dir, only=ctx.args.only)
         if ctx.dry_run:
             ctx.emit(plan.as_dict(), "would restore " + plan.describe())
             return 0
         with session.backup_host(t, ctx.environ) as host, \
                 ctx.runner.group(f"restore {ref.id} on {host.name}"):
-            report = run_restore(plan, repo, host, t.backup, yes=ctx.args.yes,
+            report = run_restore(plan, repo, host, t.backup_config, yes=ctx.args.yes,
                                  log=ctx.runner.log)
-    ctx.runner.summary(f"### forge-ci restore: {t.name}\n\n```\n{plan.describe()}\n```\n"
+    ctx.runner.summary(f"### forge-ci restore: {t.environment}\n\n```\n{plan.describe()}\n```\n"
                        f"Took {report.seconds:.1f}s.")
     ctx.emit(report.as_dict(), f"restored {plan.describe()}\nin {report.seconds:.1f}s")
     return 0
@@ -187,14 +187,14 @@ def cmd_restore(ctx: Context) -> int:
 
 def cmd_prune(ctx: Context) -> int:
     t = _target(ctx)
-    if t.backup.retention is None:
-        raise ConfigError(f"environment {t.name!r} has no backup.retention policy",
-                          file=str(t.loaded.path), key=f"environments.{t.name}.backup",
+    if t.backup_config.retention is None:
+        raise ConfigError(f"environment {t.environment!r} has no backup.retention policy",
+                          file=str(t.loaded.path), key=f"environments.{t.environment}.backup",
                           hint="add retention: { keep_daily: 14, keep_weekly: 8, ... }")
-    with session.repository(t, ctx.environ) as repo, ctx.runner.group(f"prune {t.name}"):
-        plan = prune(repo, t.backup.retention, dry_run=ctx.dry_run, log=ctx.runner.log)
+    with session.repository(t, ctx.environ) as repo, ctx.runner.group(f"prune {t.environment}"):
+        plan = prune(repo, t.backup_config.retention, dry_run=ctx.dry_run, log=ctx.runner.log)
     if not ctx.dry_run:
-        ctx.runner.summary(f"### forge-ci prune: {t.name}\n\n```\n{plan.render()}\n```")
+        ctx.runner.summary(f"### forge-ci prune: {t.environment}\n\n```\n{plan.render()}\n```")
     ctx.emit({**plan.as_dict(), "dry_run": ctx.dry_run}, plan.render())
     return 0
 

@@ -23,10 +23,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from forge_ci.backup.failures import DumpError
-from forge_ci.backup.manifest import DatabaseEntry
+from forge_ci._malloc import READ_SIZE
+from forge_ci.backup.errors import DumpError
 from forge_ci.backup.objects import Digest, on_end
 from forge_ci.backup.repo import Repository
+from forge_ci.backup.snapshot import DatabaseEntry
 from forge_ci.config.backup import DatabaseConfig
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote import Host, Process, sh
@@ -37,7 +38,6 @@ TRAILER = "-- Dump completed"
 TRAILER_RE = re.compile(rb"\n-- Dump completed(?: on [^\n]*)?\n*\Z")
 _TOOL_RE = re.compile(rb"^-- ((?:MariaDB|MySQL) dump [^\n]*)$", re.M)
 _TAIL = 512
-_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 _SAFE_DB = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 
 
@@ -115,7 +115,7 @@ class _Watch:
 
 
 def _read_all(proc: Process) -> Iterator[bytes]:
-    while chunk := proc.read(_READ):
+    while chunk := proc.read(READ_SIZE):
         yield chunk
 
 

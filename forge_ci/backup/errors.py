@@ -1,20 +1,27 @@
-"""Leaves of the error tree raised by the backup formats (age, zstd) and key parsing.
+"""The backup leaves of the error tree (the tree's root is :mod:`forge_ci.errors`).
 
 ::
 
     ForgeError
     ├── SecretError
-    │   └── KeyFormatError        FORGE_BACKUP_RECIPIENT / _IDENTITY malformed
+    │   └── KeyFormatError        exit 2  FORGE_BACKUP_RECIPIENT / _IDENTITY malformed
     └── BackupError
-        ├── BackupFormatError     object corrupt, truncated, tampered or hostile
-        └── NoIdentityError       none of the identities can open the object
+        ├── BackupFormatError     exit 1  object corrupt, truncated, tampered or hostile
+        ├── NoIdentityError       exit 1  none of the identities can open the object
+        ├── SnapshotNotFound      exit 1  no such snapshot, or an object it needs is missing
+        ├── DumpError             exit 1  the database dump failed, or was cut short
+        ├── SourceChanged         exit 1  a file kept changing while it was read
+        └── RestoreRefused        exit 2  the restore would overwrite live data without
+                                          --yes, or its target is unsafe (non-empty
+                                          drill directory...)
 
-Messages never contain key material, passphrases or object contents.
+Messages name hosts, paths, keys and snapshot ids; never key material, secrets or
+object and file contents.
 """
 
 from __future__ import annotations
 
-from forge_ci.errors import BackupError, SecretError
+from forge_ci.errors import BackupError, ExitCode, SecretError
 
 _DAMAGED_HINT = (
     "the stored object is damaged or was not written by forge; "
@@ -27,7 +34,7 @@ class BackupFormatError(BackupError):
 
     Covers truncation, trailing data, reordered or flipped bytes, a bad header MAC,
     non-canonical encodings and headers refused as hostile (too large, too many
-    stanzas, scrypt work factor above the limit).
+    stanzas).
     """
 
     def __init__(self, message: str, *, hint: str | None = _DAMAGED_HINT) -> None:
@@ -35,7 +42,7 @@ class BackupFormatError(BackupError):
 
 
 class NoIdentityError(BackupError):
-    """No identity (private key or passphrase) given can unwrap the object's file key."""
+    """No identity (private key) given can unwrap the object's file key."""
 
     def __init__(
         self,
@@ -56,3 +63,19 @@ class NoIdentityError(BackupError):
 class KeyFormatError(SecretError):
     """A recipient or identity string is malformed. The message names the source and
     line, never the value."""
+
+
+class SnapshotNotFound(BackupError):
+    pass
+
+
+class DumpError(BackupError):
+    pass
+
+
+class SourceChanged(BackupError):
+    pass
+
+
+class RestoreRefused(BackupError):
+    exit_code = ExitCode.USAGE

@@ -20,18 +20,17 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
-from forge_ci.backup.failures import SourceChanged
+from forge_ci.backup.errors import SourceChanged
 from forge_ci.backup.index import BlobIndex
-from forge_ci.backup.manifest import FileEntry
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
+from forge_ci.backup.snapshot import FileEntry
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
 from forge_ci.remote import Host
-
-_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 
 
 @dataclass
@@ -121,10 +120,6 @@ def missing(result: FilePlan, index: BlobIndex) -> list[str]:
             wanted.add(name)
             out.append(path)
     return out
-
-
-class _Changed(Exception):
-    """A file's bytes did not hash as planned: abandon its put."""
 
 
 def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: BlobIndex,
@@ -253,5 +248,5 @@ def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
 
 
 def _chunks(reader: Readable) -> Iterator[bytes]:
-    while chunk := reader.read(_READ):
+    while chunk := reader.read(READ_SIZE):
         yield chunk

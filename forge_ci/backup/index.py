@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forge_ci.backup import layout
-from forge_ci.backup.age import Recipient
-from forge_ci.backup.keys import X25519Identity
+from forge_ci.backup.format.age import Recipient
+from forge_ci.backup.format.keys import X25519Identity
 from forge_ci.backup.objects import seal, unseal
 from forge_ci.backup.pack import MEMBER_MAX, Member
 from forge_ci.backup.repo import Repository
@@ -136,11 +136,8 @@ def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]],
             if all(k in index.data_keys for k in segments):
                 files.setdefault(name, (size, segments))
     body = dumps(packs, files)
-    # To the recipients too, so `age -d` with the real identity opens it like any
-    # object - unless one is a passphrase (age allows a scrypt stanza only alone).
-    recipients: list[Recipient] = [_identity(repo).recipient]
-    if not any(getattr(r, "exclusive", False) for r in repo.recipients):
-        recipients += repo.recipients
+    # To the recipients too, so `age -d` with the real identity opens it like any object.
+    recipients: list[Recipient] = [_identity(repo).recipient, *repo.recipients]
     repo.store.put(layout.new_index_key(repo.naming_key()),
                    seal([body], recipients, mode="compress"))
     if not merge:

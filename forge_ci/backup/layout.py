@@ -83,11 +83,6 @@ def content_name(key: bytes, sha256_hex: str) -> str:
     return hmac.new(key, _FILE_LABEL + digest, hashlib.sha256).hexdigest()
 
 
-def content_key(key: bytes, sha256_hex: str) -> str:
-    """The data object key for content whose SHA-256 is ``sha256_hex``."""
-    return data_key(content_name(key, sha256_hex))
-
-
 def data_key(name: str) -> str:
     if not _HEX64.match(name):
         raise ValueError("a data object name is 64 hex digits")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from forge_ci.backup.age import Identity, Recipient, decrypt_iter, encrypt_iter
-from forge_ci.backup.compress import Mode, compress_iter, decompress_iter
 from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.format.age import Identity, Recipient, decrypt_iter, encrypt_iter
+from forge_ci.backup.format.zstd import Mode, compress_iter, decompress_iter
 
 
 def seal(chunks: Iterable[bytes], recipients: Sequence[Recipient], *,
@@ -26,7 +26,7 @@ def unseal(chunks: Iterable[bytes], identities: Sequence[Identity]) -> Iterator[
     """Plaintext of a stored object. Each piece is authenticated before it is yielded,
     but truncation and corruption near the end surface only as the *last* step of
     the iteration: never act on the pieces before the iterator is exhausted unless
-    the whole object was verified first (see :mod:`forge_ci.backup.age`)."""
+    the whole object was verified first (see :mod:`forge_ci.backup.format.age`)."""
     return decompress_iter(decrypt_iter(chunks, identities))
 
 

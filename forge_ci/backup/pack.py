@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from forge_ci.backup import layout
-from forge_ci.backup.age import Encryptor, Recipient
-from forge_ci.backup.compress import compress_iter, frame_pieces
 from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.format.age import Encryptor, Recipient
+from forge_ci.backup.format.zstd import compress_iter, frame_pieces
 from forge_ci.backup.uploader import SMALL, Uploader
 
 MEMBER_MAX = SMALL  # larger files are stored as segments

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from forge_ci.backup import layout
-from forge_ci.backup.lock import StoreLock, stale_locks
-from forge_ci.backup.manifest import Manifest
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.retention import Candidate, Decision, apply_policy, describe
+from forge_ci.backup.snapshot import Manifest
+from forge_ci.backup.store_lock import StoreLock, stale_locks
 from forge_ci.config.backup import Retention
 from forge_ci.errors import ForgeError
 

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from forge_ci.backup import layout
-from forge_ci.backup.age import Identity, Recipient
-from forge_ci.backup.compress import Mode
-from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.failures import SnapshotNotFound
-from forge_ci.backup.keys import IDENTITY_ENV, RECIPIENT_ENV, X25519Identity
-from forge_ci.backup.manifest import Manifest, dumps, parse
+from forge_ci.backup.errors import BackupFormatError, SnapshotNotFound
+from forge_ci.backup.format.age import Identity, Recipient
+from forge_ci.backup.format.keys import IDENTITY_ENV, RECIPIENT_ENV, X25519Identity
+from forge_ci.backup.format.zstd import Mode
 from forge_ci.backup.objects import seal, unseal
+from forge_ci.backup.snapshot import Manifest, dumps, parse
 from forge_ci.errors import SecretError
 from forge_ci.store import ObjectNotFoundError, ObjectStore
 

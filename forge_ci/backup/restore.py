@@ -32,13 +32,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Literal
 
+from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
-from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.failures import DumpError, RestoreRefused
-from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest
+from forge_ci.backup.errors import BackupFormatError, DumpError, RestoreRefused
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import SEGMENT, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
+from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
@@ -46,7 +46,6 @@ from forge_ci.remote import Host, sh
 
 Only = Literal["database", "files"]
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
-_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConf
 
 
 def _read(f: IO[bytes]) -> Iterator[bytes]:
-    while chunk := f.read(_READ):
+    while chunk := f.read(READ_SIZE):
         yield chunk
 
 

@@ -26,7 +26,7 @@ refused by the config model, never treated as "keep everything" or "keep nothing
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -118,10 +118,3 @@ def describe(policy: Retention) -> str:
     parts = [f"{n} {name}" for name, n in policy.counts().items() if n]
     return f"keep {', '.join(parts)} snapshots ({policy.timezone})"
 
-
-def kept_ids(decisions: Iterable[Decision]) -> set[str]:
-    return {d.id for d in decisions if d.keep}
-
-
-def reasons_by_id(decisions: Iterable[Decision]) -> Mapping[str, tuple[str, ...]]:
-    return {d.id: d.reasons for d in decisions}

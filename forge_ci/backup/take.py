@@ -19,11 +19,11 @@ from forge_ci import __version__
 from forge_ci.backup import files, layout
 from forge_ci.backup import index as index_store
 from forge_ci.backup.dump import dump_database
-from forge_ci.backup.lock import StoreLock
-from forge_ci.backup.manifest import DatabaseEntry, Manifest
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
+from forge_ci.backup.snapshot import DatabaseEntry, Manifest
+from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError

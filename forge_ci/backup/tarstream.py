@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Protocol
 
+from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.scan import encode
 from forge_ci.errors import BackupError, RemoteCommandError
 from forge_ci.remote import Host, Process, sh
@@ -26,7 +27,6 @@ from forge_ci.remote import Host, Process, sh
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-_READ = 128 * 1024  # below the mmap threshold (memory.py): buffers are reused, not faulted in
 
 CREATE = ("tar --create --file=- --format=gnu --no-recursion --hard-dereference "
           "--null --verbatim-files-from --files-from=-")
@@ -45,7 +45,7 @@ class ProcessReader(io.RawIOBase):
         return True
 
     def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._proc.read(min(len(buf), _READ))
+        data = self._proc.read(min(len(buf), READ_SIZE))
         n = len(data)
         buf[:n] = data
         return n
@@ -159,7 +159,7 @@ class _MemberReader:
 
 
 def _members(proc: Process) -> Iterator[Member]:
-    raw = io.BufferedReader(ProcessReader(proc), buffer_size=_READ)
+    raw = io.BufferedReader(ProcessReader(proc), buffer_size=READ_SIZE)
     try:
         with tarfile.open(fileobj=raw, mode="r|", encoding="utf-8",
                           errors="surrogateescape") as tar:
@@ -185,11 +185,12 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
     proc = host.start(f"cd -- {sh(dest)} && exec {EXTRACT}")
     try:
         # tarfile writes 10 KiB records: buffer them into fewer, larger pipe writes.
-        out = io.BufferedWriter(ProcessWriter(proc), buffer_size=_READ)
-        # copybufsize: tarfile copies a member 16 KiB at a time unless told otherwise.
-        with tarfile.open(fileobj=out, mode="w|", bufsize=_READ, format=tarfile.PAX_FORMAT,
-                          encoding="utf-8", errors="surrogateescape",
-                          copybufsize=_READ) as tar:  # type: ignore[call-overload]
+        out = io.BufferedWriter(ProcessWriter(proc), buffer_size=READ_SIZE)
+        # copybufsize: tarfile copies a member 16 KiB at a time unless told otherwise
+        # (open() passes it on to TarFile; typeshed's open() overloads omit it).
+        with tarfile.open(fileobj=out, mode="w|", bufsize=READ_SIZE,  # type: ignore[call-overload]
+                          format=tarfile.PAX_FORMAT, encoding="utf-8",
+                          errors="surrogateescape", copybufsize=READ_SIZE) as tar:
             for info in entries:
                 body = IterReader(content(info)) if info.isreg() else None
                 tar.addfile(info, body)

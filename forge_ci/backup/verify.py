@@ -1,7 +1,7 @@
 """Verify a snapshot: download every object it references, authenticate it end to end
 (age chunks and final flag, zstd frames), and compare every file's and the dump's
 SHA-256 and size with the manifest (and the dump's trailer). Nothing is written but,
-on success, the marker ``verified/<site>/<env>/<id>`` that prune relies on to keep
+on success, the marker ``verified/<site>/<environment>/<id>`` that prune relies on to keep
 the newest verified snapshot.
 
 All problems are collected (not just the first), so one run lists every damaged
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from forge_ci.backup.dump import has_trailer
 from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.manifest import Manifest
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
+from forge_ci.backup.snapshot import Manifest
 from forge_ci.errors import BackupError, StoreError
 
 

@@ -21,6 +21,12 @@ One client (thread-safe) serves every thread; its connection pool holds
 ``max_pool_connections`` keep-alive connections, enough for the backup engine's
 uploader threads plus their parts, so parallel requests reuse connections.
 
+Settings come from the caller only (:func:`forge_ci.backup.session.s3_options` builds
+them from forge.yml and the command's environment): ``endpoint_url`` (None: AWS S3,
+unless botocore's own configuration names an endpoint), ``region`` (None: us-east-1)
+and static keys. Without keys, boto3's default credential chain supplies them (the
+web identity token file the OIDC action wrote, a profile, an instance role).
+
 Optional Object Lock: ``retention_mode`` ("GOVERNANCE" or "COMPLIANCE") and
 ``retention_days`` set a retain-until date on every put (the bucket must have been
 created with Object Lock enabled).
@@ -31,7 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,6 +57,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from forge_ci._malloc import READ_SIZE
 from forge_ci.store.base import ObjectStore, check_key, check_prefix
 from forge_ci.store.errors import (
     BucketNotFoundError,
@@ -71,7 +77,6 @@ MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 6 * 1024 * 1024  # two in memory (one sending, one filling); 5 TiB fits
 _FEED = 1024 * 1024
-_READ_SIZE = 128 * 1024  # below the backup's mmap threshold: reused, not faulted in
 _ACCESS_CODES = frozenset(
     {
         "AccessDenied",
@@ -234,7 +239,7 @@ class S3Store(ObjectStore):
             raise ValueError("retention_mode and retention_days go together")
         self.bucket = bucket
         self.prefix = check_prefix(prefix.strip("/") + "/") if prefix.strip("/") else ""
-        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        endpoint_url = endpoint_url or None
         self.endpoint = _safe_endpoint(endpoint_url)
         self.url = f"s3://{bucket}/{self.prefix}"
         self._part_size, self._grow_every = part_size, grow_every
@@ -256,10 +261,7 @@ class S3Store(ObjectStore):
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
             aws_session_token=session_token,
-            region_name=region
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1",
+            region_name=region or "us-east-1",
         )
         self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
 
@@ -411,7 +413,7 @@ class S3Store(ObjectStore):
         try:
             while True:
                 try:
-                    for chunk in body.iter_chunks(_READ_SIZE):
+                    for chunk in body.iter_chunks(READ_SIZE):
                         pos += len(chunk)
                         yield chunk
                     if pos >= total:

@@ -47,7 +47,7 @@ class BackupSite:
         """forge-ci in a process of its own, to kill; ``read``: with the identity."""
         self.runs += 1
         return Run([argv[0], "--config", str(self.site.config), *argv[1:]],
-                   self.site.env(read=read), self.workdir / f"run-{self.runs}.out")
+                   self.site.environ(read=read), self.workdir / f"run-{self.runs}.out")
 
     def cli(self, *argv: str, read: bool = True) -> Any:
         """``forge-ci ... --json`` in this process (for module fixtures, which cannot
@@ -117,9 +117,9 @@ def backup_site(mariadb: MariaDB, s3: S3Server, *, disk_mb: int = 0,
                         retention="{ keep_last: 100 }", big=big)
         site.config.write_text(site.config.read_text().replace(
             f"port: {sshd.port},", f"port: {ssh_proxy.port},"))
-        site.base_env["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(
+        site.base_environ["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(
             f":{sshd.port} ", f":{ssh_proxy.port} ")
-        site.base_env |= s3.env(s3_proxy.url)
+        site.base_environ |= s3.env(s3_proxy.url)
         yield BackupSite(site, sshd, s3, s3_proxy, ssh_proxy, workdir)
     finally:
         for proxy in proxies:

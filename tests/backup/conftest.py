@@ -23,7 +23,7 @@ from lab.s3 import S3Server
 from lab.sshd import SshHost
 from lab.users import DEPLOY_USER
 
-from forge_ci.backup.keys import X25519Identity, format_identity_file, generate_identity
+from forge_ci.backup.format.keys import X25519Identity, format_identity_file, generate_identity
 from forge_ci.cli import main
 
 ROWS_SQL = r"""
@@ -87,7 +87,7 @@ class Site:
     server: MariaDB
     identity: X25519Identity
     identity_file: Path
-    base_env: dict[str, str]
+    base_environ: dict[str, str]
     outputs: Path
     summary: Path
     environment: str = "production"
@@ -100,19 +100,19 @@ class Site:
     def uploads(self) -> Path:
         return self.root / "shared" / "web" / "app" / "uploads"
 
-    def env(self, *, read: bool = True) -> dict[str, str]:
+    def environ(self, *, read: bool = True) -> dict[str, str]:
         """CI's view: the backup job gets only the recipient; restore/verify the identity."""
-        env = dict(self.base_env, FORGE_BACKUP_RECIPIENT=str(self.identity.recipient))
+        environ = dict(self.base_environ, FORGE_BACKUP_RECIPIENT=str(self.identity.recipient))
         if read:
-            env["FORGE_BACKUP_IDENTITY"] = self.identity.to_secret().reveal()
-        return env
+            environ["FORGE_BACKUP_IDENTITY"] = self.identity.to_secret().reveal()
+        return environ
 
-    def run(self, *argv: str, read: bool = True, env: dict[str, str] | None = None,
+    def run(self, *argv: str, read: bool = True, environ: dict[str, str] | None = None,
             capsys: pytest.CaptureFixture[str] | None = None) -> int:
         args = [argv[0], "--config", str(self.config), *argv[1:]]
         if capsys is not None:
             capsys.readouterr()  # drop what earlier commands printed
-        rc = main(args, env or self.env(read=read))
+        rc = main(args, environ or self.environ(read=read))
         if capsys is not None:
             out, self.last_err = capsys.readouterr()
             self.last_json = json.loads(out) if "--json" in argv and out.strip() else out
@@ -194,18 +194,18 @@ def new_site(server: MariaDB, lab_dir: Path, *, s3: S3Server | None = None,
     as_user(db, ROWS_SQL, server)
     root = lab_dir / "site"
     fill_uploads(root / "shared" / "web" / "app" / "uploads", big=big)
-    env = {"PATH": os.environ["PATH"], "DB_PASSWORD": db.password,
+    environ = {"PATH": os.environ["PATH"], "DB_PASSWORD": db.password,
            "GITHUB_OUTPUT": str(lab_dir / "outputs"),
            "GITHUB_STEP_SUMMARY": str(lab_dir / "summary.md")}
     if s3 is not None:
         url = f"s3://{s3.create_bucket()}/forge/backups"
-        env |= s3.env()
+        environ |= s3.env()
     else:
         url = f"file://{lab_dir / 'store'}"
     hosts, owner = "", None
     if sshd is not None:
         hosts = f"[{{ host: {sshd.host}, port: {sshd.port}, user: {sshd.user} }}]"
-        env |= {"FORGE_SSH_KEY": sshd.private_key, "FORGE_KNOWN_HOSTS": sshd.known_hosts}
+        environ |= {"FORGE_SSH_KEY": sshd.private_key, "FORGE_KNOWN_HOSTS": sshd.known_hosts}
         owner = DEPLOY_USER
     config = lab_dir / "forge.yml"
     config.write_text(_config(root, url, db, hosts=hosts, retention=retention))
@@ -216,7 +216,7 @@ def new_site(server: MariaDB, lab_dir: Path, *, s3: S3Server | None = None,
     with os.fdopen(fd, "w") as out:
         out.write(format_identity_file(identity).reveal())
     site = Site(root=root, config=config, db=db, server=server, identity=identity,
-                identity_file=identity_file, base_env=env, outputs=lab_dir / "outputs",
+                identity_file=identity_file, base_environ=environ, outputs=lab_dir / "outputs",
                 summary=lab_dir / "summary.md", owner=owner, sshd=sshd)
     site.chown()
     return site

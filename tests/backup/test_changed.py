@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from forge_ci.backup import files
-from forge_ci.backup.failures import SourceChanged
+from forge_ci.backup.errors import SourceChanged
 from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
@@ -51,7 +51,7 @@ def test_a_file_that_keeps_changing_fails_the_backup(lab_dir: Path) -> None:
     root = lab_dir / "env"
     fill_uploads(root / PATHS[0], big=2_000_000)
     host = LocalHost()
-    from forge_ci.backup.keys import generate_identity
+    from forge_ci.backup.format.keys import generate_identity
 
     repo = Repository(MemoryStore(), "s", "e", recipients=[generate_identity().recipient])
     key = repo.naming_key()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from forge_ci.backup.manifest import FileEntry
 from forge_ci.backup.repo import Repository
+from forge_ci.backup.snapshot import FileEntry
 from forge_ci.cli import main
 from forge_ci.config.backup import BackupConfig
 from forge_ci.store.file import FileStore
@@ -56,8 +56,8 @@ def test_store_and_paths_config() -> None:
 def test_keys_and_config_are_checked_first(make_site, lab_dir: Path,  # type: ignore[no-untyped-def]
                                            capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="file", retention="{ keep_last: 1 }", big=10_000)
-    env = dict(site.base_env)
-    assert site.run("backup", "production", env=env, capsys=capsys) == 2
+    environ = dict(site.base_environ)
+    assert site.run("backup", "production", environ=environ, capsys=capsys) == 2
     assert "FORGE_BACKUP_RECIPIENT is not set" in site.last_err
     sid = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
     assert site.run("verify", "production", read=False, capsys=capsys) == 2
@@ -112,10 +112,10 @@ def test_backup_host_must_be_one_of_the_hosts(tmp_path: Path,
         "version: 1\nproject: p\nenvironments:\n  production:\n"
         "    hosts: [{ host: 192.0.2.1 }, { host: 192.0.2.2 }]\n    path: /srv/site\n"
         f"    backup: {{ store: 'file://{tmp_path}/store', host: 192.0.2.9 }}\n")
-    from forge_ci.backup.keys import generate_identity
+    from forge_ci.backup.format.keys import generate_identity
 
-    env = {"FORGE_BACKUP_RECIPIENT": str(generate_identity().recipient)}
-    assert main(["backup", "--config", str(config), "production"], env) == 2
+    environ = {"FORGE_BACKUP_RECIPIENT": str(generate_identity().recipient)}
+    assert main(["backup", "--config", str(config), "production"], environ) == 2
     err = capsys.readouterr().err
     assert "backup.host '192.0.2.9' is not one of the environment's hosts" in err
     assert "192.0.2.1, 192.0.2.2" in err

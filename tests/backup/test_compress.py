@@ -13,9 +13,11 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forge_ci.backup import compress
-from forge_ci.backup.age import encrypt_iter
-from forge_ci.backup.compress import (
+from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.format import zstd
+from forge_ci.backup.format.age import encrypt_iter
+from forge_ci.backup.format.keys import format_identity_file, generate_identity
+from forge_ci.backup.format.zstd import (
     OUTPUT_SIZE,
     choose_mode,
     compress_bytes,
@@ -24,8 +26,6 @@ from forge_ci.backup.compress import (
     decompress_iter,
     is_incompressible_name,
 )
-from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.keys import format_identity_file, generate_identity
 
 needs_cli = pytest.mark.skipif(
     shutil.which("zstd") is None or shutil.which("age") is None,
@@ -48,7 +48,7 @@ def zstd_cli(data: bytes) -> bytes:
 @pytest.mark.parametrize("mode", ["compress", "store", "auto"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", ["text", "random"])
-def test_round_trip_and_reference_zstd(mode: compress.Mode, size: int, kind: str) -> None:
+def test_round_trip_and_reference_zstd(mode: zstd.Mode, size: int, kind: str) -> None:
     data = text(size) if kind == "text" else os.urandom(size)
     framed = b"".join(compress_iter([data[:7], data[7:]], mode=mode))
     assert decompress_bytes(framed) == data
@@ -91,7 +91,7 @@ def test_compress_iter_is_lazy() -> None:
 
 
 def test_rejects_truncated_trailing_and_garbage() -> None:
-    modes: tuple[compress.Mode, ...] = ("compress", "store")
+    modes: tuple[zstd.Mode, ...] = ("compress", "store")
     for mode in modes:
         framed = compress_bytes(text(400_000), mode=mode)
         for bad in (
@@ -139,7 +139,7 @@ def test_decompression_output_is_bounded() -> None:
     split=st.integers(1, 300_000),
     mode=st.sampled_from(["compress", "store"]),
 )
-def test_property_round_trip(data: bytes, split: int, mode: compress.Mode) -> None:
+def test_property_round_trip(data: bytes, split: int, mode: zstd.Mode) -> None:
     framed = b"".join(compress_iter([data[:split], data[split:]], mode=mode))
     pieces = [framed[i : i + split] for i in range(0, len(framed), split)]
     assert b"".join(decompress_iter(pieces)) == data

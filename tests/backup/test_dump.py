@@ -55,8 +55,8 @@ def test_wrong_password_fails_the_backup(make_site, lab_dir: Path,  # type: igno
     site: Site = make_site(store="file")
     sid = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
     before = _stored(lab_dir / "store")
-    env = dict(site.env(read=False), DB_PASSWORD="wrong")
-    assert site.run("backup", "production", env=env, capsys=capsys) == 1
+    environ = dict(site.environ(read=False), DB_PASSWORD="wrong")
+    assert site.run("backup", "production", environ=environ, capsys=capsys) == 1
     assert "Access denied" in site.last_err and "wrong" not in site.last_err
     assert _stored(lab_dir / "store") == before
     assert sid in " ".join(before)

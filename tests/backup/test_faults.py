@@ -36,14 +36,14 @@ def test_s3_dropping_mid_upload_leaves_no_snapshot_and_no_upload(  # type: ignor
         capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="s3")
     proxy = fault_proxy(s3_server.port)
-    site.base_env |= s3_server.env(proxy.url)
+    site.base_environ |= s3_server.env(proxy.url)
     first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
 
     # A new 12 MB file must go up in multipart parts; every connection now breaks
     # after 1 MB, so each part (and its retry) is cut mid-body.
     (site.uploads / "video.mp4").write_bytes(os.urandom(12_000_000))
     proxy.set(drop_after_bytes=1_000_000)
-    cfg = load(site.config, site.env(read=False), "production").environment("production").backup
+    cfg = load(site.config, site.environ(read=False), "production").environment("production").backup
     assert cfg is not None
     store = _store(s3_server, site, proxy.url)
     repo = Repository(store, "backup-lab", "production", recipients=[site.identity.recipient])
@@ -70,7 +70,7 @@ def test_ssh_dropping_mid_transfer_leaves_no_snapshot(  # type: ignore[no-untype
     proxy = fault_proxy(sshd.port)
     site.config.write_text(site.config.read_text().replace(f"port: {sshd.port}",
                                                            f"port: {proxy.port}"))
-    site.base_env["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(f":{sshd.port} ",
+    site.base_environ["FORGE_KNOWN_HOSTS"] = sshd.known_hosts.replace(f":{sshd.port} ",
                                                                   f":{proxy.port} ")
     first = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
 
@@ -101,7 +101,7 @@ def test_a_killed_backup_leaves_no_snapshot_and_prune_clears_what_it_stored(  # 
     store = _store(s3_server, site, s3_server.endpoint_url)
     before = set(store.list(layout.DATA))
     proc = subprocess.Popen([sys.executable, "-m", "forge_ci", "--config", str(site.config),
-                             "backup", "production"], env=site.env(read=False),
+                             "backup", "production"], env=site.environ(read=False),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # Kill once the video's first segments are stored, long before its last one.

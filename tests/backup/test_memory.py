@@ -22,7 +22,7 @@ PROBE = (
 
 def _peak_kib(site: Site) -> int:
     done = subprocess.run([sys.executable, "-c", PROBE, "backup", "--config", str(site.config),
-                           "production"], env=site.env(read=False), capture_output=True,
+                           "production"], env=site.environ(read=False), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return int(done.stderr.rsplit("maxrss", 1)[1].split()[0])

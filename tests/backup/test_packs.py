@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from forge_ci.backup import files, layout
 from forge_ci.backup import index as index_store
 from forge_ci.backup.errors import BackupFormatError
+from forge_ci.backup.format.keys import generate_identity
 from forge_ci.backup.index import BlobIndex
-from forge_ci.backup.keys import generate_identity
 from forge_ci.backup.pack import PackWriter, read_members
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository

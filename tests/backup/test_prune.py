@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from forge_ci.backup import layout
-from forge_ci.backup.lock import StoreLock
+from forge_ci.backup.store_lock import StoreLock
 from forge_ci.store.file import FileStore
 
 from .conftest import Site, reference_decrypt
@@ -20,8 +20,8 @@ def _data(store: Path) -> set[str]:
     return {str(p.relative_to(store)) for p in (store / "data").rglob("*") if p.is_file()}
 
 
-def _manifest(site: Site, store: Path, env: str, sid: str) -> dict:  # type: ignore[type-arg]
-    blob = (store / layout.manifest_key("backup-lab", env, sid)).read_bytes()
+def _manifest(site: Site, store: Path, environment: str, sid: str) -> dict:  # type: ignore[type-arg]
+    blob = (store / layout.manifest_key("backup-lab", environment, sid)).read_bytes()
     return json.loads(reference_decrypt(site.identity_file, blob))
 
 

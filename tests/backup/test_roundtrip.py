@@ -15,11 +15,11 @@ from .conftest import Site, db_state, reference_decrypt, tree_state
 
 
 def _s3(site: Site) -> tuple[object, str, str]:
-    env = site.base_env
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                          region_name=env["AWS_DEFAULT_REGION"])
+    environ = site.base_environ
+    client = boto3.client("s3", endpoint_url=environ["AWS_ENDPOINT_URL"],
+                          aws_access_key_id=environ["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=environ["AWS_SECRET_ACCESS_KEY"],
+                          region_name=environ["AWS_DEFAULT_REGION"])
     store = site.config.read_text().split("store: ")[1].split()[0]
     bucket, prefix = store.removeprefix("s3://").split("/", 1)
     return client, bucket, prefix + "/"

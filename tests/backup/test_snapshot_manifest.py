@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from forge_ci.backup import layout
 from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.manifest import DatabaseEntry, FileEntry, Manifest, dumps, parse
+from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest, dumps, parse
 
-KEY = layout.content_key(b"k" * 32, "ab" * 32)
+KEY = layout.data_key(layout.content_name(b"k" * 32, "ab" * 32))
 ROOT = "shared/web/app/uploads"
 SHA_EMPTY = hashlib.sha256(b"").hexdigest()
 
@@ -127,10 +127,10 @@ def test_object_names_are_keyed_and_reveal_nothing_plain() -> None:
     sha = hashlib.sha256(b"a public image").hexdigest()
     k1 = layout.naming_key(["age1aaa", "age1bbb"])
     assert k1 == layout.naming_key(["age1bbb", "age1aaa", "age1aaa"])  # a set
-    key = layout.content_key(k1, sha)
+    key = layout.data_key(layout.content_name(k1, sha))
     assert sha not in key and layout.is_data_key(key)
     # Another recipient set names the same content differently: no cross-key dedup.
-    assert layout.content_key(layout.naming_key(["age1ccc"]), sha) != key
+    assert layout.data_key(layout.content_name(layout.naming_key(["age1ccc"]), sha)) != key
     assert not layout.is_data_key("data/00/" + "11" * 32)
     sid = layout.new_snapshot_id(datetime(2024, 1, 15, 3, 15, 2, tzinfo=UTC))
     assert sid.startswith("20240115T031502Z-") and layout.is_snapshot_id(sid)

@@ -15,7 +15,7 @@ from lab.cpanel import CpanelFake
 from forge_ci.errors import ProvisionError
 from forge_ci.provision.cpanel import CpanelApi
 from forge_ci.provision.errors import ProviderApiError, ProviderAuthError, ProviderUnavailable
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy as Policy
 
 FAST = Policy(poll_interval=0.0, action_timeout=30.0, api_retries=1, api_backoff=0.0)
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForgeLabDeployKeyForTests forge-deploy"

@@ -22,7 +22,7 @@ from forge_ci.provision.errors import (
     ProviderUnavailable,
     ProvisionTimeout,
 )
-from forge_ci.provision.policy import Policy
+from forge_ci.provision.policy import ProvisionPolicy as Policy
 
 FAST = Policy(poll_interval=0.0, action_timeout=30.0, api_retries=1, api_backoff=0.0)
 DOMAIN = "shop.example.org"

@@ -1,19 +1,21 @@
-"""age keys: X25519 key pairs, passphrases, and the recipient stanzas they produce.
+"""age keys: X25519 key pairs and the recipient stanzas they produce.
 
 This module is the key half of the age v1 format (https://age-encryption.org/v1);
-:mod:`forge_ci.backup.age` is the file half (header, MAC, payload) and re-exports
-the public names below.
+:mod:`forge_ci.backup.format.age` is the file half (header, MAC, payload) and
+re-exports the public names below. X25519 is the only recipient type: passphrase
+(scrypt), ssh and plugin stanzas are addressed to no identity here, so a file that
+has only those fails with :class:`NoIdentityError`.
 
 Text forms are those of the reference ``age`` / ``age-keygen`` tools:
 
 * recipient (public, enough to write backups): ``age1...`` (Bech32, HRP ``age``)
 * identity (private, needed to read them): ``AGE-SECRET-KEY-1...`` (HRP ``AGE-SECRET-KEY-``)
 
-Secrets never print themselves: identities, scrypt passphrases and :class:`Secret`
+Secrets never print themselves: identities and :class:`Secret`
 have a redacted ``repr``/``str``, and parse errors name the source and line only.
 
-Recipient contract (used by :class:`forge_ci.backup.age.Encryptor`): ``wrap(file_key)``
-returns the stanzas that let the matching identity recover the 16-byte file key.
+Recipient contract (used by :class:`forge_ci.backup.format.age.Encryptor`):
+``wrap(file_key)`` returns the stanzas that let the matching identity recover the 16-byte file key.
 Identity contract (used by the decryptor): ``unwrap(stanzas)`` returns the file key,
 ``None`` when no stanza is addressed to it, and raises :class:`BackupFormatError` when
 a stanza of its type is malformed (the spec says such a header MUST be rejected).
@@ -26,17 +28,16 @@ import binascii
 import hmac
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from forge_ci.backup.errors import BackupFormatError, KeyFormatError
 
@@ -47,10 +48,7 @@ IDENTITY_ENV = "FORGE_BACKUP_IDENTITY"
 _RECIPIENT_HRP = "age"
 _IDENTITY_HRP = "age-secret-key-"
 _X25519_INFO = b"age-encryption.org/v1/X25519"
-_SCRYPT_SALT_LABEL = b"age-encryption.org/v1/scrypt"
 _ZERO_NONCE = bytes(12)
-DEFAULT_SCRYPT_WORK_FACTOR = 18  # what `age -p` writes: 256 MiB, ~0.5 s
-MAX_SCRYPT_WORK_FACTOR = 20  # refuse hostile headers: 2^20 costs 1 GiB and seconds
 
 
 class Secret:
@@ -176,9 +174,6 @@ class Stanza:
 
 
 class Recipient(Protocol):
-    #: True for passphrase recipients: the spec forbids mixing them with others.
-    exclusive: ClassVar[bool]
-
     def wrap(self, file_key: bytes) -> list[Stanza]: ...
 
 
@@ -224,7 +219,6 @@ def _stanza_arg(stanza: Stanza, index: int, size: int) -> bytes:
 class X25519Recipient:
     """A public key, ``age1...``. Safe to print and to hand to CI."""
 
-    exclusive: ClassVar[bool] = False
     public_key: bytes
 
     def __post_init__(self) -> None:
@@ -311,78 +305,6 @@ class X25519Identity:
         return _open_file_key(wrap_key, body)
 
 
-# --- scrypt (passphrase) ------------------------------------------------------------
-
-
-def _scrypt_key(passphrase: Secret, salt: bytes, work_factor: int) -> bytes:
-    kdf = Scrypt(salt=_SCRYPT_SALT_LABEL + salt, length=32, n=1 << work_factor, r=8, p=1)
-    return kdf.derive(passphrase.reveal().encode("utf-8"))
-
-
-class ScryptRecipient:
-    """Encrypt to a passphrase (``age -p``). Must be the file's only recipient."""
-
-    exclusive: ClassVar[bool] = True
-
-    def __init__(
-        self, passphrase: str | Secret, work_factor: int = DEFAULT_SCRYPT_WORK_FACTOR
-    ) -> None:
-        if not 1 <= work_factor <= 30:
-            raise ValueError("scrypt work factor must be between 1 and 30")
-        self._passphrase = passphrase if isinstance(passphrase, Secret) else Secret(passphrase)
-        self.work_factor = work_factor
-
-    def __repr__(self) -> str:
-        return f"ScryptRecipient(work_factor={self.work_factor})"
-
-    def wrap(self, file_key: bytes) -> list[Stanza]:
-        salt = os.urandom(16)
-        wrap_key = _scrypt_key(self._passphrase, salt, self.work_factor)
-        args = ("scrypt", b64encode_raw(salt), str(self.work_factor))
-        return [Stanza(args, _seal_file_key(wrap_key, file_key))]
-
-
-class ScryptIdentity:
-    """Decrypt with a passphrase; headers asking for more than ``2**max_work_factor``
-    scrypt iterations are refused before any work is done."""
-
-    def __init__(
-        self, passphrase: str | Secret, max_work_factor: int = MAX_SCRYPT_WORK_FACTOR
-    ) -> None:
-        self._passphrase = passphrase if isinstance(passphrase, Secret) else Secret(passphrase)
-        self.max_work_factor = max_work_factor
-
-    def __repr__(self) -> str:
-        return f"ScryptIdentity(max_work_factor={self.max_work_factor})"
-
-    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
-        ours = [s for s in stanzas if s.args[0] == "scrypt"]
-        if not ours:
-            return None
-        if len(stanzas) != 1:
-            raise BackupFormatError("an scrypt stanza must be the only stanza of the header")
-        stanza = ours[0]
-        if len(stanza.args) != 3:
-            raise BackupFormatError("malformed scrypt stanza: wrong argument count")
-        salt = _stanza_arg(stanza, 1, 16)
-        work_factor = self._work_factor(stanza.args[2])
-        _check_body(stanza)
-        return _open_file_key(_scrypt_key(self._passphrase, salt, work_factor), stanza.body)
-
-    def _work_factor(self, text: str) -> int:
-        if not re.fullmatch(r"[1-9][0-9]{0,2}", text):
-            raise BackupFormatError("malformed scrypt stanza: bad work factor")
-        value = int(text)
-        if value > self.max_work_factor:
-            raise BackupFormatError(
-                f"scrypt work factor 2^{value} exceeds the accepted maximum "
-                f"2^{self.max_work_factor}",
-                hint="refused to spend the memory and time; if you wrote this file, "
-                "decrypt it with a higher max_work_factor",
-            )
-        return value
-
-
 # --- parsing what users paste into FORGE_BACKUP_RECIPIENT / _IDENTITY ---------------
 
 
@@ -456,26 +378,3 @@ def parse_identities(text: str | Secret, *, source: str = IDENTITY_ENV) -> list[
         )
     return found
 
-
-def recipients_from_env(environ: Mapping[str, str] | None = None) -> list[X25519Recipient]:
-    """The recipients of ``FORGE_BACKUP_RECIPIENT``; raises KeyFormatError if unset."""
-    value = (os.environ if environ is None else environ).get(RECIPIENT_ENV)
-    if value is None:
-        raise KeyFormatError(
-            f"{RECIPIENT_ENV} is not set",
-            hint="create a key pair with `forge-ci keygen` and store the "
-            "public key as the backup-recipient secret",
-        )
-    return parse_recipients(value)
-
-
-def identities_from_env(environ: Mapping[str, str] | None = None) -> list[X25519Identity]:
-    """The identities of ``FORGE_BACKUP_IDENTITY``; raises KeyFormatError if unset."""
-    value = (os.environ if environ is None else environ).get(IDENTITY_ENV)
-    if value is None:
-        raise KeyFormatError(
-            f"{IDENTITY_ENV} is not set",
-            hint="restore and verify need the private key written by "
-            "`forge-ci keygen` (backup-identity secret)",
-        )
-    return parse_identities(Secret(value))

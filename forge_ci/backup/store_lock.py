@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-from forge_ci.backup.age import Recipient
+from forge_ci.backup.format.age import Recipient
 from forge_ci.backup.layout import LOCKS
 from forge_ci.backup.objects import seal
 from forge_ci.errors import LockedError

@@ -25,8 +25,11 @@ is only detected when the input ends without a valid final chunk, i.e. by the
 :class:`BackupFormatError` raised at the very end of the iteration (from
 :meth:`Decryptor.finish`). A caller that must not act on partial data (restoring a
 database dump into a live server, replacing files) must either spool the plaintext to
-a temporary file and act only once the iterator finished, or run :func:`verify` first
-and decrypt again.
+a temporary file and act only once the iterator finished, or run the whole stream
+through :func:`decrypt_iter` once to authenticate it, then decrypt again and act.
+
+Recipients are X25519 keys only (:mod:`forge_ci.backup.format.keys`); the files are
+standard age all the same, so any age implementation opens them.
 
 Memory stays flat: at most one encrypted chunk plus one caller chunk (callers' chunks
 are sliced to ``MAX_UPDATE``) is held, whatever the stream size.
@@ -47,12 +50,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from forge_ci.backup.errors import BackupFormatError, NoIdentityError
-from forge_ci.backup.keys import (
+from forge_ci.backup.format.keys import (
     FILE_KEY_SIZE,
     Identity,
     Recipient,
-    ScryptIdentity,
-    ScryptRecipient,
     Secret,
     Stanza,
     X25519Identity,
@@ -68,17 +69,11 @@ __all__ = [
     "Encryptor",
     "Identity",
     "Recipient",
-    "ScryptIdentity",
-    "ScryptRecipient",
     "Secret",
     "X25519Identity",
     "X25519Recipient",
-    "decrypt_bytes",
     "decrypt_iter",
-    "encrypt_bytes",
     "encrypt_iter",
-    "payload_size",
-    "verify",
 ]
 
 VERSION_LINE = b"age-encryption.org/v1\n"
@@ -91,12 +86,6 @@ MAX_STANZAS = 128
 MAX_UPDATE = 1024 * 1024  # slice big caller chunks so output stays bounded
 _COLUMNS = 64
 _MAX_COUNTER = 1 << 88
-
-
-def payload_size(plaintext_size: int) -> int:
-    """Bytes after the header for ``plaintext_size`` bytes of plaintext (nonce included)."""
-    chunks = max(1, -(-plaintext_size // CHUNK_SIZE))
-    return NONCE_SIZE + plaintext_size + chunks * TAG_SIZE
 
 
 # --- header -------------------------------------------------------------------------
@@ -196,10 +185,6 @@ def _unwrap(header: Header, identities: Sequence[Identity]) -> bytes:
             if len(file_key) != FILE_KEY_SIZE:
                 raise _bad_header("wrapped file key has the wrong size")
             return file_key
-    if any(s.args[0] == "scrypt" for s in header.stanzas):
-        raise NoIdentityError(
-            "the passphrase does not open this backup", hint="check the passphrase"
-        )
     raise NoIdentityError()
 
 
@@ -243,14 +228,12 @@ class Encryptor:
 
     The output of every call, concatenated, is one age file. ``update`` returns
     whatever is ready (the header comes with the first output); at most one chunk is
-    buffered. Raises ValueError on misuse (no recipients, passphrase mixed with others).
+    buffered. Raises ValueError on misuse (no recipients).
     """
 
     def __init__(self, recipients: Sequence[Recipient]) -> None:
         if not recipients:
             raise ValueError("at least one recipient is required")
-        if len(recipients) > 1 and any(r.exclusive for r in recipients):
-            raise ValueError("a passphrase recipient cannot be combined with other recipients")
         file_key = os.urandom(FILE_KEY_SIZE)
         stanzas = [s for r in recipients for s in r.wrap(file_key)]
         nonce = os.urandom(NONCE_SIZE)
@@ -452,21 +435,3 @@ def decrypt_iter(
     if last:
         yield last
 
-
-def verify(chunks: Iterable[bytes], identities: Sequence[Identity]) -> int:
-    """Authenticate a whole age stream without keeping any plaintext.
-
-    Returns the plaintext size; raises like :func:`decrypt_iter`. The first pass of a
-    two-pass restore (verify, then decrypt and act).
-    """
-    return sum(len(piece) for piece in decrypt_iter(chunks, identities))
-
-
-def encrypt_bytes(data: bytes, recipients: Sequence[Recipient]) -> bytes:
-    """Whole-buffer convenience for small objects (snapshot manifests, tests)."""
-    return b"".join(encrypt_iter([data], recipients))
-
-
-def decrypt_bytes(data: bytes, identities: Sequence[Identity]) -> bytes:
-    """Whole-buffer convenience: returns only after the whole file authenticated."""
-    return b"".join(decrypt_iter([data], identities))
