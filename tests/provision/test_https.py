@@ -1,0 +1,275 @@
+"""forge-https (forge_ci/provision/https.sh) against a real ACME CA.
+
+The lab: nginx serving a static page as a plain process, with the live server
+block including forge-https's snippet the way a provisioned server's does, and
+Debian's pebble as the CA whose validation authority resolves names through a
+lab DNS. The script runs as on a server, its /etc paths pointed into the lab
+directory. What a user checks: the site answers over HTTPS with a certificate
+from the CA, HTTP redirects, a renewal replaces the certificate, and a name
+whose DNS does not point here leaves the site on HTTP with a message saying what
+to fix, until a later run completes it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from forge_ci import tls
+from tests.lab._proc import (
+    free_port,
+    lab_root,
+    port_open,
+    require_binary,
+    require_root,
+    spawn,
+    terminate,
+    wait_or_stop,
+)
+from tests.lab.pebble import Pebble, running_pebble
+
+SCRIPT = Path(__file__).resolve().parents[2] / "forge_ci" / "provision" / "https.sh"
+PAGE = "hello from the forge https lab"
+
+pytestmark = pytest.mark.lab
+
+
+@dataclass
+class HttpsLab:
+    dir: Path
+    http_port: int
+    https_port: int
+    pebble: Pebble
+    root_ca: Path
+    nginx_cmd: str
+
+    def env(self, names: str, **extra: str) -> dict[str, str]:
+        """The settings a provisioned server passes, its paths inside the lab."""
+        env = {
+            "PATH": os.environ["PATH"],
+            "FORGE_HTTPS_DOMAINS": names,
+            "FORGE_HTTPS_EMAIL": "ops@example.com",
+            "FORGE_HTTPS_ACME": self.pebble.directory,
+            "FORGE_HTTPS_HSTS": "true",
+            "FORGE_HTTPS_CA_FILE": str(self.pebble.ca_cert),
+            "FORGE_HTTPS_NGINX": self.nginx_cmd,
+            "FORGE_HTTPS_LISTEN": f"127.0.0.1:{self.https_port}",
+            "FORGE_HTTPS_PORT": str(self.https_port),
+            "FORGE_HTTPS_SCHEDULER": "cron",
+        }
+        env.update(self.paths())
+        env.update(extra)
+        return env
+
+    def paths(self) -> dict[str, str]:
+        return {
+            "FORGE_HTTPS_ENV_FILE": str(self.dir / "etc" / "forge-https.env"),
+            "FORGE_HTTPS_STATE": str(self.dir / "state"),
+            "FORGE_HTTPS_WEBROOT": str(self.dir / "webroot"),
+            "FORGE_HTTPS_SNIPPET": str(self.dir / "forge-https" / "site.conf"),
+            "FORGE_HTTPS_CRON_FILE": str(self.dir / "etc" / "cron.d" / "forge-https"),
+            "FORGE_HTTPS_SYSTEMD_DIR": str(self.dir / "etc" / "systemd"),
+            "FORGE_HTTPS_BIN": str(self.dir / "sbin" / "forge-https"),
+        }
+
+    def run(self, env: dict[str, str], script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    def check(self, name: str) -> tls.TlsReport:
+        return tls.inspect(name, self.https_port, address="127.0.0.1", cafile=self.root_ca)
+
+
+def _nginx_conf(workdir: Path, http_port: int) -> str:
+    site = workdir / "site"
+    site.mkdir()
+    (site / "index.html").write_text(PAGE)
+    return f"""\
+worker_processes 1;
+pid {workdir / "nginx.pid"};
+error_log {workdir / "error.log"} notice;
+user www-data;
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {workdir / "access.log"};
+    client_body_temp_path {workdir}/tmp/body;
+    proxy_temp_path {workdir}/tmp/proxy;
+    fastcgi_temp_path {workdir}/tmp/fastcgi;
+    uwsgi_temp_path {workdir}/tmp/uwsgi;
+    scgi_temp_path {workdir}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{http_port};
+        include {workdir}/forge-https/*.conf;
+        server_name _;
+        root {site};
+        location / {{ try_files $uri $uri/ =404; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def https_lab() -> Iterator[HttpsLab]:
+    require_root()
+    for binary in ("nginx", "lego"):
+        require_binary(binary, "Debian packages nginx and lego")
+    workdir = lab_root()
+    (workdir / "tmp").mkdir()
+    http_port, https_port = free_port(), free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(_nginx_conf(workdir, http_port))
+    nginx_cmd = f"nginx -p {workdir} -c {conf} -e {workdir / 'error.log'}"
+    proc = spawn([*nginx_cmd.split(), "-g", "daemon off;"], workdir / "stderr.log")
+    wait_or_stop(lambda: port_open(http_port), lambda: terminate(proc), what="lab nginx",
+                 timeout=20, log=[workdir / "stderr.log", workdir / "error.log"], proc=proc)
+    try:
+        with running_pebble(http_port) as pebble:
+            root = pebble.write_root(workdir / "pebble-root.pem")
+            yield HttpsLab(workdir, http_port, https_port, pebble, root, nginx_cmd)
+    finally:
+        terminate(proc)
+
+
+def _site_name() -> str:
+    return f"shop-{secrets.token_hex(4)}.forge.test"
+
+
+def _http_get(port: int, host: str, path: str = "/", *, tls_ca: Path | None = None) -> str:
+    """The raw response to GET `path` from 127.0.0.1:`port` for `host` (SNI too over TLS)."""
+    sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if tls_ca is not None:
+        sock = ssl.create_default_context(cafile=str(tls_ca)).wrap_socket(
+            sock, server_hostname=host)
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _settled(check: Callable[[], bool]) -> bool:
+    """nginx reloads asynchronously: old workers may answer a moment after a run."""
+    deadline = time.monotonic() + 10
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _served_serial(lab: HttpsLab, name: str) -> int:
+    context = ssl.create_default_context(cafile=str(lab.root_ca))
+    with socket.create_connection(("127.0.0.1", lab.https_port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=name) as sock:
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
+    lab, name = https_lab, _site_name()
+    lab.pebble.point(name)
+
+    first = lab.run(lab.env(name))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"HTTPS is on for {name}" in first.stdout
+
+    assert _settled(lambda: _http_get(lab.http_port, name).startswith("HTTP/1.1 301"))
+    report = lab.check(name)
+    assert report.ok, report.summary()
+    assert report.names == (name,)
+    assert "Pebble" in report.issuer
+    assert report.severity(min_days=14) is tls.Severity.OK
+
+    page = _http_get(lab.https_port, name, tls_ca=lab.root_ca)
+    assert page.startswith("HTTP/1.1 200") and PAGE in page
+    assert "Strict-Transport-Security: max-age=63072000" in page
+    redirect = _http_get(lab.http_port, name, "/shop/?p=1")
+    assert redirect.startswith("HTTP/1.1 301")
+    assert f"Location: https://{name}:{lab.https_port}/shop/?p=1" in redirect
+    # The CA's challenge path stays on HTTP (a later renewal needs it).
+    challenge = _http_get(lab.http_port, name, "/.well-known/acme-challenge/none")
+    assert challenge.startswith("HTTP/1.1 404")
+
+    # A run with nothing to do leaves the certificate alone.
+    serial = _served_serial(lab, name)
+    again = lab.run(lab.env(name))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "renewed" not in again.stdout
+    time.sleep(0.5)
+    assert _served_serial(lab, name) == serial
+
+    # The timer's run: only the saved settings, renewal forced by the day limit.
+    timer_env = {"PATH": os.environ["PATH"], "FORGE_HTTPS_RENEW_DAYS": "100000",
+                 "FORGE_HTTPS_ENV_FILE": lab.paths()["FORGE_HTTPS_ENV_FILE"]}
+    renewed = lab.run(timer_env, script=Path(lab.paths()["FORGE_HTTPS_BIN"]))
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert f"renewed the certificate for {name}" in renewed.stdout
+    assert _settled(lambda: _served_serial(lab, name) != serial)
+    assert lab.check(name).ok
+
+    cron = Path(lab.paths()["FORGE_HTTPS_CRON_FILE"]).read_text()
+    assert f"root FORGE_HTTPS_ENV_FILE={lab.paths()['FORGE_HTTPS_ENV_FILE']} " in cron
+    assert (Path(lab.paths()["FORGE_HTTPS_ENV_FILE"]).stat().st_mode & 0o777) == 0o600
+
+
+def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> None:
+    lab, name = https_lab, _site_name()
+    env = lab.env(name, FORGE_HTTPS_SCHEDULER="systemd")
+
+    pending = lab.run(env)
+    assert pending.returncode == 3, pending.stdout + pending.stderr
+    assert f"PENDING: no certificate for {name} yet" in pending.stdout
+    assert f"Point the DNS A/AAAA records of {name} at this server" in pending.stdout
+    page = _http_get(lab.http_port, name)
+    assert page.startswith("HTTP/1.1 200") and PAGE in page
+    assert lab.check(name).problem is tls.TlsProblem.UNREACHABLE
+    # The timer that will finish the job is in place already (systemd units here).
+    units = Path(lab.paths()["FORGE_HTTPS_SYSTEMD_DIR"])
+    assert "SuccessExitStatus=3" in (units / "forge-https.service").read_text()
+    assert "OnCalendar=" in (units / "forge-https.timer").read_text()
+
+    lab.pebble.point(name)
+    fixed = lab.run(env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert _settled(lambda: _http_get(lab.http_port, name).startswith("HTTP/1.1 301"))
+    assert lab.check(name).ok
+
+
+def test_acme_off_serves_http_only(https_lab: HttpsLab) -> None:
+    lab, name = https_lab, _site_name()
+    result = lab.run(lab.env(name, FORGE_HTTPS_ACME="off"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ACME is off" in result.stdout
+    assert _http_get(lab.http_port, name).startswith("HTTP/1.1 200")
+    assert not port_open(lab.https_port)
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("FORGE_HTTPS_ACME", "lets-encrypt", "use letsencrypt, letsencrypt-staging, off or"),
+    ("FORGE_HTTPS_HSTS", "yes", "FORGE_HTTPS_HSTS=yes: use true or false"),
+    ("FORGE_HTTPS_DOMAINS", "Shop Example", "'Shop' is not a host name"),
+    ("FORGE_HTTPS_DOMAINS", "", "FORGE_HTTPS_DOMAINS is empty"),
+])
+def test_bad_settings_exit_2_and_touch_nothing(
+    tmp_path: Path, setting: str, value: str, says: str
+) -> None:
+    env = {"PATH": os.environ["PATH"], "FORGE_HTTPS_DOMAINS": "shop.example.com",
+           "FORGE_HTTPS_ENV_FILE": str(tmp_path / "forge-https.env"), setting: value}
+    result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert list(tmp_path.iterdir()) == []
