@@ -1,42 +1,52 @@
 #!/usr/bin/env bash
 # forge-https: HTTPS for the site nginx serves. Idempotent; the renewal timer runs it too.
 # Obtains an ACME certificate (lego, HTTP-01 through nginx's webroot), writes the TLS
-# part of the live server block into $FORGE_HTTPS_SNIPPET (the live server, never the
-# loopback preview, has `include /etc/nginx/forge-https/*.conf;`), reloads nginx and
+# part of the live server block into /etc/nginx/forge-https/site.conf (the live server,
+# never the loopback preview, has `include /etc/nginx/forge-https/*.conf;`), reloads nginx and
 # installs a twice-daily timer (systemd, else cron) that renews and reloads.
 # Exit: 0 served over HTTPS (or ACME off), 2 bad settings, 3 pending (the CA could not
 # reach the site yet: it stays on HTTP, the timer retries), 1 anything else.
+# $FORGE_HTTPS_STATUS_FILE holds one line for doctor: ok|pending|off|failed and the names.
 # Settings (saved to $FORGE_HTTPS_ENV_FILE; a run without FORGE_HTTPS_DOMAINS loads it):
 #   FORGE_HTTPS_DOMAINS  names, the first is the certificate's main name
 #   FORGE_HTTPS_ACME     letsencrypt | letsencrypt-staging | off | a directory URL
 #   FORGE_HTTPS_EMAIL    ACME account e-mail     FORGE_HTTPS_HSTS  true | false
 #   FORGE_HTTPS_CA_FILE  trust for a private CA's ACME API (optional)
+#   FORGE_HTTPS_LISTEN, _PORT, _HTTP_PORT, _NGINX, _SCHEDULER (auto|systemd|cron|none): see below
+# FORGE_HTTPS_ROOT prefixes every path (tests run the script inside a directory).
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/sbin"  # cron's PATH lacks nginx
 
-env_file="${FORGE_HTTPS_ENV_FILE:-/etc/forge-https.env}"
+root="${FORGE_HTTPS_ROOT:-}"
+env_file="$root/etc/forge-https.env"
+loaded=0
 if [ -z "${FORGE_HTTPS_DOMAINS+x}" ] && [ -r "$env_file" ]; then
   # shellcheck disable=SC1090
-  . "$env_file"
+  . "$env_file"; loaded=1
 fi
 domains="${FORGE_HTTPS_DOMAINS:-}"; domains="${domains//,/ }"
 acme="${FORGE_HTTPS_ACME:-letsencrypt}"
 email="${FORGE_HTTPS_EMAIL:-}"
 hsts="${FORGE_HTTPS_HSTS:-false}"
 ca_file="${FORGE_HTTPS_CA_FILE:-}"
-state="${FORGE_HTTPS_STATE:-/var/lib/forge-https}"
-webroot="${FORGE_HTTPS_WEBROOT:-/var/lib/forge-https/webroot}"
-snippet="${FORGE_HTTPS_SNIPPET:-/etc/nginx/forge-https/site.conf}"
 listen="${FORGE_HTTPS_LISTEN:-443 [::]:443}"
 port="${FORGE_HTTPS_PORT:-443}"
+http_port="${FORGE_HTTPS_HTTP_PORT:-80}"
 read -ra nginx <<<"${FORGE_HTTPS_NGINX:-nginx}"
 scheduler="${FORGE_HTTPS_SCHEDULER:-auto}"
-units="${FORGE_HTTPS_SYSTEMD_DIR:-/etc/systemd/system}"
-cron_file="${FORGE_HTTPS_CRON_FILE:-/etc/cron.d/forge-https}"
-bin="${FORGE_HTTPS_BIN:-/usr/local/sbin/forge-https}"
-renew_days="${FORGE_HTTPS_RENEW_DAYS:-30}"
+renew_days="${FORGE_HTTPS_RENEW_DAYS:-30}"  # not saved: a one-off override
+lib="$root/var/lib/forge-https"
+state="$lib/lego"  # account and certificate keys: root only
+webroot="$lib/acme"  # nginx serves /.well-known/acme-challenge/ from here
+status_file="$lib/status"
+snippet="$root/etc/nginx/forge-https/site.conf"
+units="$root/etc/systemd/system"
+cron_file="$root/etc/cron.d/forge-https"
+bin="$root/usr/local/sbin/forge-https"
 
 say() { echo "forge-https: $*"; }
-die() { echo "forge-https: error: $2" >&2; exit "$1"; }
+status() { mkdir -p "$lib"; echo "$1 $(date -u +%FT%TZ) $domains" >"$status_file"; }
+die() { echo "forge-https: error: ${*:2}" >&2; exit "$1"; }
 
 case "$acme" in
   letsencrypt) server=https://acme-v02.api.letsencrypt.org/directory ;;
@@ -67,15 +77,17 @@ put() {
 
 save_settings() {
   mkdir -p "$(dirname "$env_file")" "$(dirname "$bin")"
-  { for var in DOMAINS ACME EMAIL HSTS CA_FILE STATE WEBROOT SNIPPET LISTEN PORT NGINX \
-      SCHEDULER SYSTEMD_DIR CRON_FILE BIN RENEW_DAYS; do
+  [ "$loaded" = 1 ] || { for var in DOMAINS ACME EMAIL HSTS CA_FILE LISTEN PORT HTTP_PORT NGINX \
+      SCHEDULER; do
       v="FORGE_HTTPS_$var"; [ -z "${!v+x}" ] || printf '%s=%q\n' "$v" "${!v}"
     done; } | put "$env_file" 0600 || true
-  [ "$(readlink -f "$0")" = "$(readlink -f "$bin")" ] || put "$bin" 0755 <"$0" || true
+  local self="${BASH_SOURCE[0]}"
+  [ ! -f "$self" ] || [ "$self" -ef "$bin" ] || put "$bin" 0755 <"$self" || true
 }
 
 schedule() {
-  local run="FORGE_HTTPS_ENV_FILE=$env_file $bin"
+  local run="$bin" env=""
+  [ -z "$root" ] || { run="FORGE_HTTPS_ROOT=$root $bin"; env="Environment=FORGE_HTTPS_ROOT=$root"; }
   if [ "$scheduler" = auto ]; then
     if [ -d /run/systemd/system ]; then scheduler=systemd; else scheduler=cron; fi
   fi
@@ -84,7 +96,7 @@ schedule() {
       mkdir -p "$units"
       printf '%s\n' "[Unit]" "Description=forge-https: issue or renew the site's certificate" \
         "After=network-online.target nginx.service" "Wants=network-online.target" "" \
-        "[Service]" "Type=oneshot" "Environment=FORGE_HTTPS_ENV_FILE=$env_file" \
+        "[Service]" "Type=oneshot" "$env" \
         "ExecStart=$bin" "SuccessExitStatus=3" | put "$units/forge-https.service" 0644 || true
       printf '%s\n' "[Unit]" "Description=forge-https twice a day" "" "[Timer]" \
         "OnCalendar=*-*-* 00,12:00:00" "RandomizedDelaySec=1h" "Persistent=true" "" \
@@ -141,6 +153,23 @@ write_snippet() {
 reloaded=0
 reload() { "${nginx[@]}" -s reload || die 1 "nginx reload failed: is nginx running?"; reloaded=1; }
 
+# Wait until nginx serves the webroot (a reload is asynchronous; the include may be missing).
+challenge_served() {
+  local token="forge-probe-$RANDOM$RANDOM" line=""
+  echo ok >"$webroot/.well-known/acme-challenge/$token"
+  for _ in $(seq 50); do
+    if exec 3<>"/dev/tcp/127.0.0.1/$http_port"; then
+      printf 'GET /.well-known/acme-challenge/%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$token" "$main" >&3
+      read -r line <&3 || true; exec 3<&-
+    fi 2>/dev/null
+    [[ "$line" != *" 200 "* ]] || break
+    sleep 0.2
+  done
+  rm -f "$webroot/.well-known/acme-challenge/$token"
+  [[ "$line" == *" 200 "* ]] || die 1 "nginx on port $http_port does not serve $webroot at" \
+    "/.well-known/acme-challenge/: the site's server block needs include $(dirname "$snippet")/*.conf;"
+}
+
 lego_cmd() {
   local args=(--accept-tos --server "$server" --path "$state" --http --http.webroot "$webroot")
   [ -z "$email" ] || args+=(--email "$email")
@@ -152,6 +181,7 @@ save_settings
 schedule
 if [ "$server" = off ]; then
   write_snippet http
+  status off
   say "ACME is off: nginx serves HTTP only (TLS ends in front of this server)"
   exit 0
 fi
@@ -162,6 +192,7 @@ if [ -s "$crt" ] && [ "$(cat "$state/forge-issued" 2>/dev/null)" = "$stamp" ]; t
   before="$(cksum <"$crt")"
   if ! lego_cmd renew --days "$renew_days" --no-random-sleep >"$state/last.log" 2>&1; then
     tail -n 3 "$state/last.log" >&2
+    status failed
     die 1 "renewing the certificate for $main failed; the current one is still served (see $state/last.log)"
   fi
   write_snippet https
@@ -169,11 +200,13 @@ if [ -s "$crt" ] && [ "$(cat "$state/forge-issued" 2>/dev/null)" = "$stamp" ]; t
     [ "$reloaded" = 1 ] || reload
     say "renewed the certificate for $main"
   fi
+  status ok
   say "HTTPS is on for $domains"
   exit 0
 fi
 # A certificate for other names keeps being served while the new one is issued.
 [ -s "$crt" ] || write_snippet http
+challenge_served
 if ! lego_cmd run >"$state/last.log" 2>&1; then
   tail -n 3 "$state/last.log" >&2
   if grep -Eq 'acme:error:(connection|dns|unauthorized|incorrectResponse)' "$state/last.log"; then
@@ -185,10 +218,12 @@ if ! lego_cmd run >"$state/last.log" 2>&1; then
     say "PENDING: no certificate for $domains yet: the ACME server $server failed or" \
       "was unreachable (above); the timer retries twice a day. The site stays on HTTP."
   fi
+  status pending
   exit 3
 fi
 echo "$stamp" >"$state/forge-issued"
 reloaded=0
 write_snippet https
 [ "$reloaded" = 1 ] || reload
+status ok
 say "HTTPS is on for $domains (certificate from $server)"

@@ -65,22 +65,16 @@ class HttpsLab:
             "FORGE_HTTPS_NGINX": self.nginx_cmd,
             "FORGE_HTTPS_LISTEN": f"127.0.0.1:{self.https_port}",
             "FORGE_HTTPS_PORT": str(self.https_port),
+            "FORGE_HTTPS_HTTP_PORT": str(self.http_port),
             "FORGE_HTTPS_SCHEDULER": "cron",
         }
-        env.update(self.paths())
+        env["FORGE_HTTPS_ROOT"] = str(self.dir / "server")
         env.update(extra)
         return env
 
-    def paths(self) -> dict[str, str]:
-        return {
-            "FORGE_HTTPS_ENV_FILE": str(self.dir / "etc" / "forge-https.env"),
-            "FORGE_HTTPS_STATE": str(self.dir / "state"),
-            "FORGE_HTTPS_WEBROOT": str(self.dir / "webroot"),
-            "FORGE_HTTPS_SNIPPET": str(self.dir / "forge-https" / "site.conf"),
-            "FORGE_HTTPS_CRON_FILE": str(self.dir / "etc" / "cron.d" / "forge-https"),
-            "FORGE_HTTPS_SYSTEMD_DIR": str(self.dir / "etc" / "systemd"),
-            "FORGE_HTTPS_BIN": str(self.dir / "sbin" / "forge-https"),
-        }
+    def path(self, server_path: str) -> Path:
+        """Where the script's `server_path` (/etc/..., /var/...) is in this lab."""
+        return self.dir / "server" / server_path.lstrip("/")
 
     def run(self, env: dict[str, str], script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
@@ -110,7 +104,7 @@ http {{
     scgi_temp_path {workdir}/tmp/scgi;
     server {{
         listen 127.0.0.1:{http_port};
-        include {workdir}/forge-https/*.conf;
+        include {workdir}/server/etc/nginx/forge-https/*.conf;
         server_name _;
         root {site};
         location / {{ try_files $uri $uri/ =404; }}
@@ -212,17 +206,20 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     assert _served_serial(lab, name) == serial
 
     # The timer's run: only the saved settings, renewal forced by the day limit.
-    timer_env = {"PATH": os.environ["PATH"], "FORGE_HTTPS_RENEW_DAYS": "100000",
-                 "FORGE_HTTPS_ENV_FILE": lab.paths()["FORGE_HTTPS_ENV_FILE"]}
-    renewed = lab.run(timer_env, script=Path(lab.paths()["FORGE_HTTPS_BIN"]))
+    cron = lab.path("/etc/cron.d/forge-https").read_text()
+    timer_run = f"FORGE_HTTPS_ROOT={lab.dir / 'server'} {lab.path('/usr/local/sbin/forge-https')}"
+    assert f"root {timer_run} " in cron
+    timer_env = {"PATH": "/usr/bin:/bin", "FORGE_HTTPS_RENEW_DAYS": "100000",
+                 "FORGE_HTTPS_ROOT": str(lab.dir / "server")}
+    renewed = lab.run(timer_env, script=lab.path("/usr/local/sbin/forge-https"))
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert f"renewed the certificate for {name}" in renewed.stdout
     assert _settled(lambda: _served_serial(lab, name) != serial)
     assert lab.check(name).ok
 
-    cron = Path(lab.paths()["FORGE_HTTPS_CRON_FILE"]).read_text()
-    assert f"root FORGE_HTTPS_ENV_FILE={lab.paths()['FORGE_HTTPS_ENV_FILE']} " in cron
-    assert (Path(lab.paths()["FORGE_HTTPS_ENV_FILE"]).stat().st_mode & 0o777) == 0o600
+    assert (lab.path("/etc/forge-https.env").stat().st_mode & 0o777) == 0o600
+    assert "RENEW_DAYS" not in lab.path("/etc/forge-https.env").read_text()
+    assert lab.path("/var/lib/forge-https/status").read_text().startswith("ok ")
 
 
 def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> None:
@@ -237,7 +234,8 @@ def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> No
     assert page.startswith("HTTP/1.1 200") and PAGE in page
     assert lab.check(name).problem is tls.TlsProblem.UNREACHABLE
     # The timer that will finish the job is in place already (systemd units here).
-    units = Path(lab.paths()["FORGE_HTTPS_SYSTEMD_DIR"])
+    assert lab.path("/var/lib/forge-https/status").read_text().startswith("pending ")
+    units = lab.path("/etc/systemd/system")
     assert "SuccessExitStatus=3" in (units / "forge-https.service").read_text()
     assert "OnCalendar=" in (units / "forge-https.timer").read_text()
 
@@ -267,9 +265,19 @@ def test_bad_settings_exit_2_and_touch_nothing(
     tmp_path: Path, setting: str, value: str, says: str
 ) -> None:
     env = {"PATH": os.environ["PATH"], "FORGE_HTTPS_DOMAINS": "shop.example.com",
-           "FORGE_HTTPS_ENV_FILE": str(tmp_path / "forge-https.env"), setting: value}
+           "FORGE_HTTPS_ROOT": str(tmp_path), setting: value}
     result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
                             timeout=30, check=False)
     assert result.returncode == 2
     assert says in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_block_without_the_include_is_named(https_lab: HttpsLab) -> None:
+    lab, name = https_lab, _site_name()
+    lab.pebble.point(name)
+    elsewhere = free_port()  # nothing there serves the webroot
+    result = lab.run(lab.env(name, FORGE_HTTPS_HTTP_PORT=str(elsewhere)))
+    assert result.returncode == 1
+    assert f"nginx on port {elsewhere} does not serve" in result.stderr
+    assert "needs include" in result.stderr and "forge-https/*.conf;" in result.stderr
