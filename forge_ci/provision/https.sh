@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # forge-https: HTTPS for the site nginx serves. Idempotent; the renewal timer runs it too.
-# Obtains an ACME certificate (lego, HTTP-01 through nginx's webroot), writes the TLS
-# part of the live server block into /etc/nginx/forge-https/site.conf (the live server,
-# never the loopback preview, has `include /etc/nginx/forge-https/*.conf;`), reloads nginx and
+# Obtains an ACME certificate (lego, HTTP-01 through nginx's webroot), writes the TLS part
+# of the live server block into /etc/nginx/forge-https/site.conf (the live server, never
+# the loopback preview, has `include /etc/nginx/forge-https/*.conf;`), reloads nginx and
 # installs a twice-daily timer (systemd, else cron) that renews and reloads.
 # Exit: 0 served over HTTPS (or ACME off), 2 bad settings, 3 pending (the CA could not
 # reach the site yet: it stays on HTTP, the timer retries), 1 anything else.
-# $FORGE_HTTPS_STATUS_FILE holds one line for doctor: ok|pending|off|failed and the names.
-# Settings (saved to $FORGE_HTTPS_ENV_FILE; a run without FORGE_HTTPS_DOMAINS loads it):
+# /var/lib/forge-https/status holds one line for doctor: ok|pending|off|failed, time, names.
+# Settings (saved to /etc/forge-https.env; a run without FORGE_HTTPS_DOMAINS loads them):
 #   FORGE_HTTPS_DOMAINS  names, the first is the certificate's main name
 #   FORGE_HTTPS_ACME     letsencrypt | letsencrypt-staging | off | a directory URL
 #   FORGE_HTTPS_EMAIL    ACME account e-mail     FORGE_HTTPS_HSTS  true | false
 #   FORGE_HTTPS_CA_FILE  trust for a private CA's ACME API (optional)
-#   FORGE_HTTPS_LISTEN, _PORT, _HTTP_PORT, _NGINX, _SCHEDULER (auto|systemd|cron|none): see below
+#   FORGE_HTTPS_LISTEN, _PORT, _HTTP_PORT, _NGINX, _SCHEDULER (auto|systemd|cron|none)
 # FORGE_HTTPS_ROOT prefixes every path (tests run the script inside a directory).
 set -euo pipefail
 PATH="$PATH:/usr/sbin:/sbin"  # cron's PATH lacks nginx
@@ -53,10 +53,12 @@ case "$acme" in
   letsencrypt-staging) server=https://acme-staging-v02.api.letsencrypt.org/directory ;;
   off) server=off ;;
   https://*) server="$acme" ;;
-  *) die 2 "FORGE_HTTPS_ACME=$acme: use letsencrypt, letsencrypt-staging, off or an https:// directory URL" ;;
+  *) die 2 "FORGE_HTTPS_ACME=$acme: use letsencrypt, letsencrypt-staging, off" \
+       "or an https:// directory URL" ;;
 esac
 case "$hsts" in true|false) ;; *) die 2 "FORGE_HTTPS_HSTS=$hsts: use true or false" ;; esac
-[ "$server" = off ] || [ -n "$domains" ] || die 2 "FORGE_HTTPS_DOMAINS is empty: name the site's host names"
+[ "$server" = off ] || [ -n "$domains" ] ||
+  die 2 "FORGE_HTTPS_DOMAINS is empty: name the site's host names"
 for name in $domains; do
   [[ "$name" =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ && "$name" == *.* ]] ||
     die 2 "FORGE_HTTPS_DOMAINS: '$name' is not a host name (lower case, like www.example.com)"
@@ -87,7 +89,7 @@ save_settings() {
 
 schedule() {
   local run="$bin" env=""
-  [ -z "$root" ] || { run="FORGE_HTTPS_ROOT=$root $bin"; env="Environment=FORGE_HTTPS_ROOT=$root"; }
+  [ -z "$root" ] || { run="FORGE_HTTPS_ROOT=$root $bin"; env="Environment=${run% *}"; }
   if [ "$scheduler" = auto ]; then
     if [ -d /run/systemd/system ]; then scheduler=systemd; else scheduler=cron; fi
   fi
@@ -118,12 +120,16 @@ acme_location() {
     "    default_type text/plain;" "}"
 }
 
+# Mozilla's "intermediate" profile (the DHE suites need a dhparam file; left out).
+ciphers=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384
+ciphers+=:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305
+
 tls_block() {
   local addr
   for addr in $listen; do echo "listen $addr ssl http2;"; done
   printf '%s\n' "ssl_certificate $crt;" "ssl_certificate_key $key;" \
     "ssl_protocols TLSv1.2 TLSv1.3;" \
-    "ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;" \
+    "ssl_ciphers $ciphers;" \
     "ssl_prefer_server_ciphers off;" "ssl_session_cache shared:forge_https:10m;" \
     "ssl_session_timeout 1d;" "ssl_session_tickets off;"
   [ "$hsts" = false ] || echo 'add_header Strict-Transport-Security "max-age=63072000" always;'
@@ -153,21 +159,24 @@ write_snippet() {
 reloaded=0
 reload() { "${nginx[@]}" -s reload || die 1 "nginx reload failed: is nginx running?"; reloaded=1; }
 
-# Wait until nginx serves the webroot (a reload is asynchronous; the include may be missing).
+# Wait until nginx serves the webroot (a reload is asynchronous: old workers answer for a
+# moment; three good answers in a row), or say that the include is missing.
 challenge_served() {
-  local token="forge-probe-$RANDOM$RANDOM" line=""
+  local token="forge-probe-$RANDOM$RANDOM" line="" good=0
   echo ok >"$webroot/.well-known/acme-challenge/$token"
-  for _ in $(seq 50); do
+  for _ in $(seq 60); do
     if exec 3<>"/dev/tcp/127.0.0.1/$http_port"; then
       printf 'GET /.well-known/acme-challenge/%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$token" "$main" >&3
       read -r line <&3 || true; exec 3<&-
     fi 2>/dev/null
-    [[ "$line" != *" 200 "* ]] || break
+    if [[ "$line" == *" 200 "* ]]; then good=$((good + 1)); else good=0; fi
+    [ "$good" -lt 3 ] || break
     sleep 0.2
   done
   rm -f "$webroot/.well-known/acme-challenge/$token"
-  [[ "$line" == *" 200 "* ]] || die 1 "nginx on port $http_port does not serve $webroot at" \
-    "/.well-known/acme-challenge/: the site's server block needs include $(dirname "$snippet")/*.conf;"
+  [ "$good" -ge 3 ] || die 1 "nginx on port $http_port does not serve $webroot at" \
+    "/.well-known/acme-challenge/: the site's server block needs" \
+    "include $(dirname "$snippet")/*.conf;"
 }
 
 lego_cmd() {
@@ -193,7 +202,8 @@ if [ -s "$crt" ] && [ "$(cat "$state/forge-issued" 2>/dev/null)" = "$stamp" ]; t
   if ! lego_cmd renew --days "$renew_days" --no-random-sleep >"$state/last.log" 2>&1; then
     tail -n 3 "$state/last.log" >&2
     status failed
-    die 1 "renewing the certificate for $main failed; the current one is still served (see $state/last.log)"
+    die 1 "renewing the certificate for $main failed; the current one is still served" \
+      "(see $state/last.log)"
   fi
   write_snippet https
   if [ "$(cksum <"$crt")" != "$before" ]; then

@@ -27,6 +27,7 @@ from cryptography import x509
 
 from forge_ci import tls
 from tests.lab._proc import (
+    descendants,
     free_port,
     lab_root,
     port_open,
@@ -52,6 +53,20 @@ class HttpsLab:
     pebble: Pebble
     root_ca: Path
     nginx_cmd: str
+    nginx_pid: int
+
+    def settled(self, check: Callable[[], bool]) -> bool:
+        """True once `check` holds and nginx's old workers are gone.
+
+        A reload is asynchronous: for a moment old workers (old config) and new
+        ones take turns answering, so one good answer is not yet the state.
+        """
+        deadline = time.monotonic() + 15
+        while not (check() and len(descendants(self.nginx_pid)) == 1):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def env(self, names: str, **extra: str) -> dict[str, str]:
         """The settings a provisioned server passes, its paths inside the lab."""
@@ -130,7 +145,7 @@ def https_lab() -> Iterator[HttpsLab]:
     try:
         with running_pebble(http_port) as pebble:
             root = pebble.write_root(workdir / "pebble-root.pem")
-            yield HttpsLab(workdir, http_port, https_port, pebble, root, nginx_cmd)
+            yield HttpsLab(workdir, http_port, https_port, pebble, root, nginx_cmd, proc.pid)
     finally:
         terminate(proc)
 
@@ -153,16 +168,6 @@ def _http_get(port: int, host: str, path: str = "/", *, tls_ca: Path | None = No
     return b"".join(chunks).decode(errors="replace")
 
 
-def _settled(check: Callable[[], bool]) -> bool:
-    """nginx reloads asynchronously: old workers may answer a moment after a run."""
-    deadline = time.monotonic() + 10
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def _served_serial(lab: HttpsLab, name: str) -> int:
     context = ssl.create_default_context(cafile=str(lab.root_ca))
     with socket.create_connection(("127.0.0.1", lab.https_port), timeout=10) as raw, \
@@ -174,16 +179,19 @@ def _served_serial(lab: HttpsLab, name: str) -> int:
 
 def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     lab, name = https_lab, _site_name()
+    www = f"www.{name}"
     lab.pebble.point(name)
+    lab.pebble.point(www)
 
-    first = lab.run(lab.env(name))
+    first = lab.run(lab.env(f"{name},{www}"))
     assert first.returncode == 0, first.stdout + first.stderr
-    assert f"HTTPS is on for {name}" in first.stdout
+    assert f"HTTPS is on for {name} {www}" in first.stdout
 
-    assert _settled(lambda: _http_get(lab.http_port, name).startswith("HTTP/1.1 301"))
+    assert lab.settled(lambda: _http_get(lab.http_port, name).startswith("HTTP/1.1 301"))
     report = lab.check(name)
     assert report.ok, report.summary()
-    assert report.names == (name,)
+    assert set(report.names) == {name, www}
+    assert lab.check(www).ok
     assert "Pebble" in report.issuer
     assert report.severity(min_days=14) is tls.Severity.OK
 
@@ -199,10 +207,10 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
 
     # A run with nothing to do leaves the certificate alone.
     serial = _served_serial(lab, name)
-    again = lab.run(lab.env(name))
+    again = lab.run(lab.env(f"{name},{www}"))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "renewed" not in again.stdout
-    time.sleep(0.5)
+    assert lab.settled(lambda: True)
     assert _served_serial(lab, name) == serial
 
     # The timer's run: only the saved settings, renewal forced by the day limit.
@@ -214,7 +222,7 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     renewed = lab.run(timer_env, script=lab.path("/usr/local/sbin/forge-https"))
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert f"renewed the certificate for {name}" in renewed.stdout
-    assert _settled(lambda: _served_serial(lab, name) != serial)
+    assert lab.settled(lambda: _served_serial(lab, name) != serial)
     assert lab.check(name).ok
 
     assert (lab.path("/etc/forge-https.env").stat().st_mode & 0o777) == 0o600
@@ -224,7 +232,7 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
 
 def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> None:
     lab, name = https_lab, _site_name()
-    env = lab.env(name, FORGE_HTTPS_SCHEDULER="systemd")
+    env = lab.env(name, FORGE_HTTPS_SCHEDULER="systemd", FORGE_HTTPS_HSTS="false")
 
     pending = lab.run(env)
     assert pending.returncode == 3, pending.stdout + pending.stderr
@@ -242,8 +250,10 @@ def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> No
     lab.pebble.point(name)
     fixed = lab.run(env)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert _settled(lambda: _http_get(lab.http_port, name).startswith("HTTP/1.1 301"))
+    assert lab.settled(lambda: _http_get(lab.http_port, name).startswith("HTTP/1.1 301"))
     assert lab.check(name).ok
+    page = _http_get(lab.https_port, name, tls_ca=lab.root_ca)
+    assert PAGE in page and "Strict-Transport-Security" not in page
 
 
 def test_acme_off_serves_http_only(https_lab: HttpsLab) -> None:
