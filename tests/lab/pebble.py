@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import shutil
 import ssl
 import subprocess
 import urllib.request
@@ -98,12 +99,14 @@ def running_pebble(http_port: int) -> Iterator[Pebble]:
         pebble = on_free_port(lambda port: _start_pebble(workdir, cert, http_port, port, dns))
     except BaseException:
         terminate(dns[0])
+        shutil.rmtree(workdir, ignore_errors=True)
         raise
     pebble._procs.insert(0, dns[0])
     try:
         yield pebble
     finally:
         pebble.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _start_dns(workdir: Path, dns_port: int) -> tuple[subprocess.Popen[bytes], int, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -24,9 +25,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-
-from forge_ci import tls
-from tests.lab._proc import (
+from lab._proc import (
     descendants,
     free_port,
     lab_root,
@@ -37,12 +36,13 @@ from tests.lab._proc import (
     terminate,
     wait_or_stop,
 )
-from tests.lab.pebble import Pebble, running_pebble
+from lab.pebble import Pebble, running_pebble
+from lab.policy import lab_required
+
+from forge_ci import tls
 
 SCRIPT = Path(__file__).resolve().parents[2] / "forge_ci" / "provision" / "https.sh"
 PAGE = "hello from the forge https lab"
-
-pytestmark = pytest.mark.lab
 
 
 @dataclass
@@ -130,9 +130,10 @@ http {{
 
 @pytest.fixture
 def https_lab() -> Iterator[HttpsLab]:
-    require_root()
-    for binary in ("nginx", "lego"):
-        require_binary(binary, "Debian packages nginx and lego")
+    with lab_required():
+        require_root()
+        for binary in ("nginx", "lego", "pebble", "pebble-challtestsrv"):
+            require_binary(binary, "Debian packages nginx, lego and pebble")
     workdir = lab_root()
     (workdir / "tmp").mkdir()
     http_port, https_port = free_port(), free_port()
@@ -148,6 +149,7 @@ def https_lab() -> Iterator[HttpsLab]:
             yield HttpsLab(workdir, http_port, https_port, pebble, root, nginx_cmd, proc.pid)
     finally:
         terminate(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _site_name() -> str:
@@ -177,6 +179,7 @@ def _served_serial(lab: HttpsLab, name: str) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+@pytest.mark.lab
 def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     lab, name = https_lab, _site_name()
     www = f"www.{name}"
@@ -230,6 +233,7 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     assert lab.path("/var/lib/forge-https/status").read_text().startswith("ok ")
 
 
+@pytest.mark.lab
 def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> None:
     lab, name = https_lab, _site_name()
     env = lab.env(name, FORGE_HTTPS_SCHEDULER="systemd", FORGE_HTTPS_HSTS="false")
@@ -256,6 +260,7 @@ def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> No
     assert PAGE in page and "Strict-Transport-Security" not in page
 
 
+@pytest.mark.lab
 def test_acme_off_serves_http_only(https_lab: HttpsLab) -> None:
     lab, name = https_lab, _site_name()
     result = lab.run(lab.env(name, FORGE_HTTPS_ACME="off"))
@@ -283,6 +288,7 @@ def test_bad_settings_exit_2_and_touch_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.lab
 def test_a_server_block_without_the_include_is_named(https_lab: HttpsLab) -> None:
     lab, name = https_lab, _site_name()
     lab.pebble.point(name)
