@@ -124,6 +124,7 @@ acme_location() {
 ciphers=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384
 ciphers+=:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305
 
+# shellcheck disable=SC2016  # $host, $scheme...: nginx's variables, not the shell's
 tls_block() {
   local addr
   for addr in $listen; do echo "listen $addr ssl http2;"; done

@@ -170,6 +170,18 @@ def _http_get(port: int, host: str, path: str = "/", *, tls_ca: Path | None = No
     return b"".join(chunks).decode(errors="replace")
 
 
+def _tls_versions(lab: HttpsLab, name: str) -> set[str]:
+    """The protocol versions the site agrees to, of TLS 1.2 and 1.3."""
+    agreed = set()
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.create_default_context(cafile=str(lab.root_ca))
+        context.minimum_version = context.maximum_version = version
+        with socket.create_connection(("127.0.0.1", lab.https_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=name) as sock:
+            agreed.add(str(sock.version()))
+    return agreed
+
+
 def _served_serial(lab: HttpsLab, name: str) -> int:
     context = ssl.create_default_context(cafile=str(lab.root_ca))
     with socket.create_connection(("127.0.0.1", lab.https_port), timeout=10) as raw, \
@@ -204,6 +216,7 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     redirect = _http_get(lab.http_port, name, "/shop/?p=1")
     assert redirect.startswith("HTTP/1.1 301")
     assert f"Location: https://{name}:{lab.https_port}/shop/?p=1" in redirect
+    assert _tls_versions(lab, name) == {"TLSv1.2", "TLSv1.3"}
     # The CA's challenge path stays on HTTP (a later renewal needs it).
     challenge = _http_get(lab.http_port, name, "/.well-known/acme-challenge/none")
     assert challenge.startswith("HTTP/1.1 404")
