@@ -141,7 +141,10 @@ def _start_pebble(
         "externalAccountBindingRequired": False,
     }}))
     log = workdir / "pebble.log"
-    env = {"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    # Every order is validated afresh (no reused authorizations), as a renewal
+    # months later would be.
+    env = {"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+           "PEBBLE_AUTHZREUSE": "0"}
     argv = [binary, "-config", str(config), "-dnsserver", f"127.0.0.1:{dns[1]}"]
     proc = spawn(argv, log, env=env, cwd=workdir)
     wait_or_stop(lambda: port_open(port) and port_open(mgmt_port), stop=lambda: terminate(proc),

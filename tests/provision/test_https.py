@@ -272,6 +272,16 @@ def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> No
     page = _http_get(lab.https_port, name, tls_ca=lab.root_ca)
     assert PAGE in page and "Strict-Transport-Security" not in page
 
+    # DNS moves away later: the renewal fails loudly, the current certificate stays.
+    serial = _served_serial(lab, name)
+    lab.pebble.unpoint(name)
+    failed = lab.run({**env, "FORGE_HTTPS_RENEW_DAYS": "100000"})
+    assert failed.returncode == 1
+    assert f"renewing the certificate for {name} failed; the current one is still served" \
+        in failed.stderr
+    assert lab.path("/var/lib/forge-https/status").read_text().startswith("failed ")
+    assert _served_serial(lab, name) == serial
+
 
 @pytest.mark.lab
 def test_acme_off_serves_http_only(https_lab: HttpsLab) -> None:
