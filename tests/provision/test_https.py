@@ -263,6 +263,11 @@ def test_dns_not_pointing_here_is_pending_until_fixed(https_lab: HttpsLab) -> No
     units = lab.path("/etc/systemd/system")
     assert "SuccessExitStatus=3" in (units / "forge-https.service").read_text()
     assert "OnCalendar=" in (units / "forge-https.timer").read_text()
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(units / "forge-https.timer"),
+             str(units / "forge-https.service")], capture_output=True, text=True, check=False)
+        assert str(units) not in verify.stdout + verify.stderr, verify.stderr
 
     lab.pebble.point(name)
     fixed = lab.run(env)
