@@ -1,0 +1,319 @@
+"""Rewrite one database value from FROM's URLs to TO's, keeping PHP able to read it.
+
+The rules, in the order a user can check them by hand:
+
+**Pairs.** :meth:`Rules.from_pairs` takes ordered ``(from, to)`` pairs. A pair whose
+FROM is an ``http://`` or ``https://`` URL made of a host (optional ``:port``) and an
+optional path is a *URL pair*; its TO must be such a URL too. Any other pair is a
+*literal pair*: its FROM bytes (UTF-8) become its TO bytes wherever they occur.
+A trailing ``/`` on either URL is ignored.
+
+**URL forms.** For a URL pair ``https://example.com`` → ``https://staging.example.com``
+each of these forms of FROM is rewritten, in the same form:
+
+==========================  =====================================================
+form                        becomes
+==========================  =====================================================
+``https://example.com``     ``https://staging.example.com``
+``http://example.com``      ``https://staging.example.com`` (rule below)
+``//example.com``           ``//staging.example.com`` (protocol-relative stays so)
+``https:\\/\\/example.com``   JSON-escaped: ``https:\\/\\/staging.example.com``
+``\\/\\/example.com``         ``\\/\\/staging.example.com``
+``https%3A%2F%2Fexample.com`` URL-encoded: ``https%3A%2F%2Fstaging.example.com``
+``%2F%2Fexample.com``       ``%2F%2Fstaging.example.com``
+==========================  =====================================================
+
+*Scheme rule*: FROM matches with either scheme (``http`` or ``https``), and a match that
+carries a scheme always gets TO's scheme; a match without one (protocol-relative) stays
+without. In URL-encoded form the escapes match in either case (``%3a%2f``) and are
+written in upper case. Slashes (and a port's colon) inside FROM's path are encoded the
+same way as the form's scheme separator.
+
+*Boundary rule*: FROM's host is matched only right after ``//`` (or its escaped form),
+so ``myexample.com`` never matches, and only when the next byte does not continue a
+host name or path segment: not a letter, digit, ``_`` or ``-``, and not a ``.``
+followed by a letter or digit. So ``example.com.au`` and ``example.com-old`` stay, while
+``https://example.com/page``, ``https://example.com.`` (end of a sentence),
+``https://example.com:8080`` and ``"https://example.com"`` are rewritten. Matching is
+case-sensitive, as WordPress stores its own URLs in lower case. A bare host without
+``//`` (``user@example.com``) is not a URL form and stays; add a literal pair for it.
+
+*One pass*: every value is scanned once, left to right; at each position the first pair
+(in the given order) that matches wins, and replaced text is never scanned again, so a
+TO that contains FROM (``example.com`` → ``staging.example.com``) cannot loop.
+
+**PHP-serialized values.** A value that *looks serialized* (it starts with ``a:N:{``,
+``O:N:"``, ``C:N:"``, ``E:N:"``, ``s:N:"``, ``i:N;``, ``d:…;``, ``b:0;``/``b:1;`` or
+``N;``) is parsed exactly, byte lengths included, and must end where the parse ends.
+Inside it:
+
+- every string value is rewritten as a value of its own (so a string holding
+  serialized data is parsed and rewritten recursively, and a string holding JSON or text
+  gets the URL forms above); its ``s:N:`` length is recomputed in bytes;
+- array keys and object property names are identifiers and are never rewritten (a
+  rewritten key could collide with another); class names are never rewritten;
+- ``O:`` objects are rewritten as data whatever the class (it need not be loaded):
+  public, ``\\0*\\0protected`` and ``\\0Class\\0private`` properties alike;
+- a ``C:`` (custom ``Serializable``) payload is rewritten as a string and its length
+  recomputed; ``E:`` enum cases, numbers, booleans, ``N;`` and ``r:``/``R:``
+  references are copied as they are.
+
+A value that looks serialized but does not parse exactly is returned untouched with
+:attr:`Status.UNPARSABLE`, never rewritten as text (that is how lengths get broken). A
+string *inside* serialized data that looks serialized but does not parse is ordinary
+text: rewriting it cannot break the outer value, whose lengths are recomputed.
+
+A value holding none of the *needles* (each URL pair's host, each literal FROM) is
+returned at once without being parsed: the fast path the dump rewriter relies on.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from forge_ci.errors import ConfigError
+
+_URL = re.compile(r"(https?)://([A-Za-z0-9.-]+(?::[0-9]+)?)(/[^\s?#]*)?")
+# Does not continue a host name or a path segment.
+_BOUNDARY = rb"(?![A-Za-z0-9_-]|\.[A-Za-z0-9])"
+
+_LOOKS_SERIALIZED = re.compile(
+    rb'(?:a:[0-9]+:\{|[OCEs]:[0-9]+:"|i:[+-]?[0-9]+;|d:[^;]*;|b:[01];|N;)'
+)
+_STR = re.compile(rb's:([0-9]+):"')
+_ARR = re.compile(rb"a:([0-9]+):\{")
+_NAMED = re.compile(rb'([OCE]):([0-9]+):"')
+_COUNT = re.compile(rb'":([0-9]+):\{')
+_SCALAR = re.compile(
+    rb"(?:i:[+-]?[0-9]+|d:(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NAN|-?INF)"
+    rb"|b:[01]|N|[rR]:[0-9]+);"
+)
+_INT_KEY = re.compile(rb"i:[+-]?[0-9]+;")
+
+
+class Status(enum.Enum):
+    """What :meth:`Rules.rewrite_value` did with a value."""
+
+    UNCHANGED = "unchanged"
+    CHANGED = "changed"
+    UNPARSABLE = "unparsable"  # looked serialized, did not parse: returned untouched
+
+
+class _Unparsable(Exception):
+    """Serialized data that does not parse exactly (internal)."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    with_scheme: bytes  # what a match carrying a scheme becomes
+    without_scheme: bytes  # what a protocol-relative match becomes
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Compiled replacement rules: immutable, so one instance serves a whole dump."""
+
+    pattern: re.Pattern[bytes]
+    needles: re.Pattern[bytes]
+    targets: tuple[_Target, ...]  # by regex group number - 1
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[str, str]]) -> Rules:
+        """Compile ordered pairs (see the module docstring); ConfigError on a bad pair."""
+        if not pairs:
+            raise ConfigError(
+                "sync has no replacement pairs", hint="give at least FROM's and TO's home URL"
+            )
+        alternatives: list[bytes] = []
+        targets: list[_Target] = []
+        needles: list[bytes] = []
+        for old, new in pairs:
+            if not old:
+                raise ConfigError("a sync.replace pair has an empty FROM", hint="remove it")
+            if _URL.fullmatch(old):
+                for alt, target in _url_forms(old, new):
+                    alternatives.append(alt)
+                    targets.append(target)
+                needles.append(_host(old))
+            else:
+                literal = old.encode()
+                alternatives.append(re.escape(literal))
+                targets.append(_Target(new.encode(), new.encode()))
+                needles.append(literal)
+        pattern = re.compile(b"|".join(b"(" + alt + b")" for alt in alternatives))
+        unique = sorted(set(needles), key=len, reverse=True)
+        return cls(
+            pattern=pattern,
+            needles=re.compile(b"|".join(re.escape(n) for n in unique)),
+            targets=tuple(targets),
+        )
+
+    def rewrite_value(self, value: bytes) -> tuple[bytes, Status]:
+        """One column value, raw bytes as stored (no SQL escaping)."""
+        if self.needles.search(value) is None:
+            return value, Status.UNCHANGED
+        if _LOOKS_SERIALIZED.match(value):
+            try:
+                new = self._serialized_exact(value)
+            except (_Unparsable, RecursionError):
+                return value, Status.UNPARSABLE
+        else:
+            new = self.rewrite_text(value)
+        return new, (Status.UNCHANGED if new == value else Status.CHANGED)
+
+    def rewrite_text(self, text: bytes) -> bytes:
+        """The URL forms and literal pairs in plain text or JSON, in one pass."""
+        return self.pattern.sub(self._replacement, text)
+
+    def _replacement(self, match: re.Match[bytes]) -> bytes:
+        index = match.lastindex
+        assert index is not None
+        target = self.targets[index - 1]
+        return target.with_scheme if match.group()[:1] == b"h" else target.without_scheme
+
+    # -- serialized data -------------------------------------------------------------
+
+    def _serialized_exact(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        if self._value(data, 0, out) != len(data):
+            raise _Unparsable
+        return b"".join(out)
+
+    def _inner(self, text: bytes) -> bytes:
+        """A string inside serialized data: serialized again, or text."""
+        if self.needles.search(text) is None:
+            return text
+        if _LOOKS_SERIALIZED.match(text):
+            try:
+                return self._serialized_exact(text)
+            except _Unparsable:
+                pass
+        return self.rewrite_text(text)
+
+    def _value(self, data: bytes, pos: int, out: list[bytes]) -> int:
+        kind = data[pos : pos + 1]
+        if kind == b"s":
+            content, end = _string(data, pos)
+            new = self._inner(content)
+            out.append(b's:%d:"%b";' % (len(new), new))
+            return end
+        if kind == b"a":
+            head = _ARR.match(data, pos)
+            if head is None:
+                raise _Unparsable
+            out.append(head.group())
+            return self._members(data, head.end(), int(head.group(1)), out)
+        if kind in (b"O", b"C", b"E"):
+            return self._named(data, pos, out)
+        scalar = _SCALAR.match(data, pos)
+        if scalar is None:
+            raise _Unparsable
+        out.append(scalar.group())
+        return scalar.end()
+
+    def _members(self, data: bytes, pos: int, count: int, out: list[bytes]) -> int:
+        """COUNT key/value pairs then ``}``: an array's or an object's body."""
+        for _ in range(count):
+            pos = _key(data, pos, out)
+            pos = self._value(data, pos, out)
+        if data[pos : pos + 1] != b"}":
+            raise _Unparsable
+        out.append(b"}")
+        return pos + 1
+
+    def _named(self, data: bytes, pos: int, out: list[bytes]) -> int:
+        """``O:``, ``C:`` and ``E:``: a length-prefixed class name, then their body."""
+        head = _NAMED.match(data, pos)
+        if head is None:
+            raise _Unparsable
+        kind, name_start = head.group(1), head.end()
+        name_end = name_start + int(head.group(2))
+        if kind == b"E":
+            if data[name_end : name_end + 2] != b'";' or name_end > len(data):
+                raise _Unparsable
+            out.append(data[pos : name_end + 2])
+            return name_end + 2
+        body = _COUNT.match(data, name_end)
+        if body is None:
+            raise _Unparsable
+        count = int(body.group(1))
+        if kind == b"O":
+            out.append(data[pos : body.end()])
+            return self._members(data, body.end(), count, out)
+        payload_end = body.end() + count
+        if data[payload_end : payload_end + 1] != b"}" or payload_end > len(data):
+            raise _Unparsable
+        new = self._inner(data[body.end() : payload_end])
+        out.append(b'%b":%d:{%b}' % (data[pos:name_end], len(new), new))
+        return payload_end + 1
+
+
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    """The content of ``s:N:"…";`` at POS and the offset after it."""
+    head = _STR.match(data, pos)
+    if head is None:
+        raise _Unparsable
+    start = head.end()
+    end = start + int(head.group(1))
+    if end > len(data) or data[end : end + 2] != b'";':
+        raise _Unparsable
+    return data[start:end], end + 2
+
+
+def _key(data: bytes, pos: int, out: list[bytes]) -> int:
+    """An array key or property name, copied as it is (see the module docstring)."""
+    if data[pos : pos + 1] == b"s":
+        _, end = _string(data, pos)
+        out.append(data[pos:end])
+        return end
+    key = _INT_KEY.match(data, pos)
+    if key is None:
+        raise _Unparsable
+    out.append(key.group())
+    return key.end()
+
+
+# -- URL pairs -----------------------------------------------------------------------
+
+
+def _split(url: str, what: str) -> tuple[str, str]:
+    """(scheme, host[:port][/path]) of a URL pair's side, without a trailing slash."""
+    match = _URL.fullmatch(url)
+    if match is None:
+        raise ConfigError(
+            f"sync.replace: {what} {url!r} is not an http(s) URL of a host and a path",
+            hint="write it as https://host or https://host/path",
+        )
+    scheme, host, path = match.groups()
+    return scheme, (host + (path or "")).rstrip("/")
+
+
+def _host(url: str) -> bytes:
+    _, rest = _split(url, "FROM")
+    return rest.split("/", 1)[0].split(":", 1)[0].encode()
+
+
+def _url_forms(old: str, new: str) -> list[tuple[bytes, _Target]]:
+    _, old_rest = _split(old, "FROM")
+    scheme, new_rest = _split(new, "TO")
+    o, n, s = old_rest.encode(), new_rest.encode(), scheme.encode()
+    plain = (
+        rb"(?:https?:)?//" + re.escape(o) + _BOUNDARY,
+        _Target(s + b"://" + n, b"//" + n),
+    )
+    json_o = re.escape(o).replace(b"/", rb"\\/")
+    json_n = n.replace(b"/", b"\\/")
+    json = (
+        rb"(?:https?:)?\\/\\/" + json_o + _BOUNDARY,
+        _Target(s + b":\\/\\/" + json_n, b"\\/\\/" + json_n),
+    )
+    enc_o = re.escape(o).replace(b"/", b"%2[Ff]").replace(b":", b"%3[Aa]")
+    enc_n = n.replace(b"/", b"%2F").replace(b":", b"%3A")
+    encoded = (
+        rb"(?:https?%3[Aa])?%2[Ff]%2[Ff]" + enc_o + _BOUNDARY,
+        _Target(s + b"%3A%2F%2F" + enc_n, b"%2F%2F" + enc_n),
+    )
+    return [plain, json, encoded]
