@@ -55,7 +55,10 @@ Inside it:
 - ``O:`` objects are rewritten as data whatever the class (it need not be loaded):
   public, ``\\0*\\0protected`` and ``\\0Class\\0private`` properties alike;
 - a ``C:`` (custom ``Serializable``) payload is rewritten as a string and its length
-  recomputed; ``E:`` enum cases, numbers, booleans, ``N;`` and ``r:``/``R:``
+  recomputed; as ``ArrayObject``, ``ArrayIterator`` and ``SplObjectStorage`` write their
+  payload as serialized values between markers (``x:i:0;a:1:{…};m:a:0:{}``), each
+  serialized value found at the start or after one of ``: ; , { }`` is rewritten as
+  serialized data (lengths kept right), and the text between them as text; ``E:`` enum cases, numbers, booleans, ``N;`` and ``r:``/``R:``
   references are copied as they are.
 
 A value that looks serialized but does not parse exactly is returned untouched with
@@ -92,6 +95,8 @@ _SCALAR = re.compile(
     rb"|b:[01]|N|[rR]:[0-9]+);"
 )
 _INT_KEY = re.compile(rb"i:[+-]?[0-9]+;")
+# Where a serialized value may start inside a C: payload.
+_IN_PAYLOAD = re.compile(rb"(?:^|(?<=[:;,{}]))(?=" + _LOOKS_SERIALIZED.pattern + rb")")
 
 
 class Status(enum.Enum):
@@ -193,6 +198,28 @@ class Rules:
                 pass
         return self.rewrite_text(text)
 
+    def _payload(self, payload: bytes) -> bytes:
+        """A C: payload: the serialized values in it as data, the rest as text."""
+        if self.needles.search(payload) is None:
+            return payload
+        out: list[bytes] = []
+        text_start = pos = 0
+        while (candidate := _IN_PAYLOAD.search(payload, pos)) is not None:
+            start = candidate.start()
+            parts: list[bytes] = []
+            try:
+                end = self._value(payload, start, parts)
+            except _Unparsable:
+                pos = start + 1
+                continue
+            out.append(self.rewrite_text(payload[text_start:start]))
+            out.extend(parts)
+            text_start = pos = end
+            if pos >= len(payload):
+                break
+        out.append(self.rewrite_text(payload[text_start:]))
+        return b"".join(out)
+
     def _value(self, data: bytes, pos: int, out: list[bytes]) -> int:
         kind = data[pos : pos + 1]
         if kind == b"s":
@@ -246,7 +273,7 @@ class Rules:
         payload_end = body.end() + count
         if data[payload_end : payload_end + 1] != b"}" or payload_end > len(data):
             raise _Unparsable
-        new = self._inner(data[body.end() : payload_end])
+        new = self._payload(data[body.end() : payload_end])
         out.append(b'%b":%d:{%b}' % (data[pos:name_end], len(new), new))
         return payload_end + 1
 
