@@ -58,8 +58,9 @@ Inside it:
   recomputed; as ``ArrayObject``, ``ArrayIterator`` and ``SplObjectStorage`` write their
   payload as serialized values between markers (``x:i:0;a:1:{…};m:a:0:{}``), each
   serialized value found at the start or after one of ``: ; , { }`` is rewritten as
-  serialized data (lengths kept right), and the text between them as text; ``E:`` enum cases, numbers, booleans, ``N;`` and ``r:``/``R:``
-  references are copied as they are.
+  serialized data (lengths kept right), and the text between them as text;
+- ``E:`` enum cases, numbers, booleans, ``N;`` and ``r:``/``R:`` references are copied
+  as they are.
 
 A value that looks serialized but does not parse exactly is returned untouched with
 :attr:`Status.UNPARSABLE`, never rewritten as text (that is how lengths get broken). A
