@@ -6,18 +6,20 @@
                  --complete-insert --extended-insert --hex-blob
                  --default-character-set=utf8mb4 --net-buffer-length=1048576 DB
 
-and the rewriter relies on what those flags promise: every ``INSERT`` is one line that
-names its columns (``--complete-insert``; an INSERT without a column list is refused
-with :class:`~forge_ci.sync.SyncError`, since ``guid`` could not be told apart), holds
+and the rewriter relies on what those flags promise: every ``INSERT`` names its
+columns (``--complete-insert``; an INSERT without a column list is refused with
+:class:`~forge_ci.sync.SyncError`, since ``guid`` could not be told apart), holds
 about a megabyte of rows (``--net-buffer-length``), and binary columns arrive as
 ``0x…`` hex (``--hex-blob``) so every quoted literal is text in the connection's
 ``utf8mb4``. A quoted value keeps MariaDB's escapes (``\\0 \\' \\" \\b \\n \\r \\t \\Z \\\\``
 and ``''``), so no line of the dump holds a raw newline inside a value.
 
 **Streaming.** :func:`rewrite_dump` takes any iterable of byte chunks and yields bytes.
-It holds one line at a time (the largest ``INSERT``, about a megabyte, tens of MB at
-worst), never the dump. Every line that is not an ``INSERT`` passes through byte for
-byte, and so does every ``INSERT`` that holds none of the rules' needles; inside the
+It holds one statement at a time (the largest ``INSERT``, about a megabyte, tens of MB
+at worst), never the dump. MariaDB 10.11 writes each row of an extended ``INSERT`` on a
+line of its own, so an ``INSERT`` is its lines up to the one that ends in ``;``; any
+other statement passes through line by line. Everything but an ``INSERT`` passes through
+byte for byte, and so does every ``INSERT`` that holds none of the rules' needles; inside the
 others, only the rows that hold a needle are cut into values, and only a value that
 holds one is unescaped, rewritten (:meth:`~forge_ci.sync.replace.Rules.rewrite_value`)
 and escaped again. Unchanged values are always copied as they were.
@@ -76,8 +78,9 @@ _CREATE = re.compile(rb"CREATE TABLE " + _NAME)
 
 _STRING = rb"'(?:[^'\\]++|\\.|'')*+'"
 # A whole row: strings, and anything but quotes and parentheses between them.
-_ROWS_UP_TO = re.compile(rb"(?:\((?:" + _STRING + rb"|[^'()]++)*+\),?)*+", re.S)
+_ROWS_UP_TO = re.compile(rb"(?:\((?:" + _STRING + rb"|[^'()]++)*+\),?\r?\n?)*+", re.S)
 _ROW = re.compile(rb"\((?:" + _STRING + rb"|[^'()]++)*+\)", re.S)
+_BETWEEN_ROWS = re.compile(rb",\r?\n?")
 # One value inside a row, then the separator after it.
 _VALUE = re.compile(rb"([^,'()]*+(?:" + _STRING + rb")?)([,)])", re.S)
 
@@ -135,20 +138,39 @@ def rewrite_dump(
 ) -> Iterator[bytes]:
     """Yield the dump with every value rewritten; counts go into REPORT as it streams."""
     in_excluded_create = False
+    insert: list[bytes] = []  # the lines of an INSERT that goes on (one row a line)
     for line in _lines(chunks):
+        if insert:
+            insert.append(line)
+            if not _ends_statement(line):
+                continue
+            line = b"".join(insert)
+            insert = []
+        elif line.startswith((b"INSERT", b"REPLACE")) and not _ends_statement(line):
+            insert.append(line)
+            continue
         if in_excluded_create:
-            in_excluded_create = not line.rstrip().endswith(b";")
+            in_excluded_create = not _ends_statement(line)
             continue
         table = _excluded(line, options.exclude_tables)
         if table is not None:
             report.excluded_statements[table] += 1
-            in_excluded_create = line.startswith(b"CREATE") and not line.rstrip().endswith(b";")
+            in_excluded_create = line.startswith(b"CREATE") and not _ends_statement(line)
             continue
         if line.startswith((b"INSERT", b"REPLACE")) and rules.needles.search(line) is not None:
             new = _rewrite_insert(line, rules, options, report)
             yield line if options.dry_run else new
         else:
             yield line
+    if insert:
+        raise SyncError(
+            "the dump ends inside an INSERT statement",
+            hint="the dump was cut short: check that mariadb-dump finished without an error",
+        )
+
+
+def _ends_statement(line: bytes) -> bool:
+    return line.rstrip(b"\r\n").endswith(b";")
 
 
 def count_dump(chunks: Iterable[bytes], rules: Rules, options: Options) -> Report:
@@ -229,9 +251,10 @@ def _rewrite_insert(line: bytes, rules: Rules, options: Options, report: Report)
             )
         out.append(_rewrite_row(line, pos + 1, row.end(), table, columns, keep, rules, report))
         pos = row.end()
-        if line[pos : pos + 1] == b",":
-            out.append(b",")
-            pos += 1
+        between = _BETWEEN_ROWS.match(line, pos)
+        if between is not None:
+            out.append(between.group())
+            pos = between.end()
     out.append(line[pos:])
     return b"".join(out)
 

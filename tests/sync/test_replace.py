@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import shutil
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +12,9 @@ from hypothesis import strategies as st
 from forge_ci.errors import ConfigError
 from forge_ci.sync.replace import Rules, Status
 
+from .php_oracle import Php
+
 RULES = Rules.from_pairs([("https://example.com", "https://staging.example.com")])
-ORACLE = Path(__file__).with_name("oracle.php")
 
 
 def rewrite(value: bytes, rules: Rules = RULES) -> bytes:
@@ -234,43 +230,6 @@ def test_deep_nesting_beyond_recursion_is_unparsable_not_a_crash() -> None:
 # -- PHP as the oracle ---------------------------------------------------------------------
 
 
-class Php:
-    """One long-running `php oracle.php`: a JSON request per line, a JSON answer per line."""
-
-    def __init__(self) -> None:
-        php = shutil.which("php")
-        if php is None:
-            pytest.fail("php is not on PATH: the oracle test needs php-cli (never skipped)")
-        self.proc = subprocess.Popen(
-            [php, str(ORACLE)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-
-    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"the PHP oracle died (exit {self.proc.poll()})"
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def php() -> Iterator[Php]:
-    oracle = Php()
-    yield oracle
-    oracle.close()
-
-
 FRAGMENTS = [
     "https://example.com",
     "http://example.com",
@@ -355,13 +314,7 @@ def test_php_reads_the_output_and_agrees_with_its_own_rewrite(
     source = base64.b64decode(php.ask({"op": "build", "tree": tree})["source"])
     output, status = RULES.rewrite_value(source)
     assert status is not Status.UNPARSABLE, source
-    answer = php.ask(
-        {
-            "op": "check",
-            "source": base64.b64encode(source).decode(),
-            "output": base64.b64encode(output).decode(),
-        }
-    )
+    answer = php.check(source, output)
     assert answer["readable"], f"PHP cannot unserialize the output of {source!r}: {output!r}"
     assert output == base64.b64decode(answer["expected"])
     assert answer["equal"]
