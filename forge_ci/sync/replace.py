@@ -96,6 +96,8 @@ _SCALAR = re.compile(
     rb"|b:[01]|N|[rR]:[0-9]+);"
 )
 _INT_KEY = re.compile(rb"i:[+-]?[0-9]+;")
+# The longest scheme and separator before a host: ``https%3A%2F%2F``.
+_LEAD = len(b"https%3A%2F%2F")
 # Where a serialized value may start inside a C: payload.
 _IN_PAYLOAD = re.compile(rb"(?:^|(?<=[:;,{}]))(?=" + _LOOKS_SERIALIZED.pattern + rb")")
 
@@ -125,6 +127,7 @@ class Rules:
     pattern: re.Pattern[bytes]
     needles: re.Pattern[bytes]
     targets: tuple[_Target, ...]  # by regex group number - 1
+    reach: int  # no match starts more than _LEAD before a needle or ends REACH after it
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[str, str]]) -> Rules:
@@ -136,6 +139,7 @@ class Rules:
         alternatives: list[bytes] = []
         targets: list[_Target] = []
         needles: list[bytes] = []
+        reach = 0
         for old, new in pairs:
             if not old:
                 raise ConfigError("a sync.replace pair has an empty FROM", hint="remove it")
@@ -144,17 +148,20 @@ class Rules:
                     alternatives.append(alt)
                     targets.append(target)
                 needles.append(_host(old))
+                reach = max(reach, 3 * len(old.encode()))
             else:
                 literal = old.encode()
                 alternatives.append(re.escape(literal))
                 targets.append(_Target(new.encode(), new.encode()))
                 needles.append(literal)
+                reach = max(reach, len(literal))
         pattern = re.compile(b"|".join(b"(" + alt + b")" for alt in alternatives))
         unique = sorted(set(needles), key=len, reverse=True)
         return cls(
             pattern=pattern,
             needles=re.compile(b"|".join(re.escape(n) for n in unique)),
             targets=tuple(targets),
+            reach=reach,
         )
 
     def rewrite_value(self, value: bytes) -> tuple[bytes, Status]:
@@ -171,8 +178,31 @@ class Rules:
         return new, (Status.UNCHANGED if new == value else Status.CHANGED)
 
     def rewrite_text(self, text: bytes) -> bytes:
-        """The URL forms and literal pairs in plain text or JSON, in one pass."""
-        return self.pattern.sub(self._replacement, text)
+        """The URL forms and literal pairs in plain text or JSON, in one pass.
+
+        The same as ``pattern.sub`` over the whole text, but the full pattern (whose
+        optional scheme gives the regex engine no literal to scan for) only runs in a
+        window around each needle: every match holds a needle at most _LEAD bytes after
+        its start, so the needles' literal search does the scanning.
+        """
+        out: list[bytes] = []
+        done = 0
+        for needle in self.needles.finditer(text):
+            if needle.start() < done:
+                continue
+            start = max(done, needle.start() - _LEAD)
+            # Two bytes past the furthest end, so the boundary look-ahead sees real text.
+            end = min(len(text), needle.start() + self.reach + 2)
+            match = self.pattern.search(text, start, end)
+            if match is None:
+                continue
+            out.append(text[done : match.start()])
+            out.append(self._replacement(match))
+            done = match.end()
+        if not out:
+            return text
+        out.append(text[done:])
+        return b"".join(out)
 
     def _replacement(self, match: re.Match[bytes]) -> bytes:
         index = match.lastindex

@@ -85,6 +85,19 @@ _BETWEEN_ROWS = re.compile(rb",\r?\n?")
 _VALUE = re.compile(rb"([^,'()]*+(?:" + _STRING + rb")?)([,)])", re.S)
 
 _UNESCAPE = re.compile(rb"\\(.)|''", re.S)
+_COMMON = tuple(
+    (b"\\" + c, v)
+    for c, v in (
+        (b'"', b'"'),
+        (b"'", b"'"),
+        (b"n", b"\n"),
+        (b"r", b"\r"),
+        (b"0", b"\x00"),
+        (b"Z", b"\x1a"),
+        (b"t", b"\t"),
+        (b"b", b"\x08"),
+    )
+)
 _UNESCAPES = {
     b"0": b"\x00",
     b"b": b"\x08",
@@ -292,9 +305,7 @@ def _rewrite_row(
 
 
 def _rewrite_literal(literal: bytes, rules: Rules, where: tuple[str, str], report: Report) -> bytes:
-    raw = literal[1:-1]
-    if b"\\" in raw or b"''" in raw:
-        raw = _UNESCAPE.sub(_unescape_one, raw)
+    raw = _unescape(literal[1:-1])
     new, status = rules.rewrite_value(raw)
     if status is Status.CHANGED:
         report.changed[where] += 1
@@ -302,6 +313,25 @@ def _rewrite_literal(literal: bytes, rules: Rules, where: tuple[str, str], repor
     if status is Status.UNPARSABLE:
         report.unparsable[where] += 1
     return literal
+
+
+def _unescape(raw: bytes) -> bytes:
+    """A literal's content as stored. The common escapes by bytes.replace, between the
+    escaped backslashes (split first, left to right, as the escapes read); any other
+    escape left over goes through the regex."""
+    if b"\\" not in raw:
+        return raw.replace(b"''", b"'")
+    parts = raw.split(b"\\\\")
+    for i, part in enumerate(parts):
+        if b"\\" not in part:
+            parts[i] = part.replace(b"''", b"'")
+            continue
+        for escaped, char in _COMMON:
+            part = part.replace(escaped, char)
+        if b"\\" in part:
+            return _UNESCAPE.sub(_unescape_one, raw)
+        parts[i] = part.replace(b"''", b"'")
+    return b"\\".join(parts)
 
 
 def _unescape_one(match: re.Match[bytes]) -> bytes:
