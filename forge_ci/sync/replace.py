@@ -213,10 +213,10 @@ class Rules:
     # -- serialized data -------------------------------------------------------------
 
     def _serialized_exact(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        if self._value(data, 0, out) != len(data):
+        new, end = self._parse(data, 0)
+        if end != len(data):
             raise _Unparsable
-        return b"".join(out)
+        return new
 
     def _inner(self, text: bytes) -> bytes:
         """A string inside serialized data: serialized again, or text."""
@@ -237,101 +237,120 @@ class Rules:
         text_start = pos = 0
         while (candidate := _IN_PAYLOAD.search(payload, pos)) is not None:
             start = candidate.start()
-            parts: list[bytes] = []
             try:
-                end = self._value(payload, start, parts)
+                new, end = self._parse(payload, start)
             except _Unparsable:
                 pos = start + 1
                 continue
             out.append(self.rewrite_text(payload[text_start:start]))
-            out.extend(parts)
+            out.append(new)
             text_start = pos = end
             if pos >= len(payload):
                 break
         out.append(self.rewrite_text(payload[text_start:]))
         return b"".join(out)
 
-    def _value(self, data: bytes, pos: int, out: list[bytes]) -> int:
-        kind = data[pos : pos + 1]
-        if kind == b"s":
-            content, end = _string(data, pos)
-            new = self._inner(content)
-            out.append(b's:%d:"%b";' % (len(new), new))
-            return end
-        if kind == b"a":
-            head = _ARR.match(data, pos)
-            if head is None:
-                raise _Unparsable
-            out.append(head.group())
-            return self._members(data, head.end(), int(head.group(1)), out)
-        if kind in (b"O", b"C", b"E"):
-            return self._named(data, pos, out)
-        scalar = _SCALAR.match(data, pos)
-        if scalar is None:
-            raise _Unparsable
-        out.append(scalar.group())
-        return scalar.end()
+    def _parse(self, data: bytes, start: int) -> tuple[bytes, int]:
+        """The serialized value at START, checked exactly: (it rewritten, where it ends).
 
-    def _members(self, data: bytes, pos: int, count: int, out: list[bytes]) -> int:
-        """COUNT key/value pairs then ``}``: an array's or an object's body."""
-        for _ in range(count):
-            pos = _key(data, pos, out)
-            pos = self._value(data, pos, out)
-        if data[pos : pos + 1] != b"}":
-            raise _Unparsable
-        out.append(b"}")
-        return pos + 1
+        One loop with a stack of the members (keys and values) each open array or object
+        still owes, not recursion: a deep value cannot overflow Python's stack. Nothing
+        is copied token by token: the output is the input's unchanged stretches and the
+        strings (and C: payloads) that changed, with their lengths recomputed.
+        """
+        needles = [m.start() for m in self.needles.finditer(data, start)]
+        next_needle = 0
+        out: list[bytes] = []
+        copied = pos = start
+        stack: list[int] = []
+        while True:
+            if stack and stack[-1] == 0:
+                if data[pos : pos + 1] != b"}":
+                    raise _Unparsable
+                pos += 1
+                stack.pop()
+                if not stack:
+                    break
+                continue
+            is_key = False
+            if stack:
+                is_key = stack[-1] % 2 == 0
+                stack[-1] -= 1
+            kind = data[pos : pos + 1]
+            if kind == b"s":
+                head = _STR.match(data, pos)
+                if head is None:
+                    raise _Unparsable
+                begin = head.end()
+                end = begin + int(head.group(1))
+                if data[end : end + 2] != b'";':
+                    raise _Unparsable
+                while next_needle < len(needles) and needles[next_needle] < begin:
+                    next_needle += 1
+                # Keys are identifiers, never rewritten.
+                if not is_key and next_needle < len(needles) and needles[next_needle] < end:
+                    content = data[begin:end]
+                    new = self._inner(content)
+                    if new != content:
+                        out.append(data[copied:pos])
+                        out.append(b's:%d:"%b";' % (len(new), new))
+                        copied = end + 2
+                pos = end + 2
+            elif is_key:
+                key = _INT_KEY.match(data, pos)
+                if key is None:
+                    raise _Unparsable
+                pos = key.end()
+            elif kind == b"a":
+                head = _ARR.match(data, pos)
+                if head is None:
+                    raise _Unparsable
+                stack.append(2 * int(head.group(1)))
+                pos = head.end()
+                continue
+            elif kind in (b"O", b"C", b"E"):
+                pos, copied = self._named(data, pos, copied, out, stack)
+                if kind == b"O":
+                    continue
+            else:
+                scalar = _SCALAR.match(data, pos)
+                if scalar is None:
+                    raise _Unparsable
+                pos = scalar.end()
+            if not stack:
+                break
+        out.append(data[copied:pos])
+        return b"".join(out), pos
 
-    def _named(self, data: bytes, pos: int, out: list[bytes]) -> int:
-        """``O:``, ``C:`` and ``E:``: a length-prefixed class name, then their body."""
+    def _named(
+        self, data: bytes, pos: int, copied: int, out: list[bytes], stack: list[int]
+    ) -> tuple[int, int]:
+        """``O:`` (opens its members on STACK), ``C:`` and ``E:`` at POS: (pos, copied)."""
         head = _NAMED.match(data, pos)
         if head is None:
             raise _Unparsable
-        kind, name_start = head.group(1), head.end()
-        name_end = name_start + int(head.group(2))
+        kind, name_end = head.group(1), head.end() + int(head.group(2))
         if kind == b"E":
-            if data[name_end : name_end + 2] != b'";' or name_end > len(data):
+            if data[name_end : name_end + 2] != b'";':
                 raise _Unparsable
-            out.append(data[pos : name_end + 2])
-            return name_end + 2
+            return name_end + 2, copied
         body = _COUNT.match(data, name_end)
         if body is None:
             raise _Unparsable
         count = int(body.group(1))
         if kind == b"O":
-            out.append(data[pos : body.end()])
-            return self._members(data, body.end(), count, out)
+            stack.append(2 * count)
+            return body.end(), copied
         payload_end = body.end() + count
-        if data[payload_end : payload_end + 1] != b"}" or payload_end > len(data):
+        if data[payload_end : payload_end + 1] != b"}":
             raise _Unparsable
-        new = self._payload(data[body.end() : payload_end])
-        out.append(b'%b":%d:{%b}' % (data[pos:name_end], len(new), new))
-        return payload_end + 1
-
-
-def _string(data: bytes, pos: int) -> tuple[bytes, int]:
-    """The content of ``s:N:"…";`` at POS and the offset after it."""
-    head = _STR.match(data, pos)
-    if head is None:
-        raise _Unparsable
-    start = head.end()
-    end = start + int(head.group(1))
-    if end > len(data) or data[end : end + 2] != b'";':
-        raise _Unparsable
-    return data[start:end], end + 2
-
-
-def _key(data: bytes, pos: int, out: list[bytes]) -> int:
-    """An array key or property name, copied as it is (see the module docstring)."""
-    if data[pos : pos + 1] == b"s":
-        _, end = _string(data, pos)
-        out.append(data[pos:end])
-        return end
-    key = _INT_KEY.match(data, pos)
-    if key is None:
-        raise _Unparsable
-    out.append(key.group())
-    return key.end()
+        payload = data[body.end() : payload_end]
+        new = self._payload(payload)
+        if new != payload:
+            out.append(data[copied:pos])
+            out.append(b'%b":%d:{%b}' % (data[pos:name_end], len(new), new))
+            copied = payload_end + 1
+        return payload_end + 1, copied
 
 
 # -- URL pairs -----------------------------------------------------------------------
