@@ -76,10 +76,10 @@ _TABLE_LINE = re.compile(rb"(?:DROP TABLE IF EXISTS|LOCK TABLES|/\*!40000 ALTER 
 # ... and the one that spans lines up to a line ending in ';'.
 _CREATE = re.compile(rb"CREATE TABLE " + _NAME)
 
-_STRING = rb"'(?:[^'\\]++|\\.|'')*+'"
+# Unrolled, so the engine loops once per escape, not once per byte.
+_STRING = rb"'[^'\\]*+(?:(?:\\.|'')[^'\\]*+)*+'"
 # A whole row: strings, and anything but quotes and parentheses between them.
 _ROWS_UP_TO = re.compile(rb"(?:\((?:" + _STRING + rb"|[^'()]++)*+\),?\r?\n?)*+", re.S)
-_ROW = re.compile(rb"\((?:" + _STRING + rb"|[^'()]++)*+\)", re.S)
 _BETWEEN_ROWS = re.compile(rb",\r?\n?")
 # One value inside a row, then the separator after it.
 _VALUE = re.compile(rb"([^,'()]*+(?:" + _STRING + rb")?)([,)])", re.S)
@@ -256,14 +256,8 @@ def _rewrite_insert(line: bytes, rules: Rules, options: Options, report: Report)
         out.append(line[pos : skipped.end()])
         pos = skipped.end()
         # ... and the row around it is cut into values.
-        row = _ROW.match(line, pos)
-        if row is None:
-            raise SyncError(
-                f"cannot read a row of table `{table}` at byte {pos} of its INSERT",
-                hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
-            )
-        out.append(_rewrite_row(line, pos + 1, row.end(), table, columns, keep, rules, report))
-        pos = row.end()
+        new_row, pos = _rewrite_row(line, pos, table, columns, keep, rules, report)
+        out.append(new_row)
         between = _BETWEEN_ROWS.match(line, pos)
         if between is not None:
             out.append(between.group())
@@ -275,33 +269,50 @@ def _rewrite_insert(line: bytes, rules: Rules, options: Options, report: Report)
 def _rewrite_row(
     line: bytes,
     start: int,
-    end: int,
     table: str,
     columns: list[str],
     keep: list[bool],
     rules: Rules,
     report: Report,
-) -> bytes:
-    """The row between START (after its '(') and END (after its ')'), rewritten."""
-    out = [b"("]
-    pos = start
-    index = 0
-    while pos < end:
-        value = _VALUE.match(line, pos, end)
-        if value is None or index >= len(columns):
-            raise SyncError(
-                f"cannot read a row of table `{table}`: its values do not match its "
-                f"{len(columns)} columns",
-                hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
-            )
-        literal = value.group(1)
-        if not keep[index] and literal[:1] == b"'" and rules.needles.search(literal) is not None:
-            literal = _rewrite_literal(literal, rules, (table, columns[index]), report)
-        out.append(literal)
-        out.append(value.group(2))
+) -> tuple[bytes, int]:
+    """The row whose '(' is at START, rewritten, and the offset after its ')'."""
+    if line[start : start + 1] != b"(":
+        raise _unreadable(table, start)
+    out: list[bytes] = []
+    copied, pos = start, start + 1
+    for index, column in enumerate(columns):
+        value = _VALUE.match(line, pos)
+        if value is None:
+            raise _unreadable(table, pos)
+        begin, end = value.span(1)
+        if (
+            not keep[index]
+            and line[begin : begin + 1] == b"'"
+            and rules.needles.search(line, begin, end) is not None
+        ):
+            literal = line[begin:end]
+            new = _rewrite_literal(literal, rules, (table, column), report)
+            if new is not literal:
+                out.append(line[copied:begin])
+                out.append(new)
+                copied = end
         pos = value.end()
-        index += 1
-    return b"".join(out)
+        if value.group(2) == b")":
+            if index != len(columns) - 1:
+                break
+            out.append(line[copied:pos])
+            return b"".join(out) if len(out) > 1 else line[start:pos], pos
+    raise SyncError(
+        f"a row of table `{table}` does not have its {len(columns)} columns",
+        hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
+    )
+
+
+def _unreadable(table: str, pos: int) -> SyncError:
+    return SyncError(
+        f"cannot read a row of table `{table}` at byte {pos} of its INSERT",
+        hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
+    )
 
 
 def _rewrite_literal(literal: bytes, rules: Rules, where: tuple[str, str], report: Report) -> bytes:
