@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from forge_ci.errors import ConfigError
@@ -128,10 +128,18 @@ class Rules:
     needles: re.Pattern[bytes]
     targets: tuple[_Target, ...]  # by regex group number - 1
     reach: int  # no match starts more than _LEAD before a needle or ends REACH after it
+    pairs: tuple[tuple[str, str], ...]
 
     @classmethod
-    def from_pairs(cls, pairs: Sequence[tuple[str, str]]) -> Rules:
-        """Compile ordered pairs (see the module docstring); ConfigError on a bad pair."""
+    def from_pairs(
+        cls, pairs: Sequence[tuple[str, str]], encode: Callable[[bytes], bytes] | None = None
+    ) -> Rules:
+        """Compile ordered pairs (see the module docstring); ConfigError on a bad pair.
+
+        ENCODE (see :meth:`encoded`) is applied to every literal piece of the patterns
+        and to every replacement.
+        """
+        enc = encode or _same
         if not pairs:
             raise ConfigError(
                 "sync has no replacement pairs", hint="give at least FROM's and TO's home URL"
@@ -144,15 +152,15 @@ class Rules:
             if not old:
                 raise ConfigError("a sync.replace pair has an empty FROM", hint="remove it")
             if _URL.fullmatch(old):
-                for alt, target in _url_forms(old, new):
+                for alt, target in _url_forms(old, new, enc):
                     alternatives.append(alt)
                     targets.append(target)
                 needles.append(_host(old))
                 reach = max(reach, 3 * len(old.encode()))
             else:
-                literal = old.encode()
+                literal = enc(old.encode())
                 alternatives.append(re.escape(literal))
-                targets.append(_Target(new.encode(), new.encode()))
+                targets.append(_Target(enc(new.encode()), enc(new.encode())))
                 needles.append(literal)
                 reach = max(reach, len(literal))
         pattern = re.compile(b"|".join(b"(" + alt + b")" for alt in alternatives))
@@ -162,7 +170,18 @@ class Rules:
             needles=re.compile(b"|".join(re.escape(n) for n in unique)),
             targets=tuple(targets),
             reach=reach,
+            pairs=tuple(pairs),
         )
+
+    def encoded(self, encode: Callable[[bytes], bytes]) -> Rules:
+        """The same rules for :meth:`rewrite_text` on text kept ENCODED, such as an SQL
+        string literal's escaped content, so it needs no decoding. Sound only for an
+        encoding that maps each byte on its own, leaves URL characters (letters,
+        digits, ``. - _ : / %``) as they are and writes every other byte it changes as
+        a sequence starting with a byte that is none of them (so the boundary rule sees
+        the same verdict). Only ``rewrite_text`` applies: serialized data must be decoded.
+        """
+        return Rules.from_pairs(self.pairs, encode)
 
     def rewrite_value(self, value: bytes) -> tuple[bytes, Status]:
         """One column value, raw bytes as stored (no SQL escaping)."""
@@ -373,24 +392,28 @@ def _host(url: str) -> bytes:
     return rest.split("/", 1)[0].split(":", 1)[0].encode()
 
 
-def _url_forms(old: str, new: str) -> list[tuple[bytes, _Target]]:
+def _same(text: bytes) -> bytes:
+    return text
+
+
+def _url_forms(old: str, new: str, enc: Callable[[bytes], bytes]) -> list[tuple[bytes, _Target]]:
     _, old_rest = _split(old, "FROM")
     scheme, new_rest = _split(new, "TO")
     o, n, s = old_rest.encode(), new_rest.encode(), scheme.encode()
     plain = (
-        rb"(?:https?:)?//" + re.escape(o) + _BOUNDARY,
-        _Target(s + b"://" + n, b"//" + n),
+        rb"(?:https?:)?" + re.escape(enc(b"//" + o)) + _BOUNDARY,
+        _Target(enc(s + b"://" + n), enc(b"//" + n)),
     )
-    json_o = re.escape(o).replace(b"/", rb"\\/")
+    json_o = b"\\/\\/" + o.replace(b"/", b"\\/")
     json_n = n.replace(b"/", b"\\/")
     json = (
-        rb"(?:https?:)?\\/\\/" + json_o + _BOUNDARY,
-        _Target(s + b":\\/\\/" + json_n, b"\\/\\/" + json_n),
+        rb"(?:https?:)?" + re.escape(enc(json_o)) + _BOUNDARY,
+        _Target(enc(s + b":\\/\\/" + json_n), enc(b"\\/\\/" + json_n)),
     )
     enc_o = re.escape(o).replace(b"/", b"%2[Ff]").replace(b":", b"%3[Aa]")
     enc_n = n.replace(b"/", b"%2F").replace(b":", b"%3A")
     encoded = (
         rb"(?:https?%3[Aa])?%2[Ff]%2[Ff]" + enc_o + _BOUNDARY,
-        _Target(s + b"%3A%2F%2F" + enc_n, b"%2F%2F" + enc_n),
+        _Target(enc(s + b"%3A%2F%2F" + enc_n), enc(b"%2F%2F" + enc_n)),
     )
     return [plain, json, encoded]

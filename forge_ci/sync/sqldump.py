@@ -85,6 +85,10 @@ _BETWEEN_ROWS = re.compile(rb",\r?\n?")
 _VALUE = re.compile(rb"([^,'()]*+(?:" + _STRING + rb")?)([,)])", re.S)
 
 _UNESCAPE = re.compile(rb"\\(.)|''", re.S)
+# replace.py's "looks serialized" as it reads in an escaped literal ('"' is '\\"').
+_LOOKS_SERIALIZED_ESCAPED = re.compile(
+    rb'(?:a:[0-9]+:\{|[OCEs]:[0-9]+:\\"|i:[+-]?[0-9]+;|d:[^;]*;|b:[01];|N;)'
+)
 _COMMON = tuple(
     (b"\\" + c, v)
     for c, v in (
@@ -150,6 +154,8 @@ def rewrite_dump(
     chunks: Iterable[bytes], rules: Rules, options: Options, report: Report
 ) -> Iterator[bytes]:
     """Yield the dump with every value rewritten; counts go into REPORT as it streams."""
+    # The same rules on the literals' escaped bytes: text needs no unescaping.
+    escaped = rules.encoded(_escape)
     in_excluded_create = False
     insert: list[bytes] = []  # the lines of an INSERT that goes on (one row a line)
     for line in _lines(chunks):
@@ -170,8 +176,8 @@ def rewrite_dump(
             report.excluded_statements[table] += 1
             in_excluded_create = line.startswith(b"CREATE") and not _ends_statement(line)
             continue
-        if line.startswith((b"INSERT", b"REPLACE")) and rules.needles.search(line) is not None:
-            new = _rewrite_insert(line, rules, options, report)
+        if line.startswith((b"INSERT", b"REPLACE")) and escaped.needles.search(line) is not None:
+            new = _rewrite_insert(line, rules, escaped, options, report)
             yield line if options.dry_run else new
         else:
             yield line
@@ -232,7 +238,9 @@ def _unquote(name: bytes) -> str:
     return name.replace(b"``", b"`").decode("utf-8", "surrogateescape")
 
 
-def _rewrite_insert(line: bytes, rules: Rules, options: Options, report: Report) -> bytes:
+def _rewrite_insert(
+    line: bytes, rules: Rules, escaped: Rules, options: Options, report: Report
+) -> bytes:
     head = _INSERT.match(line)
     if head is None:
         bare = _INSERT_NO_COLUMNS.match(line)
@@ -247,7 +255,7 @@ def _rewrite_insert(line: bytes, rules: Rules, options: Options, report: Report)
     out = [line[: head.end()]]
     pos = head.end()
     while True:
-        needle = rules.needles.search(line, pos)
+        needle = escaped.needles.search(line, pos)
         if needle is None:
             break
         # Every whole row that ends before the needle is copied as it is ...
@@ -256,7 +264,7 @@ def _rewrite_insert(line: bytes, rules: Rules, options: Options, report: Report)
         out.append(line[pos : skipped.end()])
         pos = skipped.end()
         # ... and the row around it is cut into values.
-        new_row, pos = _rewrite_row(line, pos, table, columns, keep, rules, report)
+        new_row, pos = _rewrite_row(line, pos, table, columns, keep, (rules, escaped), report)
         out.append(new_row)
         between = _BETWEEN_ROWS.match(line, pos)
         if between is not None:
@@ -272,7 +280,7 @@ def _rewrite_row(
     table: str,
     columns: list[str],
     keep: list[bool],
-    rules: Rules,
+    rules: tuple[Rules, Rules],
     report: Report,
 ) -> tuple[bytes, int]:
     """The row whose '(' is at START, rewritten, and the offset after its ')'."""
@@ -288,7 +296,7 @@ def _rewrite_row(
         if (
             not keep[index]
             and line[begin : begin + 1] == b"'"
-            and rules.needles.search(line, begin, end) is not None
+            and rules[1].needles.search(line, begin, end) is not None
         ):
             literal = line[begin:end]
             new = _rewrite_literal(literal, rules, (table, column), report)
@@ -315,9 +323,19 @@ def _unreadable(table: str, pos: int) -> SyncError:
     )
 
 
-def _rewrite_literal(literal: bytes, rules: Rules, where: tuple[str, str], report: Report) -> bytes:
+def _rewrite_literal(
+    literal: bytes, rules: tuple[Rules, Rules], where: tuple[str, str], report: Report
+) -> bytes:
+    """A quoted literal: text rewritten as it stands (escaped), serialized data decoded."""
+    body = literal[1:-1]
+    if b"''" not in body and _LOOKS_SERIALIZED_ESCAPED.match(body) is None:
+        new = rules[1].rewrite_text(body)
+        if new is body:
+            return literal
+        report.changed[where] += 1
+        return b"'" + new + b"'"
     raw = _unescape(literal[1:-1])
-    new, status = rules.rewrite_value(raw)
+    new, status = rules[0].rewrite_value(raw)
     if status is Status.CHANGED:
         report.changed[where] += 1
         return b"'" + _escape(new) + b"'"

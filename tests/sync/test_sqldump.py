@@ -44,9 +44,11 @@ def chunked(data: bytes, size: int) -> Iterator[bytes]:
     return (data[i : i + size] for i in range(0, len(data), size))
 
 
-def run(dump: bytes, options: Options | None = None, size: int = 65536) -> tuple[bytes, Report]:
+def run(
+    dump: bytes, options: Options | None = None, size: int = 65536, rules: Rules = RULES
+) -> tuple[bytes, Report]:
     report = Report()
-    out = b"".join(rewrite_dump(chunked(dump, size), RULES, options or Options(), report))
+    out = b"".join(rewrite_dump(chunked(dump, size), rules, options or Options(), report))
     return out, report
 
 
@@ -151,6 +153,20 @@ def test_literals_written_with_doubled_quotes_and_all_escapes_are_read() -> None
     literal = b"'it''s \\t\\b " + OLD.encode() + b"'"
     out, _ = run(insert(b"t", [b"c"], [[literal]]))
     assert out == insert(b"t", [b"c"], [[sql(b"it's \t\x08 " + NEW.encode())]])
+
+
+def test_literal_pairs_with_characters_sql_escapes_match_in_text_and_serialized() -> None:
+    rules = Rules.from_pairs([(OLD, NEW), ('O\'Reilly "Media"\\', "Staging\n'Co'")])
+    old, new = b'O\'Reilly "Media"\\', b"Staging\n'Co'"
+    text = b"by " + old + b" at " + OLD.encode()
+    value = b"a:1:{i:0;" + ser(text) + b"}"
+    dump = insert(b"t", [b"a", b"b"], [[sql(text), sql(value)]])
+    out, report = run(dump, rules=rules)
+    new_text = b"by " + new + b" at " + NEW.encode()
+    assert out == insert(
+        b"t", [b"a", b"b"], [[sql(new_text), sql(b"a:1:{i:0;" + ser(new_text) + b"}")]]
+    )
+    assert report.changed == {("t", "a"): 1, ("t", "b"): 1}
 
 
 def test_kept_columns_by_name_and_by_table_and_binary_values() -> None:
