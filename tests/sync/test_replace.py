@@ -283,6 +283,7 @@ FRAGMENTS = [
 # The URL forms (the first eight fragments) come up in most strings, not by chance.
 text = st.lists(
     st.sampled_from(FRAGMENTS[:8]) | st.sampled_from(FRAGMENTS) | st.text(max_size=4),
+    min_size=1,
     max_size=8,
 ).map("".join)
 strings = text.map(lambda v: {"t": "str", "v": v})
@@ -302,7 +303,7 @@ prop_names = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
 
 def containers(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
     keys = st.integers(-3, 50) | st.text(alphabet="abcxyz_é", min_size=1, max_size=4)
-    arrays = st.lists(st.tuples(keys, children), max_size=4).map(
+    arrays = st.lists(st.tuples(keys, children), min_size=1, max_size=4).map(
         lambda items: {"t": "arr", "items": [list(i) for i in items]}
     )
     objects = st.builds(
