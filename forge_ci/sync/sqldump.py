@@ -1,0 +1,386 @@
+"""Stream a ``mariadb-dump`` through the value rewriter, statement by statement.
+
+**The dump.** Sync makes its dump with :data:`DUMP_FLAGS`::
+
+    mariadb-dump --single-transaction --quick --skip-comments --skip-dump-date
+                 --complete-insert --extended-insert --hex-blob
+                 --default-character-set=utf8mb4 --net-buffer-length=1048576 DB
+
+and the rewriter relies on what those flags promise: every ``INSERT`` names its
+columns (``--complete-insert``; an INSERT without a column list is refused with
+:class:`~forge_ci.sync.SyncError`, since ``guid`` could not be told apart), holds
+about a megabyte of rows (``--net-buffer-length``), and binary columns arrive as
+``0x…`` hex (``--hex-blob``) so every quoted literal is text in the connection's
+``utf8mb4``. A quoted value keeps MariaDB's escapes (``\\0 \\' \\" \\b \\n \\r \\t \\Z \\\\``
+and ``''``), so no line of the dump holds a raw newline inside a value.
+
+**Streaming.** :func:`rewrite_dump` takes any iterable of byte chunks and yields bytes.
+It holds one statement at a time (the largest ``INSERT``, about a megabyte, tens of MB
+at worst), never the dump. MariaDB 10.11 writes each row of an extended ``INSERT`` on a
+line of its own, so an ``INSERT`` is its lines up to the one that ends in ``;``; any
+other statement passes through line by line. Everything but an ``INSERT`` passes through
+byte for byte, and so does every ``INSERT`` that holds none of the rules' needles; inside
+the others, only the rows that hold a needle are cut into values. A text value that holds
+one is rewritten as it stands in the dump, escaped (the rules compiled for MariaDB's
+escaping, :meth:`~forge_ci.sync.replace.Rules.encoded`); a value that looks serialized
+is unescaped, rewritten (:meth:`~forge_ci.sync.replace.Rules.rewrite_value`) and escaped
+again, as its lengths count the stored bytes. Unchanged values are always copied as
+they were.
+
+**Columns left alone** (:class:`Options.keep`): ``guid`` by default (WordPress's
+feed identifiers must not change), plus any ``column`` (in every table) or
+``table.column`` the config lists. ``_binary '…'``, ``b'…'``, hex, numbers and
+``NULL`` are never rewritten.
+
+**Excluded tables** (:class:`Options.exclude_tables`): every statement naming one is
+dropped from the stream: its ``DROP TABLE``, ``CREATE TABLE``, ``LOCK TABLES``, the
+``ALTER TABLE … KEYS`` pair and its ``INSERT``\\ s. TO's own copy of an excluded table
+is therefore left exactly as it was (none of FROM's data, not even its schema, is
+written); sync should also pass ``--ignore-table`` to ``mariadb-dump`` so the data
+does not travel at all.
+
+**Report.** :class:`Report` counts, per ``(table, column)``, the values changed and the
+values that looked serialized, held a needle and could not be parsed (left untouched).
+With ``dry_run`` the dump is read, rewritten and counted, and the original bytes are
+yielded, so a dry run reports exactly what a real run would change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from forge_ci.sync import SyncError
+from forge_ci.sync.replace import Rules, Status
+
+DUMP_FLAGS: tuple[str, ...] = (
+    "--single-transaction",
+    "--quick",
+    "--skip-comments",
+    "--skip-dump-date",
+    "--complete-insert",
+    "--extended-insert",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+    "--net-buffer-length=1048576",
+)
+
+_NAME = rb"`((?:[^`]|``)+)`"
+_INSERT = re.compile(
+    rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" (\((?:`(?:[^`]|``)*`(?:, ?)?)*\))"
+    rb" VALUES "
+)
+_INSERT_NO_COLUMNS = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" VALUES")
+_COLUMN = re.compile(_NAME)
+# Statements that name a table and end on their own line ...
+_TABLE_LINE = re.compile(rb"(?:DROP TABLE IF EXISTS|LOCK TABLES|/\*!40000 ALTER TABLE) " + _NAME)
+# ... and the one that spans lines up to a line ending in ';'.
+_CREATE = re.compile(rb"CREATE TABLE " + _NAME)
+
+# Unrolled, so the engine loops once per escape, not once per byte.
+_STRING = rb"'[^'\\]*+(?:(?:\\.|'')[^'\\]*+)*+'"
+# A whole row: strings, and anything but quotes and parentheses between them.
+_ROWS_UP_TO = re.compile(rb"(?:\((?:" + _STRING + rb"|[^'()]++)*+\),?\r?\n?)*+", re.S)
+_BETWEEN_ROWS = re.compile(rb",\r?\n?")
+# One value inside a row, then the separator after it.
+_VALUE = re.compile(rb"([^,'()]*+(?:" + _STRING + rb")?)([,)])", re.S)
+
+_UNESCAPE = re.compile(rb"\\(.)|''", re.S)
+# replace.py's "looks serialized" as it reads in an escaped literal ('"' is '\\"').
+_LOOKS_SERIALIZED_ESCAPED = re.compile(
+    rb'(?:a:[0-9]+:\{|[OCEs]:[0-9]+:\\"|i:[+-]?[0-9]+;|d:[^;]*;|b:[01];|N;)'
+)
+_COMMON = tuple(
+    (b"\\" + c, v)
+    for c, v in (
+        (b'"', b'"'),
+        (b"'", b"'"),
+        (b"n", b"\n"),
+        (b"r", b"\r"),
+        (b"0", b"\x00"),
+        (b"Z", b"\x1a"),
+        (b"t", b"\t"),
+        (b"b", b"\x08"),
+    )
+)
+_UNESCAPES = {
+    b"0": b"\x00",
+    b"b": b"\x08",
+    b"n": b"\n",
+    b"r": b"\r",
+    b"t": b"\t",
+    b"Z": b"\x1a",
+    # MariaDB keeps the backslash before % and _ (they are LIKE wildcards).
+    b"%": b"\\%",
+    b"_": b"\\_",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the rewriter leaves alone; see the module docstring."""
+
+    keep: frozenset[str] = frozenset({"guid"})  # "column" or "table.column"
+    exclude_tables: frozenset[str] = frozenset()
+    dry_run: bool = False
+
+
+@dataclass
+class Report:
+    """Counts per (table, column), filled in while the dump streams."""
+
+    changed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    unparsable: Counter[tuple[str, str]] = field(default_factory=Counter)
+    excluded_statements: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total_changed(self) -> int:
+        return sum(self.changed.values())
+
+    @property
+    def total_unparsable(self) -> int:
+        return sum(self.unparsable.values())
+
+    def lines(self) -> list[str]:
+        """Human-readable rows: ``table.column: N changed, M unparsable``."""
+        keys = sorted(set(self.changed) | set(self.unparsable))
+        return [
+            f"{table}.{column}: {self.changed[(table, column)]} changed, "
+            f"{self.unparsable[(table, column)]} left untouched (serialized, unparsable)"
+            for table, column in keys
+        ]
+
+
+def rewrite_dump(
+    chunks: Iterable[bytes], rules: Rules, options: Options, report: Report
+) -> Iterator[bytes]:
+    """Yield the dump with every value rewritten; counts go into REPORT as it streams."""
+    # The same rules on the literals' escaped bytes: text needs no unescaping.
+    escaped = rules.encoded(_escape)
+    in_excluded_create = False
+    insert: list[bytes] = []  # the lines of an INSERT that goes on (one row a line)
+    for line in _lines(chunks):
+        if insert:
+            insert.append(line)
+            if not _ends_statement(line):
+                continue
+            line = b"".join(insert)
+            insert = []
+        elif line.startswith((b"INSERT", b"REPLACE")) and not _ends_statement(line):
+            insert.append(line)
+            continue
+        if in_excluded_create:
+            in_excluded_create = not _ends_statement(line)
+            continue
+        table = _excluded(line, options.exclude_tables)
+        if table is not None:
+            report.excluded_statements[table] += 1
+            in_excluded_create = line.startswith(b"CREATE") and not _ends_statement(line)
+            continue
+        if line.startswith((b"INSERT", b"REPLACE")) and escaped.needles.search(line) is not None:
+            new = _rewrite_insert(line, rules, escaped, options, report)
+            yield line if options.dry_run else new
+        else:
+            yield line
+    if insert:
+        raise SyncError(
+            "the dump ends inside an INSERT statement",
+            hint="the dump was cut short: check that mariadb-dump finished without an error",
+        )
+
+
+def _ends_statement(line: bytes) -> bool:
+    return line.rstrip(b"\r\n").endswith(b";")
+
+
+def count_dump(chunks: Iterable[bytes], rules: Rules, options: Options) -> Report:
+    """A dry run: read the whole stream and return what a real run would change."""
+    report = Report()
+    dry = Options(keep=options.keep, exclude_tables=options.exclude_tables, dry_run=True)
+    for _ in rewrite_dump(chunks, rules, dry, report):
+        pass
+    return report
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole lines (with their newline) out of chunks of any size, without quadratic copies."""
+    parts: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            if newline < 0:
+                break
+            if parts:
+                parts.append(chunk[start : newline + 1])
+                yield b"".join(parts)
+                parts = []
+            else:
+                yield chunk[start : newline + 1]
+            start = newline + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)
+
+
+def _excluded(line: bytes, tables: frozenset[str]) -> str | None:
+    if not tables:
+        return None
+    for pattern in (_TABLE_LINE, _CREATE, _INSERT_NO_COLUMNS, _INSERT):
+        match = pattern.match(line)
+        if match is not None:
+            name = _unquote(match.group(1))
+            return name if name in tables else None
+    return None
+
+
+def _unquote(name: bytes) -> str:
+    return name.replace(b"``", b"`").decode("utf-8", "surrogateescape")
+
+
+def _rewrite_insert(
+    line: bytes, rules: Rules, escaped: Rules, options: Options, report: Report
+) -> bytes:
+    head = _INSERT.match(line)
+    if head is None:
+        bare = _INSERT_NO_COLUMNS.match(line)
+        where = f" into `{_unquote(bare.group(1))}`" if bare else ""
+        raise SyncError(
+            f"the dump has an INSERT{where} without its column list",
+            hint="make the dump with mariadb-dump --complete-insert",
+        )
+    table = _unquote(head.group(1))
+    columns = [_unquote(c) for c in _COLUMN.findall(head.group(2))]
+    keep = [c in options.keep or f"{table}.{c}" in options.keep for c in columns]
+    out = [line[: head.end()]]
+    pos = head.end()
+    while True:
+        needle = escaped.needles.search(line, pos)
+        if needle is None:
+            break
+        # Every whole row that ends before the needle is copied as it is ...
+        skipped = _ROWS_UP_TO.match(line, pos, needle.start())
+        assert skipped is not None  # the pattern matches the empty string
+        out.append(line[pos : skipped.end()])
+        pos = skipped.end()
+        # ... and the row around it is cut into values.
+        new_row, pos = _rewrite_row(line, pos, table, columns, keep, (rules, escaped), report)
+        out.append(new_row)
+        between = _BETWEEN_ROWS.match(line, pos)
+        if between is not None:
+            out.append(between.group())
+            pos = between.end()
+    out.append(line[pos:])
+    return b"".join(out)
+
+
+def _rewrite_row(
+    line: bytes,
+    start: int,
+    table: str,
+    columns: list[str],
+    keep: list[bool],
+    rules: tuple[Rules, Rules],
+    report: Report,
+) -> tuple[bytes, int]:
+    """The row whose '(' is at START, rewritten, and the offset after its ')'."""
+    if line[start : start + 1] != b"(":
+        raise _unreadable(table, start)
+    out: list[bytes] = []
+    copied, pos = start, start + 1
+    for index, column in enumerate(columns):
+        value = _VALUE.match(line, pos)
+        if value is None:
+            raise _unreadable(table, pos)
+        begin, end = value.span(1)
+        if (
+            not keep[index]
+            and line[begin : begin + 1] == b"'"
+            and rules[1].needles.search(line, begin, end) is not None
+        ):
+            literal = line[begin:end]
+            new = _rewrite_literal(literal, rules, (table, column), report)
+            if new is not literal:
+                out.append(line[copied:begin])
+                out.append(new)
+                copied = end
+        pos = value.end()
+        if value.group(2) == b")":
+            if index != len(columns) - 1:
+                break
+            out.append(line[copied:pos])
+            return b"".join(out) if len(out) > 1 else line[start:pos], pos
+    raise SyncError(
+        f"a row of table `{table}` does not have its {len(columns)} columns",
+        hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
+    )
+
+
+def _unreadable(table: str, pos: int) -> SyncError:
+    return SyncError(
+        f"cannot read a row of table `{table}` at byte {pos} of its INSERT",
+        hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
+    )
+
+
+def _rewrite_literal(
+    literal: bytes, rules: tuple[Rules, Rules], where: tuple[str, str], report: Report
+) -> bytes:
+    """A quoted literal: text rewritten as it stands (escaped), serialized data decoded."""
+    body = literal[1:-1]
+    if b"''" not in body and _LOOKS_SERIALIZED_ESCAPED.match(body) is None:
+        new = rules[1].rewrite_text(body)
+        if new is body:
+            return literal
+        report.changed[where] += 1
+        return b"'" + new + b"'"
+    raw = _unescape(literal[1:-1])
+    new, status = rules[0].rewrite_value(raw)
+    if status is Status.CHANGED:
+        report.changed[where] += 1
+        return b"'" + _escape(new) + b"'"
+    if status is Status.UNPARSABLE:
+        report.unparsable[where] += 1
+    return literal
+
+
+def _unescape(raw: bytes) -> bytes:
+    """A literal's content as stored. The common escapes by bytes.replace, between the
+    escaped backslashes (split first, left to right, as the escapes read); any other
+    escape left over goes through the regex."""
+    if b"\\" not in raw:
+        return raw.replace(b"''", b"'")
+    parts = raw.split(b"\\\\")
+    for i, part in enumerate(parts):
+        if b"\\" not in part:
+            parts[i] = part.replace(b"''", b"'")
+            continue
+        for escaped, char in _COMMON:
+            part = part.replace(escaped, char)
+        if b"\\" in part:
+            return _UNESCAPE.sub(_unescape_one, raw)
+        parts[i] = part.replace(b"''", b"'")
+    return b"\\".join(parts)
+
+
+def _unescape_one(match: re.Match[bytes]) -> bytes:
+    char = match.group(1)
+    if char is None:
+        return b"'"
+    return _UNESCAPES.get(char, char)
+
+
+def _escape(value: bytes) -> bytes:
+    """As mariadb-dump writes a literal: backslash first, then the rest."""
+    return (
+        value.replace(b"\\", b"\\\\")
+        .replace(b"\x00", b"\\0")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
+        .replace(b"\x1a", b"\\Z")
+        .replace(b"'", b"\\'")
+        .replace(b'"', b'\\"')
+    )
