@@ -24,6 +24,9 @@ from forge_ci.build.manifest import Manifest
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote.base import Host, Process, sh
 
+# Bytes gathered before one write to the remote tar, and read from the local one.
+_CHUNK = 1 << 20
+
 
 @dataclass(frozen=True)
 class ShipStats:
@@ -41,7 +44,7 @@ class _ProcWriter:
 
     def write(self, data: bytes) -> int:
         self.buf += data
-        if len(self.buf) >= 1 << 20:
+        if len(self.buf) >= _CHUNK:
             self.flush()
         return len(data)
 
@@ -139,7 +142,7 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter) -> 
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert tar.stdout is not None
         try:
-            while chunk := tar.stdout.read(1 << 20):
+            while chunk := tar.stdout.read(_CHUNK):
                 writer.write(chunk)
         finally:
             tar.stdout.close()

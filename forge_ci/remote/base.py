@@ -54,6 +54,9 @@ from dataclasses import dataclass
 
 from forge_ci.errors import RemoteCommandError
 
+# How much one read of a stream asks for, on every transport.
+READ_SIZE = 65536
+
 
 def sh(*argv: str) -> str:
     """Quote argv into one shell command line."""
@@ -87,7 +90,7 @@ class Process(abc.ABC):
         """Send end-of-file on stdin."""
 
     @abc.abstractmethod
-    def read(self, size: int = 65536) -> bytes:
+    def read(self, size: int = READ_SIZE) -> bytes:
         """Read up to ``size`` bytes of stdout; ``b""`` at end of stream."""
 
     @abc.abstractmethod
