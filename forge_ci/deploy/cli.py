@@ -14,7 +14,7 @@ from forge_ci.cli import Common, Context
 from forge_ci.deploy import health
 from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
 from forge_ci.deploy.lock import owner_info
-from forge_ci.deploy.plan import observe
+from forge_ci.deploy.observe import observe
 from forge_ci.deploy.releases import Layout, list_releases
 from forge_ci.errors import (
     DeployFailed,

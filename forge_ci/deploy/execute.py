@@ -20,12 +20,20 @@ from forge_ci.build.builder import Artifact
 from forge_ci.config.models import EnvironmentConfig
 from forge_ci.deploy import health, php_refresh
 from forge_ci.deploy.lock import Lock
+from forge_ci.deploy.observe import Observed, observe
 from forge_ci.deploy.plan import (
     DeployPlan,
+    RollbackPlan,
+    plan_deploy,
+    plan_rollback,
+    release_id,
+)
+from forge_ci.deploy.releases import Layout, event
+from forge_ci.deploy.ship import ship, stage_script
+from forge_ci.deploy.steps import (
     HostSteps,
     LinkShared,
     MakeDirs,
-    Observed,
     Phase,
     PointLink,
     ProbePhp,
@@ -33,20 +41,13 @@ from forge_ci.deploy.plan import (
     RefreshPhp,
     RemoveReleases,
     RemoveStaged,
-    RollbackPlan,
     RunHooks,
     Ship,
     StageNextBase,
     Step,
     Switch,
     WriteManifest,
-    observe,
-    plan_deploy,
-    plan_rollback,
-    release_id,
 )
-from forge_ci.deploy.releases import Layout, event
-from forge_ci.deploy.ship import ship, stage_script
 from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
 from forge_ci.remote.base import Host, sh
 
@@ -256,9 +257,13 @@ def _phase(run: _Run, phase: Phase) -> None:
 
 
 def _best_effort(run: _Run, phase: Phase) -> None:
+    """Every step of ``phase`` that can run: on a full disk the log cannot grow, but
+    the release that filled it must still be removed."""
     for hs in phase:
-        with contextlib.suppress(ForgeError):
-            _host_steps(run, hs)
+        host = run.hosts[hs.host]
+        for step in hs.steps:
+            with contextlib.suppress(ForgeError):
+                _do(run, host, step)
 
 
 # -- deploy ------------------------------------------------------------------

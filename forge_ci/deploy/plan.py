@@ -1,9 +1,10 @@
-"""Observe each target, then plan a deploy or rollback as data: the steps that run.
+"""Plan a deploy or rollback as data: the steps that run, from observed facts.
 
-:func:`observe` only reads. :func:`plan_deploy` and :func:`plan_rollback` are pure:
-facts in, steps out. A plan is a few phases, each holding every host's ordered
-steps; :mod:`forge_ci.deploy.execute` carries them out and does nothing else, and
-``--dry-run`` prints them. A deploy runs::
+:func:`plan_deploy` and :func:`plan_rollback` are pure: facts
+(:class:`~forge_ci.deploy.observe.Observed`) in, steps
+(:mod:`forge_ci.deploy.steps`) out. A plan is a few phases, each holding every
+host's ordered steps; :mod:`forge_ci.deploy.execute` carries them out and does
+nothing else, and ``--dry-run`` prints them. A deploy runs::
 
     prepare (every host) -> preview -> switch (every host) -> refresh -> after_switch
     -> checks -> finish (record, prune, stage the next base)
@@ -13,259 +14,41 @@ and on failure ``discard`` (before any switch) or ``undo`` (every switched host 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from forge_ci.build.manifest import Manifest, diff
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
 from forge_ci.deploy import health, php_refresh
+from forge_ci.deploy.observe import Observed
 from forge_ci.deploy.releases import (
-    Layout,
     ReleaseLog,
-    State,
     event,
     new_release_id,
     prune_plan,
     unfinished,
 )
-from forge_ci.errors import ArtifactError, ConnectError, RemoteCommandError, UsageError
-from forge_ci.remote.base import Host, sh
-
-REQUIRED_TOOLS = ("tar", "cp", "flock", "xargs", "mv", "ln", "readlink", "cat")
-STAGED_PREFIX = ".forge-base-"
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What a target looks like now: facts only, no connection."""
-
-    name: str
-    current: str | None = None
-    log: ReleaseLog = field(default_factory=ReleaseLog)
-    dirs: tuple[str, ...] = ()  # release directories
-    staged: tuple[str, ...] = ()  # staged base copies (.forge-base-*) in releases/
-    current_manifest: Manifest | None = None
-
-
-def _observe_script(layout: Layout) -> str:
-    # One round trip: NUL-separated fields (the log and manifests never contain NUL).
-    tools = " ".join(REQUIRED_TOOLS)
-    return f"""\
-cd {sh(layout.root)} 2>/dev/null || {{ printf 'absent\\0'; exit 0; }}
-printf 'present\\0'
-for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done; printf '\\0'
-if [ -e current ] && [ ! -L current ]; then printf notlink; fi; printf '\\0'
-cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
-ls -1A releases 2>/dev/null; printf '\\0'
-cat .forge/log.jsonl 2>/dev/null; printf '\\0'
-[ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
-"""
-
-
-def observe(host: Host, layout: Layout) -> Observed:
-    fields = host.run(_observe_script(layout)).stdout.split(b"\0")
-    if fields[0] != b"present":
-        return Observed(host.name)
-    missing, notlink, link, listing, log, manifest = (fields + [b""] * 7)[1:7]
-    if missing.strip():
-        raise ConnectError(f"{host.name} lacks {missing.decode().strip()}",
-                           hint="install coreutils, tar and util-linux on the server")
-    if notlink:
-        raise RemoteCommandError(
-            f"{layout.current} on {host.name} exists but is not a symlink",
-            hint="move that directory away; forge manages current as a link to a release")
-    current = link.decode().rstrip("/").split("/")[-1] or None
-    parsed = None
-    if current and manifest:
-        try:
-            parsed = Manifest.from_bytes(manifest, source=f"{host.name}:{layout.manifest(current)}")
-        except ArtifactError:
-            parsed = None  # a damaged stored manifest only costs a full send
-    names = sorted(listing.decode().splitlines())
-    return Observed(host.name, current, ReleaseLog.parse(log),
-                    tuple(n for n in names if not n.startswith(".")),
-                    tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed)
-
-
-# -- steps -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Step:
-    """One operation on one host. ``op`` names it in --json output."""
-
-    op: ClassVar[str] = ""
-
-    def describe(self) -> str:
-        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
-        return f"{self.op}({args})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, **dataclasses.asdict(self)}
-
-
-@dataclass(frozen=True)
-class MakeDirs(Step):
-    """releases/, shared/ and the manifests directory."""
-
-    op: ClassVar[str] = "make_dirs"
-
-    def describe(self) -> str:
-        return "create releases/, shared/, .forge/manifests/"
-
-
-@dataclass(frozen=True)
-class RemoveStaged(Step):
-    """Staged base copies of anything but the live release are stale."""
-
-    op: ClassVar[str] = "remove_staged"
-    names: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"remove stale staged copies {', '.join(self.names)}"
-
-
-@dataclass(frozen=True)
-class RemoveReleases(Step):
-    """Delete release directories and their stored manifests."""
-
-    op: ClassVar[str] = "remove_releases"
-    releases: tuple[str, ...]
-    why: str
-
-    def describe(self) -> str:
-        return f"remove {self.why} releases {', '.join(self.releases)}"
-
-
-@dataclass(frozen=True)
-class Record(Step):
-    """Append one event to the release log."""
-
-    op: ClassVar[str] = "record"
-    release: str
-    state: State
-    note: str = ""
-
-    def describe(self) -> str:
-        return f"log {self.release} {self.state}" + (f" ({self.note})" if self.note else "")
-
-
-@dataclass(frozen=True)
-class WriteManifest(Step):
-    op: ClassVar[str] = "write_manifest"
-    release: str
-
-    def describe(self) -> str:
-        return f"store the manifest of {self.release}"
-
-
-@dataclass(frozen=True)
-class Ship(Step):
-    """Create the release: hard-link ``base`` (the live release) minus ``remove``,
-    then send ``send`` and the ``generated`` files; without a base, send everything."""
-
-    op: ClassVar[str] = "ship"
-    release: str
-    base: str | None
-    send: tuple[str, ...]
-    remove: tuple[str, ...]
-    linked: int
-    generated: tuple[str, ...]
-
-    def describe(self) -> str:
-        return (f"ship {self.release}: send {len(self.send)} entries, hard-link {self.linked}"
-                f" from {self.base or '(nothing)'}, unlink {len(self.remove)}"
-                + (f", write {', '.join(self.generated)}" if self.generated else ""))
-
-    def to_json(self) -> dict[str, Any]:
-        # Paths can number in the tens of thousands: counts are what a reader needs.
-        return {"op": self.op, "release": self.release, "base": self.base,
-                "send": len(self.send), "link": self.linked, "remove": len(self.remove),
-                "generated": list(self.generated)}
-
-
-@dataclass(frozen=True)
-class ProbePhp(Step):
-    op: ClassVar[str] = "probe_php"
-    release: str
-
-    def describe(self) -> str:
-        return f"check the PHP pool can be refreshed from {self.release}"
-
-
-@dataclass(frozen=True)
-class LinkShared(Step):
-    op: ClassVar[str] = "link_shared"
-    release: str
-    paths: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"link shared paths into {self.release}: {', '.join(self.paths) or '(none)'}"
-
-
-@dataclass(frozen=True)
-class RunHooks(Step):
-    op: ClassVar[str] = "run_hooks"
-    phase: str
-    release: str
-    previous: str | None
-    commands: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"run {self.phase} hooks in {self.release}: " + "; ".join(self.commands)
-
-
-@dataclass(frozen=True)
-class PointLink(Step):
-    """Point a link beside ``current`` (the preview route) at a release."""
-
-    op: ClassVar[str] = "point_link"
-    link: str
-    release: str
-
-    def describe(self) -> str:
-        return f"point {self.link} at {self.release}"
-
-
-@dataclass(frozen=True)
-class Switch(Step):
-    """Point ``current`` at ``release``; None moves it aside (a first deploy undone)."""
-
-    op: ClassVar[str] = "switch"
-    release: str | None
-
-    def describe(self) -> str:
-        return f"switch current to {self.release}" if self.release else "move current aside"
-
-
-@dataclass(frozen=True)
-class RefreshPhp(Step):
-    op: ClassVar[str] = "refresh_php"
-    release: str | None
-
-    def describe(self) -> str:
-        return f"refresh PHP for {self.release or '(nothing)'}"
-
-
-@dataclass(frozen=True)
-class StageNextBase(Step):
-    """In the background, hard-link a copy of ``release`` for the next deploy."""
-
-    op: ClassVar[str] = "stage_next_base"
-    release: str
-
-    def describe(self) -> str:
-        return f"stage a copy of {self.release} for the next deploy (background)"
-
-
-@dataclass(frozen=True)
-class HostSteps:
-    host: str
-    steps: tuple[Step, ...]
-
-
-Phase = tuple[HostSteps, ...]
+from forge_ci.deploy.ship import STAGED_PREFIX
+from forge_ci.deploy.steps import (
+    HostSteps,
+    LinkShared,
+    MakeDirs,
+    Phase,
+    PointLink,
+    ProbePhp,
+    Record,
+    RefreshPhp,
+    RemoveReleases,
+    RemoveStaged,
+    RunHooks,
+    Ship,
+    StageNextBase,
+    Step,
+    Switch,
+    WriteManifest,
+)
+from forge_ci.errors import UsageError
 
 
 def _phase_json(phase: Phase) -> list[dict[str, Any]]:
@@ -412,10 +195,12 @@ def _prepare_steps(obs: Observed, config: EnvironmentConfig, new: Manifest,
     if stale_staged:
         steps.append(RemoveStaged(stale_staged))
     stale = unfinished(obs.log, obs.dirs, obs.current)
+    # Each removal is logged before it happens: a run killed in between leaves a
+    # directory logged "removed", which the next run removes as unfinished.
+    steps += [Record(r, "removed", "unfinished") for r in stale if r in obs.log.states]
     present = tuple(r for r in stale if r in obs.dirs)
     if present:
         steps.append(RemoveReleases(present, "unfinished"))
-    steps += [Record(r, "removed", "unfinished") for r in stale if r in obs.log.states]
     steps += [Record(release, "preparing"), WriteManifest(release),
               _ship(obs, config, new, release), ProbePhp(release),
               LinkShared(release, shared_paths(config))]
@@ -439,9 +224,9 @@ def _prune_victims(obs: Observed, release: str, keep: int) -> tuple[str, ...]:
 def _finish_steps(obs: Observed, release: str, keep: int) -> tuple[Step, ...]:
     steps: list[Step] = [Record(release, "live")]
     victims = _prune_victims(obs, release, keep)
-    if victims:
-        steps.append(RemoveReleases(victims, "pruned"))
+    if victims:  # logged first, as in _prepare_steps
         steps += [Record(r, "removed", "pruned") for r in victims]
+        steps.append(RemoveReleases(victims, "pruned"))
     steps.append(StageNextBase(release))
     return tuple(steps)
 
@@ -498,8 +283,8 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
                      for o in observed),
         undo=_undo(observed),
         discard=tuple(HostSteps(o.name, (Record(release, "bad", "failed before switch"),
-                                         RemoveReleases((release,), "failed"),
-                                         Record(release, "removed", "failed before switch")))
+                                         Record(release, "removed", "failed before switch"),
+                                         RemoveReleases((release,), "failed")))
                       for o in observed),
         rejected=_mark_bad(observed, release, "failed on the preview route"),
         rolled_back=_mark_bad(observed, release, "rolled back"),

@@ -24,6 +24,8 @@ from forge_ci.build.manifest import Manifest
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote.base import Host, Process, sh
 
+# Staged copies of a release wait in releases/ under this prefix (see staged_base).
+STAGED_PREFIX = ".forge-base-"
 # Bytes gathered before one write to the remote tar, and read from the local one.
 _CHUNK = 1 << 20
 
@@ -86,7 +88,7 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
 def staged_base(release_dir: str) -> str:
     """Where a ready hard-linked copy of ``release_dir`` waits for the next deploy."""
     parent, name = posixpath.split(release_dir)
-    return posixpath.join(parent, f".forge-base-{name}")
+    return posixpath.join(parent, STAGED_PREFIX + name)
 
 
 def stage_script(release_dir: str) -> str:

@@ -10,10 +10,12 @@ import pytest
 
 from forge_ci.build.manifest import Entry, Manifest
 from forge_ci.config.models import EnvironmentConfig
-from forge_ci.deploy.plan import (
+from forge_ci.deploy.observe import Observed
+from forge_ci.deploy.plan import plan_deploy, plan_rollback
+from forge_ci.deploy.releases import Event, ReleaseLog, State
+from forge_ci.deploy.steps import (
     LinkShared,
     MakeDirs,
-    Observed,
     PointLink,
     ProbePhp,
     Record,
@@ -26,10 +28,7 @@ from forge_ci.deploy.plan import (
     Step,
     Switch,
     WriteManifest,
-    plan_deploy,
-    plan_rollback,
 )
-from forge_ci.deploy.releases import Event, ReleaseLog, State
 from forge_ci.errors import UsageError
 
 NEW = "r9"
@@ -101,8 +100,9 @@ def test_unfinished_releases_are_removed_first_and_the_stale_staged_copy_too() -
     steps = _steps(plan_deploy("prod", _config(), [obs], _manifest(), NEW).prepare)
     assert steps[:6] == [
         MakeDirs(), RemoveStaged((".forge-base-r0", ".forge-base-r0.tmp")),
-        RemoveReleases(("r2", "stray"), "unfinished"),
+        # Logged before removed: a run killed in between leaves nothing unaccounted for.
         Record("r2", "removed", "unfinished"), Record("r3", "removed", "unfinished"),
+        RemoveReleases(("r2", "stray"), "unfinished"),
         Record(NEW, "preparing")]
 
 
@@ -113,9 +113,9 @@ def test_prune_keeps_keep_releases_newest_finished_ones() -> None:
     finish = _steps(plan_deploy("prod", _config(keep_releases=3), [obs], _manifest(),
                                 NEW).finish)
     # Kept: the new release, r5 (bad, but among the newest three), r4.
-    assert finish == [Record(NEW, "live"), RemoveReleases(("r1", "r2", "r3"), "pruned"),
-                      Record("r1", "removed", "pruned"), Record("r2", "removed", "pruned"),
-                      Record("r3", "removed", "pruned"), StageNextBase(NEW)]
+    assert finish == [Record(NEW, "live"), Record("r1", "removed", "pruned"),
+                      Record("r2", "removed", "pruned"), Record("r3", "removed", "pruned"),
+                      RemoveReleases(("r1", "r2", "r3"), "pruned"), StageNextBase(NEW)]
 
 
 def test_prune_never_counts_releases_the_run_removes_as_unfinished() -> None:
