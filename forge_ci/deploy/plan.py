@@ -51,10 +51,6 @@ from forge_ci.deploy.steps import (
 from forge_ci.errors import UsageError
 
 
-def _phase_json(phase: Phase) -> list[dict[str, Any]]:
-    return [{"host": h.host, "steps": [s.to_json() for s in h.steps]} for h in phase]
-
-
 def _phase_lines(name: str, phase: Phase) -> list[str]:
     out: list[str] = []
     for h in phase:
