@@ -175,4 +175,4 @@ class HashCache:
         data = json.dumps({"version": 1, "entries": self._entries},
                           separators=(",", ":")).encode("ascii")
         host.makedirs(f"{root}/.forge")
-        host.write(f"{root}/{CACHE_PATH}", data, mode=0o600)
+        host.write_atomic(f"{root}/{CACHE_PATH}", data, mode=0o600)

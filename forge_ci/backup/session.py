@@ -29,8 +29,9 @@ from forge_ci.backup.take import Source
 from forge_ci.config import EnvironmentConfig, LoadedConfig
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ConfigError
-from forge_ci.remote import Host, LocalHost, target_root
+from forge_ci.remote import Host, LocalHost
 from forge_ci.store import ObjectStore, open_store
+from forge_ci.targets import target_root
 
 _AWS = {"endpoint_url": "AWS_ENDPOINT_URL", "access_key_id": "AWS_ACCESS_KEY_ID",
         "secret_access_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN"}

@@ -12,9 +12,9 @@ from forge_ci.build.builder import build, open_artifact
 from forge_ci.build.cli import default_out, local_targets
 from forge_ci.command import Common, Context
 from forge_ci.deploy import health
-from forge_ci.deploy.engine import Deployment, Result, deploy, rollback
+from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
 from forge_ci.deploy.lock import owner_info
-from forge_ci.deploy.plan import observe
+from forge_ci.deploy.observe import observe
 from forge_ci.deploy.releases import Layout, list_releases
 from forge_ci.errors import (
     DeployFailed,
@@ -23,7 +23,7 @@ from forge_ci.errors import (
     RollbackFailed,
     RolledBack,
 )
-from forge_ci.remote import open_hosts, target_root
+from forge_ci.targets import open_hosts, target_root
 
 
 def register(sub: Any, common: Common) -> None:
@@ -57,16 +57,17 @@ def register(sub: Any, common: Common) -> None:
 def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
     loaded = ctx.config()
     name = ctx.args.environment
-    env = loaded.environment(name)
+    config = loaded.environment(name)
     with ctx.runner.group(f"connect to {name}"):
-        hosts = open_hosts(env, ctx.environ)
+        hosts = open_hosts(config, ctx.environ)
         for h in hosts:
             ctx.runner.log(f"{h.name}: connected")
     try:
         yield Deployment(
-            environment=name, env=env, hosts=hosts, root=target_root(env, loaded.root),
+            environment=name, config=config, hosts=hosts,
+            root=target_root(config, loaded.root),
             owner=owner_info(ctx.environ, command), log=ctx.runner.log,
-            policy=health.Policy(timeout=env.health_timeout),
+            policy=health.HealthPolicy(timeout=config.health_timeout),
             by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
             warn=ctx.runner.warning,
         )
@@ -93,7 +94,7 @@ def _failure_summary(ctx: Context, verb: str, dep: Deployment) -> Iterator[None]
         raise
 
 
-def _report(ctx: Context, verb: str, res: Result, started: float) -> None:
+def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
     r = ctx.runner
     r.set_output("release-id", res.release)
     r.set_output("previous-release-id", res.previous or "")
@@ -112,7 +113,7 @@ def _report(ctx: Context, verb: str, res: Result, started: float) -> None:
              f"(previous: {res.previous or 'none'})")
 
 
-def _hosts(res: Result) -> list[str]:
+def _hosts(res: DeployResult) -> list[str]:
     data = res.plan.to_json()
     return [h["host"] for h in data["hosts"]]
 
@@ -164,14 +165,14 @@ def cmd_releases(ctx: Context) -> int:
 def cmd_health(ctx: Context) -> int:
     with _deployment(ctx, "health") as dep:
         obs = observe(dep.hosts[0], Layout(dep.root))
-    checks = list(dep.env.health)
-    if dep.env.marker and dep.env.url and obs.current:
-        checks.insert(0, health.marker_check(dep.env.url, obs.current))
+    checks = list(dep.config.health)
+    if dep.config.marker and dep.config.url and obs.current:
+        checks.insert(0, health.marker_check(dep.config.url, obs.current))
     if not checks:
         ctx.emit({"ok": True, "checks": 0}, "no health checks configured (set url or health)")
         return 0
-    timeout = ctx.args.timeout if ctx.args.timeout is not None else dep.env.health_timeout
-    outcome = health.run_checks(checks, health.Policy(timeout=timeout), ctx.runner.log)
+    timeout = ctx.args.timeout if ctx.args.timeout is not None else dep.config.health_timeout
+    outcome = health.run_checks(checks, health.HealthPolicy(timeout=timeout), ctx.runner.log)
     if not outcome.ok:
         raise HealthError(f"{dep.environment}: {outcome.detail}")
     ctx.emit({"ok": True, "release": obs.current, "detail": outcome.detail},

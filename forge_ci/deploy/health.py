@@ -32,7 +32,7 @@ def marker_php(release_id: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class Policy:
+class HealthPolicy:
     timeout: float = 60.0  # total time allowed for all checks to pass
     interval: float = 1.0  # pause between attempts
     request_timeout: float = 10.0
@@ -130,7 +130,7 @@ def _probe(fetch: Fetch, check: HealthCheck) -> str | None:
     return None
 
 
-def run_checks(checks: Sequence[HealthCheck], policy: Policy,
+def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
                log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
                fetch: Fetch | None = None, live: bool = False) -> Outcome:
     """Retry until every check passes in one round, or the time bound runs out.

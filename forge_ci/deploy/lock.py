@@ -22,12 +22,12 @@ from forge_ci.remote.base import Host, Process, sh
 _BUSY = 75
 
 
-def owner_info(env: Mapping[str, str], command: str) -> dict[str, str]:
+def owner_info(environ: Mapping[str, str], command: str) -> dict[str, str]:
     return {
         "command": command,
-        "run": env.get("GITHUB_RUN_ID", ""),
-        "actor": env.get("GITHUB_ACTOR", "") or env.get("USER", ""),
-        "repository": env.get("GITHUB_REPOSITORY", ""),
+        "run": environ.get("GITHUB_RUN_ID", ""),
+        "actor": environ.get("GITHUB_ACTOR", "") or environ.get("USER", ""),
+        "repository": environ.get("GITHUB_REPOSITORY", ""),
         "runner": socket.gethostname(),
         "pid": str(os.getpid()),
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,4 +1,4 @@
-"""Make PHP see the release ``current`` points at (PRODUCT.md, deploy step 6).
+"""Make PHP see the release ``current`` points at (deploy step: after the switch).
 
 ``php.refresh`` says how, per server setup:
 

@@ -142,9 +142,6 @@ class ReleaseLog:
             out[ev.release] = ev.state
         return out
 
-    def was_live(self, rid: str) -> bool:
-        return any(ev.release == rid and ev.state == "live" for ev in self.events)
-
     def last_good(self, exclude: str | None = None) -> str | None:
         """The newest release that went live and was not marked bad since."""
         states = self.states

@@ -15,14 +15,19 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from forge_ci.build.builder import Artifact
-from forge_ci.build.manifest import Manifest, diff
+from forge_ci.build.manifest import Manifest
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote.base import Host, Process, sh
+
+# Staged copies of a release wait in releases/ under this prefix (see staged_base).
+STAGED_PREFIX = ".forge-base-"
+# Bytes gathered before one write to the remote tar, and read from the local one.
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class _ProcWriter:
 
     def write(self, data: bytes) -> int:
         self.buf += data
-        if len(self.buf) >= 1 << 20:
+        if len(self.buf) >= _CHUNK:
             self.flush()
         return len(data)
 
@@ -52,20 +57,17 @@ class _ProcWriter:
 
 
 def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
-         base_manifest: Manifest | None, extras: list[str],
-         log: Callable[[str], None],
+         send: Sequence[str], remove: Sequence[str], log: Callable[[str], None],
          generated: Mapping[str, tuple[bytes, int]] | None = None) -> ShipStats:
-    """Create ``release_dir`` on ``host`` from ``artifact``.
+    """Create ``release_dir`` on ``host`` from ``artifact``, as the plan's ship step says.
 
-    ``base_dir``/``base_manifest`` describe the live release to link from;
-    ``extras`` are per-release paths added after shipping (shared links, .env,
-    marker) that must not be inherited from the base; ``generated`` are files
-    made for this release (path -> content, mode) that travel in the same stream.
+    ``base_dir`` is the live release to hard-link from (None: send everything),
+    minus ``remove`` (what changed or went away, and the per-release paths added
+    after shipping); ``send`` are the artifact's entries to send; ``generated``
+    are files made for this release (path -> content, mode) in the same stream.
     """
     new = artifact.manifest
-    if base_dir is not None and base_manifest is not None:
-        d = diff(base_manifest, new)
-        remove = sorted(set(d.remove) | set(extras))
+    if base_dir is not None:
         listing = b"".join(p.encode() + b"\0" for p in remove)
         # A copy staged after the last deploy saves the cp -al on the critical path.
         staged = staged_base(base_dir)
@@ -74,12 +76,10 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
             f" || cp -al -- {sh(base_dir)} {sh(release_dir)}; }} && "
             f"cd {sh(release_dir)} && xargs -0 -r rm -rf --",
             input=listing, check=False), "hard-linking the live release")
-        send = d.send
     else:
         host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
                             check=False), "creating the release directory")
-        send = tuple(sorted(new.entries))
-    sent_bytes = _send_tar(host, artifact.tree, release_dir, send, new, generated or {})
+    sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {})
     linked = len(new.entries) - len(send)
     log(f"{host.name}: sent {len(send)} entries ({sent_bytes} bytes), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
@@ -88,7 +88,7 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
 def staged_base(release_dir: str) -> str:
     """Where a ready hard-linked copy of ``release_dir`` waits for the next deploy."""
     parent, name = posixpath.split(release_dir)
-    return posixpath.join(parent, f".forge-base-{name}")
+    return posixpath.join(parent, STAGED_PREFIX + name)
 
 
 def stage_script(release_dir: str) -> str:
@@ -144,7 +144,7 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter) -> 
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert tar.stdout is not None
         try:
-            while chunk := tar.stdout.read(1 << 20):
+            while chunk := tar.stdout.read(_CHUNK):
                 writer.write(chunk)
         finally:
             tar.stdout.close()

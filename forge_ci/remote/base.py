@@ -1,24 +1,48 @@
 """The target seam: a host is somewhere forge can run shell commands.
 
-A :class:`Host` has exactly two transport operations, and everything forge does on
-a server is built from them:
+A :class:`Host` has two transport operations; every implementation provides them:
 
-``run(script, input=...)``
+``run(script, input=..., timeout=..., check=True)``
     Run ``script`` with ``/bin/sh`` on the host, feed ``input`` to its stdin, wait,
     and return its exit status, stdout and stderr. With ``check=True`` (the
     default) a non-zero status raises :class:`RemoteCommandError`. Not atomic by
-    itself: scripts that must be atomic use rename.
+    itself.
 
 ``start(script)``
     Start ``script`` and return a :class:`Process` whose stdin and stdout are
-    streams, for data that must never sit whole in memory (release tarballs,
-    database dumps) and for holding a lock as long as the connection lives.
+    streams, both ways, for data that must never sit whole in memory (release
+    tarballs, database dumps) and for holding a lock as long as the connection
+    lives.
+
+The file operations a release needs are built on ``run`` once, here, so every
+transport behaves the same. Each raises :class:`RemoteCommandError` when it fails:
+
+``read(path)``
+    The file's bytes, or None when nothing is there.
+``write_atomic(path, data, mode)``
+    Replace ``path`` with ``data``: a temp file in the same directory, fsync,
+    rename. Readers see the old content or the new, never a part. When writing
+    the temp file fails, nothing is renamed: the old content stays and the temp
+    file is gone.
+``append(path, data)``
+    Append ``data`` to ``path`` (created if missing). Not atomic: callers hold the
+    deploy lock, so appends never interleave; a reader of a line-based log skips a
+    line a killed run cut short.
+``makedirs(*paths)``
+    Create directories and their parents; existing ones are fine (idempotent).
+``remove_trees(paths)``
+    Delete files or directory trees; missing paths are fine (idempotent).
+``point_link(link, target)``
+    Make the symlink ``link`` point at ``target`` (kept as given, so a relative
+    target stays relative): a new link beside it, renamed over it. There is no
+    moment without ``link``; the temp link never stays behind. This is the switch.
+``rename(src, dst)``
+    Move ``src`` onto ``dst`` in one rename, replacing ``dst``.
 
 Secrets never go into ``script`` (command lines are visible in ``ps``): pass them
-as ``input`` or write them with :meth:`Host.write` (mode 0600).
+as ``input`` or write them with :meth:`Host.write_atomic` (mode 0600).
 
-The generic helpers below (read, write, exists, ...) are the same for every
-transport and are covered by the contract tests in ``tests/remote``.
+Every implementation passes the one contract suite in ``tests/remote``.
 """
 
 from __future__ import annotations
@@ -29,6 +53,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from forge_ci.errors import RemoteCommandError
+
+# How much one read of a stream asks for, on every transport.
+CHUNK_SIZE = 65536
 
 
 def sh(*argv: str) -> str:
@@ -63,7 +90,7 @@ class Process(abc.ABC):
         """Send end-of-file on stdin."""
 
     @abc.abstractmethod
-    def read(self, size: int = 65536) -> bytes:
+    def read(self, size: int = CHUNK_SIZE) -> bytes:
         """Read up to ``size`` bytes of stdout; ``b""`` at end of stream."""
 
     @abc.abstractmethod
@@ -127,43 +154,42 @@ class Host(abc.ABC):
             )
         return result
 
+    def _do(self, script: str, what: str, input: bytes | None = None) -> Result:
+        return self.check(self.run(script, input=input, check=False), what)
+
     def read(self, path: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
         r = self.run(f"if [ -e {sh(path)} ]; then cat -- {sh(path)}; else exit 3; fi",
                      check=False)
         if r.status == 3:
             return None
         return self.check(r, f"reading {path}").stdout
 
-    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Replace ``path`` atomically: temp file in the same directory, fsync, rename."""
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
         tmp = f"{path}.forge-tmp"
         script = (
-            f"umask 077 && cat > {sh(tmp)} && chmod {mode:o} {sh(tmp)}"
-            f" && sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(path)}"
+            f"umask 077; if cat > {sh(tmp)} && chmod {mode:o} {sh(tmp)}; then"
+            f" sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(path)};"
+            f" else rm -f -- {sh(tmp)}; exit 1; fi"
         )
-        self.check(self.run(script, input=data, check=False), f"writing {path}")
+        self._do(script, f"writing {path}", input=data)
 
-    def append(self, path: str, line: bytes) -> None:
-        """Append one line (callers hold the lock, so appends do not interleave)."""
-        script = f"cat >> {sh(path)}"
-        self.check(self.run(script, input=line, check=False), f"appending to {path}")
-
-    def exists(self, path: str) -> bool:
-        return self.run(f"[ -e {sh(path)} ] || [ -L {sh(path)} ]", check=False).status == 0
-
-    def readlink(self, path: str) -> str | None:
-        r = self.run(f"readlink -- {sh(path)}", check=False)
-        return r.text.strip() if r.status == 0 else None
-
-    def listdir(self, path: str) -> list[str]:
-        r = self.run(f"[ -d {sh(path)} ] || exit 0; cd {sh(path)} && ls -1A", check=False)
-        return sorted(self.check(r, f"listing {path}").text.splitlines())
+    def append(self, path: str, data: bytes) -> None:
+        self._do(f"cat >> {sh(path)}", f"appending to {path}", input=data)
 
     def makedirs(self, *paths: str) -> None:
-        self.check(self.run(sh("mkdir", "-p", "--", *paths), check=False), "mkdir")
+        if paths:
+            self._do(sh("mkdir", "-p", "--", *paths), f"creating {', '.join(paths)}")
 
     def remove_trees(self, paths: Iterable[str]) -> None:
         paths = list(paths)
         if paths:
-            self.check(self.run(sh("rm", "-rf", "--", *paths), check=False), "removing")
+            self._do(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
+
+    def point_link(self, link: str, target: str) -> None:
+        tmp = f"{link}.forge-tmp"
+        self._do(f"rm -f -- {sh(tmp)} && ln -s -- {sh(target)} {sh(tmp)} && "
+                 f"mv -Tf -- {sh(tmp)} {sh(link)} || {{ rm -f -- {sh(tmp)}; exit 1; }}",
+                 f"pointing {link} at {target}")
+
+    def rename(self, src: str, dst: str) -> None:
+        self._do(sh("mv", "-Tf", "--", src, dst), f"moving {src} to {dst}")

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from typing import IO
 
-from forge_ci.remote.base import Host, Process, Result
+from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
 
 
 class LocalProcess(Process):
@@ -32,7 +32,7 @@ class LocalProcess(Process):
             with contextlib.suppress(BrokenPipeError):
                 self._p.stdin.close()
 
-    def read(self, size: int = 65536) -> bytes:
+    def read(self, size: int = CHUNK_SIZE) -> bytes:
         out = self._p.stdout
         assert isinstance(out, io.BufferedReader)
         return out.read1(size)

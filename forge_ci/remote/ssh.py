@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import paramiko
 
 from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
-from forge_ci.remote.base import Host, Process, Result
+from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
 
 # Bigger windows than paramiko's defaults: release tarballs stream at disk speed.
 _WINDOW = 64 * 1024 * 1024
@@ -83,7 +83,7 @@ class SshProcess(Process):
             if not self._ch.closed:
                 self._ch.shutdown_write()
 
-    def read(self, size: int = 65536) -> bytes:
+    def read(self, size: int = CHUNK_SIZE) -> bytes:
         with _lost(self._name):
             return self._ch.recv(size)
 
@@ -113,7 +113,7 @@ class SshProcess(Process):
 
     def _drain_stderr(self) -> None:
         while self._ch.recv_stderr_ready():
-            self._err += self._ch.recv_stderr(65536)
+            self._err += self._ch.recv_stderr(CHUNK_SIZE)
 
     def stderr(self) -> bytes:
         self._drain_stderr()
@@ -220,7 +220,7 @@ class SshHost(Host):
                 proc.write(input)
             proc.close_stdin()
             proc._ch.settimeout(timeout)
-            while chunk := proc.read(65536):
+            while chunk := proc.read(CHUNK_SIZE):
                 out += chunk
             status = proc.wait(timeout)
         except TimeoutError:

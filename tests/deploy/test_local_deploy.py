@@ -78,7 +78,8 @@ def test_first_deploy_that_fails_health_leaves_no_current(local_site: LocalSite)
 def test_dry_run_changes_nothing(local_site: LocalSite, capsys: pytest.CaptureFixture[str]) -> None:
     assert local_site.forge("deploy", "local", "--dry-run", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["hosts"][0]["send"] >= 1
+    ship = next(s for s in plan["hosts"][0]["prepare"] if s["op"] == "ship")
+    assert ship["send"] >= 1
     assert sorted(p.name for p in local_site.target.iterdir()) == []
 
 

@@ -56,8 +56,8 @@ def test_cleaning_up_after_a_cut_connection_never_raises(
 def test_a_command_cut_off_is_a_lost_connection_not_a_failed_command(
         sshd_host: SshHost, fault_proxy: Callable[..., FaultProxy]) -> None:
     """Otherwise paramiko's closed channel reads as a command that exited -1: "the PHP
-    reload command failed (exit -1)", and a probe such as ``Host.exists`` caught by
-    the cut would answer False instead of failing."""
+    reload command failed (exit -1)", and a probe such as ``Host.read`` caught by
+    the cut would answer "no such file" instead of failing."""
     proxy = fault_proxy(sshd_host.port)
     host = Target(sshd_host.host, proxy.port, sshd_host.user,
                   key=parse_private_key(sshd_host.private_key),

@@ -1,0 +1,456 @@
+"""Carry out a deploy or rollback plan (:mod:`forge_ci.deploy.plan`) across every host.
+
+The plan says what runs; this module runs its steps in its phases and decides
+only what to do when one fails. Prepare every host, then switch every host; if
+anything fails after the first switch, every switched host goes back. Errors
+raised here say what state the site is in: :class:`DeployFailed` (nothing
+switched), :class:`RolledBack` (switched, then restored), :class:`RollbackFailed`
+(could not restore).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from forge_ci.build.builder import Artifact
+from forge_ci.config.models import EnvironmentConfig
+from forge_ci.deploy import health, php_refresh
+from forge_ci.deploy.lock import Lock
+from forge_ci.deploy.observe import Observed, observe
+from forge_ci.deploy.plan import (
+    DeployPlan,
+    RollbackPlan,
+    plan_deploy,
+    plan_rollback,
+    release_id,
+)
+from forge_ci.deploy.releases import Layout, event
+from forge_ci.deploy.ship import ship, stage_script
+from forge_ci.deploy.steps import (
+    HostSteps,
+    LinkShared,
+    MakeDirs,
+    Phase,
+    PointLink,
+    ProbePhp,
+    Record,
+    RefreshPhp,
+    RemoveReleases,
+    RemoveStaged,
+    RunHooks,
+    Ship,
+    StageNextBase,
+    Step,
+    Switch,
+    WriteManifest,
+)
+from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
+from forge_ci.remote.base import Host, sh
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HookPolicy:
+    """How long a hook may run, and how much of its output the log keeps."""
+
+    timeout: float = 900.0
+    output_lines: int = 30
+
+
+@dataclass
+class Deployment:
+    """Everything one deploy or rollback needs, built by the CLI and handed down."""
+
+    environment: str
+    config: EnvironmentConfig
+    hosts: Sequence[Host]
+    root: str
+    owner: Mapping[str, str]
+    log: Log
+    policy: health.HealthPolicy = field(default_factory=health.HealthPolicy)
+    hook_policy: HookPolicy = field(default_factory=HookPolicy)
+    by: str = ""
+    warn: Log | None = None  # a problem that does not fail the run (default: log)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.root)
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    release: str
+    previous: str | None
+    url: str | None
+    plan: DeployPlan | RollbackPlan
+    health: str = ""
+    # From the end of the switch until every check passed (the marker comes first).
+    switch_to_healthy: float | None = None
+
+
+# -- one step ----------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """One deploy's state while its steps run: the hosts by name, the artifact."""
+
+    dep: Deployment
+    hosts: Mapping[str, Host]
+    artifact: Artifact | None = None
+
+
+def _dotenv(config: EnvironmentConfig) -> bytes:
+    lines = ["# Written by forge-ci for this release. Do not edit on the server."]
+    for key, secret in config.dotenv.items():
+        value = secret.get_secret_value()
+        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+                   .replace("\n", "\\n"))
+        lines.append(f'{key}="{escaped}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
+    script = ["set -e"]
+    for p in paths:
+        s = posixpath.join(lay.shared, p)
+        r = posixpath.join(lay.release(release), p)
+        rel = posixpath.relpath(s, posixpath.dirname(r))
+        script.append(
+            f'if [ ! -e {sh(s)} ]; then mkdir -p {sh(posixpath.dirname(s))}; '
+            f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)}; '
+            f'else mkdir -p {sh(s)}; fi; fi'
+        )
+        script.append(f"rm -rf {sh(r)}; mkdir -p {sh(posixpath.dirname(r))}; "
+                      f"ln -s {sh(rel)} {sh(r)}")
+    return "\n".join(script)
+
+
+def _hook_env(dep: Deployment, step: RunHooks) -> str:
+    pairs = {"FORGE_ENVIRONMENT": dep.environment, "FORGE_RELEASE": step.release,
+             "FORGE_RELEASE_PATH": dep.layout.release(step.release),
+             "FORGE_PREVIOUS_RELEASE": step.previous or "", "FORGE_PATH": dep.root}
+    return "".join(f"export {k}={sh(v)}\n" for k, v in pairs.items())
+
+
+def _hooks(dep: Deployment, host: Host, step: RunHooks) -> None:
+    for i, command in enumerate(step.commands):
+        dep.log(f"{host.name}: {step.phase}[{i}]: {command}")
+        r = host.run(_hook_env(dep, step)
+                     + f"cd {sh(dep.layout.release(step.release))} || exit 1\n{command}\n",
+                     check=False, timeout=dep.hook_policy.timeout)
+        output = (r.stdout + r.stderr).decode(errors="replace").splitlines()
+        for line in output[-dep.hook_policy.output_lines:]:
+            dep.log(f"    {line}")
+        if r.status != 0:
+            raise DeployFailed(f"{host.name}: hook {step.phase}[{i}] failed with exit {r.status}",
+                               hint="fix the hook or the release; the output is above")
+
+
+def _ship(run: _Run, host: Host, step: Ship) -> None:
+    dep, lay = run.dep, run.dep.layout
+    assert run.artifact is not None
+    dep.log(f"{host.name}: shipping {step.release}")
+    generated: dict[str, tuple[bytes, int]] = {}
+    if ".env" in step.generated:
+        generated[".env"] = (_dotenv(dep.config), 0o600)
+    if health.MARKER_PATH in step.generated:
+        generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
+    ship(host, run.artifact, lay.release(step.release),
+         lay.release(step.base) if step.base else None, step.send, step.remove, dep.log,
+         generated=generated)
+
+
+def _refresh(dep: Deployment, host: Host, release: str | None) -> None:
+    """Make PHP run ``release``, which ``current`` now points at (None: nothing)."""
+    started = time.monotonic()
+    where = dep.layout.release(release) if release else None
+    done = php_refresh.refresh(host, dep.config.php, where)
+    if done:
+        dep.log(f"{host.name}: PHP: {done} ({time.monotonic() - started:.2f}s)")
+
+
+def _probe(dep: Deployment, host: Host, release: str) -> None:
+    answer = php_refresh.probe(host, dep.config.php, dep.layout.release(release))
+    if answer is not None and answer.state == "off":
+        dep.log(f"{host.name}: PHP: opcache is off in the pool at {dep.config.php.fpm_socket}; "
+                "nothing will need a reset")
+
+
+def _switch(dep: Deployment, host: Host, release: str | None) -> None:
+    lay = dep.layout
+    if release is None:
+        # A first deploy undone: there is no earlier release to go back to.
+        with contextlib.suppress(ForgeError):
+            host.rename(lay.current, posixpath.join(lay.meta, "failed-current"))
+        return
+    dep.log(f"{host.name}: switching current to {release}")
+    host.point_link(lay.current, posixpath.join("releases", release))
+
+
+def _record(dep: Deployment, host: Host, steps: Sequence[Record]) -> None:
+    lines = b"".join(event(s.release, s.state, dep.by, s.note).to_line() for s in steps)
+    host.append(dep.layout.log, lines)
+
+
+def _do(run: _Run, host: Host, step: Step) -> None:
+    dep, lay = run.dep, run.dep.layout
+    if isinstance(step, MakeDirs):
+        host.makedirs(lay.releases, lay.shared, posixpath.dirname(lay.manifest("-")))
+    elif isinstance(step, RemoveStaged):
+        host.remove_trees(posixpath.join(lay.releases, n) for n in step.names)
+    elif isinstance(step, RemoveReleases):
+        dep.log(f"{host.name}: removing {step.why} releases {', '.join(step.releases)}")
+        host.remove_trees([*(lay.release(r) for r in step.releases),
+                           *(lay.manifest(r) for r in step.releases)])
+    elif isinstance(step, Record):
+        _record(dep, host, [step])
+    elif isinstance(step, WriteManifest):
+        assert run.artifact is not None
+        host.write_atomic(lay.manifest(step.release), run.artifact.manifest.to_bytes())
+    elif isinstance(step, Ship):
+        _ship(run, host, step)
+    elif isinstance(step, ProbePhp):
+        _probe(dep, host, step.release)
+    elif isinstance(step, LinkShared):
+        dep.log(f"{host.name}: linking shared paths")
+        host.check(host.run(_link_shared_script(lay, step.release, step.paths), check=False),
+                   "linking shared paths")
+    elif isinstance(step, RunHooks):
+        _hooks(dep, host, step)
+    elif isinstance(step, PointLink):
+        host.point_link(lay.link(step.link), posixpath.join("releases", step.release))
+    elif isinstance(step, Switch):
+        _switch(dep, host, step.release)
+    elif isinstance(step, RefreshPhp):
+        _refresh(dep, host, step.release)
+    elif isinstance(step, StageNextBase):
+        host.check(host.run(stage_script(lay.release(step.release)), check=False),
+                   "staging the next base")
+    else:  # pragma: no cover - a new step type without an executor is a bug
+        raise AssertionError(f"no executor for {step!r}")
+
+
+def _host_steps(run: _Run, hs: HostSteps) -> None:
+    """Run one host's steps in order; consecutive log events go in one append."""
+    host = run.hosts[hs.host]
+    pending: list[Record] = []
+    for step in hs.steps:
+        if isinstance(step, Record):
+            pending.append(step)
+            continue
+        if pending:
+            _record(run.dep, host, pending)
+            pending = []
+        _do(run, host, step)
+    if pending:
+        _record(run.dep, host, pending)
+
+
+def _phase(run: _Run, phase: Phase) -> None:
+    for hs in phase:
+        _host_steps(run, hs)
+
+
+def _best_effort(run: _Run, phase: Phase) -> None:
+    """Every step of ``phase`` that can run: on a full disk the log cannot grow, but
+    the release that filled it must still be removed."""
+    for hs in phase:
+        host = run.hosts[hs.host]
+        for step in hs.steps:
+            with contextlib.suppress(ForgeError):
+                _do(run, host, step)
+
+
+# -- deploy ------------------------------------------------------------------
+
+def _observe_all(dep: Deployment) -> list[Observed]:
+    return [observe(h, dep.layout) for h in dep.hosts]
+
+
+def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
+    observed = _observe_all(dep)
+    release = release_id(artifact.digest, observed)
+    return plan_deploy(dep.environment, dep.config, observed, artifact.manifest, release)
+
+
+def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> DeployResult:
+    if dry_run:
+        plan = _make_plan(dep, artifact)
+        return DeployResult(plan.release, plan.previous, dep.config.url, plan)
+    with contextlib.ExitStack() as stack:
+        _lock_all(dep, stack)
+        plan = _make_plan(dep, artifact)
+        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
+        dep.log(plan.render())
+        _prepare_all(run, plan)
+        _preview(run, plan)
+        outcome = _switch_all_and_check(run, plan)
+        _finish(run, plan.finish, plan.release)
+        return DeployResult(plan.release, plan.previous, dep.config.url, plan, outcome.detail,
+                            outcome.seconds)
+    raise AssertionError("unreachable")
+
+
+def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> None:
+    """Take every host's lock, held until ``stack`` closes. The log says where a run
+    waits, and where it was when it died."""
+    for host in dep.hosts:
+        dep.log(f"{host.name}: taking the deploy lock")
+        stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait))
+        dep.log(f"{host.name}: locked")
+
+
+def _prepare_all(run: _Run, plan: DeployPlan) -> None:
+    try:
+        _phase(run, plan.prepare)
+    except ForgeError as e:
+        # A release that never went live is marked bad and its space freed
+        # (a full disk must not stay full because of the release that filled it).
+        _best_effort(run, plan.discard)
+        raise DeployFailed(f"{e.message} — the live site was not touched",
+                           hint=e.hint) from None
+
+
+def _preview(run: _Run, plan: DeployPlan) -> None:
+    """Serve the release on the preview route and check it there: visitors see nothing."""
+    dep = run.dep
+    if not plan.preview:
+        return
+    pv_url = dep.config.preview.url if dep.config.preview else ""
+    dep.log(f"preview: checking {plan.release} at {pv_url}")
+    checks = plan.preview_checks
+    try:
+        _phase(run, plan.preview)
+        if plan.preview_on_host:
+            # Every host checks its own preview: one bad host stops them all.
+            for host in dep.hosts:
+                outcome = health.run_checks(
+                    checks, dep.policy, dep.log,
+                    fetch=health.fetch_on(host, dep.policy.request_timeout))
+                if not outcome.ok:
+                    outcome = health.Outcome(False, f"{host.name}: {outcome.detail}",
+                                             outcome.seconds)
+                    break
+        else:
+            outcome = health.run_checks(checks, dep.policy, dep.log)
+    except ForgeError as e:
+        outcome = health.Outcome(False, e.message, 0.0)
+    if not outcome.ok:
+        _best_effort(run, plan.rejected)
+        raise DeployFailed(f"the release failed its checks on the preview route "
+                           f"({outcome.detail}); visitors never saw it",
+                           hint="fix the release and deploy again")
+    dep.log(f"preview: {outcome.detail} in {outcome.seconds:.1f}s")
+
+
+class _SwitchFailed(Exception):
+    """Raised by :func:`_switch_and_verify` after it put every host back it could."""
+
+    def __init__(self, cause: ForgeError, unrestored: list[str]) -> None:
+        super().__init__(cause.message)
+        self.cause, self.unrestored = cause, unrestored
+
+
+def _switch_and_verify(run: _Run, plan: DeployPlan | RollbackPlan,
+                       after_switch: Phase) -> health.Outcome:
+    """Switch every host, refresh PHP, run hooks and checks; on any failure run
+    ``undo`` on every switched host."""
+    dep = run.dep
+    release = plan.release if isinstance(plan, DeployPlan) else plan.target
+    switched: set[str] = set()
+    try:
+        for hs in plan.switch:
+            switched.add(hs.host)
+            _host_steps(run, hs)
+        switched_at = time.monotonic()
+        _phase(run, plan.refresh)
+        _phase(run, after_switch)
+        if not plan.checks:
+            return health.Outcome(True, "not checked (no health checks configured)", 0.0)
+        dep.log(f"health: checking {release}")
+        outcome = health.run_checks(plan.checks, dep.policy, dep.log, live=True)
+        if not outcome.ok:
+            raise DeployFailed(f"health checks failed: {outcome.detail}")
+        dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
+        # What a visitor waits for: PHP refresh and after_switch hooks included.
+        return health.Outcome(True, outcome.detail, time.monotonic() - switched_at)
+    except ForgeError as e:
+        unrestored = []
+        for hs in plan.undo:
+            if hs.host not in switched:
+                continue
+            try:
+                _host_steps(run, hs)
+            except ForgeError as back:
+                dep.log(f"{hs.host}: switching back FAILED: {back}")
+                unrestored.append(hs.host)
+        raise _SwitchFailed(e, unrestored) from None
+
+
+def _switch_all_and_check(run: _Run, plan: DeployPlan) -> health.Outcome:
+    try:
+        return _switch_and_verify(run, plan, plan.after_switch)
+    except _SwitchFailed as f:
+        _best_effort(run, plan.rolled_back)
+        back = plan.previous or "(nothing: first deploy)"
+        if f.unrestored:
+            raise RollbackFailed(f"{f.cause.message}; switching back to {back} FAILED on "
+                                 f"{', '.join(f.unrestored)}",
+                                 hint="check the site now: forge-ci releases, then rollback",
+                                 ) from None
+        raise RolledBack(f"{f.cause.message}; rolled back to {back} on every host",
+                         hint="the release is marked bad; fix it and deploy again") from None
+
+
+def _finish(run: _Run, phase: Phase, release: str) -> None:
+    """Record a release every host serves and that passed its checks (and prune).
+
+    If a host cannot be reached any more, the site is still right; failing now
+    would report "nothing changed" (exit 1) for a site that did change, so warn.
+    The next run works from what is live; only the log lags (the release shows as
+    prepared) and old releases wait for the next prune.
+    """
+    dep = run.dep
+    for hs in phase:
+        dep.log(f"{hs.host}: recording {release} as live")
+        try:
+            _host_steps(run, hs)
+        except ForgeError as e:
+            (dep.warn or dep.log)(f"{hs.host}: {release} is live and passed its checks, but "
+                                  f"recording that failed: {e.message}")
+
+
+# -- rollback ----------------------------------------------------------------
+
+def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> DeployResult:
+    with contextlib.ExitStack() as stack:
+        if not dry_run:
+            _lock_all(dep, stack)
+        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to)
+        target, previous = plan.target, plan.previous
+        if dry_run:
+            return DeployResult(target, previous, dep.config.url, plan)
+        dep.log(plan.render())
+        if plan.already_live:
+            return DeployResult(target, previous, dep.config.url, plan, "already live")
+        run = _Run(dep, {h.name: h for h in dep.hosts})
+        try:
+            _phase(run, plan.probe)
+        except ForgeError as e:
+            raise DeployFailed(f"{e.message} — nothing was switched", hint=e.hint) from None
+        try:
+            outcome = _switch_and_verify(run, plan, ()).detail
+        except _SwitchFailed as f:
+            if f.unrestored:
+                raise RollbackFailed(f"{f.cause.message}; restoring {previous} failed on "
+                                     f"{', '.join(f.unrestored)}") from None
+            raise DeployFailed(f"release {target}: {f.cause.message}; {previous} stays live",
+                               hint="pick another release with --to") from None
+        _finish(run, plan.finish, target)
+        return DeployResult(target, previous, dep.config.url, plan, outcome)
+    raise AssertionError("unreachable")
