@@ -153,6 +153,7 @@ def main() -> int:
             cache = tmp / "warm" / "forge-cache"
             env = {**base, "FORGE_CI_CACHE": str(cache)}
             ensure = [py, "-I", "-S", str(RUN_PY), "--ensure"]
+            _time(ensure, env)  # installs if needed; the next call prints only the path
             venv = Path(subprocess.run(ensure, env=env, capture_output=True, text=True,
                                        check=True).stdout.strip())
         else:
