@@ -6,8 +6,8 @@ Usage (from an action's step; stdlib only, run with ``python3 -I -S``)::
 
 forge-ci is installed from this action's own checkout (two folders up), never from
 an index by name: first the hash-locked runtime dependencies
-(``requirements/runtime.lock``) and the build backend (``build.lock`` beside this
-file, also hash-locked), then the checkout itself with ``--no-deps``. The virtualenv
+(``requirements/runtime.lock``), then the checkout itself with ``--no-deps``, built by
+the build backend from ``build.lock`` beside this file (also hash-locked). The virtualenv
 lives under ``${RUNNER_TOOL_CACHE:-~/.cache}/forge-ci/<version>-<key>``, where the key
 hashes the locks, every file of the package and the interpreter. When a venv with
 that key is already complete (its stamp file exists) nothing is installed: the warm
@@ -18,8 +18,9 @@ PyPI wheels only): the interpreter's pip (or, without one, the pip wheel bundled
 its ``ensurepip``) puts it under ``<cache>/uv-<lock hash>`` once, then uv makes the
 venv's contents with ``--require-hashes``, downloading in parallel and skipping
 bytecode compilation (Python writes the bytecode of what forge imports on its first
-start). Where uv cannot be had or fails (no wheel for the platform, say), pip does the
-same install into a venv of its own, as slowly as before.
+start), while setuptools, put in a folder of its own, builds forge's wheel. Where uv
+cannot be had or fails (no wheel for the platform, say), pip does the same install
+into a venv of its own, as slowly as before.
 
 Environment: ``FORGE_CI_CACHE`` overrides the cache folder (tests, benchmarks);
 ``FORGE_CI_INSTALLER=pip`` skips uv (a runner that must not run it; benchmarks).
@@ -127,9 +128,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
-    # stdin closed: nothing may wait for an answer on a runner.
+    """Run one install command (stdin closed: nothing may wait for an answer), timed."""
     env = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore"}
+    started = time.monotonic()
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    what = " ".join([Path(cmd[0]).name, *(a for a in cmd[1:4] if not a.startswith("-"))])
+    print(f"({time.monotonic() - started:.1f}s: {what})", flush=True)
 
 
 def _pip(venv: Path, *args: str) -> None:
@@ -207,21 +211,42 @@ def _source_copy(root: Path, dest: Path) -> Path:
     return src
 
 
+# Builds forge's wheel with setuptools from a folder of its own (-S: no site-packages),
+# so the build can run while uv fills the venv.
+_BUILD_WHEEL = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from setuptools import build_meta; build_meta.build_wheel(sys.argv[2])")
+
+
 def _install_with_uv(uv: Path, venv: Path, root: Path, tmp: Path) -> None:
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     # --no-config and a cwd of our own: the workspace's uv.toml / pyproject.toml must
     # not configure this install.
-    py = ["--no-config", "--python", str(_python(venv))]
-    # The locks are complete (every dependency pinned with its hashes), so nothing is
-    # resolved over the network: --no-deps, then `uv pip check` proves nothing is
-    # missing or incompatible.
-    _run([str(uv), "pip", "install", *py, "--require-hashes", "--no-deps",
-          "-r", str(root / "requirements" / "runtime.lock"),
-          "-r", str(root / "actions" / "_setup" / "build.lock")], cwd=tmp)
+    uv_pip = [str(uv), "pip", "install", "--no-config"]
+    backend, dist = tmp / "backend", tmp / "dist"
+    _run([*uv_pip, "--python", sys.executable, "--target", str(backend), "--require-hashes",
+          "--no-deps", "-r", str(root / "actions" / "_setup" / "build.lock")], cwd=tmp)
     src = _source_copy(root, tmp)
-    _run([str(uv), "pip", "install", *py, "--no-deps", "--no-build-isolation", "--no-index",
-          str(src)], cwd=tmp)
-    _run([str(uv), "pip", "check", *py], cwd=tmp)
+    dist.mkdir()
+    build = subprocess.Popen([sys.executable, "-I", "-S", "-c", _BUILD_WHEEL, str(backend),
+                              str(dist)], cwd=src, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+        py = ["--python", str(_python(venv))]
+        # The lock is complete (every dependency pinned with its hashes), so nothing is
+        # resolved over the network: --no-deps, then `uv pip check` proves nothing is
+        # missing or incompatible.
+        _run([*uv_pip, *py, "--require-hashes", "--no-deps",
+              "-r", str(root / "requirements" / "runtime.lock")], cwd=tmp)
+    finally:
+        log, _ = build.communicate()
+    if build.returncode != 0:
+        print(log.decode(errors="replace"), flush=True)
+        raise subprocess.CalledProcessError(build.returncode, ["setuptools build_wheel"])
+    wheels = sorted(dist.glob("*.whl"))
+    if len(wheels) != 1:
+        raise FileNotFoundError(f"building forge-ci made {len(wheels)} wheels, not 1")
+    _run([*uv_pip, *py, "--no-deps", "--no-index", str(wheels[0])], cwd=tmp)
+    _run([str(uv), "pip", "check", "--no-config", *py], cwd=tmp)
 
 
 def _install_with_pip(venv: Path, root: Path, tmp: Path) -> None:

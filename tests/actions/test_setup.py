@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -258,6 +259,24 @@ def test_bundled_pip_runs() -> None:
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"pip {ensurepip.version()} from ")
+
+
+def test_wheel_build_needs_only_the_backend_folder(tmp_path: Path) -> None:
+    # What the uv path runs beside uv: setuptools from a folder given on the command
+    # line, no site-packages (-S), building from a copy of the checkout.
+    import setuptools
+
+    backend = Path(setuptools.__file__).parent.parent
+    src = run._source_copy(REPO, tmp_path)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", run._BUILD_WHEEL, str(backend),
+                        str(dist)], cwd=src, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (wheel,) = dist.glob("forge_ci-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "forge_ci/actions.py" in names and "forge_ci/cli.py" in names
+    assert not any("__pycache__" in n for n in names)
 
 
 def test_entry_refuses_old_python_and_usage(tmp_path: Path) -> None:
