@@ -144,8 +144,13 @@ def _pip(venv: Path, *args: str) -> None:
 def _bundled_pip() -> list[str]:
     """pip run from the wheel bundled with ``ensurepip``, as ensurepip itself runs it."""
     import ensurepip  # stdlib
+    import sysconfig
 
-    bundled = sorted(Path(ensurepip.__file__).parent.glob("_bundled/pip-*.whl"))
+    # Its own folder, or where a distribution keeps it (Debian: WHEEL_PKG_DIR).
+    folders = [Path(ensurepip.__file__).parent / "_bundled"]
+    if sysconfig.get_config_var("WHEEL_PKG_DIR"):
+        folders.append(Path(sysconfig.get_config_var("WHEEL_PKG_DIR")))
+    bundled = sorted(w for folder in folders for w in folder.glob("pip-*.whl"))
     if not bundled:
         raise FileNotFoundError("no pip: neither installed nor bundled with ensurepip")
     code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
