@@ -105,6 +105,12 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
               f"Release **{res.release}** is live (was {res.previous or 'none'}). "
               f"Health: {res.health or 'n/a'}. Took {seconds:.1f}s.\n\n"
               f"| host | live release |\n|---|---|\n{rows}")
+    ctx.outcome.update(
+        release=res.release, previous=res.previous,
+        summary=f"release {res.release} is live (was {res.previous or 'none'})",
+        details={"seconds": round(seconds, 1)} | (
+            {} if res.switch_to_healthy is None
+            else {"switch_to_healthy_s": round(res.switch_to_healthy, 2)}))
     ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
               "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3),
               "switch_to_healthy": (None if res.switch_to_healthy is None
