@@ -81,6 +81,7 @@ def cmd_monitor(ctx: Context) -> int:
         for c in checks:
             if c.severity is not Severity.OK:
                 ctx.runner.warning(f"{environment}: {c.name}: {c.detail}")
+    ctx.runner.set_output("severity", severity.value)
     ctx.runner.summary(_summary(environment, severity, checks))
     ctx.emit({"environment": environment, "severity": severity.value,
               "checks": [c.to_json() for c in checks],
