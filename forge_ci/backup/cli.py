@@ -100,7 +100,8 @@ def cmd_backup(ctx: Context) -> int:
         summary=f"snapshot {report.snapshot_id} stored ({report.files} files)",
         details={"snapshot": report.snapshot_id, "files": report.files,
                  "bytes": report.file_bytes + report.database_bytes,
-                 "new_bytes": report.new_stored_bytes, "seconds": report.seconds})
+                 "new_bytes": report.new_stored_bytes, "seconds": report.seconds,
+                 **report.phases})
     ctx.runner.summary(_summary(t, report))
     ctx.emit(report.as_dict(), f"snapshot {report.snapshot_id}: {report.files} files "
              f"({_size(report.file_bytes)}) + database {_size(report.database_bytes)}; "
@@ -117,7 +118,9 @@ def _summary(t: session.Target, r: BackupReport) -> str:
             f"| database dump | {_size(r.database_bytes)} |\n"
             f"| new objects | {r.new_objects} |\n"
             f"| new bytes stored | {_size(r.new_stored_bytes)} |\n"
-            f"| duration | {r.seconds:.1f}s |\n")
+            f"| duration | {r.seconds:.1f}s |\n"
+            + "".join(f"| {name.removesuffix('_s')} phase | {value:.1f}s |\n"
+                      for name, value in r.phases.items()))
 
 
 def cmd_snapshots(ctx: Context) -> int:
@@ -157,7 +160,8 @@ def _snapshot_rows(repo: Repository) -> list[dict[str, object]]:
                 row |= {"time": m.time.isoformat(), "hostnames": list(m.hostnames),
                         "files": sum(1 for f in m.files if f.type == "file"),
                         "bytes": m.total_bytes,
-                        "database": m.database.name if m.database else None}
+                        "database": m.database.name if m.database else None,
+                        "stats": dict(m.stats)}
         rows.append(row)
     return rows
 

@@ -52,6 +52,11 @@ def test_a_drill_restores_checks_and_cleans_up(
     rec = receiver()
     site = drill_site(make_site, rec, notify_secrets)
     assert site.run("backup", "production", read=False) == 0
+    # The snapshot carries its phase durations and sizes, and so does the summary.
+    (row,) = site.json(capsys, "snapshots", "production")["snapshots"]
+    assert {"dump_s", "files_s", "seconds", "bytes", "database_bytes"} <= set(row["stats"])
+    assert row["stats"]["database_bytes"] > 0
+    assert "| dump phase |" in site.summary.read_text()
     report = site.json(capsys, "drill", "production")
     assert report["ok"] is True and report["problems"] == []
     assert report["tables"] >= 3 and report["rows"] >= 7  # posts, meta, wp_options

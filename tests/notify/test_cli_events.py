@@ -83,7 +83,7 @@ def test_a_good_deploy_tells_the_webhook_and_the_mailbox(
     assert event["release"] == site.current
     assert event["commit"] == RUN["GITHUB_SHA"] and event["actor"] == "octocat"
     assert event["run_url"] == "https://github.com/acme/shop/actions/runs/777"
-    assert event["details"]["seconds"] >= 0
+    assert event["details"]["seconds"] >= 0 and event["details"]["sent_entries"] >= 1
     (mail,) = box.messages
     text = message_from_bytes(mail.content if isinstance(mail.content, bytes)
                               else mail.content.encode())
@@ -91,6 +91,21 @@ def test_a_good_deploy_tells_the_webhook_and_the_mailbox(
     body = text.get_payload(decode=True).decode()
     assert f"Release: {site.current}" in body and "Run: https://github.com/acme/shop" in body
     assert_no_secret(body + capsys.readouterr().out, notify_secrets)
+
+
+def test_a_deploy_records_its_metrics_for_releases_and_the_summary(
+        site: LocalSite, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = site.src.parent / "summary.md"
+    site.env["GITHUB_STEP_SUMMARY"] = str(summary)
+    assert site.forge("deploy", "local") == 0
+    capsys.readouterr()
+    assert site.forge("releases", "local", "--json") == 0
+    (live,) = json.loads(capsys.readouterr().out)["releases"]
+    metrics = live["metrics"]
+    assert {"lock_and_observe_s", "prepare_s", "preview_s", "switch_and_check_s",
+            "sent_entries", "sent_bytes"} <= set(metrics)
+    assert metrics["sent_bytes"] > 0 and metrics["switch_and_check_s"] > 0
+    assert "| prepare_s |" in summary.read_text() and "| sent_bytes |" in summary.read_text()
 
 
 def test_a_rolled_back_deploy_says_so_and_the_environment_may_override(
