@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="forge-ci",
         description="Deploy, back up and provision Bedrock WordPress sites.",
         epilog="Exit codes: 0 done; 1 failed, nothing changed; 2 bad config or usage; "
-               "3 failed after the switch and rolled back; 4 rollback failed too.",
+               "3 failed after the switch and rolled back; 4 rollback failed too; "
+               "monitor: 5 warning, 6 critical.",
     )
     parser.add_argument("--version", action="version", version=f"forge-ci {__version__}")
     parser.add_argument("--config", metavar="PATH", default=None,
