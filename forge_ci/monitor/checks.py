@@ -117,10 +117,12 @@ def check_disk(host: Host, path: str, *, min_free: float) -> Check:
 
 
 def check_lock(host: Host, layout: Layout, *, max_age: float, now: dt.datetime) -> Check:
-    """Held when ``flock -n`` cannot take it; its age comes from the owner file."""
+    """Held when the kernel lists a flock on the lock file's inode in ``/proc/locks``;
+    its age comes from the owner file. Looking never takes the lock, so a deploy that
+    starts at the same moment cannot find it busy because of the monitor."""
     name = f"lock {host.name}"
-    script = (f"[ -e {sh(layout.lock)} ] || exit 0; "
-              f"flock -n {sh(layout.lock)} true && exit 0; "
+    script = (f"ino=$(stat -c %i {sh(layout.lock)} 2>/dev/null) || exit 0\n"
+              'grep -q "FLOCK .*:$ino " /proc/locks 2>/dev/null || exit 0\n'
               f"echo held; cat {sh(layout.lock_owner)} 2>/dev/null; exit 0")
     r = host.run(script, check=False, timeout=60)
     out = r.text.strip().splitlines()
