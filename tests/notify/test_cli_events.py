@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from forge_ci.errors import ExitCode
+from forge_ci.errors import DeployFailed, ExitCode, RollbackFailed, RolledBack
+from forge_ci.notify.hooks import event_for
 from tests.deploy.conftest import LocalSite, local_site  # noqa: F401 (fixture)
 
 from .conftest import Mailbox, Receiver, Secrets, TlsFiles, assert_no_secret
@@ -141,3 +142,38 @@ def test_a_failing_receiver_warns_and_the_deploy_still_succeeds(
     assert "notification deploy.succeeded to notify[0] (webhook, 127.0.0.1) not delivered " \
            "after 2 attempts" in shown
     assert_no_secret(shown, notify_secrets)
+
+
+def test_a_rollback_asked_for_is_its_own_event(
+        site: LocalSite, notify_secrets: Secrets, receiver: Callable[..., Receiver]) -> None:
+    rec = receiver()
+    configure(site, webhook(rec, notify_secrets, "rollback"))
+    assert site.forge("deploy", "local") == 0
+    first = site.current
+    site.write("web/index.html", "ok v2\n")
+    assert site.forge("deploy", "local") == 0
+    second = site.current
+    assert site.forge("rollback", "local") == 0
+    (event,) = bodies(rec, notify_secrets)  # `events: [rollback]`: deploys filtered out
+    assert event["event"] == "rollback.succeeded" and event["severity"] == "warning"
+    assert (event["release"], event["previous_release"]) == (first, second)
+
+
+@pytest.mark.parametrize(("command", "error", "name"), [
+    ("deploy", None, "deploy.succeeded"),
+    ("deploy", DeployFailed("x"), "deploy.failed"),
+    ("deploy", RolledBack("x"), "deploy.rolled_back"),
+    ("deploy", RollbackFailed("x"), "rollback.failed"),
+    ("rollback", None, "rollback.succeeded"),
+    ("rollback", DeployFailed("x"), "rollback.failed"),
+    ("backup", None, "backup.succeeded"),
+    ("backup", RuntimeError("bug"), "backup.failed"),
+    ("verify", None, None),
+    ("verify", DeployFailed("x"), "verify.failed"),
+    ("drill", DeployFailed("x"), "drill.failed"),
+    ("releases", None, None),
+    ("monitor", None, None),  # the monitor tells about changes of state itself
+])
+def test_which_event_a_verb_makes(command: str, error: Exception | None,
+                                  name: str | None) -> None:
+    assert event_for(command, error) == name
