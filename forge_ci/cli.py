@@ -25,9 +25,11 @@ def _modules() -> list[Any]:
     from forge_ci.build import cli as build_cli
     from forge_ci.config import cli as config_cli
     from forge_ci.deploy import cli as deploy_cli
+    from forge_ci.monitor import cli as monitor_cli
     from forge_ci.provision import cli as provision_cli
 
-    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli]
+    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli,
+            monitor_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="forge-ci",
         description="Deploy, back up and provision Bedrock WordPress sites.",
         epilog="Exit codes: 0 done; 1 failed, nothing changed; 2 bad config or usage; "
-               "3 failed after the switch and rolled back; 4 rollback failed too.",
+               "3 failed after the switch and rolled back; 4 rollback failed too; "
+               "monitor: 5 warning, 6 critical.",
     )
     parser.add_argument("--version", action="version", version=f"forge-ci {__version__}")
     parser.add_argument("--config", metavar="PATH", default=None,
@@ -60,18 +63,29 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     ctx = Context(args=args, environ=environ, runner=runner)
     func: Command = args.func
     try:
-        return func(ctx)
+        code = func(ctx)
     except ForgeError as e:
         runner.error(str(e), title=f"forge-ci {args.command}")
+        _announce(ctx, args.command, e)
         return e.exit_code
     except KeyboardInterrupt:
         runner.error("interrupted")
         return 130
-    except Exception:
+    except Exception as e:
         # Not a ForgeError: a bug. The traceback is for us; still never print secrets.
         runner.error("internal error in forge-ci (a bug): please report it with this log")
         print(runner.redact(traceback.format_exc()), file=sys.stderr)
+        _announce(ctx, args.command, e)
         return ExitCode.BUG
+    _announce(ctx, args.command, None)
+    return code
+
+
+def _announce(ctx: Context, command: str, error: BaseException | None) -> None:
+    """Tell the environment's notify targets how the verb ended (never raises)."""
+    from forge_ci.notify.hooks import announce
+
+    announce(ctx, command, error)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ class Context:
     environ: Mapping[str, str]
     runner: gha.Runner
     _config: LoadedConfig | None = field(default=None, repr=False)
+    # What a command learned for the notification sent after it (release, previous,
+    # summary, details): see forge_ci.notify.hooks.
+    outcome: dict[str, Any] = field(default_factory=dict)
 
     @property
     def json(self) -> bool:
@@ -38,6 +41,10 @@ class Context:
     @property
     def dry_run(self) -> bool:
         return bool(getattr(self.args, "dry_run", False))
+
+    @property
+    def config_loaded(self) -> bool:
+        return self._config is not None
 
     def config(self) -> LoadedConfig:
         if self._config is None:

@@ -39,6 +39,8 @@ class ExitCode:
     USAGE = 2  # bad config or command line; nothing was touched
     ROLLED_BACK = 3  # failed after the switch; the previous release is live again
     ROLLBACK_FAILED = 4  # failed and the automatic rollback failed too: look now
+    MONITOR_WARNING = 5  # forge-ci monitor: something needs attention soon
+    MONITOR_CRITICAL = 6  # forge-ci monitor: something is broken now
     BUG = 70  # an unexpected error: a bug in forge_ci
 
 

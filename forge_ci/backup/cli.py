@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_ci.backup import session
+from forge_ci.backup.drill import DrillFailed, run_drill, scratch_names
 from forge_ci.backup.format.keys import format_identity_file, generate_identity
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository
@@ -49,6 +50,12 @@ def register(sub: Any, common: Common) -> None:
     p.add_argument("--only", choices=("database", "files"), help="restore only this part")
     p.set_defaults(func=cmd_restore)
 
+    p = sub.add_parser("drill", parents=[*both, common.dry_run],
+                       help="restore the latest snapshot into a scratch database and "
+                            "directory, check it, remove it")
+    p.add_argument("environment", help=ENV_HELP)
+    p.set_defaults(func=cmd_drill)
+
     p = sub.add_parser("prune", parents=[*both, common.dry_run],
                        help="forget snapshots per backup.retention, delete unneeded objects")
     p.add_argument("environment", help=ENV_HELP)
@@ -89,6 +96,12 @@ def cmd_backup(ctx: Context) -> int:
         return 0
     assert report.snapshot_id is not None
     ctx.runner.set_output("snapshot-id", report.snapshot_id)
+    ctx.outcome.update(
+        summary=f"snapshot {report.snapshot_id} stored ({report.files} files)",
+        details={"snapshot": report.snapshot_id, "files": report.files,
+                 "bytes": report.file_bytes + report.database_bytes,
+                 "new_bytes": report.new_stored_bytes, "seconds": report.seconds,
+                 **report.phases})
     ctx.runner.summary(_summary(t, report))
     ctx.emit(report.as_dict(), f"snapshot {report.snapshot_id}: {report.files} files "
              f"({_size(report.file_bytes)}) + database {_size(report.database_bytes)}; "
@@ -105,7 +118,9 @@ def _summary(t: session.Target, r: BackupReport) -> str:
             f"| database dump | {_size(r.database_bytes)} |\n"
             f"| new objects | {r.new_objects} |\n"
             f"| new bytes stored | {_size(r.new_stored_bytes)} |\n"
-            f"| duration | {r.seconds:.1f}s |\n")
+            f"| duration | {r.seconds:.1f}s |\n"
+            + "".join(f"| {name.removesuffix('_s')} phase | {value:.1f}s |\n"
+                      for name, value in r.phases.items()))
 
 
 def cmd_snapshots(ctx: Context) -> int:
@@ -145,7 +160,8 @@ def _snapshot_rows(repo: Repository) -> list[dict[str, object]]:
                 row |= {"time": m.time.isoformat(), "hostnames": list(m.hostnames),
                         "files": sum(1 for f in m.files if f.type == "file"),
                         "bytes": m.total_bytes,
-                        "database": m.database.name if m.database else None}
+                        "database": m.database.name if m.database else None,
+                        "stats": dict(m.stats)}
         rows.append(row)
     return rows
 
@@ -182,6 +198,43 @@ def cmd_restore(ctx: Context) -> int:
     ctx.runner.summary(f"### forge-ci restore: {t.environment}\n\n```\n{plan.describe()}\n```\n"
                        f"Took {report.seconds:.1f}s.")
     ctx.emit(report.as_dict(), f"restored {plan.describe()}\nin {report.seconds:.1f}s")
+    return 0
+
+
+def cmd_drill(ctx: Context) -> int:
+    t = _target(ctx)
+    drill = t.config.drill
+    with session.repository(t, ctx.environ) as repo:
+        if ctx.dry_run:
+            ref = repo.resolve(None)
+            database, directory = scratch_names(t.backup_config, drill, t.root, ref.id)
+            ctx.emit({"snapshot": ref.id, "database": database, "directory": directory,
+                      "url": drill.url},
+                     f"would restore {ref.id} into database {database} and {directory}, "
+                     "check it, then drop both")
+            return 0
+        with session.backup_host(t, ctx.environ) as host, \
+                ctx.runner.group(f"restore drill of {t.environment} on {host.name}"):
+            report = run_drill(repo, host, t.backup_config, drill, t.root, log=ctx.runner.log)
+    verdict = "passed" if report.ok else "FAILED"
+    lines = [f"drill of snapshot {report.snapshot} {verdict} in {report.seconds:.1f}s: "
+             f"{report.tables} tables, {report.rows} rows, {report.files} files"
+             + (f", {drill.url} answered {report.url_status}" if drill.url else ""),
+             *(f"  problem: {p}" for p in report.problems)]
+    ctx.runner.summary(f"### forge-ci drill: {t.environment} {verdict}\n\n"
+                       "| snapshot | tables | rows | files | seconds |\n|---|---|---|---|---|\n"
+                       f"| {report.snapshot} | {report.tables} | {report.rows} | "
+                       f"{report.files} | {report.seconds:.1f} |\n"
+                       + "".join(f"\n- {p}" for p in report.problems))
+    ctx.emit(report.as_dict(), "\n".join(lines))
+    ctx.outcome.update(summary=lines[0], details={
+        "snapshot": report.snapshot, "tables": report.tables, "rows": report.rows,
+        "files": report.files, "seconds": report.seconds})
+    if not report.ok:
+        raise DrillFailed(f"restore drill of {t.environment} (snapshot {report.snapshot}) "
+                          f"failed: {'; '.join(report.problems)}",
+                          hint="look at the snapshot with `forge-ci verify` and the "
+                               "backup's log; take a new backup once the cause is fixed")
     return 0
 
 

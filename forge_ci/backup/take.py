@@ -57,6 +57,7 @@ class BackupReport:
     hashed: int = 0
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # dump_s, files_s: seconds
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -81,29 +82,36 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         sid = layout.new_snapshot_id(snapshot_time)
         db: DatabaseEntry | None = None
         db_stored = 0
+        phases: dict[str, float] = {}
         with Uploader(repo, workers=workers) as uploader:
             if cfg.database is not None:
                 log(f"dumping database {cfg.database.name} on {host.name}")
+                dumping = time.monotonic()
                 db, db_stored = dump_database(host, cfg.database, repo,
                                               layout.random_data_key())
+                phases["dump_s"] = round(time.monotonic() - dumping, 3)
                 log(f"database dump: {db.size} bytes ({db.tool})")
+            scanning = time.monotonic()
             plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
                 f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
             files.upload(host, root, plan, key, index, uploader, packer, progress=log)
+        phases["files_s"] = round(time.monotonic() - scanning, 3)
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")
         index_store.save(repo, index, packer.written, packer.files)
         report = _report(sid, False, plan, db, started)
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored
+        report.phases = phases
         manifest = Manifest(
             id=sid, time=snapshot_time, site=source.site, environment=source.environment,
             hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
             files=plan.entries(index), database=db,
             stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
+                   "database_bytes": report.database_bytes, **phases,
                    "seconds": round(time.monotonic() - started, 3)})
         repo.save(manifest)  # the snapshot exists from here on
     _save_cache(host, root, plan, log)

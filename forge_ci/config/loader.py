@@ -19,6 +19,7 @@ import yaml
 
 from forge_ci.config.models import EnvironmentConfig, ForgeConfig
 from forge_ci.errors import ConfigError
+from forge_ci.notify.config import TYPES as NOTIFY_TYPES
 
 KeyPath = tuple[str | int, ...]
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{([^}]*)\}?")
@@ -179,7 +180,7 @@ def _translate(exc: pydantic.ValidationError, filename: str,
     errors = exc.errors(include_url=False, include_input=False)
     # A typo shows up as "unknown key" plus "missing": the unknown key is the useful one.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc: KeyPath = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    loc: KeyPath = _drop_notify_tag(tuple(p for p in first["loc"] if not _is_union_tag(p)))
     kind = first["type"]
     hint = None
     if kind == "extra_forbidden":
@@ -209,6 +210,13 @@ def _only_in(exc: pydantic.ValidationError, environments: set[str]) -> bool:
         if not (len(loc) >= 2 and loc[0] == "environments" and loc[1] in environments):
             return False
     return True
+
+
+def _drop_notify_tag(loc: KeyPath) -> KeyPath:
+    # notify entries are a union tagged by `type:`; pydantic adds the tag after the index.
+    return tuple(p for i, p in enumerate(loc)
+                 if not (i >= 2 and p in NOTIFY_TYPES and isinstance(loc[i - 1], int)
+                         and loc[i - 2] == "notify"))
 
 
 def _is_union_tag(part: str | int) -> bool:

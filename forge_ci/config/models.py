@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from forge_ci.config.backup import BackupConfig
 from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.watch import DrillConfig, MonitorConfig
+from forge_ci.notify.config import NotifyTarget
 
 
 class Frozen(BaseModel):
@@ -146,6 +148,10 @@ class EnvironmentConfig(Frozen):
     preview: PreviewConfig | None = None
     lock_wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
     backup: BackupConfig | None = None
+    # None: the top-level notify list; [] silences this environment.
+    notify: tuple[NotifyTarget, ...] | None = None
+    monitor: MonitorConfig = MonitorConfig()
+    drill: DrillConfig = DrillConfig()
 
     @property
     def is_local(self) -> bool:
@@ -179,6 +185,12 @@ class ForgeConfig(Frozen):
     build: BuildConfig = BuildConfig()
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
     provision: ProvisionConfig | None = None
+    notify: tuple[NotifyTarget, ...] = ()
+
+    def notify_targets(self, environment: str) -> tuple[NotifyTarget, ...]:
+        """Where ``environment``'s events go: its own ``notify:`` or the top-level one."""
+        own = self.environments[environment].notify
+        return self.notify if own is None else own
 
     @field_validator("environments")
     @classmethod

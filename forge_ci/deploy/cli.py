@@ -101,12 +101,21 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
     r.set_output("url", res.url or "")
     seconds = time.monotonic() - started
     rows = "\n".join(f"| {h} | {res.release} |" for h in _hosts(res))
+    metrics = "".join(f"| {k} | {v:g} |\n" for k, v in res.metrics.items())
     r.summary(f"### forge-ci {verb}: {res.plan.environment}\n\n"
               f"Release **{res.release}** is live (was {res.previous or 'none'}). "
               f"Health: {res.health or 'n/a'}. Took {seconds:.1f}s.\n\n"
-              f"| host | live release |\n|---|---|\n{rows}")
+              f"| host | live release |\n|---|---|\n{rows}"
+              + (f"\n\n| metric | value |\n|---|---|\n{metrics}" if metrics else ""))
+    ctx.outcome.update(
+        release=res.release, previous=res.previous,
+        summary=f"release {res.release} is live (was {res.previous or 'none'})",
+        details={"seconds": round(seconds, 1), **res.metrics} | (
+            {} if res.switch_to_healthy is None
+            else {"switch_to_healthy_s": round(res.switch_to_healthy, 2)}))
     ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
               "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3),
+              "metrics": dict(res.metrics),
               "switch_to_healthy": (None if res.switch_to_healthy is None
                                     else round(res.switch_to_healthy, 3))},
              f"{verb}: {res.release} is live on {res.plan.environment} "

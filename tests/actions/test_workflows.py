@@ -38,6 +38,9 @@ SECRETS = {
     "restore": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
                 "aws-secret-access-key", "env"},
     "provision": {"hcloud-token", "ssh-key", "env"},
+    "monitor": {"ssh-key", "known-hosts", "aws-access-key-id", "aws-secret-access-key", "env"},
+    "drill": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
+              "aws-secret-access-key", "env"},
 }
 # Which variable each named secret becomes in the forge step's environment.
 SECRET_ENV = {
@@ -56,6 +59,8 @@ OUTPUTS = {
     "backup": {"snapshot-id"},
     "restore": set(),
     "provision": {"ip", "known-hosts"},
+    "monitor": {"severity"},
+    "drill": set(),
 }
 OWN_INPUTS = {
     "deploy": {"artifact"},
@@ -63,6 +68,8 @@ OWN_INPUTS = {
     "backup": {"verify", "prune"},
     "restore": {"snapshot", "confirm"},
     "provision": {"no-wait"},
+    "monitor": {"state", "last-activity", "fail-on"},
+    "drill": set(),
 }
 CONCURRENCY = {
     "deploy": "forge-deploy-${{ inputs.environment }}",
@@ -70,6 +77,8 @@ CONCURRENCY = {
     "restore": "forge-deploy-${{ inputs.environment }}",
     "backup": "forge-backup-${{ inputs.environment }}",
     "provision": "forge-provision-${{ inputs.environment }}",
+    "monitor": "forge-monitor-${{ inputs.environment }}",
+    "drill": "forge-drill-${{ inputs.environment }}",
 }
 PERMISSIONS = {
     "deploy": {"contents": "read"},
@@ -77,6 +86,8 @@ PERMISSIONS = {
     "provision": {"contents": "read"},
     "backup": {"contents": "read", "id-token": "write"},
     "restore": {"contents": "read", "id-token": "write"},
+    "monitor": {"contents": "read", "id-token": "write"},
+    "drill": {"contents": "read", "id-token": "write"},
 }
 
 
@@ -194,7 +205,7 @@ def test_reusable_inputs(name: str) -> None:
     if name == "restore":
         assert {"snapshot", "confirm"} <= set(inputs)
         assert inputs["confirm"]["required"] is True
-    if name in ("backup", "restore"):
+    if name in ("backup", "restore", "monitor", "drill"):
         assert "aws-role-arn" in inputs
 
 
