@@ -9,6 +9,9 @@
         ├── BackupFormatError     exit 1  object corrupt, truncated, tampered or hostile
         ├── NoIdentityError       exit 1  none of the identities can open the object
         ├── SnapshotNotFound      exit 1  no such snapshot, or an object it needs is missing
+        ├── UntrustedSnapshot     exit 1  not signed by a key in backup.signers (or prune
+        │   │                             found such snapshots in its group: deletes nothing)
+        │   └── UnsignedSnapshot  exit 1  no signature at all (--allow-unsigned accepts it)
         ├── DumpError             exit 1  the database dump failed, or was cut short
         ├── SourceChanged         exit 1  a file kept changing while it was read
         └── RestoreRefused        exit 2  the restore would overwrite live data without
@@ -67,6 +70,14 @@ class KeyFormatError(SecretError):
 
 class SnapshotNotFound(BackupError):
     pass
+
+
+class UntrustedSnapshot(BackupError):
+    """A manifest that no pinned signer signed: never restored, counted or acted on."""
+
+
+class UnsignedSnapshot(UntrustedSnapshot):
+    """A manifest with no signature: made before signing was set up, or forged."""
 
 
 class DumpError(BackupError):
