@@ -182,22 +182,19 @@ class Repository:
         return Loaded(ref, manifest, digest, signer)
 
     def _authenticate(self, ref: SnapshotRef, data: bytes) -> SignerKey | None:
+        if not self.signers:
+            return None  # nothing pinned to check against: the commands warn
         key = layout.signature_key(ref.site, ref.environment, ref.id)
         try:
-            blob: bytes | None = self.read_small(key)
+            blob = self.read_small(key)
         except SnapshotNotFound:
-            blob = None
-        except BackupError as e:
-            if not self.signers:
-                return None
-            raise UntrustedSnapshot(f"snapshot {ref.id}: its signature {key} cannot be "
-                                    f"read ({e.message})", hint=_UNTRUSTED_HINT) from None
-        if not self.signers:
-            return None  # nothing pinned to check against: the caller warns
-        if blob is None:
             if self.allow_unsigned:
                 return None
-            raise UnsignedSnapshot(f"snapshot {ref.id} is not signed", hint=_UNSIGNED_HINT)
+            raise UnsignedSnapshot(f"snapshot {ref.id} is not signed",
+                                   hint=_UNSIGNED_HINT) from None
+        except BackupError as e:
+            raise UntrustedSnapshot(f"snapshot {ref.id}: its signature {key} cannot be "
+                                    f"read ({e.message})", hint=_UNTRUSTED_HINT) from None
         result = signing.check(blob, ref.key, data, self.signers)
         if result.signer is None:
             raise UntrustedSnapshot(f"snapshot {ref.id} is not trusted: {result.problem}",
