@@ -147,3 +147,43 @@ def test_a_deploy_during_a_restore_waits_or_fails(  # type: ignore[no-untyped-de
         release.join()
     assert time.monotonic() - started >= 1.5
     assert not later.exists()
+
+
+def test_the_preview_link_is_never_restored() -> None:
+    """A plan, no server: even a backup path named like the preview link is refused."""
+    from datetime import UTC, datetime
+
+    from forge_ci.backup.errors import RestoreRefused
+    from forge_ci.backup.repo import SnapshotRef
+    from forge_ci.backup.restore import plan_restore
+    from forge_ci.backup.snapshot import Manifest
+    from forge_ci.config.backup import BackupConfig
+
+    sid = "20240115T031502Z-3f9a1c2b"
+    manifest = Manifest(id=sid, time=datetime(2024, 1, 15, tzinfo=UTC), site="s",
+                        environment="production", hostnames=(), tool="t", paths=("next",),
+                        files=(FileEntry("next", "dir", 0o755, 1),))
+    cfg = BackupConfig(store="file:///srv/b", paths=("next",))
+    ref = SnapshotRef("s", "production", sid)
+    assert plan_restore(ref, manifest, cfg, "/srv/site").files_live  # no preview: data
+    with pytest.raises(RestoreRefused, match="'next' belongs to deploy"):
+        plan_restore(ref, manifest, cfg, "/srv/site", preview_link="next")
+
+
+def test_a_live_path_that_is_a_link_into_code_is_not_replaced(  # type: ignore[no-untyped-def]
+        make_site, capsys: pytest.CaptureFixture[str]) -> None:
+    site: Site = make_site(store="file", big=10_000)
+    site.json(capsys, "backup", "production", read=False)
+    # Someone made the live uploads path a link into a release: restoring over it
+    # would replace code.
+    release = site.root / "releases" / "r1" / "web" / "app"
+    release.mkdir(parents=True)
+    site.uploads.rename(release / "uploads")
+    site.uploads.symlink_to("../../../releases/r1/web/app/uploads")
+    before = tree_state(site.root)
+    assert site.run("restore", "production", "--yes", capsys=capsys) == 2
+    assert "shared/web/app/uploads" in site.last_err and "resolves into code" in site.last_err
+    # Only the deploy lock's own files were touched.
+    after = tree_state(site.root)
+    assert {k: v for k, v in after.items() if not k.startswith(".forge")} \
+        == {k: v for k, v in before.items() if not k.startswith(".forge")}
