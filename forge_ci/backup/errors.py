@@ -4,7 +4,8 @@
 
     ForgeError
     ├── SecretError
-    │   └── KeyFormatError        exit 2  FORGE_BACKUP_RECIPIENT / _IDENTITY malformed
+    │   └── KeyFormatError        exit 2  FORGE_BACKUP_RECIPIENT / _IDENTITY / _SIGNING_KEY
+    │                                     malformed
     └── BackupError
         ├── BackupFormatError     exit 1  object corrupt, truncated, tampered or hostile
         ├── NoIdentityError       exit 1  none of the identities can open the object
@@ -16,7 +17,8 @@
         ├── SourceChanged         exit 1  a file kept changing while it was read
         └── RestoreRefused        exit 2  the restore would overwrite live data without
                                           --yes, or its target is unsafe (non-empty
-                                          drill directory...)
+                                          drill directory, a path outside backup.paths
+                                          or owned by deploy...)
 
 Messages name hosts, paths, keys and snapshot ids; never key material, secrets or
 object and file contents.
