@@ -2,7 +2,8 @@
 
 Order matters. The dump comes first: its transaction is the snapshot's point in
 time. Data objects go up next, each one complete or not at all. The manifest is
-written only when every object it names is stored; a run that fails anywhere
+written only when every object it names is stored (its signature just before it,
+when a signing key is at hand); a run that fails anywhere
 before that leaves no snapshot (just unreferenced objects, which the next prune
 removes) and its shared lock keeps a concurrent prune from deleting objects this
 run is about to reference.
@@ -22,7 +23,7 @@ from forge_ci.backup.dump import dump_database
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
-from forge_ci.backup.snapshot import DatabaseEntry, Manifest
+from forge_ci.backup.snapshot import DatabaseEntry, Manifest, refused_links
 from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
@@ -69,6 +70,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                   workers: int = 8) -> BackupReport:
     """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only)."""
     started = time.monotonic()
+    repo.check_signing()  # before any work: a snapshot nobody trusts is no backup
     host, root = source.host, source.root
     key = repo.naming_key()
     if dry_run:
@@ -105,10 +107,16 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         report.phases = phases
+        entries = plan.entries(index)
+        refused = set(refused_links(entries, cfg.paths))
+        for path in sorted(refused):
+            log(f"warning: not backing up symlink {path!r}: it points outside the backup "
+                "paths, and a restore would refuse it")
+        report.skipped += sorted(refused)
         manifest = Manifest(
             id=sid, time=snapshot_time, site=source.site, environment=source.environment,
             hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
-            files=plan.entries(index), database=db,
+            files=tuple(e for e in entries if e.path not in refused), database=db,
             stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
                    "database_bytes": report.database_bytes, **phases,

@@ -33,8 +33,8 @@ ALL_FILES = workflow_files() + action_files()
 SECRETS = {
     "deploy": {"ssh-key", "known-hosts", "env"},
     "rollback": {"ssh-key", "known-hosts", "env"},
-    "backup": {"ssh-key", "known-hosts", "backup-recipient", "backup-identity",
-               "aws-access-key-id", "aws-secret-access-key", "env"},
+    "backup": {"ssh-key", "known-hosts", "backup-recipient", "backup-signing-key",
+               "backup-identity", "aws-access-key-id", "aws-secret-access-key", "env"},
     "restore": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
                 "aws-secret-access-key", "env"},
     "provision": {"hcloud-token", "ssh-key", "env"},
@@ -47,6 +47,7 @@ SECRET_ENV = {
     "ssh-key": "FORGE_SSH_KEY",
     "known-hosts": "FORGE_KNOWN_HOSTS",
     "backup-recipient": "FORGE_BACKUP_RECIPIENT",
+    "backup-signing-key": "FORGE_BACKUP_SIGNING_KEY",
     "backup-identity": "FORGE_BACKUP_IDENTITY",
     "hcloud-token": "HCLOUD_TOKEN",
     "aws-access-key-id": "AWS_ACCESS_KEY_ID",

@@ -73,10 +73,11 @@ def test_a_snapshot_whose_dump_does_not_import_fails_the_drill(
     rec = receiver()
     site = drill_site(make_site, rec, notify_secrets)
     assert site.run("backup", "production", read=False) == 0
-    # A newer snapshot whose dump is sealed and authenticated like any other (age,
-    # zstd, its digest in the manifest, the trailer) but is not valid SQL.
+    # A newer snapshot whose dump is sealed, signed and authenticated like any other
+    # (age, zstd, its digest in the manifest, the trailer) but is not valid SQL.
     repo = Repository(open_store(f"file://{site.root.parent / 'store'}"), "backup-lab",
-                      "production", identities=[site.identity])
+                      "production", identities=[site.identity],
+                      signing_key=site.signing_key, signers=[site.signing_key.public])
     good = repo.load(repo.refs()[-1])
     sql = b"CREATE TABLE wp_posts (id INT PRIMARY KEY,;\nINSERT INTO nowhere;\n-- Dump completed\n"
     key = layout.random_data_key()
