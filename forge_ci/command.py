@@ -30,6 +30,8 @@ class Context:
     environ: Mapping[str, str]
     runner: gha.Runner
     _config: LoadedConfig | None = field(default=None, repr=False)
+    emitted: bool = False  # stdout has its one object/text: the handler adds none
+
 
     @property
     def json(self) -> bool:
@@ -39,10 +41,13 @@ class Context:
     def dry_run(self) -> bool:
         return bool(getattr(self.args, "dry_run", False))
 
-    def config(self) -> LoadedConfig:
+    def config(self, *, lenient: bool = False) -> LoadedConfig:
+        """forge.yml, loaded once. A command that works on no environment passes
+        ``lenient``: then no ``${VAR}`` is needed (see :func:`forge_ci.config.load`)."""
         if self._config is None:
             path = Path(getattr(self.args, "config", None) or "forge.yml")
-            self._config = load(path, self.environ, getattr(self.args, "environment", None))
+            self._config = load(path, self.environ, getattr(self.args, "environment", None),
+                                lenient=lenient)
             for value in self._config.secrets:
                 self.runner.mask(value)
             for name in SECRET_VARS:
@@ -51,8 +56,17 @@ class Context:
         return self._config
 
     def emit(self, data: Any, human: str) -> None:
-        """Print ``data`` as JSON with --json, else the human text, on stdout."""
-        text = json.dumps(data, indent=2, sort_keys=True) if self.json else human
+        """Print ``data`` as JSON with --json, else the human text, on stdout.
+
+        With --json, stdout carries exactly one object: ``{"ok": true, ...data}`` here,
+        ``{"ok": false, "error": ...}`` from the CLI's handler when the command fails.
+        """
+        if self.json:
+            obj = {"ok": True, **data} if isinstance(data, dict) else {"ok": True, "data": data}
+            text = json.dumps(obj, indent=2, sort_keys=True)
+        else:
+            text = human
+        self.emitted = True
         print(self.runner.redact(text), flush=True)
 
 

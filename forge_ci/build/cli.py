@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from forge_ci.build.builder import build
 from forge_ci.command import Common, Context
@@ -19,13 +20,22 @@ def register(sub: Any, common: Common) -> None:
 
 
 def local_targets(loaded: LoadedConfig) -> list[str]:
-    """Local environments living inside the site: never copied into a build."""
-    out = []
+    """Local environments and file: backup stores inside the site: never copied into a
+    build, whatever .gitignore says."""
+    places = []
     for config in loaded.config.environments.values():
         if config.is_local:
-            target = (loaded.root / config.path).resolve()
-            if target.is_relative_to(loaded.root):
-                out.append(str(target.relative_to(loaded.root)))
+            places.append(loaded.root / config.path)
+        store = config.backup.store if config.backup else ""
+        if store.startswith("file://"):
+            places.append(Path(unquote(store[len("file://"):])))
+        elif store.startswith("file:"):
+            places.append(loaded.root / unquote(store[len("file:"):]))
+    out = []
+    for place in places:
+        target = place.resolve()
+        if target.is_relative_to(loaded.root) and target != loaded.root:
+            out.append("/" + str(target.relative_to(loaded.root)))
     return out
 
 
@@ -34,7 +44,7 @@ def default_out(loaded: LoadedConfig) -> Path:
 
 
 def cmd_build(ctx: Context) -> int:
-    loaded = ctx.config()
+    loaded = ctx.config(lenient=True)  # a build needs no environment's secrets
     out = ctx.args.out or default_out(loaded)
     with ctx.runner.group("build"):
         artifact = build(loaded.root, loaded.config.build, out, environ=ctx.environ,
