@@ -159,7 +159,7 @@ def _run(cmd: list[str] | str, cwd: Path, environ: Mapping[str, str], what: str,
 def build(source: Path, config: BuildConfig, out: Path, *, environ: Mapping[str, str],
           extra_exclude: Iterable[str] = (), secrets: Iterable[str] = (),
           log: Callable[[str], None] = print,
-          warn: Callable[[str], None] | None = None) -> Artifact:
+          warn: Callable[[str], None] | None = None, large: int = LARGE_ARTIFACT) -> Artifact:
     """Build ``source`` into the artifact directory ``out`` (replaced if present).
 
     ``environ`` is the runner's environment; the build's commands get only
@@ -189,9 +189,9 @@ def build(source: Path, config: BuildConfig, out: Path, *, environ: Mapping[str,
         _run(command, tree, env, f"build.commands[{i}]", log)
     _prune_excluded(tree, patterns)  # build commands may create node_modules etc.
     manifest = scan(tree)
-    if manifest.total_size > LARGE_ARTIFACT:
+    if manifest.total_size > large:
         (warn or log)(f"the artifact is {human_size(manifest.total_size)}, more than "
-                      f"{human_size(LARGE_ARTIFACT)}: check that no backups, uploads or other "
+                      f"{human_size(large)}: check that no backups, uploads or other "
                       "data went in (add them to .gitignore or build.exclude)")
     (tmp / "manifest.json").write_bytes(manifest.to_bytes())
     info = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -9,6 +10,7 @@ from urllib.parse import unquote
 from forge_ci.build.builder import build
 from forge_ci.command import Common, Context
 from forge_ci.config import LoadedConfig
+from forge_ci.units import human_size
 
 
 def register(sub: Any, common: Common) -> None:
@@ -48,11 +50,13 @@ def cmd_build(ctx: Context) -> int:
     out = ctx.args.out or default_out(loaded)
     with ctx.runner.group("build"):
         artifact = build(loaded.root, loaded.config.build, out, environ=ctx.environ,
-                         extra_exclude=local_targets(loaded), log=ctx.runner.log)
+                         extra_exclude=local_targets(loaded), secrets=loaded.secrets,
+                         log=ctx.runner.log, warn=ctx.runner.warning)
     m = artifact.manifest
+    info = json.loads((artifact.root / "artifact.json").read_text())
     ctx.emit({"artifact": str(artifact.root), "digest": artifact.digest,
-              "files": len(m.entries), "bytes": m.total_size},
-             f"built {artifact.root} ({len(m.entries)} entries, {m.total_size} bytes, "
-             f"digest {artifact.digest[:12]})")
+              "files": len(m.entries), "bytes": m.total_size, "selection": info["selection"]},
+             f"built {artifact.root} ({len(m.entries)} entries, {human_size(m.total_size)}, "
+             f"digest {artifact.digest[:12]}; files: {info['selection']})")
     ctx.runner.set_output("artifact", str(artifact.root))
     return 0

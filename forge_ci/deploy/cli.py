@@ -128,7 +128,8 @@ def cmd_deploy(ctx: Context) -> int:
         with ctx.runner.group("build"):
             artifact = build(loaded.root, loaded.config.build, default_out(loaded),
                              environ=ctx.environ, extra_exclude=local_targets(loaded),
-                             log=ctx.runner.log)
+                             secrets=loaded.secrets, log=ctx.runner.log,
+                             warn=ctx.runner.warning)
     with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
             _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)
