@@ -43,6 +43,7 @@ from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.remote import Host, sh
+from forge_ci.units import human_size
 
 Only = Literal["database", "files"]
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
@@ -85,7 +86,7 @@ class RestorePlan:
             lines.append(f"  database -> {self.database} ({where})")
         if self.files_dest:
             where = "over the LIVE paths" if self.files_live else "as a drill"
-            lines.append(f"  {d['files']} files, {d['bytes']} bytes -> {self.files_dest} "
+            lines.append(f"  {d['files']} files, {human_size(int(str(d['bytes'])))} -> {self.files_dest} "
                          f"({where})")
         return "\n".join(lines)
 
@@ -146,7 +147,7 @@ def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConf
     with tempfile.TemporaryFile(prefix="forge-restore-") as spool:
         db = plan.manifest.database
         if plan.database and db is not None:
-            log(f"downloading and authenticating the database dump ({db.size} bytes)")
+            log(f"downloading and authenticating the database dump ({human_size(db.size)})")
             _fetch_verified(repo, db, spool)
         staged = None
         if plan.files_dest:

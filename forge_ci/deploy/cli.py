@@ -42,7 +42,7 @@ def register(sub: Any, common: Common) -> None:
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("releases", parents=[common.config, common.json],
-                       help="list releases and their states, newest first")
+                       help="list releases and their states, oldest first")
     p.add_argument("environment", help=env_help)
     p.set_defaults(func=cmd_releases)
 
@@ -155,7 +155,8 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_releases(ctx: Context) -> int:
     with _deployment(ctx, "releases") as dep:
         obs = observe(dep.hosts[0], Layout(dep.root))
-    infos = list_releases(obs.log, obs.dirs, obs.current)
+    # Every listing is oldest first, the newest last (next to the prompt), as snapshots.
+    infos = list(reversed(list_releases(obs.log, obs.dirs, obs.current)))
     lines = [f"{'*' if i.current else ' '} {i.id}  {i.state}{'' if i.present else ' (gone)'}"
              for i in infos] or ["no releases yet"]
     ctx.emit({"environment": dep.environment, "host": obs.name, "current": obs.current,

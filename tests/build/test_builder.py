@@ -174,3 +174,10 @@ def test_chained_symlinks_that_climb_out_are_refused_with_their_path(tmp_path: P
         build(src, BuildConfig(), tmp_path / "art", environ={}, log=lambda _: None)
     (src / "x3/loop").unlink()
     build(src, BuildConfig(), tmp_path / "art", environ={}, log=lambda _: None)
+
+
+def test_build_says_sizes_for_people(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert forge(site, "build", "--out", str(site.parent / "art")) == 0
+    out = capsys.readouterr().out
+    assert " B, digest" in out or "iB, digest" in out
+    assert "bytes" not in out

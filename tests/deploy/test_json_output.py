@@ -86,3 +86,18 @@ def test_every_outcome_of_an_action_verb_writes_a_step_summary(
     local_site.config(extra="    hooks: {before_switch: ['exit 7']}\n")
     assert local_site.forge("deploy", "local") == ExitCode.FAILED
     assert "failed, the live site was not touched" in summary.read_text()
+
+
+def test_releases_are_listed_oldest_first(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = []
+    for v in ("1", "2"):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    code, data = run(local_site, capsys, "releases", "local")
+    assert code == 0 and [r["id"] for r in data["releases"]] == ids
+    assert local_site.forge("releases", "local") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ids[0] in lines[0] and ids[1] in lines[-1]
