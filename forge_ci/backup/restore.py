@@ -86,8 +86,8 @@ class RestorePlan:
             lines.append(f"  database -> {self.database} ({where})")
         if self.files_dest:
             where = "over the LIVE paths" if self.files_live else "as a drill"
-            lines.append(f"  {d['files']} files, {human_size(int(str(d['bytes'])))} -> {self.files_dest} "
-                         f"({where})")
+            size = human_size(int(str(d["bytes"])))
+            lines.append(f"  {d['files']} files, {size} -> {self.files_dest} ({where})")
         return "\n".join(lines)
 
 
