@@ -102,3 +102,7 @@ def test_a_missing_dump_tool_is_named_with_how_to_install_it(  # type: ignore[no
     assert "mariadb-dump (or mysqldump) is not installed" in site.last_err
     assert "apt-get install mariadb-client" in site.last_err
     assert "credentials" not in site.last_err and "internal error" not in site.last_err
+    # A failed backup still says so in the step summary.
+    summary = site.summary.read_text()
+    assert "forge-ci backup production: failed (exit 1)" in summary
+    assert "mariadb-dump (or mysqldump) is not installed" in summary
