@@ -29,7 +29,7 @@ from forge_ci.backup.objects import Digest, on_end
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.snapshot import DatabaseEntry
 from forge_ci.config.backup import DatabaseConfig
-from forge_ci.errors import RemoteCommandError
+from forge_ci.errors import ConnectError, RemoteCommandError
 from forge_ci.remote import Host, Process, sh
 
 DUMP_FLAGS = ("--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob",
@@ -150,8 +150,8 @@ def dump_database(host: Host, db: DatabaseConfig, repo: Repository,
         try:
             proc.write(option_file(db))
             proc.close_stdin()
-        except (OSError, RemoteCommandError):
-            pass  # the script ended before reading (no tool): finish() says why
+        except (OSError, RemoteCommandError, ConnectError):
+            pass  # the script ended before reading (no tool): finish() or wait says why
         stream = on_end(watch.tee(digest.tee(_read_all(proc))), finish)
         stored = repo.put(key, stream, mode="compress")
     except BaseException:

@@ -219,7 +219,15 @@ def git_files(source: Path, environ: Mapping[str, str]) -> list[str] | None:
     except FileNotFoundError:
         return None  # no git on this machine: the same as no checkout
     if p.returncode != 0:
-        return None
+        err = p.stderr.decode("utf-8", "replace").strip()
+        if "not a git repository" in err:
+            return None
+        # A checkout git refuses to read (e.g. "dubious ownership"): copying every file
+        # instead would ship what .gitignore keeps out, so stop.
+        first = err.splitlines()[0] if err else f"exit {p.returncode}"
+        raise BuildError(f"git ls-files failed in {source}: {first}",
+                         hint="fix what git says (for dubious ownership: git config --global "
+                              "--add safe.directory PATH), then build again")
     names = p.stdout.decode("utf-8", "surrogateescape").split("\0")
     return sorted({n for n in names if n})
 

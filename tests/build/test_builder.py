@@ -13,7 +13,7 @@ import pytest
 from forge_ci.build.builder import build, build_environ
 from forge_ci.cli import main
 from forge_ci.config.models import BuildConfig
-from forge_ci.errors import ArtifactError
+from forge_ci.errors import ArtifactError, BuildError
 
 SECRETS = {
     "FORGE_SSH_KEY": "ssh-key-secret-value",
@@ -181,3 +181,15 @@ def test_build_says_sizes_for_people(site: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert " B, digest" in out or "iB, digest" in out
     assert "bytes" not in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the checkout away")
+def test_a_checkout_git_refuses_to_read_stops_the_build(site: Path) -> None:
+    # A checkout owned by someone else: git refuses it ("dubious ownership"). Copying
+    # every file instead would ship .env.local and the backups.
+    for dirpath, _, filenames in os.walk(site):
+        for name in [".", *filenames]:
+            os.chown(os.path.join(dirpath, name), 12345, 12345, follow_symlinks=False)
+    environ = {"PATH": os.environ["PATH"], "HOME": str(site.parent)}
+    with pytest.raises(BuildError, match="git ls-files failed"):
+        build(site, BuildConfig(), site.parent / "art", environ=environ, log=lambda _: None)
