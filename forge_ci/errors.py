@@ -25,6 +25,10 @@ traceback.
     ├── BackupError / StoreError       exit 1  (backup package adds leaves)
     └── ProvisionError                 exit 1  (provision package adds leaves)
 
+Outside the tree, the handler maps Ctrl-C to exit 130 and anything else to 70 (a bug).
+With ``--json`` every outcome is one object on stdout; :meth:`ForgeError.to_json` is
+the failure's. ``ConfigError.more`` carries a file's other problems, reported at once.
+
 Messages never contain secret values: callers pass names, paths and hosts only.
 """
 
