@@ -20,6 +20,7 @@ from forge_ci.backup.take import BackupReport, take_snapshot
 from forge_ci.backup.verify import verify_snapshot
 from forge_ci.command import Common, Context
 from forge_ci.errors import ConfigError, ForgeError, UsageError
+from forge_ci.units import human_size
 
 ENV_HELP = "environment name from forge.yml"
 UNSIGNED_HELP = (
@@ -99,14 +100,6 @@ def _repository(ctx: Context, t: session.Target) -> AbstractContextManager[Repos
                               allow_unsigned=bool(getattr(ctx.args, "allow_unsigned", False)))
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def cmd_backup(ctx: Context) -> int:
     t = _target(ctx)
     with _repository(ctx, t) as repo, session.backup_host(t, ctx.environ) as host, \
@@ -117,8 +110,8 @@ def cmd_backup(ctx: Context) -> int:
         db = t.backup_config.database.name if t.backup_config.database else None
         ctx.emit({**report.as_dict(), "database": db},
                  f"would dump database {db}\n" * bool(db)
-                 + f"{report.files} files ({_size(report.file_bytes)}); "
-                   f"{report.upload_files} to upload ({_size(report.upload_bytes)})")
+                 + f"{report.files} files ({human_size(report.file_bytes)}); "
+                   f"{report.upload_files} to upload ({human_size(report.upload_bytes)})")
         return 0
     assert report.snapshot_id is not None
     ctx.runner.set_output("snapshot-id", report.snapshot_id)
@@ -130,8 +123,8 @@ def cmd_backup(ctx: Context) -> int:
                  **report.phases})
     ctx.runner.summary(_summary(t, report))
     ctx.emit(report.as_dict(), f"snapshot {report.snapshot_id}: {report.files} files "
-             f"({_size(report.file_bytes)}) + database {_size(report.database_bytes)}; "
-             f"uploaded {report.new_objects} new object(s), {_size(report.new_stored_bytes)} "
+             f"({human_size(report.file_bytes)}) + database {human_size(report.database_bytes)}; "
+             f"uploaded {report.new_objects} new object(s), {human_size(report.new_stored_bytes)} "
              f"in {report.seconds:.1f}s")
     return 0
 
@@ -140,10 +133,10 @@ def _summary(t: session.Target, r: BackupReport) -> str:
     return (f"### forge-ci backup: {t.environment}\n\n"
             f"Snapshot **{r.snapshot_id}** stored in `{t.backup_config.store}`.\n\n"
             "| | |\n|---|---|\n"
-            f"| files | {r.files} ({_size(r.file_bytes)}) |\n"
-            f"| database dump | {_size(r.database_bytes)} |\n"
+            f"| files | {r.files} ({human_size(r.file_bytes)}) |\n"
+            f"| database dump | {human_size(r.database_bytes)} |\n"
             f"| new objects | {r.new_objects} |\n"
-            f"| new bytes stored | {_size(r.new_stored_bytes)} |\n"
+            f"| new bytes stored | {human_size(r.new_stored_bytes)} |\n"
             f"| duration | {r.seconds:.1f}s |\n"
             + "".join(f"| {name.removesuffix('_s')} phase | {value:.1f}s |\n"
                       for name, value in r.phases.items()))
@@ -171,7 +164,7 @@ def _details(row: dict[str, object]) -> str:
         return "(details and signatures need FORGE_BACKUP_IDENTITY)"
     db = f" + database {row['database']}" if row.get("database") else ""
     how = "signed" if row["trust"] == "signed" else "UNSIGNED"
-    return f"{how}  {row['files']} files, {_size(float(str(row['bytes'])))}{db}"
+    return f"{how}  {row['files']} files, {human_size(float(str(row['bytes'])))}{db}"
 
 
 def _snapshot_rows(repo: Repository) -> list[dict[str, object]]:
@@ -211,7 +204,7 @@ def cmd_verify(ctx: Context) -> int:
         with ctx.runner.group(f"verify {ref.id}"):
             report = verify_snapshot(repo, ref, log=ctx.runner.log)
     line = (f"snapshot {ref.id} verified: {report.objects} objects, "
-            f"{_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
+            f"{human_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
     ctx.runner.summary(f"### forge-ci verify: {t.environment}\n\n{line}")
     ctx.emit(report.as_dict(), line)
     return 0

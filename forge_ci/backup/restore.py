@@ -51,6 +51,7 @@ from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import DEPLOY_OWNED, BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.remote import Host, sh
+from forge_ci.units import human_size
 
 Only = Literal["database", "files"]
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
@@ -93,8 +94,8 @@ class RestorePlan:
             lines.append(f"  database -> {self.database} ({where})")
         if self.files_dest:
             where = "over the LIVE paths" if self.files_live else "as a drill"
-            lines.append(f"  {d['files']} files, {d['bytes']} bytes -> {self.files_dest} "
-                         f"({where})")
+            size = human_size(int(str(d["bytes"])))
+            lines.append(f"  {d['files']} files, {size} -> {self.files_dest} ({where})")
             verb = "replaces" if self.files_live else "creates"
             lines += [f"    {verb} {self.files_dest}/{p}" for p in self.manifest.paths]
         return "\n".join(lines)
@@ -179,7 +180,7 @@ def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConf
     with tempfile.TemporaryFile(prefix="forge-restore-") as spool:
         db = plan.manifest.database
         if plan.database and db is not None:
-            log(f"downloading and authenticating the database dump ({db.size} bytes)")
+            log(f"downloading and authenticating the database dump ({human_size(db.size)})")
             _fetch_verified(repo, db, spool)
         staged = None
         if plan.files_dest:

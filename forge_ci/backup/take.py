@@ -29,6 +29,7 @@ from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.remote import Host
+from forge_ci.units import human_size
 
 Log = Callable[[str], None]
 
@@ -92,11 +93,11 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 db, db_stored = dump_database(host, cfg.database, repo,
                                               layout.random_data_key())
                 phases["dump_s"] = round(time.monotonic() - dumping, 3)
-                log(f"database dump: {db.size} bytes ({db.tool})")
+                log(f"database dump: {human_size(db.size)} ({db.tool})")
             scanning = time.monotonic()
             plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
-                f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
+                f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
             files.upload(host, root, plan, key, index, uploader, packer, progress=log)
         phases["files_s"] = round(time.monotonic() - scanning, 3)

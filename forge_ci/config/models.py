@@ -40,6 +40,26 @@ class BuildConfig(Frozen):
     composer: bool = False  # composer install --no-dev --optimize-autoloader
     commands: tuple[str, ...] = ()
     exclude: tuple[str, ...] = (".git", "node_modules", "tests")
+    # Variables passed to composer and the build commands beyond the safe defaults
+    # (PATH, HOME, locale, CI context): e.g. NPM_TOKEN, COMPOSER_AUTH.
+    env: tuple[str, ...] = ()
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_KEY.match(name):
+                raise ValueError(f"build.env: {name!r} is not a variable name")
+            if name in FORGE_SECRETS or name.startswith(FORGE_SECRET_PREFIXES):
+                raise ValueError(f"build.env: {name} is one of forge's own secrets; a build "
+                                 "never needs it")
+        return value
+
+
+# forge's own credentials: never handed to a build, whatever build.env says.
+FORGE_SECRETS = frozenset({"FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_IDENTITY",
+                           "FORGE_BACKUP_SIGNING_KEY", "HCLOUD_TOKEN", "GITHUB_TOKEN"})
+FORGE_SECRET_PREFIXES = ("AWS_", "CYBERPANEL_", "CPANEL_", "FORGE_", "ACTIONS_")
 
 
 class HostConfig(Frozen):
@@ -130,6 +150,20 @@ class PreviewConfig(Frozen):
     # True: the preview listens on the server's loopback (as provisioning sets it
     # up) and each host checks its own preview with curl over SSH.
     on_host: bool = False
+
+    @field_validator("link")
+    @classmethod
+    def _not_a_layout_name(cls, value: str) -> str:
+        # The link is switched before any check: naming the live link (or a directory
+        # forge keeps) would switch visitors, or clobber state, before the health gate.
+        if value in RESERVED_LINKS or value.endswith(".forge-tmp"):
+            raise ValueError(f"preview.link {value!r} is a name forge uses in the site "
+                             f"directory; pick another (reserved: {', '.join(RESERVED_LINKS)})")
+        return value
+
+
+# Names directly under an environment's path that forge itself owns.
+RESERVED_LINKS = ("current", "releases", "shared", ".forge")
 
 
 class EnvironmentConfig(Frozen):
