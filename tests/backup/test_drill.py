@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import timedelta
 
 import pytest
 
@@ -83,8 +83,10 @@ def test_a_snapshot_whose_dump_does_not_import_fails_the_drill(
     key = layout.random_data_key()
     repo.put(key, [sql])
     assert good.database is not None
+    # Ids sort by the second: a second later, so it is the newest whatever its random tail.
+    later = good.time + timedelta(seconds=1)
     broken = dataclasses.replace(
-        good, id=layout.new_snapshot_id(datetime.now(UTC)), time=datetime.now(UTC),
+        good, id=layout.new_snapshot_id(later), time=later,
         database=DatabaseEntry(good.database.name, key, len(sql),
                                hashlib.sha256(sql).hexdigest(), good.database.tool,
                                good.database.trailer))
