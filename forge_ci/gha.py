@@ -5,6 +5,13 @@ lines and no-ops, so every command behaves the same from a terminal.
 Workflow commands are written to stdout (where the runner reads them); outputs
 and the summary go to the files named by ``GITHUB_OUTPUT`` and
 ``GITHUB_STEP_SUMMARY``.
+
+Text forge did not write (hook and build output, a server's stderr) is shown
+with :meth:`Runner.untrusted`: in Actions it is fenced by ``::stop-commands::``
+with a random token chosen after reading the text, so no line of it can become
+a workflow command (``::add-mask::``, ``::set-output``, ``::error``, ``##[...]``).
+:meth:`Runner.log` fences a message the same way if a line of it could be read
+as a command, so a server's words inside one of our messages stay words too.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import secrets as _random
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -21,6 +28,32 @@ from typing import TextIO
 def _escape_data(text: str) -> str:
     # Workflow-command data escaping, so a message cannot end the command early.
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def could_be_command(line: str) -> bool:
+    """Whether the Actions runner might read ``line`` as a workflow command.
+
+    It takes ``::name ...::data`` after leading whitespace, and the older
+    ``##[name ...]data`` anywhere in a line.
+    """
+    return line.lstrip().startswith("::") or "##[" in line
+
+
+def _draw() -> str:
+    return _random.token_hex(16)
+
+
+def stop_token(text: str, draw: Callable[[], str] = _draw) -> str:
+    """A random resume token for ``::stop-commands::`` that ``text`` does not contain.
+
+    The runner resumes on ``::<token>::`` (or ``##[<token>]``), compared without
+    case, so the token is checked against the text it will fence.
+    """
+    folded = text.casefold()
+    while True:
+        token = f"forge-text-{draw()}"
+        if token not in folded:
+            return token
 
 
 @dataclass
@@ -53,7 +86,31 @@ class Runner:
         return text
 
     def log(self, text: str) -> None:
-        print(self.redact(text), file=self.stream, flush=True)
+        text = self.redact(text)
+        if self.in_actions and any(could_be_command(line) for line in text.splitlines()):
+            self._fenced(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def untrusted(self, lines: Iterable[str], *, indent: str = "    ") -> None:
+        """Show text forge did not write (hook, build or server output) as plain text.
+
+        Each line is indented; in Actions the block is fenced so none of it can issue
+        a workflow command. Secrets are redacted as in :meth:`log`.
+        """
+        text = self.redact("\n".join(lines))
+        shown = "\n".join(indent + line for line in text.splitlines())
+        if not shown:
+            return
+        if self.in_actions:
+            self._fenced(shown)
+        else:
+            print(shown, file=self.stream, flush=True)
+
+    def _fenced(self, text: str) -> None:
+        # One write to the same stream as the text, so the fence and the text stay in order.
+        token = stop_token(text)
+        print(f"::stop-commands::{token}\n{text}\n::{token}::", file=self.stream, flush=True)
 
     def mask(self, value: str) -> None:
         """Register a secret derived at run time; Actions hides it in every log."""

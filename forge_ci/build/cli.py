@@ -38,7 +38,8 @@ def cmd_build(ctx: Context) -> int:
     out = ctx.args.out or default_out(loaded)
     with ctx.runner.group("build"):
         artifact = build(loaded.root, loaded.config.build, out, environ=ctx.environ,
-                         extra_exclude=local_targets(loaded), log=ctx.runner.log)
+                         extra_exclude=local_targets(loaded), log=ctx.runner.log,
+                         untrusted=ctx.runner.untrusted)
     m = artifact.manifest
     ctx.emit({"artifact": str(artifact.root), "digest": artifact.digest,
               "files": len(m.entries), "bytes": m.total_size},

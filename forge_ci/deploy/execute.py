@@ -76,6 +76,8 @@ class Deployment:
     hook_policy: HookPolicy = field(default_factory=HookPolicy)
     by: str = ""
     warn: Log | None = None  # a problem that does not fail the run (default: log)
+    # Shows text forge did not write (hook output) as text: gha.Runner.untrusted.
+    untrusted: Callable[[Sequence[str]], None] | None = None
 
     @property
     def layout(self) -> Layout:
@@ -144,11 +146,18 @@ def _hooks(dep: Deployment, host: Host, step: RunHooks) -> None:
                      + f"cd {sh(dep.layout.release(step.release))} || exit 1\n{command}\n",
                      check=False, timeout=dep.hook_policy.timeout)
         output = (r.stdout + r.stderr).decode(errors="replace").splitlines()
-        for line in output[-dep.hook_policy.output_lines:]:
-            dep.log(f"    {line}")
+        _show_untrusted(dep, output[-dep.hook_policy.output_lines:])
         if r.status != 0:
             raise DeployFailed(f"{host.name}: hook {step.phase}[{i}] failed with exit {r.status}",
                                hint="fix the hook or the release; the output is above")
+
+
+def _show_untrusted(dep: Deployment, lines: Sequence[str]) -> None:
+    if dep.untrusted is not None:
+        dep.untrusted(lines)
+    else:
+        for line in lines:
+            dep.log(f"    {line}")
 
 
 def _ship(run: _Run, host: Host, step: Ship) -> None:
