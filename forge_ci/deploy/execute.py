@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
 from forge_ci.config.models import EnvironmentConfig
-from forge_ci.deploy import health, php_refresh
+from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.observe import Observed, observe
 from forge_ci.deploy.plan import (
@@ -106,14 +106,8 @@ class _Run:
     artifact: Artifact | None = None
 
 
-def _dotenv(config: EnvironmentConfig) -> bytes:
-    lines = ["# Written by forge-ci for this release. Do not edit on the server."]
-    for key, secret in config.dotenv.items():
-        value = secret.get_secret_value()
-        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-                   .replace("\n", "\\n"))
-        lines.append(f'{key}="{escaped}"')
-    return ("\n".join(lines) + "\n").encode()
+def _dotenv_values(config: EnvironmentConfig) -> dict[str, str]:
+    return {key: secret.get_secret_value() for key, secret in config.dotenv.items()}
 
 
 def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
@@ -166,7 +160,7 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
     dep.log(f"{host.name}: shipping {step.release}")
     generated: dict[str, tuple[bytes, int]] = {}
     if ".env" in step.generated:
-        generated[".env"] = (_dotenv(dep.config), 0o600)
+        generated[".env"] = (dotenv.render(_dotenv_values(dep.config)), 0o600)
     if health.MARKER_PATH in step.generated:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
     ship(host, run.artifact, lay.release(step.release),
@@ -288,6 +282,7 @@ def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
 
 
 def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> DeployResult:
+    dotenv.check(dep.environment, _dotenv_values(dep.config))  # before any host is touched
     if dry_run:
         plan = _make_plan(dep, artifact)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
