@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-
 # PHP's \s, trim() and ctype_space() know ASCII whitespace only.
 WS = " \t\n\x0b\x0c\r"
 
