@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import secrets as _random
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+from forge_ci.progress import DEFAULT_INTERVAL, Progress
 
 
 def _escape_data(text: str) -> str:
@@ -37,6 +40,14 @@ def could_be_command(line: str) -> bool:
     ``##[name ...]data`` anywhere in a line.
     """
     return line.lstrip().startswith("::") or "##[" in line
+
+
+def _seconds(text: str | None) -> float:
+    try:
+        value = float(text) if text else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value >= 0 else DEFAULT_INTERVAL
 
 
 def _draw() -> str:
@@ -65,6 +76,9 @@ class Runner:
     summary_file: Path | None = None
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     masked: list[str] = field(default_factory=list)
+    # Seconds between progress lines in CI (FORGE_PROGRESS_SECONDS); tests pass a clock.
+    progress_interval: float = DEFAULT_INTERVAL
+    clock: Callable[[], float] = time.monotonic
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], stream: TextIO | None = None) -> Runner:
@@ -75,6 +89,7 @@ class Runner:
             output_file=Path(out) if out else None,
             summary_file=Path(summ) if summ else None,
             stream=stream or sys.stderr,
+            progress_interval=_seconds(environ.get("FORGE_PROGRESS_SECONDS")),
         )
 
     # -- logging -------------------------------------------------------------
@@ -149,6 +164,15 @@ class Runner:
             print(f"::warning::{_escape_data(message)}", file=sys.stdout, flush=True)
         else:
             print(f"warning: {message}", file=self.stream, flush=True)
+
+    def progress(self, what: str, *, files: int | None = None,
+                 nbytes: int | None = None) -> Progress:
+        """Progress of long work: a live line on a terminal, else a line every few seconds."""
+        live = None
+        if not self.in_actions and self.stream.isatty():
+            live = self.stream
+        return Progress(what, files=files, nbytes=nbytes, write=self.log, live=live,
+                        interval=self.progress_interval, clock=self.clock)
 
     # -- outputs and summary -------------------------------------------------
 

@@ -79,7 +79,8 @@ def cmd_backup(ctx: Context) -> int:
     with session.repository(t, ctx.environ) as repo, session.backup_host(t, ctx.environ) as host, \
             ctx.runner.group(f"back up {t.environment} from {host.name}"):
         report = take_snapshot(repo, session.source(t, host), t.backup_config,
-                               dry_run=ctx.dry_run, log=ctx.runner.log)
+                               dry_run=ctx.dry_run, log=ctx.runner.log,
+                               show=ctx.runner.progress)
     if ctx.dry_run:
         db = t.backup_config.database.name if t.backup_config.database else None
         ctx.emit({**report.as_dict(), "database": db},
@@ -155,7 +156,7 @@ def cmd_verify(ctx: Context) -> int:
     with session.repository(t, ctx.environ) as repo:
         ref = repo.resolve(ctx.args.snapshot)
         with ctx.runner.group(f"verify {ref.id}"):
-            report = verify_snapshot(repo, ref, log=ctx.runner.log)
+            report = verify_snapshot(repo, ref, log=ctx.runner.log, show=ctx.runner.progress)
     line = (f"snapshot {ref.id} verified: {report.objects} objects, "
             f"{_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
     ctx.runner.summary(f"### forge-ci verify: {t.environment}\n\n{line}")
@@ -178,7 +179,7 @@ def cmd_restore(ctx: Context) -> int:
         with session.backup_host(t, ctx.environ) as host, \
                 ctx.runner.group(f"restore {ref.id} on {host.name}"):
             report = run_restore(plan, repo, host, t.backup_config, yes=ctx.args.yes,
-                                 log=ctx.runner.log)
+                                 log=ctx.runner.log, show=ctx.runner.progress)
     ctx.runner.summary(f"### forge-ci restore: {t.environment}\n\n```\n{plan.describe()}\n```\n"
                        f"Took {report.seconds:.1f}s.")
     ctx.emit(report.as_dict(), f"restored {plan.describe()}\nin {report.seconds:.1f}s")

@@ -27,6 +27,7 @@ from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
+from forge_ci.progress import MakeProgress, human_size, silent
 from forge_ci.remote import Host
 
 Log = Callable[[str], None]
@@ -65,14 +66,17 @@ class BackupReport:
 def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                   dry_run: bool = False, log: Log = lambda _m: None,
                   now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                  workers: int = 8) -> BackupReport:
-    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only)."""
+                  workers: int = 8, show: MakeProgress = silent) -> BackupReport:
+    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only).
+
+    ``show`` reports hashing and uploading as they go (gha.Runner.progress)."""
     started = time.monotonic()
     host, root = source.host, source.root
     key = repo.naming_key()
     if dry_run:
         index = index_store.load(repo, repo.data_keys())
-        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
+        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+                          show=show)
         return _report(None, True, plan, None, started)
     with StoreLock(repo.store, "shared", repo.recipients,
                    who=f"backup of {source.site}/{source.environment}"):
@@ -86,12 +90,14 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 log(f"dumping database {cfg.database.name} on {host.name}")
                 db, db_stored = dump_database(host, cfg.database, repo,
                                               layout.random_data_key())
-                log(f"database dump: {db.size} bytes ({db.tool})")
-            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
+                log(f"database dump: {human_size(db.size)} ({db.tool})")
+            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+                              show=show)
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
-                f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
+                f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
-            files.upload(host, root, plan, key, index, uploader, packer, progress=log)
+            files.upload(host, root, plan, key, index, uploader, packer, progress=log,
+                         show=show)
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")
         index_store.save(repo, index, packer.written, packer.files)

@@ -70,6 +70,7 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             policy=health.HealthPolicy(timeout=config.health_timeout),
             by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
             warn=ctx.runner.warning, untrusted=ctx.runner.untrusted,
+            progress=ctx.runner.progress,
         )
     finally:
         for h in hosts:

@@ -49,6 +49,7 @@ from forge_ci.deploy.steps import (
     WriteManifest,
 )
 from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
+from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote.base import Host, sh
 
 Log = Callable[[str], None]
@@ -78,6 +79,7 @@ class Deployment:
     warn: Log | None = None  # a problem that does not fail the run (default: log)
     # Shows text forge did not write (hook output) as text: gha.Runner.untrusted.
     untrusted: Callable[[Sequence[str]], None] | None = None
+    progress: MakeProgress = silent  # shows how far shipping has got: gha.Runner.progress
 
     @property
     def layout(self) -> Layout:
@@ -165,7 +167,7 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
     ship(host, run.artifact, lay.release(step.release),
          lay.release(step.base) if step.base else None, step.send, step.remove, dep.log,
-         generated=generated)
+         generated=generated, progress=dep.progress)
 
 
 def _refresh(dep: Deployment, host: Host, release: str | None) -> None:
