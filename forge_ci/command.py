@@ -53,7 +53,8 @@ class Context:
     def emit(self, data: Any, human: str) -> None:
         """Print ``data`` as JSON with --json, else the human text, on stdout."""
         text = json.dumps(data, indent=2, sort_keys=True) if self.json else human
-        print(self.runner.redact(text), flush=True)
+        # Human text may quote a server (an error, a listing): never as workflow commands.
+        print(self.runner.as_text(self.runner.redact(text)), flush=True)
 
 
 # Values masked in every log line and output as soon as a command starts.

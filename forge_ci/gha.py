@@ -101,11 +101,15 @@ class Runner:
         return text
 
     def log(self, text: str) -> None:
-        text = self.redact(text)
+        print(self.as_text(self.redact(text)), file=self.stream, flush=True)
+
+    def as_text(self, text: str) -> str:
+        """``text`` as it may be printed: in Actions, fenced if a line of it could be
+        read as a workflow command (see :meth:`untrusted`), else unchanged."""
         if self.in_actions and any(could_be_command(line) for line in text.splitlines()):
-            self._fenced(text)
-        else:
-            print(text, file=self.stream, flush=True)
+            token = stop_token(text)
+            return f"::stop-commands::{token}\n{text}\n::{token}::"
+        return text
 
     def untrusted(self, lines: Iterable[str], *, indent: str = "    ") -> None:
         """Show text forge did not write (hook, build or server output) as plain text.
@@ -118,14 +122,10 @@ class Runner:
         if not shown:
             return
         if self.in_actions:
-            self._fenced(shown)
-        else:
-            print(shown, file=self.stream, flush=True)
-
-    def _fenced(self, text: str) -> None:
+            token = stop_token(shown)
+            shown = f"::stop-commands::{token}\n{shown}\n::{token}::"
         # One write to the same stream as the text, so the fence and the text stay in order.
-        token = stop_token(text)
-        print(f"::stop-commands::{token}\n{text}\n::{token}::", file=self.stream, flush=True)
+        print(shown, file=self.stream, flush=True)
 
     def mask(self, value: str) -> None:
         """Register a secret derived at run time; Actions hides it in every log."""

@@ -87,3 +87,11 @@ def test_untrusted_text_is_redacted() -> None:
     runner.mask("hunter2-secret")
     runner.untrusted(["password is hunter2-secret"])
     assert "hunter2-secret" not in out.getvalue() and "password is ***" in out.getvalue()
+
+
+def test_a_result_on_stdout_quoting_a_server_is_fenced_too() -> None:
+    runner, _ = actions_runner()
+    text = runner.as_text("rollback: web1 said:\n::add-mask::x\ndone")
+    assert [name for name, _ in commands(text)] == ["stop-commands", "resume"]
+    assert runner.as_text("released 2026-12-06") == "released 2026-12-06"
+    assert gha.Runner(in_actions=False).as_text("::add-mask::x") == "::add-mask::x"
