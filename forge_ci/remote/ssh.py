@@ -292,7 +292,11 @@ class SshHost(Host):
         self._client = paramiko.SSHClient()
         # Nothing goes into paramiko's own table: every key is checked by _CheckPinned.
         self._client.set_missing_host_key_policy(_CheckPinned(known, host_id))
-        self._connect(host, port, user, key, timeout, known.disabled_algorithms(host_id))
+        try:
+            self._connect(host, port, user, key, timeout, known.disabled_algorithms(host_id))
+        except BaseException:
+            self._client.close()  # a refused host key leaves paramiko's transport running
+            raise
         transport = self._client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
