@@ -79,3 +79,17 @@ def test_remote_stderr_of_a_failing_hook_stays_text(
     code, log = run_logged(["deploy", "prod", "--config", str(src / "forge.yml")], env)
     assert code == ExitCode.FAILED, log
     assert_only_text(log, tmp_path)
+
+
+def test_build_command_output_stays_text(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "web").mkdir(parents=True)
+    (src / "web/index.html").write_text("ok\n")
+    (src / "forge.yml").write_text(
+        "version: 1\nproject: p\nbuild:\n"
+        f"  commands: [\"{PRINT}; {PRINT} >&2\"]\n"
+        "environments:\n  local: {path: ../target}\n")
+    env = actions_env(tmp_path, {"PATH": os.environ["PATH"]})
+    code, log = run_logged(["build", "--config", str(src / "forge.yml")], env)
+    assert code == 0, log
+    assert_only_text(log, tmp_path)
