@@ -73,7 +73,8 @@ class Context:
         else:
             text = human
         self.emitted = True
-        print(self.runner.redact(text), flush=True)
+        # Human text may quote a server (an error, a listing): never as workflow commands.
+        print(self.runner.as_text(self.runner.redact(text)), flush=True)
 
 
 # Values masked in every log line and output as soon as a command starts.

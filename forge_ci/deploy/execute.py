@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
 from forge_ci.config.models import EnvironmentConfig
-from forge_ci.deploy import health, php_refresh
+from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.observe import Observed, observe
 from forge_ci.deploy.plan import (
@@ -49,6 +49,7 @@ from forge_ci.deploy.steps import (
     WriteManifest,
 )
 from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
+from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote.base import Host, sh
 
 Log = Callable[[str], None]
@@ -76,6 +77,9 @@ class Deployment:
     hook_policy: HookPolicy = field(default_factory=HookPolicy)
     by: str = ""
     warn: Log | None = None  # a problem that does not fail the run (default: log)
+    # Shows text forge did not write (hook output) as text: gha.Runner.untrusted.
+    untrusted: Callable[[Sequence[str]], None] | None = None
+    progress: MakeProgress = silent  # shows how far shipping has got: gha.Runner.progress
 
     @property
     def layout(self) -> Layout:
@@ -115,14 +119,8 @@ class _Run:
             self.metrics[f"{name}_s"] = round(time.monotonic() - started, 3)
 
 
-def _dotenv(config: EnvironmentConfig) -> bytes:
-    lines = ["# Written by forge-ci for this release. Do not edit on the server."]
-    for key, secret in config.dotenv.items():
-        value = secret.get_secret_value()
-        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-                   .replace("\n", "\\n"))
-        lines.append(f'{key}="{escaped}"')
-    return ("\n".join(lines) + "\n").encode()
+def _dotenv_values(config: EnvironmentConfig) -> dict[str, str]:
+    return {key: secret.get_secret_value() for key, secret in config.dotenv.items()}
 
 
 def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
@@ -155,11 +153,18 @@ def _hooks(dep: Deployment, host: Host, step: RunHooks) -> None:
                      + f"cd {sh(dep.layout.release(step.release))} || exit 1\n{command}\n",
                      check=False, timeout=dep.hook_policy.timeout)
         output = (r.stdout + r.stderr).decode(errors="replace").splitlines()
-        for line in output[-dep.hook_policy.output_lines:]:
-            dep.log(f"    {line}")
+        _show_untrusted(dep, output[-dep.hook_policy.output_lines:])
         if r.status != 0:
             raise DeployFailed(f"{host.name}: hook {step.phase}[{i}] failed with exit {r.status}",
                                hint="fix the hook or the release; the output is above")
+
+
+def _show_untrusted(dep: Deployment, lines: Sequence[str]) -> None:
+    if dep.untrusted is not None:
+        dep.untrusted(lines)
+    else:
+        for line in lines:
+            dep.log(f"    {line}")
 
 
 def _ship(run: _Run, host: Host, step: Ship) -> None:
@@ -168,12 +173,12 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
     dep.log(f"{host.name}: shipping {step.release}")
     generated: dict[str, tuple[bytes, int]] = {}
     if ".env" in step.generated:
-        generated[".env"] = (_dotenv(dep.config), 0o600)
+        generated[".env"] = (dotenv.render(_dotenv_values(dep.config)), 0o600)
     if health.MARKER_PATH in step.generated:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
     stats = ship(host, run.artifact, lay.release(step.release),
                  lay.release(step.base) if step.base else None, step.send, step.remove,
-                 dep.log, generated=generated)
+                 dep.log, generated=generated, progress=dep.progress)
     for name, value in (("sent_entries", stats.sent_entries), ("sent_bytes", stats.sent_bytes),
                         ("linked_entries", stats.linked_entries)):
         run.metrics[name] = run.metrics.get(name, 0) + value
@@ -296,6 +301,7 @@ def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
 
 
 def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> DeployResult:
+    dotenv.check(dep.environment, _dotenv_values(dep.config))  # before any host is touched
     if dry_run:
         plan = _make_plan(dep, artifact)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
