@@ -323,7 +323,9 @@ def _prepare_all(run: _Run, plan: DeployPlan) -> None:
 
 
 def _preview(run: _Run, plan: DeployPlan) -> None:
-    """Serve the release on the preview route and check it there: visitors see nothing."""
+    """Serve the release on the preview route and check it there: visitors see nothing.
+    Once the marker shows the preview serves the release, a failure refuses it at
+    once (``live``): nobody is waiting for it to come right."""
     dep = run.dep
     if not plan.preview:
         return
@@ -334,12 +336,12 @@ def _preview(run: _Run, plan: DeployPlan) -> None:
         _phase(run, plan.preview)
         if plan.check_hosts:
             # Every host checks its own preview: one bad host stops them all.
-            outcome = _check_each(run, plan.check_hosts, checks, pv_url, live=False)
+            outcome = _check_each(run, plan.check_hosts, checks, pv_url, live=True)
         elif plan.preview_on_host:
             outcome = _check_each(run, [(h.name, "") for h in dep.hosts], checks, pv_url,
-                                  live=False)
+                                  live=True)
         else:
-            outcome = health.run_checks(checks, dep.policy, dep.log, where=pv_url)
+            outcome = health.run_checks(checks, dep.policy, dep.log, live=True, where=pv_url)
     except ForgeError as e:
         outcome = health.Outcome(False, e.message, 0.0)
     if not outcome.ok:

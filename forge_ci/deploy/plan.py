@@ -128,7 +128,8 @@ class DeployPlan:
         out += [f"  {h}: live {c or '(none)'}" for h, c in self.current]
         out += _phase_lines("prepare", self.prepare)
         out += _phase_lines("preview", self.preview)
-        out += [f"  preview check: {_check_text(c)}" for c in self.preview_checks]
+        where = " on each host" if self.check_hosts or self.preview_on_host else ""
+        out += [f"  preview check{where}: {_check_text(c)}" for c in self.preview_checks]
         address = dict(self.check_hosts)
         for i, batch in enumerate(self.batches, 1):
             if len(self.batches) > 1:
