@@ -367,7 +367,7 @@ def _check_each(run: _Run, hosts: Sequence[tuple[str, str]], checks: Sequence[He
         total += outcome.seconds
         if not outcome.ok:
             return outcome
-        dep.log(f"health: {outcome.detail}")
+        dep.log(f"health: {name}: {outcome.detail}")
     return health.Outcome(True, f"healthy on each of {len(hosts)} host(s)", total)
 
 

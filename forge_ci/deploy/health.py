@@ -156,8 +156,8 @@ def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
                where: str = "") -> Outcome:
     """Retry until every check passes in ``rounds`` rounds in a row, or the time
     bound runs out. ``fetch`` replaces the HTTP client (see :func:`fetch_on`);
-    ``where`` names the host (or route) in the log and the outcome. Every failed
-    attempt is logged.
+    ``where`` names the host (or route) in the log and in a failed outcome. Every
+    failed attempt is logged.
 
     ``rounds`` > 1 is for a URL behind a load balancer: consecutive rounds reach
     different backends, so one failing host cannot hide behind a lucky request.
@@ -185,8 +185,7 @@ def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
                 passed += 1
                 if passed >= rounds:
                     tail = f", {rounds} rounds in a row" if rounds > 1 else ""
-                    return Outcome(True, f"{prefix}healthy after {attempt} attempt(s){tail}",
-                                   elapsed)
+                    return Outcome(True, f"healthy after {attempt} attempt(s){tail}", elapsed)
                 continue
             passed = 0
             last = "; ".join(failures)
