@@ -205,7 +205,9 @@ def test_with_a_preview_route_the_broken_host_is_refused_before_any_visitor_sees
     assert lab.pages() == {"v3"}
 
 
-def test_a_good_release_goes_live_on_every_host_with_no_failed_request(lab: Lab) -> None:
+def test_a_good_release_goes_live_on_every_host_with_no_failed_request(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
     _first_good(lab)
     lab.release(GOOD, "v2")
     with Load(lab.web.url) as load:
@@ -213,6 +215,14 @@ def test_a_good_release_goes_live_on_every_host_with_no_failed_request(lab: Lab)
     assert load.failed == [] and load.ok > 0
     assert lab.pages() == {"v2"}
     assert len(set(lab.live())) == 1
+
+    # A rollback is checked the same way: on each host, then through the balancer.
+    capsys.readouterr()
+    with Load(lab.web.url) as load:
+        assert lab.forge("rollback", "prod") == 0
+    assert load.failed == [] and lab.pages() == {"v1"}
+    err = capsys.readouterr().err
+    assert all(f"health: {n}: healthy" in err for n in lab.names())
 
 
 def test_rolling_goes_host_by_host_and_a_bad_release_stops_at_the_first_batch(
@@ -224,12 +234,15 @@ def test_rolling_goes_host_by_host_and_a_bad_release_stops_at_the_first_batch(
     assert lab.forge("deploy", "prod") == 0
     lab.release(GOOD, "v2")
     capsys.readouterr()
+    assert lab.forge("deploy", "prod", "--dry-run", "--json") == 0
+    names = lab.names()
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["strategy"] == "rolling" and plan["batches"] == [[n] for n in names]
     with Load(lab.web.url) as load:
         assert lab.forge("deploy", "prod") == 0
     assert load.failed == [] and load.ok > 0
     assert lab.pages() == {"v2"}
     out = capsys.readouterr().err
-    names = lab.names()
     # Batch by batch: each host switched and checked before the next one switches.
     order = [out.index(f"{n}: switching current") for n in names]
     checked = [out.index(f"{n}: healthy") for n in names]
