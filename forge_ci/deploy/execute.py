@@ -1,8 +1,11 @@
 """Carry out a deploy or rollback plan (:mod:`forge_ci.deploy.plan`) across every host.
 
 The plan says what runs; this module runs its steps in its phases and decides
-only what to do when one fails. Prepare every host, then switch every host; if
-anything fails after the first switch, every switched host goes back. Errors
+only what to do when one fails. Prepare every host, then switch the hosts batch
+by batch (one batch of all of them unless ``strategy: rolling``), checking each
+host of a batch on its own web server before the next; if anything fails after
+the first switch, every switched host goes back and the rest are never switched.
+Errors
 raised here say what state the site is in: :class:`DeployFailed` (nothing
 switched), :class:`RolledBack` (switched, then restored), :class:`RollbackFailed`
 (could not restore).
@@ -17,15 +20,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
-from forge_ci.config.models import EnvironmentConfig
+from forge_ci.config.models import EnvironmentConfig, HealthCheck
 from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.observe import Observed, observe
 from forge_ci.deploy.plan import (
     DeployPlan,
     RollbackPlan,
+    check_hosts,
+    host_checks,
     plan_deploy,
     plan_rollback,
+    public_rounds,
     release_id,
 )
 from forge_ci.deploy.releases import Layout, event
@@ -345,7 +351,9 @@ def _prepare_all(run: _Run, plan: DeployPlan) -> None:
 
 
 def _preview(run: _Run, plan: DeployPlan) -> None:
-    """Serve the release on the preview route and check it there: visitors see nothing."""
+    """Serve the release on the preview route and check it there: visitors see nothing.
+    Once the marker shows the preview serves the release, a failure refuses it at
+    once (``live``): nobody is waiting for it to come right."""
     dep = run.dep
     if not plan.preview:
         return
@@ -354,18 +362,14 @@ def _preview(run: _Run, plan: DeployPlan) -> None:
     checks = plan.preview_checks
     try:
         _phase(run, plan.preview)
-        if plan.preview_on_host:
+        if plan.check_hosts:
             # Every host checks its own preview: one bad host stops them all.
-            for host in dep.hosts:
-                outcome = health.run_checks(
-                    checks, dep.policy, dep.log,
-                    fetch=health.fetch_on(host, dep.policy.request_timeout))
-                if not outcome.ok:
-                    outcome = health.Outcome(False, f"{host.name}: {outcome.detail}",
-                                             outcome.seconds)
-                    break
+            outcome = _check_each(run, plan.check_hosts, checks, pv_url, live=True)
+        elif plan.preview_on_host:
+            outcome = _check_each(run, [(h.name, "") for h in dep.hosts], checks, pv_url,
+                                  live=True)
         else:
-            outcome = health.run_checks(checks, dep.policy, dep.log)
+            outcome = health.run_checks(checks, dep.policy, dep.log, live=True, where=pv_url)
     except ForgeError as e:
         outcome = health.Outcome(False, e.message, 0.0)
     if not outcome.ok:
@@ -376,37 +380,93 @@ def _preview(run: _Run, plan: DeployPlan) -> None:
     dep.log(f"preview: {outcome.detail} in {outcome.seconds:.1f}s")
 
 
+def _check_each(run: _Run, hosts: Sequence[tuple[str, str]], checks: Sequence[HealthCheck],
+                url: str, live: bool) -> health.Outcome:
+    """Run ``checks`` on each host in turn with curl, connected to the host's own
+    web server at its address ("" : as the URL resolves there); the first host
+    that fails stops the rest, and its name is in the outcome."""
+    dep = run.dep
+    total = 0.0
+    for name, address in hosts:
+        rule = health.connect_rule(url, address) if address else None
+        fetch = health.fetch_on(run.hosts[name], dep.policy.request_timeout, rule)
+        outcome = health.run_checks(checks, dep.policy, dep.log, fetch=fetch, live=live,
+                                    where=name)
+        total += outcome.seconds
+        if not outcome.ok:
+            return outcome
+        dep.log(f"health: {name}: {outcome.detail}")
+    return health.Outcome(True, f"healthy on each of {len(hosts)} host(s)", total)
+
+
 class _SwitchFailed(Exception):
     """Raised by :func:`_switch_and_verify` after it put every host back it could."""
 
-    def __init__(self, cause: ForgeError, unrestored: list[str]) -> None:
+    def __init__(self, cause: ForgeError, unrestored: list[str], switched: list[str],
+                 untouched: list[str]) -> None:
         super().__init__(cause.message)
         self.cause, self.unrestored = cause, unrestored
+        self.switched, self.untouched = switched, untouched
+
+
+@dataclass(frozen=True)
+class _Checking:
+    """How a switch is verified: the batches, each host's own checks, the URL's."""
+
+    batches: tuple[tuple[str, ...], ...]
+    check_hosts: tuple[tuple[str, str], ...]
+    host_checks: tuple[HealthCheck, ...]
+    rounds: int
+
+
+def _checking(dep: Deployment, plan: DeployPlan | RollbackPlan) -> _Checking:
+    if isinstance(plan, DeployPlan):
+        return _Checking(plan.batches, plan.check_hosts, plan.host_checks, plan.rounds)
+    # A rollback switches every host at once, checked as a deploy is.
+    names = [h for h, _ in plan.current]
+    return _Checking((tuple(names),),
+                     check_hosts(dep.config, names), host_checks(dep.config, plan.checks),
+                     public_rounds(dep.config))
 
 
 def _switch_and_verify(run: _Run, plan: DeployPlan | RollbackPlan,
                        after_switch: Phase) -> health.Outcome:
-    """Switch every host, refresh PHP, run hooks and checks; on any failure run
+    """Switch the hosts batch by batch (refresh PHP, run hooks, check each host of
+    the batch on its own), then check through the site URL; on any failure run
     ``undo`` on every switched host."""
     dep = run.dep
     release = plan.release if isinstance(plan, DeployPlan) else plan.target
-    switched: set[str] = set()
+    how = _checking(dep, plan)
+    address = dict(how.check_hosts)
+    switched: list[str] = []
+    switched_at: float | None = None
     try:
-        for hs in plan.switch:
-            switched.add(hs.host)
-            _host_steps(run, hs)
-        switched_at = time.monotonic()
-        _phase(run, plan.refresh)
-        _phase(run, after_switch)
+        for i, batch in enumerate(how.batches, 1):
+            if len(how.batches) > 1:
+                dep.log(f"batch {i}/{len(how.batches)}: {', '.join(batch)}")
+            for hs in plan.switch:
+                if hs.host in batch:
+                    switched.append(hs.host)
+                    _host_steps(run, hs)
+            switched_at = switched_at or time.monotonic()
+            _phase(run, tuple(h for h in plan.refresh if h.host in batch))
+            _phase(run, tuple(h for h in after_switch if h.host in batch))
+            on_hosts = [(h, address[h]) for h in batch if h in address]
+            if on_hosts and how.host_checks and dep.config.url:
+                dep.log(f"health: checking {release} on {', '.join(batch)}")
+                outcome = _check_each(run, on_hosts, how.host_checks, dep.config.url, live=True)
+                if not outcome.ok:
+                    raise DeployFailed(f"health checks failed: {outcome.detail}")
         if not plan.checks:
             return health.Outcome(True, "not checked (no health checks configured)", 0.0)
         dep.log(f"health: checking {release}")
-        outcome = health.run_checks(plan.checks, dep.policy, dep.log, live=True)
+        outcome = health.run_checks(plan.checks, dep.policy, dep.log, live=True,
+                                    rounds=how.rounds, where=dep.config.url or "")
         if not outcome.ok:
             raise DeployFailed(f"health checks failed: {outcome.detail}")
         dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
         # What a visitor waits for: PHP refresh and after_switch hooks included.
-        return health.Outcome(True, outcome.detail, time.monotonic() - switched_at)
+        return health.Outcome(True, outcome.detail, time.monotonic() - (switched_at or 0.0))
     except ForgeError as e:
         unrestored = []
         for hs in plan.undo:
@@ -417,7 +477,8 @@ def _switch_and_verify(run: _Run, plan: DeployPlan | RollbackPlan,
             except ForgeError as back:
                 dep.log(f"{hs.host}: switching back FAILED: {back}")
                 unrestored.append(hs.host)
-        raise _SwitchFailed(e, unrestored) from None
+        untouched = [h for b in how.batches for h in b if h not in switched]
+        raise _SwitchFailed(e, unrestored, switched, untouched) from None
 
 
 def _switch_all_and_check(run: _Run, plan: DeployPlan) -> health.Outcome:
@@ -431,7 +492,11 @@ def _switch_all_and_check(run: _Run, plan: DeployPlan) -> health.Outcome:
                                  f"{', '.join(f.unrestored)}",
                                  hint="check the site now: forge-ci releases, then rollback",
                                  ) from None
-        raise RolledBack(f"{f.cause.message}; rolled back to {back} on every host",
+        where = "every host"
+        if f.untouched:
+            where = (f"every switched host ({', '.join(f.switched)}); never switched: "
+                     f"{', '.join(f.untouched)}")
+        raise RolledBack(f"{f.cause.message}; rolled back to {back} on {where}",
                          hint="the release is marked bad; fix it and deploy again") from None
 
 
