@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from forge_ci.config.backup import BackupConfig
-from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.provision import HttpsConfig, ProvisionConfig
 
 
 class Frozen(BaseModel):
@@ -146,6 +146,8 @@ class EnvironmentConfig(Frozen):
     preview: PreviewConfig | None = None
     lock_wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
     backup: BackupConfig | None = None
+    # Provisioning's ACME certificate; absent: on (letsencrypt) when url is https://.
+    https: HttpsConfig | None = None
 
     @property
     def is_local(self) -> bool:

@@ -155,6 +155,10 @@ class Provisioned:
     server: ServerInfo
     booted_from_spec: bool
     notes: tuple[str, ...] = ()
+    # What the user must fix that did not fail the run (an HTTPS certificate pending).
+    warnings: tuple[str, ...] = ()
+    # forge-https's status line, when the provider read it (``ok ...``, ``pending ...``).
+    https: str | None = None
 
 
 ObservedT = TypeVar("ObservedT")
