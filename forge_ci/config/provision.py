@@ -73,6 +73,12 @@ class HttpsConfig(_Frozen):
     hsts: bool = False
     names: tuple[str, ...] = ()
 
+    @field_validator("acme", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # YAML reads a bare `acme: off` as false.
+        return "off" if value is False else value
+
     @field_validator("acme")
     @classmethod
     def _acme(cls, value: str) -> str:

@@ -47,7 +47,7 @@ def packages(site: Site) -> list[str]:
     php = f"php{site.php_version}"
     return ["nginx", f"{php}-fpm", f"{php}-cli", f"{php}-mysql", f"{php}-curl", f"{php}-gd",
             f"{php}-intl", f"{php}-mbstring", f"{php}-xml", f"{php}-zip", f"{php}-bcmath",
-            "mariadb-server", "mariadb-client", "unattended-upgrades", "rsync", "lego"]
+            "mariadb-server", "mariadb-client", "unattended-upgrades", "rsync", "lego", "sudo"]
 
 
 def sudo_rule(site: Site) -> str:

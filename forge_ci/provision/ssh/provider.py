@@ -297,7 +297,7 @@ class SshProvider(Provider[ServerState]):
                           timeout=1800)
         if result.status != 0:
             raise ProvisionError(f"{what} failed on {conn.name} (exit {result.status})"
-                                 + (f": {result.tail()}" if result.text.strip() else ""),
+                                 + (f": {result.tail()}" if result.stderr.strip() else ""),
                                  hint="fix the cause on the server and run provision again: "
                                       "it continues from what is there")
 
