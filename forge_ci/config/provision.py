@@ -72,6 +72,8 @@ class HttpsConfig(_Frozen):
     acme: str = "letsencrypt"
     hsts: bool = False
     names: tuple[str, ...] = ()
+    # A file on the server trusting a private CA's ACME API (lego's LEGO_CA_CERTIFICATES).
+    ca_file: str | None = Field(None, pattern=r"^/[A-Za-z0-9._/-]+$")
 
     @field_validator("acme", mode="before")
     @classmethod

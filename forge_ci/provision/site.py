@@ -32,6 +32,7 @@ class Https:
     acme: str  # letsencrypt | letsencrypt-staging | off | a directory URL
     email: str | None
     hsts: bool
+    ca_file: str | None = None  # trust for a private CA's ACME API (a path on the server)
 
     def settings(self) -> str:
         """The settings file's text, sourced by forge-https (bash)."""
@@ -39,6 +40,8 @@ class Https:
                   "FORGE_HTTPS_HSTS": "true" if self.hsts else "false"}
         if self.email:
             values["FORGE_HTTPS_EMAIL"] = self.email
+        if self.ca_file:
+            values["FORGE_HTTPS_CA_FILE"] = self.ca_file
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
@@ -112,7 +115,8 @@ def _https(config: ForgeConfig, environment: str, file: str) -> Https | None:
         raise ConfigError("https needs the site's host name", file=file,
                           key=f"environments.{environment}.url",
                           hint="set url: https://www.example.com (or https.names)")
-    return Https(names=names, acme=wanted.acme, email=wanted.email, hsts=wanted.hsts)
+    return Https(names=names, acme=wanted.acme, email=wanted.email, hsts=wanted.hsts,
+                 ca_file=wanted.ca_file)
 
 
 def _hostnames(url: str | None) -> tuple[str, ...]:
