@@ -109,7 +109,7 @@ def _https(config: ForgeConfig, environment: str, file: str) -> Https | None:
     if wanted is None:
         if not (target.url and target.url.startswith("https://")):
             return None
-        wanted = HttpsConfig(email=None)
+        wanted = HttpsConfig.model_validate({})
     names = tuple(dict.fromkeys(_hostnames(target.url) + wanted.names))
     if wanted.acme != "off" and not names:
         raise ConfigError("https needs the site's host name", file=file,
