@@ -72,6 +72,7 @@ install -m 0600 "$W/admin.pub" /root/.ssh/authorized_keys
 
 socat "UNIX-LISTEN:$W/ssh.sock,fork,mode=0600" TCP:127.0.0.1:22 &
 socat "UNIX-LISTEN:$W/http.sock,fork,mode=0600" TCP:127.0.0.1:80 &
+socat "UNIX-LISTEN:$W/https.sock,fork,mode=0600" TCP:127.0.0.1:443 &
 touch "$W/ready"
 wait
 """
@@ -177,6 +178,7 @@ class BareServer:
     dir: Path
     ssh_port: int  # on this machine's 127.0.0.1, relayed to the server's port 22
     http_port: int  # relayed to the server's port 80
+    https_port: int  # relayed to the server's port 443
     init: subprocess.Popen[bytes] | None = None
     relays: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -193,6 +195,20 @@ class BareServer:
             return self.dir / "srv" / server_path[5:]
         raise ValueError(server_path)
 
+    def reach(self, port: int) -> None:
+        """Let the server reach this machine's 127.0.0.1:``port`` at its own 127.0.0.1:``port``
+        (an outside service, like an ACME CA)."""
+        assert self.init is not None
+        sock = self.dir / f"out-{port}.sock"
+        self.relays.append(spawn(["socat", f"UNIX-LISTEN:{sock},fork,mode=0600",
+                                  f"TCP:127.0.0.1:{port}"], self.dir / f"out-{port}.log"))
+        wait_until(sock.exists, what=f"relay to port {port}", timeout=10)
+        inside = Path(f"/proc/{self.init.pid}/task/{self.init.pid}/children").read_text().split()
+        self.relays.append(spawn(
+            ["nsenter", "-t", inside[0], "-n", "socat",
+             f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{sock}"],
+            self.dir / f"in-{port}.log"))
+
     def log(self, name: str) -> str:
         path = self.dir / name
         return path.read_text() if path.exists() else ""
@@ -206,7 +222,8 @@ class BareServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_bare_server(admin_public_key: str, packages: list[str]) -> BareServer:
+def start_bare_server(admin_public_key: str, packages: list[str], *,
+                      http_port: int | None = None) -> BareServer:
     for binary in ("unshare", "socat", "sshd", "nginx", "mariadbd", "mariadb-install-db",
                    "visudo"):
         require_binary(binary, "the packages in scripts/setup")
@@ -222,14 +239,16 @@ def start_bare_server(admin_public_key: str, packages: list[str]) -> BareServer:
     }
     for name, text in files.items():
         (workdir / name).write_text(text.replace("@W@", str(workdir)))
-    server = BareServer(dir=workdir, ssh_port=free_port(), http_port=free_port())
+    server = BareServer(dir=workdir, ssh_port=free_port(), http_port=http_port or free_port(),
+                        https_port=free_port())
     log = workdir / "init.log"
     server.init = spawn(["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc",
                          "bash", str(workdir / "init.sh")], log)
     try:
         wait_until(lambda: (workdir / "ready").exists(), what="the bare lab server", timeout=60,
                    log=[log, workdir / "sshd.log"], proc=server.init)
-        for port, sock in ((server.ssh_port, "ssh.sock"), (server.http_port, "http.sock")):
+        for port, sock in ((server.ssh_port, "ssh.sock"), (server.http_port, "http.sock"),
+                           (server.https_port, "https.sock")):
             server.relays.append(spawn(
                 ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
                  f"UNIX-CONNECT:{workdir / sock}"], workdir / f"relay-{port}.log"))

@@ -235,3 +235,91 @@ def test_bare_server_gets_the_stack_then_wordpress_then_nothing_changes(
                         capsys=capsys)
     assert code != 0
     assert "provider ssh does not destroy servers: forge did not create 127.0.0.1" in text
+
+
+HTTPS_YML = """\
+version: 1
+project: bare-site
+environments:
+  production:
+    url: https://{name}
+    hosts: [{{ host: 127.0.0.1, port: {port}, user: {user} }}]
+    path: /srv/www/bare-site
+    https: {{ acme: "{directory}", ca_file: {ca}, email: ops@example.com, hsts: true }}
+provision:
+  provider: ssh
+  admin_user: root
+  ssh_port: 22
+  php_version: "8.2"
+  swap_mb: 0
+"""
+
+
+def _get(port: int, host: str) -> str:
+    """The status line and headers of GET / from 127.0.0.1:``port`` for ``host``."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.decode(errors="replace").split("\r\n\r\n")[0]
+
+
+@pytest.mark.lab
+def test_https_pending_until_dns_points_here_then_a_rerun_issues_it(
+    admin_key: KeyPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import secrets
+
+    from lab._proc import free_port, require_root
+    from lab.pebble import running_pebble
+
+    from forge_ci import tls
+
+    with lab_required():
+        require_root()
+    name = f"shop-{secrets.token_hex(4)}.forge.test"
+    http_port = free_port()
+    with running_pebble(http_port) as pebble:
+        server = start_bare_server(admin_key.public, stack.packages(SITE), http_port=http_port)
+        try:
+            server.reach(int(pebble.directory.split(":")[2].split("/")[0]))
+            root = pebble.write_root(tmp_path / "pebble-root.pem")
+            src = tmp_path / "src"
+            src.mkdir()
+            (src / "forge.yml").write_text(HTTPS_YML.format(
+                name=name, port=server.ssh_port, user=DEPLOY_USER, directory=pebble.directory,
+                ca=pebble.ca_cert))
+            env = {"PATH": "/usr/bin:/bin", "FORGE_SSH_KEY": generate_ed25519().private,
+                   "FORGE_ADMIN_SSH_KEY": admin_key.private,
+                   "FORGE_KNOWN_HOSTS": server.known_hosts()}
+
+            # DNS does not point here: provisioning succeeds and says what to fix.
+            code, text = _forge(src, env, "provision", "production", capsys=capsys)
+            assert code == 0, text
+            assert f"HTTPS is pending: no certificate for {name} yet" in text
+            assert f"Point the DNS A/AAAA records of {name} at 127.0.0.1" in text
+            assert " 301 " not in _get(server.http_port, name).split("\r\n")[0]
+            assert not tls.inspect(name, server.https_port, address="127.0.0.1",
+                                   cafile=root).ok
+
+            # Fixed: the next run plans only the certificate, and issues it.
+            pebble.point(name)
+            code, text = _forge(src, env, "provision", "production", "--plan", "--json",
+                                capsys=capsys)
+            plan = _json(text)["plan"]
+            assert isinstance(plan, dict)
+            assert [c["kind"] for c in plan["changes"]] == ["https"], plan
+            code, text = _forge(src, env, "provision", "production", capsys=capsys)
+            assert code == 0, text
+            assert "HTTPS is pending" not in text and "https: ok " in text
+            report = tls.inspect(name, server.https_port, address="127.0.0.1", cafile=root)
+            assert report.ok, report.summary()
+            assert " 301 " in _get(server.http_port, name).split("\r\n")[0]
+            code, text = _forge(src, env, "provision", "production", "--plan", "--json",
+                                capsys=capsys)
+            assert _json(text)["plan"] == {**_json(text)["plan"], "changes": []}  # type: ignore[dict-item]
+        finally:
+            server.stop()
