@@ -20,10 +20,15 @@ if TYPE_CHECKING:
 
 _PROVISION_HELP = """\
 Create the environment's server if it is missing, with its firewall and SSH key,
-and install the Bedrock stack through cloud-init. Idempotent: a second run changes
-nothing. Needs HCLOUD_TOKEN (HCLOUD_ENDPOINT overrides the API URL) and
-FORGE_SSH_KEY (its public half becomes the deploy user's login). For a server made
-earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. Outputs: ip, known-hosts."""
+and install the Bedrock stack through cloud-init (provider hetzner), or bring an
+existing Debian/Ubuntu server to the same stack over SSH (provider ssh). Both set up
+HTTPS from the environment's https: key; a certificate waiting for DNS is a
+warning saying what to fix, and the next run retries it. Idempotent: a second run
+changes nothing. hetzner needs HCLOUD_TOKEN (HCLOUD_ENDPOINT overrides the API URL)
+and FORGE_SSH_KEY (its public half becomes the deploy user's login); for a server
+made earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. ssh needs
+FORGE_KNOWN_HOSTS, FORGE_SSH_KEY and FORGE_ADMIN_SSH_KEY (the admin_user's key;
+FORGE_SSH_KEY when unset). Outputs: ip, known-hosts."""
 
 _DESTROY_HELP = """\
 Delete the environment's server and its forge firewall. Only a server carrying
