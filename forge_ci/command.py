@@ -59,6 +59,7 @@ class Context:
 # Values masked in every log line and output as soon as a command starts.
 SECRET_VARS = (
     "FORGE_SSH_KEY",
+    "FORGE_ADMIN_SSH_KEY",
     "FORGE_BACKUP_IDENTITY",
     "HCLOUD_TOKEN",
     "AWS_SECRET_ACCESS_KEY",

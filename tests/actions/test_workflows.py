@@ -37,7 +37,7 @@ SECRETS = {
                "aws-access-key-id", "aws-secret-access-key", "env"},
     "restore": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
                 "aws-secret-access-key", "env"},
-    "provision": {"hcloud-token", "ssh-key", "env"},
+    "provision": {"hcloud-token", "ssh-key", "known-hosts", "admin-ssh-key", "env"},
 }
 # Which variable each named secret becomes in the forge step's environment.
 SECRET_ENV = {
@@ -46,6 +46,7 @@ SECRET_ENV = {
     "backup-recipient": "FORGE_BACKUP_RECIPIENT",
     "backup-identity": "FORGE_BACKUP_IDENTITY",
     "hcloud-token": "HCLOUD_TOKEN",
+    "admin-ssh-key": "FORGE_ADMIN_SSH_KEY",
     "aws-access-key-id": "AWS_ACCESS_KEY_ID",
     "aws-secret-access-key": "AWS_SECRET_ACCESS_KEY",
     "env": "FORGE_ENV",
