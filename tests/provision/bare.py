@@ -66,8 +66,18 @@ install -m 0755 "$W/apt-get" /usr/local/sbin/apt-get
 # The server's own host keys and the admin's login.
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -C '' -f /etc/ssh/ssh_host_ed25519_key
-install -d -m 0700 /root/.ssh
-install -m 0600 "$W/admin.pub" /root/.ssh/authorized_keys
+admin=@ADMIN@
+if [ "$admin" = root ]; then
+  install -d -m 0700 /root/.ssh
+  install -m 0600 "$W/admin.pub" /root/.ssh/authorized_keys
+else
+  # A cloud image's admin: its own account with password-less sudo.
+  useradd --create-home --shell /bin/bash "$admin"
+  install -d -o "$admin" -g "$admin" -m 0700 "/home/$admin/.ssh"
+  install -o "$admin" -g "$admin" -m 0600 "$W/admin.pub" "/home/$admin/.ssh/authorized_keys"
+  echo "$admin ALL=(ALL) NOPASSWD:ALL" > "/etc/sudoers.d/90-$admin"
+  chmod 0440 "/etc/sudoers.d/90-$admin"
+fi
 /usr/sbin/sshd -E "$W/sshd.log"
 
 socat "UNIX-LISTEN:$W/ssh.sock,fork,mode=0600" TCP:127.0.0.1:22 &
@@ -223,7 +233,7 @@ class BareServer:
 
 
 def start_bare_server(admin_public_key: str, packages: list[str], *,
-                      http_port: int | None = None) -> BareServer:
+                      http_port: int | None = None, admin_user: str = "root") -> BareServer:
     for binary in ("unshare", "socat", "sshd", "nginx", "mariadbd", "mariadb-install-db",
                    "visudo"):
         require_binary(binary, "the packages in scripts/setup")
@@ -231,7 +241,7 @@ def start_bare_server(admin_public_key: str, packages: list[str], *,
     workdir.chmod(0o755)
     files = {
         "init.sh": _INIT.replace("@OVERLAYS@", " ".join(OVERLAYS))
-        .replace("@PACKAGES@", " ".join(packages)),
+        .replace("@PACKAGES@", " ".join(packages)).replace("@ADMIN@", admin_user),
         "dpkg_state.py": _DPKG_STATE,
         "apt-get": _APT,
         "systemctl": _SYSTEMCTL,

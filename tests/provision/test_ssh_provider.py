@@ -323,3 +323,36 @@ def test_https_pending_until_dns_points_here_then_a_rerun_issues_it(
             assert _json(text)["plan"] == {**_json(text)["plan"], "changes": []}  # type: ignore[dict-item]
         finally:
             server.stop()
+
+
+@pytest.mark.lab
+def test_a_sudo_admin_sets_it_up_too(
+    admin_key: KeyPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """admin_user: ubuntu (password-less sudo, as cloud images have), not root."""
+    with lab_required():
+        from lab._proc import require_root
+
+        require_root()
+    server = start_bare_server(admin_key.public, stack.packages(SITE), admin_user="ubuntu")
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        text = FORGE_YML.format(url="http://example.com", port=server.ssh_port,
+                                user=DEPLOY_USER).replace("admin_user: root",
+                                                          "admin_user: ubuntu")
+        (src / "forge.yml").write_text(text)
+        env = {"PATH": "/usr/bin:/bin", "FORGE_SSH_KEY": generate_ed25519().private,
+               "FORGE_ADMIN_SSH_KEY": admin_key.private,
+               "FORGE_KNOWN_HOSTS": server.known_hosts()}
+        code, out = _forge(src, env, "provision", "production", capsys=capsys)
+        assert code == 0, out
+        dropin = server.path("/etc/ssh/sshd_config.d/10-forge.conf").read_text()
+        assert f"AllowUsers {DEPLOY_USER} ubuntu" in dropin and "PermitRootLogin no" in dropin
+        # The admin still gets in after the hardening, and finds nothing to change.
+        code, out = _forge(src, env, "provision", "production", "--plan", "--json",
+                           capsys=capsys)
+        assert code == 0, out
+        assert _json(out)["plan"] == {**_json(out)["plan"], "changes": []}  # type: ignore[dict-item]
+    finally:
+        server.stop()
