@@ -174,7 +174,7 @@ def plan_changes(site: Site, admin_user: str, host: HostConfig, spec: ServerSpec
         changes.append(Change("create", "user", site.deploy_user, {"shell": "/bin/bash"}))
     if not state.authorized:
         changes.append(Change("update", "authorized_keys", site.deploy_user,
-                              {"key": spec.ssh_public_key.split()[-1]}))
+                              {"key": "FORGE_SSH_KEY's public half"}))
     for f in files:
         now = state.files.get(f.path)
         if now != (f.digest, f.mode):
@@ -190,8 +190,10 @@ def plan_changes(site: Site, admin_user: str, host: HostConfig, spec: ServerSpec
           and not (state.https or "").startswith("ok ")):
         changes.append(Change("update", "https", site.tls.names[0],
                               {"status": (state.https or "none").split(" ")[0]}))
-    info = ServerInfo(id=host.host, name=spec.name, status="running", ipv4=host.host, ipv6=None,
-                      labels={})
+    info = ServerInfo(id=f"{host.host}:{host.port}", name=spec.name, status="running",
+                      ipv4=host.host, ipv6=None, labels={},
+                      server_type=f"{state.os_id} {state.os_version}".strip(),
+                      location="existing server (provider ssh)")
     return Plan(provider="ssh", server_name=spec.name, changes=tuple(changes), existing=info)
 
 
