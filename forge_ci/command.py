@@ -80,6 +80,7 @@ class Context:
 # Values masked in every log line and output as soon as a command starts.
 SECRET_VARS = (
     "FORGE_SSH_KEY",
+    "FORGE_ADMIN_SSH_KEY",
     "FORGE_BACKUP_IDENTITY",
     "FORGE_BACKUP_SIGNING_KEY",
     "HCLOUD_TOKEN",

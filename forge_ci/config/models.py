@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from forge_ci.config.backup import BackupConfig
-from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.provision import HttpsConfig, ProvisionConfig
 from forge_ci.config.watch import DrillConfig, MonitorConfig
 from forge_ci.notify.config import NotifyTarget
 
@@ -201,6 +201,8 @@ class EnvironmentConfig(Frozen):
     # then switch and check ``rolling.batch`` hosts at a time.
     strategy: Literal["together", "rolling"] = "together"
     rolling: RollingConfig | None = None
+    # Provisioning's ACME certificate; absent: on (letsencrypt) when url is https://.
+    https: HttpsConfig | None = None
 
     @property
     def is_local(self) -> bool:
