@@ -278,10 +278,12 @@ def render_releases(infos: Sequence[ReleaseInfo]) -> str:
     """A table, newest first; ``*`` marks the release ``current`` points at."""
     if not infos:
         return "no releases yet"
-    rows = [("", *COLUMNS)] + [("*" if i.current else "", *i.row()) for i in infos]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    rows = [COLUMNS] + [tuple(v or "-" for v in i.row()) for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
+    marks = [" "] + ["*" if i.current else " " for i in infos]
+    return "\n".join(
+        (m + " " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))).rstrip()
+        for m, r in zip(marks, rows, strict=True))
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def test_manual_rollback_and_rollback_to(local_site: LocalSite) -> None:
         assert local_site.forge("deploy", "local") == 0
         ids.append(local_site.current)
     assert local_site.forge("rollback", "local") == 0
-    assert local_site.current == ids[1] and state(local_site, ids[2]) == "bad"
+    # A manual rollback says nothing bad about the release it leaves.
+    assert local_site.current == ids[1] and state(local_site, ids[2]) == "rolled_back"
     assert local_site.forge("rollback", "local", "--to", ids[0]) == 0
     assert local_site.page() == "ok v1\n"
     assert local_site.forge("rollback", "local", "--to", "nope") == ExitCode.USAGE
@@ -241,3 +242,63 @@ def test_a_release_never_inherits_the_previous_marker(local_site: LocalSite) -> 
     assert local_site.forge("deploy", "local") == 0
     assert local_site.current != first
     assert not (local_site.target / "current/web/forge-release.php").exists()
+
+
+def _listing(site: LocalSite, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    capsys.readouterr()
+    assert site.forge("releases", "local", "--json") == 0
+    return json.loads(capsys.readouterr().out)["releases"]  # type: ignore[no-any-return]
+
+
+def test_release_history_says_who_deployed_what_and_rolling_back_and_forth_keeps_it_good(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = []
+    for v, actor in (("1", "alice"), ("2", "bob")):
+        local_site.env.update(GITHUB_ACTOR=actor, GITHUB_SHA=f"{v}" * 40, GITHUB_RUN_ID=v)
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    listing = _listing(local_site, capsys)
+    assert [(r["id"], r["state"], r["actor"], r["commit"], r["run"]) for r in listing] == [
+        (ids[1], "live", "bob", "2" * 40, "2"), (ids[0], "previous", "alice", "1" * 40, "1")]
+    assert all(isinstance(r["seconds"], float) and r["time"] for r in listing)
+
+    # Back, then forward: every release stays good, and a rollback can go to either.
+    assert local_site.forge("rollback", "local") == 0
+    assert [r["state"] for r in _listing(local_site, capsys)] == ["rolled_back", "live"]
+    assert local_site.forge("rollback", "local", "--to", ids[1]) == 0
+    assert [r["state"] for r in _listing(local_site, capsys)] == ["live", "rolled_back"]
+    assert local_site.page() == "ok v2\n"
+
+    # The human listing: one header, the columns in the documented order.
+    assert local_site.forge("releases", "local") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["release", "state", "commit", "subject", "actor", "time", "took"]
+    assert lines[1].startswith(f"* {ids[1]}  live") and "bob" in lines[1]
+
+
+def test_forced_rollback_switches_a_site_whose_checks_fail_for_another_reason(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = []
+    for v in ("1", "2"):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    first, second = ids
+    # The site is down for a reason no release fixes (here: its check page is gone).
+    local_site.config(health=f"      - {{url: '{local_site.url}/db-status.html'}}\n")
+    assert local_site.forge("rollback", "local") == ExitCode.FAILED
+    assert local_site.current == second
+    capsys.readouterr()
+    summary = local_site.target.parent / "summary.md"
+    local_site.env["GITHUB_STEP_SUMMARY"] = str(summary)
+    assert local_site.forge("rollback", "local", "--force") == 0
+    err = capsys.readouterr().err
+    assert local_site.current == first and local_site.page() == "ok v1\n"
+    assert "rollback --force" in err and "WITHOUT health checks" in err
+    assert "Forced rollback" in summary.read_text()
+    forced = [e for e in releases(local_site) if "forced" in str(e.get("note"))]
+    assert [(e["release"], e["state"]) for e in forced] == [
+        (second, "rolled_back"), (first, "live")]
