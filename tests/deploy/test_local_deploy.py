@@ -302,3 +302,37 @@ def test_forced_rollback_switches_a_site_whose_checks_fail_for_another_reason(
     forced = [e for e in releases(local_site) if "forced" in str(e.get("note"))]
     assert [(e["release"], e["state"]) for e in forced] == [
         (second, "rolled_back"), (first, "live")]
+
+
+def test_a_first_deploy_onto_an_existing_site_moves_its_uploads_only_when_asked(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A site forge did not deploy lives in the path, media and all.
+    old = local_site.target
+    (old / "web/app/uploads/2024").mkdir(parents=True)
+    (old / "web/index.php").write_text("old site\n")
+    (old / "web/app/uploads/2024/photo.jpg").write_bytes(b"\xff\xd8 jpeg")
+
+    capsys.readouterr()
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "holds a site forge did not deploy" in err and "--adopt" in err
+    assert not (old / "current").exists() and not (old / "releases").exists()
+
+    assert local_site.forge("deploy", "local", "--adopt", "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    [host] = plan["hosts"]
+    assert {"op": "adopt", "paths": ["web/app/uploads"]} in host["prepare"]
+    assert (old / "web/app/uploads/2024/photo.jpg").is_file()  # the dry run moved nothing
+    assert not (old / "shared").exists()
+
+    assert local_site.forge("deploy", "local", "--adopt") == 0
+    assert (old / "shared/web/app/uploads/2024/photo.jpg").read_bytes() == b"\xff\xd8 jpeg"
+    # The new release serves the media, and the old site's path still reaches them.
+    assert (old / "current/web/app/uploads/2024/photo.jpg").read_bytes() == b"\xff\xd8 jpeg"
+    assert os.readlink(old / "web/app/uploads") == "../../shared/web/app/uploads"
+    assert (old / "web/app/uploads/2024/photo.jpg").is_file()
+    # The next deploy has nothing to adopt and needs no flag.
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.page() == "ok v2\n"
