@@ -307,9 +307,10 @@ def http_findings(config: EnvironmentConfig, hosts: Sequence[Host],
     if not config.url:
         return [Finding("-", "docroot", "warn", "no url in forge.yml: docroot and PHP not "
                         "checked", "set url so deploys can check health")]
-    if any(f.path != "dir" or not f.writable for f in facts):
-        return [Finding(config.url, "docroot", "warn", "not checked: the deploy path is not "
-                        "ready (see path above)", "fix path, then run doctor again")]
+    if any(f.path != "dir" or not f.writable or f.missing_tools for f in facts):
+        # The probe needs the path and the tools a deploy needs: fix those first.
+        return [Finding(config.url, "docroot", "warn", "not checked: the deploy path or its "
+                        "tools are not ready (see above)", "fix those, then run doctor again")]
     lay = Layout(root)
     probe = _Probe(secrets.token_hex(8), secrets.token_hex(8))
     scratch = posixpath.join(lay.releases, probe.scratch)
