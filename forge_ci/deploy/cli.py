@@ -13,7 +13,7 @@ from forge_ci.build.cli import default_out, local_targets
 from forge_ci.command import Common, Context
 from forge_ci.deploy import doctor, health
 from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
-from forge_ci.deploy.lock import owner_info
+from forge_ci.deploy.lock import Lock, owner_info
 from forge_ci.deploy.observe import observe
 from forge_ci.deploy.releases import Layout, Origin, list_releases, render_releases
 from forge_ci.errors import (
@@ -205,7 +205,9 @@ def cmd_health(ctx: Context) -> int:
 def cmd_doctor(ctx: Context) -> int:
     """Exit 0 when every check is ok or a warning, 1 when something must be fixed."""
     with _deployment(ctx, "doctor") as dep, ctx.runner.group(f"doctor {dep.environment}"):
-        report = doctor.diagnose(dep.config, dep.hosts, dep.root,
-                                 min_free=ctx.args.min_free_mb << 20, log=ctx.runner.log)
+        report = doctor.diagnose(
+            dep.config, dep.hosts, dep.root, min_free=ctx.args.min_free_mb << 20,
+            log=ctx.runner.log,
+            hold=lambda h: Lock(h, dep.layout, dep.owner, dep.config.lock_wait))
     ctx.emit({"environment": dep.environment, **report.to_json()}, report.render())
     return 0 if report.ok else 1

@@ -26,16 +26,19 @@ file and a PHP file in its ``web/``, and the 0600 file beside ``web/`` (where a 
 keeps ``.env``). When nothing is live yet, ``current`` points at the scratch release
 for the probe; when a release is live, the probe files go into it instead (visitors
 keep that release). The preview link is pointed at the scratch release and put back.
-Everything forge wrote is removed afterwards, whatever happened.
+Everything forge wrote is removed afterwards, whatever happened. On a host forge
+already deploys to, the probe holds the deploy lock, so no deploy runs meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -301,9 +304,25 @@ def _url_findings(where: str, base: str, probe: _Probe, fetch: Fetch, root_dir: 
     return out
 
 
+Hold = Callable[[Host], AbstractContextManager[object]]
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """What the probe changed on one host, for :func:`_clean` to undo."""
+
+    host: Host
+    had_current: bool
+    had_releases: bool
+    old_preview: str | None  # where the preview link pointed ("" when it did not exist)
+
+
 def http_findings(config: EnvironmentConfig, hosts: Sequence[Host],
                   facts: Sequence[HostFacts], root: str, fetch: Fetch = _get,
-                  log: Callable[[str], None] = lambda _: None) -> list[Finding]:
+                  log: Callable[[str], None] = lambda _: None,
+                  hold: Hold | None = None) -> list[Finding]:
+    """docroot, php and preview, through files this run alone can name. ``hold``: the
+    deploy lock, taken on hosts forge deployed to, so no deploy runs meanwhile."""
     if not config.url:
         return [Finding("-", "docroot", "warn", "no url in forge.yml: docroot and PHP not "
                         "checked", "set url so deploys can check health")]
@@ -315,51 +334,59 @@ def http_findings(config: EnvironmentConfig, hosts: Sequence[Host],
     probe = _Probe(secrets.token_hex(8), secrets.token_hex(8))
     scratch = posixpath.join(lay.releases, probe.scratch)
     pv = config.preview
-    out: list[Finding] = []
-    placed: list[tuple[Host, HostFacts, str | None]] = []  # host, facts, old preview target
-    try:
+    placed: list[_Placed] = []
+    with contextlib.ExitStack() as stack:
         for host, f in zip(hosts, facts, strict=True):
-            had_releases = host.run(f"[ -d {sh(lay.releases)} ]", check=False).status == 0
-            _place(host, scratch, probe)
-            old_pv: str | None = None
-            if pv is not None:
-                old_pv = host.run(f"readlink {sh(lay.link(pv.link))}",
-                                  check=False).text.strip()
-                host.point_link(lay.link(pv.link), posixpath.join("releases", probe.scratch))
-            placed.append((host, f, old_pv if pv else None))
-            if f.current:
-                _place(host, lay.current, probe)
-            else:
-                host.point_link(lay.current, posixpath.join("releases", probe.scratch))
-            if not had_releases:
-                # An existing site must stay recognisable: releases/ goes too.
-                host.write_atomic(posixpath.join(scratch, "made-releases"), b"")
-        log(f"doctor: probing {config.url} with token {probe.token}")
-        out += _url_findings(config.url, config.url, probe, fetch,
-                             posixpath.join(lay.current, "web"), "docroot")
-        if pv is not None:
-            pv_dir = posixpath.join(lay.link(pv.link), "web")
-            if pv.on_host:
-                for host in hosts:
-                    out += [Finding(host.name, "preview", x.status, x.detail, x.hint)
-                            for x in _url_findings(host.name, pv.url, probe,
-                                                   health.fetch_on(host, 10.0), pv_dir, "preview")
-                            if x.check == "preview"]
-            else:
-                out += [x for x in _url_findings(pv.url, pv.url, probe, fetch, pv_dir,
-                                                 "preview") if x.check == "preview"]
-    finally:
-        for host, f, old_pv in placed:
-            _clean(host, lay, probe, f.current, pv.link if pv else None, old_pv, log)
+            if f.forge and hold is not None:
+                stack.enter_context(hold(host))
+        try:
+            for host, f in zip(hosts, facts, strict=True):
+                had_releases = host.run(f"[ -d {sh(lay.releases)} ]", check=False).status == 0
+                old_pv = (host.run(f"readlink {sh(lay.link(pv.link))}", check=False).text.strip()
+                          if pv else None)
+                placed.append(_Placed(host, f.current, had_releases, old_pv))
+                _place(host, scratch, probe)
+                if pv is not None:
+                    host.point_link(lay.link(pv.link), posixpath.join("releases", probe.scratch))
+                if f.current:
+                    _place(host, lay.current, probe)
+                else:
+                    host.point_link(lay.current, posixpath.join("releases", probe.scratch))
+            log(f"doctor: probing {config.url} with files named forge-doctor-{probe.token}.*")
+            return _probe_all(config, hosts, lay, probe, fetch)
+        finally:
+            for pl in placed:
+                _clean(pl, lay, probe, pv.link if pv else None, log)
+    raise AssertionError("unreachable")
+
+
+def _probe_all(config: EnvironmentConfig, hosts: Sequence[Host], lay: Layout, probe: _Probe,
+               fetch: Fetch) -> list[Finding]:
+    assert config.url is not None
+    out = _url_findings(config.url, config.url, probe, fetch,
+                        posixpath.join(lay.current, "web"), "docroot")
+    pv = config.preview
+    if pv is None:
+        return out
+    pv_dir = posixpath.join(lay.link(pv.link), "web")
+    if pv.on_host:
+        for host in hosts:
+            out += [x for x in _url_findings(host.name, pv.url, probe,
+                                             health.fetch_on(host, 10.0), pv_dir, "preview")
+                    if x.check == "preview"]
+    else:
+        out += [x for x in _url_findings(pv.url, pv.url, probe, fetch, pv_dir, "preview")
+                if x.check == "preview"]
     return out
 
 
-def _clean(host: Host, lay: Layout, probe: _Probe, had_current: bool, pv_link: str | None,
-           old_pv: str | None, log: Callable[[str], None]) -> None:
-    scratch = posixpath.join(lay.releases, probe.scratch)
+def _clean(pl: _Placed, lay: Layout, probe: _Probe, pv_link: str | None,
+           log: Callable[[str], None]) -> None:
+    """Undo :func:`http_findings`' changes; each line is safe when its change never
+    happened."""
     mine = posixpath.join("releases", probe.scratch)
     script = []
-    if had_current:
+    if pl.had_current:
         script.append("rm -f -- " + " ".join(sh(posixpath.join(lay.current, rel))
                                              for rel in probe.files()))
     else:
@@ -367,29 +394,30 @@ def _clean(host: Host, lay: Layout, probe: _Probe, had_current: bool, pv_link: s
                       f"rm -f -- {sh(lay.current)}")
     if pv_link is not None:
         link = lay.link(pv_link)
-        if old_pv:
-            script.append(f"ln -sfn -- {sh(old_pv)} {sh(link)}.forge-tmp && "
+        if pl.old_preview:
+            script.append(f"ln -sfn -- {sh(pl.old_preview)} {sh(link)}.forge-tmp && "
                           f"mv -Tf -- {sh(link)}.forge-tmp {sh(link)}")
         else:
             script.append(f'[ "$(readlink {sh(link)})" = {sh(mine)} ] && rm -f -- {sh(link)}')
-    script.append(f"made=; [ -e {sh(scratch)}/made-releases ] && made=1")
-    script.append(f"rm -rf -- {sh(scratch)}")
-    script.append(f'[ -n "$made" ] && rmdir -- {sh(lay.releases)} 2>/dev/null')
+    script.append(f"rm -rf -- {sh(posixpath.join(lay.releases, probe.scratch))}")
+    if not pl.had_releases:
+        # An existing site must stay recognisable as one: releases/ goes too.
+        script.append(f"rmdir -- {sh(lay.releases)} 2>/dev/null")
     script.append("true")
     try:
-        host.run("\n".join(script))
+        pl.host.run("\n".join(script))
     except ForgeError as e:
-        log(f"{host.name}: doctor could not remove its probe files: {e.message}")
+        log(f"{pl.host.name}: doctor could not remove its probe files: {e.message}")
 
 
 def diagnose(config: EnvironmentConfig, hosts: Sequence[Host], root: str, *,
              min_free: int = MIN_FREE_MB << 20, fetch: Fetch = _get,
-             log: Callable[[str], None] = lambda _: None) -> Report:
+             log: Callable[[str], None] = lambda _: None, hold: Hold | None = None) -> Report:
     """Every check on every host; changes nothing that outlives the call."""
     facts = [(h.name, host_facts(h, config, root)) for h in hosts]
     out: list[Finding] = []
     for name, f in facts:
         out += host_findings(name, f, root, min_free)
     out += shared_findings(config, facts)
-    out += http_findings(config, hosts, [f for _, f in facts], root, fetch, log)
+    out += http_findings(config, hosts, [f for _, f in facts], root, fetch, log, hold)
     return Report(tuple(out))
