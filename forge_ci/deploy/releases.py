@@ -113,20 +113,26 @@ class Event:
     by: str = ""
     note: str = ""
     info: Info = ()  # (key, value) pairs, keys from INFO_KEYS
+    # Phase durations (``*_s``) and sizes of the run that went live; only on "live".
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
-        d = {"release": self.release, "state": self.state, "time": self.time}
+        d: dict[str, object] = {"release": self.release, "state": self.state,
+                                "time": self.time}
         if self.by:
             d["by"] = self.by
         if self.note:
             d["note"] = self.note
         d.update((k, v) for k, v in self.info if k in INFO_KEYS and v)
+        if self.metrics:
+            d["metrics"] = dict(self.metrics)
         return (json.dumps(d, sort_keys=True) + "\n").encode()
 
 
-def event(release: str, state: State, by: str = "", note: str = "", info: Info = ()) -> Event:
+def event(release: str, state: State, by: str = "", note: str = "",
+          metrics: Mapping[str, float] | None = None, info: Info = ()) -> Event:
     return Event(release, state, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by, note,
-                 info)
+                 info, dict(metrics or {}))
 
 
 @dataclass
@@ -143,7 +149,8 @@ class ReleaseLog:
                 d = json.loads(raw)
                 ev = Event(str(d["release"]), d["state"], str(d.get("time", "")),
                            str(d.get("by", "")), str(d.get("note", "")),
-                           tuple((k, str(d[k])) for k in INFO_KEYS if d.get(k) not in (None, "")))
+                           tuple((k, str(d[k])) for k in INFO_KEYS if d.get(k) not in (None, "")),
+                           _metrics(d.get("metrics")))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed run: the run never finished it
             if ev.state in STATES and "/" not in ev.release and ev.release not in ("", ".", ".."):
@@ -156,6 +163,11 @@ class ReleaseLog:
         for ev in self.events:
             seen.setdefault(ev.release, None)
         return list(seen)
+
+    @property
+    def metrics(self) -> Mapping[str, Mapping[str, float]]:
+        """Each release's metrics, from the newest event that carries some."""
+        return {ev.release: ev.metrics for ev in self.events if ev.metrics}
 
     @property
     def states(self) -> Mapping[str, State]:
@@ -218,12 +230,13 @@ class ReleaseInfo:
     seconds: float | None = None
     run: str = ""
     note: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "current": self.current,
                 "present": self.present, "commit": self.commit, "subject": self.subject,
                 "actor": self.actor, "time": self.time, "seconds": self.seconds,
-                "run": self.run, "note": self.note}
+                "run": self.run, "note": self.note, "metrics": dict(self.metrics)}
 
     def row(self) -> tuple[str, ...]:
         return (self.id, self.state + ("" if self.present else " (gone)"), self.commit[:10],
@@ -257,6 +270,7 @@ def shown_state(raw: State, is_current: bool) -> str:
 def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> list[ReleaseInfo]:
     """Releases newest first: logged ones in log order, then unknown dirs."""
     states = log.states
+    metrics = log.metrics
     out = []
     for r in log.order:
         if states[r] == "removed" and r not in dirs:
@@ -268,14 +282,15 @@ def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> 
             seconds = None
         out.append(ReleaseInfo(r, shown_state(states[r], r == current), r == current, r in dirs,
                                d.get("commit", ""), d.get("subject", ""), d.get("actor", ""),
-                               d.get("time", ""), seconds, d.get("run", ""), d.get("note", "")))
+                               d.get("time", ""), seconds, d.get("run", ""), d.get("note", ""),
+                               metrics.get(r, {})))
     known = {r.id for r in out}
     out += [ReleaseInfo(d, "unknown", d == current, True) for d in dirs if d not in known]
     return list(reversed(out))
 
 
 def render_releases(infos: Sequence[ReleaseInfo]) -> str:
-    """A table, newest first; ``*`` marks the release ``current`` points at."""
+    """A table of ``infos`` in the order given; ``*`` marks the release ``current`` points at."""
     if not infos:
         return "no releases yet"
     rows = [COLUMNS] + [tuple(v or "-" for v in i.row()) for i in infos]
@@ -357,3 +372,11 @@ def unfinished(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> lis
     # A run killed before its directory appeared still logged "preparing": close that too.
     stale += [r for r, s in states.items() if s == "preparing" and r not in dirs and r != current]
     return stale
+
+
+def _metrics(raw: object) -> dict[str, float]:
+    """Numbers only: a hand-edited or foreign entry is ignored, not trusted."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): float(v) for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}

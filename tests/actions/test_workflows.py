@@ -33,17 +33,21 @@ ALL_FILES = workflow_files() + action_files()
 SECRETS = {
     "deploy": {"ssh-key", "known-hosts", "env"},
     "rollback": {"ssh-key", "known-hosts", "env"},
-    "backup": {"ssh-key", "known-hosts", "backup-recipient", "backup-identity",
-               "aws-access-key-id", "aws-secret-access-key", "env"},
+    "backup": {"ssh-key", "known-hosts", "backup-recipient", "backup-signing-key",
+               "backup-identity", "aws-access-key-id", "aws-secret-access-key", "env"},
     "restore": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
                 "aws-secret-access-key", "env"},
     "provision": {"hcloud-token", "ssh-key", "env"},
+    "monitor": {"ssh-key", "known-hosts", "aws-access-key-id", "aws-secret-access-key", "env"},
+    "drill": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
+              "aws-secret-access-key", "env"},
 }
 # Which variable each named secret becomes in the forge step's environment.
 SECRET_ENV = {
     "ssh-key": "FORGE_SSH_KEY",
     "known-hosts": "FORGE_KNOWN_HOSTS",
     "backup-recipient": "FORGE_BACKUP_RECIPIENT",
+    "backup-signing-key": "FORGE_BACKUP_SIGNING_KEY",
     "backup-identity": "FORGE_BACKUP_IDENTITY",
     "hcloud-token": "HCLOUD_TOKEN",
     "aws-access-key-id": "AWS_ACCESS_KEY_ID",
@@ -56,6 +60,8 @@ OUTPUTS = {
     "backup": {"snapshot-id"},
     "restore": set(),
     "provision": {"ip", "known-hosts"},
+    "monitor": {"severity"},
+    "drill": set(),
 }
 OWN_INPUTS = {
     "deploy": {"artifact"},
@@ -63,6 +69,8 @@ OWN_INPUTS = {
     "backup": {"verify", "prune"},
     "restore": {"snapshot", "confirm"},
     "provision": {"no-wait"},
+    "monitor": {"state", "last-activity", "fail-on"},
+    "drill": set(),
 }
 CONCURRENCY = {
     "deploy": "forge-deploy-${{ inputs.environment }}",
@@ -70,6 +78,8 @@ CONCURRENCY = {
     "restore": "forge-deploy-${{ inputs.environment }}",
     "backup": "forge-backup-${{ inputs.environment }}",
     "provision": "forge-provision-${{ inputs.environment }}",
+    "monitor": "forge-monitor-${{ inputs.environment }}",
+    "drill": "forge-drill-${{ inputs.environment }}",
 }
 PERMISSIONS = {
     "deploy": {"contents": "read"},
@@ -77,6 +87,8 @@ PERMISSIONS = {
     "provision": {"contents": "read"},
     "backup": {"contents": "read", "id-token": "write"},
     "restore": {"contents": "read", "id-token": "write"},
+    "monitor": {"contents": "read", "id-token": "write"},
+    "drill": {"contents": "read", "id-token": "write"},
 }
 
 
@@ -194,7 +206,7 @@ def test_reusable_inputs(name: str) -> None:
     if name == "restore":
         assert {"snapshot", "confirm"} <= set(inputs)
         assert inputs["confirm"]["required"] is True
-    if name in ("backup", "restore"):
+    if name in ("backup", "restore", "monitor", "drill"):
         assert "aws-role-arn" in inputs
 
 

@@ -260,22 +260,23 @@ def test_release_history_says_who_deployed_what_and_rolling_back_and_forth_keeps
         assert local_site.forge("deploy", "local") == 0
         ids.append(local_site.current)
     listing = _listing(local_site, capsys)
+    # Oldest first, as every listing.
     assert [(r["id"], r["state"], r["actor"], r["commit"], r["run"]) for r in listing] == [
-        (ids[1], "live", "bob", "2" * 40, "2"), (ids[0], "previous", "alice", "1" * 40, "1")]
+        (ids[0], "previous", "alice", "1" * 40, "1"), (ids[1], "live", "bob", "2" * 40, "2")]
     assert all(isinstance(r["seconds"], float) and r["time"] for r in listing)
 
     # Back, then forward: every release stays good, and a rollback can go to either.
     assert local_site.forge("rollback", "local") == 0
-    assert [r["state"] for r in _listing(local_site, capsys)] == ["rolled_back", "live"]
-    assert local_site.forge("rollback", "local", "--to", ids[1]) == 0
     assert [r["state"] for r in _listing(local_site, capsys)] == ["live", "rolled_back"]
+    assert local_site.forge("rollback", "local", "--to", ids[1]) == 0
+    assert [r["state"] for r in _listing(local_site, capsys)] == ["rolled_back", "live"]
     assert local_site.page() == "ok v2\n"
 
     # The human listing: one header, the columns in the documented order.
     assert local_site.forge("releases", "local") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["release", "state", "commit", "subject", "actor", "time", "took"]
-    assert lines[1].startswith(f"* {ids[1]}  live") and "bob" in lines[1]
+    assert lines[2].startswith(f"* {ids[1]}  live") and "bob" in lines[2]
 
 
 def test_forced_rollback_switches_a_site_whose_checks_fail_for_another_reason(

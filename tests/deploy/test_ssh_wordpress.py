@@ -55,9 +55,9 @@ def test_deploy_then_redeploy_under_load_then_bad_release_then_rollback(
     capsys.readouterr()
     assert ssh_site.forge("releases", "production", "--json") == 0
     listing = json.loads(capsys.readouterr().out)["releases"]
-    # Newest first: the bad release, v2 (left by the manual rollback, still good), v1.
-    assert [r["state"] for r in listing] == ["bad", "rolled_back", "live"]
-    assert listing[2]["id"] == v1.removeprefix("releases/")
+    # Oldest first: v1 (live again), v2 (left by the manual rollback, still good), the bad one.
+    assert [r["state"] for r in listing] == ["live", "rolled_back", "bad"]
+    assert listing[0]["id"] == v1.removeprefix("releases/")
 
 
 def test_env_is_private_to_the_deploy_user_and_marker_proves_php(
