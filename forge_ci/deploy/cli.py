@@ -1,4 +1,4 @@
-"""``forge-ci deploy | rollback | releases | health``."""
+"""``forge-ci deploy | rollback | releases | health | doctor``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 from forge_ci.build.builder import build, open_artifact
 from forge_ci.build.cli import default_out, local_targets
 from forge_ci.command import Common, Context
-from forge_ci.deploy import health
+from forge_ci.deploy import doctor, health
 from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
-from forge_ci.deploy.lock import owner_info
+from forge_ci.deploy.lock import Lock, owner_info
 from forge_ci.deploy.observe import observe
-from forge_ci.deploy.releases import Layout, list_releases
+from forge_ci.deploy.releases import Layout, Origin, list_releases, render_releases
 from forge_ci.errors import (
     DeployFailed,
     ForgeError,
@@ -33,16 +33,23 @@ def register(sub: Any, common: Common) -> None:
     p.add_argument("environment", help=env_help)
     p.add_argument("--artifact", metavar="DIR", type=Path,
                    help="a directory made by forge-ci build (default: build now)")
+    p.add_argument("--adopt", action="store_true",
+                   help="first deploy onto a site forge did not deploy: move its shared paths "
+                        "(web/app/uploads, ...) into shared/ (try with --dry-run first)")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rollback", parents=[common.config, common.json, common.dry_run],
                        help="switch back to the previous good release (or --to RELEASE)")
     p.add_argument("environment", help=env_help)
     p.add_argument("--to", metavar="RELEASE", help="release id (see forge-ci releases)")
+    p.add_argument("--force", action="store_true",
+                   help="switch without the health gate (the site is down for another "
+                        "reason: database, DNS); logged as forced")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("releases", parents=[common.config, common.json],
-                       help="list releases and their states, oldest first")
+                       help="list releases: id, state, commit, subject, actor, time, took; "
+                            "oldest first")
     p.add_argument("environment", help=env_help)
     p.set_defaults(func=cmd_releases)
 
@@ -52,10 +59,19 @@ def register(sub: Any, common: Common) -> None:
     p.add_argument("--timeout", type=float, help="seconds to keep retrying (default: config)")
     p.set_defaults(func=cmd_health)
 
+    p = sub.add_parser("doctor", parents=[common.config, common.json],
+                       help="check a server before the first deploy and say what to fix")
+    p.add_argument("environment", help=env_help)
+    p.add_argument("--min-free-mb", type=int, default=doctor.MIN_FREE_MB, metavar="MB",
+                   help=f"free disk below this fails (default {doctor.MIN_FREE_MB})")
+    p.set_defaults(func=cmd_doctor)
+
 
 @contextlib.contextmanager
-def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
+def _deployment(ctx: Context, command: str, started: float | None = None,
+                adopt: bool = False) -> Iterator[Deployment]:
     loaded = ctx.config()
+    origin = Origin.from_checkout(loaded.root, ctx.environ)
     name = ctx.args.environment
     config = loaded.environment(name)
     with ctx.runner.group(f"connect to {name}"):
@@ -68,9 +84,9 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             root=target_root(config, loaded.root),
             owner=owner_info(ctx.environ, command), log=ctx.runner.log,
             policy=health.HealthPolicy(timeout=config.health_timeout),
-            by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
-            warn=ctx.runner.warning, untrusted=ctx.runner.untrusted,
-            progress=ctx.runner.progress,
+            by=origin.actor, warn=ctx.runner.warning, origin=origin.info(), adopt=adopt,
+            started=time.monotonic() if started is None else started,
+            untrusted=ctx.runner.untrusted, progress=ctx.runner.progress,
         )
     finally:
         for h in hosts:
@@ -140,8 +156,8 @@ def cmd_deploy(ctx: Context) -> int:
                              environ=ctx.environ, extra_exclude=local_targets(loaded),
                              secrets=loaded.secrets, log=ctx.runner.log,
                              warn=ctx.runner.warning, untrusted=ctx.runner.untrusted)
-    with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
-            _failure_summary(ctx, "deploy", dep):
+    with _deployment(ctx, "deploy", started, ctx.args.adopt) as dep, \
+            ctx.runner.group(f"deploy to {dep.environment}"), _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
@@ -152,12 +168,20 @@ def cmd_deploy(ctx: Context) -> int:
 
 def cmd_rollback(ctx: Context) -> int:
     started = time.monotonic()
-    with _deployment(ctx, "rollback") as dep, ctx.runner.group(f"roll back {dep.environment}"), \
+    force = bool(ctx.args.force)
+    with _deployment(ctx, "rollback", started) as dep, \
+            ctx.runner.group(f"roll back {dep.environment}"), \
             _failure_summary(ctx, "rollback", dep):
-        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run)
+        if force and not ctx.dry_run:
+            ctx.runner.warning(f"rollback --force: {dep.environment} switches WITHOUT health "
+                               "checks; nothing verifies what visitors get")
+        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run, force=force)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
         return 0
+    if force:
+        ctx.runner.summary(f"> [!WARNING]\n> Forced rollback: {res.release} was switched to "
+                           "without health checks; the log records it as forced.")
     _report(ctx, "rollback", res, started)
     return 0
 
@@ -167,10 +191,8 @@ def cmd_releases(ctx: Context) -> int:
         obs = observe(dep.hosts[0], Layout(dep.root))
     # Every listing is oldest first, the newest last (next to the prompt), as snapshots.
     infos = list(reversed(list_releases(obs.log, obs.dirs, obs.current)))
-    lines = [f"{'*' if i.current else ' '} {i.id}  {i.state}{'' if i.present else ' (gone)'}"
-             for i in infos] or ["no releases yet"]
     ctx.emit({"environment": dep.environment, "host": obs.name, "current": obs.current,
-              "releases": [i.to_json() for i in infos]}, "\n".join(lines))
+              "releases": [i.to_json() for i in infos]}, render_releases(infos))
     return 0
 
 
@@ -190,3 +212,14 @@ def cmd_health(ctx: Context) -> int:
     ctx.emit({"ok": True, "release": obs.current, "detail": outcome.detail},
              f"{dep.environment}: {outcome.detail} (release {obs.current})")
     return 0
+
+
+def cmd_doctor(ctx: Context) -> int:
+    """Exit 0 when every check is ok or a warning, 1 when something must be fixed."""
+    with _deployment(ctx, "doctor") as dep, ctx.runner.group(f"doctor {dep.environment}"):
+        report = doctor.diagnose(
+            dep.config, dep.hosts, dep.root, min_free=ctx.args.min_free_mb << 20,
+            log=ctx.runner.log,
+            hold=lambda h: Lock(h, dep.layout, dep.owner, dep.config.lock_wait))
+    ctx.emit({"environment": dep.environment, **report.to_json()}, report.render())
+    return 0 if report.ok else 1

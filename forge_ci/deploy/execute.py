@@ -33,10 +33,12 @@ from forge_ci.deploy.plan import (
     plan_rollback,
     public_rounds,
     release_id,
+    shared_paths,
 )
-from forge_ci.deploy.releases import Layout, event
+from forge_ci.deploy.releases import Info, Layout, event
 from forge_ci.deploy.ship import ship, stage_script
 from forge_ci.deploy.steps import (
+    Adopt,
     HostSteps,
     LinkShared,
     MakeDirs,
@@ -86,6 +88,9 @@ class Deployment:
     # Shows text forge did not write (hook output) as text: gha.Runner.untrusted.
     untrusted: Callable[[Sequence[str]], None] | None = None
     progress: MakeProgress = silent  # shows how far shipping has got: gha.Runner.progress
+    origin: Info = ()  # commit, subject, run: logged with a new release
+    adopt: bool = False  # deploy --adopt: move an existing site's shared paths
+    started: float = field(default_factory=time.monotonic)  # for the logged duration
 
     @property
     def layout(self) -> Layout:
@@ -219,10 +224,24 @@ def _switch(dep: Deployment, host: Host, release: str | None) -> None:
 
 def _record(dep: Deployment, host: Host, steps: Sequence[Record],
             metrics: Mapping[str, float] | None = None) -> None:
-    """Append the steps' events; ``metrics`` go with a "live" event only."""
+    """Append the steps' events; ``metrics`` and how long the run took to get there go
+    with a "live" event only."""
+    took = (("seconds", f"{time.monotonic() - dep.started:.1f}"),)
     lines = b"".join(event(s.release, s.state, dep.by, s.note,
-                           metrics if s.state == "live" else None).to_line() for s in steps)
+                           metrics if s.state == "live" else None,
+                           s.info + took if s.state == "live" else s.info).to_line()
+                     for s in steps)
     host.append(dep.layout.log, lines)
+
+
+def _adopt_script(lay: Layout, paths: Sequence[str]) -> str:
+    script = ["set -e"]
+    for p in paths:
+        here, there = posixpath.join(lay.root, p), posixpath.join(lay.shared, p)
+        rel = posixpath.relpath(there, posixpath.dirname(here))
+        script.append(f"mkdir -p {sh(posixpath.dirname(there))}; mv -T -- {sh(here)} {sh(there)}; "
+                      f"ln -s -- {sh(rel)} {sh(here)}")
+    return "\n".join(script)
 
 
 def _do(run: _Run, host: Host, step: Step) -> None:
@@ -237,6 +256,10 @@ def _do(run: _Run, host: Host, step: Step) -> None:
                            *(lay.manifest(r) for r in step.releases)])
     elif isinstance(step, Record):
         _record(dep, host, [step], run.metrics)
+    elif isinstance(step, Adopt):
+        dep.log(f"{host.name}: {step.describe()}")
+        host.check(host.run(_adopt_script(lay, step.paths), check=False),
+                   "moving the existing site's shared paths into shared/")
     elif isinstance(step, WriteManifest):
         assert run.artifact is not None
         host.write_atomic(lay.manifest(step.release), run.artifact.manifest.to_bytes())
@@ -297,13 +320,14 @@ def _best_effort(run: _Run, phase: Phase) -> None:
 # -- deploy ------------------------------------------------------------------
 
 def _observe_all(dep: Deployment) -> list[Observed]:
-    return [observe(h, dep.layout) for h in dep.hosts]
+    return [observe(h, dep.layout, shared_paths(dep.config)) for h in dep.hosts]
 
 
 def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
     observed = _observe_all(dep)
     release = release_id(artifact.digest, observed)
-    return plan_deploy(dep.environment, dep.config, observed, artifact.manifest, release)
+    return plan_deploy(dep.environment, dep.config, observed, artifact.manifest, release,
+                       origin=dep.origin, adopt=dep.adopt)
 
 
 def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> DeployResult:
@@ -520,11 +544,14 @@ def _finish(run: _Run, phase: Phase, release: str) -> None:
 
 # -- rollback ----------------------------------------------------------------
 
-def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> DeployResult:
+def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False,
+             force: bool = False) -> DeployResult:
+    """Switch every host to ``to`` (or the previous good release), health-checked
+    unless ``force``."""
     with contextlib.ExitStack() as stack:
         if not dry_run:
             _lock_all(dep, stack)
-        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to)
+        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to, force=force)
         target, previous = plan.target, plan.previous
         if dry_run:
             return DeployResult(target, previous, dep.config.url, plan)
@@ -539,6 +566,8 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Deplo
         try:
             with run.timed("switch_and_check"):
                 outcome = _switch_and_verify(run, plan, ()).detail
+            if plan.forced:
+                outcome = "not checked (--force)"
         except _SwitchFailed as f:
             if f.unrestored:
                 raise RollbackFailed(f"{f.cause.message}; restoring {previous} failed on "

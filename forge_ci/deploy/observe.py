@@ -6,6 +6,7 @@ Only reads, in one round trip. The facts (:class:`Observed`) are plain data that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from forge_ci.build.manifest import Manifest
@@ -15,6 +16,8 @@ from forge_ci.errors import ArtifactError, ConnectError, RemoteCommandError
 from forge_ci.remote.base import Host, sh
 
 REQUIRED_TOOLS = ("tar", "cp", "flock", "xargs", "mv", "ln", "readlink", "cat")
+# Where a site forge did not deploy keeps its media (Bedrock's layout).
+SITE_UPLOADS = "web/app/uploads"
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,18 @@ class Observed:
     dirs: tuple[str, ...] = ()  # release directories
     staged: tuple[str, ...] = ()  # staged base copies (.forge-base-*) in releases/
     current_manifest: Manifest | None = None
+    shared: tuple[str, ...] = ()  # the asked-for shared paths that exist in shared/
+    # A site forge did not deploy (no releases/): which of the asked-for paths (and
+    # web/app/uploads) it holds in place, as real files or directories.
+    site_paths: tuple[str, ...] = ()
 
 
-def _observe_script(layout: Layout) -> str:
-    # One round trip: NUL-separated fields (the log and manifests never contain NUL).
+def _observe_script(layout: Layout, shared: Sequence[str]) -> str:
+    # One round trip: NUL-separated fields (the log and manifests never contain NUL;
+    # shared paths are clean relative paths, without newlines).
     tools = " ".join(REQUIRED_TOOLS)
+    wanted = " ".join(sh(p) for p in shared)
+    site = " ".join(sh(p) for p in dict.fromkeys([*shared, SITE_UPLOADS]))
     return f"""\
 cd {sh(layout.root)} 2>/dev/null || {{ printf 'absent\\0'; exit 0; }}
 printf 'present\\0'
@@ -41,14 +51,20 @@ cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
 ls -1A releases 2>/dev/null; printf '\\0'
 cat .forge/log.jsonl 2>/dev/null; printf '\\0'
 [ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
+for p in {wanted}; do [ -e "shared/$p" ] && printf '%s\\n' "$p"; done; printf '\\0'
+if [ ! -d releases ]; then
+  for p in {site}; do [ -e "$p" ] && [ ! -L "$p" ] && printf '%s\\n' "$p"; done
+fi; printf '\\0'
 """
 
 
-def observe(host: Host, layout: Layout) -> Observed:
-    fields = host.run(_observe_script(layout)).stdout.split(b"\0")
+def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
+    """What ``host`` holds at ``layout``; ``shared``: the shared paths to look for."""
+    fields = host.run(_observe_script(layout, shared)).stdout.split(b"\0")
     if fields[0] != b"present":
         return Observed(host.name)
-    missing, notlink, link, listing, log, manifest = (fields + [b""] * 7)[1:7]
+    missing, notlink, link, listing, log, manifest, in_shared, in_site = (
+        fields + [b""] * 9)[1:9]
     if missing.strip():
         raise ConnectError(f"{host.name} lacks {missing.decode().strip()}",
                            hint="install coreutils, tar and util-linux on the server")
@@ -66,4 +82,5 @@ def observe(host: Host, layout: Layout) -> Observed:
     names = sorted(listing.decode().splitlines())
     return Observed(host.name, current, ReleaseLog.parse(log),
                     tuple(n for n in names if not n.startswith(".")),
-                    tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed)
+                    tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed,
+                    tuple(in_shared.decode().splitlines()), tuple(in_site.decode().splitlines()))

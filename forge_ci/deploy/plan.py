@@ -24,7 +24,8 @@ cannot hide a broken host. Through the site URL the checks must then pass
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from forge_ci.config.models import EnvironmentConfig, HealthCheck, RollingConfig
 from forge_ci.deploy import health, php_refresh
 from forge_ci.deploy.observe import Observed
 from forge_ci.deploy.releases import (
+    Info,
     ReleaseLog,
     event,
     new_release_id,
@@ -41,6 +43,7 @@ from forge_ci.deploy.releases import (
 )
 from forge_ci.deploy.ship import STAGED_PREFIX
 from forge_ci.deploy.steps import (
+    Adopt,
     HostSteps,
     LinkShared,
     MakeDirs,
@@ -58,7 +61,7 @@ from forge_ci.deploy.steps import (
     Switch,
     WriteManifest,
 )
-from forge_ci.errors import UsageError
+from forge_ci.errors import DeployFailed, UsageError
 
 
 def _phase_lines(name: str, phase: Phase) -> list[str]:
@@ -254,9 +257,72 @@ def preview_checks(config: EnvironmentConfig, release: str) -> tuple[HealthCheck
                  for c in checks_for(config, release) if c.url.startswith(base))
 
 
+def names_file(path: str) -> bool:
+    """The rule for a shared path: one whose last part has a dot (``.env``,
+    ``config/host.php``) names a file; any other (``web/app/uploads``) a directory."""
+    return "." in posixpath.basename(path)
+
+
+def check_shared(observed: Sequence[Observed], paths: Sequence[str], new: Manifest,
+                 adopted: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse, before anything changes, a shared path that some hosts have and another
+    lacks (it would be created empty there), or a file that no host has and the build
+    does not bring (a directory is created empty; a file cannot be)."""
+    for p in paths:
+        have = [o.name for o in observed if p in o.shared or p in adopted.get(o.name, ())]
+        lacking = [o.name for o in observed if o.name not in have]
+        if have and lacking:
+            raise DeployFailed(
+                f"shared path {p} is missing on {', '.join(lacking)} but present on "
+                f"{', '.join(have)}: that host would serve the release without it",
+                hint=f"copy shared/{p} to {', '.join(lacking)} (or remove it from shared) "
+                     "and deploy again; `forge-ci doctor ENV` lists every such path")
+        if not have and names_file(p) and p not in new.entries:
+            raise DeployFailed(
+                f"shared file {p} is missing on every host ({', '.join(lacking)}) and the "
+                "build does not contain it",
+                hint=f"create shared/{p} in the deploy path on every host, then deploy again")
+
+
+def adoptions(observed: Sequence[Observed], config: EnvironmentConfig,
+              adopt: bool) -> dict[str, tuple[str, ...]]:
+    """What each host's existing (not forge-deployed) site has that moves into shared/.
+
+    A site in the deploy path whose media would be left behind is refused unless
+    ``adopt`` (``deploy --adopt``) asks to move them."""
+    paths = shared_paths(config)
+    out: dict[str, tuple[str, ...]] = {}
+    for o in observed:
+        if not o.site_paths:
+            continue
+        stray = [p for p in o.site_paths if p not in paths]
+        if stray:
+            raise DeployFailed(
+                f"{o.name}: the deploy path holds a site forge did not deploy, and its "
+                f"{', '.join(stray)} is not a shared path: it would be left behind",
+                hint=f"add {', '.join(stray)} to shared in forge.yml, then deploy with "
+                     "--adopt (try --adopt --dry-run first)")
+        clash = [p for p in o.site_paths if p in o.shared]
+        if clash:
+            raise DeployFailed(
+                f"{o.name}: both the existing site and shared/ hold {', '.join(clash)}",
+                hint="merge them by hand into shared/ and remove the site's copy")
+        if not adopt:
+            raise DeployFailed(
+                f"{o.name}: the deploy path holds a site forge did not deploy; its "
+                f"{', '.join(o.site_paths)} would be left behind",
+                hint="deploy with --adopt to move them into shared/ (see what moves with "
+                     "--adopt --dry-run first)")
+        out[o.name] = o.site_paths
+    return out
+
+
 def _prepare_steps(obs: Observed, config: EnvironmentConfig, new: Manifest,
-                   release: str) -> tuple[Step, ...]:
+                   release: str, origin: Info = (),
+                   adopt: tuple[str, ...] = ()) -> tuple[Step, ...]:
     steps: list[Step] = [MakeDirs()]
+    if adopt:
+        steps.append(Adopt(adopt))
     keep = STAGED_PREFIX + (obs.current or "-")
     stale_staged = tuple(n for n in obs.staged if n != keep)
     if stale_staged:
@@ -268,7 +334,7 @@ def _prepare_steps(obs: Observed, config: EnvironmentConfig, new: Manifest,
     present = tuple(r for r in stale if r in obs.dirs)
     if present:
         steps.append(RemoveReleases(present, "unfinished"))
-    steps += [Record(release, "preparing"), WriteManifest(release),
+    steps += [Record(release, "preparing", info=origin), WriteManifest(release),
               _ship(obs, config, new, release), ProbePhp(release),
               LinkShared(release, shared_paths(config))]
     if config.hooks.before_switch:
@@ -290,6 +356,8 @@ def _prune_victims(obs: Observed, release: str, keep: int) -> tuple[str, ...]:
 
 def _finish_steps(obs: Observed, release: str, keep: int) -> tuple[Step, ...]:
     steps: list[Step] = [Record(release, "live")]
+    if obs.current and obs.current != release:
+        steps.append(Record(obs.current, "previous", f"replaced by {release}"))
     victims = _prune_victims(obs, release, keep)
     if victims:  # logged first, as in _prepare_steps
         steps += [Record(r, "removed", "pruned") for r in victims]
@@ -334,8 +402,16 @@ def _notes(config: EnvironmentConfig, new: Manifest) -> tuple[str, ...]:
 
 
 def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[Observed],
-                new: Manifest, release: str) -> DeployPlan:
-    """Every step of deploying ``new`` as ``release`` to the observed hosts."""
+                new: Manifest, release: str, *, origin: Info = (),
+                adopt: bool = False) -> DeployPlan:
+    """Every step of deploying ``new`` as ``release`` to the observed hosts.
+
+    ``origin``: commit, subject and run, logged with the release. ``adopt``: move an
+    existing site's shared paths into shared/ (refused without it). Raises
+    :class:`DeployFailed` for a shared path missing on some hosts (see
+    :func:`check_shared`): nothing has changed yet."""
+    adopted = adoptions(observed, config, adopt)
+    check_shared(observed, shared_paths(config), new, adopted)
     pv_checks = preview_checks(config, release)
     preview: Phase = ()
     if config.preview is not None and pv_checks:
@@ -345,7 +421,8 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
     return DeployPlan(
         environment=environment, release=release,
         current=tuple((o.name, o.current) for o in observed),
-        prepare=tuple(HostSteps(o.name, _prepare_steps(o, config, new, release))
+        prepare=tuple(HostSteps(o.name, _prepare_steps(o, config, new, release, origin,
+                                                       adopted.get(o.name, ())))
                       for o in observed),
         preview=preview, preview_checks=pv_checks if preview else (),
         preview_on_host=bool(config.preview and config.preview.on_host),
@@ -390,6 +467,7 @@ class RollbackPlan:
     checks: tuple[HealthCheck, ...]
     finish: Phase
     undo: Phase
+    forced: bool = False  # --force: no health gate
 
     @property
     def previous(self) -> str | None:
@@ -406,7 +484,8 @@ class RollbackPlan:
                 "hosts": [{"host": h, "current": c,
                            **{k: [s.to_json() for s in _steps(p, h)] for k, p in phases.items()}}
                           for h, c in self.current],
-                "checks": [f"{c.url} -> {c.status}" for c in self.checks]}
+                "checks": [f"{c.url} -> {c.status}" for c in self.checks],
+                "forced": self.forced}
 
     def render(self) -> str:
         out = [f"roll back {self.environment} to {self.target}:"]
@@ -417,6 +496,8 @@ class RollbackPlan:
                             ("refresh", self.refresh)):
             out += _phase_lines(name, phase)
         out += [f"  check: {c.url} -> {c.status}" for c in self.checks]
+        if self.forced:
+            out.append("  FORCED: no health checks; the target goes live whatever it serves")
         out += _phase_lines("finish", self.finish)
         out += _phase_lines("on failure", self.undo)
         return "\n".join(out)
@@ -438,28 +519,34 @@ def rollback_target(observed: Sequence[Observed], to: str | None) -> str:
     return target
 
 
-def _record_rollback(obs: Observed, target: str) -> tuple[Step, ...]:
+def _record_rollback(obs: Observed, target: str, forced: bool) -> tuple[Step, ...]:
+    # A manual rollback says nothing bad about the release it leaves: rolling back
+    # and forward again leaves a good release good.
+    how = ", forced" if forced else ""
     steps: list[Step] = []
     if obs.current and obs.current != target:
-        steps.append(Record(obs.current, "bad", f"rolled back to {target}"))
-    steps.append(Record(target, "live", "rollback"))
+        steps.append(Record(obs.current, "rolled_back", f"rolled back to {target}{how}"))
+    steps.append(Record(target, "live", f"rollback{how}"))
     return tuple(steps)
 
 
 def plan_rollback(environment: str, config: EnvironmentConfig, observed: Sequence[Observed],
-                  to: str | None) -> RollbackPlan:
+                  to: str | None, *, force: bool = False) -> RollbackPlan:
+    """Switch back to ``to`` (or the previous good release). ``force``: without the
+    health gate, for a site down for another reason (database, DNS)."""
     target = rollback_target(observed, to)
     current = tuple((o.name, o.current) for o in observed)
     if all(o.current == target for o in observed):
         return RollbackPlan(environment, target, current, (), (), (),
-                            checks_for(config, target), (), ())
+                            () if force else checks_for(config, target), (), (), force)
     return RollbackPlan(
         environment, target, current,
         probe=tuple(HostSteps(o.name, (ProbePhp(target),)) for o in observed),
         switch=tuple(HostSteps(o.name, (Switch(target),)) for o in observed),
         refresh=tuple(HostSteps(o.name, (RefreshPhp(target),)) for o in observed),
-        checks=checks_for(config, target),
-        finish=tuple(HostSteps(o.name, _record_rollback(o, target)) for o in observed),
+        checks=() if force else checks_for(config, target),
+        finish=tuple(HostSteps(o.name, _record_rollback(o, target, force)) for o in observed),
         undo=_undo(observed),
+        forced=force,
     )
 

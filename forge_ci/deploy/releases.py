@@ -13,22 +13,40 @@
 The log is the only source of order and state; mtimes are never used. A
 release's state is the state of its last event:
 
-    preparing -> prepared -> live
-                         \\-> bad       (failed a check, or rolled back from)
-    preparing -> (removed)              unfinished: removed by the next run
+    preparing -> prepared -> live -> previous      (replaced by a later deploy)
+                              \\-> rolled_back   (left by a manual rollback: still good)
+                         \\-> bad                 (failed its checks, rolled back automatically)
+    preparing -> (removed)                          unfinished: removed by the next run
+
+``live``, ``previous`` and ``rolled_back`` are good: a rollback may go to any of
+them. Logs written before ``previous`` existed leave replaced releases ``live``;
+:func:`list_releases` shows every good release that ``current`` does not point
+at as ``previous``, so old logs read the same.
+
+Each event may carry who and what: ``by`` (actor), ``commit``, ``subject``, ``run``
+(CI run id or URL) on ``preparing``, ``seconds`` (how long the run took) on ``live``.
+Readers ignore keys they do not know, so older forge versions still read new logs.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-State = Literal["preparing", "prepared", "live", "bad", "removed"]
-STATES: tuple[State, ...] = ("preparing", "prepared", "live", "bad", "removed")
+State = Literal["preparing", "prepared", "live", "previous", "rolled_back", "bad", "removed"]
+STATES: tuple[State, ...] = ("preparing", "prepared", "live", "previous", "rolled_back", "bad",
+                             "removed")
+# Releases that went live and were never found bad: what a rollback may go to.
+GOOD: tuple[State, ...] = ("live", "previous", "rolled_back")
+# What an event may say about the release besides its state (see the module docstring).
+INFO_KEYS = ("commit", "subject", "run", "seconds")
+Info = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,7 @@ class Event:
     time: str
     by: str = ""
     note: str = ""
+    info: Info = ()  # (key, value) pairs, keys from INFO_KEYS
     # Phase durations (``*_s``) and sizes of the run that went live; only on "live".
     metrics: Mapping[str, float] = field(default_factory=dict)
 
@@ -104,15 +123,16 @@ class Event:
             d["by"] = self.by
         if self.note:
             d["note"] = self.note
+        d.update((k, v) for k, v in self.info if k in INFO_KEYS and v)
         if self.metrics:
             d["metrics"] = dict(self.metrics)
         return (json.dumps(d, sort_keys=True) + "\n").encode()
 
 
 def event(release: str, state: State, by: str = "", note: str = "",
-          metrics: Mapping[str, float] | None = None) -> Event:
+          metrics: Mapping[str, float] | None = None, info: Info = ()) -> Event:
     return Event(release, state, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by, note,
-                 dict(metrics or {}))
+                 info, dict(metrics or {}))
 
 
 @dataclass
@@ -129,6 +149,7 @@ class ReleaseLog:
                 d = json.loads(raw)
                 ev = Event(str(d["release"]), d["state"], str(d.get("time", "")),
                            str(d.get("by", "")), str(d.get("note", "")),
+                           tuple((k, str(d[k])) for k in INFO_KEYS if d.get(k) not in (None, "")),
                            _metrics(d.get("metrics")))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed run: the run never finished it
@@ -159,54 +180,182 @@ class ReleaseLog:
         """The newest release that went live and was not marked bad since."""
         states = self.states
         for rid in reversed(self.order):
-            if rid != exclude and states.get(rid) == "live":
+            if rid != exclude and states.get(rid) in GOOD:
                 return rid
         return None
 
     def previous_good(self, current: str | None) -> str | None:
-        """The rollback target: the newest live release older than ``current``."""
+        """The rollback target: the newest good release older than ``current``."""
         states, order = self.states, self.order
         idx = order.index(current) if current in order else len(order)
         for rid in reversed(order[:idx]):
-            if states.get(rid) == "live":
+            if states.get(rid) in GOOD:
                 return rid
         return None
+
+    def details(self, release: str) -> dict[str, str]:
+        """What the log says about ``release``: the first value of each INFO_KEYS key,
+        ``actor`` (who prepared it), ``time`` (when it first went live, else when it was
+        prepared) and the ``note`` of its last event."""
+        out: dict[str, str] = {}
+        went_live = ""
+        for ev in self.events:
+            if ev.release != release:
+                continue
+            for k, v in ev.info:
+                out.setdefault(k, v)
+            if ev.by:
+                out.setdefault("actor", ev.by)
+            out.setdefault("time", ev.time)
+            if ev.state == "live" and not went_live:
+                went_live = ev.time
+            out["note"] = ev.note
+        if went_live:
+            out["time"] = went_live
+        return out
 
 
 @dataclass(frozen=True)
 class ReleaseInfo:
+    """One line of ``forge-ci releases``: the columns in :data:`COLUMNS` order."""
+
     id: str
     state: str
     current: bool
     present: bool
+    commit: str = ""
+    subject: str = ""
+    actor: str = ""
+    time: str = ""
+    seconds: float | None = None
+    run: str = ""
+    note: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "current": self.current,
-                "present": self.present, "metrics": dict(self.metrics)}
+                "present": self.present, "commit": self.commit, "subject": self.subject,
+                "actor": self.actor, "time": self.time, "seconds": self.seconds,
+                "run": self.run, "note": self.note, "metrics": dict(self.metrics)}
+
+    def row(self) -> tuple[str, ...]:
+        return (self.id, self.state + ("" if self.present else " (gone)"), self.commit[:10],
+                self.subject, self.actor, self.time, human_duration(self.seconds))
+
+
+COLUMNS = ("release", "state", "commit", "subject", "actor", "time", "took")
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def shown_state(raw: State, is_current: bool) -> str:
+    """The state a reader needs: the good release ``current`` points at is ``live``,
+    every other good release ``previous`` (old logs leave replaced ones ``live``)."""
+    if raw in GOOD:
+        if is_current:
+            return "live"
+        return "previous" if raw == "live" else raw
+    return raw
 
 
 def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> list[ReleaseInfo]:
     """Releases newest first: logged ones in log order, then unknown dirs."""
     states = log.states
     metrics = log.metrics
-    out = [ReleaseInfo(r, states[r], r == current, r in dirs, metrics.get(r, {}))
-           for r in log.order if states[r] != "removed" or r in dirs]
+    out = []
+    for r in log.order:
+        if states[r] == "removed" and r not in dirs:
+            continue
+        d = log.details(r)
+        try:
+            seconds: float | None = float(d["seconds"]) if "seconds" in d else None
+        except ValueError:
+            seconds = None
+        out.append(ReleaseInfo(r, shown_state(states[r], r == current), r == current, r in dirs,
+                               d.get("commit", ""), d.get("subject", ""), d.get("actor", ""),
+                               d.get("time", ""), seconds, d.get("run", ""), d.get("note", ""),
+                               metrics.get(r, {})))
     known = {r.id for r in out}
     out += [ReleaseInfo(d, "unknown", d == current, True) for d in dirs if d not in known]
     return list(reversed(out))
 
 
+def render_releases(infos: Sequence[ReleaseInfo]) -> str:
+    """A table of ``infos`` in the order given; ``*`` marks the release ``current`` points at."""
+    if not infos:
+        return "no releases yet"
+    rows = [COLUMNS] + [tuple(v or "-" for v in i.row()) for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
+    marks = [" "] + ["*" if i.current else " " for i in infos]
+    return "\n".join(
+        (m + " " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))).rstrip()
+        for m, r in zip(marks, rows, strict=True))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who deploys what: the commit checked out and the CI run, recorded with a release.
+
+    Built by the CLI from git in the site checkout and the process environment
+    (``GITHUB_SHA``, ``GITHUB_ACTOR``, ``GITHUB_RUN_ID``...), passed down explicitly.
+    """
+
+    actor: str = ""
+    commit: str = ""
+    subject: str = ""
+    run: str = ""
+
+    def info(self) -> Info:
+        return tuple((k, v) for k, v in (("commit", self.commit), ("subject", self.subject),
+                                         ("run", self.run)) if v)
+
+    @classmethod
+    def from_checkout(cls, root: Path, environ: Mapping[str, str]) -> Origin:
+        # The checkout is what gets built; GITHUB_SHA only when there is no git.
+        commit, subject = _git_head(root)
+        if not commit:
+            commit = environ.get("GITHUB_SHA", "")
+        run = environ.get("GITHUB_RUN_ID", "")
+        server, repo = environ.get("GITHUB_SERVER_URL", ""), environ.get("GITHUB_REPOSITORY", "")
+        if run and server and repo:
+            run = f"{server}/{repo}/actions/runs/{run}"
+        actor = environ.get("GITHUB_ACTOR", "") or environ.get("USER", "")
+        return cls(actor, commit, subject[:200], run)
+
+
+def _git_head(root: Path) -> tuple[str, str]:
+    """HEAD's commit and subject, or empty strings outside a git checkout."""
+    try:
+        r = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H%n%s"],
+                           capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "", ""
+    if r.returncode != 0:
+        return "", ""
+    commit, _, subject = r.stdout.decode("utf-8", "replace").partition("\n")
+    return commit.strip(), subject.strip()
+
+
 def prune_plan(log: ReleaseLog, dirs: Sequence[str], current: str | None, keep: int) -> list[str]:
     """Release directories to delete after a successful run.
 
-    Finished releases (prepared, live, bad) are counted newest first by log
+    Finished releases (prepared, good or bad) are counted newest first by log
     order and the newest ``keep`` stay; ``current`` and the last good release
     always stay. Unfinished or unknown directories are not this function's
     business: :func:`unfinished` lists them.
     """
     states = log.states
-    finished = [r for r in log.order if states.get(r) in ("prepared", "live", "bad") and r in dirs]
+    finished = [r for r in log.order
+                if states.get(r) in ("prepared", "bad", *GOOD) and r in dirs]
     keep_set = set(finished[-keep:]) if keep > 0 else set()
     if current:
         keep_set.add(current)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from forge_ci.deploy.releases import State
+from forge_ci.deploy.releases import Info, State
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,24 @@ class Record(Step):
     release: str
     state: State
     note: str = ""
+    info: Info = ()  # commit, subject, run (see forge_ci.deploy.releases)
 
     def describe(self) -> str:
         return f"log {self.release} {self.state}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
+class Adopt(Step):
+    """Move a site's own copies of shared paths (a first deploy onto a site forge did
+    not deploy) into ``shared/``, leaving a relative link where each was, so the old
+    site keeps serving them until the switch."""
+
+    op: ClassVar[str] = "adopt"
+    paths: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "adopt the existing site's " + ", ".join(
+            f"{p} -> shared/{p}" for p in self.paths)
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ class DeploySite:
         release directory known to the log, the live one marked live."""
         releases = self.releases()
         states = {rid: r["state"] for rid, r in releases.items()}
-        assert all(s in ("live", "prepared", "bad") for s in states.values()), states
+        assert all(s in ("live", "previous", "rolled_back", "prepared", "bad")
+                   for s in states.values()), states
         assert all(r["present"] for r in releases.values()), releases
         on_disk = {d for d in os.listdir(self.path / "releases") if not d.startswith(".")}
         assert on_disk == set(releases), (on_disk, states)

@@ -100,4 +100,5 @@ def test_releases_are_listed_oldest_first(
     assert code == 0 and [r["id"] for r in data["releases"]] == ids
     assert local_site.forge("releases", "local") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert ids[0] in lines[0] and ids[1] in lines[-1]
+    assert lines[0].split()[0] == "release"  # the header, then oldest to newest
+    assert ids[0] in lines[1] and ids[1] in lines[-1]

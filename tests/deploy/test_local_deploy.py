@@ -104,7 +104,8 @@ def test_manual_rollback_and_rollback_to(local_site: LocalSite) -> None:
         assert local_site.forge("deploy", "local") == 0
         ids.append(local_site.current)
     assert local_site.forge("rollback", "local") == 0
-    assert local_site.current == ids[1] and state(local_site, ids[2]) == "bad"
+    # A manual rollback says nothing bad about the release it leaves.
+    assert local_site.current == ids[1] and state(local_site, ids[2]) == "rolled_back"
     assert local_site.forge("rollback", "local", "--to", ids[0]) == 0
     assert local_site.page() == "ok v1\n"
     assert local_site.forge("rollback", "local", "--to", "nope") == ExitCode.USAGE
@@ -251,3 +252,98 @@ def test_a_non_utf8_file_name_is_refused_at_build_before_the_target_is_touched(
     err = capsys.readouterr().err
     assert "caf\\xe9.jpg" in err and "not valid UTF-8" in err and "Traceback" not in err
     assert not (local_site.target / "releases").exists()
+
+
+def _listing(site: LocalSite, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    capsys.readouterr()
+    assert site.forge("releases", "local", "--json") == 0
+    return json.loads(capsys.readouterr().out)["releases"]  # type: ignore[no-any-return]
+
+
+def test_release_history_says_who_deployed_what_and_rolling_back_and_forth_keeps_it_good(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = []
+    for v, actor in (("1", "alice"), ("2", "bob")):
+        local_site.env.update(GITHUB_ACTOR=actor, GITHUB_SHA=f"{v}" * 40, GITHUB_RUN_ID=v)
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    listing = _listing(local_site, capsys)
+    # Oldest first, as every listing.
+    assert [(r["id"], r["state"], r["actor"], r["commit"], r["run"]) for r in listing] == [
+        (ids[0], "previous", "alice", "1" * 40, "1"), (ids[1], "live", "bob", "2" * 40, "2")]
+    assert all(isinstance(r["seconds"], float) and r["time"] for r in listing)
+
+    # Back, then forward: every release stays good, and a rollback can go to either.
+    assert local_site.forge("rollback", "local") == 0
+    assert [r["state"] for r in _listing(local_site, capsys)] == ["live", "rolled_back"]
+    assert local_site.forge("rollback", "local", "--to", ids[1]) == 0
+    assert [r["state"] for r in _listing(local_site, capsys)] == ["rolled_back", "live"]
+    assert local_site.page() == "ok v2\n"
+
+    # The human listing: one header, the columns in the documented order.
+    assert local_site.forge("releases", "local") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["release", "state", "commit", "subject", "actor", "time", "took"]
+    assert lines[2].startswith(f"* {ids[1]}  live") and "bob" in lines[2]
+
+
+def test_forced_rollback_switches_a_site_whose_checks_fail_for_another_reason(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = []
+    for v in ("1", "2"):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        ids.append(local_site.current)
+    first, second = ids
+    # The site is down for a reason no release fixes (here: its check page is gone).
+    local_site.config(health=f"      - {{url: '{local_site.url}/db-status.html'}}\n")
+    assert local_site.forge("rollback", "local") == ExitCode.FAILED
+    assert local_site.current == second
+    capsys.readouterr()
+    summary = local_site.target.parent / "summary.md"
+    local_site.env["GITHUB_STEP_SUMMARY"] = str(summary)
+    assert local_site.forge("rollback", "local", "--force") == 0
+    err = capsys.readouterr().err
+    assert local_site.current == first and local_site.page() == "ok v1\n"
+    assert "rollback --force" in err and "WITHOUT health checks" in err
+    assert "Forced rollback" in summary.read_text()
+    forced = [e for e in releases(local_site) if "forced" in str(e.get("note"))]
+    assert [(e["release"], e["state"]) for e in forced] == [
+        (second, "rolled_back"), (first, "live")]
+
+
+def test_a_first_deploy_onto_an_existing_site_moves_its_uploads_only_when_asked(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A site forge did not deploy lives in the path, media and all.
+    old = local_site.target
+    (old / "web/app/uploads/2024").mkdir(parents=True)
+    (old / "web/index.php").write_text("old site\n")
+    (old / "web/app/uploads/2024/photo.jpg").write_bytes(b"\xff\xd8 jpeg")
+
+    capsys.readouterr()
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "holds a site forge did not deploy" in err and "--adopt" in err
+    assert not (old / "current").exists() and not (old / "releases").exists()
+
+    assert local_site.forge("deploy", "local", "--adopt", "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    [host] = plan["hosts"]
+    assert {"op": "adopt", "paths": ["web/app/uploads"]} in host["prepare"]
+    assert (old / "web/app/uploads/2024/photo.jpg").is_file()  # the dry run moved nothing
+    assert not (old / "shared").exists()
+
+    assert local_site.forge("deploy", "local", "--adopt") == 0
+    assert (old / "shared/web/app/uploads/2024/photo.jpg").read_bytes() == b"\xff\xd8 jpeg"
+    # The new release serves the media, and the old site's path still reaches them.
+    assert (old / "current/web/app/uploads/2024/photo.jpg").read_bytes() == b"\xff\xd8 jpeg"
+    assert os.readlink(old / "web/app/uploads") == "../../shared/web/app/uploads"
+    assert (old / "web/app/uploads/2024/photo.jpg").is_file()
+    # The next deploy has nothing to adopt and needs no flag.
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.page() == "ok v2\n"

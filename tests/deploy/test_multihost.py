@@ -147,3 +147,38 @@ def test_every_host_gets_the_release_and_every_host_goes_back(
     assert [h["host"] for h in out["plan"]["hosts"]] == [
         f"{h.user}@127.0.0.1:{h.port}" for h in hosts
     ]
+
+
+def test_a_shared_file_missing_on_one_host_is_refused_before_anything_changes(
+    src: Path, hosts: list[NamespacedHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure(src, hosts, "    shared: [web/app/uploads, config/host.php]\n")
+    for h in hosts:
+        (h.disk / "site/shared/config").mkdir(parents=True)
+        (h.disk / "site/shared/web/app/uploads").mkdir(parents=True)
+    (hosts[0].disk / "site/shared/config/host.php").write_text("<?php // host 0\n")
+    chown_tree(hosts[0].disk.parent, hosts[0].user)
+    second = f"{hosts[1].user}@127.0.0.1:{hosts[1].port}"
+    capsys.readouterr()
+
+    # doctor names the host that lacks it, and says how to fix it.
+    assert forge(src, hosts, "doctor", "prod", "--json", "--min-free-mb", "1") == 1
+    report = json.loads(capsys.readouterr().out)
+    [bad] = [c for c in report["checks"] if c["status"] == "fail"]
+    assert (bad["host"], bad["check"]) == (second, "shared")
+    assert "shared/config/host.php is missing here" in bad["detail"] and bad["hint"]
+
+    # deploy refuses it before anything is written: no release, no current, anywhere.
+    assert forge(src, hosts, "deploy", "prod") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert f"config/host.php is missing on {second}" in err
+    for h in hosts:
+        assert not (h.disk / "site/current").exists()
+        assert not (h.disk / "site/releases").exists()
+        assert not (h.disk / "site/shared/config/host.php").is_dir()
+
+    (hosts[1].disk / "site/shared/config/host.php").write_text("<?php // host 1\n")
+    assert forge(src, hosts, "doctor", "prod", "--min-free-mb", "1") == 0
+    assert forge(src, hosts, "deploy", "prod") == 0
+    for i, h in enumerate(hosts):
+        assert (h.disk / "site/current/config/host.php").read_text() == f"<?php // host {i}\n"

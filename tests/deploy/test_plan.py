@@ -14,6 +14,7 @@ from forge_ci.deploy.observe import Observed
 from forge_ci.deploy.plan import plan_deploy, plan_rollback
 from forge_ci.deploy.releases import Event, ReleaseLog, State
 from forge_ci.deploy.steps import (
+    Adopt,
     LinkShared,
     MakeDirs,
     PointLink,
@@ -29,7 +30,7 @@ from forge_ci.deploy.steps import (
     Switch,
     WriteManifest,
 )
-from forge_ci.errors import UsageError
+from forge_ci.errors import DeployFailed, UsageError
 
 NEW = "r9"
 
@@ -113,7 +114,8 @@ def test_prune_keeps_keep_releases_newest_finished_ones() -> None:
     finish = _steps(plan_deploy("prod", _config(keep_releases=3), [obs], _manifest(),
                                 NEW).finish)
     # Kept: the new release, r5 (bad, but among the newest three), r4.
-    assert finish == [Record(NEW, "live"), Record("r1", "removed", "pruned"),
+    assert finish == [Record(NEW, "live"), Record("r4", "previous", "replaced by r9"),
+                      Record("r1", "removed", "pruned"),
                       Record("r2", "removed", "pruned"), Record("r3", "removed", "pruned"),
                       RemoveReleases(("r1", "r2", "r3"), "pruned"), StageNextBase(NEW)]
 
@@ -173,7 +175,8 @@ def test_rollback_targets_the_newest_good_release_before_the_live_one() -> None:
     plan = plan_rollback("prod", _config(), [obs], None)
     assert plan.target == "r2"
     assert _steps(plan.switch) == [Switch("r2")]
-    assert _steps(plan.finish) == [Record("r4", "bad", "rolled back to r2"),
+    # A manual rollback leaves r4 good: rolling forward again is allowed.
+    assert _steps(plan.finish) == [Record("r4", "rolled_back", "rolled back to r2"),
                                    Record("r2", "live", "rollback")]
     assert _steps(plan.undo) == [Switch("r4"), RefreshPhp("r4")]
 
@@ -279,3 +282,68 @@ def test_strategy_settings_are_checked(extra: dict[str, Any], message: str) -> N
     base = {"path": "/srv/site", "hosts": [{"host": "a"}, {"host": "b"}]}
     with pytest.raises(ValueError, match=message):
         EnvironmentConfig.model_validate({**base, **extra})
+
+
+def test_a_deploy_marks_the_release_it_replaces_previous_and_logs_its_origin() -> None:
+    obs = Observed("h", "r1", _log(*_finished("r1")), ("r1",))
+    origin = (("commit", "abc123"), ("subject", "Fix the header"))
+    plan = plan_deploy("prod", _config(), [obs], _manifest(), NEW, origin=origin)
+    assert Record(NEW, "preparing", info=origin) in _steps(plan.prepare)
+    assert _steps(plan.finish)[:2] == [Record(NEW, "live"),
+                                      Record("r1", "previous", "replaced by r9")]
+
+
+def test_a_forced_rollback_has_no_checks_and_is_logged_as_forced() -> None:
+    log = _log(*_finished("r1", "r2"))
+    obs = Observed("h", "r2", log, ("r1", "r2"))
+    config = _config(url="https://example.org", marker=True)
+    assert plan_rollback("prod", config, [obs], None).checks
+    plan = plan_rollback("prod", config, [obs], None, force=True)
+    assert plan.checks == () and plan.forced
+    assert _steps(plan.finish) == [Record("r2", "rolled_back", "rolled back to r1, forced"),
+                                   Record("r1", "live", "rollback, forced")]
+    assert "FORCED" in plan.render() and plan.to_json()["forced"] is True
+
+
+def test_rolling_back_and_forward_leaves_a_good_release_good() -> None:
+    log = _log(*_finished("r1", "r2"), ("r2", "rolled_back"), ("r1", "live"))
+    obs = Observed("h", "r1", log, ("r1", "r2"))
+    plan = plan_rollback("prod", _config(), [obs], "r2")
+    assert plan.target == "r2"
+    assert _steps(plan.finish) == [Record("r1", "rolled_back", "rolled back to r2"),
+                                   Record("r2", "live", "rollback")]
+
+
+def _two(shared_a: tuple[str, ...], shared_b: tuple[str, ...]) -> list[Observed]:
+    return [Observed("a", shared=shared_a), Observed("b", shared=shared_b)]
+
+
+def test_a_shared_path_missing_on_one_host_is_refused_with_the_host_named() -> None:
+    config = _config(shared=["web/app/uploads", "config/host.php"])
+    observed = _two(("web/app/uploads", "config/host.php"), ("web/app/uploads",))
+    with pytest.raises(DeployFailed, match=r"config/host.php is missing on b but present on a"):
+        plan_deploy("prod", config, observed, _manifest(), NEW)
+
+
+def test_a_shared_file_missing_everywhere_is_refused_a_directory_is_created() -> None:
+    with pytest.raises(DeployFailed, match=r"shared file config/host.php is missing on every"):
+        plan_deploy("prod", _config(shared=["config/host.php"]), _two((), ()), _manifest(), NEW)
+    # The build brings the file: shared/ is seeded from the release, as before.
+    plan_deploy("prod", _config(shared=["config/host.php"]), _two((), ()),
+                _manifest(**{"config/host.php": "x"}), NEW)
+    plan = plan_deploy("prod", _config(shared=["web/app/uploads"]), _two((), ()), _manifest(),
+                       NEW)
+    assert LinkShared(NEW, ("web/app/uploads",)) in _steps(plan.prepare, "b")
+
+
+def test_an_existing_site_is_refused_without_adopt_and_its_uploads_move_with_it() -> None:
+    config = _config(shared=["web/app/uploads"])
+    site = [Observed("h", site_paths=("web/app/uploads",))]
+    with pytest.raises(DeployFailed, match="--adopt"):
+        plan_deploy("prod", config, site, _manifest(), NEW)
+    plan = plan_deploy("prod", config, site, _manifest(), NEW, adopt=True)
+    assert _steps(plan.prepare)[:2] == [MakeDirs(), Adopt(("web/app/uploads",))]
+    assert "adopt the existing site's web/app/uploads -> shared/web/app/uploads" in plan.render()
+    # Uploads that no shared path would keep are refused even with --adopt.
+    with pytest.raises(DeployFailed, match="not a shared path"):
+        plan_deploy("prod", _config(), site, _manifest(), NEW, adopt=True)

@@ -26,7 +26,9 @@ def ssh_site(lab_dir: Path, wp_site: Callable[..., WordPressSite], sshd_host: Ss
     return SshSite.create(lab_dir, wp_site(), [sshd_host])
 
 
-def test_deploy_then_redeploy_under_load_then_bad_release_then_rollback(ssh_site: SshSite) -> None:
+def test_deploy_then_redeploy_under_load_then_bad_release_then_rollback(
+    ssh_site: SshSite, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert ssh_site.forge("deploy", "production") == 0, ssh_site.site.logs()
     assert ssh_site.serves("v1")
     v1 = os.readlink(ssh_site.site.path / "current")
@@ -50,6 +52,12 @@ def test_deploy_then_redeploy_under_load_then_bad_release_then_rollback(ssh_site
     assert ssh_site.forge("rollback", "production") == 0
     assert ssh_site.serves("v1")
     assert os.readlink(ssh_site.site.path / "current") == v1
+    capsys.readouterr()
+    assert ssh_site.forge("releases", "production", "--json") == 0
+    listing = json.loads(capsys.readouterr().out)["releases"]
+    # Oldest first: v1 (live again), v2 (left by the manual rollback, still good), the bad one.
+    assert [r["state"] for r in listing] == ["live", "rolled_back", "bad"]
+    assert listing[0]["id"] == v1.removeprefix("releases/")
 
 
 def test_env_is_private_to_the_deploy_user_and_marker_proves_php(
