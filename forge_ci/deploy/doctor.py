@@ -53,6 +53,8 @@ from forge_ci.remote.base import Host, sh
 Status = Literal["ok", "warn", "fail"]
 MIN_FREE_MB = 1024
 SCRATCH_PREFIX = ".forge-doctor-"
+# One line (state, time, names) that provisioning's forge-https keeps up to date.
+HTTPS_STATUS = "/var/lib/forge-https/status"
 Fetch = Callable[[str], tuple[int, str]]
 
 
@@ -103,6 +105,7 @@ class HostFacts:
     site_paths: tuple[str, ...]  # an existing site's paths (no releases/)
     current: bool  # current exists
     forge: bool  # .forge/ exists: forge deployed here before
+    https: str = ""  # forge-https's status line (provisioned servers), "" when absent
 
 
 def tools_for(config: EnvironmentConfig) -> tuple[str, ...]:
@@ -135,18 +138,19 @@ if cd "$r" 2>/dev/null; then
 else
   printf '\\0\\0\\0\\0'
 fi
+head -n 1 {HTTPS_STATUS} 2>/dev/null; printf '\\0'
 """
 
 
 def host_facts(host: Host, config: EnvironmentConfig, root: str) -> HostFacts:
     out = host.run(_facts_script(root, tools_for(config), shared_paths(config))).stdout
-    f = [x.decode("utf-8", "replace") for x in (out.split(b"\0") + [b""] * 10)[:9]]
+    f = [x.decode("utf-8", "replace") for x in (out.split(b"\0") + [b""] * 11)[:10]]
     path: Literal["dir", "notdir", "absent"] = (
         "dir" if f[1] == "dir" else "notdir" if f[1] == "notdir" else "absent")
     free = int(f[4]) if f[4].strip().isdigit() else None
     return HostFacts(tuple(f[0].split()), path, f[2], f[3] == "yes", free,
                      tuple(f[5].splitlines()), tuple(f[6].splitlines()), f[7] == "yes",
-                     f[8] == "yes")
+                     f[8] == "yes", f[9].strip())
 
 
 def host_findings(name: str, facts: HostFacts, root: str, min_free: int) -> list[Finding]:
@@ -188,6 +192,36 @@ def host_findings(name: str, facts: HostFacts, root: str, min_free: int) -> list
                            "first deploy with --adopt (after --adopt --dry-run) to move them "
                            "into shared/; shared must list them"))
     return out
+
+
+def https_findings(name: str, facts: HostFacts, config: EnvironmentConfig) -> list[Finding]:
+    """What forge-https (set up by provisioning) last said about the certificate."""
+    wanted = config.https.acme != "off" if config.https else bool(
+        config.url and config.url.startswith("https://"))
+    if not wanted:
+        return []
+    state, _, rest = facts.https.partition(" ")
+    names = rest.partition(" ")[2] or "the site's names"
+    if state == "ok":
+        return [Finding(name, "https", "ok", f"certificate issued for {names}")]
+    if state == "pending":
+        return [Finding(name, "https", "warn",
+                        f"no certificate yet for {names}: the ACME check could not reach "
+                        "this server, so the site serves plain HTTP",
+                        f"point the DNS records of {names} at this server; the renewal "
+                        "timer, or forge-ci provision again, then issues it")]
+    if state == "failed":
+        return [Finding(name, "https", "fail", f"the last certificate run for {names} failed",
+                        "read `journalctl -u forge-https` on the server (or the cron "
+                        "mail), fix it, then run forge-ci provision again")]
+    if state == "off":
+        return [Finding(name, "https", "warn", "forge-https is set to acme: off on the "
+                        "server, but forge.yml wants a certificate",
+                        "run forge-ci provision again to apply forge.yml's https settings")]
+    return [Finding(name, "https", "warn", "no forge-https status on this server "
+                    f"({HTTPS_STATUS}): the certificate is not managed by forge",
+                    "fine when TLS ends elsewhere (set https: {acme: off}); else provision "
+                    "the server with forge")]
 
 
 def shared_findings(config: EnvironmentConfig,
@@ -418,6 +452,7 @@ def diagnose(config: EnvironmentConfig, hosts: Sequence[Host], root: str, *,
     out: list[Finding] = []
     for name, f in facts:
         out += host_findings(name, f, root, min_free)
+        out += https_findings(name, f, config)
     out += shared_findings(config, facts)
     out += http_findings(config, hosts, [f for _, f in facts], root, fetch, log, hold)
     return Report(tuple(out))
