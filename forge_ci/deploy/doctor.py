@@ -194,6 +194,11 @@ def host_findings(name: str, facts: HostFacts, root: str, min_free: int) -> list
     return out
 
 
+def https_status(host: Host, path: str = HTTPS_STATUS) -> str:
+    """forge-https's status line on ``host`` ("" when the file is not there)."""
+    return host.run(f"head -n 1 {sh(path)} 2>/dev/null || true").text.strip()
+
+
 def https_findings(name: str, facts: HostFacts, config: EnvironmentConfig) -> list[Finding]:
     """What forge-https (set up by provisioning) last said about the certificate."""
     wanted = config.https.acme != "off" if config.https else bool(

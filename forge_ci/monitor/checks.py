@@ -32,6 +32,7 @@ from pathlib import Path
 import requests
 
 from forge_ci import tls
+from forge_ci.config.models import EnvironmentConfig
 from forge_ci.deploy.releases import Layout
 from forge_ci.remote.base import Host, sh
 from forge_ci.tls import Severity
@@ -158,3 +159,22 @@ def _ago(seconds: float) -> str:
     if seconds >= 2 * 3600:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 60:.0f}m"
+
+
+_BY_FINDING = {"ok": Severity.OK, "warn": Severity.WARNING, "fail": Severity.CRITICAL}
+
+
+def check_certificate(host: Host, config: EnvironmentConfig,
+                      status_file: str | None = None) -> list[Check]:
+    """What forge-https on ``host`` last recorded (issued / pending / failed), as doctor
+    reports it: a certificate that could not be issued yet says what to fix, before the
+    TLS check sees only that HTTPS does not answer."""
+    from forge_ci.deploy.doctor import HTTPS_STATUS, HostFacts, https_findings, https_status
+
+    line = https_status(host, status_file or HTTPS_STATUS)
+    if not line:
+        return []  # not provisioned by forge: the TLS check covers the certificate
+    facts = HostFacts((), "dir", "", True, None, (), (), True, True, https=line)
+    return [Check(f"https {host.name}", _BY_FINDING[f.status],
+                  f.detail + (f" (fix: {f.hint})" if f.hint else ""))
+            for f in https_findings(host.name, facts, config)]

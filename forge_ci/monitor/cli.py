@@ -25,6 +25,7 @@ from forge_ci.monitor import state
 from forge_ci.monitor.checks import (
     Check,
     check_backup,
+    check_certificate,
     check_disk,
     check_http,
     check_lock,
@@ -109,6 +110,8 @@ def run_checks(ctx: Context, environment: str, config: EnvironmentConfig, *, roo
         for host in hosts:
             checks.append(check_disk(host, root, min_free=mc.disk_min_free))
             checks.append(check_lock(host, Layout(root), max_age=mc.lock_max_age, now=now))
+            if not config.is_local:
+                checks += check_certificate(host, config)
     return checks
 
 

@@ -4,6 +4,7 @@ cannot be issued yet must be reported, with what to fix)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,21 @@ def test_no_certificate_is_expected_for_http_or_acme_off() -> None:
     assert https_findings("h", facts, _config("http://example.org")) == []
     assert https_findings("h", facts, _config("https://example.org",
                                               https={"acme": "off"})) == []
+
+
+def test_monitor_reports_a_pending_certificate_and_stays_quiet_without_forge_https(
+        tmp_path: Path) -> None:
+    from forge_ci.monitor.checks import check_certificate
+    from forge_ci.remote import LocalHost
+    from forge_ci.tls import Severity
+
+    status = tmp_path / "status"
+    config = _config("https://example.org")
+    with LocalHost() as host:
+        assert check_certificate(host, config, str(status)) == []  # not forge's: TLS check
+        status.write_text("pending 2026-12-06T10:00:00Z example.org\n")
+        [check] = check_certificate(host, config, str(status))
+        assert check.severity is Severity.WARNING and "DNS records of example.org" in check.detail
+        status.write_text("ok 2026-12-06T10:00:00Z example.org\n")
+        [check] = check_certificate(host, config, str(status))
+        assert check.severity is Severity.OK
