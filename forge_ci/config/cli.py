@@ -46,8 +46,10 @@ def cmd_check(ctx: Context) -> int:
     for name, info in envs.items():
         lines.append(f"  {name}: {info['target']} {info['path']}")
     for u in loaded.unset:
-        lines.append(f"note: {u.note(str(loaded.path))} (needed only by commands on that "
-                     "environment)")
+        why = ("that notify entry is skipped, with a warning, until it is set"
+               if u.key.startswith("notify") or ".notify[" in u.key
+               else "needed only by commands on that environment")
+        lines.append(f"note: {u.note(str(loaded.path))} ({why})")
     for name in skipped:
         lines.append(f"note: environments.{name} could not be checked fully until its "
                      "variables are set")

@@ -59,7 +59,8 @@ class LoadedConfig:
             raise ConfigError(f"no environment {name!r}", file=str(self.path), key="environments",
                               hint=hint)
         # A run that works on an environment needs every one of its variables.
-        missing = [u for u in self.unset if u.key.startswith(f"environments.{name}.")]
+        missing = [u for u in self.unset if u.key.startswith(f"environments.{name}.")
+                   and not u.key.startswith(f"environments.{name}.notify")]
         if missing:
             raise _missing_error(missing, str(self.path))
         return envs[name]
@@ -96,6 +97,7 @@ def parse(text: str, environ: Mapping[str, str], *, filename: str = "forge.yml",
     secrets: list[str] = []
     exp = _Expander(environ, filename, lines, secrets)
     data = exp.expand(data, ())
+    data = _drop_unset_notify(data, exp.unresolved)
     unresolved = set(exp.unresolved)
     config: ForgeConfig | None = None
     try:
@@ -129,8 +131,48 @@ def parse(text: str, environ: Mapping[str, str], *, filename: str = "forge.yml",
                         secrets=tuple(secrets), unset=unset)
 
 
+def _notify_entry(key: KeyPath) -> KeyPath | None:
+    """The ``notify[i]`` entry a key lies in (top level or an environment's), else None."""
+    if len(key) >= 2 and key[0] == "notify" and isinstance(key[1], int):
+        return key[:2]
+    if (len(key) >= 4 and key[0] == "environments" and key[2] == "notify"
+            and isinstance(key[3], int)):
+        return key[:4]
+    return None
+
+
+def _drop_unset_notify(data: Any, unresolved: Mapping[KeyPath, str]) -> Any:
+    """Leave out every notify entry that names an unset variable.
+
+    A notification target is not needed for a command to do its work: a webhook URL
+    missing from this run's secrets must not stop a deploy (or a local `releases`),
+    nor be sent with a literal ``${VAR}`` as its password. The run warns about each
+    one when it would have notified (:attr:`LoadedConfig.unset` keeps them).
+    """
+    drop = {e for e in (_notify_entry(k) for k in unresolved) if e is not None}
+    if not drop or not isinstance(data, dict):
+        return data
+
+    def keep(items: Any, prefix: KeyPath) -> Any:
+        if not isinstance(items, list):
+            return items
+        return [v for i, v in enumerate(items) if (*prefix, i) not in drop]
+
+    out = dict(data)
+    out["notify"] = keep(out.get("notify"), ("notify",)) if "notify" in out else None
+    if out["notify"] is None:
+        del out["notify"]
+    envs = out.get("environments")
+    if isinstance(envs, dict):
+        out["environments"] = {
+            name: ({**env, "notify": keep(env["notify"], ("environments", name, "notify"))}
+                   if isinstance(env, dict) and "notify" in env else env)
+            for name, env in envs.items()}
+    return out
+
+
 def _needed(key: KeyPath, environment: str | None, lenient: bool) -> bool:
-    if lenient:
+    if lenient or _notify_entry(key) is not None:
         return False
     # With an environment, another environment's variables are not needed by this run.
     return not (environment is not None and len(key) >= 2 and key[0] == "environments"

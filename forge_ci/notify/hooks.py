@@ -92,6 +92,10 @@ def send(ctx: Context, name: str, *, environment: str, summary: str,
          severity: Severity | None = None) -> list[Outcome]:
     """Build the event and deliver it to ``environment``'s targets; warn on failures."""
     loaded = ctx.config()
+    for u in loaded.unset:
+        if u.key.startswith("notify") or u.key.startswith(f"environments.{environment}.notify"):
+            entry = u.key.split("].", 1)[0] + "]"  # notify[0], environments.x.notify[1]
+            ctx.runner.warning(f"{entry}: not notified of {name}: ${{{u.name}}} is not set")
     targets = loaded.config.notify_targets(environment)
     if not targets:
         return []

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Callable
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +179,28 @@ def test_a_rollback_asked_for_is_its_own_event(
 def test_which_event_a_verb_makes(command: str, error: Exception | None,
                                   name: str | None) -> None:
     assert event_for(command, error) == name
+
+
+def test_a_notify_target_whose_secret_is_unset_is_skipped_with_a_warning_not_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from forge_ci.cli import main
+
+    (tmp_path / "forge.yml").write_text(
+        "version: 1\nproject: demo\n"
+        "notify:\n  - { type: slack, url: \"${SLACK_WEBHOOK}\" }\n"
+        "  - { type: email, smtp: \"smtp://127.0.0.1:1\", from: forge@example.org,\n"
+        "      to: [ops@example.org], user: ops, password: \"${SMTP_PASSWORD}\" }\n"
+        "environments:\n  local: { path: site }\n")
+    environ = {"PATH": os.environ["PATH"]}
+    argv = ["--config", str(tmp_path / "forge.yml")]
+    assert main([*argv, "config", "check"], env=environ) == 0
+    out = capsys.readouterr().out
+    assert "notify[0].url: ${SLACK_WEBHOOK} is not set" in out and "skipped" in out
+    # A command with events still runs; each skipped target is named once, never sent a
+    # literal ${VAR} as its password.
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("ok\n")
+    assert main([*argv, "deploy", "local"], env=environ) == 0
+    err = capsys.readouterr().err
+    assert "notify[0]: not notified of deploy.succeeded: ${SLACK_WEBHOOK} is not set" in err
+    assert "notify[1]: not notified of deploy.succeeded: ${SMTP_PASSWORD} is not set" in err
