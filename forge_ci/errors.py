@@ -23,6 +23,7 @@ traceback.
     ├── RollbackFailed                 exit 4  failed and could not restore: act now
     ├── HealthError                    exit 1  health checks failed (health command)
     ├── BackupError / StoreError       exit 1  (backup package adds leaves)
+    ├── SyncError                      exit 1  a sync cannot go on (unreadable dump, refused)
     └── ProvisionError                 exit 1  (provision package adds leaves)
 
 Messages never contain secret values: callers pass names, paths and hosts only.
@@ -145,3 +146,7 @@ class StoreError(ForgeError):
 
 class ProvisionError(ForgeError):
     pass
+
+
+class SyncError(ForgeError):
+    """The sync cannot go on: a dump it cannot read, a target it must not write."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from forge_ci.config.backup import BackupConfig
+from forge_ci.config.backup import BackupConfig, DatabaseConfig
 from forge_ci.config.provision import ProvisionConfig
 
 
@@ -59,6 +59,8 @@ class HealthCheck(Frozen):
 class Hooks(Frozen):
     before_switch: tuple[str, ...] = ()
     after_switch: tuple[str, ...] = ()
+    # Run in the live release (``current``) of a sync's target, after its import.
+    after_sync: tuple[str, ...] = ()
 
 
 class PhpConfig(Frozen):
@@ -130,6 +132,35 @@ class PreviewConfig(Frozen):
     on_host: bool = False
 
 
+class SyncConfig(Frozen):
+    """How ``forge-ci sync FROM TO`` writes into this environment (TO's section applies).
+
+    ``replace``: extra ``[from, to]`` pairs after the URL pairs sync derives itself.
+    ``exclude_tables``: tables (full names) neither dumped nor touched in TO.
+    ``anonymize``: scrub personal data on the stream (see :mod:`forge_ci.sync.anonymize`).
+    ``table_prefix``: WordPress's ``$table_prefix``. ``uploads``: under ``shared/``.
+    """
+
+    replace: tuple[tuple[str, str], ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    anonymize: bool = True
+    table_prefix: str = Field("wp_", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    uploads: str = "web/app/uploads"
+
+    @field_validator("exclude_tables")
+    @classmethod
+    def _table_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_$-]{1,64}$", name):
+                raise ValueError(f"exclude_tables: {name!r} is not a plain table name")
+        return value
+
+    @field_validator("uploads")
+    @classmethod
+    def _uploads_path(cls, value: str) -> str:
+        return relative_path(value, "sync.uploads")
+
+
 class EnvironmentConfig(Frozen):
     url: str | None = Field(None, pattern=r"^https?://")
     hosts: tuple[HostConfig, ...] = ()
@@ -146,10 +177,26 @@ class EnvironmentConfig(Frozen):
     preview: PreviewConfig | None = None
     lock_wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
     backup: BackupConfig | None = None
+    # Where the site's database lives (backup, sync, deploy snapshots).
+    database: DatabaseConfig | None = None
+    sync: SyncConfig = SyncConfig()
+    # None: protected when the environment is named production (see is_protected).
+    protected: bool | None = None
 
     @property
     def is_local(self) -> bool:
         return not self.hosts
+
+    @property
+    def site_database(self) -> DatabaseConfig | None:
+        """``database``, else the older ``backup.database``."""
+        if self.database is not None:
+            return self.database
+        return self.backup.database if self.backup is not None else None
+
+    def is_protected(self, environment: str) -> bool:
+        """Writes into it (sync) need ``--confirm <name>``; default: named production."""
+        return self.protected if self.protected is not None else environment == "production"
 
     @field_validator("shared")
     @classmethod
