@@ -168,12 +168,37 @@ def _provision(environ: Environ, i: Inputs) -> list[list[str]]:
     return [argv]
 
 
+def _sync(environ: Environ, i: Inputs) -> list[list[str]]:
+    source = _text(environ, "from")
+    if not source or not _ENV_NAME.match(source):
+        raise InputError("input 'from' must be a forge.yml environment name (the source)")
+    argv = ["sync", source, i.environment, f"--config={i.config}"]
+    parts = _text(environ, "parts", default="all")
+    if parts not in ("all", "database", "uploads"):
+        raise InputError("input 'parts' must be all, database or uploads")
+    if parts != "all":
+        argv.append(f"--{parts}")
+    snapshot = _ident(environ, "snapshot", "snapshot id")
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    confirm = _text(environ, "confirm")
+    if confirm:
+        if confirm != i.environment:
+            raise InputError("input 'confirm' must repeat the target environment's name "
+                             f"({i.environment}) or be empty")
+        argv.append(f"--confirm={confirm}")
+    if _bool(environ, "dry-run", False):
+        argv.append("--dry-run")
+    return [argv]
+
+
 ACTIONS: dict[str, Plan] = {
     "deploy": _deploy,
     "rollback": _rollback,
     "backup": _backup,
     "restore": _restore,
     "provision": _provision,
+    "sync": _sync,
 }
 
 

@@ -26,8 +26,9 @@ def _modules() -> list[Any]:
     from forge_ci.config import cli as config_cli
     from forge_ci.deploy import cli as deploy_cli
     from forge_ci.provision import cli as provision_cli
+    from forge_ci.sync import command as sync_cli
 
-    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli]
+    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli, sync_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
