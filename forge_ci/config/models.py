@@ -144,7 +144,7 @@ class SyncConfig(Frozen):
     replace: tuple[tuple[str, str], ...] = ()
     exclude_tables: tuple[str, ...] = ()
     anonymize: bool = True
-    table_prefix: str = Field("wp_", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    table_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,32}$")] = "wp_"
     uploads: str = "web/app/uploads"
 
     @field_validator("exclude_tables")

@@ -185,7 +185,8 @@ def _locked(target: _Env, hosts: list[Host], ctx: Context, what: str) -> Iterato
 
 
 def url_pairs(source_urls: Iterable[str | None], site_url: str | None, target_url: str,
-              target_site_url: str | None, extra: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+              target_site_url: str | None,
+              extra: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """TO's ``sync.replace`` pairs first, then each distinct FROM home URL → TO's; FROM's
     ``siteurl`` gets a pair of its own only when it is not under one of those."""
     pairs = [(a, b) for a, b in extra]

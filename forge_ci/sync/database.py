@@ -87,30 +87,41 @@ def query(host: Host, db: DatabaseConfig, sql: str) -> list[list[str]]:
     return [line.split("\t") for line in r.text.splitlines() if line]
 
 
+def _table(prefix: str, name: str) -> str:
+    """A WordPress table's quoted name; the prefix is checked (letters, digits, ``_``)."""
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", prefix):
+        raise SyncError(f"table prefix {prefix!r} is not supported",
+                        hint="sync.table_prefix: letters, digits and _ only")
+    return f"{prefix}{name}"
+
+
 def home_urls(host: Host, db: DatabaseConfig, prefix: str) -> dict[str, str]:
     """``home`` and ``siteurl`` from the options table, when it is there."""
-    table = f"{prefix}options"
-    rows = query(host, db, "SELECT option_name, option_value FROM "
-                 f"`{table}` WHERE option_name IN ('home', 'siteurl')"
-                 if _has_table(host, db, table) else "SELECT 1 FROM DUAL WHERE 0")
+    table = _table(prefix, "options")
+    if not _has_table(host, db, table):
+        return {}
+    # Only checked names are formatted into these statements (see _table).
+    rows = query(host, db, "SELECT option_name, option_value FROM "  # noqa: S608
+                 f"`{table}` WHERE option_name IN ('home', 'siteurl')")
     return {r[0]: r[1] for r in rows if len(r) == 2}
 
 
 def _has_table(host: Host, db: DatabaseConfig, table: str) -> bool:
-    rows = query(host, db, "SELECT COUNT(*) FROM information_schema.tables WHERE "
+    rows = query(host, db, "SELECT COUNT(*) FROM information_schema.tables WHERE "  # noqa: S608
                  f"table_schema = DATABASE() AND table_name = '{table}'")
     return bool(rows) and rows[0][0] != "0"
 
 
 def after_import(host: Host, db: DatabaseConfig, prefix: str, *, public: bool) -> None:
     """Clear transients; a non-public target also gets ``blog_public = 0``."""
-    table = f"{prefix}options"
+    table = _table(prefix, "options")
     if not _has_table(host, db, table):
         return
-    sql = (f"DELETE FROM `{table}` WHERE option_name LIKE '\\_transient\\_%' "
+    sql = (f"DELETE FROM `{table}` WHERE option_name LIKE '\\_transient\\_%' "  # noqa: S608
            "OR option_name LIKE '\\_site\\_transient\\_%';\n")
     if not public:
-        sql += f"UPDATE `{table}` SET option_value = '0' WHERE option_name = 'blog_public';\n"
+        sql += (f"UPDATE `{table}` SET option_value = '0' "  # noqa: S608
+                "WHERE option_name = 'blog_public';\n")
     query(host, db, sql)
 
 
