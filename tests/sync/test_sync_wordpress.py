@@ -101,7 +101,8 @@ def test_production_to_staging(sites: TwoSites, capsys: pytest.CaptureFixture[st
     assert (up / "new.txt").read_bytes() == b"only in production"
     assert (up / "changed.txt").read_bytes() == b"new and longer content"
     assert (up / "same.txt").read_bytes() == b"staging's copy!"
-    assert not list((sites.staging.path / "releases").glob("*/web/app/uploads/2026"))
+    for release in (sites.staging.path / "releases").iterdir():  # still links to shared/
+        assert (release / "web/app/uploads").is_symlink()
 
     # The after_sync hook ran in staging's live release.
     assert (sites.staging.path / ".forge/after-sync.txt").read_text().strip() == "production"
@@ -124,7 +125,7 @@ def test_refused_syncs_change_nothing(sites: TwoSites) -> None:
     # --confirm naming another environment.
     assert sites.forge("sync", "staging", "production", "--confirm", "staging") == ExitCode.USAGE
     # An unknown environment.
-    assert sites.forge("sync", "production", "stagin") == ExitCode.CONFIG
+    assert sites.forge("sync", "production", "stagin") == ExitCode.USAGE
     # While a deploy holds staging's lock.
     host = connector(sites.env["FORGE_SSH_KEY"], sites.env["FORGE_KNOWN_HOSTS"])(
         sites.host.host, sites.host.port, sites.host.user)
