@@ -83,7 +83,7 @@ _INSERT = re.compile(
     rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" (\((?:`(?:[^`]|``)*`(?:, ?)?)*\))"
     rb" VALUES "
 )
-_INSERT_NO_COLUMNS = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" VALUES ?")
+_INSERT_NO_COLUMNS = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" VALUES\s*")
 # A column's line inside CREATE TABLE (keys and constraints do not start with a backtick).
 _CREATE_COLUMN = re.compile(rb"  " + _NAME + rb" ")
 _COLUMN = re.compile(_NAME)

@@ -1,5 +1,6 @@
 """Row hooks on the dump stream: the default anonymizer, and INSERTs without column
-lists (a backup snapshot's dump) read through the CREATE TABLE before them."""
+lists (a backup snapshot's dump: ``VALUES`` then one row a line) read through the
+CREATE TABLE before them."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ USERS = b"""CREATE TABLE `wp_users` (
   `user_activation_key` varchar(255) NOT NULL DEFAULT '',
   PRIMARY KEY (`ID`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
-INSERT INTO `wp_users` VALUES (1,'admin','$P$Bhash','ceo@real-company.test','https://example.com','key'),
+INSERT INTO `wp_users` VALUES
+(1,'admin','$P$Bhash','ceo@real-company.test','https://example.com','key'),
 (2,'o\\'brien','$P$B2','o.brien@mail.test','','');
 """
 

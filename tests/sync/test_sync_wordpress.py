@@ -17,6 +17,9 @@ from lab.mariadb import MariaDB
 from lab.site import WordPressSite
 from lab.sshd import SshHost
 
+from lab import leaks
+
+from forge_ci.backup.format.keys import generate_identity
 from forge_ci.deploy.lock import Lock, owner_info
 from forge_ci.deploy.releases import Layout
 from forge_ci.errors import ExitCode
@@ -138,3 +141,30 @@ def test_refused_syncs_change_nothing(sites: TwoSites) -> None:
     assert sites.checksums(sites.prod.db) == prod_before
     assert sites.checksums(sites.staging.db) == staging_before
     assert not (sites.staging.path / ".forge/sync").exists()
+
+
+def test_from_a_backup_snapshot_without_touching_production(
+        sites: TwoSites, lab_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    identity = generate_identity()
+    leaks.register(identity.to_secret().reveal())
+    db = sites.prod.db
+    sites.configure(prod_extra=(
+        f"    backup:\n      store: file://{lab_dir / 'store'}\n"
+        f"      database: {{ name: {db.name}, user: {db.user}, "
+        f"password: \"${{PROD_DB_PASSWORD}}\", host: {db.host}, port: {db.port} }}\n"))
+    sites.env |= {"FORGE_BACKUP_RECIPIENT": str(identity.recipient),
+                  "FORGE_BACKUP_IDENTITY": identity.to_secret().reveal()}
+    sites.put_upload(sites.prod, "2026/02/in-snapshot.txt", b"backed up", 1_700_000_000)
+    assert sites.forge("backup", "production") == 0
+    capsys.readouterr()
+    sites.put_upload(sites.prod, "2026/02/after-snapshot.txt", b"too late", 1_700_000_000)
+
+    assert sites.forge("sync", "production", "staging", "--snapshot", "latest", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["snapshot"] and report["database"]["scrubbed_rows"]["wp_users"] >= 2
+    verdict = sites.check()
+    assert verdict["failures"] == [], verdict
+    up = sites.uploads(sites.staging) / "2026/02"
+    assert (up / "in-snapshot.txt").read_bytes() == b"backed up"
+    assert not (up / "after-snapshot.txt").exists()
+    assert _host_of(sites.prod.url) not in sites.page(sites.staging)

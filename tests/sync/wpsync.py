@@ -52,7 +52,7 @@ class TwoSites:
         s.configure(extra)
         return s
 
-    def configure(self, extra: str = "") -> None:
+    def configure(self, extra: str = "", prod_extra: str = "") -> None:
         h = f"[{{ host: {self.host.host}, port: {self.host.port}, user: {self.host.user} }}]"
         self.config.write_text(f"""\
 version: 1
@@ -63,7 +63,7 @@ environments:
     hosts: {h}
     path: {self.prod.path}
     database: {_db_yaml(self.prod.db, "PROD_DB_PASSWORD")}
-  staging:
+{prod_extra}  staging:
     url: {self.staging.url}
     hosts: {h}
     path: {self.staging.path}
