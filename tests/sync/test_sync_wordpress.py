@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from lab import leaks
 from lab.mariadb import MariaDB
 from lab.site import WordPressSite
 from lab.sshd import SshHost
-
-from lab import leaks
 
 from forge_ci.backup.format.keys import generate_identity
 from forge_ci.deploy.lock import Lock, owner_info
