@@ -114,8 +114,8 @@ environments:
         forge = [sys.executable, "-m", "forge_ci", "sync", "production", "staging",
                  "--database", f"--config={config}"]
         src, dst = _option_file(tmp / "prod.cnf", prod), _option_file(tmp / "stg.cnf", staging)
-        reference = ["sh", "-c",
-                     f"set -o pipefail 2>/dev/null; mariadb-dump --defaults-file={src} "
+        reference = ["bash", "-c",
+                     f"set -o pipefail; mariadb-dump --defaults-file={src} "
                      f"{' '.join(DUMP_FLAGS)} --no-tablespaces {prod.name} "
                      f"| mariadb --defaults-file={dst} {staging.name}"]
         runs: dict[str, list[Measure]] = {"forge": [], "reference": []}

@@ -1,0 +1,105 @@
+"""Sync between local environments (no hosts: this machine), on the lab's MariaDB."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lab.mariadb import Database, MariaDB
+
+from forge_ci.cli import main
+
+FROM, TO = "https://example.com", "http://localhost:8080"
+WIDGET = 'a:1:{i:2;a:1:{s:4:"text";s:%d:"%s";}}'
+
+
+def widget(text: str) -> str:
+    return WIDGET % (len(text.encode()), text)
+
+
+@dataclass
+class Local:
+    root: Path
+    server: MariaDB
+    prod: Database
+    dev: Database
+    env: dict[str, str]
+
+    def forge(self, *args: str) -> int:
+        return main([*args, "--config", str(self.root / "forge.yml")], env=self.env)
+
+    def value(self, db: Database, name: str) -> str:
+        return self.server.sql(f"SELECT option_value FROM wp_options WHERE option_name='{name}'",
+                               database=db.name).rstrip("\n")
+
+
+SCHEMA = ("CREATE TABLE wp_options (option_id INT PRIMARY KEY AUTO_INCREMENT, "
+          "option_name VARCHAR(191) UNIQUE, option_value LONGTEXT) CHARACTER SET utf8mb4;")
+
+
+@pytest.fixture
+def local(tmp_path: Path, mariadb_server: MariaDB) -> Iterator[Local]:
+    prod, dev = mariadb_server.create_database("prod"), mariadb_server.create_database("dev")
+    text = f'<a href="{FROM}/über">ü</a>'
+    mariadb_server.sql(SCHEMA + "INSERT INTO wp_options (option_name, option_value) VALUES "
+                       f"('home', '{FROM}'), ('siteurl', '{FROM}/wp'), "
+                       f"('widget_text', '{widget(text)}'), ('blog_public', '1'), "
+                       "('_transient_x', 'y');", database=prod.name)
+    mariadb_server.sql(SCHEMA + "INSERT INTO wp_options (option_name, option_value) VALUES "
+                       f"('home', '{TO}'), ('dev_only', 'kept');", database=dev.name)
+    for env in ("prod", "dev"):
+        (tmp_path / env / "shared/web/app/uploads").mkdir(parents=True)
+    (tmp_path / "prod/shared/web/app/uploads/a.txt").write_text("from prod")
+
+    def db(d: Database, var: str) -> str:
+        return (f"{{name: {d.name}, user: {d.user}, password: \"${{{var}}}\", host: {d.host}, "
+                f"port: {d.port}}}")
+
+    (tmp_path / "forge.yml").write_text(f"""\
+version: 1
+project: t
+environments:
+  production:
+    path: prod
+    database: {db(prod, "PROD_PW")}
+  local:
+    path: dev
+    database: {db(dev, "DEV_PW")}
+""")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PROD_PW": prod.password,
+           "DEV_PW": dev.password}
+    yield Local(tmp_path, mariadb_server, prod, dev, env)
+    mariadb_server.drop_database(prod)
+    mariadb_server.drop_database(dev)
+
+
+def test_production_into_local_takes_its_urls_from_both_databases(
+        local: Local, capsys: pytest.CaptureFixture[str]) -> None:
+    assert local.forge("sync", "production", "local", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["replace"] == [[FROM, TO]]
+    assert local.value(local.dev, "home") == TO
+    assert local.value(local.dev, "siteurl") == f"{TO}/wp"
+    assert local.value(local.dev, "widget_text") == widget(f'<a href="{TO}/über">ü</a>')
+    assert local.value(local.dev, "blog_public") == "0"
+    assert local.value(local.dev, "_transient_x") == ""
+    assert (local.root / "dev/shared/web/app/uploads/a.txt").read_text() == "from prod"
+    assert local.value(local.prod, "home") == FROM
+
+    assert local.forge("sync-undo", "local", report["undo_id"]) == 0
+    assert local.value(local.dev, "dev_only") == "kept"
+    assert local.value(local.dev, "siteurl") == ""  # the table is as it was, row for row
+
+
+def test_local_into_production_needs_confirm(local: Local) -> None:
+    assert local.forge("sync", "local", "production", "--database") == 1
+    assert local.value(local.prod, "home") == FROM
+    assert local.forge("sync", "local", "production", "--database",
+                       "--confirm", "production") == 0
+    # The local URL (from local's database) became production's (from production's).
+    assert local.value(local.prod, "dev_only") == "kept"
+    assert local.value(local.prod, "home") == FROM
