@@ -282,8 +282,13 @@ def cmd_sync(ctx: Context) -> int:
                 report.database = Report()
                 with ctx.runner.group(f"database {source.name} -> {target.name}"):
                     try:
-                        database.load(to_host, to_db,
-                                      rewrite_dump(dump(), rules, options, report.database))
+                        # Three stages in step: read FROM, rewrite, write TO.
+                        stream = database.ahead(rewrite_dump(
+                            database.ahead(dump()), rules, options, report.database))
+                        try:
+                            database.load(to_host, to_db, stream)
+                        finally:
+                            stream.close()
                         database.after_import(to_host, to_db, sync_cfg.table_prefix,
                                               public=target.config.is_protected(target.name))
                     except ForgeError as e:

@@ -16,8 +16,10 @@ included. The three newest snapshots are kept.
 from __future__ import annotations
 
 import posixpath
+import queue
 import re
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from forge_ci._malloc import READ_SIZE
@@ -69,9 +71,64 @@ def dump(host: Host, db: DatabaseConfig, exclude: Sequence[str] = ()) -> Iterato
                         hint="check the database credentials in forge.yml (database:)")
 
 
-def load(host: Host, db: DatabaseConfig, sql: Iterator[bytes]) -> None:
+def load(host: Host, db: DatabaseConfig, sql: Iterable[bytes]) -> None:
     """Feed SQL to ``mariadb`` on the host, into DB (which must exist)."""
     import_database(host, db, db.name, sql, create=False)
+
+
+_END = object()
+
+
+def ahead(chunks: Iterable[bytes], depth: int = 32) -> Generator[bytes, None, None]:
+    """CHUNKS produced by a thread of their own, at most DEPTH ahead of the consumer.
+
+    So reading the dump, rewriting it and writing it into ``mariadb`` overlap (pipe
+    reads and writes release the GIL) instead of waiting on each other. An exception
+    in the producer is raised in the consumer; a consumer that stops early (closes
+    the generator) stops the producer at its next chunk.
+    """
+    box: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    source = iter(chunks)
+
+    def produce() -> None:
+        try:
+            for chunk in source:
+                if not put(chunk):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+            return
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a generator upstream stops too (a dump process is killed)
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="forge-sync-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=30)
 
 
 def query(host: Host, db: DatabaseConfig, sql: str) -> list[list[str]]:
