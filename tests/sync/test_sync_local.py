@@ -48,9 +48,13 @@ def local(tmp_path: Path, mariadb_server: MariaDB) -> Iterator[Local]:
     mariadb_server.sql(SCHEMA + "INSERT INTO wp_options (option_name, option_value) VALUES "
                        f"('home', '{FROM}'), ('siteurl', '{FROM}/wp'), "
                        f"('widget_text', '{widget(text)}'), ('blog_public', '1'), "
-                       "('_transient_x', 'y');", database=prod.name)
+                       "('_transient_x', 'y');"
+                       "CREATE TABLE wp_log (id INT PRIMARY KEY, line TEXT);"
+                       "INSERT INTO wp_log VALUES (1, 'production log');", database=prod.name)
     mariadb_server.sql(SCHEMA + "INSERT INTO wp_options (option_name, option_value) VALUES "
-                       f"('home', '{TO}'), ('dev_only', 'kept');", database=dev.name)
+                       f"('home', '{TO}'), ('dev_only', 'kept');"
+                       "CREATE TABLE wp_log (id INT PRIMARY KEY, line TEXT, extra INT);"
+                       "INSERT INTO wp_log VALUES (7, 'local log', 1);", database=dev.name)
     for env in ("prod", "dev"):
         (tmp_path / env / "shared/web/app/uploads").mkdir(parents=True)
     (tmp_path / "prod/shared/web/app/uploads/a.txt").write_text("from prod")
@@ -69,6 +73,7 @@ environments:
   local:
     path: dev
     database: {db(dev, "DEV_PW")}
+    sync: {{ exclude_tables: [wp_log] }}
 """)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PROD_PW": prod.password,
            "DEV_PW": dev.password}
@@ -89,6 +94,8 @@ def test_production_into_local_takes_its_urls_from_both_databases(
     assert local.value(local.dev, "_transient_x") == ""
     assert (local.root / "dev/shared/web/app/uploads/a.txt").read_text() == "from prod"
     assert local.value(local.prod, "home") == FROM
+    # An excluded table is left exactly as it was, schema included.
+    assert local.server.sql("SELECT * FROM wp_log", database=local.dev.name) == "7\tlocal log\t1\n"
 
     assert local.forge("sync-undo", "local", report["undo_id"]) == 0
     assert local.value(local.dev, "dev_only") == "kept"
