@@ -26,7 +26,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from forge_ci.backup import session
@@ -34,7 +35,7 @@ from forge_ci.backup.objects import checked
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.snapshot import Manifest
 from forge_ci.command import Common, Context
-from forge_ci.config import EnvironmentConfig, LoadedConfig
+from forge_ci.config import EnvironmentConfig, LoadedConfig, load
 from forge_ci.config.backup import DatabaseConfig
 from forge_ci.deploy.lock import Lock, owner_info
 from forge_ci.deploy.releases import Layout
@@ -72,12 +73,13 @@ class _Env:
     name: str
     config: EnvironmentConfig
     root: str
+    loaded: LoadedConfig
 
-    def db(self, loaded: LoadedConfig) -> DatabaseConfig:
+    def db(self) -> DatabaseConfig:
         db = self.config.site_database
         if db is None:
             raise ConfigError(f"environment {self.name!r} has no database",
-                              file=str(loaded.path), key=f"environments.{self.name}",
+                              file=str(self.loaded.path), key=f"environments.{self.name}",
                               hint='add database: { name, user, password: "${DB_PASSWORD}" }')
         return db
 
@@ -95,7 +97,6 @@ class SyncReport:
     undo_command: str | None = None
     hooks: int = 0
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         db: dict[str, object] | None = None
@@ -135,12 +136,19 @@ class SyncReport:
         return "\n".join(lines)
 
 
-def _refuse_early(ctx: Context, loaded: LoadedConfig) -> tuple[_Env, _Env]:
+def _environments(ctx: Context) -> tuple[_Env, _Env]:
+    """FROM and TO, each read with only its own ``${VAR}``\\s required (as deploy reads
+    one environment): a third environment's secrets are never needed."""
     a = ctx.args
-    source = _Env(a.source, loaded.environment(a.source),
-                  target_root(loaded.environment(a.source), loaded.root))
-    target = _Env(a.target, loaded.environment(a.target),
-                  target_root(loaded.environment(a.target), loaded.root))
+    path = Path(getattr(a, "config", None) or "forge.yml")
+    found = []
+    for name in (a.source, a.target):
+        loaded = load(path, ctx.environ, name)
+        for value in loaded.secrets:
+            ctx.runner.mask(value)
+        config = loaded.environment(name)
+        found.append(_Env(name, config, target_root(config, loaded.root), loaded))
+    source, target = found
     if a.source == a.target:
         raise UsageError(f"sync {a.source} {a.target}: FROM and TO are the same environment")
     _confirm(target, a.confirm, dry_run=ctx.dry_run)
@@ -207,13 +215,12 @@ def url_pairs(source_urls: Iterable[str | None], site_url: str | None, target_ur
 
 def cmd_sync(ctx: Context) -> int:
     started = time.monotonic()
-    loaded = ctx.config()
-    source, target = _refuse_early(ctx, loaded)
+    source, target = _environments(ctx)
     a = ctx.args
     want_db = a.database or not a.uploads
     want_uploads = a.uploads or not a.database
     sync_cfg = target.config.sync
-    to_db = target.db(loaded) if want_db else None
+    to_db = target.db() if want_db else None
     rel = uploads.folder(sync_cfg.uploads)
     with contextlib.ExitStack() as stack:
         to_hosts = stack.enter_context(_connected(target.config, ctx))
@@ -226,7 +233,7 @@ def cmd_sync(ctx: Context) -> int:
         snapshot_id: str | None = None
         from_urls: dict[str, str] = {}
         if a.snapshot:
-            t = session.target(loaded, source.name)
+            t = session.target(source.loaded, source.name)
             repo = stack.enter_context(session.repository(t, ctx.environ))
             ref = repo.resolve(a.snapshot)
             manifest = repo.load(ref)
@@ -238,7 +245,7 @@ def cmd_sync(ctx: Context) -> int:
             from_hosts = stack.enter_context(_connected(source.config, ctx))
             from_host = _db_host(source, from_hosts)
             if want_db:
-                from_urls = database.home_urls(from_host, source.db(loaded),
+                from_urls = database.home_urls(from_host, source.db(),
                                                sync_cfg.table_prefix)
         report = SyncReport(source.name, target.name, snapshot_id, ctx.dry_run, [])
         if want_db:
@@ -248,7 +255,8 @@ def cmd_sync(ctx: Context) -> int:
             if not to_url:
                 raise ConfigError(f"environment {target.name!r} has no url and its database "
                                   "has no home option to take it from",
-                                  file=str(loaded.path), key=f"environments.{target.name}.url")
+                                  file=str(target.loaded.path),
+                                  key=f"environments.{target.name}.url")
             report.pairs = url_pairs([source.config.url, from_urls.get("home")],
                                      from_urls.get("siteurl"), to_url, to_urls.get("siteurl"),
                                      sync_cfg.replace)
@@ -266,7 +274,7 @@ def cmd_sync(ctx: Context) -> int:
                     return checked(repo.open(entry.object), sha256=entry.sha256,
                                    size=entry.size, what=f"database dump {entry.object}")
                 assert from_host is not None
-                return database.dump(from_host, source.db(loaded), sync_cfg.exclude_tables)
+                return database.dump(from_host, source.db(), sync_cfg.exclude_tables)
 
             if ctx.dry_run:
                 with ctx.runner.group(f"read {source.name}'s database (dry run)"):
@@ -362,9 +370,9 @@ def cmd_undo(ctx: Context) -> int:
     loaded = ctx.config()
     name = ctx.args.environment
     config = loaded.environment(name)
-    target = _Env(name, config, target_root(config, loaded.root))
+    target = _Env(name, config, target_root(config, loaded.root), loaded)
     _confirm(target, ctx.args.confirm, dry_run=False)
-    db = target.db(loaded)
+    db = target.db()
     with _connected(config, ctx) as hosts, _locked(target, hosts, ctx, "sync-undo"):
         host = _db_host(target, hosts)
         with ctx.runner.group(f"restore {name}'s database from sync snapshot"):

@@ -74,6 +74,9 @@ environments:
     path: dev
     database: {db(dev, "DEV_PW")}
     sync: {{ exclude_tables: [wp_log] }}
+  other:                               # its secret is not set: sync never needs it
+    path: other
+    dotenv: {{ DB_PASSWORD: "${{OTHER_DB_PASSWORD}}" }}
 """)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PROD_PW": prod.password,
            "DEV_PW": dev.password}
