@@ -290,9 +290,11 @@ def cmd_sync(ctx: Context) -> int:
                 report.database = Report()
                 with ctx.runner.group(f"database {source.name} -> {target.name}"):
                     try:
-                        # Three stages in step: read FROM, rewrite, write TO.
+                        # Three stages in step: read FROM, rewrite, write TO. The
+                        # rewriter yields statements of about 1 MiB: a few ahead.
                         stream = database.ahead(rewrite_dump(
-                            database.ahead(dump()), rules, options, report.database))
+                            database.ahead(dump(), depth=16), rules, options,
+                            report.database), depth=4)
                         try:
                             database.load(to_host, to_db, stream)
                         finally:
