@@ -168,6 +168,37 @@ def _provision(environ: Environ, i: Inputs) -> list[list[str]]:
     return [argv]
 
 
+def _monitor(environ: Environ, i: Inputs) -> list[list[str]]:
+    argv = ["monitor", i.environment, f"--config={i.config}"]
+    state = _text(environ, "state")
+    if state:
+        if state.startswith("-") or "\0" in state:
+            raise InputError("input 'state' must be a file path")
+        argv.append(f"--state={state}")
+    last = _text(environ, "last-activity")
+    if last:
+        if not _WHEN.match(last):
+            raise InputError("input 'last-activity' must be a time like `git log -1 "
+                             "--format=%cI` prints, or Unix seconds")
+        argv.append(f"--last-activity={last}")
+    fail_on = _text(environ, "fail-on", default="critical")
+    if fail_on not in _FAIL_ON:
+        raise InputError("input 'fail-on' must be one of: critical, warning, never")
+    i.extra["fail-on"] = fail_on
+    return [argv]
+
+
+def _drill(environ: Environ, i: Inputs) -> list[list[str]]:
+    return [["drill", i.environment, f"--config={i.config}"]]
+
+
+# fail-on -> the monitor exit codes that fail the step
+_FAIL_ON = {"critical": {ExitCode.MONITOR_CRITICAL},
+            "warning": {ExitCode.MONITOR_WARNING, ExitCode.MONITOR_CRITICAL},
+            "never": set()}
+_WHEN = re.compile(r"[0-9][0-9T:.+Z-]{0,39}\Z")
+
+
 def _sync(environ: Environ, i: Inputs) -> list[list[str]]:
     source = _text(environ, "from")
     if not source or not _ENV_NAME.match(source):
@@ -198,6 +229,8 @@ ACTIONS: dict[str, Plan] = {
     "backup": _backup,
     "restore": _restore,
     "provision": _provision,
+    "monitor": _monitor,
+    "drill": _drill,
     "sync": _sync,
 }
 
@@ -328,6 +361,9 @@ def run(action: str, environ: Mapping[str, str], *, forge: Forge = forge_ci) -> 
     for argv in argvs:
         runner.log(f"$ forge-ci {' '.join(argv)}")
         code = forge(argv, child, inputs.working_directory)
+        if action == "monitor" and code in (ExitCode.MONITOR_WARNING, ExitCode.MONITOR_CRITICAL):
+            # The report and notifications are out; whether the step fails is the caller's.
+            return code if code in _FAIL_ON[inputs.extra["fail-on"]] else 0
         if code != 0:
             return code
     return 0

@@ -32,6 +32,7 @@ class Runner:
     summary_file: Path | None = None
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     masked: list[str] = field(default_factory=list)
+    summarized: bool = False  # a step summary was written by this command
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], stream: TextIO | None = None) -> Runner:
@@ -108,6 +109,7 @@ class Runner:
                 f.write(f"{name}={value}\n")
 
     def summary(self, markdown: str) -> None:
+        self.summarized = True
         if self.summary_file is None:
             return
         with self.summary_file.open("a", encoding="utf-8") as f:

@@ -2,7 +2,8 @@
 
 Order matters. The dump comes first: its transaction is the snapshot's point in
 time. Data objects go up next, each one complete or not at all. The manifest is
-written only when every object it names is stored; a run that fails anywhere
+written only when every object it names is stored (its signature just before it,
+when a signing key is at hand); a run that fails anywhere
 before that leaves no snapshot (just unreferenced objects, which the next prune
 removes) and its shared lock keeps a concurrent prune from deleting objects this
 run is about to reference.
@@ -22,12 +23,13 @@ from forge_ci.backup.dump import dump_database
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
-from forge_ci.backup.snapshot import DatabaseEntry, Manifest
+from forge_ci.backup.snapshot import DatabaseEntry, Manifest, refused_links
 from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.remote import Host
+from forge_ci.units import human_size
 
 Log = Callable[[str], None]
 
@@ -57,6 +59,7 @@ class BackupReport:
     hashed: int = 0
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # dump_s, files_s: seconds
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -68,6 +71,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                   workers: int = 8) -> BackupReport:
     """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only)."""
     started = time.monotonic()
+    repo.check_signing()  # before any work: a snapshot nobody trusts is no backup
     host, root = source.host, source.root
     key = repo.naming_key()
     if dry_run:
@@ -81,29 +85,42 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         sid = layout.new_snapshot_id(snapshot_time)
         db: DatabaseEntry | None = None
         db_stored = 0
+        phases: dict[str, float] = {}
         with Uploader(repo, workers=workers) as uploader:
             if cfg.database is not None:
                 log(f"dumping database {cfg.database.name} on {host.name}")
+                dumping = time.monotonic()
                 db, db_stored = dump_database(host, cfg.database, repo,
                                               layout.random_data_key())
-                log(f"database dump: {db.size} bytes ({db.tool})")
+                phases["dump_s"] = round(time.monotonic() - dumping, 3)
+                log(f"database dump: {human_size(db.size)} ({db.tool})")
+            scanning = time.monotonic()
             plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
-                f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
+                f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
             files.upload(host, root, plan, key, index, uploader, packer, progress=log)
+        phases["files_s"] = round(time.monotonic() - scanning, 3)
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")
         index_store.save(repo, index, packer.written, packer.files)
         report = _report(sid, False, plan, db, started)
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored
+        report.phases = phases
+        entries = plan.entries(index)
+        refused = set(refused_links(entries, cfg.paths))
+        for path in sorted(refused):
+            log(f"warning: not backing up symlink {path!r}: it points outside the backup "
+                "paths, and a restore would refuse it")
+        report.skipped += sorted(refused)
         manifest = Manifest(
             id=sid, time=snapshot_time, site=source.site, environment=source.environment,
             hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
-            files=plan.entries(index), database=db,
+            files=tuple(e for e in entries if e.path not in refused), database=db,
             stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
+                   "database_bytes": report.database_bytes, **phases,
                    "seconds": round(time.monotonic() - started, 3)})
         repo.save(manifest)  # the snapshot exists from here on
     _save_cache(host, root, plan, log)

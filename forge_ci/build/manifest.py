@@ -76,6 +76,7 @@ class Manifest:
         for path, entry in entries.items():
             if entry.kind == "symlink":
                 check_link(path, entry.target, source)
+        check_link_chains(entries, source)
         return cls(entries)
 
 
@@ -112,6 +113,46 @@ def check_link(path: str, target: str, source: str) -> None:
                             f"({target!r})", hint="make the link relative and inside the site")
 
 
+# As the kernel's limit on symlinks followed in one lookup (ELOOP).
+_MAX_HOPS = 40
+
+
+def check_link_chains(entries: Mapping[str, Entry], source: str) -> None:
+    """Every symlink resolves inside the release when followed through the tree's other
+    symlinks: ``x1/l -> ..`` is inside, but ``x2/l -> ../x1/l/..`` then climbs out,
+    though each target alone looks harmless. Loops are refused too."""
+    for path, entry in entries.items():
+        if entry.kind == "symlink" and _escapes(entries, path):
+            raise ArtifactError(f"{source}: symlink {path!r} ({entry.target!r}) resolves "
+                                "outside the release through other symlinks",
+                                hint="make the link point inside the site without chains "
+                                     "through other links")
+
+
+def _escapes(entries: Mapping[str, Entry], link: str) -> bool:
+    parts: list[str] = link.split("/")[:-1]  # the link's directory, as real components
+    todo = list(reversed(entries[link].target.split("/")))
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return True
+            parts.pop()
+            continue
+        found = entries.get("/".join([*parts, part]))
+        if found is not None and found.kind == "symlink":
+            hops += 1
+            if hops > _MAX_HOPS or found.target.startswith("/"):
+                return True
+            todo.extend(reversed(found.target.split("/")))  # relative to the same dir
+            continue
+        parts.append(part)
+    return False
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -137,6 +178,7 @@ def scan(root: Path) -> Manifest:
         else:
             raise ArtifactError(f"{full} is not a file, directory or symlink",
                                 hint="remove device files, sockets and FIFOs from the build")
+    check_link_chains(entries, str(root))
     return Manifest(entries)
 
 

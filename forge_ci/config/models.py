@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from forge_ci.config.backup import BackupConfig, DatabaseConfig
 from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.watch import DrillConfig, MonitorConfig
+from forge_ci.notify.config import NotifyTarget
 
 
 class Frozen(BaseModel):
@@ -38,6 +40,26 @@ class BuildConfig(Frozen):
     composer: bool = False  # composer install --no-dev --optimize-autoloader
     commands: tuple[str, ...] = ()
     exclude: tuple[str, ...] = (".git", "node_modules", "tests")
+    # Variables passed to composer and the build commands beyond the safe defaults
+    # (PATH, HOME, locale, CI context): e.g. NPM_TOKEN, COMPOSER_AUTH.
+    env: tuple[str, ...] = ()
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_KEY.match(name):
+                raise ValueError(f"build.env: {name!r} is not a variable name")
+            if name in FORGE_SECRETS or name.startswith(FORGE_SECRET_PREFIXES):
+                raise ValueError(f"build.env: {name} is one of forge's own secrets; a build "
+                                 "never needs it")
+        return value
+
+
+# forge's own credentials: never handed to a build, whatever build.env says.
+FORGE_SECRETS = frozenset({"FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_IDENTITY",
+                           "FORGE_BACKUP_SIGNING_KEY", "HCLOUD_TOKEN", "GITHUB_TOKEN"})
+FORGE_SECRET_PREFIXES = ("AWS_", "CYBERPANEL_", "CPANEL_", "FORGE_", "ACTIONS_")
 
 
 class HostConfig(Frozen):
@@ -131,6 +153,20 @@ class PreviewConfig(Frozen):
     # up) and each host checks its own preview with curl over SSH.
     on_host: bool = False
 
+    @field_validator("link")
+    @classmethod
+    def _not_a_layout_name(cls, value: str) -> str:
+        # The link is switched before any check: naming the live link (or a directory
+        # forge keeps) would switch visitors, or clobber state, before the health gate.
+        if value in RESERVED_LINKS or value.endswith(".forge-tmp"):
+            raise ValueError(f"preview.link {value!r} is a name forge uses in the site "
+                             f"directory; pick another (reserved: {', '.join(RESERVED_LINKS)})")
+        return value
+
+
+# Names directly under an environment's path that forge itself owns.
+RESERVED_LINKS = ("current", "releases", "shared", ".forge")
+
 
 class SyncConfig(Frozen):
     """How ``forge-ci sync FROM TO`` writes into this environment (TO's section applies).
@@ -177,6 +213,10 @@ class EnvironmentConfig(Frozen):
     preview: PreviewConfig | None = None
     lock_wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
     backup: BackupConfig | None = None
+    # None: the top-level notify list; [] silences this environment.
+    notify: tuple[NotifyTarget, ...] | None = None
+    monitor: MonitorConfig = MonitorConfig()
+    drill: DrillConfig = DrillConfig()
     # Where the site's database lives (backup, sync, deploy snapshots).
     database: DatabaseConfig | None = None
     sync: SyncConfig = SyncConfig()
@@ -226,6 +266,12 @@ class ForgeConfig(Frozen):
     build: BuildConfig = BuildConfig()
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
     provision: ProvisionConfig | None = None
+    notify: tuple[NotifyTarget, ...] = ()
+
+    def notify_targets(self, environment: str) -> tuple[NotifyTarget, ...]:
+        """Where ``environment``'s events go: its own ``notify:`` or the top-level one."""
+        own = self.environments[environment].notify
+        return self.notify if own is None else own
 
     @field_validator("environments")
     @classmethod

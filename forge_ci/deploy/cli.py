@@ -42,7 +42,7 @@ def register(sub: Any, common: Common) -> None:
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("releases", parents=[common.config, common.json],
-                       help="list releases and their states, newest first")
+                       help="list releases and their states, oldest first")
     p.add_argument("environment", help=env_help)
     p.set_defaults(func=cmd_releases)
 
@@ -101,12 +101,21 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
     r.set_output("url", res.url or "")
     seconds = time.monotonic() - started
     rows = "\n".join(f"| {h} | {res.release} |" for h in _hosts(res))
+    metrics = "".join(f"| {k} | {v:g} |\n" for k, v in res.metrics.items())
     r.summary(f"### forge-ci {verb}: {res.plan.environment}\n\n"
               f"Release **{res.release}** is live (was {res.previous or 'none'}). "
               f"Health: {res.health or 'n/a'}. Took {seconds:.1f}s.\n\n"
-              f"| host | live release |\n|---|---|\n{rows}")
+              f"| host | live release |\n|---|---|\n{rows}"
+              + (f"\n\n| metric | value |\n|---|---|\n{metrics}" if metrics else ""))
+    ctx.outcome.update(
+        release=res.release, previous=res.previous,
+        summary=f"release {res.release} is live (was {res.previous or 'none'})",
+        details={"seconds": round(seconds, 1), **res.metrics} | (
+            {} if res.switch_to_healthy is None
+            else {"switch_to_healthy_s": round(res.switch_to_healthy, 2)}))
     ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
               "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3),
+              "metrics": dict(res.metrics),
               "switch_to_healthy": (None if res.switch_to_healthy is None
                                     else round(res.switch_to_healthy, 3))},
              f"{verb}: {res.release} is live on {res.plan.environment} "
@@ -128,7 +137,8 @@ def cmd_deploy(ctx: Context) -> int:
         with ctx.runner.group("build"):
             artifact = build(loaded.root, loaded.config.build, default_out(loaded),
                              environ=ctx.environ, extra_exclude=local_targets(loaded),
-                             log=ctx.runner.log)
+                             secrets=loaded.secrets, log=ctx.runner.log,
+                             warn=ctx.runner.warning)
     with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
             _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)
@@ -154,7 +164,8 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_releases(ctx: Context) -> int:
     with _deployment(ctx, "releases") as dep:
         obs = observe(dep.hosts[0], Layout(dep.root))
-    infos = list_releases(obs.log, obs.dirs, obs.current)
+    # Every listing is oldest first, the newest last (next to the prompt), as snapshots.
+    infos = list(reversed(list_releases(obs.log, obs.dirs, obs.current)))
     lines = [f"{'*' if i.current else ' '} {i.id}  {i.state}{'' if i.present else ' (gone)'}"
              for i in infos] or ["no releases yet"]
     ctx.emit({"environment": dep.environment, "host": obs.name, "current": obs.current,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
@@ -91,6 +91,7 @@ class DeployResult:
     health: str = ""
     # From the end of the switch until every check passed (the marker comes first).
     switch_to_healthy: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)  # as in the release log
 
 
 # -- one step ----------------------------------------------------------------
@@ -102,6 +103,16 @@ class _Run:
     dep: Deployment
     hosts: Mapping[str, Host]
     artifact: Artifact | None = None
+    # Phase durations in seconds (``<phase>_s``), recorded with the "live" event.
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.metrics[f"{name}_s"] = round(time.monotonic() - started, 3)
 
 
 def _dotenv(config: EnvironmentConfig) -> bytes:
@@ -160,9 +171,12 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
         generated[".env"] = (_dotenv(dep.config), 0o600)
     if health.MARKER_PATH in step.generated:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
-    ship(host, run.artifact, lay.release(step.release),
-         lay.release(step.base) if step.base else None, step.send, step.remove, dep.log,
-         generated=generated)
+    stats = ship(host, run.artifact, lay.release(step.release),
+                 lay.release(step.base) if step.base else None, step.send, step.remove,
+                 dep.log, generated=generated)
+    for name, value in (("sent_entries", stats.sent_entries), ("sent_bytes", stats.sent_bytes),
+                        ("linked_entries", stats.linked_entries)):
+        run.metrics[name] = run.metrics.get(name, 0) + value
 
 
 def _refresh(dep: Deployment, host: Host, release: str | None) -> None:
@@ -192,8 +206,11 @@ def _switch(dep: Deployment, host: Host, release: str | None) -> None:
     host.point_link(lay.current, posixpath.join("releases", release))
 
 
-def _record(dep: Deployment, host: Host, steps: Sequence[Record]) -> None:
-    lines = b"".join(event(s.release, s.state, dep.by, s.note).to_line() for s in steps)
+def _record(dep: Deployment, host: Host, steps: Sequence[Record],
+            metrics: Mapping[str, float] | None = None) -> None:
+    """Append the steps' events; ``metrics`` go with a "live" event only."""
+    lines = b"".join(event(s.release, s.state, dep.by, s.note,
+                           metrics if s.state == "live" else None).to_line() for s in steps)
     host.append(dep.layout.log, lines)
 
 
@@ -208,7 +225,7 @@ def _do(run: _Run, host: Host, step: Step) -> None:
         host.remove_trees([*(lay.release(r) for r in step.releases),
                            *(lay.manifest(r) for r in step.releases)])
     elif isinstance(step, Record):
-        _record(dep, host, [step])
+        _record(dep, host, [step], run.metrics)
     elif isinstance(step, WriteManifest):
         assert run.artifact is not None
         host.write_atomic(lay.manifest(step.release), run.artifact.manifest.to_bytes())
@@ -244,11 +261,11 @@ def _host_steps(run: _Run, hs: HostSteps) -> None:
             pending.append(step)
             continue
         if pending:
-            _record(run.dep, host, pending)
+            _record(run.dep, host, pending, run.metrics)
             pending = []
         _do(run, host, step)
     if pending:
-        _record(run.dep, host, pending)
+        _record(run.dep, host, pending, run.metrics)
 
 
 def _phase(run: _Run, phase: Phase) -> None:
@@ -283,16 +300,21 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         plan = _make_plan(dep, artifact)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
+        locking = time.monotonic()
         _lock_all(dep, stack)
         plan = _make_plan(dep, artifact)
         run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
+        run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
-        _prepare_all(run, plan)
-        _preview(run, plan)
-        outcome = _switch_all_and_check(run, plan)
+        with run.timed("prepare"):
+            _prepare_all(run, plan)
+        with run.timed("preview"):
+            _preview(run, plan)
+        with run.timed("switch_and_check"):
+            outcome = _switch_all_and_check(run, plan)
         _finish(run, plan.finish, plan.release)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan, outcome.detail,
-                            outcome.seconds)
+                            outcome.seconds, dict(run.metrics))
     raise AssertionError("unreachable")
 
 
@@ -444,7 +466,8 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Deplo
         except ForgeError as e:
             raise DeployFailed(f"{e.message} — nothing was switched", hint=e.hint) from None
         try:
-            outcome = _switch_and_verify(run, plan, ()).detail
+            with run.timed("switch_and_check"):
+                outcome = _switch_and_verify(run, plan, ()).detail
         except _SwitchFailed as f:
             if f.unrestored:
                 raise RollbackFailed(f"{f.cause.message}; restoring {previous} failed on "
@@ -452,5 +475,6 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False) -> Deplo
             raise DeployFailed(f"release {target}: {f.cause.message}; {previous} stays live",
                                hint="pick another release with --to") from None
         _finish(run, plan.finish, target)
-        return DeployResult(target, previous, dep.config.url, plan, outcome)
+        return DeployResult(target, previous, dep.config.url, plan, outcome,
+                            metrics=dict(run.metrics))
     raise AssertionError("unreachable")

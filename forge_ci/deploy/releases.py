@@ -94,18 +94,25 @@ class Event:
     time: str
     by: str = ""
     note: str = ""
+    # Phase durations (``*_s``) and sizes of the run that went live; only on "live".
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
-        d = {"release": self.release, "state": self.state, "time": self.time}
+        d: dict[str, object] = {"release": self.release, "state": self.state,
+                                "time": self.time}
         if self.by:
             d["by"] = self.by
         if self.note:
             d["note"] = self.note
+        if self.metrics:
+            d["metrics"] = dict(self.metrics)
         return (json.dumps(d, sort_keys=True) + "\n").encode()
 
 
-def event(release: str, state: State, by: str = "", note: str = "") -> Event:
-    return Event(release, state, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by, note)
+def event(release: str, state: State, by: str = "", note: str = "",
+          metrics: Mapping[str, float] | None = None) -> Event:
+    return Event(release, state, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by, note,
+                 dict(metrics or {}))
 
 
 @dataclass
@@ -121,7 +128,8 @@ class ReleaseLog:
             try:
                 d = json.loads(raw)
                 ev = Event(str(d["release"]), d["state"], str(d.get("time", "")),
-                           str(d.get("by", "")), str(d.get("note", "")))
+                           str(d.get("by", "")), str(d.get("note", "")),
+                           _metrics(d.get("metrics")))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed run: the run never finished it
             if ev.state in STATES and "/" not in ev.release and ev.release not in ("", ".", ".."):
@@ -134,6 +142,11 @@ class ReleaseLog:
         for ev in self.events:
             seen.setdefault(ev.release, None)
         return list(seen)
+
+    @property
+    def metrics(self) -> Mapping[str, Mapping[str, float]]:
+        """Each release's metrics, from the newest event that carries some."""
+        return {ev.release: ev.metrics for ev in self.events if ev.metrics}
 
     @property
     def states(self) -> Mapping[str, State]:
@@ -166,16 +179,18 @@ class ReleaseInfo:
     state: str
     current: bool
     present: bool
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "current": self.current,
-                "present": self.present}
+                "present": self.present, "metrics": dict(self.metrics)}
 
 
 def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> list[ReleaseInfo]:
     """Releases newest first: logged ones in log order, then unknown dirs."""
     states = log.states
-    out = [ReleaseInfo(r, states[r], r == current, r in dirs)
+    metrics = log.metrics
+    out = [ReleaseInfo(r, states[r], r == current, r in dirs, metrics.get(r, {}))
            for r in log.order if states[r] != "removed" or r in dirs]
     known = {r.id for r in out}
     out += [ReleaseInfo(d, "unknown", d == current, True) for d in dirs if d not in known]
@@ -208,3 +223,11 @@ def unfinished(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> lis
     # A run killed before its directory appeared still logged "preparing": close that too.
     stale += [r for r, s in states.items() if s == "preparing" and r not in dirs and r != current]
     return stale
+
+
+def _metrics(raw: object) -> dict[str, float]:
+    """Numbers only: a hand-edited or foreign entry is ignored, not trusted."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): float(v) for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}

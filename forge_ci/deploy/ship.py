@@ -23,6 +23,7 @@ from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote.base import Host, Process, sh
+from forge_ci.units import human_size
 
 # Staged copies of a release wait in releases/ under this prefix (see staged_base).
 STAGED_PREFIX = ".forge-base-"
@@ -81,7 +82,7 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
                             check=False), "creating the release directory")
     sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {})
     linked = len(new.entries) - len(send)
-    log(f"{host.name}: sent {len(send)} entries ({sent_bytes} bytes), linked {linked}")
+    log(f"{host.name}: sent {len(send)} entries ({human_size(sent_bytes)}), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
 
 

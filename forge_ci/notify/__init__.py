@@ -6,7 +6,9 @@
 - :mod:`~forge_ci.notify.base`: the :class:`Notifier` seam (one attempt, never
   raises, no secret in its results) and the :class:`Dispatcher` (filter, retry,
   warn, never fail the caller);
-- :mod:`~forge_ci.notify.http` and :mod:`~forge_ci.notify.email`: the senders.
+- :mod:`~forge_ci.notify.http` and :mod:`~forge_ci.notify.email`: the senders;
+- :mod:`~forge_ci.notify.hooks`: what the CLI sends after each verb (imported by the
+  entry point only, as it needs a command's context).
 """
 
 from forge_ci.notify.base import Delivery, Dispatcher, Notifier, Outcome, RetryPolicy, Route

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import logging
 import socket
 import tempfile
 import time
@@ -20,6 +21,11 @@ import paramiko
 
 from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
 from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
+
+# paramiko's transport thread logs what it raises, traceback included; with no handler
+# Python prints that on stderr. Every such failure reaches us as an exception, which
+# _connect translates into one clear error, so its log stays silent.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Bigger windows than paramiko's defaults: release tarballs stream at disk speed.
 _WINDOW = 64 * 1024 * 1024
@@ -190,6 +196,12 @@ class SshHost(Host):
                     f"{_host_id(host, port)} is not in FORGE_KNOWN_HOSTS; refusing to trust it",
                     hint=f"pin it: ssh-keyscan -p {port} {host} (checked out of band) "
                          "or the known-hosts output of forge-ci provision",
+                ) from None
+            if "protocol banner" in str(e):
+                raise ConnectError(
+                    f"{_host_id(host, port)} answers but does not speak SSH (no SSH banner: "
+                    "a web server or another service on that port?)",
+                    hint="check hosts[].port in forge.yml: it must be the server's sshd port",
                 ) from None
             raise ConnectError(f"SSH to {self.name} failed: {e}") from None
         except (TimeoutError, OSError) as e:

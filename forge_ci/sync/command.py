@@ -235,8 +235,10 @@ def cmd_sync(ctx: Context) -> int:
         if a.snapshot:
             t = session.target(source.loaded, source.name)
             repo = stack.enter_context(session.repository(t, ctx.environ))
-            ref = repo.resolve(a.snapshot)
-            manifest = repo.load(ref)
+            # Authenticated as restore does (pinned signers): "latest" is the newest
+            # trusted snapshot, newer untrusted ones are named and skipped.
+            picked = repo.pick(a.snapshot, warn=ctx.runner.warning)
+            ref, manifest = picked.ref, picked.manifest
             snapshot_id = ref.id
             if want_db and manifest.database is None:
                 raise SyncError(f"snapshot {ref.id} of {source.name} holds no database",

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-REUSABLE = ("deploy", "rollback", "backup", "restore", "provision")
+REUSABLE = ("deploy", "rollback", "backup", "restore", "provision", "monitor", "drill")
 ACTIONS = REUSABLE
 WORKFLOW_DIRS = (REPO / ".github" / "workflows", REPO / "examples" / "workflows",
                  REPO / "tests" / "actions" / "workflows")

@@ -83,6 +83,22 @@ def test_provision_no_wait(tmp_path: Path) -> None:
     assert argvs == [["provision", "prod", "--config=forge.yml", "--no-wait"]]
 
 
+def test_monitor_plan_and_which_severity_fails_the_step(tmp_path: Path) -> None:
+    env = _env(tmp_path, environment="prod", state="/w/.forge-monitor/state.json",
+               last_activity="2026-10-01T12:00:00+02:00")
+    _, argvs = plan("monitor", env)
+    assert argvs == [["monitor", "prod", "--config=forge.yml",
+                      "--state=/w/.forge-monitor/state.json",
+                      "--last-activity=2026-10-01T12:00:00+02:00"]]
+    assert _run("monitor", env, code=6)[0] == 6  # critical fails by default
+    assert _run("monitor", env, code=5)[0] == 0  # a warning does not
+    assert _run("monitor", env | {"INPUT_FAIL_ON": "warning"}, code=5)[0] == 5
+    assert _run("monitor", env | {"INPUT_FAIL_ON": "never"}, code=6)[0] == 0
+    assert _run("monitor", env, code=1)[0] == 1  # the monitor itself failed
+    _, argvs = plan("drill", _env(tmp_path, environment="prod"))
+    assert argvs == [["drill", "prod", "--config=forge.yml"]]
+
+
 @pytest.mark.parametrize(("action", "inputs", "message"), [
     ("deploy", {}, "'environment' is required"),
     ("deploy", {"environment": "-rf"}, "environment"),
@@ -96,6 +112,9 @@ def test_provision_no_wait(tmp_path: Path) -> None:
     ("backup", {"environment": "prod", "verify": "yes"}, "true or false"),
     ("restore", {"environment": "prod", "confirm": "prod", "snapshot": "a b"}, "snapshot"),
     ("nope", {"environment": "prod"}, "unknown action"),
+    ("monitor", {"environment": "prod", "fail_on": "sometimes"}, "fail-on"),
+    ("monitor", {"environment": "prod", "last_activity": "$(id)"}, "last-activity"),
+    ("monitor", {"environment": "prod", "state": "--json"}, "state"),
 ])
 def test_bad_inputs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str,
                                 inputs: dict[str, str], message: str) -> None:

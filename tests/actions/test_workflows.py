@@ -33,11 +33,14 @@ ALL_FILES = workflow_files() + action_files()
 SECRETS = {
     "deploy": {"ssh-key", "known-hosts", "env"},
     "rollback": {"ssh-key", "known-hosts", "env"},
-    "backup": {"ssh-key", "known-hosts", "backup-recipient", "backup-identity",
-               "aws-access-key-id", "aws-secret-access-key", "env"},
+    "backup": {"ssh-key", "known-hosts", "backup-recipient", "backup-signing-key",
+               "backup-identity", "aws-access-key-id", "aws-secret-access-key", "env"},
     "restore": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
                 "aws-secret-access-key", "env"},
     "provision": {"hcloud-token", "ssh-key", "env"},
+    "monitor": {"ssh-key", "known-hosts", "aws-access-key-id", "aws-secret-access-key", "env"},
+    "drill": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
+              "aws-secret-access-key", "env"},
     # sync is also dispatched on its own: its secrets carry the repository secrets' names
     # (a repository secret cannot be called ssh-key); see tests/sync/test_workflow.py.
     "sync": {"FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_IDENTITY", "AWS_ACCESS_KEY_ID",
@@ -48,6 +51,7 @@ SECRET_ENV = {
     "ssh-key": "FORGE_SSH_KEY",
     "known-hosts": "FORGE_KNOWN_HOSTS",
     "backup-recipient": "FORGE_BACKUP_RECIPIENT",
+    "backup-signing-key": "FORGE_BACKUP_SIGNING_KEY",
     "backup-identity": "FORGE_BACKUP_IDENTITY",
     "hcloud-token": "HCLOUD_TOKEN",
     "aws-access-key-id": "AWS_ACCESS_KEY_ID",
@@ -60,6 +64,8 @@ OUTPUTS = {
     "backup": {"snapshot-id"},
     "restore": set(),
     "provision": {"ip", "known-hosts"},
+    "monitor": {"severity"},
+    "drill": set(),
 }
 OWN_INPUTS = {
     "deploy": {"artifact"},
@@ -67,6 +73,8 @@ OWN_INPUTS = {
     "backup": {"verify", "prune"},
     "restore": {"snapshot", "confirm"},
     "provision": {"no-wait"},
+    "monitor": {"state", "last-activity", "fail-on"},
+    "drill": set(),
 }
 CONCURRENCY = {
     "deploy": "forge-deploy-${{ inputs.environment }}",
@@ -74,6 +82,8 @@ CONCURRENCY = {
     "restore": "forge-deploy-${{ inputs.environment }}",
     "backup": "forge-backup-${{ inputs.environment }}",
     "provision": "forge-provision-${{ inputs.environment }}",
+    "monitor": "forge-monitor-${{ inputs.environment }}",
+    "drill": "forge-drill-${{ inputs.environment }}",
 }
 PERMISSIONS = {
     "deploy": {"contents": "read"},
@@ -81,6 +91,8 @@ PERMISSIONS = {
     "provision": {"contents": "read"},
     "backup": {"contents": "read", "id-token": "write"},
     "restore": {"contents": "read", "id-token": "write"},
+    "monitor": {"contents": "read", "id-token": "write"},
+    "drill": {"contents": "read", "id-token": "write"},
 }
 
 
@@ -198,7 +210,7 @@ def test_reusable_inputs(name: str) -> None:
     if name == "restore":
         assert {"snapshot", "confirm"} <= set(inputs)
         assert inputs["confirm"]["required"] is True
-    if name in ("backup", "restore"):
+    if name in ("backup", "restore", "monitor", "drill"):
         assert "aws-role-arn" in inputs
 
 

@@ -131,3 +131,21 @@ def test_models_are_frozen(notify_secrets: Secrets) -> None:
     target = one({"type": "slack", "url": SLACK + notify_secrets.slack_path})
     with pytest.raises(ValueError, match="frozen"):
         target.events = ("deploy",)
+
+
+def test_forge_yml_errors_in_notify_name_the_entry_never_the_url(
+        notify_secrets: Secrets) -> None:
+    from forge_ci.config.loader import parse
+
+    url = "http://hooks.example.com" + notify_secrets.slack_path
+    with pytest.raises(ConfigError) as caught:
+        parse(f"version: 1\nproject: t\nnotify:\n  - {{type: slack, url: '{url}'}}\n"
+              "environments:\n  local: {path: x}\n", {})
+    assert str(caught.value).startswith("forge.yml:4: notify[0].url: must use https://")
+    assert_no_secret(str(caught.value), notify_secrets)
+    with pytest.raises(ConfigError) as caught:
+        parse("version: 1\nproject: t\nenvironments:\n  local:\n    path: x\n"
+              "    notify: [{type: webhook, url: '${HOOK}', secret: short}]\n",
+              {"HOOK": "https://hooks.example.com" + notify_secrets.slack_path})
+    assert "environments.local.notify[0].secret: must be at least 16" in str(caught.value)
+    assert_no_secret(str(caught.value), notify_secrets)
