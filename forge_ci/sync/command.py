@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,114 +213,132 @@ def url_pairs(source_urls: Iterable[str | None], site_url: str | None, target_ur
     return pairs
 
 
+@dataclass
+class _Source:
+    """Where FROM's data comes from: its live host, or a snapshot in its repository."""
+
+    host: Host | None = None
+    repo: Repository | None = None
+    manifest: Manifest | None = None
+    snapshot_id: str | None = None
+    urls: dict[str, str] | None = None  # home and siteurl from the live database
+
+    def dump(self, source: _Env, exclude: Sequence[str]) -> Iterator[bytes]:
+        if self.repo is not None and self.manifest is not None:
+            entry = self.manifest.database
+            assert entry is not None
+            return checked(self.repo.open(entry.object), sha256=entry.sha256,
+                           size=entry.size, what=f"database dump {entry.object}")
+        return database.dump(_req(self.host), source.db(), exclude)
+
+
+def _open_source(ctx: Context, stack: contextlib.ExitStack, source: _Env, *,
+                 want_db: bool, prefix: str) -> _Source:
+    if not ctx.args.snapshot:
+        hosts = stack.enter_context(_connected(source.config, ctx))
+        host = _db_host(source, hosts)
+        urls = database.home_urls(host, source.db(), prefix) if want_db else {}
+        return _Source(host=host, urls=urls)
+    repo = stack.enter_context(session.repository(session.target(source.loaded, source.name),
+                                                  ctx.environ))
+    # Authenticated as restore does (pinned signers): "latest" is the newest trusted
+    # snapshot; newer untrusted ones are named and skipped.
+    picked = repo.pick(ctx.args.snapshot, warn=ctx.runner.warning)
+    if want_db and picked.manifest.database is None:
+        raise SyncError(f"snapshot {picked.ref.id} of {source.name} holds no database",
+                        hint="pass --uploads, or choose another snapshot")
+    return _Source(repo=repo, manifest=picked.manifest, snapshot_id=picked.ref.id)
+
+
+def _rules(source: _Env, target: _Env, src: _Source, to_host: Host,
+           to_db: DatabaseConfig) -> tuple[list[tuple[str, str]], Rules, Options]:
+    cfg = target.config.sync
+    to_urls = database.home_urls(to_host, to_db, cfg.table_prefix)
+    to_url = target.config.url or to_urls.get("home")
+    if not to_url:
+        raise ConfigError(f"environment {target.name!r} has no url and its database has no "
+                          "home option to take it from", file=str(target.loaded.path),
+                          key=f"environments.{target.name}.url")
+    urls = src.urls or {}
+    pairs = url_pairs([source.config.url, urls.get("home")], urls.get("siteurl"), to_url,
+                      to_urls.get("siteurl"), cfg.replace)
+    if not pairs:
+        raise SyncError(f"nothing tells {source.name}'s URL from {target.name}'s",
+                        hint=f"set url for {source.name} in forge.yml, or sync.replace")
+    options = Options(exclude_tables=frozenset(cfg.exclude_tables),
+                      scrub=Anonymizer.default(cfg.table_prefix) if cfg.anonymize else None)
+    return pairs, Rules.from_pairs(pairs), options
+
+
+def _copy_database(ctx: Context, source: _Env, target: _Env, src: _Source, to_host: Host,
+                   to_db: DatabaseConfig, report: SyncReport) -> None:
+    cfg = target.config.sync
+    report.pairs, rules, options = _rules(source, target, src, to_host, to_db)
+    if ctx.dry_run:
+        with ctx.runner.group(f"read {source.name}'s database (dry run)"):
+            report.database = count_dump(src.dump(source, cfg.exclude_tables), rules, options)
+        return
+    report.undo_id = database.new_snapshot_id()
+    with ctx.runner.group(f"undo snapshot of {target.name}'s database"):
+        path = database.take_snapshot(to_host, to_db, target.root, report.undo_id)
+        ctx.runner.log(f"{to_host.name}: {path}")
+    report.undo_command = _undo_command(ctx, target, report.undo_id)
+    ctx.runner.log(f"to undo this sync: {report.undo_command}")
+    report.database = Report()
+    with ctx.runner.group(f"database {source.name} -> {target.name}"):
+        try:
+            # Three stages in step: read FROM, rewrite, write TO. The rewriter yields
+            # statements of about 1 MiB: only a few wait ahead.
+            stream = database.ahead(rewrite_dump(
+                database.ahead(src.dump(source, cfg.exclude_tables), depth=16), rules,
+                options, report.database), depth=4)
+            try:
+                database.load(to_host, to_db, stream)
+            finally:
+                stream.close()
+            database.after_import(to_host, to_db, cfg.table_prefix,
+                                  public=target.config.is_protected(target.name))
+        except ForgeError as e:
+            raise SyncError(f"the sync into {target.name} failed: {e.message}",
+                            hint=f"{target.name}'s database may be partly imported; undo "
+                                 f"with: {report.undo_command}") from None
+
+
+def _copy_uploads(ctx: Context, source: _Env, target: _Env, src: _Source,
+                  to_hosts: list[Host], report: SyncReport) -> None:
+    rel = uploads.folder(target.config.sync.uploads)
+    files = (uploads.snapshot_files(src.manifest, rel) if src.manifest is not None
+             else uploads.live_files(_req(src.host), source.root, rel))
+    report.upload = uploads.plan(files, to_hosts[0], target.root, rel)
+    if ctx.dry_run:
+        return
+    with ctx.runner.group(f"uploads {source.name} -> {target.name}"):
+        for h in to_hosts:
+            plan = uploads.plan(files, h, target.root, rel)
+            if src.manifest is not None and src.repo is not None:
+                uploads.copy_snapshot(plan, src.manifest, src.repo, h, target.root)
+            else:
+                uploads.copy_live(plan, _req(src.host), source.root, h, target.root)
+
+
 def cmd_sync(ctx: Context) -> int:
     started = time.monotonic()
     source, target = _environments(ctx)
-    a = ctx.args
-    want_db = a.database or not a.uploads
-    want_uploads = a.uploads or not a.database
-    sync_cfg = target.config.sync
+    want_db = ctx.args.database or not ctx.args.uploads
+    want_uploads = ctx.args.uploads or not ctx.args.database
     to_db = target.db() if want_db else None
-    rel = uploads.folder(sync_cfg.uploads)
     with contextlib.ExitStack() as stack:
         to_hosts = stack.enter_context(_connected(target.config, ctx))
         if not ctx.dry_run:
             stack.enter_context(_locked(target, to_hosts, ctx, f"sync {source.name}"))
         to_host = _db_host(target, to_hosts)
-        repo: Repository | None = None
-        manifest: Manifest | None = None
-        from_host: Host | None = None
-        snapshot_id: str | None = None
-        from_urls: dict[str, str] = {}
-        if a.snapshot:
-            t = session.target(source.loaded, source.name)
-            repo = stack.enter_context(session.repository(t, ctx.environ))
-            # Authenticated as restore does (pinned signers): "latest" is the newest
-            # trusted snapshot, newer untrusted ones are named and skipped.
-            picked = repo.pick(a.snapshot, warn=ctx.runner.warning)
-            ref, manifest = picked.ref, picked.manifest
-            snapshot_id = ref.id
-            if want_db and manifest.database is None:
-                raise SyncError(f"snapshot {ref.id} of {source.name} holds no database",
-                                hint="pass --uploads, or choose another snapshot")
-        else:
-            from_hosts = stack.enter_context(_connected(source.config, ctx))
-            from_host = _db_host(source, from_hosts)
-            if want_db:
-                from_urls = database.home_urls(from_host, source.db(),
-                                               sync_cfg.table_prefix)
-        report = SyncReport(source.name, target.name, snapshot_id, ctx.dry_run, [])
-        if want_db:
-            assert to_db is not None
-            to_urls = database.home_urls(to_host, to_db, sync_cfg.table_prefix)
-            to_url = target.config.url or to_urls.get("home")
-            if not to_url:
-                raise ConfigError(f"environment {target.name!r} has no url and its database "
-                                  "has no home option to take it from",
-                                  file=str(target.loaded.path),
-                                  key=f"environments.{target.name}.url")
-            report.pairs = url_pairs([source.config.url, from_urls.get("home")],
-                                     from_urls.get("siteurl"), to_url, to_urls.get("siteurl"),
-                                     sync_cfg.replace)
-            if not report.pairs:
-                raise SyncError(f"nothing tells {source.name}'s URL from {target.name}'s",
-                                hint=f"set url for {source.name} in forge.yml, or sync.replace")
-            rules = Rules.from_pairs(report.pairs)
-            options = Options(exclude_tables=frozenset(sync_cfg.exclude_tables),
-                              scrub=(Anonymizer.default(sync_cfg.table_prefix)
-                                     if sync_cfg.anonymize else None))
-
-            def dump() -> Iterator[bytes]:
-                if repo is not None and manifest is not None and manifest.database is not None:
-                    entry = manifest.database
-                    return checked(repo.open(entry.object), sha256=entry.sha256,
-                                   size=entry.size, what=f"database dump {entry.object}")
-                assert from_host is not None
-                return database.dump(from_host, source.db(), sync_cfg.exclude_tables)
-
-            if ctx.dry_run:
-                with ctx.runner.group(f"read {source.name}'s database (dry run)"):
-                    report.database = count_dump(dump(), rules, options)
-            else:
-                report.undo_id = database.new_snapshot_id()
-                with ctx.runner.group(f"undo snapshot of {target.name}'s database"):
-                    path = database.take_snapshot(to_host, to_db, target.root, report.undo_id)
-                    ctx.runner.log(f"{to_host.name}: {path}")
-                report.undo_command = _undo_command(ctx, target)
-                ctx.runner.log(f"to undo this sync: {report.undo_command.format(report.undo_id)}")
-                report.undo_command = report.undo_command.format(report.undo_id)
-                report.database = Report()
-                with ctx.runner.group(f"database {source.name} -> {target.name}"):
-                    try:
-                        # Three stages in step: read FROM, rewrite, write TO. The
-                        # rewriter yields statements of about 1 MiB: a few ahead.
-                        stream = database.ahead(rewrite_dump(
-                            database.ahead(dump(), depth=16), rules, options,
-                            report.database), depth=4)
-                        try:
-                            database.load(to_host, to_db, stream)
-                        finally:
-                            stream.close()
-                        database.after_import(to_host, to_db, sync_cfg.table_prefix,
-                                              public=target.config.is_protected(target.name))
-                    except ForgeError as e:
-                        raise SyncError(f"the sync into {target.name} failed: {e.message}",
-                                        hint=f"{target.name}'s database may be partly "
-                                             f"imported; undo with: {report.undo_command}"
-                                        ) from None
+        src = _open_source(ctx, stack, source, want_db=want_db,
+                           prefix=target.config.sync.table_prefix)
+        report = SyncReport(source.name, target.name, src.snapshot_id, ctx.dry_run, [])
+        if to_db is not None:
+            _copy_database(ctx, source, target, src, to_host, to_db, report)
         if want_uploads:
-            files = (uploads.snapshot_files(manifest, rel) if manifest is not None else
-                     uploads.live_files(_req(from_host), source.root, rel))
-            report.upload = uploads.plan(files, to_hosts[0], target.root, rel)
-            if not ctx.dry_run:
-                with ctx.runner.group(f"uploads {source.name} -> {target.name}"):
-                    for h in to_hosts:
-                        plan = uploads.plan(files, h, target.root, rel)
-                        if manifest is not None and repo is not None:
-                            uploads.copy_snapshot(plan, manifest, repo, h, target.root)
-                        else:
-                            uploads.copy_live(plan, _req(from_host), source.root, h,
-                                              target.root)
+            _copy_uploads(ctx, source, target, src, to_hosts, report)
         if not ctx.dry_run:
             report.hooks = _after_sync(ctx, source, target, to_hosts)
     report.seconds = round(time.monotonic() - started, 3)
@@ -337,9 +355,9 @@ def _req(host: Host | None) -> Host:
     return host
 
 
-def _undo_command(ctx: Context, target: _Env) -> str:
+def _undo_command(ctx: Context, target: _Env, sid: str) -> str:
     config = getattr(ctx.args, "config", None)
-    parts = ["forge-ci", "sync-undo", target.name, "{}"]
+    parts = ["forge-ci", "sync-undo", target.name, sid]
     if config:
         parts.append(f"--config={sh(config)}")
     if target.config.is_protected(target.name):
