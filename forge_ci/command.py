@@ -73,12 +73,14 @@ class Context:
         else:
             text = human
         self.emitted = True
-        print(self.runner.redact(text), flush=True)
+        # Human text may quote a server (an error, a listing): never as workflow commands.
+        print(self.runner.as_text(self.runner.redact(text)), flush=True)
 
 
 # Values masked in every log line and output as soon as a command starts.
 SECRET_VARS = (
     "FORGE_SSH_KEY",
+    "FORGE_ADMIN_SSH_KEY",
     "FORGE_BACKUP_IDENTITY",
     "FORGE_BACKUP_SIGNING_KEY",
     "HCLOUD_TOKEN",

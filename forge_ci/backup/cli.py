@@ -105,7 +105,8 @@ def cmd_backup(ctx: Context) -> int:
     with _repository(ctx, t) as repo, session.backup_host(t, ctx.environ) as host, \
             ctx.runner.group(f"back up {t.environment} from {host.name}"):
         report = take_snapshot(repo, session.source(t, host), t.backup_config,
-                               dry_run=ctx.dry_run, log=ctx.runner.log)
+                               dry_run=ctx.dry_run, log=ctx.runner.log,
+                               show=ctx.runner.progress)
     if ctx.dry_run:
         db = t.backup_config.database.name if t.backup_config.database else None
         ctx.emit({**report.as_dict(), "database": db},
@@ -202,7 +203,7 @@ def cmd_verify(ctx: Context) -> int:
     with _repository(ctx, t) as repo:
         ref = repo.pick(ctx.args.snapshot, warn=ctx.runner.warning).ref
         with ctx.runner.group(f"verify {ref.id}"):
-            report = verify_snapshot(repo, ref, log=ctx.runner.log)
+            report = verify_snapshot(repo, ref, log=ctx.runner.log, show=ctx.runner.progress)
     line = (f"snapshot {ref.id} verified: {report.objects} objects, "
             f"{human_size(report.plain_bytes)} authenticated in {report.seconds:.1f}s")
     ctx.runner.summary(f"### forge-ci verify: {t.environment}\n\n{line}")
@@ -228,7 +229,7 @@ def cmd_restore(ctx: Context) -> int:
                                   log=ctx.runner.log) as host, \
                 ctx.runner.group(f"restore {loaded.ref.id} on {host.name}"):
             report = run_restore(plan, repo, host, t.backup_config, yes=ctx.args.yes,
-                                 log=ctx.runner.log)
+                                 log=ctx.runner.log, show=ctx.runner.progress)
     ctx.runner.summary(f"### forge-ci restore: {t.environment}\n\n```\n{plan.describe()}\n```\n"
                        f"Took {report.seconds:.1f}s.")
     ctx.emit(report.as_dict(), f"restored {plan.describe()}\nin {report.seconds:.1f}s")

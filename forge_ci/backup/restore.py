@@ -50,6 +50,7 @@ from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import DEPLOY_OWNED, BackupConfig
 from forge_ci.errors import ForgeError
+from forge_ci.progress import MakeProgress, Progress, silent
 from forge_ci.remote import Host, sh
 from forge_ci.units import human_size
 
@@ -166,8 +167,11 @@ class RestoreReport:
 
 
 def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConfig, *,
-                yes: bool, log: Callable[[str], None] = lambda _m: None) -> RestoreReport:
-    """Carry out ``plan``; live targets need ``yes``. See the module docstring."""
+                yes: bool, log: Callable[[str], None] = lambda _m: None,
+                show: MakeProgress = silent) -> RestoreReport:
+    """Carry out ``plan``; live targets need ``yes``. See the module docstring.
+
+    ``show`` reports the download and the staging as they go (gha.Runner.progress)."""
     live = plan.live_targets()
     if live and not yes:
         raise RestoreRefused(f"this restore overwrites live data: {', '.join(live)}",
@@ -181,11 +185,11 @@ def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConf
         db = plan.manifest.database
         if plan.database and db is not None:
             log(f"downloading and authenticating the database dump ({human_size(db.size)})")
-            _fetch_verified(repo, db, spool)
+            _fetch_verified(repo, db, spool, show)
         staged = None
         if plan.files_dest:
             log(f"staging files on {host.name}")
-            staged = _stage(repo, host, plan, report)
+            staged = _stage(repo, host, plan, report, show)
         try:
             if plan.database and db is not None and cfg.database is not None:
                 log(f"importing into database {plan.database} on {host.name}")
@@ -209,9 +213,14 @@ def _read(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _fetch_verified(repo: Repository, db: DatabaseEntry, spool: IO[bytes]) -> None:
-    for chunk in repo.store.get(db.object):
-        spool.write(chunk)
+def _fetch_verified(repo: Repository, db: DatabaseEntry, spool: IO[bytes],
+                    show: MakeProgress = silent) -> None:
+    # What travels is the dump's compressed ciphertext: its size is not known ahead.
+    with show("downloading the database dump", files=1) as shown:
+        for chunk in repo.store.get(db.object):
+            spool.write(chunk)
+            shown.advance(0, len(chunk))
+        shown.set(1, shown.bytes)
     spool.flush()
     spool.seek(0)
     tail = b""
@@ -228,7 +237,8 @@ class _Staged:
     new: str  # the staged tree: <new>/<manifest path>
 
 
-def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreReport) -> _Staged:
+def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreReport,
+           show: MakeProgress = silent) -> _Staged:
     assert plan.files_dest is not None
     if plan.files_live:
         top = f"{plan.root}/.forge/restore-{plan.ref.id}"
@@ -243,16 +253,26 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     host.run(f"rm -rf -- {leftovers}", check=False)
     entries = _order(plan.manifest.files)
     by_name = {f.path: f for f in entries}
+    files = [f for f in entries if f.type == "file"]
     try:
-        with _Prefetch(repo, [f for f in entries if f.type == "file"]) as prefetch:
+        with _Prefetch(repo, files) as prefetch, \
+                show(f"restoring files to {host.name}", files=len(files),
+                     nbytes=sum(f.size for f in files)) as shown:
             write_tree(host, staged.new, (_info(f) for f in entries),
-                       lambda info: prefetch.content(by_name[_name(info)]))
+                       lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
     except BaseException:
         _remove(host, top)
         raise
-    files = [f for f in entries if f.type == "file"]
     report.files, report.bytes = len(files), sum(f.size for f in files)
     return staged
+
+
+def _counted(chunks: Iterable[bytes], shown: Progress) -> Iterator[bytes]:
+    """``chunks``, counted into ``shown`` as they pass; the file counts once it ends."""
+    for chunk in chunks:
+        shown.advance(0, len(chunk))
+        yield chunk
+    shown.advance(1, 0)
 
 
 def _order(entries: Iterable[FileEntry]) -> list[FileEntry]:

@@ -28,6 +28,7 @@ from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
+from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote import Host
 from forge_ci.units import human_size
 
@@ -68,15 +69,18 @@ class BackupReport:
 def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                   dry_run: bool = False, log: Log = lambda _m: None,
                   now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                  workers: int = 8) -> BackupReport:
-    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only)."""
+                  workers: int = 8, show: MakeProgress = silent) -> BackupReport:
+    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only).
+
+    ``show`` reports hashing and uploading as they go (gha.Runner.progress)."""
     started = time.monotonic()
     repo.check_signing()  # before any work: a snapshot nobody trusts is no backup
     host, root = source.host, source.root
     key = repo.naming_key()
     if dry_run:
         index = index_store.load(repo, repo.data_keys())
-        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
+        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+                          show=show)
         return _report(None, True, plan, None, started)
     with StoreLock(repo.store, "shared", repo.recipients,
                    who=f"backup of {source.site}/{source.environment}"):
@@ -95,11 +99,13 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 phases["dump_s"] = round(time.monotonic() - dumping, 3)
                 log(f"database dump: {human_size(db.size)} ({db.tool})")
             scanning = time.monotonic()
-            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
+            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+                              show=show)
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
                 f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
-            files.upload(host, root, plan, key, index, uploader, packer, progress=log)
+            files.upload(host, root, plan, key, index, uploader, packer, progress=log,
+                         show=show)
         phases["files_s"] = round(time.monotonic() - scanning, 3)
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")

@@ -25,6 +25,8 @@ from forge_ci.backup.pack import read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.snapshot import Manifest
 from forge_ci.errors import BackupError, StoreError
+from forge_ci.progress import MakeProgress, silent
+from forge_ci.units import human_size
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ def units(manifest: Manifest) -> list[list[Unit]]:
 
 def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
                     log: Callable[[str], None] = lambda _m: None,
-                    record: bool = True) -> VerifyReport:
-    """Check everything; raise :class:`BackupFormatError` listing the problems."""
+                    record: bool = True, show: MakeProgress = silent) -> VerifyReport:
+    """Check everything; raise :class:`BackupFormatError` listing the problems.
+
+    ``show`` reports the files and bytes checked so far (gha.Runner.progress)."""
     started = time.monotonic()
     try:
         loaded = repo.open_manifest(ref)
@@ -94,10 +98,13 @@ def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
     manifest = loaded.manifest
     todo = units(manifest)
     report = VerifyReport(ref.id)
-    log(f"verifying {ref.id}: {len(todo)} objects")
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-verify") as pool:
+    total = sum(u.size for group in todo for u in group)
+    log(f"verifying {ref.id}: {len(todo)} objects, {human_size(total)}")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-verify") as pool, \
+            show("verifying", files=sum(len(g) for g in todo), nbytes=total) as meter:
         for group, result in zip(todo, pool.map(lambda g: _check_group(repo, g), todo),
                                  strict=True):
+            meter.advance(len(group), sum(u.size for u in group))
             stored, problems = result
             report.objects += len(group[0].keys)
             report.stored_bytes += stored

@@ -26,7 +26,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +141,7 @@ def copy_tree(src: Path, dst: Path, patterns: tuple[str, ...]) -> None:
 
 
 def _run(cmd: list[str] | str, cwd: Path, environ: Mapping[str, str], what: str,
-         log: Callable[[str], None]) -> None:
+         log: Callable[[str], None], untrusted: Callable[[Sequence[str]], None] | None) -> None:
     log(f"$ {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
     try:
         p = subprocess.run(cmd, cwd=cwd, env=dict(environ), shell=isinstance(cmd, str),
@@ -149,8 +149,12 @@ def _run(cmd: list[str] | str, cwd: Path, environ: Mapping[str, str], what: str,
     except FileNotFoundError:
         raise BuildError(f"{what}: command not found",
                          hint="install it on the runner before forge-ci build") from None
-    for line in (p.stdout + p.stderr).splitlines()[-40:]:
-        log(f"  {line}")
+    output = (p.stdout + p.stderr).splitlines()[-40:]
+    if untrusted is not None:
+        untrusted(output)  # the build's own words: shown as text, never as commands
+    else:
+        for line in output:
+            log(f"  {line}")
     if p.returncode != 0:
         raise BuildError(f"{what} failed with exit {p.returncode}",
                          hint="the output above shows why; fix the build and push again")
@@ -159,11 +163,14 @@ def _run(cmd: list[str] | str, cwd: Path, environ: Mapping[str, str], what: str,
 def build(source: Path, config: BuildConfig, out: Path, *, environ: Mapping[str, str],
           extra_exclude: Iterable[str] = (), secrets: Iterable[str] = (),
           log: Callable[[str], None] = print,
-          warn: Callable[[str], None] | None = None, large: int = LARGE_ARTIFACT) -> Artifact:
+          warn: Callable[[str], None] | None = None, large: int = LARGE_ARTIFACT,
+          untrusted: Callable[[Sequence[str]], None] | None = None) -> Artifact:
     """Build ``source`` into the artifact directory ``out`` (replaced if present).
 
     ``environ`` is the runner's environment; the build's commands get only
     :func:`build_environ` of it. ``secrets`` are forge.yml's ``${VAR}`` values.
+    ``untrusted`` shows the output of composer and the build commands
+    (:meth:`forge_ci.gha.Runner.untrusted`); without it each line goes to ``log``.
     """
     patterns = (*ALWAYS_EXCLUDE, *config.exclude, *extra_exclude)
     tmp = out.with_name(out.name + ".tmp")
@@ -184,9 +191,9 @@ def build(source: Path, config: BuildConfig, out: Path, *, environ: Mapping[str,
         if not (tree / "composer.json").exists():
             raise BuildError("build.composer is true but there is no composer.json",
                              hint="set build.composer: false or add composer.json")
-        _run(list(COMPOSER), tree, env, "composer install", log)
+        _run(list(COMPOSER), tree, env, "composer install", log, untrusted)
     for i, command in enumerate(config.commands):
-        _run(command, tree, env, f"build.commands[{i}]", log)
+        _run(command, tree, env, f"build.commands[{i}]", log, untrusted)
     _prune_excluded(tree, patterns)  # build commands may create node_modules etc.
     manifest = scan(tree)
     if manifest.total_size > large:

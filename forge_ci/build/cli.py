@@ -51,7 +51,8 @@ def cmd_build(ctx: Context) -> int:
     with ctx.runner.group("build"):
         artifact = build(loaded.root, loaded.config.build, out, environ=ctx.environ,
                          extra_exclude=local_targets(loaded), secrets=loaded.secrets,
-                         log=ctx.runner.log, warn=ctx.runner.warning)
+                         log=ctx.runner.log, warn=ctx.runner.warning,
+                         untrusted=ctx.runner.untrusted)
     m = artifact.manifest
     info = json.loads((artifact.root / "artifact.json").read_text())
     ctx.emit({"artifact": str(artifact.root), "digest": artifact.digest,

@@ -102,11 +102,29 @@ def check_path(path: str, source: str) -> str:
     if not path or _BAD_PATH.search(path):
         raise ArtifactError(f"{source} names a path outside the release: {path!r}",
                             hint="the artifact may be corrupt or hostile; rebuild it")
+    check_name(path, source)
     return path
+
+
+def check_name(rel: str, source: str) -> None:
+    """Refuse a file name that is not UTF-8 (``rel`` as os functions return it).
+
+    Such a name cannot be written into the manifest, listed for the server or
+    served at any URL a browser sends (browsers send UTF-8), so the build says
+    which file it is instead of a deploy failing half-way.
+    """
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+        raise ArtifactError(f"{source}: the name '{shown}' is not valid UTF-8",
+                            hint="rename it to a UTF-8 name (e.g. convmv -f latin1 -t utf8 "
+                                 "--notest), or exclude it with build.exclude") from None
 
 
 def check_link(path: str, target: str, source: str) -> None:
     """Symlinks must point inside the release (relative, not climbing out)."""
+    check_name(target, f"{source}: the target of symlink {path!r}")
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if target.startswith("/") or joined == ".." or joined.startswith("../") or not target:
         raise ArtifactError(f"{source}: symlink {path!r} points outside the release "
@@ -165,9 +183,11 @@ def scan(root: Path) -> Manifest:
     """Describe the tree under ``root``; refuses devices, sockets and escaping links."""
     entries: dict[str, Entry] = {}
     for rel, st in _walk(root):
+        check_name(rel, str(root))
         full = root / rel
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(full)
+            check_name(target, f"{root}: the target of symlink {rel!r}")
             check_link(rel, target, str(root))
             entries[rel] = Entry("symlink", 0o777, target=target)
         elif stat.S_ISDIR(st.st_mode):

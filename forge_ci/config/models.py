@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from forge_ci.config.backup import BackupConfig, DatabaseConfig
-from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.provision import HttpsConfig, ProvisionConfig
 from forge_ci.config.watch import DrillConfig, MonitorConfig
 from forge_ci.notify.config import NotifyTarget
 
@@ -66,6 +66,11 @@ class HostConfig(Frozen):
     host: str = Field(min_length=1)
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     user: str = Field("deploy", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    # Where this host's own web server answers the site, as the host itself reaches
+    # it (default 127.0.0.1): the health checks of a multi-host environment run on
+    # each host with curl connected there, bypassing any load balancer.
+    check_address: str | None = Field(
+        None, pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])$")
 
     @property
     def label(self) -> str:
@@ -197,6 +202,12 @@ class SyncConfig(Frozen):
         return relative_path(value, "sync.uploads")
 
 
+class RollingConfig(Frozen):
+    """``strategy: rolling``: how many hosts switch (and are checked) at a time."""
+
+    batch: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
 class EnvironmentConfig(Frozen):
     url: str | None = Field(None, pattern=r"^https?://")
     hosts: tuple[HostConfig, ...] = ()
@@ -217,6 +228,12 @@ class EnvironmentConfig(Frozen):
     notify: tuple[NotifyTarget, ...] | None = None
     monitor: MonitorConfig = MonitorConfig()
     drill: DrillConfig = DrillConfig()
+    # together: prepare all, switch all, all back on failure. rolling: prepare all,
+    # then switch and check ``rolling.batch`` hosts at a time.
+    strategy: Literal["together", "rolling"] = "together"
+    rolling: RollingConfig | None = None
+    # Provisioning's ACME certificate; absent: on (letsencrypt) when url is https://.
+    https: HttpsConfig | None = None
     # Where the site's database lives (backup, sync, deploy snapshots).
     database: DatabaseConfig | None = None
     sync: SyncConfig = SyncConfig()
@@ -257,6 +274,11 @@ class EnvironmentConfig(Frozen):
             raise ValueError("path must be absolute when hosts are given")
         if self.preview and not self.url:
             raise ValueError("preview needs url: checks are moved from url to preview.url")
+        if self.rolling is not None and self.strategy != "rolling":
+            raise ValueError("rolling: settings need strategy: rolling")
+        if self.strategy == "rolling" and len(self.hosts) < 2:
+            raise ValueError("strategy: rolling needs at least two hosts (with one, "
+                             "leave strategy out: together is the default)")
         return self
 
 

@@ -69,7 +69,8 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             owner=owner_info(ctx.environ, command), log=ctx.runner.log,
             policy=health.HealthPolicy(timeout=config.health_timeout),
             by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
-            warn=ctx.runner.warning,
+            warn=ctx.runner.warning, untrusted=ctx.runner.untrusted,
+            progress=ctx.runner.progress,
         )
     finally:
         for h in hosts:
@@ -138,7 +139,7 @@ def cmd_deploy(ctx: Context) -> int:
             artifact = build(loaded.root, loaded.config.build, default_out(loaded),
                              environ=ctx.environ, extra_exclude=local_targets(loaded),
                              secrets=loaded.secrets, log=ctx.runner.log,
-                             warn=ctx.runner.warning)
+                             warn=ctx.runner.warning, untrusted=ctx.runner.untrusted)
     with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
             _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)

@@ -31,11 +31,21 @@ def http_port() -> Iterator[int]:
     server.server_close()
 
 
+def _pinned(port: int) -> str:
+    # A pinned key, so forge goes as far as the connection (an unpinned host is refused
+    # before any connection is made).
+    return f"[127.0.0.1]:{port} {_HOST_KEY}\n"
+
+
+_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
 def test_a_port_that_is_not_ssh_is_one_clear_error(http_port: int) -> None:
     key = paramiko.RSAKey.generate(1024)
     started = time.monotonic()
     with pytest.raises(ConnectError) as info:
-        SshHost("127.0.0.1", http_port, "deploy", key=key, known_hosts="", timeout=10)
+        SshHost("127.0.0.1", http_port, "deploy", key=key, known_hosts=_pinned(http_port),
+                timeout=10)
     assert time.monotonic() - started < 8  # the server's answer ends it, not the timeout
     assert "does not speak SSH" in info.value.message
     assert info.value.hint is not None and "port" in info.value.hint
@@ -49,7 +59,7 @@ def test_a_port_that_is_not_ssh_prints_no_traceback(http_port: int) -> None:
         "from forge_ci.remote.ssh import SshHost\n"
         "try:\n"
         f"    SshHost('127.0.0.1', {http_port}, 'deploy', key=paramiko.RSAKey.generate(1024),"
-        " known_hosts='', timeout=10)\n"
+        f" known_hosts={_pinned(http_port)!r}, timeout=10)\n"
         "except ConnectError as e:\n"
         "    print(e.message)\n"
         "time.sleep(0.5)\n"
