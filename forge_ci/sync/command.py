@@ -140,12 +140,13 @@ def _environments(ctx: Context) -> tuple[_Env, _Env]:
     """FROM and TO, each read with only its own ``${VAR}``\\s required (as deploy reads
     one environment): a third environment's secrets are never needed."""
     a = ctx.args
-    path = Path(getattr(a, "config", None) or "forge.yml")
+    # TO is the environment the run is about (its events, its step summary).
+    a.environment = a.target
+    from_loaded = load(Path(getattr(a, "config", None) or "forge.yml"), ctx.environ, a.source)
+    for value in from_loaded.secrets:
+        ctx.runner.mask(value)
     found = []
-    for name in (a.source, a.target):
-        loaded = load(path, ctx.environ, name)
-        for value in loaded.secrets:
-            ctx.runner.mask(value)
+    for name, loaded in ((a.source, from_loaded), (a.target, ctx.config())):
         config = loaded.environment(name)
         found.append(_Env(name, config, target_root(config, loaded.root), loaded))
     source, target = found
@@ -342,6 +343,8 @@ def cmd_sync(ctx: Context) -> int:
         if not ctx.dry_run:
             report.hooks = _after_sync(ctx, source, target, to_hosts)
     report.seconds = round(time.monotonic() - started, 3)
+    ctx.outcome["summary"] = report.render().splitlines()[0] + (
+        f" ({report.database.total_changed} values rewritten)" if report.database else "")
     if not ctx.dry_run:
         ctx.runner.set_output("undo-id", report.undo_id or "")
         ctx.runner.summary(f"### forge-ci sync: {source.name} → {target.name}\n\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 from lab.mariadb import Database, MariaDB
 
 from forge_ci.cli import main
+from tests.notify.conftest import Receiver, receiver  # noqa: F401 (fixture)
 
 FROM, TO = "https://example.com", "http://localhost:8080"
 WIDGET = 'a:1:{i:2;a:1:{s:4:"text";s:%d:"%s";}}'
@@ -113,3 +114,19 @@ def test_local_into_production_needs_confirm(local: Local) -> None:
     # The local URL (from local's database) became production's (from production's).
     assert local.value(local.prod, "dev_only") == "kept"
     assert local.value(local.prod, "home") == FROM
+
+
+def test_a_sync_and_a_failed_one_are_announced_about_the_target(
+        local: Local, receiver: Callable[..., Receiver]) -> None:
+    rec = receiver()
+    config = local.root / "forge.yml"
+    config.write_text(config.read_text() + "notify:\n  - {type: webhook, url: '"
+                      + rec.url("/hook") + "', secret: '${HOOK_SECRET}'}\n")
+    local.env["HOOK_SECRET"] = "hook-secret-for-the-sync-test"
+    assert local.forge("sync", "production", "local", "--database") == 0
+    assert local.forge("sync", "local", "production") == 1  # protected: refused
+    events = [json.loads(r.body) for r in rec.requests]
+    assert [(e["event"], e["environment"]) for e in events] == [
+        ("sync.succeeded", "local"), ("sync.failed", "production")]
+    assert "synced production -> local" in events[0]["summary"]
+    assert "protected" in events[1]["summary"]
