@@ -117,7 +117,7 @@ def test_local_into_production_needs_confirm(local: Local) -> None:
 
 
 def test_a_sync_and_a_failed_one_are_announced_about_the_target(
-        local: Local, receiver: Callable[..., Receiver]) -> None:
+        local: Local, receiver: Callable[..., Receiver]) -> None:  # noqa: F811
     rec = receiver()
     config = local.root / "forge.yml"
     config.write_text(config.read_text() + "notify:\n  - {type: webhook, url: '"
