@@ -200,6 +200,30 @@ _FAIL_ON = {"critical": {ExitCode.MONITOR_CRITICAL},
 _WHEN = re.compile(r"[0-9][0-9T:.+Z-]{0,39}\Z")
 
 
+def _sync(environ: Environ, i: Inputs) -> list[list[str]]:
+    source = _text(environ, "from")
+    if not source or not _ENV_NAME.match(source):
+        raise InputError("input 'from' must be a forge.yml environment name (the source)")
+    argv = ["sync", source, i.environment, f"--config={i.config}"]
+    parts = _text(environ, "parts", default="all")
+    if parts not in ("all", "database", "uploads"):
+        raise InputError("input 'parts' must be all, database or uploads")
+    if parts != "all":
+        argv.append(f"--{parts}")
+    snapshot = _ident(environ, "snapshot", "snapshot id")
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    confirm = _text(environ, "confirm")
+    if confirm:
+        if confirm != i.environment:
+            raise InputError("input 'confirm' must repeat the target environment's name "
+                             f"({i.environment}) or be empty")
+        argv.append(f"--confirm={confirm}")
+    if _bool(environ, "dry-run", False):
+        argv.append("--dry-run")
+    return [argv]
+
+
 ACTIONS: dict[str, Plan] = {
     "deploy": _deploy,
     "rollback": _rollback,
@@ -208,6 +232,7 @@ ACTIONS: dict[str, Plan] = {
     "provision": _provision,
     "monitor": _monitor,
     "drill": _drill,
+    "sync": _sync,
 }
 
 

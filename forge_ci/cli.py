@@ -28,9 +28,10 @@ def _modules() -> list[Any]:
     from forge_ci.deploy import cli as deploy_cli
     from forge_ci.monitor import cli as monitor_cli
     from forge_ci.provision import cli as provision_cli
+    from forge_ci.sync import command as sync_cli
 
     return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli,
-            monitor_cli]
+            monitor_cli, sync_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

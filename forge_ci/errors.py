@@ -23,6 +23,7 @@ traceback.
     ├── RollbackFailed                 exit 4  failed and could not restore: act now
     ├── HealthError                    exit 1  health checks failed (health command)
     ├── BackupError / StoreError       exit 1  (backup package adds leaves)
+    ├── SyncError                      exit 1  a sync cannot go on (unreadable dump, refused)
     └── ProvisionError                 exit 1  (provision package adds leaves)
 
 Outside the tree, the handler maps Ctrl-C to exit 130 and anything else to 70 (a bug).
@@ -176,3 +177,7 @@ class StoreError(ForgeError):
 
 class ProvisionError(ForgeError):
     pass
+
+
+class SyncError(ForgeError):
+    """The sync cannot go on: a dump it cannot read, a target it must not write."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from forge_ci.config.backup import BackupConfig
+from forge_ci.config.backup import BackupConfig, DatabaseConfig
 from forge_ci.config.provision import HttpsConfig, ProvisionConfig
 from forge_ci.config.watch import DrillConfig, MonitorConfig
 from forge_ci.notify.config import NotifyTarget
@@ -86,6 +86,8 @@ class HealthCheck(Frozen):
 class Hooks(Frozen):
     before_switch: tuple[str, ...] = ()
     after_switch: tuple[str, ...] = ()
+    # Run in the live release (``current``) of a sync's target, after its import.
+    after_sync: tuple[str, ...] = ()
 
 
 class PhpConfig(Frozen):
@@ -171,6 +173,35 @@ class PreviewConfig(Frozen):
 RESERVED_LINKS = ("current", "releases", "shared", ".forge")
 
 
+class SyncConfig(Frozen):
+    """How ``forge-ci sync FROM TO`` writes into this environment (TO's section applies).
+
+    ``replace``: extra ``[from, to]`` pairs after the URL pairs sync derives itself.
+    ``exclude_tables``: tables (full names) neither dumped nor touched in TO.
+    ``anonymize``: scrub personal data on the stream (see :mod:`forge_ci.sync.anonymize`).
+    ``table_prefix``: WordPress's ``$table_prefix``. ``uploads``: under ``shared/``.
+    """
+
+    replace: tuple[tuple[str, str], ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    anonymize: bool = True
+    table_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,32}$")] = "wp_"
+    uploads: str = "web/app/uploads"
+
+    @field_validator("exclude_tables")
+    @classmethod
+    def _table_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_$-]{1,64}$", name):
+                raise ValueError(f"exclude_tables: {name!r} is not a plain table name")
+        return value
+
+    @field_validator("uploads")
+    @classmethod
+    def _uploads_path(cls, value: str) -> str:
+        return relative_path(value, "sync.uploads")
+
+
 class RollingConfig(Frozen):
     """``strategy: rolling``: how many hosts switch (and are checked) at a time."""
 
@@ -203,10 +234,26 @@ class EnvironmentConfig(Frozen):
     rolling: RollingConfig | None = None
     # Provisioning's ACME certificate; absent: on (letsencrypt) when url is https://.
     https: HttpsConfig | None = None
+    # Where the site's database lives (backup, sync, deploy snapshots).
+    database: DatabaseConfig | None = None
+    sync: SyncConfig = SyncConfig()
+    # None: protected when the environment is named production (see is_protected).
+    protected: bool | None = None
 
     @property
     def is_local(self) -> bool:
         return not self.hosts
+
+    @property
+    def site_database(self) -> DatabaseConfig | None:
+        """``database``, else the older ``backup.database``."""
+        if self.database is not None:
+            return self.database
+        return self.backup.database if self.backup is not None else None
+
+    def is_protected(self, environment: str) -> bool:
+        """Writes into it (sync) need ``--confirm <name>``; default: named production."""
+        return self.protected if self.protected is not None else environment == "production"
 
     @field_validator("shared")
     @classmethod

@@ -39,6 +39,16 @@ is therefore left exactly as it was (none of FROM's data, not even its schema, i
 written); sync should also pass ``--ignore-table`` to ``mariadb-dump`` so the data
 does not travel at all.
 
+**Dumps without column lists.** A dump made without ``--complete-insert`` (a backup
+snapshot's) is read too: each ``CREATE TABLE`` that streams by gives its table's column
+names, and an ``INSERT`` without a column list takes those. Only an ``INSERT`` into a
+table whose ``CREATE TABLE`` the stream did not show is refused.
+
+**Row hooks** (:class:`Options.scrub`, a :class:`Scrub`): every row of an ``INSERT``
+into one of ``Scrub.tables`` is cut into its values and handed to ``Scrub.row``, which
+returns the values to write instead (dump literals, escaped as ``mariadb-dump`` writes
+them: :func:`quote` makes one). Anonymizing runs there, before the URL rewrite.
+
 **Report.** :class:`Report` counts, per ``(table, column)``, the values changed and the
 values that looked serialized, held a needle and could not be parsed (left untouched).
 With ``dry_run`` the dump is read, rewritten and counted, and the original bytes are
@@ -49,8 +59,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from forge_ci.sync import SyncError
 from forge_ci.sync.replace import Rules, Status
@@ -72,7 +83,9 @@ _INSERT = re.compile(
     rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" (\((?:`(?:[^`]|``)*`(?:, ?)?)*\))"
     rb" VALUES "
 )
-_INSERT_NO_COLUMNS = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" VALUES")
+_INSERT_NO_COLUMNS = re.compile(rb"(?:INSERT(?: IGNORE)?|REPLACE) INTO " + _NAME + rb" VALUES\s*")
+# A column's line inside CREATE TABLE (keys and constraints do not start with a backtick).
+_CREATE_COLUMN = re.compile(rb"  " + _NAME + rb" ")
 _COLUMN = re.compile(_NAME)
 # Statements that name a table and end on their own line ...
 _TABLE_LINE = re.compile(rb"(?:DROP TABLE IF EXISTS|LOCK TABLES|/\*!40000 ALTER TABLE) " + _NAME)
@@ -118,6 +131,21 @@ _UNESCAPES = {
 }
 
 
+class Scrub(Protocol):
+    """A row hook: see "Row hooks" in the module docstring."""
+
+    @property
+    def tables(self) -> frozenset[str]: ...
+
+    def touches(self, table: str, statement: bytes) -> bool:
+        """False when no row of STATEMENT can need a change (a cheap look first)."""
+        ...
+
+    def row(self, table: str, columns: Sequence[str], values: list[bytes]) -> list[bytes]:
+        """The row's values as dump literals (``'a\\'b'``, ``12``, ``NULL``), rewritten."""
+        ...
+
+
 @dataclass(frozen=True)
 class Options:
     """What the rewriter leaves alone; see the module docstring."""
@@ -125,6 +153,7 @@ class Options:
     keep: frozenset[str] = frozenset({"guid"})  # "column" or "table.column"
     exclude_tables: frozenset[str] = frozenset()
     dry_run: bool = False
+    scrub: Scrub | None = None
 
 
 @dataclass
@@ -134,6 +163,7 @@ class Report:
     changed: Counter[tuple[str, str]] = field(default_factory=Counter)
     unparsable: Counter[tuple[str, str]] = field(default_factory=Counter)
     excluded_statements: Counter[str] = field(default_factory=Counter)
+    scrubbed: Counter[str] = field(default_factory=Counter)  # rows changed by Options.scrub
 
     @property
     def total_changed(self) -> int:
@@ -161,7 +191,19 @@ def rewrite_dump(
     escaped = rules.encoded(_escape)
     in_excluded_create = False
     insert: list[bytes] = []  # the lines of an INSERT that goes on (one row a line)
+    columns_of: dict[str, list[str]] = {}  # from each CREATE TABLE seen
+    creating: list[str] | None = None
     for line in _lines(chunks):
+        if creating is not None:
+            column = _CREATE_COLUMN.match(line)
+            if column is not None:
+                creating.append(_unquote(column.group(1)))
+            if _ends_statement(line):
+                creating = None
+        elif line.startswith(b"CREATE TABLE"):
+            create = _CREATE.match(line)
+            if create is not None and not _ends_statement(line):
+                creating = columns_of[_unquote(create.group(1))] = []
         if insert:
             insert.append(line)
             if not _ends_statement(line):
@@ -179,11 +221,15 @@ def rewrite_dump(
             report.excluded_statements[table] += 1
             in_excluded_create = line.startswith(b"CREATE") and not _ends_statement(line)
             continue
-        if line.startswith((b"INSERT", b"REPLACE")) and escaped.needles.search(line) is not None:
-            new = _rewrite_insert(line, rules, escaped, options, report)
-            yield line if options.dry_run else new
-        else:
+        if not line.startswith((b"INSERT", b"REPLACE")):
             yield line
+            continue
+        new = line
+        if options.scrub is not None:
+            new = _scrub_insert(new, options.scrub, columns_of, report)
+        if escaped.needles.search(new) is not None:
+            new = _rewrite_insert(new, rules, escaped, options, report, columns_of)
+        yield line if options.dry_run else new
     if insert:
         raise SyncError(
             "the dump ends inside an INSERT statement",
@@ -198,7 +244,8 @@ def _ends_statement(line: bytes) -> bool:
 def count_dump(chunks: Iterable[bytes], rules: Rules, options: Options) -> Report:
     """A dry run: read the whole stream and return what a real run would change."""
     report = Report()
-    dry = Options(keep=options.keep, exclude_tables=options.exclude_tables, dry_run=True)
+    dry = Options(keep=options.keep, exclude_tables=options.exclude_tables, dry_run=True,
+                  scrub=options.scrub)
     for _ in rewrite_dump(chunks, rules, dry, report):
         pass
     return report
@@ -241,22 +288,91 @@ def _unquote(name: bytes) -> str:
     return name.replace(b"``", b"`").decode("utf-8", "surrogateescape")
 
 
-def _rewrite_insert(
-    line: bytes, rules: Rules, escaped: Rules, options: Options, report: Report
-) -> bytes:
+def _head(line: bytes, columns_of: dict[str, list[str]]) -> tuple[str, list[str], int]:
+    """An INSERT's table, its columns, and where its first row starts."""
     head = _INSERT.match(line)
-    if head is None:
-        bare = _INSERT_NO_COLUMNS.match(line)
-        where = f" into `{_unquote(bare.group(1))}`" if bare else ""
+    if head is not None:
+        columns = [_unquote(c) for c in _COLUMN.findall(head.group(2))]
+        return _unquote(head.group(1)), columns, head.end()
+    bare = _INSERT_NO_COLUMNS.match(line)
+    if bare is not None and _unquote(bare.group(1)) in columns_of:
+        return _unquote(bare.group(1)), columns_of[_unquote(bare.group(1))], bare.end()
+    where = f" into `{_unquote(bare.group(1))}`" if bare else ""
+    raise SyncError(
+        f"the dump has an INSERT{where} without its column list or CREATE TABLE",
+        hint="make the dump with mariadb-dump --complete-insert",
+    )
+
+
+def _scrub_insert(
+    line: bytes, scrub: Scrub, columns_of: dict[str, list[str]], report: Report
+) -> bytes:
+    """Every row of an INSERT into one of SCRUB's tables, through ``scrub.row``."""
+    table, columns, pos = _head(line, columns_of)
+    if table not in scrub.tables or not scrub.touches(table, line):
+        return line
+    out = [line[:pos]]
+    while line[pos : pos + 1] == b"(":
+        values, end = _split_row(line, pos, table, len(columns))
+        new = scrub.row(table, columns, values)
+        if new != values:
+            report.scrubbed[table] += 1
+            out.append(b"(" + b",".join(new) + b")")
+        else:
+            out.append(line[pos:end])
+        pos = end
+        between = _BETWEEN_ROWS.match(line, pos)
+        if between is None:
+            break
+        out.append(between.group())
+        pos = between.end()
+    out.append(line[pos:])
+    return b"".join(out)
+
+
+def _split_row(line: bytes, start: int, table: str, count: int) -> tuple[list[bytes], int]:
+    """The values of the row whose '(' is at START, and the offset after its ')'."""
+    values: list[bytes] = []
+    pos = start + 1
+    while True:
+        value = _VALUE.match(line, pos)
+        if value is None:
+            raise _unreadable(table, pos)
+        values.append(value.group(1))
+        pos = value.end()
+        if value.group(2) == b")":
+            break
+    if len(values) != count:
         raise SyncError(
-            f"the dump has an INSERT{where} without its column list",
-            hint="make the dump with mariadb-dump --complete-insert",
+            f"a row of table `{table}` does not have its {count} columns",
+            hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
         )
-    table = _unquote(head.group(1))
-    columns = [_unquote(c) for c in _COLUMN.findall(head.group(2))]
+    return values, pos
+
+
+def quote(value: bytes) -> bytes:
+    """VALUE as a dump literal, escaped as ``mariadb-dump`` escapes it."""
+    return b"'" + _escape(value) + b"'"
+
+
+def unquote(literal: bytes) -> bytes | None:
+    """A dump literal's stored bytes; None for anything but a quoted string."""
+    if len(literal) < 2 or literal[:1] != b"'" or literal[-1:] != b"'":
+        return None
+    return _unescape(literal[1:-1])
+
+
+def _rewrite_insert(
+    line: bytes,
+    rules: Rules,
+    escaped: Rules,
+    options: Options,
+    report: Report,
+    columns_of: dict[str, list[str]],
+) -> bytes:
+    table, columns, pos = _head(line, columns_of)
     keep = [c in options.keep or f"{table}.{c}" in options.keep for c in columns]
-    out = [line[: head.end()]]
-    pos = head.end()
+    out = [line[:pos]]
     while True:
         needle = escaped.needles.search(line, pos)
         if needle is None:

@@ -1,0 +1,139 @@
+"""``forge-ci sync production staging`` end to end against ``mariadb-dump | mariadb``.
+
+    .venv/bin/python bench/bench_sync.py [--mib 30] [--repeat 3]
+    .venv/bin/python bench/bench_sync.py --mib 300          # the issue's size
+
+On the lab's MariaDB (a private mariadbd on loopback, started here): a WordPress-like
+database of about ``--mib`` MiB (bench_rewrite's dump: posts with URLs in links and
+block JSON, serialized attachment metadata, page-builder JSON, nested serialized
+options) is imported as production. Each round empties staging's database, then runs,
+alternating which goes first:
+
+- forge: ``forge-ci sync production staging --database`` with two local environments
+  (LocalHost: the same machine, the same TCP connection to MariaDB as a real host's
+  client would use): the dump streams out of ``mariadb-dump``, through the rewriter
+  (https://example.com → https://staging.example.com, anonymize on), into ``mariadb``;
+  the undo snapshot of (empty) staging, blog_public and transients included;
+- reference: ``mariadb-dump <the same flags> | mariadb`` between the same databases,
+  no rewriting.
+
+Each runs in its own process (posix_spawn + wait4): wall time and peak RSS (ru_maxrss:
+the largest process of the run, forge-ci's Python or a client it started). Prints the
+medians and the ratio forge/reference. Staging is emptied before each run, so the undo
+snapshot is not part of the comparison; on a full staging it adds one gzip'd dump of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_rewrite import write_dump
+from lab.mariadb import Database, MariaDB, start_mariadb
+
+from forge_ci.sync.sqldump import DUMP_FLAGS
+
+Measure = tuple[float, float]
+
+
+def spawn(argv: list[str], env: dict[str, str]) -> Measure:
+    """Run to completion; (seconds, peak RSS MiB). Output to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    path = shutil.which(argv[0]) or argv[0]
+    start = time.perf_counter()
+    pid = os.posix_spawn(path, argv, env, file_actions=[
+        (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
+    _, status, usage = os.wait4(pid, 0)
+    elapsed = time.perf_counter() - start
+    os.close(devnull)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} failed with {os.waitstatus_to_exitcode(status)}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def _db_yaml(db: Database, var: str) -> str:
+    return (f"{{ name: {db.name}, user: {db.user}, password: \"${{{var}}}\", "
+            f"host: {db.host}, port: {db.port} }}")
+
+
+def _option_file(path: Path, db: Database) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"[client]\nuser={db.user}\npassword={db.password}\nhost={db.host}\n"
+                f"port={db.port}\n")
+    return path
+
+
+def _empty(server: MariaDB, db: Database) -> None:
+    server.sql(f"DROP DATABASE `{db.name}`; CREATE DATABASE `{db.name}` "
+               "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=30, help="database size (default 30)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    server = start_mariadb()
+    tmp = Path(tempfile.mkdtemp(prefix="forge-bench-sync-"))
+    try:
+        prod, staging = server.create_database("prod"), server.create_database("staging")
+        dump = tmp / "seed.sql"
+        write_dump(dump, args.mib * 1024 * 1024)
+        client = f"mariadb --no-defaults -uroot --socket={server.socket}"
+        spawn(["sh", "-c", f"{client} {prod.name} < {dump}"], {"PATH": os.environ["PATH"]})
+        size = dump.stat().st_size
+        dump.unlink()
+        for env_dir in ("production", "staging"):
+            (tmp / env_dir).mkdir()
+        config = tmp / "forge.yml"
+        config.write_text(f"""\
+version: 1
+project: bench-sync
+environments:
+  production:
+    url: https://example.com
+    path: production
+    database: {_db_yaml(prod, "PROD_DB_PASSWORD")}
+  staging:
+    url: https://staging.example.com
+    path: staging
+    database: {_db_yaml(staging, "STAGING_DB_PASSWORD")}
+""")
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp),
+               "PROD_DB_PASSWORD": prod.password, "STAGING_DB_PASSWORD": staging.password}
+        forge = [sys.executable, "-m", "forge_ci", "sync", "production", "staging",
+                 "--database", f"--config={config}"]
+        src, dst = _option_file(tmp / "prod.cnf", prod), _option_file(tmp / "stg.cnf", staging)
+        reference = ["bash", "-c",
+                     f"set -o pipefail; mariadb-dump --defaults-file={src} "
+                     f"{' '.join(DUMP_FLAGS)} --no-tablespaces {prod.name} "
+                     f"| mariadb --defaults-file={dst} {staging.name}"]
+        runs: dict[str, list[Measure]] = {"forge": [], "reference": []}
+        for i in range(args.repeat):
+            for who in ("forge", "reference") if i % 2 == 0 else ("reference", "forge"):
+                _empty(server, staging)
+                runs[who].append(spawn(forge if who == "forge" else reference, env))
+        med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v))
+               for k, v in runs.items()}
+        print(f"database: {size / 2**20:.0f} MiB dump, {args.repeat} rounds, medians")
+        for k, (t, m) in med.items():
+            print(f"  {k:9s} {t:7.2f}s  {size / 2**20 / t:6.1f} MiB/s  peak RSS {m:6.1f} MiB")
+        print(f"ratio forge/reference (wall): {med['forge'][0] / med['reference'][0]:.2f} "
+              "(goal <= 1.3); forge peak RSS goal < 100 MiB")
+    finally:
+        server.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

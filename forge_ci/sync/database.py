@@ -1,0 +1,244 @@
+"""The database end of a sync, on a Host: dump, import, query, undo snapshot.
+
+Credentials travel as a ``[client]`` option file on stdin (as for backups, see
+:mod:`forge_ci.backup.dump`), never on a command line. The dump streams out of
+``mariadb-dump`` on FROM's host and into ``mariadb`` on TO's host; neither side
+writes it to a file.
+
+**Undo snapshot.** Before anything is imported, TO's database is dumped *on TO's
+host* into ``<path>/.forge/sync/<id>.sql.gz`` (mode 0600, gzip; it never crosses the
+network, needs no backup keys, and exists even for environments without a backup
+store). ``forge-ci sync-undo TO <id>`` drops every table and view of TO's database
+and imports that file, so TO is exactly as before the sync, tables the sync added
+included. The three newest snapshots are kept.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import queue
+import re
+import threading
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from forge_ci._malloc import READ_SIZE
+from forge_ci.backup.dump import check_database_name, import_database, option_file
+from forge_ci.config.backup import DatabaseConfig
+from forge_ci.errors import SyncError
+from forge_ci.remote import Host, sh
+from forge_ci.sync.sqldump import DUMP_FLAGS
+
+KEEP_SNAPSHOTS = 3
+_SNAPSHOT_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
+_CLIENT = ("tool=$(command -v mariadb || command -v mysql) || "
+           "{ echo 'neither mariadb nor mysql (client) is installed' >&2; exit 127; }\n")
+_DUMPER = ("dumper=$(command -v mariadb-dump || command -v mysqldump) || "
+           "{ echo 'neither mariadb-dump nor mysqldump is installed' >&2; exit 127; }\n")
+
+
+def _options_from_stdin(size: int) -> str:
+    """Shell that copies the option file (the first SIZE bytes of stdin) to "$f"."""
+    return ("umask 077\n"
+            "f=$(mktemp) || exit 1\n"
+            "trap 'rm -f \"$f\"' EXIT HUP INT TERM\n"
+            f'dd bs=1 count={size} of="$f" 2>/dev/null || exit 1\n')
+
+
+def _dump_command(db: DatabaseConfig, exclude: Sequence[str], options: str) -> str:
+    name = check_database_name(db.name)
+    ignore = "".join(f" {sh('--ignore-table=' + name + '.' + t)}" for t in exclude)
+    return (f'"$dumper" --defaults-extra-file={options} {" ".join(DUMP_FLAGS)} '
+            f"--no-tablespaces{ignore} -- {sh(name)}")
+
+
+def dump(host: Host, db: DatabaseConfig, exclude: Sequence[str] = ()) -> Iterator[bytes]:
+    """FROM's dump as chunks, streamed; SyncError at the end if the tool failed."""
+    proc = host.start(_DUMPER + "exec " + _dump_command(db, exclude, "/dev/stdin"))
+    try:
+        proc.write(option_file(db))
+        proc.close_stdin()
+        while chunk := proc.read(READ_SIZE):
+            yield chunk
+    except BaseException:
+        proc.kill()
+        raise
+    status = proc.wait(timeout=300)
+    if status != 0:
+        err = proc.stderr().decode("utf-8", "replace").strip().splitlines()[-5:]
+        raise SyncError(f"mariadb-dump of {db.name!r} on {host.name} failed (exit {status}): "
+                        + " / ".join(err),
+                        hint="check the database credentials in forge.yml (database:)")
+
+
+def load(host: Host, db: DatabaseConfig, sql: Iterable[bytes]) -> None:
+    """Feed SQL to ``mariadb`` on the host, into DB (which must exist)."""
+    import_database(host, db, db.name, sql, create=False)
+
+
+_END = object()
+
+
+def ahead(chunks: Iterable[bytes], depth: int = 32) -> Generator[bytes, None, None]:
+    """CHUNKS produced by a thread of their own, at most DEPTH ahead of the consumer.
+
+    So reading the dump, rewriting it and writing it into ``mariadb`` overlap (pipe
+    reads and writes release the GIL) instead of waiting on each other. An exception
+    in the producer is raised in the consumer; a consumer that stops early (closes
+    the generator) stops the producer at its next chunk.
+    """
+    box: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    source = iter(chunks)
+
+    def produce() -> None:
+        try:
+            for chunk in source:
+                if not put(chunk):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+            return
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a generator upstream stops too (a dump process is killed)
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="forge-sync-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+
+
+def query(host: Host, db: DatabaseConfig, sql: str) -> list[list[str]]:
+    """Run SQL; rows of tab-separated text (batch mode, no header)."""
+    options = option_file(db)
+    script = (_CLIENT + _options_from_stdin(len(options))
+              + f'"$tool" --defaults-extra-file="$f" -N -B -- {sh(check_database_name(db.name))}\n')
+    r = host.run(script, input=options + sql.encode(), check=False)
+    if r.status != 0:
+        raise SyncError(f"a query on database {db.name!r} on {host.name} failed "
+                        f"(exit {r.status}): {r.tail(3)}",
+                        hint="check the database credentials in forge.yml (database:)")
+    return [line.split("\t") for line in r.text.splitlines() if line]
+
+
+def _table(prefix: str, name: str) -> str:
+    """A WordPress table's quoted name; the prefix is checked (letters, digits, ``_``)."""
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", prefix):
+        raise SyncError(f"table prefix {prefix!r} is not supported",
+                        hint="sync.table_prefix: letters, digits and _ only")
+    return f"{prefix}{name}"
+
+
+def home_urls(host: Host, db: DatabaseConfig, prefix: str) -> dict[str, str]:
+    """``home`` and ``siteurl`` from the options table, when it is there."""
+    table = _table(prefix, "options")
+    if not _has_table(host, db, table):
+        return {}
+    # Only checked names are formatted into these statements (see _table).
+    rows = query(host, db, "SELECT option_name, option_value FROM "  # noqa: S608
+                 f"`{table}` WHERE option_name IN ('home', 'siteurl')")
+    return {r[0]: r[1] for r in rows if len(r) == 2}
+
+
+def _has_table(host: Host, db: DatabaseConfig, table: str) -> bool:
+    rows = query(host, db, "SELECT COUNT(*) FROM information_schema.tables WHERE "  # noqa: S608
+                 f"table_schema = DATABASE() AND table_name = '{table}'")
+    return bool(rows) and rows[0][0] != "0"
+
+
+def after_import(host: Host, db: DatabaseConfig, prefix: str, *, public: bool) -> None:
+    """Clear transients; a non-public target also gets ``blog_public = 0``."""
+    table = _table(prefix, "options")
+    if not _has_table(host, db, table):
+        return
+    sql = (f"DELETE FROM `{table}` WHERE option_name LIKE '\\_transient\\_%' "  # noqa: S608
+           "OR option_name LIKE '\\_site\\_transient\\_%';\n")
+    if not public:
+        sql += (f"UPDATE `{table}` SET option_value = '0' "  # noqa: S608
+                "WHERE option_name = 'blog_public';\n")
+    query(host, db, sql)
+
+
+def snapshot_dir(root: str) -> str:
+    return posixpath.join(root, ".forge", "sync")
+
+
+def new_snapshot_id(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def take_snapshot(host: Host, db: DatabaseConfig, root: str, sid: str) -> str:
+    """Dump TO's database into a gzip file on its host; return the file's path."""
+    folder = snapshot_dir(root)
+    path = posixpath.join(folder, f"{sid}.sql.gz")
+    tmp = path + ".part"
+    script = (
+        _DUMPER + "umask 077\n"
+        f"mkdir -p -- {sh(folder)} || exit 1\n"
+        f"( {_dump_command(db, (), '/dev/stdin')} || echo failed > {sh(tmp + '.err')} ) "
+        f"| gzip -c > {sh(tmp)} || exit 1\n"
+        f"if [ -e {sh(tmp + '.err')} ]; then rm -f -- {sh(tmp)} {sh(tmp + '.err')}; exit 1; fi\n"
+        f"mv -f -- {sh(tmp)} {sh(path)} || exit 1\n"
+        f"cd -- {sh(folder)} && ls -1 | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z\\.sql\\.gz$' | sort "
+        f"| head -n -{KEEP_SNAPSHOTS} | while read -r old; do rm -f -- \"$old\"; done\n"
+    )
+    r = host.run(script, input=option_file(db), check=False, timeout=None)
+    if r.status != 0:
+        raise SyncError(f"the undo snapshot of database {db.name!r} on {host.name} failed "
+                        f"(exit {r.status}): {r.tail(3)}",
+                        hint="nothing was changed; check the credentials and free disk space "
+                             f"under {folder}")
+    return path
+
+
+def undo(host: Host, db: DatabaseConfig, root: str, sid: str) -> str:
+    """Put DB back exactly as snapshot SID holds it; return the file used."""
+    if not _SNAPSHOT_ID.match(sid):
+        raise SyncError(f"{sid!r} is not a sync snapshot id (like 20260101T120000Z)",
+                        hint="use the id the sync printed")
+    path = posixpath.join(snapshot_dir(root), f"{sid}.sql.gz")
+    if host.run(f"test -f {sh(path)}", check=False).status != 0:
+        raise SyncError(f"no sync snapshot {sid} on {host.name} ({path})",
+                        hint=f"list them with: ls {snapshot_dir(root)}")
+    options = option_file(db)
+    name = sh(check_database_name(db.name))
+    drops = ("SELECT CONCAT('DROP ', IF(table_type = 'VIEW', 'VIEW', 'TABLE'), "
+             "' IF EXISTS `', REPLACE(table_name, '`', '``'), '`;') "
+             "FROM information_schema.tables WHERE table_schema = DATABASE()")
+    script = (
+        _CLIENT + _options_from_stdin(len(options))
+        + f'drops=$("$tool" --defaults-extra-file="$f" -N -B -e {sh(drops)} -- {name}) '
+          "|| exit 1\n"
+        + "{ echo 'SET FOREIGN_KEY_CHECKS=0;'; printf '%s\\n' \"$drops\"; "
+          f"gzip -dc -- {sh(path)}; }} "
+        + f'| "$tool" --defaults-extra-file="$f" --binary-mode -- {name}\n'
+    )
+    r = host.run(script, input=options, check=False, timeout=None)
+    if r.status != 0:
+        raise SyncError(f"restoring sync snapshot {sid} into {db.name!r} on {host.name} "
+                        f"failed (exit {r.status}): {r.tail(3)}",
+                        hint="fix the cause and run the same sync-undo again")
+    return path
