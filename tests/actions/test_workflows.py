@@ -39,7 +39,7 @@ SECRETS = {
                "backup-identity", "aws-access-key-id", "aws-secret-access-key", "env"},
     "restore": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
                 "aws-secret-access-key", "env"},
-    "provision": {"hcloud-token", "ssh-key", "env"},
+    "provision": {"hcloud-token", "ssh-key", "known-hosts", "env"},
     "monitor": {"ssh-key", "known-hosts", "aws-access-key-id", "aws-secret-access-key", "env"},
     "drill": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
               "aws-secret-access-key", "env"},
