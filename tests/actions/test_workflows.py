@@ -403,3 +403,32 @@ def test_nightly_backup_example_holds_no_identity() -> None:
             continue  # given by hand for a restore, see examples/workflows/README.md
         assert j.get("environment") not in (None, "production"), \
             f"{stem}: the identity comes from a protected environment of its own"
+
+
+def test_aws_doc_json_parses_and_names_the_example_store() -> None:
+    """docs/aws-backups.md is copied as written: its JSON parses, and its policies name
+    the bucket and prefix of the example site's store."""
+    import json
+
+    text = (REPO / "docs" / "aws-backups.md").read_text(encoding="utf-8")
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S)]
+    assert len(blocks) >= 5
+    site = load(REPO / "examples" / "bedrock" / "forge.yml")
+    store = site["environments"]["production"]["backup"]["store"]
+    bucket, _, prefix = store.removeprefix("s3://").partition("/")
+    policies = [b for b in blocks if "Statement" in b and "Principal" not in b["Statement"][0]]
+    assert len(policies) == 2
+    for policy in policies:
+        resources = [r for s in policy["Statement"] for r in
+                     ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+        assert all(r.startswith(f"arn:aws:s3:::{bucket}") for r in resources)
+        objects = [r for r in resources if "/" in r]
+        assert objects and all(r.startswith(f"arn:aws:s3:::{bucket}/{prefix}/") for r in objects)
+    nightly = policies[0]
+    deletes = [s for s in nightly["Statement"] if "s3:DeleteObject" in str(s["Action"])]
+    assert [s["Resource"] for s in deletes] == [f"arn:aws:s3:::{bucket}/{prefix}/locks/*"]
+    trusts = [b for b in blocks if "Statement" in b and "Principal" in b["Statement"][0]]
+    (trust,) = trusts
+    sub = trust["Statement"][0]["Condition"]["StringEquals"][
+        "token.actions.githubusercontent.com:sub"]
+    assert re.fullmatch(r"repo:[\w.-]+/[\w.-]+:environment:[\w.-]+", sub)
