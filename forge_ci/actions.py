@@ -53,12 +53,16 @@ _RESERVED_PREFIXES = ("GITHUB_", "RUNNER_", "ACTIONS_", "INPUT_", "LD_", "DYLD_"
 
 
 # A secret or input the caller did not give arrives as an empty string; libraries
-# (boto3 above all: AWS_REGION="" is a region) must see these as unset.
-_UNSET_IF_EMPTY = ("FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_RECIPIENT",
-                   "FORGE_BACKUP_IDENTITY", "FORGE_ADMIN_SSH_KEY", "HCLOUD_TOKEN",
-                   "HCLOUD_ENDPOINT",
-                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                   "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_ENDPOINT_URL")
+# (boto3 above all: AWS_REGION="" is a region) and forge.yml's ${VAR}s must see these
+# as unset. Every variable the reusable workflows hand to a forge step is here
+# (tests/actions/test_workflows.py checks it).
+UNSET_IF_EMPTY = ("FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_RECIPIENT",
+                  "FORGE_BACKUP_SIGNING_KEY", "FORGE_BACKUP_IDENTITY", "FORGE_ADMIN_SSH_KEY",
+                  "HCLOUD_TOKEN", "HCLOUD_ENDPOINT",
+                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                  "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_ENDPOINT_URL",
+                  "CYBERPANEL_URL", "CYBERPANEL_USER", "CYBERPANEL_PASSWORD",
+                  "CPANEL_URL", "CPANEL_USER", "CPANEL_TOKEN")
 
 
 class InputError(Exception):
@@ -347,7 +351,7 @@ def run(action: str, environ: Mapping[str, str], *, forge: Forge = forge_ci) -> 
     """Run ``action`` with inputs from ``environ`` (not changed: forge gets a copy)."""
     child: Environ = dict(environ)
     runner = gha.Runner.from_env(child)
-    for name in _UNSET_IF_EMPTY:
+    for name in UNSET_IF_EMPTY:
         if name in child and not child[name].strip():
             del child[name]
     try:

@@ -171,7 +171,7 @@ def _signing_pair(tmp_path: Path) -> tuple[str, str]:
     return key, yaml.safe_load(r.stdout)["signer"]
 
 
-def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(
+def test_nightly_backup_goes_to_s3_through_oidc_and_a_check_inherits_the_identity(
         make_site: Callable[..., Site], tmp_path: Path, s3_server: object, s3_bucket: str,
         oidc_endpoint: TokenEndpoint) -> None:
     endpoint = s3_server.endpoint_url  # type: ignore[attr-defined]
@@ -188,30 +188,40 @@ def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(
         "retention": {"keep_last": 2},
         "signers": [signer],  # verify and prune accept only what this key signed
     })
+    # The nightly job is given no identity at all (the example passes none).
     site.secrets = _secrets(
-        FORGE_BACKUP_RECIPIENT=recipient, FORGE_BACKUP_IDENTITY=identity,
-        FORGE_BACKUP_SIGNING_KEY=signing_key,
+        FORGE_BACKUP_RECIPIENT=recipient, FORGE_BACKUP_SIGNING_KEY=signing_key,
         FORGE_ENV=f"DB_PASSWORD={DB_PASSWORD}\nAWS_ENDPOINT_URL={endpoint}\n")
     site.variables = {"FORGE_BACKUP_ROLE_ARN": "arn:aws:iam::123456789012:role/forge-backup"}
     site.env = {"ACTIONS_ID_TOKEN_REQUEST_URL": oidc_endpoint.url,
                 "ACTIONS_ID_TOKEN_REQUEST_TOKEN": oidc_endpoint.bearer}
     site.use_example("backup.yml")
+    site.use_e2e("backup-check.yml")
 
     run = site.act("schedule", "backup.yml")
     snapshot = run.outputs["snapshot-id"]
     assert snapshot, run.log[-4000:]
     # The job asked for an OIDC token for STS, and boto3 assumed the role with it.
     assert len(oidc_endpoint.seen) == 1 and "audience=sts.amazonaws.com" in oidc_endpoint.seen[0]
-    for step in ("$ forge-ci backup production", "$ forge-ci verify production",
-                 "$ forge-ci prune production"):
-        assert step in run.log
+    assert "$ forge-ci backup production" in run.log
+    assert "$ forge-ci verify" not in run.log and "$ forge-ci prune" not in run.log
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(  # type: ignore[attr-defined]
         Bucket=s3_bucket).get("Contents", [])]
     assert keys and all(k.startswith("example-site/") for k in keys)
     assert not any(b"photo" in k.encode() and k.endswith(".jpg") for k in keys)
-    assert "not authenticated" not in run.log
-    _assert_no_secret_in(run.log, identity, signing_key, oidc_endpoint.jwt,
-                         oidc_endpoint.bearer)
+
+    # Verify and prune with `secrets: inherit`: the called workflow finds every secret,
+    # the identity included, under its conventional name.
+    site.secrets["FORGE_BACKUP_IDENTITY"] = identity
+    check = site.act("workflow_dispatch", "backup-check.yml")
+    for step in ("$ forge-ci backup production", "$ forge-ci verify production",
+                 "$ forge-ci prune production"):
+        assert step in check.log
+    assert "not authenticated" not in check.log
+    assert len(oidc_endpoint.seen) == 2
+    for r in (run, check):
+        _assert_no_secret_in(r.log, identity, signing_key, oidc_endpoint.jwt,
+                             oidc_endpoint.bearer)
 
 
 def test_a_release_runs_with_its_own_tag_only(

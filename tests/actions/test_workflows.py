@@ -2,7 +2,9 @@
 
 These run in milliseconds and catch what a linter does not know is a rule here:
 no expression inside ``run:``, ``permissions: {}`` first, one concurrency queue
-per environment for deploy and rollback, named secrets, outputs wired through.
+per environment for deploy and rollback, named secrets with their conventional
+names as a fallback (``secrets: inherit``, GitHub environment secrets), outputs
+wired through.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ SECRET_ENV = {
     "aws-access-key-id": "AWS_ACCESS_KEY_ID",
     "aws-secret-access-key": "AWS_SECRET_ACCESS_KEY",
     "env": "FORGE_ENV",
+}
+# Credentials read only under their conventional names (no named secret).
+CONVENTIONAL_ONLY = {
+    "provision": {"CYBERPANEL_URL", "CYBERPANEL_USER", "CYBERPANEL_PASSWORD",
+                  "CPANEL_URL", "CPANEL_USER", "CPANEL_TOKEN"},
 }
 OUTPUTS = {
     "deploy": {"release-id", "previous-release-id", "url"},
@@ -144,9 +151,14 @@ def test_third_party_uses_are_pinned_by_sha(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=_id)
-def test_secrets_never_inherited(path: Path) -> None:
+def test_secrets_inherited_only_by_forge_workflows(path: Path) -> None:
+    # `inherit` hands every secret of the caller to the called workflow: only to forge's,
+    # which reads its conventional names and nothing else.
     for name, job in load(path)["jobs"].items():
-        assert job.get("secrets") != "inherit", f"job {name}: name the secrets it passes"
+        if job.get("secrets") == "inherit":
+            m = FORGE_USES.match(job.get("uses", ""))
+            assert m and m["path"].startswith(".github/workflows/"), \
+                f"job {name}: name the secrets it passes to {job.get('uses')}"
 
 
 # -- composite actions --------------------------------------------------------------
@@ -217,14 +229,54 @@ def test_reusable_inputs(name: str) -> None:
 
 @pytest.mark.parametrize("name", REUSABLE)
 def test_reusable_secrets_are_named_exactly(name: str) -> None:
+    """Each named secret, then its conventional name: what a caller passes by name wins,
+    and a caller with `secrets: inherit` (or the job's GitHub environment) supplies the
+    conventional one."""
     call = reusable(name)["on"]["workflow_call"]
-    assert set(call["secrets"]) == SECRETS[name]
+    conventional = {SECRET_ENV[s] for s in SECRETS[name]} | CONVENTIONAL_ONLY.get(name, set())
+    assert set(call["secrets"]) == SECRETS[name] | conventional
     env = _forge_step(reusable(name))["env"]
     for secret in SECRETS[name]:
-        assert env[SECRET_ENV[secret]] == f"${{{{ secrets.{secret} }}}}"
+        var = SECRET_ENV[secret]
+        assert env[var] == f"${{{{ secrets.{secret} || secrets.{var} }}}}"
+    for var in CONVENTIONAL_ONLY.get(name, set()):
+        assert env[var] == f"${{{{ secrets.{var} }}}}"
     # and no secret reaches the step any other way
-    assert not [v for k, v in env.items()
-                if "secrets." in str(v) and k not in SECRET_ENV.values()]
+    from_secrets = {k for k, v in env.items() if "secrets." in str(v)}
+    assert from_secrets == conventional
+
+
+def _reusable_files() -> list[Path]:
+    return [p for p in sorted((REPO / ".github" / "workflows").glob("*.yml"))
+            if isinstance(load(p)["on"], dict) and "workflow_call" in load(p)["on"]]
+
+
+@pytest.mark.parametrize("path", _reusable_files(), ids=_id)
+def test_every_secret_a_forge_step_reads_has_its_conventional_name(path: Path) -> None:
+    """Any reusable workflow (present or future) works with `secrets: inherit` and
+    environment secrets: every variable a forge step takes from a secret is read under
+    its own name too, declared optional, and unset by forge when it arrives empty."""
+    doc = load(path)
+    declared = doc["on"]["workflow_call"].get("secrets") or {}
+    for spec in declared.values():
+        assert spec.get("required") is False, "a required secret breaks `secrets: inherit` " \
+            "callers that do not have it"
+        assert spec.get("description")
+    named_for = {v: k for k, v in SECRET_ENV.items()}
+    for step in steps_of(doc):
+        if not FORGE_USES.match(step.get("uses", "")):
+            continue
+        for var, value in (step.get("env") or {}).items():
+            if "secrets." not in str(value):
+                continue
+            assert var in declared, f"{var}: declare it under on.workflow_call.secrets"
+            named = named_for.get(var)
+            wanted = {f"${{{{ secrets.{var} }}}}"}
+            if named:
+                wanted.add(f"${{{{ secrets.{named} || secrets.{var} }}}}")
+            assert value in wanted, f"{var}: read it as one of {sorted(wanted)}"
+            assert var in entry.UNSET_IF_EMPTY or var == "FORGE_ENV", \
+                f"{var}: add it to forge_ci.actions.UNSET_IF_EMPTY"
 
 
 @pytest.mark.parametrize("name", REUSABLE)
@@ -315,7 +367,8 @@ def test_examples_call_forge_at_v1_with_named_secrets() -> None:
                 m = FORGE_USES.match(uses)
                 assert m and m["ref"] == "v1", f"{stem}: {uses}"
                 name = Path(m["path"]).stem
-                assert set(job.get("secrets", {})) <= SECRETS[name]
+                secrets = job.get("secrets", {})
+                assert secrets == "inherit" or set(secrets) <= SECRETS[name]
                 assert set(job.get("with", {})) <= set(
                     reusable(name)["on"]["workflow_call"]["inputs"])
             for step in job.get("steps", []):
@@ -325,8 +378,62 @@ def test_examples_call_forge_at_v1_with_named_secrets() -> None:
     assert (REPO / "examples" / "workflows" / "README.md").is_file()
 
 
-@pytest.mark.parametrize("name", [n for n in REUSABLE if n != "provision"])
-def test_examples_grant_what_the_called_workflow_asks(name: str) -> None:
+def test_examples_grant_what_the_called_workflow_asks() -> None:
     # A called job may not ask for more than its caller grants (id-token for OIDC).
-    job = next(j for j in _examples()[name]["jobs"].values() if j.get("uses"))
-    assert job["permissions"] == PERMISSIONS[name]
+    called = 0
+    for stem, doc in _examples().items():
+        for job in doc["jobs"].values():
+            m = FORGE_USES.match(job.get("uses", ""))
+            if m:
+                called += 1
+                assert job["permissions"] == PERMISSIONS[Path(m["path"]).stem], stem
+    assert called >= len(REUSABLE)
+
+
+def test_nightly_backup_example_holds_no_identity() -> None:
+    """A leaked secret of the nightly job must not read old backups: the identity goes
+    only to the protected drill job, in a GitHub environment of its own."""
+    ex = _examples()
+    nightly = ex["backup"]
+    assert "schedule" in nightly["on"]
+    assert "IDENTITY" not in str(nightly).upper()  # the parsed file: comments aside
+    (job,) = nightly["jobs"].values()
+    assert job["secrets"] != "inherit" and "backup-identity" not in job["secrets"]
+    assert not job["with"].get("verify") and not job["with"].get("prune")
+    holders = [(stem, j) for stem, doc in ex.items() for j in doc["jobs"].values()
+               if "FORGE_BACKUP_IDENTITY" in str(j)]
+    assert holders
+    for stem, j in holders:
+        if stem == "restore":
+            continue  # given by hand for a restore, see examples/workflows/README.md
+        assert j.get("environment") not in (None, "production"), \
+            f"{stem}: the identity comes from a protected environment of its own"
+
+
+def test_aws_doc_json_parses_and_names_the_example_store() -> None:
+    """docs/aws-backups.md is copied as written: its JSON parses, and its policies name
+    the bucket and prefix of the example site's store."""
+    import json
+
+    text = (REPO / "docs" / "aws-backups.md").read_text(encoding="utf-8")
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S)]
+    assert len(blocks) >= 5
+    site = load(REPO / "examples" / "bedrock" / "forge.yml")
+    store = site["environments"]["production"]["backup"]["store"]
+    bucket, _, prefix = store.removeprefix("s3://").partition("/")
+    policies = [b for b in blocks if "Statement" in b and "Principal" not in b["Statement"][0]]
+    assert len(policies) == 2
+    for policy in policies:
+        resources = [r for s in policy["Statement"] for r in
+                     ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+        assert all(r.startswith(f"arn:aws:s3:::{bucket}") for r in resources)
+        objects = [r for r in resources if "/" in r]
+        assert objects and all(r.startswith(f"arn:aws:s3:::{bucket}/{prefix}/") for r in objects)
+    nightly = policies[0]
+    deletes = [s for s in nightly["Statement"] if "s3:DeleteObject" in str(s["Action"])]
+    assert [s["Resource"] for s in deletes] == [f"arn:aws:s3:::{bucket}/{prefix}/locks/*"]
+    trusts = [b for b in blocks if "Statement" in b and "Principal" in b["Statement"][0]]
+    (trust,) = trusts
+    sub = trust["Statement"][0]["Condition"]["StringEquals"][
+        "token.actions.githubusercontent.com:sub"]
+    assert re.fullmatch(r"repo:[\w.-]+/[\w.-]+:environment:[\w.-]+", sub)
