@@ -43,10 +43,9 @@ SECRETS = {
     "monitor": {"ssh-key", "known-hosts", "aws-access-key-id", "aws-secret-access-key", "env"},
     "drill": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
               "aws-secret-access-key", "env"},
-    # sync is also dispatched on its own: its secrets carry the repository secrets' names
-    # (a repository secret cannot be called ssh-key); see tests/sync/test_workflow.py.
-    "sync": {"FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_IDENTITY", "AWS_ACCESS_KEY_ID",
-             "AWS_SECRET_ACCESS_KEY", "FORGE_ENV"},
+    # sync is also dispatched on its own: it then reads the conventional names.
+    "sync": {"ssh-key", "known-hosts", "backup-identity", "aws-access-key-id",
+             "aws-secret-access-key", "env"},
 }
 # Which variable each named secret becomes in the forge step's environment.
 SECRET_ENV = {
@@ -101,6 +100,7 @@ PERMISSIONS = {
     "restore": {"contents": "read", "id-token": "write"},
     "monitor": {"contents": "read", "id-token": "write"},
     "drill": {"contents": "read", "id-token": "write"},
+    "sync": {"contents": "read", "id-token": "write"},
 }
 
 

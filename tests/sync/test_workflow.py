@@ -17,8 +17,9 @@ def test_sync_workflow_runs_in_the_targets_environment_and_deploy_queue() -> Non
     step = next(s for s in steps_of(wf) if s.get("id") == "forge")
     assert step["uses"].startswith("org/forge/actions/sync@")
     declared = set(wf["on"]["workflow_call"]["secrets"])
-    used = {v.removeprefix("${{ secrets.").removesuffix(" }}")
-            for v in step["env"].values() if "secrets." in v}
+    used = {name.strip().removeprefix("secrets.")
+            for v in step["env"].values() if "secrets." in v
+            for name in v.removeprefix("${{").removesuffix("}}").split("||")}
     assert used == declared
 
 
