@@ -64,7 +64,10 @@ def target(loaded: LoadedConfig, environment: str) -> Target:
         raise ConfigError(f"environment {environment!r} has no backup section",
                           file=str(loaded.path), key=f"environments.{environment}",
                           hint="add backup: { store: s3://bucket/prefix, database: ... }")
-    return Target(environment, config, config.backup, loaded)
+    # The site's database lives in `database` (sync and deploy snapshots read it too);
+    # `backup.database` keeps working where `database` is not given.
+    backup = config.backup.model_copy(update={"database": config.site_database})
+    return Target(environment, config, backup, loaded)
 
 
 def recipients(environ: Mapping[str, str]) -> list[X25519Recipient]:
