@@ -6,7 +6,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from forge_ci.build.builder import build, open_artifact
 from forge_ci.build.cli import default_out, local_targets
@@ -24,6 +25,10 @@ from forge_ci.errors import (
     RolledBack,
 )
 from forge_ci.targets import open_hosts, target_root
+
+if TYPE_CHECKING:
+    from forge_ci.config.models import EnvironmentConfig, HealthCheck
+    from forge_ci.tls import TlsReport
 
 
 def register(sub: Any, common: Common) -> None:
@@ -83,7 +88,8 @@ def _deployment(ctx: Context, command: str, started: float | None = None,
             environment=name, config=config, hosts=hosts,
             root=target_root(config, loaded.root),
             owner=owner_info(ctx.environ, command), log=ctx.runner.log,
-            policy=health.HealthPolicy(timeout=config.health_timeout),
+            policy=health.HealthPolicy(timeout=config.health_timeout,
+                                       cafile=ctx.environ.get("SSL_CERT_FILE") or None),
             by=origin.actor, warn=ctx.runner.warning, origin=origin.info(), adopt=adopt,
             started=time.monotonic() if started is None else started,
             untrusted=ctx.runner.untrusted, progress=ctx.runner.progress,
@@ -206,12 +212,40 @@ def cmd_health(ctx: Context) -> int:
         ctx.emit({"ok": True, "checks": 0}, "no health checks configured (set url or health)")
         return 0
     timeout = ctx.args.timeout if ctx.args.timeout is not None else dep.config.health_timeout
-    outcome = health.run_checks(checks, health.HealthPolicy(timeout=timeout), ctx.runner.log)
+    policy = health.HealthPolicy(timeout=timeout, cafile=ctx.environ.get("SSL_CERT_FILE") or None)
+    outcome = health.run_checks(checks, policy, ctx.runner.log)
     if not outcome.ok:
         raise HealthError(f"{dep.environment}: {outcome.detail}")
-    ctx.emit({"ok": True, "release": obs.current, "detail": outcome.detail},
-             f"{dep.environment}: {outcome.detail} (release {obs.current})")
+    certs = _certificates(ctx, dep.config, checks)
+    ctx.emit({"ok": True, "release": obs.current, "detail": outcome.detail,
+              "certificates": [{"url": url, "severity": r.severity(days).value,
+                                "days_left": r.days_left, "summary": r.summary()}
+                               for url, r, days in certs]},
+             "\n".join([f"{dep.environment}: {outcome.detail} (release {obs.current})",
+                        *(f"certificate {r.summary()}" for _, r, _ in certs)]))
     return 0
+
+
+def _certificates(ctx: Context, config: EnvironmentConfig, checks: list[HealthCheck]
+                  ) -> list[tuple[str, TlsReport, int]]:
+    """The certificate each https origin presents (the checks proved chain and name by
+    connecting; this adds the days left), warned about below ``monitor.tls_min_days``."""
+    from forge_ci import tls
+
+    cafile = ctx.environ.get("SSL_CERT_FILE")
+    days = config.monitor.tls_min_days
+    seen: dict[tuple[str, int], str] = {}
+    for c in checks:
+        parts = urlsplit(c.url)
+        if parts.scheme == "https" and parts.hostname:
+            seen.setdefault((parts.hostname, parts.port or 443), c.url)
+    out = []
+    for url in seen.values():
+        report = tls.inspect_url(url, cafile=Path(cafile) if cafile else None)
+        if report.severity(days) is not tls.Severity.OK:
+            ctx.runner.warning(f"certificate {report.summary()} (monitor.tls_min_days: {days})")
+        out.append((url, report, days))
+    return out
 
 
 def cmd_doctor(ctx: Context) -> int:

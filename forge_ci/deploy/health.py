@@ -36,6 +36,8 @@ class HealthPolicy:
     timeout: float = 60.0  # total time allowed for all checks to pass
     interval: float = 1.0  # pause between attempts
     request_timeout: float = 10.0
+    # CA bundle for https checks (the runner's SSL_CERT_FILE); None: the system's.
+    cafile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class _Client:
     health check needs only GET, a status and a body.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, cafile: str | None = None) -> None:
+        self.cafile = cafile
         self.timeout = timeout
         self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
 
@@ -89,7 +92,7 @@ class _Client:
             import ssl  # only here: most of a deploy never needs it
 
             return http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                               context=ssl.create_default_context())
+                                               context=ssl.create_default_context(cafile=self.cafile))
         return http.client.HTTPConnection(host, port, timeout=self.timeout)
 
     def _drop(self, key: tuple[str, str]) -> None:
@@ -169,7 +172,7 @@ def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
     balancer cannot dodge the check by sending the retry elsewhere.
     """
     start = time.monotonic()
-    client = _Client(policy.request_timeout)
+    client = _Client(policy.request_timeout, policy.cafile)
     get = fetch or client.get
     prefix = f"{where}: " if where else ""
     attempt = passed = 0

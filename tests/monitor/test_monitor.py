@@ -278,3 +278,21 @@ def test_schedule_about_to_be_disabled_warns(site: Monitored) -> None:
     (schedule,) = [c for c in report["checks"] if c["name"] == "schedule"]
     assert "no commit for 55 days" in schedule["detail"]
     assert site.monitor("--last-activity", dt.datetime.now(dt.UTC).isoformat())[0] == OK
+
+
+def test_health_reports_the_certificates_days_left_and_warns_when_short(
+        site: Monitored, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _cert("forge health root", None, ca=True, end=NOW + dt.timedelta(days=3650))
+    leaf = _cert("localhost", root, names=("localhost",),
+                 start=NOW - dt.timedelta(days=30), end=NOW + dt.timedelta(days=5))
+    (site.root / "ca.pem").write_bytes(_pem(root))
+    site.env["SSL_CERT_FILE"] = str(site.root / "ca.pem")
+    url = _https(site, leaf, ())
+    site.configure(url=url, extra=f"    health: [{{url: '{url}/'}}]\n")
+    capsys.readouterr()
+    assert main(["health", "local", "--json", "--config", str(site.root / "forge.yml")],
+                env=site.env) == 0
+    captured = capsys.readouterr()
+    [cert] = json.loads(captured.out)["certificates"]
+    assert cert["severity"] == "warning" and cert["days_left"] in (4, 5)
+    assert "tls_min_days: 14" in captured.err and "more days" in captured.err
