@@ -29,6 +29,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from forge_ci.config.panel import PanelConfig
+
 # Hetzner label syntax: optional DNS prefix + "/" + name; values may be empty.
 _LABEL_KEY = re.compile(
     r"^(?:[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
@@ -57,7 +59,7 @@ class ProvisionWait(_Frozen):
 
 
 class ProvisionConfig(_Frozen):
-    provider: Literal["hetzner"] = "hetzner"
+    provider: Literal["hetzner", "cyberpanel", "cpanel"] = "hetzner"
     # Server name; "{project}" and "{environment}" are replaced. Default: project-environment.
     name: str | None = Field(None, min_length=1, max_length=63)
     server_type: str = Field("cx22", pattern=r"^[a-z0-9-]{1,32}$")
@@ -78,6 +80,8 @@ class ProvisionConfig(_Frozen):
     database: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$")
     swap_mb: Annotated[int, Field(ge=0, le=65536)] = 2048
     wait: ProvisionWait = ProvisionWait()
+    # provider: cyberpanel | cpanel (forge_ci/config/panel.py)
+    panel: PanelConfig = PanelConfig()
 
     @field_validator("fallback_locations", "fallback_server_types")
     @classmethod

@@ -74,7 +74,7 @@ def cmd_provision(ctx: Context) -> int:
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
     policy = ProvisionPolicy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log)
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log, site=site)
     key_text = ctx.environ.get("FORGE_SSH_KEY")
     if not key_text:
         raise SecretError("FORGE_SSH_KEY is not set",
@@ -165,7 +165,7 @@ def cmd_destroy(ctx: Context) -> int:
                    else f"--confirm {confirm!r} is not the server's name")
         raise UsageError(problem, hint=f"pass --confirm {name} to delete server {name}")
     policy = ProvisionPolicy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log)
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log, site=site)
     plan = reconcile.destroy(provider, name, forge_labels(site.project, site.environment),
                           plan_only=ctx.dry_run, rt=_runtime(ctx))
     _report_destroy(ctx, plan, done=not ctx.dry_run)

@@ -12,13 +12,44 @@ from typing import Any
 from forge_ci.config.provision import ProvisionConfig
 from forge_ci.provision.base import Provider
 from forge_ci.provision.policy import ProvisionPolicy
+from forge_ci.provision.site import Site
 
 
 def make_provider(config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
-                  log: Callable[[str], None]) -> Provider[Any]:
-    """Build the provider from config and its secrets in ``environ`` (SecretError if missing)."""
+                  log: Callable[[str], None], *, site: Site | None = None) -> Provider[Any]:
+    """Build the provider from config and its secrets in ``environ`` (SecretError if missing).
+
+    The panel providers make a site rather than a server and need ``site``.
+    """
     if config.provider == "hetzner":
         from forge_ci.provision.hetzner import HetznerProvider
 
         return HetznerProvider.from_env(config, environ, policy, log)
+    if config.provider in ("cyberpanel", "cpanel"):
+        assert site is not None, "panel providers need the site"
+        return _panel(config, environ, policy, log, site)
     raise AssertionError(f"unknown provider {config.provider!r}")  # config validation forbids it
+
+
+def _panel(config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
+           log: Callable[[str], None], site: Site) -> Provider[Any]:
+    from forge_ci.provision.hostkeys import public_line
+    from forge_ci.provision.panel import SshAccount, need, panel_site
+    from forge_ci.remote.ssh import parse_private_key
+
+    url_var = "CYBERPANEL_URL" if config.provider == "cyberpanel" else "CPANEL_URL"
+    where = panel_site(config, site, need(environ, url_var, "the panel's https:// address"))
+    key = parse_private_key(need(environ, "FORGE_SSH_KEY", "the deploy key (private half)"))
+    account = SshAccount(where.ssh_host, where.ssh_port, key, public_line(key),
+                         environ.get("FORGE_KNOWN_HOSTS") or None)
+    if config.provider == "cyberpanel":
+        from forge_ci.provision.cyberpanel.provider import CyberPanelProvider
+
+        # Without a configured user forge cannot know the site's Linux user before
+        # asking CyberPanel, which only a write (ChangeLinuxUserPassword) answers.
+        known = config.deploy_user or (site.deploy_user if site.deploy_user != "deploy" else None)
+        return CyberPanelProvider.from_env(config, environ, policy, log, site=where,
+                                           account=account, deploy_user=known)
+    from forge_ci.provision.cpanel.provider import CpanelProvider
+
+    return CpanelProvider.from_env(config, environ, policy, log, site=where, account=account)
