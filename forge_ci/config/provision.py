@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +39,7 @@ _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$
 # Keys forge sets itself; a user label must not change what forge recognises as its own.
 RESERVED_LABELS = frozenset({"managed-by", "forge-project", "forge-environment"})
 _NAME_FIELDS = frozenset({"project", "environment"})
+BUILTIN_PROVIDERS = ("hetzner", "cyberpanel", "cpanel")
 
 
 class _Frozen(BaseModel):
@@ -59,7 +60,8 @@ class ProvisionWait(_Frozen):
 
 
 class ProvisionConfig(_Frozen):
-    provider: Literal["hetzner", "cyberpanel", "cpanel"] = "hetzner"
+    # Built in: hetzner, cyberpanel, cpanel; any other name is a forge_ci.providers plugin.
+    provider: str = "hetzner"
     # Server name; "{project}" and "{environment}" are replaced. Default: project-environment.
     name: str | None = Field(None, min_length=1, max_length=63)
     server_type: str = Field("cx22", pattern=r"^[a-z0-9-]{1,32}$")
@@ -82,6 +84,20 @@ class ProvisionConfig(_Frozen):
     wait: ProvisionWait = ProvisionWait()
     # provider: cyberpanel | cpanel (forge_ci/config/panel.py)
     panel: PanelConfig = PanelConfig()
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value in BUILTIN_PROVIDERS:
+            return value
+        from forge_ci.plugins import names  # metadata only: the plugin loads when used
+
+        plugins = names("forge_ci.providers")
+        if value not in plugins:
+            known = ", ".join((*BUILTIN_PROVIDERS, *plugins))
+            raise ValueError(f"provider {value!r} is not one of {known} (a plugin in "
+                             "forge_ci.providers adds more)")
+        return value
 
     @field_validator("fallback_locations", "fallback_server_types")
     @classmethod

@@ -28,7 +28,13 @@ def make_provider(config: ProvisionConfig, environ: Mapping[str, str], policy: P
     if config.provider in ("cyberpanel", "cpanel"):
         assert site is not None, "panel providers need the site"
         return _panel(config, environ, policy, log, site)
-    raise AssertionError(f"unknown provider {config.provider!r}")  # config validation forbids it
+    from forge_ci.plugins import find  # config validation saw a plugin of this name
+
+    plugin = find("forge_ci.providers", config.provider)
+    if plugin is None:
+        raise AssertionError(f"unknown provider {config.provider!r}")  # config forbids it
+    provider: Provider[Any] = plugin.from_env(config, environ, policy, log, site=site)
+    return provider
 
 
 def _panel(config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
