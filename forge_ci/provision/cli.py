@@ -23,7 +23,10 @@ Create the environment's server if it is missing, with its firewall and SSH key,
 and install the Bedrock stack through cloud-init. Idempotent: a second run changes
 nothing. Needs HCLOUD_TOKEN (HCLOUD_ENDPOINT overrides the API URL) and
 FORGE_SSH_KEY (its public half becomes the deploy user's login). For a server made
-earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. Outputs: ip, known-hosts."""
+earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. Outputs: ip, known-hosts.
+With provider: cyberpanel or cpanel it makes the site (domain, document root,
+database, deploy key) on a panel instead: CYBERPANEL_URL/_USER/_PASSWORD or
+CPANEL_URL/_USER/_TOKEN, FORGE_DB_PASSWORD, FORGE_SSH_KEY and FORGE_KNOWN_HOSTS."""
 
 _DESTROY_HELP = """\
 Delete the environment's server and its forge firewall. Only a server carrying

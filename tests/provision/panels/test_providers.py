@@ -265,3 +265,25 @@ provision:
     assert code == 0, out
     assert "create domain shop.example.ly" in out or '"domain"' in out
     assert not CREATES & set(cpanel.names())
+
+
+def test_the_libyanspider_example_plans_its_site_in_a_cpanel_account() -> None:
+    """examples/providers/libyanspider.yml, as documented, against the fake account."""
+    from forge_ci.config.loader import parse
+    from forge_ci.provision.panel import panel_site
+    from forge_ci.provision.site import resolve
+
+    text = (Path(__file__).parents[3] / "examples/providers/libyanspider.yml").read_text()
+    config = parse(text, {"FORGE_DB_PASSWORD": "x"}).config
+    assert config.provision is not None
+    site = panel_site(config.provision, resolve(config, "production", "libyanspider.yml"),
+                      "https://server1.libyanspider.cloud:2083")
+    assert (site.domain, site.docroot) == ("shop.example.ly",
+                                           "/home/libyan/public_html/shop/current/web")
+    with CpanelFake(user="libyan") as fake:
+        api = CpanelApi(fake.url, fake.user, fake.token, FAST, verify=str(fake.ca_file))
+        provider = CpanelProvider(api, site, config.provision, RecordingAccount(fake), "x")
+        plan = provider.reconcile_plan(spec())
+    assert [(c.kind, c.name) for c in plan.changes] == [
+        ("ssh_key", "forge-shop-production"), ("domain", "shop.example.ly"),
+        ("database", "libyan_shop")]
