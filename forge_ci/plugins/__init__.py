@@ -14,7 +14,9 @@ What each group's object is (docs/plugins.md says more):
 ``forge_ci.providers`` a :class:`~forge_ci.provision.base.Provider` class with
                        ``from_env(config, environ, policy, log, *, site)``; the
                        name is what ``provision.provider`` says
-``forge_ci.notifiers`` ``send(target, event) -> None``; the name is a kind
+``forge_ci.notifiers`` ``make(label, options) -> Notifier``; the name is a
+                       notification type (listed and checked; ``notify:``
+                       does not route to plugin types yet)
 ``forge_ci.commands``  ``register(sub, common)``, as forge's own ``cli``
                        modules; the name is the command
 ==================== ========================================================
