@@ -131,10 +131,25 @@ class SshAccount:
             f.flush()
             client.load_system_host_keys(f.name)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(self.host, port=self.port, username=user, timeout=self.timeout,
-                       pkey=None if password else self.key, password=password,
-                       allow_agent=False, look_for_keys=False, banner_timeout=self.timeout,
-                       auth_timeout=self.timeout)
+        try:
+            client.connect(self.host, port=self.port, username=user, timeout=self.timeout,
+                           pkey=None if password else self.key, password=password,
+                           allow_agent=False, look_for_keys=False, banner_timeout=self.timeout,
+                           auth_timeout=self.timeout)
+        except paramiko.AuthenticationException:
+            raise
+        except paramiko.BadHostKeyException:
+            raise SecretError(f"the host key of {self.host}:{self.port} does not match "
+                              "FORGE_KNOWN_HOSTS", hint="if the server's key changed on "
+                              "purpose, pin the new one; otherwise do not connect") from None
+        except (OSError, paramiko.SSHException) as e:
+            if "not found in known_hosts" in str(e):
+                raise SecretError(f"FORGE_KNOWN_HOSTS does not list {self.host}:{self.port}",
+                                  hint="add its host key line ([host]:port type base64)"
+                                  ) from None
+            raise BootstrapError(f"cannot reach {user}@{self.host}:{self.port} over SSH "
+                                 f"({e.__class__.__name__})",
+                                 hint="check provision.panel.ssh_host and ssh_port") from None
         return client
 
     def key_logs_in(self, user: str) -> bool:
@@ -142,11 +157,6 @@ class SshAccount:
             self._client(user).close()
         except paramiko.AuthenticationException:
             return False
-        except (OSError, paramiko.SSHException) as e:
-            raise BootstrapError(f"cannot reach {user}@{self.host}:{self.port} over SSH "
-                                 f"({e.__class__.__name__})",
-                                 hint="check provision.panel.ssh_host and ssh_port, and that "
-                                      "FORGE_KNOWN_HOSTS pins this server") from None
         return True
 
     def _run(self, client: paramiko.SSHClient, script: str, what: str) -> None:
@@ -163,9 +173,6 @@ class SshAccount:
                                       "(PasswordAuthentication no): add the deploy key to "
                                       f"/home/.../.ssh/authorized_keys of {user} by hand, "
                                       "then run provision again") from None
-        except (OSError, paramiko.SSHException) as e:
-            raise BootstrapError(f"cannot reach {user}@{self.host}:{self.port} over SSH "
-                                 f"({e.__class__.__name__})") from None
         with client:
             self._run(client, "umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "
                       f"(grep -qxF {sh(self.public)} ~/.ssh/authorized_keys || "

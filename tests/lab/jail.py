@@ -47,7 +47,8 @@ class Jail:
         self.sshd.close()
 
 
-def start_jail(key: KeyPair | None = None, *, without: Iterable[str] = ()) -> Jail:
+def start_jail(key: KeyPair | None = None, *, without: Iterable[str] = (),
+               extra_config: tuple[str, ...] = ()) -> Jail:
     """An sshd for :data:`JAIL_USER` whose PATH holds :data:`TOOLS` minus ``without``."""
     ensure_deploy_user(JAIL_USER)
     root = lab_root()
@@ -64,5 +65,6 @@ def start_jail(key: KeyPair | None = None, *, without: Iterable[str] = ()) -> Ja
             continue
         (bindir / name).symlink_to(found)
     home = make_owned_dir(root / "home", JAIL_USER)
-    sshd = start_sshd(key, user=JAIL_USER, extra_config=(f"SetEnv PATH={bindir}",))
+    sshd = start_sshd(key, user=JAIL_USER,
+                      extra_config=(f"SetEnv PATH={bindir}", *extra_config))
     return Jail(sshd, bindir, home)
