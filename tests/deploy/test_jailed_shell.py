@@ -135,6 +135,27 @@ def test_a_mkdir_lock_whose_holder_died_is_taken_over(
     assert not stale.exists()
 
 
+def test_where_hard_links_fail_the_release_is_a_plain_copy_with_a_note(
+        no_flock: JailedSite, capsys: pytest.CaptureFixture[str]) -> None:
+    site = no_flock
+    # A cp whose hard links fail, as across file systems or in some jails: the
+    # background staging after a deploy fails too, so the next deploy copies.
+    cp = site.jail.bin / "cp"
+    real = os.path.realpath(cp)
+    cp.unlink()
+    cp.write_text(f"#!/bin/sh\ncase \"$1\" in -al) echo 'cp: cannot create hard link' >&2; "
+                  f"exit 1;; esac\nexec {real} \"$@\"\n")
+    cp.chmod(0o755)
+    assert site.forge("deploy", "production") == 0, capsys.readouterr()
+    capsys.readouterr()
+    (site.src / "web" / "index.php").write_text("<?php echo 'copied';\n")
+    assert site.forge("deploy", "production") == 0, capsys.readouterr()
+    out = capsys.readouterr()
+    assert "hard links failed (cp -al): copied the live release instead" in out.out + out.err
+    assert (site.path / "current" / "web" / "index.php").read_text() == "<?php echo 'copied';\n"
+    assert (site.path / "current" / "web" / "wp" / "wp-load.php").exists()
+
+
 def test_without_tar_forge_refuses_naming_it_and_changes_nothing(
         no_tar: JailedSite, capsys: pytest.CaptureFixture[str]) -> None:
     site = no_tar
