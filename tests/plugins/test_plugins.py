@@ -64,8 +64,24 @@ def broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         [forge_ci.commands]
         hello = forge_broken_future:register
 
+        hi = forge_good:register
+
         [forge_ci.providers]
         future = forge_broken_future:Provider
+        good = forge_good:GoodProvider
+        """))
+    (site / "forge_good.py").write_text(textwrap.dedent("""\
+        FORGE_PLUGIN_API = 1
+        def register(sub, common):
+            p = sub.add_parser("hi", parents=[common.json])
+            p.set_defaults(func=lambda ctx: ctx.emit({"hi": "there"}, "hi there") or 0)
+        class GoodProvider:
+            name = "good"
+            @classmethod
+            def from_env(cls, config, environ, policy, log, *, site):
+                made = cls()
+                made.site = site
+                return made
         """))
     (site / "forge_broken_boom.py").write_text("raise ImportError('needs libfoo 2')\n")
     (site / "forge_broken_future.py").write_text(textwrap.dedent("""\
@@ -106,11 +122,26 @@ def test_a_plugin_command_for_another_api_is_refused_clearly(
     assert "plugin 'hello'" in err and "targets plugin API 99" in err
 
 
+def test_a_good_plugin_command_runs(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "hi", "--json")
+    assert code == 0 and json.loads(out) == {"hi": "there"}
+
+
+def test_a_provider_plugin_is_built_by_make_provider(broken: Path) -> None:
+    from forge_ci.config.provision import ProvisionConfig
+    from forge_ci.provision.policy import ProvisionPolicy
+    from forge_ci.provision.providers import make_provider
+
+    config = ProvisionConfig.model_validate({"provider": "good"})
+    made = make_provider(config, {}, ProvisionPolicy.from_config(config.wait), print)
+    assert type(made).__name__ == "GoodProvider"
+
+
 def test_a_provider_plugin_name_is_accepted_by_config_only_when_installed(broken: Path) -> None:
     from forge_ci.config.provision import ProvisionConfig
 
     assert ProvisionConfig.model_validate({"provider": "future"}).provider == "future"
-    with pytest.raises(ValueError, match="is not one of hetzner, cyberpanel, cpanel, future"):
+    with pytest.raises(ValueError, match="is not one of hetzner, cyberpanel, cpanel, future, good"):
         ProvisionConfig.model_validate({"provider": "aws"})
 
 
