@@ -55,7 +55,8 @@ _RESERVED_PREFIXES = ("GITHUB_", "RUNNER_", "ACTIONS_", "INPUT_", "LD_", "DYLD_"
 # A secret or input the caller did not give arrives as an empty string; libraries
 # (boto3 above all: AWS_REGION="" is a region) must see these as unset.
 _UNSET_IF_EMPTY = ("FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_RECIPIENT",
-                   "FORGE_BACKUP_IDENTITY", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT",
+                   "FORGE_BACKUP_IDENTITY", "FORGE_ADMIN_SSH_KEY", "HCLOUD_TOKEN",
+                   "HCLOUD_ENDPOINT",
                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_ENDPOINT_URL")
 

@@ -7,6 +7,7 @@ Each capability registers its own subcommands (``register(sub, common)`` in its
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -41,7 +42,7 @@ def build_parser(plugin_command: str | None = None) -> argparse.ArgumentParser:
         description="Deploy, back up and provision Bedrock WordPress sites.",
         epilog="Exit codes: 0 done; 1 failed, nothing changed; 2 bad config or usage; "
                "3 failed after the switch and rolled back; 4 rollback failed too; "
-               "monitor: 5 warning, 6 critical.",
+               "monitor: 5 warning, 6 critical; 70 a bug in forge-ci; 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"forge-ci {__version__}")
     parser.add_argument("--config", metavar="PATH", default=None,
@@ -78,14 +79,22 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     for name in SECRET_VARS:
         if environ.get(name):
             runner.mask(environ[name])
-    words = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # Plugins are only looked at for a command forge does not have itself.
-        parser = build_parser(_command_word(words))
+        parser = build_parser(_command_word(argv))
     except ForgeError as e:
         runner.error(str(e), title="forge-ci")
         return ExitCode.USAGE
-    args = parser.parse_args(words)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        # argparse has printed usage on stderr; --json still gets its one object.
+        if e.code not in (0, None) and "--json" in argv:
+            _print_json(runner, {"ok": False, "error": "bad command line (see usage on stderr)",
+                                 "hint": "forge-ci --help", "exit_code": ExitCode.USAGE,
+                                 "kind": "UsageError"})
+        raise
     ctx = Context(args=args, environ=environ, runner=runner)
     func: Command = args.func
     try:
@@ -93,17 +102,24 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ForgeError as e:
         runner.error(str(e), title=f"forge-ci {args.command}")
         _announce(ctx, args.command, e)
-        return e.exit_code
+        return _failed(ctx, e.to_json(), str(e))
     except KeyboardInterrupt:
         runner.error("interrupted")
-        return 130
+        return _failed(ctx, {"ok": False, "error": "interrupted", "hint": None,
+                             "exit_code": ExitCode.INTERRUPTED, "kind": "Interrupted"},
+                       "interrupted")
     except Exception as e:
         # Not a ForgeError: a bug. The traceback is for us; still never print secrets.
         runner.error("internal error in forge-ci (a bug): please report it with this log")
         print(runner.redact(traceback.format_exc()), file=sys.stderr)
         _announce(ctx, args.command, e)
-        return ExitCode.BUG
+        return _failed(ctx, {"ok": False, "error": "internal error in forge-ci (a bug)",
+                             "hint": "please report it with the log on stderr",
+                             "exit_code": ExitCode.BUG, "kind": "Bug"},
+                       "internal error in forge-ci (a bug)")
     _announce(ctx, args.command, None)
+    if args.command in SUMMARIZED and not runner.summarized:
+        runner.summary(f"### forge-ci {_verb(ctx)}: done\n")
     return code
 
 
@@ -112,6 +128,31 @@ def _announce(ctx: Context, command: str, error: BaseException | None) -> None:
     from forge_ci.notify.hooks import announce
 
     announce(ctx, command, error)
+
+
+# The verbs the actions run: each outcome of these ends in a step summary.
+SUMMARIZED = frozenset({"deploy", "rollback", "backup", "restore", "provision", "destroy"})
+
+
+def _verb(ctx: Context) -> str:
+    environment = getattr(ctx.args, "environment", None)
+    dry = " --dry-run" if ctx.dry_run else ""
+    return f"{ctx.args.command}{dry}" + (f" {environment}" if environment else "")
+
+
+def _failed(ctx: Context, data: dict[str, Any], text: str) -> int:
+    """The one failure report: a JSON object on stdout with --json, a step summary."""
+    code = int(data["exit_code"])
+    if ctx.json and not ctx.emitted:
+        _print_json(ctx.runner, {"command": ctx.args.command, **data})
+    if not ctx.runner.summarized:
+        ctx.runner.summary(f"### forge-ci {_verb(ctx)}: failed (exit {code})\n\n"
+                           f"```\n{text}\n```")
+    return code
+
+
+def _print_json(runner: gha.Runner, data: dict[str, Any]) -> None:
+    print(runner.redact(json.dumps(data, indent=2, sort_keys=True)), flush=True)
 
 
 if __name__ == "__main__":

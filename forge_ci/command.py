@@ -33,6 +33,7 @@ class Context:
     # What a command learned for the notification sent after it (release, previous,
     # summary, details): see forge_ci.notify.hooks.
     outcome: dict[str, Any] = field(default_factory=dict)
+    emitted: bool = False  # stdout has its one object/text: the handler adds none
 
     @property
     def json(self) -> bool:
@@ -46,10 +47,13 @@ class Context:
     def config_loaded(self) -> bool:
         return self._config is not None
 
-    def config(self) -> LoadedConfig:
+    def config(self, *, lenient: bool = False) -> LoadedConfig:
+        """forge.yml, loaded once. A command that works on no environment passes
+        ``lenient``: then no ``${VAR}`` is needed (see :func:`forge_ci.config.load`)."""
         if self._config is None:
             path = Path(getattr(self.args, "config", None) or "forge.yml")
-            self._config = load(path, self.environ, getattr(self.args, "environment", None))
+            self._config = load(path, self.environ, getattr(self.args, "environment", None),
+                                lenient=lenient)
             for value in self._config.secrets:
                 self.runner.mask(value)
             for name in SECRET_VARS:
@@ -58,15 +62,27 @@ class Context:
         return self._config
 
     def emit(self, data: Any, human: str) -> None:
-        """Print ``data`` as JSON with --json, else the human text, on stdout."""
-        text = json.dumps(data, indent=2, sort_keys=True) if self.json else human
-        print(self.runner.redact(text), flush=True)
+        """Print ``data`` as JSON with --json, else the human text, on stdout.
+
+        With --json, stdout carries exactly one object: ``{"ok": true, ...data}`` here,
+        ``{"ok": false, "error": ...}`` from the CLI's handler when the command fails.
+        """
+        if self.json:
+            obj = {"ok": True, **data} if isinstance(data, dict) else {"ok": True, "data": data}
+            text = json.dumps(obj, indent=2, sort_keys=True)
+        else:
+            text = human
+        self.emitted = True
+        # Human text may quote a server (an error, a listing): never as workflow commands.
+        print(self.runner.as_text(self.runner.redact(text)), flush=True)
 
 
 # Values masked in every log line and output as soon as a command starts.
 SECRET_VARS = (
     "FORGE_SSH_KEY",
+    "FORGE_ADMIN_SSH_KEY",
     "FORGE_BACKUP_IDENTITY",
+    "FORGE_BACKUP_SIGNING_KEY",
     "HCLOUD_TOKEN",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

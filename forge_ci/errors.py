@@ -25,10 +25,16 @@ traceback.
     ├── BackupError / StoreError       exit 1  (backup package adds leaves)
     └── ProvisionError                 exit 1  (provision package adds leaves)
 
+Outside the tree, the handler maps Ctrl-C to exit 130 and anything else to 70 (a bug).
+With ``--json`` every outcome is one object on stdout; :meth:`ForgeError.to_json` is
+the failure's. ``ConfigError.more`` carries a file's other problems, reported at once.
+
 Messages never contain secret values: callers pass names, paths and hosts only.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ExitCode:
@@ -42,6 +48,7 @@ class ExitCode:
     MONITOR_WARNING = 5  # forge-ci monitor: something needs attention soon
     MONITOR_CRITICAL = 6  # forge-ci monitor: something is broken now
     BUG = 70  # an unexpected error: a bug in forge_ci
+    INTERRUPTED = 130  # stopped by Ctrl-C or SIGINT; a deploy rolls back what it started
 
 
 class ForgeError(Exception):
@@ -62,13 +69,21 @@ class ForgeError(Exception):
             return f"{self.message}\n  hint: {self.hint}"
         return self.message
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``--json`` prints for this error (never a secret: messages hold none)."""
+        return {"ok": False, "error": self.message, "hint": self.hint,
+                "exit_code": self.exit_code, "kind": type(self).__name__}
+
 
 class UsageError(ForgeError):
     exit_code = ExitCode.USAGE
 
 
 class ConfigError(ForgeError):
-    """forge.yml is invalid. ``location`` is ``file:line`` and ``key`` the key path."""
+    """forge.yml is invalid: ``file``, ``line`` and ``key`` (the key path) say where.
+
+    ``more`` holds the file's other problems, so one run reports all of them.
+    """
 
     exit_code = ExitCode.USAGE
 
@@ -80,13 +95,27 @@ class ConfigError(ForgeError):
         line: int | None = None,
         key: str | None = None,
         hint: str | None = None,
+        more: tuple[ConfigError, ...] = (),
     ) -> None:
         where = file or "forge.yml"
         if line is not None:
             where = f"{where}:{line}"
         prefix = f"{where}: " + (f"{key}: " if key else "")
         super().__init__(prefix + message, hint=hint)
-        self.file, self.line, self.key = file, line, key
+        self.file, self.line, self.key, self.detail = file, line, key, message
+        self.more = more
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.more:
+            text += f"\n({len(self.more)} more problem{'s' if len(self.more) > 1 else ''}:)"
+            text += "".join(f"\n{e}" for e in self.more)
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        problems = [{"file": e.file, "line": e.line, "key": e.key, "message": e.detail,
+                     "hint": e.hint} for e in (self, *self.more)]
+        return {**super().to_json(), "problems": problems}
 
 
 class SecretError(ForgeError):

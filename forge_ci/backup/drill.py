@@ -73,8 +73,8 @@ def scratch_names(cfg: BackupConfig, drill: DrillConfig, root: str,
 def run_drill(repo: Repository, host: Host, cfg: BackupConfig, drill: DrillConfig,
               root: str, *, log: Log = lambda _m: None, timeout: float = 30.0) -> DrillReport:
     started = time.monotonic()
-    ref = repo.resolve(None)
-    manifest = repo.load(ref)
+    loaded = repo.pick(None, warn=log)  # the newest snapshot a pinned signer vouches for
+    ref, manifest = loaded.ref, loaded.manifest
     database, directory = scratch_names(cfg, drill, root, ref.id)
     report = DrillReport(ref.id, database if manifest.database else None, directory)
     try:

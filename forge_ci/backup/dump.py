@@ -29,7 +29,7 @@ from forge_ci.backup.objects import Digest, on_end
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.snapshot import DatabaseEntry
 from forge_ci.config.backup import DatabaseConfig
-from forge_ci.errors import RemoteCommandError
+from forge_ci.errors import ConnectError, RemoteCommandError
 from forge_ci.remote import Host, Process, sh
 
 DUMP_FLAGS = ("--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob",
@@ -39,6 +39,7 @@ TRAILER_RE = re.compile(rb"\n-- Dump completed(?: on [^\n]*)?\n*\Z")
 _TOOL_RE = re.compile(rb"^-- ((?:MariaDB|MySQL) dump [^\n]*)$", re.M)
 _TAIL = 512
 _SAFE_DB = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+_NOT_FOUND = 127  # dump_script's exit when neither tool is installed (as sh's own)
 
 
 def has_trailer(tail: bytes) -> bool:
@@ -129,6 +130,13 @@ def dump_database(host: Host, db: DatabaseConfig, repo: Repository,
         status = proc.wait(timeout=300)
         err = proc.stderr().decode("utf-8", "replace").strip().splitlines()[-5:]
         detail = (": " + " / ".join(err)) if err else ""
+        if status == _NOT_FOUND:
+            where = "this machine" if host.name == "local" else host.name
+            raise DumpError(f"mariadb-dump (or mysqldump) is not installed on {where}: "
+                            f"cannot dump database {db.name!r}",
+                            hint=f"install the MariaDB client on {where} (Debian/Ubuntu: "
+                                 "sudo apt-get install mariadb-client); no snapshot was "
+                                 "written")
         if status != 0:
             raise DumpError(f"dumping database {db.name!r} on {host.name} failed "
                             f"(exit {status}){detail}",
@@ -139,8 +147,11 @@ def dump_database(host: Host, db: DatabaseConfig, repo: Repository,
                             f"'{TRAILER}' trailer){detail}", hint="no snapshot was written")
 
     try:
-        proc.write(option_file(db))
-        proc.close_stdin()
+        try:
+            proc.write(option_file(db))
+            proc.close_stdin()
+        except (OSError, RemoteCommandError, ConnectError):
+            pass  # the script ended before reading (no tool): finish() or wait says why
         stream = on_end(watch.tee(digest.tee(_read_all(proc))), finish)
         stored = repo.put(key, stream, mode="compress")
     except BaseException:

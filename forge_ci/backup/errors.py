@@ -4,16 +4,21 @@
 
     ForgeError
     ├── SecretError
-    │   └── KeyFormatError        exit 2  FORGE_BACKUP_RECIPIENT / _IDENTITY malformed
+    │   └── KeyFormatError        exit 2  FORGE_BACKUP_RECIPIENT / _IDENTITY / _SIGNING_KEY
+    │                                     malformed
     └── BackupError
         ├── BackupFormatError     exit 1  object corrupt, truncated, tampered or hostile
         ├── NoIdentityError       exit 1  none of the identities can open the object
         ├── SnapshotNotFound      exit 1  no such snapshot, or an object it needs is missing
+        ├── UntrustedSnapshot     exit 1  not signed by a key in backup.signers (or prune
+        │   │                             found such snapshots in its group: deletes nothing)
+        │   └── UnsignedSnapshot  exit 1  no signature at all (--allow-unsigned accepts it)
         ├── DumpError             exit 1  the database dump failed, or was cut short
         ├── SourceChanged         exit 1  a file kept changing while it was read
         └── RestoreRefused        exit 2  the restore would overwrite live data without
                                           --yes, or its target is unsafe (non-empty
-                                          drill directory...)
+                                          drill directory, a path outside backup.paths
+                                          or owned by deploy...)
 
 Messages name hosts, paths, keys and snapshot ids; never key material, secrets or
 object and file contents.
@@ -67,6 +72,14 @@ class KeyFormatError(SecretError):
 
 class SnapshotNotFound(BackupError):
     pass
+
+
+class UntrustedSnapshot(BackupError):
+    """A manifest that no pinned signer signed: never restored, counted or acted on."""
+
+
+class UnsignedSnapshot(UntrustedSnapshot):
+    """A manifest with no signature: made before signing was set up, or forged."""
 
 
 class DumpError(BackupError):

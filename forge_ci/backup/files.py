@@ -30,7 +30,13 @@ from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_pa
 from forge_ci.backup.snapshot import FileEntry
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
+from forge_ci.progress import MakeProgress, Progress, silent
 from forge_ci.remote import Host
+
+# Files hashed on the host per command: each batch is one round trip, and the
+# progress line moves once per batch.
+_HASH_BATCH_BYTES = 256 * 1024 * 1024
+_HASH_BATCH_FILES = 2000
 
 
 @dataclass
@@ -70,20 +76,23 @@ class FilePlan:
 
 
 def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
-         index: BlobIndex, cache: HashCache) -> FilePlan:
-    """Observe the host and the store; decide what to send. Reads only."""
+         index: BlobIndex, cache: HashCache, *, show: MakeProgress = silent) -> FilePlan:
+    """Observe the host and the store; decide what to send. Reads only.
+
+    ``show`` reports the hashing of files the cache does not know."""
     listing = list_tree(host, root, list(paths))
     result = FilePlan(stats={}, hashes={}, names={}, upload=[])
     # Nothing stored for these recipients yet (a first backup): every file goes up,
     # and hashing small ones on the host first would read them twice.
     first = not index.data_keys and not index.packed
-    _absorb(result, listing, host, root, naming_key, cache, defer_small=first)
+    _absorb(result, listing, host, root, naming_key, cache, defer_small=first, show=show)
     result.upload = missing(result, index) + result.unhashed
     return result
 
 
 def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming_key: bytes,
-            cache: HashCache, *, defer_small: bool = False) -> None:
+            cache: HashCache, *, defer_small: bool = False,
+            show: MakeProgress = silent) -> None:
     """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects."""
     misses = []
     for st in listing:
@@ -99,7 +108,7 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
                 misses.append(st.path)
             else:
                 result.hashes[st.path] = sha
-    fresh = hash_files(host, root, misses)
+    fresh = _hash_in_batches(host, root, misses, result.stats, show)
     result.hashed += len(fresh)
     for path in misses:
         if path in fresh:
@@ -109,6 +118,24 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
     for st in listing:
         if st.kind == "file" and st.path in result.hashes and st.size > 0:
             result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
+
+
+def _hash_in_batches(host: Host, root: str, paths: list[str], stats: dict[str, Stat],
+                     show: MakeProgress) -> dict[str, str]:
+    fresh: dict[str, str] = {}
+    total = sum(stats[p].size for p in paths)
+    with show(f"hashing on {host.name}", files=len(paths), nbytes=total) as shown:
+        batch: list[str] = []
+        size = 0
+        for i, path in enumerate(paths):
+            batch.append(path)
+            size += stats[path].size
+            if (size >= _HASH_BATCH_BYTES or len(batch) >= _HASH_BATCH_FILES
+                    or i == len(paths) - 1):
+                fresh.update(hash_files(host, root, batch))
+                shown.advance(len(batch), size)
+                batch, size = [], 0
+    return fresh
 
 
 def missing(result: FilePlan, index: BlobIndex) -> list[str]:
@@ -124,17 +151,21 @@ def missing(result: FilePlan, index: BlobIndex) -> list[str]:
 
 def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: BlobIndex,
            uploader: Uploader, packer: PackWriter, *, rounds: int = 3,
-           progress: Callable[[str], None] = lambda _m: None) -> None:
+           progress: Callable[[str], None] = lambda _m: None,
+           show: MakeProgress = silent) -> None:
     """Send ``result.upload``; re-plan files that changed meanwhile, up to ``rounds``.
 
     ``index`` learns every content stored. On return every name in ``result.names``
-    is found in it.
+    is found in it. ``progress`` gets messages, ``show`` the files read so far.
     """
     todo = list(result.upload)
     changed: list[str] = []
     for attempt in range(rounds):
         deferred = set(result.unhashed)
-        changed = _send(host, root, todo, result, uploader, packer, index, naming_key)
+        total = sum(result.stats[p].size for p in todo if p in result.stats)
+        with show("uploading", files=len(todo), nbytes=total) as shown:
+            changed = _send(host, root, todo, result, uploader, packer, index, naming_key,
+                            shown)
         packer.flush()
         uploader.join()
         if deferred:
@@ -153,7 +184,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                 for table in (result.stats, result.hashes, result.names):
                     table.pop(path, None)
             relisted = stat_paths(host, root, changed)
-            _absorb(result, relisted, host, root, naming_key, HashCache())
+            _absorb(result, relisted, host, root, naming_key, HashCache(), show=show)
         # A changed file may have been the one carrying content other paths share.
         todo = missing(result, index)
         if not todo:
@@ -172,7 +203,8 @@ def _moved(host: Host, root: str, result: FilePlan, paths: set[str]) -> list[str
 
 
 def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Uploader,
-          packer: PackWriter, index: BlobIndex, naming_key: bytes) -> list[str]:
+          packer: PackWriter, index: BlobIndex, naming_key: bytes,
+          shown: Progress | None = None) -> list[str]:
     """One tar pass; returns the paths that must be planned again."""
     if not todo:
         return []
@@ -193,6 +225,8 @@ def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Up
                     changed.append(name)
             elif not _put_one(name, reader, result, uploader, packer, index):
                 changed.append(name)
+            if shown is not None and name in result.stats:
+                shown.advance(1, result.stats[name].size)
     return changed + sorted(expected)  # missing from the stream: vanished or unreadable
 
 

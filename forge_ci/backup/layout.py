@@ -3,6 +3,7 @@
 ::
 
     snapshots/<site>/<environment>/<snapshot-id>   manifest: written last, it *is* the snapshot
+    signatures/<site>/<environment>/<snapshot-id>  the manifest's signature, written just before it
     verified/<site>/<environment>/<snapshot-id>    written by `verify` when every object checked out
     data/<2 hex>/<64 hex>                          file contents, packs of small files, dumps
     index/<16 hex>/<32 hex>                        which pack holds which small file's content
@@ -48,6 +49,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SNAPSHOTS = "snapshots/"
+SIGNATURES = "signatures/"
 VERIFIED = "verified/"
 DATA = "data/"
 INDEX = "index/"
@@ -151,8 +153,13 @@ def verified_key(site: str, environment: str, snapshot_id: str) -> str:
     return f"{VERIFIED}{group_prefix(site, environment)}{snapshot_id}"
 
 
+def signature_key(site: str, environment: str, snapshot_id: str) -> str:
+    return f"{SIGNATURES}{group_prefix(site, environment)}{snapshot_id}"
+
+
 def parse_group_key(key: str, top: str) -> tuple[str, str, str] | None:
-    """(site, environment, id) of a ``snapshots/`` or ``verified/`` key, else None."""
+    """(site, environment, id) of a ``snapshots/``, ``signatures/`` or ``verified/`` key,
+    else None."""
     if not key.startswith(top):
         return None
     parts = key[len(top):].split("/")

@@ -2,7 +2,11 @@
 
 Order of operations:
 
-1. The manifest is decrypted and checked for hostile paths (``manifest.parse``).
+1. The manifest is decrypted, its signature checked against forge.yml's pinned
+   signers (:meth:`Repository.open_manifest`) and its paths checked for hostile
+   entries (``snapshot.parse``). :func:`plan_restore` then refuses any path outside
+   the environment's ``backup.paths`` and anything deploy owns (``current``,
+   ``releases``, ``.forge``, the preview link) - before anything is written.
 2. Database: the dump object's *ciphertext* is downloaded to an anonymous temporary
    file on the runner (``tempfile.TemporaryFile``: no name, removed on close; it
    holds only age ciphertext), then decrypted once in full to check the age
@@ -15,6 +19,10 @@ Order of operations:
 4. Only when steps 2 and 3 succeeded: the dump is imported, then each backup path is
    swapped for its staged copy with two renames (the old tree is set aside, then
    deleted). A drill (``--to-dir``) moves the staged tree to the empty target instead.
+
+Setuid, setgid and sticky bits are never restored. A restore over live data runs
+under the deploy lock of every host (the caller takes it), so deploys and other
+restores wait or fail instead of interleaving.
 
 A dump imported over the live database replaces the tables the dump contains
 (``DROP TABLE IF EXISTS`` + ``CREATE``); tables created after the snapshot are left.
@@ -40,9 +48,11 @@ from forge_ci.backup.pack import SEGMENT, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.tarstream import tar_info, write_tree
-from forge_ci.config.backup import BackupConfig
+from forge_ci.config.backup import DEPLOY_OWNED, BackupConfig
 from forge_ci.errors import ForgeError
+from forge_ci.progress import MakeProgress, Progress, silent
 from forge_ci.remote import Host, sh
+from forge_ci.units import human_size
 
 Only = Literal["database", "files"]
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
@@ -85,15 +95,37 @@ class RestorePlan:
             lines.append(f"  database -> {self.database} ({where})")
         if self.files_dest:
             where = "over the LIVE paths" if self.files_live else "as a drill"
-            lines.append(f"  {d['files']} files, {d['bytes']} bytes -> {self.files_dest} "
-                         f"({where})")
+            size = human_size(int(str(d["bytes"])))
+            lines.append(f"  {d['files']} files, {size} -> {self.files_dest} ({where})")
+            verb = "replaces" if self.files_live else "creates"
+            lines += [f"    {verb} {self.files_dest}/{p}" for p in self.manifest.paths]
         return "\n".join(lines)
+
+
+def check_paths(manifest: Manifest, cfg: BackupConfig, preview_link: str | None) -> None:
+    """Restore only where backups belong: inside ``backup.paths``, never in what
+    deploy owns. (Every entry lies under ``manifest.paths``: ``snapshot.parse``.)"""
+    owned = (*DEPLOY_OWNED, *([preview_link] if preview_link else []))
+    for path in manifest.paths:
+        top = path.split("/")[0]
+        if top in owned:
+            raise RestoreRefused(
+                f"snapshot {manifest.id} would restore {path!r}: {top!r} belongs to deploy "
+                "and is never restored", hint="no forge backup holds it: this snapshot "
+                "was not made by this environment's backups; restore another one")
+        if not any(path == p or path.startswith(p + "/") for p in cfg.paths):
+            raise RestoreRefused(
+                f"snapshot {manifest.id} holds {path!r}, which is not under this "
+                f"environment's backup.paths ({', '.join(cfg.paths) or 'none'})",
+                hint="restore replaces only what backup.paths names: add the path there if "
+                     "it really is the site's data, or pass --only database")
 
 
 def plan_restore(ref: SnapshotRef, manifest: Manifest, cfg: BackupConfig, root: str, *,
                  database: str | None = None, to_dir: str | None = None,
-                 only: Only | None = None) -> RestorePlan:
-    """Decide targets: each part goes to its live place unless redirected."""
+                 only: Only | None = None, preview_link: str | None = None) -> RestorePlan:
+    """Decide targets: each part goes to its live place unless redirected. Refuses
+    (:class:`RestoreRefused`) files outside the places backups belong."""
     db_target, db_live = None, False
     if manifest.database is not None and only != "files":
         if cfg.database is None:
@@ -109,6 +141,7 @@ def plan_restore(ref: SnapshotRef, manifest: Manifest, cfg: BackupConfig, root: 
         raise RestoreRefused(f"snapshot {ref.id} holds no database to restore")
     dest, live = None, False
     if manifest.files and only != "database":
+        check_paths(manifest, cfg, preview_link)
         dest = posixpath.normpath(to_dir) if to_dir else root
         if not dest.startswith("/"):
             raise RestoreRefused(f"--to-dir must be an absolute path on the host: {to_dir}")
@@ -134,24 +167,29 @@ class RestoreReport:
 
 
 def run_restore(plan: RestorePlan, repo: Repository, host: Host, cfg: BackupConfig, *,
-                yes: bool, log: Callable[[str], None] = lambda _m: None) -> RestoreReport:
-    """Carry out ``plan``; live targets need ``yes``. See the module docstring."""
+                yes: bool, log: Callable[[str], None] = lambda _m: None,
+                show: MakeProgress = silent) -> RestoreReport:
+    """Carry out ``plan``; live targets need ``yes``. See the module docstring.
+
+    ``show`` reports the download and the staging as they go (gha.Runner.progress)."""
     live = plan.live_targets()
     if live and not yes:
         raise RestoreRefused(f"this restore overwrites live data: {', '.join(live)}",
                              hint="pass --yes to confirm, or restore as a drill with "
                                   "--database NAME / --to-dir DIR (and --only)")
     started = time.monotonic()
+    if plan.files_live:
+        _check_live_paths(host, plan)
     report = RestoreReport(plan.ref.id, plan.database, plan.files_dest)
     with tempfile.TemporaryFile(prefix="forge-restore-") as spool:
         db = plan.manifest.database
         if plan.database and db is not None:
-            log(f"downloading and authenticating the database dump ({db.size} bytes)")
-            _fetch_verified(repo, db, spool)
+            log(f"downloading and authenticating the database dump ({human_size(db.size)})")
+            _fetch_verified(repo, db, spool, show)
         staged = None
         if plan.files_dest:
             log(f"staging files on {host.name}")
-            staged = _stage(repo, host, plan, report)
+            staged = _stage(repo, host, plan, report, show)
         try:
             if plan.database and db is not None and cfg.database is not None:
                 log(f"importing into database {plan.database} on {host.name}")
@@ -175,9 +213,14 @@ def _read(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _fetch_verified(repo: Repository, db: DatabaseEntry, spool: IO[bytes]) -> None:
-    for chunk in repo.store.get(db.object):
-        spool.write(chunk)
+def _fetch_verified(repo: Repository, db: DatabaseEntry, spool: IO[bytes],
+                    show: MakeProgress = silent) -> None:
+    # What travels is the dump's compressed ciphertext: its size is not known ahead.
+    with show("downloading the database dump", files=1) as shown:
+        for chunk in repo.store.get(db.object):
+            spool.write(chunk)
+            shown.advance(0, len(chunk))
+        shown.set(1, shown.bytes)
     spool.flush()
     spool.seek(0)
     tail = b""
@@ -194,7 +237,8 @@ class _Staged:
     new: str  # the staged tree: <new>/<manifest path>
 
 
-def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreReport) -> _Staged:
+def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreReport,
+           show: MakeProgress = silent) -> _Staged:
     assert plan.files_dest is not None
     if plan.files_live:
         top = f"{plan.root}/.forge/restore-{plan.ref.id}"
@@ -209,16 +253,26 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     host.run(f"rm -rf -- {leftovers}", check=False)
     entries = _order(plan.manifest.files)
     by_name = {f.path: f for f in entries}
+    files = [f for f in entries if f.type == "file"]
     try:
-        with _Prefetch(repo, [f for f in entries if f.type == "file"]) as prefetch:
+        with _Prefetch(repo, files) as prefetch, \
+                show(f"restoring files to {host.name}", files=len(files),
+                     nbytes=sum(f.size for f in files)) as shown:
             write_tree(host, staged.new, (_info(f) for f in entries),
-                       lambda info: prefetch.content(by_name[_name(info)]))
+                       lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
     except BaseException:
         _remove(host, top)
         raise
-    files = [f for f in entries if f.type == "file"]
     report.files, report.bytes = len(files), sum(f.size for f in files)
     return staged
+
+
+def _counted(chunks: Iterable[bytes], shown: Progress) -> Iterator[bytes]:
+    """``chunks``, counted into ``shown`` as they pass; the file counts once it ends."""
+    for chunk in chunks:
+        shown.advance(0, len(chunk))
+        yield chunk
+    shown.advance(1, 0)
 
 
 def _order(entries: Iterable[FileEntry]) -> list[FileEntry]:
@@ -241,7 +295,8 @@ def _name(info: tarfile.TarInfo) -> str:
 
 
 def _info(f: FileEntry) -> tarfile.TarInfo:
-    return tar_info(f.path, f.type, f.mode, f.mtime_ns, size=f.size, target=f.target)
+    # Permission bits only: setuid, setgid and sticky bits are never restored.
+    return tar_info(f.path, f.type, f.mode & 0o777, f.mtime_ns, size=f.size, target=f.target)
 
 
 def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
@@ -399,7 +454,31 @@ def _put_in_place(host: Host, plan: RestorePlan, staged: _Staged) -> None:
     if r.status != 0:
         raise ForgeError(f"putting the restored files in place on {host.name} failed: "
                          f"{r.tail()}",
-                         hint=f"the previous trees are kept under {staged.top}/old")
+                         hint=f"the previous trees are kept under {staged.top}/old until "
+                              "the next restore; run the restore again to finish it")
+
+
+def _check_live_paths(host: Host, plan: RestorePlan) -> None:
+    """A live backup path that is a link into code (``current``, ``releases``) or
+    ``.forge`` would have its link target replaced: refuse before anything is written."""
+    checks = "\n".join(f"check {sh(p)}" for p in plan.manifest.paths)
+    script = (
+        f"cd -- {sh(plan.root)} || exit 1\n"
+        'top=$(pwd -P)\n'
+        "check() {\n"
+        '  [ -e "$1" ] || return 0\n'
+        '  real=$(readlink -f -- "$1")\n'
+        '  case "$real/" in "$top/current/"*|"$top/releases/"*|"$top/.forge/"*)\n'
+        '    printf "%s\\n" "$1"; exit 3;; esac\n'
+        "}\n"
+        f"{checks}\n"
+    )
+    r = host.run(script, check=False)
+    if r.status == 3:
+        raise RestoreRefused(f"{plan.root}/{r.stdout.decode(errors='replace').strip()} on "
+                             f"{host.name} resolves into code or .forge: not restoring over it",
+                             hint="a backup path must be the site's own data (shared/...)")
+    host.check(r, f"checking the restore targets under {plan.root}")
 
 
 def _remove(host: Host, path: str) -> None:

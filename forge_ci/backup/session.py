@@ -2,7 +2,9 @@
 
 ``environ`` is the command's mapping of process environment variables, handed down
 from the entry point. Keys come from ``FORGE_BACKUP_RECIPIENT`` (public: enough to
-write) and ``FORGE_BACKUP_IDENTITY`` (private: needed to read); S3 settings from the
+write), ``FORGE_BACKUP_SIGNING_KEY`` (private: signs what the backup writes) and
+``FORGE_BACKUP_IDENTITY`` (private: needed to read); the trusted signers from
+forge.yml's ``backup.signers``; S3 settings from the
 standard ``AWS_*`` variables (``AWS_ENDPOINT_URL`` for any S3-compatible endpoint)
 and forge.yml's ``backup.object_lock``, passed to the store as arguments. Nothing
 here, nor in the stores, reads ``os.environ``.
@@ -11,7 +13,7 @@ here, nor in the stores, reads ``os.environ``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +27,14 @@ from forge_ci.backup.format.keys import (
     parse_recipients,
 )
 from forge_ci.backup.repo import Repository
+from forge_ci.backup.signing import SIGNING_KEY_ENV, SigningKey, parse_signing_key
 from forge_ci.backup.take import Source
 from forge_ci.config import EnvironmentConfig, LoadedConfig
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ConfigError
 from forge_ci.remote import Host, LocalHost
 from forge_ci.store import ObjectStore, open_store
-from forge_ci.targets import target_root
+from forge_ci.targets import open_hosts, target_root
 
 _AWS = {"endpoint_url": "AWS_ENDPOINT_URL", "access_key_id": "AWS_ACCESS_KEY_ID",
         "secret_access_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN"}
@@ -74,6 +77,22 @@ def identities(environ: Mapping[str, str]) -> list[X25519Identity]:
     return parse_identities(Secret(value)) if value else []
 
 
+def signing_key(environ: Mapping[str, str]) -> SigningKey | None:
+    value = environ.get(SIGNING_KEY_ENV)
+    return parse_signing_key(Secret(value)) if value and value.strip() else None
+
+
+def unauthenticated_warning(t: Target) -> str | None:
+    """The loud warning every backup command gives while no signers are pinned."""
+    if t.backup_config.signers:
+        return None
+    return (f"environments.{t.environment}.backup.signers is not set: snapshots are NOT "
+            "authenticated. Anyone who holds FORGE_BACKUP_RECIPIENT and can write to the "
+            "store can plant a snapshot that restore accepts. Run `forge-ci keygen "
+            "--signing`, put the public key in backup.signers and the private key in "
+            f"{SIGNING_KEY_ENV}")
+
+
 def s3_options(backup_config: BackupConfig, environ: Mapping[str, str]) -> dict[str, Any]:
     """The S3 store's settings: endpoint, region and static keys from ``environ``
     (without keys, boto3's own credential chain applies: the web identity token the
@@ -103,13 +122,32 @@ def store_for(t: Target, environ: Mapping[str, str]) -> ObjectStore:
 
 
 @contextlib.contextmanager
-def repository(t: Target, environ: Mapping[str, str]) -> Iterator[Repository]:
+def repository(t: Target, environ: Mapping[str, str], *,
+               allow_unsigned: bool = False) -> Iterator[Repository]:
+    # Keys first: a malformed secret fails before any store request.
+    public, private = recipients(environ), identities(environ)
+    signer = signing_key(environ)
     store = store_for(t, environ)
     try:
-        yield Repository(store, t.site, t.environment, recipients=recipients(environ),
-                         identities=identities(environ))
+        yield Repository(store, t.site, t.environment, recipients=public, identities=private,
+                         signing_key=signer, signers=t.backup_config.signer_keys(),
+                         allow_unsigned=allow_unsigned)
     finally:
         store.close()
+
+
+def _backup_index(t: Target) -> int:
+    """Which of the environment's hosts holds the data: ``backup.host``, else the first."""
+    hosts = t.config.hosts
+    if t.backup_config.host is None:
+        return 0
+    for i, h in enumerate(hosts):
+        if h.host == t.backup_config.host:
+            return i
+    raise ConfigError(f"backup.host {t.backup_config.host!r} is not one of the "
+                      "environment's hosts", file=str(t.loaded.path),
+                      key=f"environments.{t.environment}.backup.host",
+                      hint=f"use one of: {', '.join(h.host for h in hosts)}")
 
 
 @contextlib.contextmanager
@@ -118,16 +156,7 @@ def backup_host(t: Target, environ: Mapping[str, str]) -> Iterator[Host]:
     if t.config.is_local:
         yield LocalHost()
         return
-    hosts = t.config.hosts
-    chosen = hosts[0]
-    if t.backup_config.host is not None:
-        match = [h for h in hosts if h.host == t.backup_config.host]
-        if not match:
-            raise ConfigError(f"backup.host {t.backup_config.host!r} is not one of the "
-                              "environment's hosts", file=str(t.loaded.path),
-                              key=f"environments.{t.environment}.backup.host",
-                              hint=f"use one of: {', '.join(h.host for h in hosts)}")
-        chosen = match[0]
+    chosen = t.config.hosts[_backup_index(t)]
     from forge_ci.remote.ssh import connector
 
     host = connector(environ.get("FORGE_SSH_KEY"), environ.get("FORGE_KNOWN_HOSTS"))(
@@ -136,6 +165,33 @@ def backup_host(t: Target, environ: Mapping[str, str]) -> Iterator[Host]:
         yield host
     finally:
         host.close()
+
+
+@contextlib.contextmanager
+def restore_host(t: Target, environ: Mapping[str, str], *, lock: bool,
+                 log: Callable[[str], None] = lambda _m: None) -> Iterator[Host]:
+    """The backup host; with ``lock``, while holding the deploy lock on *every* host of
+    the environment (the one deploy takes: ``lock_wait`` applies), so a deploy or
+    another restore waits or fails instead of interleaving with this one."""
+    if not lock:
+        with backup_host(t, environ) as host:
+            yield host
+        return
+    from forge_ci.deploy.lock import Lock, owner_info
+    from forge_ci.deploy.releases import Layout
+
+    index = _backup_index(t)
+    hosts = open_hosts(t.config, environ)
+    try:
+        with contextlib.ExitStack() as stack:
+            for host in hosts:
+                log(f"{host.name}: taking the deploy lock")
+                stack.enter_context(Lock(host, Layout(t.root), owner_info(environ, "restore"),
+                                         t.config.lock_wait))
+            yield hosts[index]
+    finally:
+        for host in hosts:
+            host.close()
 
 
 def source(t: Target, host: Host) -> Source:

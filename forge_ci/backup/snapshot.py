@@ -28,7 +28,9 @@ environment's ``path``. Names that are not UTF-8 are kept as JSON ``\\udcXX`` es
 
 :func:`parse` refuses hostile manifests before anything is written: absolute paths,
 ``..`` or unnormalised paths, paths outside the snapshot's ``paths``, duplicates,
-entries below a symlink, and symlinks whose target leaves the environment's tree.
+entries below a symlink, and symlinks whose target leaves the snapshot's ``paths``
+(a link in uploads to ``current/.env`` would publish the site's secrets) or passes
+through another symlink. A backup leaves such links out (:func:`refused_links`).
 """
 
 from __future__ import annotations
@@ -239,7 +241,16 @@ def check_tree(manifest: Manifest) -> None:
     for entry in manifest.files:
         _check_parents(manifest.id, entry.path, seen)
         if entry.type == "symlink":
-            _check_link(manifest.id, entry, seen)
+            problem = _link_problem(entry, seen, roots)
+            if problem:
+                raise BackupFormatError(f"manifest {manifest.id}: symlink {entry.path!r} "
+                                        f"{problem}")
+
+
+def refused_links(entries: tuple[FileEntry, ...], roots: tuple[str, ...]) -> list[str]:
+    """The symlinks among ``entries`` that :func:`check_tree` would refuse."""
+    seen = {e.path: e for e in entries}
+    return [e.path for e in entries if e.type == "symlink" and _link_problem(e, seen, roots)]
 
 
 def _check_parents(sid: str, path: str, seen: dict[str, FileEntry]) -> None:
@@ -252,24 +263,28 @@ def _check_parents(sid: str, path: str, seen: dict[str, FileEntry]) -> None:
         parent = posixpath.dirname(parent)
 
 
-def _check_link(sid: str, entry: FileEntry, seen: dict[str, FileEntry]) -> None:
+def _link_problem(entry: FileEntry, seen: dict[str, FileEntry],
+                  roots: tuple[str, ...]) -> str | None:
     """Resolve the target one component at a time: it must never climb above the
     environment's root, nor pass *through* another symlink of the snapshot (whose
-    real location would make a lexical check meaningless)."""
+    real location would make a lexical check meaningless), and it must end inside
+    one of the snapshot's ``paths``."""
     target = entry.target or ""
     if not target or target.startswith("/") or "\0" in target:
-        raise BackupFormatError(f"manifest {sid}: symlink {entry.path!r} has a hostile target")
+        return "has a hostile target"
     stack = entry.path.split("/")[:-1]
     parts = [p for p in target.split("/") if p not in ("", ".")]
     for i, part in enumerate(parts):
         if part == "..":
             if not stack:
-                raise BackupFormatError(
-                    f"manifest {sid}: symlink {entry.path!r} points outside the environment")
+                return "points outside the environment"
             stack.pop()
             continue
         stack.append(part)
         hop = seen.get("/".join(stack))
         if hop is not None and hop.type == "symlink" and i < len(parts) - 1:
-            raise BackupFormatError(
-                f"manifest {sid}: symlink {entry.path!r} resolves through another symlink")
+            return "resolves through another symlink"
+    end = "/".join(stack)
+    if not any(end == r or end.startswith(r + "/") for r in roots):
+        return "points outside the snapshot's paths"
+    return None

@@ -2,7 +2,8 @@
 
 Order matters. The dump comes first: its transaction is the snapshot's point in
 time. Data objects go up next, each one complete or not at all. The manifest is
-written only when every object it names is stored; a run that fails anywhere
+written only when every object it names is stored (its signature just before it,
+when a signing key is at hand); a run that fails anywhere
 before that leaves no snapshot (just unreferenced objects, which the next prune
 removes) and its shared lock keeps a concurrent prune from deleting objects this
 run is about to reference.
@@ -22,12 +23,14 @@ from forge_ci.backup.dump import dump_database
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
-from forge_ci.backup.snapshot import DatabaseEntry, Manifest
+from forge_ci.backup.snapshot import DatabaseEntry, Manifest, refused_links
 from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ForgeError
+from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote import Host
+from forge_ci.units import human_size
 
 Log = Callable[[str], None]
 
@@ -66,14 +69,18 @@ class BackupReport:
 def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                   dry_run: bool = False, log: Log = lambda _m: None,
                   now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                  workers: int = 8) -> BackupReport:
-    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only)."""
+                  workers: int = 8, show: MakeProgress = silent) -> BackupReport:
+    """Back up ``source`` into ``repo``; with ``dry_run`` only plan (reads only).
+
+    ``show`` reports hashing and uploading as they go (gha.Runner.progress)."""
     started = time.monotonic()
+    repo.check_signing()  # before any work: a snapshot nobody trusts is no backup
     host, root = source.host, source.root
     key = repo.naming_key()
     if dry_run:
         index = index_store.load(repo, repo.data_keys())
-        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
+        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+                          show=show)
         return _report(None, True, plan, None, started)
     with StoreLock(repo.store, "shared", repo.recipients,
                    who=f"backup of {source.site}/{source.environment}"):
@@ -90,13 +97,15 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 db, db_stored = dump_database(host, cfg.database, repo,
                                               layout.random_data_key())
                 phases["dump_s"] = round(time.monotonic() - dumping, 3)
-                log(f"database dump: {db.size} bytes ({db.tool})")
+                log(f"database dump: {human_size(db.size)} ({db.tool})")
             scanning = time.monotonic()
-            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root))
+            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+                              show=show)
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
-                f"({plan.upload_bytes()} bytes), hashed on the host: {plan.hashed}")
+                f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
-            files.upload(host, root, plan, key, index, uploader, packer, progress=log)
+            files.upload(host, root, plan, key, index, uploader, packer, progress=log,
+                         show=show)
         phases["files_s"] = round(time.monotonic() - scanning, 3)
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")
@@ -105,10 +114,16 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         report.phases = phases
+        entries = plan.entries(index)
+        refused = set(refused_links(entries, cfg.paths))
+        for path in sorted(refused):
+            log(f"warning: not backing up symlink {path!r}: it points outside the backup "
+                "paths, and a restore would refuse it")
+        report.skipped += sorted(refused)
         manifest = Manifest(
             id=sid, time=snapshot_time, site=source.site, environment=source.environment,
             hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
-            files=plan.entries(index), database=db,
+            files=tuple(e for e in entries if e.path not in refused), database=db,
             stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
                    "database_bytes": report.database_bytes, **phases,

@@ -1,8 +1,11 @@
 """Verify a snapshot: download every object it references, authenticate it end to end
 (age chunks and final flag, zstd frames), and compare every file's and the dump's
-SHA-256 and size with the manifest (and the dump's trailer). Nothing is written but,
-on success, the marker ``verified/<site>/<environment>/<id>`` that prune relies on to keep
-the newest verified snapshot.
+SHA-256 and size with the manifest (and the dump's trailer). The manifest itself must
+be trusted first (signed by a pinned signer, see :mod:`forge_ci.backup.signing`).
+Nothing is written but, on success, the marker ``verified/<site>/<environment>/<id>``
+that prune relies on to keep the newest verified snapshot - bound to the SHA-256 of
+the manifest's plaintext, so it proves itself. A verify that fails (the manifest is
+untrusted or unreadable, or any object is damaged or missing) deletes the marker.
 
 All problems are collected (not just the first), so one run lists every damaged
 object. Objects shared by several files are checked once.
@@ -22,6 +25,8 @@ from forge_ci.backup.pack import read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.snapshot import Manifest
 from forge_ci.errors import BackupError, StoreError
+from forge_ci.progress import MakeProgress, silent
+from forge_ci.units import human_size
 
 
 @dataclass(frozen=True)
@@ -79,16 +84,27 @@ def units(manifest: Manifest) -> list[list[Unit]]:
 
 def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
                     log: Callable[[str], None] = lambda _m: None,
-                    record: bool = True) -> VerifyReport:
-    """Check everything; raise :class:`BackupFormatError` listing the problems."""
+                    record: bool = True, show: MakeProgress = silent) -> VerifyReport:
+    """Check everything; raise :class:`BackupFormatError` listing the problems.
+
+    ``show`` reports the files and bytes checked so far (gha.Runner.progress)."""
     started = time.monotonic()
-    manifest = repo.load(ref)
+    try:
+        loaded = repo.open_manifest(ref)
+    except BackupError:
+        if record:
+            repo.clear_verified(ref)
+        raise
+    manifest = loaded.manifest
     todo = units(manifest)
     report = VerifyReport(ref.id)
-    log(f"verifying {ref.id}: {len(todo)} objects")
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-verify") as pool:
+    total = sum(u.size for group in todo for u in group)
+    log(f"verifying {ref.id}: {len(todo)} objects, {human_size(total)}")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-verify") as pool, \
+            show("verifying", files=sum(len(g) for g in todo), nbytes=total) as meter:
         for group, result in zip(todo, pool.map(lambda g: _check_group(repo, g), todo),
                                  strict=True):
+            meter.advance(len(group), sum(u.size for u in group))
             stored, problems = result
             report.objects += len(group[0].keys)
             report.stored_bytes += stored
@@ -99,6 +115,8 @@ def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
                     report.plain_bytes += unit.size
     report.seconds = round(time.monotonic() - started, 3)
     if report.problems:
+        if record:
+            repo.clear_verified(ref)
         shown = "\n  ".join(report.problems[:20])
         raise BackupFormatError(
             f"snapshot {ref.id} failed verification: {len(report.problems)} problem(s)\n  "
@@ -107,7 +125,7 @@ def verify_snapshot(repo: Repository, ref: SnapshotRef, *, workers: int = 4,
                  "are named by content: delete a damaged data/ object and the next backup "
                  "uploads that content again for new snapshots")
     if record:
-        repo.mark_verified(ref, {"objects": report.objects, "bytes": report.plain_bytes})
+        repo.mark_verified(loaded, {"objects": report.objects, "bytes": report.plain_bytes})
     return report
 
 

@@ -76,6 +76,7 @@ class Manifest:
         for path, entry in entries.items():
             if entry.kind == "symlink":
                 check_link(path, entry.target, source)
+        check_link_chains(entries, source)
         return cls(entries)
 
 
@@ -101,15 +102,73 @@ def check_path(path: str, source: str) -> str:
     if not path or _BAD_PATH.search(path):
         raise ArtifactError(f"{source} names a path outside the release: {path!r}",
                             hint="the artifact may be corrupt or hostile; rebuild it")
+    check_name(path, source)
     return path
+
+
+def check_name(rel: str, source: str) -> None:
+    """Refuse a file name that is not UTF-8 (``rel`` as os functions return it).
+
+    Such a name cannot be written into the manifest, listed for the server or
+    served at any URL a browser sends (browsers send UTF-8), so the build says
+    which file it is instead of a deploy failing half-way.
+    """
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+        raise ArtifactError(f"{source}: the name '{shown}' is not valid UTF-8",
+                            hint="rename it to a UTF-8 name (e.g. convmv -f latin1 -t utf8 "
+                                 "--notest), or exclude it with build.exclude") from None
 
 
 def check_link(path: str, target: str, source: str) -> None:
     """Symlinks must point inside the release (relative, not climbing out)."""
+    check_name(target, f"{source}: the target of symlink {path!r}")
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if target.startswith("/") or joined == ".." or joined.startswith("../") or not target:
         raise ArtifactError(f"{source}: symlink {path!r} points outside the release "
                             f"({target!r})", hint="make the link relative and inside the site")
+
+
+# As the kernel's limit on symlinks followed in one lookup (ELOOP).
+_MAX_HOPS = 40
+
+
+def check_link_chains(entries: Mapping[str, Entry], source: str) -> None:
+    """Every symlink resolves inside the release when followed through the tree's other
+    symlinks: ``x1/l -> ..`` is inside, but ``x2/l -> ../x1/l/..`` then climbs out,
+    though each target alone looks harmless. Loops are refused too."""
+    for path, entry in entries.items():
+        if entry.kind == "symlink" and _escapes(entries, path):
+            raise ArtifactError(f"{source}: symlink {path!r} ({entry.target!r}) resolves "
+                                "outside the release through other symlinks",
+                                hint="make the link point inside the site without chains "
+                                     "through other links")
+
+
+def _escapes(entries: Mapping[str, Entry], link: str) -> bool:
+    parts: list[str] = link.split("/")[:-1]  # the link's directory, as real components
+    todo = list(reversed(entries[link].target.split("/")))
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return True
+            parts.pop()
+            continue
+        found = entries.get("/".join([*parts, part]))
+        if found is not None and found.kind == "symlink":
+            hops += 1
+            if hops > _MAX_HOPS or found.target.startswith("/"):
+                return True
+            todo.extend(reversed(found.target.split("/")))  # relative to the same dir
+            continue
+        parts.append(part)
+    return False
 
 
 def file_sha256(path: Path) -> str:
@@ -124,9 +183,11 @@ def scan(root: Path) -> Manifest:
     """Describe the tree under ``root``; refuses devices, sockets and escaping links."""
     entries: dict[str, Entry] = {}
     for rel, st in _walk(root):
+        check_name(rel, str(root))
         full = root / rel
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(full)
+            check_name(target, f"{root}: the target of symlink {rel!r}")
             check_link(rel, target, str(root))
             entries[rel] = Entry("symlink", 0o777, target=target)
         elif stat.S_ISDIR(st.st_mode):
@@ -137,6 +198,7 @@ def scan(root: Path) -> Manifest:
         else:
             raise ArtifactError(f"{full} is not a file, directory or symlink",
                                 hint="remove device files, sockets and FIFOs from the build")
+    check_link_chains(entries, str(root))
     return Manifest(entries)
 
 

@@ -9,9 +9,14 @@
       paths: ["shared/web/app/uploads"]    # relative to the environment's path (the default)
       retention: { keep_daily: 14, keep_weekly: 8, timezone: Europe/Berlin }
       object_lock: { mode: governance, days: 30 }   # S3 buckets with Object Lock enabled
+      signers: ["forge-sign-ed25519:..."]  # public keys whose snapshots are trusted
 
 Secrets never live here: the database password comes from ``${VAR}``; keys and S3
-credentials come from the environment (``FORGE_BACKUP_RECIPIENT``, ``AWS_*``).
+credentials come from the environment (``FORGE_BACKUP_RECIPIENT``,
+``FORGE_BACKUP_SIGNING_KEY``, ``AWS_*``).
+
+``paths`` never name what deploy owns (``current``, ``releases``, ``.forge``): a
+restore replaces these paths, and must never replace code.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from forge_ci.backup.signing import SignerKey
+
 DEFAULT_PATHS = ("shared/web/app/uploads",)
+# What deploy owns at the top of the environment's path: never backed up, never restored.
+DEPLOY_OWNED = ("current", "releases", ".forge")
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
@@ -100,6 +109,7 @@ class BackupConfig(_Frozen):
     paths: tuple[str, ...] = DEFAULT_PATHS
     retention: Retention | None = None
     object_lock: ObjectLock | None = None
+    signers: tuple[str, ...] = ()
 
     @field_validator("store")
     @classmethod
@@ -139,7 +149,28 @@ class BackupConfig(_Frozen):
                     raise ValueError(f"backup paths overlap: {b!r} is inside {a!r}")
         if len(set(clean)) != len(clean):
             raise ValueError("a backup path is listed twice")
+        for path in clean:
+            if path.split("/")[0] in DEPLOY_OWNED:
+                raise ValueError(f"backup path {path!r} is deploy's ({', '.join(DEPLOY_OWNED)} "
+                                 "are never backed up or restored); back up shared/... instead")
         return clean
+
+    @field_validator("signers")
+    @classmethod
+    def _signers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        keys = []
+        for text in value:
+            try:
+                keys.append(SignerKey.from_string(text))
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+        if len(set(keys)) != len(keys):
+            raise ValueError("a signer is listed twice")
+        return value
+
+    def signer_keys(self) -> tuple[SignerKey, ...]:
+        """The pinned public keys whose snapshots are trusted (empty: not configured)."""
+        return tuple(SignerKey.from_string(s) for s in self.signers)
 
     @model_validator(mode="after")
     def _something(self) -> BackupConfig:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from forge_ci.config.backup import BackupConfig
-from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.provision import HttpsConfig, ProvisionConfig
 from forge_ci.config.watch import DrillConfig, MonitorConfig
 from forge_ci.notify.config import NotifyTarget
 
@@ -40,12 +40,37 @@ class BuildConfig(Frozen):
     composer: bool = False  # composer install --no-dev --optimize-autoloader
     commands: tuple[str, ...] = ()
     exclude: tuple[str, ...] = (".git", "node_modules", "tests")
+    # Variables passed to composer and the build commands beyond the safe defaults
+    # (PATH, HOME, locale, CI context): e.g. NPM_TOKEN, COMPOSER_AUTH.
+    env: tuple[str, ...] = ()
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_KEY.match(name):
+                raise ValueError(f"build.env: {name!r} is not a variable name")
+            if name in FORGE_SECRETS or name.startswith(FORGE_SECRET_PREFIXES):
+                raise ValueError(f"build.env: {name} is one of forge's own secrets; a build "
+                                 "never needs it")
+        return value
+
+
+# forge's own credentials: never handed to a build, whatever build.env says.
+FORGE_SECRETS = frozenset({"FORGE_SSH_KEY", "FORGE_KNOWN_HOSTS", "FORGE_BACKUP_IDENTITY",
+                           "FORGE_BACKUP_SIGNING_KEY", "HCLOUD_TOKEN", "GITHUB_TOKEN"})
+FORGE_SECRET_PREFIXES = ("AWS_", "CYBERPANEL_", "CPANEL_", "FORGE_", "ACTIONS_")
 
 
 class HostConfig(Frozen):
     host: str = Field(min_length=1)
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     user: str = Field("deploy", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    # Where this host's own web server answers the site, as the host itself reaches
+    # it (default 127.0.0.1): the health checks of a multi-host environment run on
+    # each host with curl connected there, bypassing any load balancer.
+    check_address: str | None = Field(
+        None, pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])$")
 
     @property
     def label(self) -> str:
@@ -131,6 +156,26 @@ class PreviewConfig(Frozen):
     # up) and each host checks its own preview with curl over SSH.
     on_host: bool = False
 
+    @field_validator("link")
+    @classmethod
+    def _not_a_layout_name(cls, value: str) -> str:
+        # The link is switched before any check: naming the live link (or a directory
+        # forge keeps) would switch visitors, or clobber state, before the health gate.
+        if value in RESERVED_LINKS or value.endswith(".forge-tmp"):
+            raise ValueError(f"preview.link {value!r} is a name forge uses in the site "
+                             f"directory; pick another (reserved: {', '.join(RESERVED_LINKS)})")
+        return value
+
+
+# Names directly under an environment's path that forge itself owns.
+RESERVED_LINKS = ("current", "releases", "shared", ".forge")
+
+
+class RollingConfig(Frozen):
+    """``strategy: rolling``: how many hosts switch (and are checked) at a time."""
+
+    batch: Annotated[int, Field(ge=1, le=1000)] = 1
+
 
 class EnvironmentConfig(Frozen):
     url: str | None = Field(None, pattern=r"^https?://")
@@ -152,6 +197,12 @@ class EnvironmentConfig(Frozen):
     notify: tuple[NotifyTarget, ...] | None = None
     monitor: MonitorConfig = MonitorConfig()
     drill: DrillConfig = DrillConfig()
+    # together: prepare all, switch all, all back on failure. rolling: prepare all,
+    # then switch and check ``rolling.batch`` hosts at a time.
+    strategy: Literal["together", "rolling"] = "together"
+    rolling: RollingConfig | None = None
+    # Provisioning's ACME certificate; absent: on (letsencrypt) when url is https://.
+    https: HttpsConfig | None = None
 
     @property
     def is_local(self) -> bool:
@@ -176,6 +227,11 @@ class EnvironmentConfig(Frozen):
             raise ValueError("path must be absolute when hosts are given")
         if self.preview and not self.url:
             raise ValueError("preview needs url: checks are moved from url to preview.url")
+        if self.rolling is not None and self.strategy != "rolling":
+            raise ValueError("rolling: settings need strategy: rolling")
+        if self.strategy == "rolling" and len(self.hosts) < 2:
+            raise ValueError("strategy: rolling needs at least two hosts (with one, "
+                             "leave strategy out: together is the default)")
         return self
 
 

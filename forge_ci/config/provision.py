@@ -39,7 +39,7 @@ _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$
 # Keys forge sets itself; a user label must not change what forge recognises as its own.
 RESERVED_LABELS = frozenset({"managed-by", "forge-project", "forge-environment"})
 _NAME_FIELDS = frozenset({"project", "environment"})
-BUILTIN_PROVIDERS = ("hetzner", "cyberpanel", "cpanel")
+BUILTIN_PROVIDERS = ("hetzner", "ssh", "cyberpanel", "cpanel")
 
 
 class _Frozen(BaseModel):
@@ -59,9 +59,55 @@ class ProvisionWait(_Frozen):
     api_backoff: Annotated[float, Field(ge=0, le=60)] = 1.0
 
 
+_ACME_NAMES = ("letsencrypt", "letsencrypt-staging", "off")
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+
+
+class HttpsConfig(_Frozen):
+    """``environments.<name>.https``: the site's ACME certificate (forge-https on the server).
+
+    ``acme`` is ``letsencrypt``, ``letsencrypt-staging``, an ACME directory URL
+    (``https://...``) or ``off`` (TLS ends in front of the server). The names are
+    the host of the environment's ``url`` followed by ``names``.
+    """
+
+    email: str | None = Field(None, pattern=r"^[^@\s'\"\\$`]+@[^@\s'\"\\$`]+\.[^@\s'\"\\$`]+$")
+    acme: str = "letsencrypt"
+    hsts: bool = False
+    names: tuple[str, ...] = ()
+    # A file on the server trusting a private CA's ACME API (lego's LEGO_CA_CERTIFICATES).
+    ca_file: str | None = Field(None, pattern=r"^/[A-Za-z0-9._/-]+$")
+
+    @field_validator("acme", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # YAML reads a bare `acme: off` as false.
+        return "off" if value is False else value
+
+    @field_validator("acme")
+    @classmethod
+    def _acme(cls, value: str) -> str:
+        if value in _ACME_NAMES:
+            return value
+        if re.fullmatch(r"https://[A-Za-z0-9._~:/?#@!&+,;=%-]+", value):
+            return value
+        raise ValueError(f"acme {value!r}: use letsencrypt, letsencrypt-staging, off or the "
+                         "https:// directory URL of an ACME CA")
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _HOST_NAME.match(name) or "." not in name or len(name) > 253:
+                raise ValueError(f"{name!r} is not a host name (lower case, like www.example.com)")
+        return value
+
+
 class ProvisionConfig(_Frozen):
-    # Built in: hetzner, cyberpanel, cpanel; any other name is a forge_ci.providers plugin.
+    # Built in: BUILTIN_PROVIDERS; any other name is a forge_ci.providers plugin.
     provider: str = "hetzner"
+    # provider ssh: the sudo-capable account forge logs in as to set the server up.
+    admin_user: str = Field("root", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
     # Server name; "{project}" and "{environment}" are replaced. Default: project-environment.
     name: str | None = Field(None, min_length=1, max_length=63)
     server_type: str = Field("cx22", pattern=r"^[a-z0-9-]{1,32}$")

@@ -42,7 +42,7 @@ def register(sub: Any, common: Common) -> None:
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("releases", parents=[common.config, common.json],
-                       help="list releases and their states, newest first")
+                       help="list releases and their states, oldest first")
     p.add_argument("environment", help=env_help)
     p.set_defaults(func=cmd_releases)
 
@@ -69,7 +69,8 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             owner=owner_info(ctx.environ, command), log=ctx.runner.log,
             policy=health.HealthPolicy(timeout=config.health_timeout),
             by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
-            warn=ctx.runner.warning,
+            warn=ctx.runner.warning, untrusted=ctx.runner.untrusted,
+            progress=ctx.runner.progress,
         )
     finally:
         for h in hosts:
@@ -137,7 +138,8 @@ def cmd_deploy(ctx: Context) -> int:
         with ctx.runner.group("build"):
             artifact = build(loaded.root, loaded.config.build, default_out(loaded),
                              environ=ctx.environ, extra_exclude=local_targets(loaded),
-                             log=ctx.runner.log)
+                             secrets=loaded.secrets, log=ctx.runner.log,
+                             warn=ctx.runner.warning, untrusted=ctx.runner.untrusted)
     with _deployment(ctx, "deploy") as dep, ctx.runner.group(f"deploy to {dep.environment}"), \
             _failure_summary(ctx, "deploy", dep):
         res = deploy(dep, artifact, dry_run=ctx.dry_run)
@@ -163,7 +165,8 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_releases(ctx: Context) -> int:
     with _deployment(ctx, "releases") as dep:
         obs = observe(dep.hosts[0], Layout(dep.root))
-    infos = list_releases(obs.log, obs.dirs, obs.current)
+    # Every listing is oldest first, the newest last (next to the prompt), as snapshots.
+    infos = list(reversed(list_releases(obs.log, obs.dirs, obs.current)))
     lines = [f"{'*' if i.current else ' '} {i.id}  {i.state}{'' if i.present else ' (gone)'}"
              for i in infos] or ["no releases yet"]
     ctx.emit({"environment": dep.environment, "host": obs.name, "current": obs.current,

@@ -1,8 +1,11 @@
 """Carry out a deploy or rollback plan (:mod:`forge_ci.deploy.plan`) across every host.
 
 The plan says what runs; this module runs its steps in its phases and decides
-only what to do when one fails. Prepare every host, then switch every host; if
-anything fails after the first switch, every switched host goes back. Errors
+only what to do when one fails. Prepare every host, then switch the hosts batch
+by batch (one batch of all of them unless ``strategy: rolling``), checking each
+host of a batch on its own web server before the next; if anything fails after
+the first switch, every switched host goes back and the rest are never switched.
+Errors
 raised here say what state the site is in: :class:`DeployFailed` (nothing
 switched), :class:`RolledBack` (switched, then restored), :class:`RollbackFailed`
 (could not restore).
@@ -17,15 +20,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forge_ci.build.builder import Artifact
-from forge_ci.config.models import EnvironmentConfig
-from forge_ci.deploy import health, php_refresh
+from forge_ci.config.models import EnvironmentConfig, HealthCheck
+from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.observe import Observed, observe
 from forge_ci.deploy.plan import (
     DeployPlan,
     RollbackPlan,
+    check_hosts,
+    host_checks,
     plan_deploy,
     plan_rollback,
+    public_rounds,
     release_id,
 )
 from forge_ci.deploy.releases import Layout, event
@@ -49,6 +55,7 @@ from forge_ci.deploy.steps import (
     WriteManifest,
 )
 from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
+from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote.base import Host, sh
 
 Log = Callable[[str], None]
@@ -76,6 +83,9 @@ class Deployment:
     hook_policy: HookPolicy = field(default_factory=HookPolicy)
     by: str = ""
     warn: Log | None = None  # a problem that does not fail the run (default: log)
+    # Shows text forge did not write (hook output) as text: gha.Runner.untrusted.
+    untrusted: Callable[[Sequence[str]], None] | None = None
+    progress: MakeProgress = silent  # shows how far shipping has got: gha.Runner.progress
 
     @property
     def layout(self) -> Layout:
@@ -115,14 +125,8 @@ class _Run:
             self.metrics[f"{name}_s"] = round(time.monotonic() - started, 3)
 
 
-def _dotenv(config: EnvironmentConfig) -> bytes:
-    lines = ["# Written by forge-ci for this release. Do not edit on the server."]
-    for key, secret in config.dotenv.items():
-        value = secret.get_secret_value()
-        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-                   .replace("\n", "\\n"))
-        lines.append(f'{key}="{escaped}"')
-    return ("\n".join(lines) + "\n").encode()
+def _dotenv_values(config: EnvironmentConfig) -> dict[str, str]:
+    return {key: secret.get_secret_value() for key, secret in config.dotenv.items()}
 
 
 def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
@@ -155,11 +159,18 @@ def _hooks(dep: Deployment, host: Host, step: RunHooks) -> None:
                      + f"cd {sh(dep.layout.release(step.release))} || exit 1\n{command}\n",
                      check=False, timeout=dep.hook_policy.timeout)
         output = (r.stdout + r.stderr).decode(errors="replace").splitlines()
-        for line in output[-dep.hook_policy.output_lines:]:
-            dep.log(f"    {line}")
+        _show_untrusted(dep, output[-dep.hook_policy.output_lines:])
         if r.status != 0:
             raise DeployFailed(f"{host.name}: hook {step.phase}[{i}] failed with exit {r.status}",
                                hint="fix the hook or the release; the output is above")
+
+
+def _show_untrusted(dep: Deployment, lines: Sequence[str]) -> None:
+    if dep.untrusted is not None:
+        dep.untrusted(lines)
+    else:
+        for line in lines:
+            dep.log(f"    {line}")
 
 
 def _ship(run: _Run, host: Host, step: Ship) -> None:
@@ -168,12 +179,12 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
     dep.log(f"{host.name}: shipping {step.release}")
     generated: dict[str, tuple[bytes, int]] = {}
     if ".env" in step.generated:
-        generated[".env"] = (_dotenv(dep.config), 0o600)
+        generated[".env"] = (dotenv.render(_dotenv_values(dep.config)), 0o600)
     if health.MARKER_PATH in step.generated:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
     stats = ship(host, run.artifact, lay.release(step.release),
                  lay.release(step.base) if step.base else None, step.send, step.remove,
-                 dep.log, generated=generated)
+                 dep.log, generated=generated, progress=dep.progress)
     for name, value in (("sent_entries", stats.sent_entries), ("sent_bytes", stats.sent_bytes),
                         ("linked_entries", stats.linked_entries)):
         run.metrics[name] = run.metrics.get(name, 0) + value
@@ -296,6 +307,7 @@ def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
 
 
 def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> DeployResult:
+    dotenv.check(dep.environment, _dotenv_values(dep.config))  # before any host is touched
     if dry_run:
         plan = _make_plan(dep, artifact)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
@@ -340,7 +352,9 @@ def _prepare_all(run: _Run, plan: DeployPlan) -> None:
 
 
 def _preview(run: _Run, plan: DeployPlan) -> None:
-    """Serve the release on the preview route and check it there: visitors see nothing."""
+    """Serve the release on the preview route and check it there: visitors see nothing.
+    Once the marker shows the preview serves the release, a failure refuses it at
+    once (``live``): nobody is waiting for it to come right."""
     dep = run.dep
     if not plan.preview:
         return
@@ -349,18 +363,14 @@ def _preview(run: _Run, plan: DeployPlan) -> None:
     checks = plan.preview_checks
     try:
         _phase(run, plan.preview)
-        if plan.preview_on_host:
+        if plan.check_hosts:
             # Every host checks its own preview: one bad host stops them all.
-            for host in dep.hosts:
-                outcome = health.run_checks(
-                    checks, dep.policy, dep.log,
-                    fetch=health.fetch_on(host, dep.policy.request_timeout))
-                if not outcome.ok:
-                    outcome = health.Outcome(False, f"{host.name}: {outcome.detail}",
-                                             outcome.seconds)
-                    break
+            outcome = _check_each(run, plan.check_hosts, checks, pv_url, live=True)
+        elif plan.preview_on_host:
+            outcome = _check_each(run, [(h.name, "") for h in dep.hosts], checks, pv_url,
+                                  live=True)
         else:
-            outcome = health.run_checks(checks, dep.policy, dep.log)
+            outcome = health.run_checks(checks, dep.policy, dep.log, live=True, where=pv_url)
     except ForgeError as e:
         outcome = health.Outcome(False, e.message, 0.0)
     if not outcome.ok:
@@ -371,37 +381,93 @@ def _preview(run: _Run, plan: DeployPlan) -> None:
     dep.log(f"preview: {outcome.detail} in {outcome.seconds:.1f}s")
 
 
+def _check_each(run: _Run, hosts: Sequence[tuple[str, str]], checks: Sequence[HealthCheck],
+                url: str, live: bool) -> health.Outcome:
+    """Run ``checks`` on each host in turn with curl, connected to the host's own
+    web server at its address ("" : as the URL resolves there); the first host
+    that fails stops the rest, and its name is in the outcome."""
+    dep = run.dep
+    total = 0.0
+    for name, address in hosts:
+        rule = health.connect_rule(url, address) if address else None
+        fetch = health.fetch_on(run.hosts[name], dep.policy.request_timeout, rule)
+        outcome = health.run_checks(checks, dep.policy, dep.log, fetch=fetch, live=live,
+                                    where=name)
+        total += outcome.seconds
+        if not outcome.ok:
+            return outcome
+        dep.log(f"health: {name}: {outcome.detail}")
+    return health.Outcome(True, f"healthy on each of {len(hosts)} host(s)", total)
+
+
 class _SwitchFailed(Exception):
     """Raised by :func:`_switch_and_verify` after it put every host back it could."""
 
-    def __init__(self, cause: ForgeError, unrestored: list[str]) -> None:
+    def __init__(self, cause: ForgeError, unrestored: list[str], switched: list[str],
+                 untouched: list[str]) -> None:
         super().__init__(cause.message)
         self.cause, self.unrestored = cause, unrestored
+        self.switched, self.untouched = switched, untouched
+
+
+@dataclass(frozen=True)
+class _Checking:
+    """How a switch is verified: the batches, each host's own checks, the URL's."""
+
+    batches: tuple[tuple[str, ...], ...]
+    check_hosts: tuple[tuple[str, str], ...]
+    host_checks: tuple[HealthCheck, ...]
+    rounds: int
+
+
+def _checking(dep: Deployment, plan: DeployPlan | RollbackPlan) -> _Checking:
+    if isinstance(plan, DeployPlan):
+        return _Checking(plan.batches, plan.check_hosts, plan.host_checks, plan.rounds)
+    # A rollback switches every host at once, checked as a deploy is.
+    names = [h for h, _ in plan.current]
+    return _Checking((tuple(names),),
+                     check_hosts(dep.config, names), host_checks(dep.config, plan.checks),
+                     public_rounds(dep.config))
 
 
 def _switch_and_verify(run: _Run, plan: DeployPlan | RollbackPlan,
                        after_switch: Phase) -> health.Outcome:
-    """Switch every host, refresh PHP, run hooks and checks; on any failure run
+    """Switch the hosts batch by batch (refresh PHP, run hooks, check each host of
+    the batch on its own), then check through the site URL; on any failure run
     ``undo`` on every switched host."""
     dep = run.dep
     release = plan.release if isinstance(plan, DeployPlan) else plan.target
-    switched: set[str] = set()
+    how = _checking(dep, plan)
+    address = dict(how.check_hosts)
+    switched: list[str] = []
+    switched_at: float | None = None
     try:
-        for hs in plan.switch:
-            switched.add(hs.host)
-            _host_steps(run, hs)
-        switched_at = time.monotonic()
-        _phase(run, plan.refresh)
-        _phase(run, after_switch)
+        for i, batch in enumerate(how.batches, 1):
+            if len(how.batches) > 1:
+                dep.log(f"batch {i}/{len(how.batches)}: {', '.join(batch)}")
+            for hs in plan.switch:
+                if hs.host in batch:
+                    switched.append(hs.host)
+                    _host_steps(run, hs)
+            switched_at = switched_at or time.monotonic()
+            _phase(run, tuple(h for h in plan.refresh if h.host in batch))
+            _phase(run, tuple(h for h in after_switch if h.host in batch))
+            on_hosts = [(h, address[h]) for h in batch if h in address]
+            if on_hosts and how.host_checks and dep.config.url:
+                dep.log(f"health: checking {release} on {', '.join(batch)}")
+                outcome = _check_each(run, on_hosts, how.host_checks, dep.config.url, live=True)
+                if not outcome.ok:
+                    raise DeployFailed(f"health checks failed: {outcome.detail}")
         if not plan.checks:
             return health.Outcome(True, "not checked (no health checks configured)", 0.0)
         dep.log(f"health: checking {release}")
-        outcome = health.run_checks(plan.checks, dep.policy, dep.log, live=True)
+        outcome = health.run_checks(plan.checks, dep.policy, dep.log, live=True,
+                                    rounds=how.rounds, where=dep.config.url or "")
         if not outcome.ok:
             raise DeployFailed(f"health checks failed: {outcome.detail}")
         dep.log(f"health: {outcome.detail} in {outcome.seconds:.2f}s")
         # What a visitor waits for: PHP refresh and after_switch hooks included.
-        return health.Outcome(True, outcome.detail, time.monotonic() - switched_at)
+        return health.Outcome(True, outcome.detail, time.monotonic() - (switched_at or 0.0))
     except ForgeError as e:
         unrestored = []
         for hs in plan.undo:
@@ -412,7 +478,8 @@ def _switch_and_verify(run: _Run, plan: DeployPlan | RollbackPlan,
             except ForgeError as back:
                 dep.log(f"{hs.host}: switching back FAILED: {back}")
                 unrestored.append(hs.host)
-        raise _SwitchFailed(e, unrestored) from None
+        untouched = [h for b in how.batches for h in b if h not in switched]
+        raise _SwitchFailed(e, unrestored, switched, untouched) from None
 
 
 def _switch_all_and_check(run: _Run, plan: DeployPlan) -> health.Outcome:
@@ -426,7 +493,11 @@ def _switch_all_and_check(run: _Run, plan: DeployPlan) -> health.Outcome:
                                  f"{', '.join(f.unrestored)}",
                                  hint="check the site now: forge-ci releases, then rollback",
                                  ) from None
-        raise RolledBack(f"{f.cause.message}; rolled back to {back} on every host",
+        where = "every host"
+        if f.untouched:
+            where = (f"every switched host ({', '.join(f.switched)}); never switched: "
+                     f"{', '.join(f.untouched)}")
+        raise RolledBack(f"{f.cause.message}; rolled back to {back} on {where}",
                          hint="the release is marked bad; fix it and deploy again") from None
 
 

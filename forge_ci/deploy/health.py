@@ -60,7 +60,8 @@ class _Client:
         parts = urllib.parse.urlsplit(url)
         key = (parts.scheme, parts.netloc)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        for attempt in (1, 2):  # a kept-alive connection the server closed: retry once
+        while True:
+            reused = key in self._conns
             conn = self._conns.get(key) or self._connect(parts)
             self._conns[key] = conn
             try:
@@ -68,14 +69,19 @@ class _Client:
                                                    "Cache-Control": "no-cache"})
                 resp = conn.getresponse()
                 body = resp.read(4 << 20).decode("utf-8", "replace")
-                if resp.will_close:
-                    self._drop(key)
-                return resp.status, body
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except BaseException as e:
+                # Whatever went wrong, this connection is spent: a half-sent request
+                # leaves it refusing every later one ("Request-sent"), hiding the
+                # real error and failing a server that has come up since.
                 self._drop(key)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+                stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
+                                       BrokenPipeError))
+                if reused and stale:
+                    continue  # a kept-alive connection the server closed: once, afresh
+                raise
+            if resp.will_close:
+                self._drop(key)
+            return resp.status, body
 
     def _connect(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
         host, port = parts.hostname or "", parts.port
@@ -100,13 +106,16 @@ Fetch = Callable[[str], tuple[int, str]]
 _STATUS = "\n__forge_status__:"
 
 
-def fetch_on(host: Host, timeout: float) -> Fetch:
+def fetch_on(host: Host, timeout: float, connect_to: str | None = None) -> Fetch:
     """GET through ``curl`` on the target itself: for a preview route that listens on
-    the server's loopback, so the release is checked without being exposed."""
+    the server's loopback, so the release is checked without being exposed, and for
+    checking each host's own web server behind a load balancer. ``connect_to`` is a
+    curl ``--connect-to`` rule (see :func:`connect_rule`)."""
+    route = f"--connect-to {sh(connect_to)} " if connect_to else ""
 
     def get(url: str) -> tuple[int, str]:
         r = host.run(f"curl -sS --max-time {int(timeout)} -H 'Cache-Control: no-cache' "
-                     f"-w {sh(_STATUS + '%{http_code}')} -- {sh(url)}", check=False,
+                     f"{route}-w {sh(_STATUS + '%{http_code}')} -- {sh(url)}", check=False,
                      timeout=timeout + 15)
         body, _, code = r.text.rpartition(_STATUS)
         if r.status != 0 or not code.strip().isdigit():
@@ -114,6 +123,17 @@ def fetch_on(host: Host, timeout: float) -> Fetch:
         return int(code), body
 
     return get
+
+
+def connect_rule(url: str, address: str) -> str:
+    """A curl ``--connect-to`` rule sending requests for ``url``'s origin to
+    ``address`` at the same port: the Host header and TLS name stay the URL's."""
+    parts = urllib.parse.urlsplit(url)
+    name = parts.hostname or ""
+    if ":" in name:
+        name = f"[{name}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{name}:{port}:{address}:"
 
 
 def _probe(fetch: Fetch, check: HealthCheck) -> str | None:
@@ -132,42 +152,50 @@ def _probe(fetch: Fetch, check: HealthCheck) -> str | None:
 
 def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
                log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
-               fetch: Fetch | None = None, live: bool = False) -> Outcome:
-    """Retry until every check passes in one round, or the time bound runs out.
-    ``fetch`` replaces the HTTP client (see :func:`fetch_on`).
+               fetch: Fetch | None = None, live: bool = False, rounds: int = 1,
+               where: str = "") -> Outcome:
+    """Retry until every check passes in ``rounds`` rounds in a row, or the time
+    bound runs out. ``fetch`` replaces the HTTP client (see :func:`fetch_on`);
+    ``where`` names the host (or route) in the log and in a failed outcome. Every
+    failed attempt is logged.
 
-    ``live``: visitors see this release now. Once the release marker shows PHP
-    serves it, a check that still fails is the release's fault, not a slow
-    switch: after one confirming round the outcome is a failure at once, so a
-    bad release is rolled back in well under a second instead of staying up
-    for the whole time bound.
+    ``rounds`` > 1 is for a URL behind a load balancer: consecutive rounds reach
+    different backends, so one failing host cannot hide behind a lucky request.
+
+    ``live``: visitors see this release now. Once the release marker has shown
+    that PHP serves it, any failure is the release's fault, not a slow switch:
+    the outcome is a failure at once, so a bad release is rolled back in well
+    under a second instead of staying up for the whole time bound, and a
+    balancer cannot dodge the check by sending the retry elsewhere.
     """
     start = time.monotonic()
     client = _Client(policy.request_timeout)
     get = fetch or client.get
-    attempt = 0
-    confirmed_bad = 0
+    prefix = f"{where}: " if where else ""
+    attempt = passed = 0
+    serving = False  # the marker has shown the new release
     try:
         while True:
             attempt += 1
             results = [(c, _probe(get, c)) for c in checks]
             failures = [f for _, f in results if f]
             elapsed = time.monotonic() - start
+            serving = serving or any(_is_marker(c) and not f for c, f in results)
             if not failures:
-                return Outcome(True, f"healthy after {attempt} attempt(s)", elapsed)
-            last = "; ".join(failures)
-            marker_ok = any(_is_marker(c) and not f for c, f in results)
-            if live and marker_ok and not any(f and _is_marker(c) for c, f in results):
-                confirmed_bad += 1
-                if confirmed_bad >= 2:
-                    return Outcome(False, f"unhealthy while serving the new release: {last}",
-                                   elapsed)
-                sleep(min(policy.interval, 0.2))
+                passed += 1
+                if passed >= rounds:
+                    tail = f", {rounds} rounds in a row" if rounds > 1 else ""
+                    return Outcome(True, f"healthy after {attempt} attempt(s){tail}", elapsed)
                 continue
+            passed = 0
+            last = "; ".join(failures)
+            log(f"  {prefix}attempt {attempt} failed: {last}")
+            if live and serving:
+                return Outcome(False, f"{prefix}unhealthy while serving the new release: "
+                                      f"{last}", elapsed)
             if elapsed + policy.interval > policy.timeout:
-                return Outcome(False, f"unhealthy after {attempt} attempt(s): {last}", elapsed)
-            if attempt == 1 or attempt % 5 == 0:
-                log(f"  waiting: {last}")
+                return Outcome(False, f"{prefix}unhealthy after {attempt} attempt(s): {last}",
+                               elapsed)
             sleep(policy.interval)
     finally:
         client.close()

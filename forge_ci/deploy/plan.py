@@ -6,10 +6,20 @@
 host's ordered steps; :mod:`forge_ci.deploy.execute` carries them out and does
 nothing else, and ``--dry-run`` prints them. A deploy runs::
 
-    prepare (every host) -> preview -> switch (every host) -> refresh -> after_switch
-    -> checks -> finish (record, prune, stage the next base)
+    prepare (every host) -> preview -> for each batch: switch, refresh, after_switch,
+    checks on each host of the batch -> checks through the site URL -> finish (record,
+    prune, stage the next base)
 
 and on failure ``discard`` (before any switch) or ``undo`` (every switched host back).
+``strategy: together`` makes one batch of every host; ``strategy: rolling`` makes
+batches of ``rolling.batch`` hosts, so hosts behind a load balancer switch a few at
+a time while the others keep serving.
+
+With several hosts (or a ``check_address``), every check aimed at the site URL also
+runs on each host against its own web server (curl on the host, connected to
+``check_address``, default 127.0.0.1, at the URL's port): a balancer in front
+cannot hide a broken host. Through the site URL the checks must then pass
+:func:`public_rounds` rounds in a row.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forge_ci.build.manifest import Manifest, diff
-from forge_ci.config.models import EnvironmentConfig, HealthCheck
+from forge_ci.config.models import EnvironmentConfig, HealthCheck, RollingConfig
 from forge_ci.deploy import health, php_refresh
 from forge_ci.deploy.observe import Observed
 from forge_ci.deploy.releases import (
@@ -85,6 +95,13 @@ class DeployPlan:
     rejected: Phase  # if the preview checks fail
     rolled_back: Phase  # after ``undo``
     notes: tuple[str, ...] = ()
+    strategy: str = "together"
+    batches: tuple[tuple[str, ...], ...] = ()  # hosts switched and checked together
+    # (host, address): the checks aimed at the site (and the preview) run on each
+    # host against its own web server at that address; empty: only through the URL.
+    check_hosts: tuple[tuple[str, str], ...] = ()
+    host_checks: tuple[HealthCheck, ...] = ()
+    rounds: int = 1  # passing rounds in a row needed through the site URL
 
     @property
     def previous(self) -> str | None:
@@ -100,18 +117,31 @@ class DeployPlan:
                        **{k: [s.to_json() for s in _steps(p, h)] for k, p in phases.items()}}
                       for h, c in self.current],
             "preview_checks": [_check_text(c) for c in self.preview_checks],
-            "checks": [_check_text(c) for c in self.checks], "notes": list(self.notes)}
+            "checks": [_check_text(c) for c in self.checks], "notes": list(self.notes),
+            "strategy": self.strategy, "batches": [list(b) for b in self.batches],
+            "host_checks": {"hosts": [{"host": h, "address": a} for h, a in self.check_hosts],
+                            "checks": [_check_text(c) for c in self.host_checks]},
+            "rounds": self.rounds}
 
     def render(self) -> str:
         out = [f"deploy {self.release} to {self.environment}:"]
         out += [f"  {h}: live {c or '(none)'}" for h, c in self.current]
         out += _phase_lines("prepare", self.prepare)
         out += _phase_lines("preview", self.preview)
-        out += [f"  preview check: {_check_text(c)}" for c in self.preview_checks]
-        out += _phase_lines("switch", self.switch)
-        out += _phase_lines("refresh", self.refresh)
-        out += _phase_lines("after switch", self.after_switch)
-        out += [f"  check: {_check_text(c)}" for c in self.checks]
+        where = " on each host" if self.check_hosts or self.preview_on_host else ""
+        out += [f"  preview check{where}: {_check_text(c)}" for c in self.preview_checks]
+        address = dict(self.check_hosts)
+        for i, batch in enumerate(self.batches, 1):
+            if len(self.batches) > 1:
+                out.append(f"  batch {i}/{len(self.batches)} ({self.strategy}): "
+                           f"{', '.join(batch)}")
+            out += _phase_lines("switch", _only(self.switch, batch))
+            out += _phase_lines("refresh", _only(self.refresh, batch))
+            out += _phase_lines("after switch", _only(self.after_switch, batch))
+            out += [f"  check on {h} (its web server at {address[h]}): {_check_text(c)}"
+                    for h in batch if h in address for c in self.host_checks]
+        rounds = f" ({self.rounds} passing rounds in a row)" if self.rounds > 1 else ""
+        out += [f"  check: {_check_text(c)}{rounds}" for c in self.checks]
         out += _phase_lines("finish", self.finish)
         out += _phase_lines("on failure after a switch", self.undo)
         out += [f"  note: {n}" for n in self.notes]
@@ -120,6 +150,47 @@ class DeployPlan:
 
 def _steps(phase: Phase, host: str) -> tuple[Step, ...]:
     return next((h.steps for h in phase if h.host == host), ())
+
+
+def _only(phase: Phase, hosts: Sequence[str]) -> Phase:
+    """The part of ``phase`` on ``hosts``."""
+    return tuple(h for h in phase if h.host in hosts)
+
+
+def batches(config: EnvironmentConfig, hosts: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The hosts in the order they switch: all at once, or ``rolling.batch`` at a time."""
+    if config.strategy != "rolling":
+        return (tuple(hosts),)
+    size = (config.rolling or RollingConfig()).batch
+    return tuple(tuple(hosts[i:i + size]) for i in range(0, len(hosts), size))
+
+
+def check_hosts(config: EnvironmentConfig,
+                hosts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """(host, address) for checking each host on its own, or () when the site URL
+    is enough: a single host without ``check_address``, or no url to check."""
+    if config.url is None:
+        return ()
+    if len(config.hosts) < 2 and not any(h.check_address for h in config.hosts):
+        return ()
+    given = {h.label: h.check_address for h in config.hosts}
+    return tuple((h, given.get(h) or "127.0.0.1") for h in hosts)
+
+
+def host_checks(config: EnvironmentConfig,
+                checks: Sequence[HealthCheck]) -> tuple[HealthCheck, ...]:
+    """The checks aimed at the site URL: those each host answers for itself."""
+    if config.url is None:
+        return ()
+    base = config.url.rstrip("/")
+    return tuple(c for c in checks if c.url == base or c.url.startswith(base + "/"))
+
+
+def public_rounds(config: EnvironmentConfig) -> int:
+    """Passing rounds in a row needed through the site URL: two per host when there
+    are several, so that a round-robin balancer has sent each check to every host
+    even with other visitors' requests in between."""
+    return 2 * len(config.hosts) if len(config.hosts) > 1 else 1
 
 
 def release_id(digest: str, observed: Sequence[Observed], now: float | None = None) -> str:
@@ -238,6 +309,15 @@ def _notes(config: EnvironmentConfig, new: Manifest) -> tuple[str, ...]:
                  "after it the live site is checked again, with automatic rollback"]
     else:
         notes = ["no preview route: checks run after the switch, with automatic rollback"]
+    if config.strategy == "rolling":
+        notes.append(f"rolling: {(config.rolling or RollingConfig()).batch} host(s) at a "
+                     "time; a failure sends every switched host back and stops, the "
+                     "others are never switched")
+    if check_hosts(config, [h.label for h in config.hosts]):
+        notes.append("every host is checked on its own web server (curl on the host, at "
+                     "check_address, default 127.0.0.1) as well as through url")
+    elif len(config.hosts) > 1:
+        notes.append("no url: the hosts cannot be checked one by one")
     if not config.url and not config.health:
         notes.append("no url and no health checks: the switch is not verified over HTTP")
     elif config.marker and not config.url:
@@ -285,6 +365,11 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
         rejected=_mark_bad(observed, release, "failed on the preview route"),
         rolled_back=_mark_bad(observed, release, "rolled back"),
         notes=_notes(config, new),
+        strategy=config.strategy,
+        batches=batches(config, [o.name for o in observed]),
+        check_hosts=check_hosts(config, [o.name for o in observed]),
+        host_checks=host_checks(config, checks_for(config, release)),
+        rounds=public_rounds(config),
     )
 
 

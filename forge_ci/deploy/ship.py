@@ -9,6 +9,7 @@ tar stream of the changed entries is unpacked into it. Without a live release
 
 from __future__ import annotations
 
+import bisect
 import io
 import posixpath
 import subprocess
@@ -22,7 +23,9 @@ from pathlib import Path
 from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
 from forge_ci.errors import RemoteCommandError
+from forge_ci.progress import MakeProgress, Progress, silent
 from forge_ci.remote.base import Host, Process, sh
+from forge_ci.units import human_size
 
 # Staged copies of a release wait in releases/ under this prefix (see staged_base).
 STAGED_PREFIX = ".forge-base-"
@@ -59,13 +62,15 @@ class _ProcWriter:
 
 def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
          send: Sequence[str], remove: Sequence[str], log: Callable[[str], None],
-         generated: Mapping[str, tuple[bytes, int]] | None = None) -> ShipStats:
+         generated: Mapping[str, tuple[bytes, int]] | None = None,
+         progress: MakeProgress = silent) -> ShipStats:
     """Create ``release_dir`` on ``host`` from ``artifact``, as the plan's ship step says.
 
     ``base_dir`` is the live release to hard-link from (None: send everything),
     minus ``remove`` (what changed or went away, and the per-release paths added
     after shipping); ``send`` are the artifact's entries to send; ``generated``
-    are files made for this release (path -> content, mode) in the same stream.
+    are files made for this release (path -> content, mode) in the same stream;
+    ``progress`` shows how far the stream has got.
     """
     new = artifact.manifest
     if base_dir is not None:
@@ -85,9 +90,10 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
     else:
         host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
                             check=False), "creating the release directory")
-    sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {})
+    sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {},
+                           progress)
     linked = len(new.entries) - len(send)
-    log(f"{host.name}: sent {len(send)} entries ({sent_bytes} bytes), linked {linked}")
+    log(f"{host.name}: sent {len(send)} entries ({human_size(sent_bytes)}), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
 
 
@@ -108,8 +114,42 @@ def stage_script(release_dir: str) -> str:
     return f"nohup sh -c {sh(inner)} </dev/null >/dev/null 2>&1 &\n"
 
 
+class _StreamPosition:
+    """Files and bytes of the release sent, estimated from how far GNU tar's stream is.
+
+    tar writes entries in the order listed: a header (with a pax header: about
+    three 512-byte blocks) then the data, padded to 512 bytes. The estimate only
+    feeds the progress line; the last update is exact.
+    """
+
+    _HEADER = 3 * 512
+
+    def __init__(self, paths: tuple[str, ...], manifest: Manifest) -> None:
+        self.ends: list[int] = []
+        self.files: list[int] = []
+        self.data: list[int] = []
+        end = files = data = 0
+        for p in paths:
+            e = manifest.entries[p]
+            end += self._HEADER + -(-e.size // 512) * 512
+            files += e.kind == "file"
+            data += e.size
+            self.ends.append(end)
+            self.files.append(files)
+            self.data.append(data)
+
+    def at(self, offset: int) -> tuple[int, int]:
+        i = bisect.bisect_right(self.ends, offset)
+        if i >= len(self.ends):
+            return (self.files[-1], self.data[-1]) if self.ends else (0, 0)
+        before = (self.files[i - 1], self.data[i - 1], self.ends[i - 1]) if i else (0, 0, 0)
+        partial = max(0, offset - before[2] - self._HEADER)
+        return before[0], before[1] + min(partial, self.data[i] - before[1])
+
+
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
-              manifest: Manifest, generated: Mapping[str, tuple[bytes, int]]) -> int:
+              manifest: Manifest, generated: Mapping[str, tuple[bytes, int]],
+              progress: MakeProgress = silent) -> int:
     """Stream the artifact's entries, then the generated files, into the remote tar.
 
     GNU tar packs the artifact (it is several times faster than Python's tarfile);
@@ -120,9 +160,13 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
     proc = host.start(f"cd {sh(release_dir)} && exec tar -x -i -p --no-same-owner "
                       "--delay-directory-restore -f -")
     writer = _ProcWriter(proc)
+    position = _StreamPosition(paths, manifest)
+    total_files, total_bytes = position.at(1 << 62)
     try:
         if paths:
-            _pump_local_tar(tree, paths, writer)
+            with progress(f"{host.name}: shipping", files=total_files,
+                          nbytes=total_bytes) as shown:
+                _pump_local_tar(tree, paths, writer, position, shown)
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             for rel, (data, mode) in generated.items():
                 info = tarfile.TarInfo(rel)
@@ -139,7 +183,8 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
     return sum(manifest.entries[p].size for p in paths)
 
 
-def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter) -> None:
+def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter,
+                    position: _StreamPosition, shown: Progress) -> None:
     with tempfile.NamedTemporaryFile(prefix="forge-files-") as listing:
         listing.write(b"".join(p.encode() + b"\0" for p in paths))
         listing.flush()
@@ -149,12 +194,16 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter) -> 
              "--numeric-owner", "--format=posix"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert tar.stdout is not None
+        offset = 0
         try:
             while chunk := tar.stdout.read(_CHUNK):
                 writer.write(chunk)
+                offset += len(chunk)
+                shown.set(*position.at(offset))
         finally:
             tar.stdout.close()
             err = tar.stderr.read() if tar.stderr else b""
             status = tar.wait()
         if status != 0:
             raise RemoteCommandError(f"packing the release failed: {err.decode()[-300:]}")
+        shown.set(*position.at(1 << 62))

@@ -132,13 +132,19 @@ def _backup(ctx: Context, environment: str, now: dt.datetime) -> Check:
     try:
         t = session.target(ctx.config(), environment)
         with session.repository(t, ctx.environ) as repo:
-            # Only snapshots whose authenticity the repository can vouch for count,
-            # where it offers that; every listed snapshot otherwise.
-            listing = getattr(repo, "authenticated_refs", None) or repo.refs
-            refs = listing()
+            if not repo.can_read:
+                # Without the identity no manifest can be opened, so none can be
+                # authenticated: a name in the bucket is all there is to go by.
+                refs = repo.refs()
+                newest = max((r.time for r in refs), default=None)
+                found = check_backup(newest, max_age=mc.backup_max_age, now=now)
+                return Check(found.name, found.severity,
+                             found.detail + " (names only: give the monitor "
+                             "FORGE_BACKUP_IDENTITY to authenticate snapshots)")
+            # The newest snapshot a pinned signer vouches for.
+            newest = repo.pick(None).manifest.time if repo.refs() else None
     except ForgeError as e:
         return Check("backup", Severity.CRITICAL, f"cannot list snapshots: {e.message}")
-    newest = max((r.time for r in refs), default=None)
     return check_backup(newest, max_age=mc.backup_max_age, now=now)
 
 

@@ -28,6 +28,29 @@ The rest of forge (deploy, backup) never sees a provider: it gets an address
 and a ``known_hosts`` line. A host that cannot boot from cloud-init user data
 (a cPanel-style account, a CyberPanel API) sets ``boots_from_user_data`` False
 and provisioning skips the first-boot host-key handshake for it.
+
+What a provider implements (one subclass of :class:`Provider`, chosen by
+``provision.provider`` in forge.yml through :func:`forge_ci.provision.providers.make_provider`):
+
+- ``name`` (the config value) and ``boots_from_user_data``;
+- ``observe``, ``plan``, ``apply`` as above; ``plan`` returns :class:`Plan` with
+  ``existing`` set to the :class:`ServerInfo` forge will connect to (its ``ipv4``
+  is the address; a provider without a server of its own reports the host it set up);
+- ``plan_destroy`` and ``destroy``: delete only what carries forge's labels, or
+  raise :class:`~forge_ci.errors.ProvisionError` saying why it never deletes
+  (``ssh``: forge did not create the server);
+- outputs: :class:`Provisioned` carries the server, ``notes`` (logged),
+  ``warnings`` (what the user must fix that did not fail the run, e.g. an HTTPS
+  certificate pending on DNS) and ``https`` (forge-https's status line, when read).
+- a ``from_env`` builder taking the ``provision:`` config, the site
+  (:class:`~forge_ci.provision.site.Site`), the environment's hosts and the process
+  environment; secrets come only from there (SecretError naming the variable).
+
+Providers: ``hetzner`` (creates the server; the stack comes from cloud-init user
+data, :mod:`.cloudinit`), ``ssh`` (an existing Debian/Ubuntu server: the same
+stack files, :func:`forge_ci.provision.stack.files`, written over SSH).
+``cyberpanel`` and ``cpanel`` (sites on a control panel, through its API) use the
+same seam.
 """
 
 from __future__ import annotations
@@ -155,6 +178,10 @@ class Provisioned:
     server: ServerInfo
     booted_from_spec: bool
     notes: tuple[str, ...] = ()
+    # What the user must fix that did not fail the run (an HTTPS certificate pending).
+    warnings: tuple[str, ...] = ()
+    # forge-https's status line, when the provider read it (``ok ...``, ``pending ...``).
+    https: str | None = None
 
 
 ObservedT = TypeVar("ObservedT")

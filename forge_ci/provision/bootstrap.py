@@ -13,6 +13,10 @@ Contract of :func:`bootstrap`:
    (The script does nothing but print the key once the first-boot key is gone.)
 4. Connects again trusting only the new key, so the returned ``known_hosts``
    line is proven to be what the server presents now.
+5. Reads forge-https's status line (``/var/lib/forge-https/status``) over the
+   verified connection. On a later run (key already rotated) a ``pending``
+   certificate is retried once (``sudo -n forge-https``). ``https_advice`` turns
+   the line into what to fix.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from forge_ci.errors import ConnectError, HostKeyError
 from forge_ci.provision.errors import BootstrapError, ProvisionTimeout
 from forge_ci.provision.hostkeys import known_hosts_line, parse_public
 from forge_ci.provision.policy import Deadline, ProvisionPolicy
-from forge_ci.remote.base import Host
+from forge_ci.provision.stack import HTTPS_PATH, HTTPS_PENDING, HTTPS_STATUS_PATH
+from forge_ci.remote.base import Host, sh
 from forge_ci.remote.ssh import SshHost
 
 ROTATE_COMMAND = "sudo -n forge-rotate-host-keys"
@@ -42,6 +47,7 @@ class Bootstrapped:
     known_hosts: str  # the line for the key the server presents now
     rotated: bool  # False: the key was rotated on an earlier run
     cloud_init: str  # "done" or "degraded"
+    https: str | None = None  # forge-https's status line; None: no status on the server
 
 
 def ssh_opener(address: str, port: int, user: str, key: paramiko.PKey) -> Opener:
@@ -58,6 +64,8 @@ def bootstrap(open_host: Opener, address: str, port: int, pinned: str, policy: P
     try:
         state = wait_cloud_init(host, policy)
         new_public = rotate(host)
+        rotated = not _same_key(pinned, new_public)
+        https = https_status(host, retry_pending=not rotated)
     finally:
         host.close()
     line = known_hosts_line(address, port, new_public)
@@ -65,8 +73,49 @@ def bootstrap(open_host: Opener, address: str, port: int, pinned: str, policy: P
     verify = connect_when_up(open_host, line, policy.deadline(_VERIFY_SECONDS), log,
                              retry_key_mismatch=True)
     verify.close()
-    return Bootstrapped(known_hosts=line, rotated=not _same_key(pinned, new_public),
-                        cloud_init=state)
+    return Bootstrapped(known_hosts=line, rotated=rotated, cloud_init=state, https=https)
+
+
+def read_https_status(host: Host, status_path: str = HTTPS_STATUS_PATH) -> str | None:
+    """forge-https's status line (``ok|pending|off|failed TIME NAMES``), or None."""
+    data = host.read(status_path)
+    if data is None:
+        return None
+    lines = data.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else None
+
+
+def https_status(host: Host, *, retry_pending: bool, sudo: str = "sudo -n",
+                 script: str = HTTPS_PATH, status_path: str = HTTPS_STATUS_PATH) -> str | None:
+    """The status line; a ``pending`` one is retried first when ``retry_pending``
+    (the DNS may point here by now). A failing retry keeps the old line."""
+    line = read_https_status(host, status_path)
+    if retry_pending and line is not None and line.split()[0] == "pending":
+        result = host.run(f"{sudo} {sh(script)}", check=False, timeout=600)
+        if result.status not in (0, HTTPS_PENDING):
+            raise BootstrapError(
+                f"forge-https failed on {host.name} (exit {result.status})"
+                + (f": {result.tail()}" if result.stderr.strip() else ""),
+                hint="the site still serves HTTP; fix the cause and run provision again")
+        line = read_https_status(host, status_path)
+    return line
+
+
+def https_advice(line: str | None, address: str) -> str | None:
+    """What to fix, for a status line that is not ``ok`` or ``off``; None otherwise."""
+    if not line:
+        return None
+    state, _, rest = line.partition(" ")
+    names = " ".join(rest.split()[1:]) or "the site's names"
+    if state == "pending":
+        return (f"HTTPS is pending: no certificate for {names} yet, the CA could not reach "
+                f"the site. Point the DNS A/AAAA records of {names} at {address} and allow "
+                "port 80; the server retries twice a day, or run provision again. The site "
+                "serves HTTP until then.")
+    if state == "failed":
+        return (f"HTTPS failed for {names}: see /var/lib/forge-https/lego/last.log on the "
+                "server (the current certificate, if any, is still served)")
+    return None
 
 
 def connect_when_up(open_host: Opener, known_hosts: str, deadline: Deadline,

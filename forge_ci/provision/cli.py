@@ -20,13 +20,18 @@ if TYPE_CHECKING:
 
 _PROVISION_HELP = """\
 Create the environment's server if it is missing, with its firewall and SSH key,
-and install the Bedrock stack through cloud-init. Idempotent: a second run changes
-nothing. Needs HCLOUD_TOKEN (HCLOUD_ENDPOINT overrides the API URL) and
-FORGE_SSH_KEY (its public half becomes the deploy user's login). For a server made
-earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. Outputs: ip, known-hosts.
-With provider: cyberpanel or cpanel it makes the site (domain, document root,
-database, deploy key) on a panel instead: CYBERPANEL_URL/_USER/_PASSWORD or
-CPANEL_URL/_USER/_TOKEN, FORGE_DB_PASSWORD, FORGE_SSH_KEY and FORGE_KNOWN_HOSTS."""
+and install the Bedrock stack through cloud-init (provider hetzner), or bring an
+existing Debian/Ubuntu server to the same stack over SSH (provider ssh). Both set up
+HTTPS from the environment's https: key; a certificate waiting for DNS is a
+warning saying what to fix, and the next run retries it. Idempotent: a second run
+changes nothing. hetzner needs HCLOUD_TOKEN (HCLOUD_ENDPOINT overrides the API URL)
+and FORGE_SSH_KEY (its public half becomes the deploy user's login); for a server
+made earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. ssh needs
+FORGE_KNOWN_HOSTS, FORGE_SSH_KEY and FORGE_ADMIN_SSH_KEY (the admin_user's key;
+FORGE_SSH_KEY when unset). With provider cyberpanel or cpanel it makes the site
+(domain, document root, database, deploy key) on a control panel instead:
+CYBERPANEL_URL/_USER/_PASSWORD or CPANEL_URL/_USER/_TOKEN, FORGE_DB_PASSWORD,
+FORGE_SSH_KEY and FORGE_KNOWN_HOSTS. Outputs: ip, known-hosts."""
 
 _DESTROY_HELP = """\
 Delete the environment's server and its forge firewall. Only a server carrying
@@ -77,7 +82,8 @@ def cmd_provision(ctx: Context) -> int:
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
     policy = ProvisionPolicy.from_config(prov.wait)
-    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log, site=site)
+    provider = make_provider(prov, ctx.environ, policy, ctx.runner.log, site=site,
+                             hosts=loaded.config.environments[site.environment].hosts)
     key_text = ctx.environ.get("FORGE_SSH_KEY")
     if not key_text:
         raise SecretError("FORGE_SSH_KEY is not set",
@@ -127,6 +133,8 @@ def _report(ctx: Context, site: Site, outcome: reconcile.Outcome, hint: str | No
         lines.append(f"ip: {server.ipv4}")
         if outcome.known_hosts:
             lines.append(f"known_hosts ({outcome.host_key}): {outcome.known_hosts}")
+        if outcome.https:
+            lines.append(f"https: {outcome.https}")
     ctx.emit(outcome.as_dict(), "\n".join(lines))
 
 
@@ -141,6 +149,8 @@ def _summary(site: Site, outcome: reconcile.Outcome) -> str:
     if outcome.applied:
         rows.append(f"| host key | {outcome.host_key} |")
         rows.append(f"| cloud-init | {outcome.cloud_init or 'not waited for'} |")
+        if outcome.https:
+            rows.append(f"| HTTPS | {_md(outcome.https)} |")
     out = "\n".join(rows) + "\n\nChanges:\n\n" + "\n".join(
         f"- `{line}`" for line in outcome.plan.lines())
     if outcome.known_hosts:
@@ -161,6 +171,11 @@ def cmd_destroy(ctx: Context) -> int:
     loaded, site = _site(ctx)
     prov = provision_section(loaded.config, str(loaded.path))
     name = site.server_name
+    if prov.provider == "ssh":
+        from forge_ci.provision.ssh.provider import refuse_destroy
+
+        hosts = loaded.config.environments[site.environment].hosts
+        raise refuse_destroy(hosts[0].host if hosts else name)
     confirm = ctx.args.confirm
     if not ctx.dry_run and confirm != name:
         # Checked before any API call: a typo must not even look the server up.

@@ -12,11 +12,17 @@ Contract of :func:`user_data`:
   with a pool running as the deploy user, MariaDB with the site's database,
   a swap file and unattended upgrades; creates the deploy user (key login, sudo
   only for reloads and the host key rotation) and ``<path>/{releases,shared,.forge}``;
-  hardens sshd (keys only, no root, only the deploy user).
+  hardens sshd (keys only, no root, only the deploy user);
+- when the site has HTTPS (:attr:`Site.tls`), writes forge-https and its settings
+  (the script gzip+base64, ``encoding: gz+b64``, to stay small); ``forge-setup``
+  runs it once nginx is up, and its exit 3 (pending: DNS not pointing here yet)
+  does not fail the boot.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 from typing import Any
 
 import yaml
@@ -42,28 +48,37 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+# Files written compressed: long, and nobody needs to read them in the console.
+_COMPRESSED = frozenset({stack.HTTPS_PATH})
+
+
 def _file(path: str, content: str, mode: str = "0644", *, defer: bool = False) -> dict[str, Any]:
     entry: dict[str, Any] = {"path": path, "content": content, "owner": "root:root",
                              "permissions": mode}
+    if path in _COMPRESSED:
+        packed = gzip.compress(content.encode(), compresslevel=9, mtime=0)
+        entry["content"] = base64.b64encode(packed).decode()
+        entry["encoding"] = "gz+b64"
     if defer:
         # Written after the packages are installed, so no package overwrites it.
         entry["defer"] = True
     return entry
 
 
+def file_content(entry: dict[str, Any]) -> str:
+    """A ``write_files`` entry's text as it lands on the server (decoded)."""
+    if entry.get("encoding") == "gz+b64":
+        return gzip.decompress(base64.b64decode(entry["content"])).decode()
+    return str(entry["content"])
+
+
 def config(site: Site, deploy_key: str, host_key: HostKey) -> dict[str, Any]:
     """The cloud-config as data (tests read it; :func:`user_data` serialises it)."""
     files = [
-        _file("/etc/ssh/sshd_config.d/10-forge.conf", stack.sshd_dropin(site)),
         _file(stack.FIRST_BOOT_MARKER, "The SSH host key still is the one from user data.\n",
               "0600"),
         _file(stack.ROTATE_PATH, stack.rotate_script(), "0755"),
-        _file(stack.SETUP_PATH, stack.setup_script(site), "0700"),
-        _file("/etc/apt/apt.conf.d/20auto-upgrades", stack.AUTO_UPGRADES),
-        _file("/etc/nginx/sites-available/forge.conf", stack.nginx_site(site), defer=True),
-        _file(f"/etc/php/{site.php_version}/fpm/pool.d/forge.conf", stack.fpm_pool(site),
-              defer=True),
-    ]
+    ] + [_file(f.path, f.content, f.mode, defer=f.after_packages) for f in stack.files(site)]
     doc: dict[str, Any] = {
         "disable_root": True,
         "ssh_pwauth": False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from forge_ci.config.models import HostConfig
 from forge_ci.config.provision import ProvisionConfig
 from forge_ci.provision.base import Provider
 from forge_ci.provision.policy import ProvisionPolicy
@@ -16,17 +17,21 @@ from forge_ci.provision.site import Site
 
 
 def make_provider(config: ProvisionConfig, environ: Mapping[str, str], policy: ProvisionPolicy,
-                  log: Callable[[str], None], *, site: Site | None = None) -> Provider[Any]:
+                  log: Callable[[str], None], *, site: Site,
+                  hosts: tuple[HostConfig, ...] = ()) -> Provider[Any]:
     """Build the provider from config and its secrets in ``environ`` (SecretError if missing).
 
-    The panel providers make a site rather than a server and need ``site``.
-    """
+    ``site`` and ``hosts`` (the environment's) serve providers that set up a server
+    they reach over SSH, or a site on a control panel, rather than one they create."""
     if config.provider == "hetzner":
         from forge_ci.provision.hetzner import HetznerProvider
 
         return HetznerProvider.from_env(config, environ, policy, log)
+    if config.provider == "ssh":
+        from forge_ci.provision.ssh import SshProvider
+
+        return SshProvider.from_env(config, site, hosts, environ, log)
     if config.provider in ("cyberpanel", "cpanel"):
-        assert site is not None, "panel providers need the site"
         return _panel(config, environ, policy, log, site)
     from forge_ci.plugins import find  # config validation saw a plugin of this name
 

@@ -25,7 +25,7 @@ import paramiko
 from forge_ci.errors import ProvisionError
 from forge_ci.provision import cloudinit
 from forge_ci.provision.base import Plan, Provider, ServerInfo, ServerSpec, forge_labels
-from forge_ci.provision.bootstrap import bootstrap, ssh_opener
+from forge_ci.provision.bootstrap import bootstrap, https_advice, ssh_opener
 from forge_ci.provision.hostkeys import HostKey, known_hosts_line, public_line
 from forge_ci.provision.policy import ProvisionPolicy
 from forge_ci.provision.site import Site
@@ -39,6 +39,7 @@ class Outcome:
     known_hosts: str | None = None
     host_key: str = "unknown"  # first-boot | rotated | pinned | unknown
     cloud_init: str | None = None  # done | degraded | None (not waited for)
+    https: str | None = None  # forge-https's status line on the server, when read
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
 
@@ -47,7 +48,7 @@ class Outcome:
                 "server": self.server.as_dict() if self.server else None,
                 "ip": self.server.ipv4 if self.server else None,
                 "known_hosts": self.known_hosts, "host_key": self.host_key,
-                "cloud_init": self.cloud_init, "notes": list(self.notes),
+                "cloud_init": self.cloud_init, "https": self.https, "notes": list(self.notes),
                 "warnings": list(self.warnings)}
 
 
@@ -84,15 +85,16 @@ def provision(provider: Provider[Any], spec: ServerSpec, site: Site, *, host_key
         made = provider.apply(spec, plan)
         for note in made.notes:
             rt.log(f"note: {note}")
+    warnings: list[str] = list(made.warnings)
     address = made.server.ipv4
     if not address:
         raise ProvisionError(f"server {spec.name} has no public IPv4 address",
                              hint="forge connects over IPv4: enable it on the server")
-    warnings: list[str] = []
     first_boot = (known_hosts_line(address, site.ssh_port, host_key.public)
                   if made.booted_from_spec else None)
 
     def outcome(**kw: Any) -> Outcome:
+        kw.setdefault("https", made.https)
         return Outcome(plan=plan, applied=True, server=made.server, notes=made.notes,
                        warnings=tuple(warnings), **kw)
 
@@ -103,6 +105,9 @@ def provision(provider: Provider[Any], spec: ServerSpec, site: Site, *, host_key
                             "--no-wait (with FORGE_KNOWN_HOSTS set to it) to replace it")
         for w in warnings:
             rt.warn(w)
+        if not provider.boots_from_user_data and pinned:
+            # Reached over SSH with FORGE_KNOWN_HOSTS (provider ssh): that pin stays valid.
+            return outcome(known_hosts=pinned, host_key="pinned")
         return outcome(known_hosts=first_boot, host_key="first-boot" if first_boot else "unknown")
     trust = first_boot or pinned
     if not trust:
@@ -117,10 +122,13 @@ def provision(provider: Provider[Any], spec: ServerSpec, site: Site, *, host_key
     if done.cloud_init == "degraded":
         warnings.append("cloud-init finished with recoverable errors (degraded): see "
                         "`cloud-init status --long` and /var/log/cloud-init.log on the server")
+    advice = https_advice(done.https, address)
+    if advice:
+        warnings.append(advice)
     for w in warnings:
         rt.warn(w)
     return outcome(known_hosts=done.known_hosts, host_key="rotated" if done.rotated else "pinned",
-                   cloud_init=done.cloud_init)
+                   cloud_init=done.cloud_init, https=done.https)
 
 
 def destroy(provider: Provider[Any], name: str, ownership: Mapping[str, str], *,

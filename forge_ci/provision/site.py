@@ -10,16 +10,39 @@ from __future__ import annotations
 
 import posixpath
 import re
+import shlex
 import urllib.parse
 from dataclasses import dataclass
 
 from forge_ci.config import ForgeConfig
-from forge_ci.config.provision import ProvisionConfig
+from forge_ci.config.models import HostConfig
+from forge_ci.config.provision import HttpsConfig, ProvisionConfig
 from forge_ci.errors import ConfigError
 
 # RFC 1123 host name, as Hetzner requires for server names.
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,63}}$){_LABEL}(\.{_LABEL})*$")
+
+
+@dataclass(frozen=True)
+class Https:
+    """What forge-https gets on the server (its settings file, /etc/forge-https.env)."""
+
+    names: tuple[str, ...]  # the first is the certificate's main name
+    acme: str  # letsencrypt | letsencrypt-staging | off | a directory URL
+    email: str | None
+    hsts: bool
+    ca_file: str | None = None  # trust for a private CA's ACME API (a path on the server)
+
+    def settings(self) -> str:
+        """The settings file's text, sourced by forge-https (bash)."""
+        values = {"FORGE_HTTPS_DOMAINS": " ".join(self.names), "FORGE_HTTPS_ACME": self.acme,
+                  "FORGE_HTTPS_HSTS": "true" if self.hsts else "false"}
+        if self.email:
+            values["FORGE_HTTPS_EMAIL"] = self.email
+        if self.ca_file:
+            values["FORGE_HTTPS_CA_FILE"] = self.ca_file
+        return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,8 @@ class Site:
     ssh_port: int
     hostnames: tuple[str, ...]  # nginx server_name; empty means any
     https: bool = False  # the site's url is https: the preview must say so to WordPress
+    # The site's certificate; None: no ACME at all (no https: key and an http:// url).
+    tls: Https | None = None
 
 
 def provision_section(config: ForgeConfig, file: str) -> ProvisionConfig:
@@ -65,8 +90,33 @@ def resolve(config: ForgeConfig, environment: str, file: str) -> Site:
     database = prov.database or f"{config.project}_{environment}".replace("-", "_")[:64]
     return Site(project=config.project, environment=environment, server_name=name,
                 deploy_user=user, path=path, php_version=prov.php_version, database=database,
-                swap_mb=prov.swap_mb, ssh_port=prov.ssh_port, hostnames=_hostnames(target.url),
-                https=bool(target.url and target.url.startswith("https://")))
+                swap_mb=prov.swap_mb, ssh_port=_ssh_port(prov, target.hosts),
+                hostnames=_hostnames(target.url),
+                https=bool(target.url and target.url.startswith("https://")),
+                tls=_https(config, environment, file))
+
+
+def _ssh_port(prov: ProvisionConfig, hosts: tuple[HostConfig, ...]) -> int:
+    # provider ssh: sshd keeps the port forge reaches the server on.
+    if prov.provider == "ssh" and hosts and "ssh_port" not in prov.model_fields_set:
+        return hosts[0].port
+    return prov.ssh_port
+
+
+def _https(config: ForgeConfig, environment: str, file: str) -> Https | None:
+    target = config.environments[environment]
+    wanted = target.https
+    if wanted is None:
+        if not (target.url and target.url.startswith("https://")):
+            return None
+        wanted = HttpsConfig.model_validate({})
+    names = tuple(dict.fromkeys(_hostnames(target.url) + wanted.names))
+    if wanted.acme != "off" and not names:
+        raise ConfigError("https needs the site's host name", file=file,
+                          key=f"environments.{environment}.url",
+                          hint="set url: https://www.example.com (or https.names)")
+    return Https(names=names, acme=wanted.acme, email=wanted.email, hsts=wanted.hsts,
+                 ca_file=wanted.ca_file)
 
 
 def _hostnames(url: str | None) -> tuple[str, ...]:

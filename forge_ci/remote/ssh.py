@@ -3,23 +3,42 @@
 There is no trust on first use: a host whose key is not pinned, or whose key
 changed, is refused before any command runs. paramiko's exceptions are
 translated here into :mod:`forge_ci.errors`.
+
+FORGE_KNOWN_HOSTS is read here, not by paramiko (whose table keeps one key per
+host and type, and which stops at marker lines): any number of keys may be
+pinned for a host, of one type or several (a key-rotation window: either is
+accepted); ``@revoked`` refuses a key for the hosts it names even when a plain
+line pins it too; ``@cert-authority`` is refused with an error, since forge
+pins host keys and never trusts a CA. Host patterns are as in OpenSSH: plain,
+``[host]:port``, hashed (``|1|salt|hash``), ``*`` and ``?`` wildcards, ``!`` to
+exclude.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
+import hmac
 import io
+import logging
+import re
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import paramiko
+from paramiko.pkey import UnknownKeyType
 
 from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
 from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
+
+# paramiko's transport thread logs what it raises, traceback included; with no handler
+# Python prints that on stderr. Every such failure reaches us as an exception, which
+# _connect translates into one clear error, so its log stays silent.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Bigger windows than paramiko's defaults: release tarballs stream at disk speed.
 _WINDOW = 64 * 1024 * 1024
@@ -53,6 +72,132 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 def _host_id(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
+
+
+# -- FORGE_KNOWN_HOSTS -------------------------------------------------------
+
+# Host-key algorithms a pinned key type may be presented with.
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+_HOST_KEY_ALGORITHMS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                        "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa",
+                        *getattr(paramiko.Transport, "_preferred_keys", ()))
+_KNOWN_HOSTS_HINT = "use lines as in ~/.ssh/known_hosts ([host]:port keytype base64)"
+
+
+@dataclass(frozen=True)
+class PinnedKey:
+    """One usable line of FORGE_KNOWN_HOSTS."""
+
+    patterns: tuple[str, ...]
+    key: paramiko.PKey
+    revoked: bool
+    line: int
+
+    def matches(self, host_id: str) -> bool:
+        host_id = host_id.lower()
+        hit = False
+        for pattern in self.patterns:
+            negated = pattern.startswith("!")
+            if _pattern_matches(pattern[1:] if negated else pattern, host_id):
+                if negated:
+                    return False
+                hit = True
+        return hit
+
+
+def _pattern_matches(pattern: str, host_id: str) -> bool:
+    if pattern.startswith("|1|"):
+        try:
+            salt, digest = (base64.b64decode(p) for p in pattern[3:].split("|", 1))
+        except (ValueError, binascii.Error):
+            return False
+        mac = hmac.new(salt, host_id.encode(), hashlib.sha1).digest()
+        return hmac.compare_digest(mac, digest)
+    regex = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, host_id) is not None
+
+
+def _same_key(a: paramiko.PKey, b: paramiko.PKey) -> bool:
+    return a.get_name() == b.get_name() and a.asbytes() == b.asbytes()
+
+
+@dataclass(frozen=True)
+class KnownHosts:
+    """The pinned and revoked host keys, read once from FORGE_KNOWN_HOSTS."""
+
+    entries: tuple[PinnedKey, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> KnownHosts:
+        entries = []
+        for n, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            marker = fields.pop(0) if fields[0].startswith("@") else ""
+            if marker == "@cert-authority":
+                raise SecretError(
+                    f"FORGE_KNOWN_HOSTS line {n}: @cert-authority is not supported: forge "
+                    "pins each host's own keys and does not trust a certificate authority",
+                    hint="list the host keys themselves (ssh-keyscan, checked out of band); "
+                         "@revoked lines may stay")
+            if marker not in ("", "@revoked"):
+                raise SecretError(f"FORGE_KNOWN_HOSTS line {n}: unknown marker {marker}",
+                                  hint=_KNOWN_HOSTS_HINT)
+            if len(fields) < 3:
+                raise SecretError(f"FORGE_KNOWN_HOSTS line {n} is not 'hosts keytype key'",
+                                  hint=_KNOWN_HOSTS_HINT)
+            patterns, key_type, data = fields[:3]
+            try:
+                key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data,
+                                                                                validate=True))
+            except UnknownKeyType:
+                continue  # a type paramiko cannot use (e.g. a security key): never offered
+            except (ValueError, binascii.Error, paramiko.SSHException):
+                raise SecretError(f"FORGE_KNOWN_HOSTS line {n}: the {key_type} key does not "
+                                  "decode", hint=_KNOWN_HOSTS_HINT) from None
+            entries.append(PinnedKey(tuple(patterns.split(",")), key, marker == "@revoked", n))
+        return cls(tuple(entries))
+
+    def pinned(self, host_id: str) -> list[paramiko.PKey]:
+        """Keys accepted for ``host_id``: pinned by a plain line, revoked by none."""
+        keys = [e.key for e in self.entries if not e.revoked and e.matches(host_id)]
+        return [k for k in keys if not self.revoked(host_id, k)]
+
+    def revoked(self, host_id: str, key: paramiko.PKey) -> bool:
+        return any(e.revoked and e.matches(host_id) and _same_key(e.key, key)
+                   for e in self.entries)
+
+    def disabled_algorithms(self, host_id: str) -> dict[str, list[str]]:
+        """Host-key algorithms to turn off so the server presents a pinned type."""
+        wanted = {a for k in self.pinned(host_id)
+                  for a in _ALGORITHMS.get(k.get_name(), (k.get_name(),))}
+        return {"keys": sorted({a for a in _HOST_KEY_ALGORITHMS if a not in wanted})}
+
+
+class _CheckPinned(paramiko.MissingHostKeyPolicy):
+    """Accept exactly the keys FORGE_KNOWN_HOSTS pins for the host, never a revoked one."""
+
+    def __init__(self, known: KnownHosts, host_id: str) -> None:
+        self._known, self._host_id = known, host_id
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        if self._known.revoked(self._host_id, key):
+            raise HostKeyError(
+                f"the host key of {self._host_id} ({fingerprint(key)}) is REVOKED in "
+                "FORGE_KNOWN_HOSTS; refusing to connect",
+                hint="the server still presents a key you revoked: replace the server's "
+                     "host key, or remove the @revoked line if that was a mistake")
+        pinned = self._known.pinned(self._host_id)
+        if not any(_same_key(key, k) for k in pinned):
+            raise HostKeyError(
+                f"the host key of {self._host_id} has CHANGED: it presents "
+                f"{fingerprint(key)}, FORGE_KNOWN_HOSTS pins "
+                + ", ".join(fingerprint(k) for k in pinned),
+                hint="if the server was rebuilt, update the known-hosts secret (provision "
+                     "prints it); otherwise someone may be intercepting: do not proceed")
 
 
 @contextlib.contextmanager
@@ -136,33 +281,35 @@ class SshHost(Host):
         user: str,
         *,
         key: paramiko.PKey,
-        known_hosts: str,
+        known_hosts: str | KnownHosts,
         timeout: float = 15.0,
     ) -> None:
         self.name = f"{user}@{host}:{port}"
+        known = known_hosts if isinstance(known_hosts, KnownHosts) else KnownHosts.parse(
+            known_hosts)
+        host_id = _host_id(host, port)
+        if not known.pinned(host_id):
+            raise HostKeyError(
+                f"{host_id} is not in FORGE_KNOWN_HOSTS; refusing to trust it"
+                + (" (every key pinned for it is revoked)"
+                   if any(e.matches(host_id) for e in known.entries) else ""),
+                hint=f"pin it: ssh-keyscan -p {port} {host} (checked out of band) "
+                     "or the known-hosts output of forge-ci provision")
         self._client = paramiko.SSHClient()
-        self._load_known_hosts(known_hosts)
-        self._client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        self._connect(host, port, user, key, timeout)
+        # Nothing goes into paramiko's own table: every key is checked by _CheckPinned.
+        self._client.set_missing_host_key_policy(_CheckPinned(known, host_id))
+        try:
+            self._connect(host, port, user, key, timeout, known.disabled_algorithms(host_id))
+        except BaseException:
+            self._client.close()  # a refused host key leaves paramiko's transport running
+            raise
         transport = self._client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
         self._transport = transport
 
-    def _load_known_hosts(self, text: str) -> None:
-        # load_system_host_keys never writes back; a temp file handles hashed names too.
-        with tempfile.NamedTemporaryFile("w", prefix="forge-known-hosts-") as f:
-            f.write(text)
-            f.flush()
-            try:
-                self._client.load_system_host_keys(f.name)
-            except (paramiko.SSHException, ValueError) as e:
-                raise SecretError(f"FORGE_KNOWN_HOSTS could not be parsed: {e}",
-                                  hint="use lines as in ~/.ssh/known_hosts "
-                                       "([host]:port keytype base64)") from None
-
     def _connect(self, host: str, port: int, user: str, key: paramiko.PKey,
-                 timeout: float) -> None:
+                 timeout: float, disabled_algorithms: dict[str, list[str]]) -> None:
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
             # Without it, Nagle and delayed ACKs add ~40 ms to every command's round trip.
@@ -171,6 +318,7 @@ class SshHost(Host):
                 host, port=port, username=user, pkey=key, timeout=timeout, sock=sock,
                 banner_timeout=timeout, auth_timeout=timeout,
                 allow_agent=False, look_for_keys=False,
+                disabled_algorithms=disabled_algorithms,
             )
         except paramiko.BadHostKeyException as e:
             raise HostKeyError(
@@ -190,6 +338,12 @@ class SshHost(Host):
                     f"{_host_id(host, port)} is not in FORGE_KNOWN_HOSTS; refusing to trust it",
                     hint=f"pin it: ssh-keyscan -p {port} {host} (checked out of band) "
                          "or the known-hosts output of forge-ci provision",
+                ) from None
+            if "protocol banner" in str(e):
+                raise ConnectError(
+                    f"{_host_id(host, port)} answers but does not speak SSH (no SSH banner: "
+                    "a web server or another service on that port?)",
+                    hint="check hosts[].port in forge.yml: it must be the server's sshd port",
                 ) from None
             raise ConnectError(f"SSH to {self.name} failed: {e}") from None
         except (TimeoutError, OSError) as e:
@@ -249,11 +403,12 @@ def connector(key_text: str | None, known_hosts: str | None,
         raise SecretError("FORGE_KNOWN_HOSTS is not set; forge never trusts a host key "
                           "on first use", hint="pass the pinned host keys as a secret")
     key = parse_private_key(key_text)
+    known = KnownHosts.parse(known_hosts)
 
     def open_host(host: str, port: int, user: str) -> SshHost:
-        return SshHost(host, port, user, key=key, known_hosts=known_hosts, timeout=timeout)
+        return SshHost(host, port, user, key=key, known_hosts=known, timeout=timeout)
 
     return open_host
 
 
-__all__ = ["SshHost", "connector", "fingerprint", "parse_private_key"]
+__all__ = ["KnownHosts", "SshHost", "connector", "fingerprint", "parse_private_key"]

@@ -159,6 +159,18 @@ def _keypair(tmp_path: Path) -> tuple[str, str]:
     return identity, recipient
 
 
+def _signing_pair(tmp_path: Path) -> tuple[str, str]:
+    out = tmp_path / "backup-signing.key"
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "forge-ci"), "keygen", "--signing",
+                        "--json", "--output", str(out)], capture_output=True, text=True,
+                       check=True)
+    key = next(x for x in out.read_text().splitlines() if not x.startswith("#"))
+    leaks.register(key)
+    leaks.holds_secrets(out)
+    leaks.check(r.stdout + r.stderr, "output of forge-ci keygen --signing --output")
+    return key, yaml.safe_load(r.stdout)["signer"]
+
+
 def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(
         make_site: Callable[..., Site], tmp_path: Path, s3_server: object, s3_bucket: str,
         oidc_endpoint: TokenEndpoint) -> None:
@@ -168,14 +180,17 @@ def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(
     uploads = target / "shared" / "web" / "app" / "uploads" / "2026" / "11"
     uploads.mkdir(parents=True)
     (uploads / "photo.jpg").write_bytes(os.urandom(40_000))
+    identity, recipient = _keypair(tmp_path)
+    signing_key, signer = _signing_pair(tmp_path)
     _local_production(site, target, backup={
         "store": f"s3://{s3_bucket}/example-site",
         "paths": ["shared/web/app/uploads"],
         "retention": {"keep_last": 2},
+        "signers": [signer],  # verify and prune accept only what this key signed
     })
-    identity, recipient = _keypair(tmp_path)
     site.secrets = _secrets(
         FORGE_BACKUP_RECIPIENT=recipient, FORGE_BACKUP_IDENTITY=identity,
+        FORGE_BACKUP_SIGNING_KEY=signing_key,
         FORGE_ENV=f"DB_PASSWORD={DB_PASSWORD}\nAWS_ENDPOINT_URL={endpoint}\n")
     site.variables = {"FORGE_BACKUP_ROLE_ARN": "arn:aws:iam::123456789012:role/forge-backup"}
     site.env = {"ACTIONS_ID_TOKEN_REQUEST_URL": oidc_endpoint.url,
@@ -194,7 +209,9 @@ def test_scheduled_backup_goes_to_s3_through_oidc_then_verifies_and_prunes(
         Bucket=s3_bucket).get("Contents", [])]
     assert keys and all(k.startswith("example-site/") for k in keys)
     assert not any(b"photo" in k.encode() and k.endswith(".jpg") for k in keys)
-    _assert_no_secret_in(run.log, identity, oidc_endpoint.jwt, oidc_endpoint.bearer)
+    assert "not authenticated" not in run.log
+    _assert_no_secret_in(run.log, identity, signing_key, oidc_endpoint.jwt,
+                         oidc_endpoint.bearer)
 
 
 def test_a_release_runs_with_its_own_tag_only(

@@ -24,6 +24,7 @@ from lab.sshd import SshHost
 from lab.users import DEPLOY_USER
 
 from forge_ci.backup.format.keys import X25519Identity, format_identity_file, generate_identity
+from forge_ci.backup.signing import SigningKey
 from forge_ci.cli import main
 
 ROWS_SQL = r"""
@@ -88,6 +89,7 @@ class Site:
     identity: X25519Identity
     identity_file: Path
     base_environ: dict[str, str]
+    signing_key: SigningKey
     outputs: Path
     summary: Path
     environment: str = "production"
@@ -101,8 +103,10 @@ class Site:
         return self.root / "shared" / "web" / "app" / "uploads"
 
     def environ(self, *, read: bool = True) -> dict[str, str]:
-        """CI's view: the backup job gets only the recipient; restore/verify the identity."""
-        environ = dict(self.base_environ, FORGE_BACKUP_RECIPIENT=str(self.identity.recipient))
+        """CI's view: the backup job gets only the recipient and the signing key;
+        restore/verify the identity too."""
+        environ = dict(self.base_environ, FORGE_BACKUP_RECIPIENT=str(self.identity.recipient),
+                       FORGE_BACKUP_SIGNING_KEY=self.signing_key.to_secret().reveal())
         if read:
             environ["FORGE_BACKUP_IDENTITY"] = self.identity.to_secret().reveal()
         return environ
@@ -172,7 +176,7 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
 
 
 def _config(site_root: Path, store: str, db: Database, *, hosts: str = "",
-            retention: str = "{ keep_last: 3 }") -> str:
+            retention: str = "{ keep_last: 3 }", signers: tuple[str, ...] = ()) -> str:
     return (
         "version: 1\nproject: backup-lab\nenvironments:\n  production:\n"
         + (f"    hosts: {hosts}\n" if hosts else "")
@@ -182,6 +186,7 @@ def _config(site_root: Path, store: str, db: Database, *, hosts: str = "",
         f"      database: {{ name: {db.name}, user: {db.user}, password: \"${{DB_PASSWORD}}\","
         f" host: 127.0.0.1, port: {db.port} }}\n"
         f"      retention: {retention}\n"
+        + (f"      signers: [{', '.join(json.dumps(s) for s in signers)}]\n" if signers else "")
     )
 
 
@@ -207,8 +212,11 @@ def new_site(server: MariaDB, lab_dir: Path, *, s3: S3Server | None = None,
         hosts = f"[{{ host: {sshd.host}, port: {sshd.port}, user: {sshd.user} }}]"
         environ |= {"FORGE_SSH_KEY": sshd.private_key, "FORGE_KNOWN_HOSTS": sshd.known_hosts}
         owner = DEPLOY_USER
+    signing_key = SigningKey.generate()
+    leaks.register(signing_key.to_secret().reveal())
     config = lab_dir / "forge.yml"
-    config.write_text(_config(root, url, db, hosts=hosts, retention=retention))
+    config.write_text(_config(root, url, db, hosts=hosts, retention=retention,
+                              signers=(str(signing_key.public),)))
     identity = generate_identity()
     leaks.register(identity.to_secret().reveal())
     identity_file = leaks.holds_secrets(lab_dir / "identity.txt")
@@ -216,7 +224,8 @@ def new_site(server: MariaDB, lab_dir: Path, *, s3: S3Server | None = None,
     with os.fdopen(fd, "w") as out:
         out.write(format_identity_file(identity).reveal())
     site = Site(root=root, config=config, db=db, server=server, identity=identity,
-                identity_file=identity_file, base_environ=environ, outputs=lab_dir / "outputs",
+                identity_file=identity_file, base_environ=environ, signing_key=signing_key,
+                outputs=lab_dir / "outputs",
                 summary=lab_dir / "summary.md", owner=owner, sshd=sshd)
     site.chown()
     return site

@@ -86,8 +86,10 @@ def test_a_hostile_manifest_is_refused_before_writing(make_site, lab_dir: Path, 
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     site: Site = make_site(store="file", big=10_000)
     sid = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
+    # Even a snapshot its pinned signer wrote is checked for hostile paths on read.
     repo = Repository(FileStore(lab_dir / "store"), "backup-lab", "production",
-                      identities=[site.identity])
+                      identities=[site.identity], signing_key=site.signing_key,
+                      signers=[site.signing_key.public])
     good = repo.load(repo.resolve(sid))
     victim = lab_dir / "victim.txt"
     # Anyone holding the public key can write a manifest: it must be checked on read.

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import timedelta
 
 import pytest
 
@@ -73,17 +73,20 @@ def test_a_snapshot_whose_dump_does_not_import_fails_the_drill(
     rec = receiver()
     site = drill_site(make_site, rec, notify_secrets)
     assert site.run("backup", "production", read=False) == 0
-    # A newer snapshot whose dump is sealed and authenticated like any other (age,
-    # zstd, its digest in the manifest, the trailer) but is not valid SQL.
+    # A newer snapshot whose dump is sealed, signed and authenticated like any other
+    # (age, zstd, its digest in the manifest, the trailer) but is not valid SQL.
     repo = Repository(open_store(f"file://{site.root.parent / 'store'}"), "backup-lab",
-                      "production", identities=[site.identity])
+                      "production", identities=[site.identity],
+                      signing_key=site.signing_key, signers=[site.signing_key.public])
     good = repo.load(repo.refs()[-1])
     sql = b"CREATE TABLE wp_posts (id INT PRIMARY KEY,;\nINSERT INTO nowhere;\n-- Dump completed\n"
     key = layout.random_data_key()
     repo.put(key, [sql])
     assert good.database is not None
+    # Ids sort by the second: a second later, so it is the newest whatever its random tail.
+    later = good.time + timedelta(seconds=1)
     broken = dataclasses.replace(
-        good, id=layout.new_snapshot_id(datetime.now(UTC)), time=datetime.now(UTC),
+        good, id=layout.new_snapshot_id(later), time=later,
         database=DatabaseEntry(good.database.name, key, len(sql),
                                hashlib.sha256(sql).hexdigest(), good.database.tool,
                                good.database.trailer))

@@ -84,3 +84,25 @@ def test_the_password_never_reaches_a_command_line(  # type: ignore[no-untyped-d
     assert "mariadb --defaults-extra-file=" in logged
     assert site.db.password not in logged
     site.server.sql(f"DROP DATABASE IF EXISTS `{drill}`;")
+
+
+def test_a_missing_dump_tool_is_named_with_how_to_install_it(  # type: ignore[no-untyped-def]
+        make_site, lab_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    site: Site = make_site(store="file")
+    # Every tool of this machine but the dump tools: a runner without the MariaDB client.
+    bare = lab_dir / "bare-bin"
+    bare.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for name in os.listdir(d):
+            if name not in ("mariadb-dump", "mysqldump") and not (bare / name).exists():
+                os.symlink(os.path.join(d, name), bare / name)
+    monkeypatch.setenv("PATH", str(bare))
+    assert site.run("backup", "production", read=False, capsys=capsys) == 1
+    assert "mariadb-dump (or mysqldump) is not installed" in site.last_err
+    assert "apt-get install mariadb-client" in site.last_err
+    assert "credentials" not in site.last_err and "internal error" not in site.last_err
+    # A failed backup still says so in the step summary.
+    summary = site.summary.read_text()
+    assert "forge-ci backup production: failed (exit 1)" in summary
+    assert "mariadb-dump (or mysqldump) is not installed" in summary

@@ -82,10 +82,18 @@ def test_symlinks_escaping_the_environment_are_refused(target: str) -> None:
 
 
 def test_symlinks_inside_are_fine_but_not_through_another_link() -> None:
-    ok = manifest(FileEntry(f"{ROOT}/l", "symlink", 0o777, 1, target="../../../../current"))
+    ok = manifest(FileEntry(f"{ROOT}/l", "symlink", 0o777, 1, target="2024/../2025"),
+                  FileEntry(f"{ROOT}/2025/up", "symlink", 0o777, 1, target=".."))
     assert parse(dumps(ok)) == ok
-    # l1 -> ".." resolves two levels above its lexical place; l2 would escape through it.
-    chain = manifest(FileEntry(f"{ROOT}/l1", "symlink", 0o777, 1, target=".."),
+    # Inside the environment is not enough: a link in uploads to the live code's .env
+    # would publish it.
+    for target in ("../../../../current/.env", "../../../../current", "..", "../uploads2"):
+        out = manifest(FileEntry(f"{ROOT}/l", "symlink", 0o777, 1, target=target))
+        with pytest.raises(BackupFormatError, match="points outside the snapshot's paths"):
+            parse(dumps(out))
+    # l1 -> "." is the uploads directory itself, but its real place is not where it
+    # lies lexically for the links below it: l2 would escape through it.
+    chain = manifest(FileEntry(f"{ROOT}/l1", "symlink", 0o777, 1, target="."),
                      FileEntry(f"{ROOT}/l2", "symlink", 0o777, 1, target="l1/../../../.."))
     with pytest.raises(BackupFormatError, match="through another symlink"):
         parse(dumps(chain))

@@ -37,8 +37,9 @@ def test_any_flipped_byte_fails_verify_and_restore(make_site, lab_dir: Path,  # 
     live_db, live_files = db_state(site.server, site.db.name), tree_state(site.uploads)
 
     objects = _objects(lab_dir / "store")
-    # The manifest, the dump, the big file's two segments, the small ones' pack.
-    assert len(objects) == 5
+    # The manifest and its signature, the dump, the big file's two segments, the small
+    # ones' pack.
+    assert len(objects) == 6
     for obj in objects:
         original = obj.read_bytes()
         _flip(obj, where)

@@ -165,3 +165,17 @@ def test_path_check_agrees_with_normpath(path: str) -> None:
     except ArtifactError:
         ok = False
     assert ok == expected_ok, path
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(tmp_path: Path) -> None:
+    tree(tmp_path, {"web/index.php": "x"})
+    (tmp_path / os.fsdecode(b"web/caf\xe9.jpg")).write_text("latin-1 name")
+    with pytest.raises(ArtifactError, match=r"caf\\xe9.jpg' is not valid UTF-8"):
+        scan(tmp_path)
+
+
+def test_a_manifest_naming_a_non_utf8_path_is_refused() -> None:
+    data = json.dumps({"version": 1, "files": {
+        "web/caf\udce9.jpg": {"type": "file", "mode": 420, "size": 1, "sha256": "0" * 64}}})
+    with pytest.raises(ArtifactError, match="not valid UTF-8"):
+        Manifest.from_bytes(data.encode())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,115 @@ def test_unknown_environment_suggests(tmp_path: Path) -> None:
     loaded = load(cfg, ENV)
     with pytest.raises(ConfigError, match="did you mean 'production'"):
         loaded.environment("prodution")
+
+
+# -- config check: every problem at once, secrets only where needed --------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bedrock" / "forge.yml"
+
+
+def run_check(capsys: pytest.CaptureFixture[str], path: Path, *args: str,
+              env: dict[str, str] | None = None) -> tuple[int, dict[str, object], str]:
+    code = main(["config", "check", *args, "--json", "--config", str(path)],
+                env={} if env is None else env)
+    out = capsys.readouterr()
+    return code, json.loads(out.out), out.err
+
+
+def test_check_without_environment_reports_every_problem_and_needs_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "forge.yml"
+    cfg.write_text(GOOD.replace("shared:", "shraed:")
+                   .replace("path: /srv/www/staging", "path: /srv/www/staging\n"
+                            "    keep_releases: three"))
+    code, data, err = run_check(capsys, cfg)
+    assert code == 2 and data["ok"] is False and data["exit_code"] == 2
+    problems = data["problems"]
+    assert isinstance(problems, list)
+    keys = [p["key"] for p in problems]
+    assert keys == ["environments.production.shraed", "environments.staging.keep_releases"]
+    assert problems[0]["hint"] == "did you mean 'shared'?"
+    assert "not set" not in err  # no secret was asked for
+    assert "environments.staging.keep_releases" in err and "shraed" in err
+
+
+def test_top_level_typo_is_an_unknown_key_not_a_missing_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "forge.yml"
+    cfg.write_text(GOOD.replace("environments:", "enviroments:"))
+    for args in ((), ("production",)):
+        code, data, _ = run_check(capsys, cfg, *args)
+        assert code == 2
+        assert data["error"] == f"{cfg}:3: enviroments: unknown key 'enviroments'"
+        assert data["hint"] == "did you mean 'environments'?"
+
+
+def test_the_shipped_example_passes_with_no_secret_set_and_lists_them_as_notes(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, data, _ = run_check(capsys, EXAMPLE)
+    assert code == 0 and data["ok"] is True
+    assert set(data["environments"]) == {"local", "production"}  # type: ignore[arg-type]
+    unset = data["unset"]
+    assert isinstance(unset, list)
+    assert {u["variable"] for u in unset} == {"DB_PASSWORD"}
+    assert main(["config", "check", "--config", str(EXAMPLE)], env={}) == 0
+    assert "note: " in capsys.readouterr().out
+
+
+def test_check_of_one_environment_is_strict(capsys: pytest.CaptureFixture[str]) -> None:
+    code, data, _ = run_check(capsys, EXAMPLE, "production")
+    assert code == 2 and data["ok"] is False
+    assert "${DB_PASSWORD} is not set" in str(data["error"])
+    code, data, _ = run_check(capsys, EXAMPLE, "local")  # local needs no variable
+    assert code == 0 and list(data["environments"]) == ["local"]  # type: ignore[call-overload]
+    code, _, _ = run_check(capsys, EXAMPLE, "production", env={"DB_PASSWORD": "pw-secret"})
+    assert code == 0
+
+
+def test_lenient_load_refuses_an_environment_whose_variables_are_unset() -> None:
+    loaded = parse(GOOD, {}, lenient=True)
+    with pytest.raises(ConfigError, match=r"\$\{DB_PASSWORD\} is not set"):
+        loaded.environment("production")
+
+
+# -- hostile YAML ------------------------------------------------------------------
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    text = 'version: 1\nproject: x\na0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, 12):
+        text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+    started = time.monotonic()
+    e = err(text)
+    assert "expands to more than" in str(e) and "aliases" in str(e)
+    assert time.monotonic() - started < 5
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    e = err("version: 1\nx: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested more than" in str(e)
+    cfg = tmp_path / "forge.yml"
+    cfg.write_text("version: 1\nx: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n")
+    assert main(["config", "check", "--config", str(cfg)], env={}) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("link", ["current", "releases", "shared", ".forge", "releases/x",
+                                  "current.forge-tmp"])
+def test_preview_link_may_not_be_a_name_forge_uses(link: str) -> None:
+    text = GOOD.replace("    path: /srv/www/example.com\n",
+                        "    path: /srv/www/example.com\n"
+                        f"    preview: {{url: 'https://next.example.com', link: '{link}'}}\n")
+    e = err(text)
+    assert e.key is not None and e.key.startswith("environments.production.preview.link")
+    assert parse(text.replace(f"link: '{link}'", "link: next"), ENV)
+
+
+def test_build_env_may_not_name_forges_own_secrets() -> None:
+    e = err(GOOD.replace("environments:", "build: {env: [NPM_TOKEN, FORGE_SSH_KEY]}\n"
+                                          "environments:"))
+    assert e.key == "build.env" and "FORGE_SSH_KEY" in str(e)
+    assert parse(GOOD.replace("environments:", "build: {env: [NPM_TOKEN]}\nenvironments:"),
+                 ENV).config.build.env == ("NPM_TOKEN",)

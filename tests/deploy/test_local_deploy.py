@@ -241,3 +241,13 @@ def test_a_release_never_inherits_the_previous_marker(local_site: LocalSite) -> 
     assert local_site.forge("deploy", "local") == 0
     assert local_site.current != first
     assert not (local_site.target / "current/web/forge-release.php").exists()
+
+
+def test_a_non_utf8_file_name_is_refused_at_build_before_the_target_is_touched(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (local_site.src / os.fsdecode(b"web/caf\xe9.jpg")).write_bytes(b"x")
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "caf\\xe9.jpg" in err and "not valid UTF-8" in err and "Traceback" not in err
+    assert not (local_site.target / "releases").exists()

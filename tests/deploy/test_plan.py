@@ -194,3 +194,88 @@ def test_rollback_refuses_what_it_cannot_restore(dirs: tuple[str, ...], to: str 
     obs = Observed("h", "r1", _log(*_finished("r1"), ("r2", "preparing")), dirs)
     with pytest.raises(UsageError, match=message):
         plan_rollback("prod", _config(), [obs], to)
+
+
+# -- strategies and per-host checks ----------------------------------------------
+
+HOSTS = ["deploy@a:22", "deploy@b:22", "deploy@c:22"]
+
+
+def _multi(**extra: Any) -> EnvironmentConfig:
+    return EnvironmentConfig.model_validate({
+        "path": "/srv/site", "url": "https://example.org",
+        "hosts": [{"host": "a"}, {"host": "b", "check_address": "10.0.0.2"}, {"host": "c"}],
+        "health": [{"url": "https://example.org/", "contains": "ok"},
+                   {"url": "https://status.example.net/ping"}],
+        **extra})
+
+
+def _observed() -> list[Observed]:
+    return [Observed(h, "r1", _log(*_finished("r1")), ("r1",)) for h in HOSTS]
+
+
+def test_together_switches_every_host_in_one_batch() -> None:
+    plan = plan_deploy("prod", _multi(), _observed(), _manifest(), NEW)
+    assert plan.strategy == "together"
+    assert plan.batches == (tuple(HOSTS),)
+
+
+def test_rolling_switches_and_checks_batch_by_batch() -> None:
+    plan = plan_deploy("prod", _multi(strategy="rolling", rolling={"batch": 2}), _observed(),
+                       _manifest(), NEW)
+    assert plan.batches == ((HOSTS[0], HOSTS[1]), (HOSTS[2],))
+    # Every host is prepared before the first switches, and every switch can be undone.
+    assert [h.host for h in plan.prepare] == HOSTS
+    assert all(_steps(plan.switch, h) == [Switch(NEW)] for h in HOSTS)
+    assert all(_steps(plan.undo, h) == [Switch("r1"), RefreshPhp("r1")] for h in HOSTS)
+    text = plan.render()
+    assert "batch 1/2 (rolling): deploy@a:22, deploy@b:22" in text
+    assert "batch 2/2 (rolling): deploy@c:22" in text
+    # Batch 2's switch is printed after batch 1's checks.
+    assert text.index("check on deploy@b:22") < text.index("switch deploy@c:22")
+    out = plan.to_json()
+    assert out["strategy"] == "rolling"
+    assert out["batches"] == [HOSTS[:2], HOSTS[2:]]
+
+
+def test_rolling_one_at_a_time_by_default() -> None:
+    plan = plan_deploy("prod", _multi(strategy="rolling"), _observed(), _manifest(), NEW)
+    assert plan.batches == tuple((h,) for h in HOSTS)
+
+
+def test_each_host_is_checked_on_its_own_web_server() -> None:
+    plan = plan_deploy("prod", _multi(marker=True), _observed(), _manifest(), NEW)
+    # check_address where given, else the host's loopback.
+    assert plan.check_hosts == ((HOSTS[0], "127.0.0.1"), (HOSTS[1], "10.0.0.2"),
+                                (HOSTS[2], "127.0.0.1"))
+    # Only the checks aimed at the site: another origin is not the host's to answer.
+    assert [c.url for c in plan.host_checks] == ["https://example.org/forge-release.php",
+                                                 "https://example.org/"]
+    # Through the URL: two passing rounds per host, in a row.
+    assert plan.rounds == 6
+    out = plan.to_json()["host_checks"]
+    assert out["hosts"][1] == {"host": HOSTS[1], "address": "10.0.0.2"}
+
+
+def test_one_host_is_checked_through_the_url_alone_unless_given_an_address() -> None:
+    one = {"path": "/srv/site", "url": "https://example.org", "hosts": [{"host": "a"}]}
+    plan = plan_deploy("prod", EnvironmentConfig.model_validate(one), _observed()[:1],
+                       _manifest(), NEW)
+    assert plan.check_hosts == () and plan.rounds == 1
+    one["hosts"] = [{"host": "a", "check_address": "10.0.0.1"}]
+    plan = plan_deploy("prod", EnvironmentConfig.model_validate(one), _observed()[:1],
+                       _manifest(), NEW)
+    assert plan.check_hosts == ((HOSTS[0], "10.0.0.1"),)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"strategy": "rolling", "hosts": [{"host": "a"}]}, "at least two hosts"),
+    ({"rolling": {"batch": 1}}, "need strategy: rolling"),
+    ({"strategy": "rolling", "rolling": {"batch": 0}}, "greater than or equal to 1"),
+    ({"strategy": "blue-green"}, "'together' or 'rolling'"),
+    ({"hosts": [{"host": "a", "check_address": "10.0.0.1:8080"}]}, "check_address"),
+])
+def test_strategy_settings_are_checked(extra: dict[str, Any], message: str) -> None:
+    base = {"path": "/srv/site", "hosts": [{"host": "a"}, {"host": "b"}]}
+    with pytest.raises(ValueError, match=message):
+        EnvironmentConfig.model_validate({**base, **extra})

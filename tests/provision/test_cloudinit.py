@@ -15,7 +15,7 @@ from lab.policy import lab_required
 
 from forge_ci.provision import cloudinit, stack
 from forge_ci.provision.hostkeys import generate_host_key
-from forge_ci.provision.site import Site
+from forge_ci.provision.site import Https, Site
 
 SITE = Site(project="example-site", environment="production",
             server_name="example-site-production", deploy_user="deploy",
@@ -147,3 +147,56 @@ def test_other_ports_php_versions_and_no_swap() -> None:
     assert "/etc/php/8.2/fpm/pool.d/forge.conf" in by_path
     assert "server_name _;" in by_path["/etc/nginx/sites-available/forge.conf"]
     assert "swap" not in doc
+
+
+# HTTPS (issue 17): forge-https and its settings ride in the same user data.
+TLS_SITE = Site(**{**SITE.__dict__, "https": True, "hostnames": ("example.com",),
+                   "tls": Https(names=("example.com", "www.example.com"), acme="letsencrypt",
+                                email="ops@example.com", hsts=True)})
+TLS_TEXT = cloudinit.user_data(TLS_SITE, DEPLOY_KEY, HOST_KEY)
+TLS_DOC: dict[str, Any] = yaml.safe_load(TLS_TEXT)
+
+
+@pytest.mark.lab
+def test_with_https_it_still_passes_the_schema_and_fits_hetzner(tmp_path: Path) -> None:
+    assert len(TLS_TEXT.encode()) < cloudinit.MAX_BYTES
+    path = tmp_path / "user-data"
+    path.write_text(TLS_TEXT)
+    done = subprocess.run([need("cloud-init"), "schema", "--config-file", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Valid cloud-config" in done.stdout
+
+
+def test_https_script_settings_and_run_after_nginx() -> None:
+    by_path = {f["path"]: f for f in TLS_DOC["write_files"]}
+    script = by_path[stack.HTTPS_PATH]
+    assert script["encoding"] == "gz+b64" and script["permissions"] == "0755"
+    # Decoded, it is forge-https byte for byte.
+    shipped = (Path(__file__).resolve().parents[2] / "forge_ci/provision/https.sh").read_text()
+    assert cloudinit.file_content(script) == shipped
+    settings = by_path[stack.HTTPS_SETTINGS_PATH]
+    assert settings["permissions"] == "0600"
+    assert settings["content"].splitlines() == [
+        "FORGE_HTTPS_DOMAINS='example.com www.example.com'", "FORGE_HTTPS_ACME=letsencrypt",
+        "FORGE_HTTPS_HSTS=true", "FORGE_HTTPS_EMAIL=ops@example.com"]
+    setup = by_path[stack.SETUP_PATH]["content"]
+    # forge-https runs after nginx is reloaded, and "pending" (3) does not fail the boot.
+    assert setup.index("systemctl reload-or-restart nginx") < setup.index(
+        f"{stack.HTTPS_PATH} || [ $? -eq 3 ]")
+    assert "lego" in TLS_DOC["packages"]
+    assert TLS_DOC["users"][0]["sudo"].endswith(f", {stack.HTTPS_PATH}")
+
+
+def test_only_the_live_block_includes_the_https_snippet() -> None:
+    conf = {f["path"]: f for f in TLS_DOC["write_files"]}[
+        "/etc/nginx/sites-available/forge.conf"]["content"]
+    live, preview = conf.split("# The preview route")
+    assert "include /etc/nginx/forge-https/*.conf;" in live
+    assert "forge-https" not in preview and "listen 127.0.0.1:8081;" in preview
+
+
+def test_without_https_no_script_is_written() -> None:
+    assert stack.HTTPS_PATH not in files()
+    assert stack.HTTPS_SETTINGS_PATH not in files()
+    assert stack.HTTPS_PATH not in DOC["users"][0]["sudo"]

@@ -77,3 +77,45 @@ def test_server_name_must_be_a_host_name() -> None:
     with pytest.raises(ConfigError) as info:
         resolve(config, "production", "forge.yml")
     assert info.value.key == "provision.name"
+
+
+def _https(block: str, url: str = "https://www.example.com/") -> str:
+    return BASE.replace("    url: https://www.example.com/\n",
+                        f"    url: {url}\n{block}") + "  provider: hetzner\n"
+
+
+def test_https_defaults_from_the_url_and_the_names_follow_it() -> None:
+    site = resolve(parse(_https(""), {}).config, "production", "forge.yml")
+    assert site.tls is not None
+    assert (site.tls.names, site.tls.acme, site.tls.hsts) == (
+        ("www.example.com",), "letsencrypt", False)
+    config = parse(_https("    https: { email: ops@example.com, acme: letsencrypt-staging, "
+                          "hsts: true, names: [example.com, www.example.com] }\n"), {}).config
+    tls = resolve(config, "production", "forge.yml").tls
+    assert tls is not None and tls.names == ("www.example.com", "example.com")
+    assert "FORGE_HTTPS_EMAIL=ops@example.com" in tls.settings()
+    # An http:// site without an https: key gets no certificate.
+    assert resolve(parse(_https("", "http://www.example.com/"), {}).config,
+                   "production", "forge.yml").tls is None
+
+
+def test_acme_off_as_yaml_writes_it_and_bad_values_are_named() -> None:
+    tls = resolve(parse(_https("    https: { acme: off }\n"), {}).config,
+                  "production", "forge.yml").tls
+    assert tls is not None and tls.acme == "off"
+    with pytest.raises(ConfigError, match="use letsencrypt, letsencrypt-staging, off or the"):
+        parse(_https("    https: { acme: lets-encrypt }\n"), {})
+    with pytest.raises(ConfigError, match="is not a host name"):
+        parse(_https("    https: { names: [Shop Example] }\n"), {})
+    with pytest.raises(ConfigError, match="email"):
+        parse(_https("    https: { email: \"ops@example.com; rm -rf /\" }\n"), {})
+
+
+def test_provider_ssh_keeps_the_hosts_port_and_names_its_admin() -> None:
+    text = BASE.replace("hosts: [{ host: 203.0.113.10, user: web }]",
+                        "hosts: [{ host: 203.0.113.10, port: 2202, user: web }]")
+    config = parse(text + "  provider: ssh\n  admin_user: ubuntu\n", {}).config
+    assert config.provision is not None and config.provision.admin_user == "ubuntu"
+    assert resolve(config, "production", "forge.yml").ssh_port == 2202
+    with pytest.raises(ConfigError, match="provider"):
+        parse(BASE + "  provider: linode\n", {})

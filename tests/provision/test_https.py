@@ -1,7 +1,9 @@
 """forge-https (forge_ci/provision/https.sh) against a real ACME CA.
 
-The lab: nginx serving a static page as a plain process, with the live server
-block including forge-https's snippet the way a provisioned server's does, and
+The lab: nginx serving a static page as a plain process through the server
+blocks provisioning writes (:func:`forge_ci.provision.stack.nginx_site`: the
+live block with forge-https's include, the loopback preview without), only
+their ports and directories moved into the lab, and
 Debian's pebble as the CA whose validation authority resolves names through a
 lab DNS. The script runs as on a server, its /etc paths pointed into the lab
 directory. What a user checks: the site answers over HTTPS with a certificate
@@ -40,6 +42,8 @@ from lab.pebble import Pebble, running_pebble
 from lab.policy import lab_required
 
 from forge_ci import tls
+from forge_ci.provision import stack
+from forge_ci.provision.site import Site
 
 SCRIPT = Path(__file__).resolve().parents[2] / "forge_ci" / "provision" / "https.sh"
 PAGE = "hello from the forge https lab"
@@ -50,6 +54,7 @@ class HttpsLab:
     dir: Path
     http_port: int
     https_port: int
+    preview_port: int
     pebble: Pebble
     root_ca: Path
     nginx_cmd: str
@@ -99,10 +104,27 @@ class HttpsLab:
         return tls.inspect(name, self.https_port, address="127.0.0.1", cafile=self.root_ca)
 
 
-def _nginx_conf(workdir: Path, http_port: int) -> str:
-    site = workdir / "site"
-    site.mkdir()
-    (site / "index.html").write_text(PAGE)
+def _site(workdir: Path) -> Site:
+    """A provisioned site whose release tree is in the lab: current/web holds the page."""
+    for link in ("current", "next"):
+        web = workdir / "srv" / link / "web"
+        web.mkdir(parents=True)
+        (web / "index.html").write_text(f"{PAGE} ({link})")
+    return Site(project="shop", environment="production", server_name="shop-production",
+                deploy_user="deploy", path=str(workdir / "srv"), php_version="8.2",
+                database="shop_production", swap_mb=0, ssh_port=22, hostnames=(),
+                https=True)
+
+
+def _nginx_conf(workdir: Path, http_port: int, preview_port: int) -> str:
+    # The blocks provisioning writes; the lab moves their listen addresses (a free port
+    # on 127.0.0.1) and the include's directory (the script's FORGE_HTTPS_ROOT).
+    blocks = stack.nginx_site(
+        _site(workdir), live_listen=(f"127.0.0.1:{http_port} default_server",),
+        preview_listen=f"127.0.0.1:{preview_port}",
+        https_dir=f"{workdir}/server{stack.HTTPS_DIR}")
+    (workdir / "site.conf").write_text(blocks)
+    shutil.copy("/etc/nginx/fastcgi_params", workdir / "fastcgi_params")
     return f"""\
 worker_processes 1;
 pid {workdir / "nginx.pid"};
@@ -117,13 +139,7 @@ http {{
     fastcgi_temp_path {workdir}/tmp/fastcgi;
     uwsgi_temp_path {workdir}/tmp/uwsgi;
     scgi_temp_path {workdir}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{http_port};
-        include {workdir}/server/etc/nginx/forge-https/*.conf;
-        server_name _;
-        root {site};
-        location / {{ try_files $uri $uri/ =404; }}
-    }}
+    include {workdir / "site.conf"};
 }}
 """
 
@@ -136,9 +152,9 @@ def https_lab() -> Iterator[HttpsLab]:
             require_binary(binary, "Debian packages nginx, lego and pebble")
     workdir = lab_root()
     (workdir / "tmp").mkdir()
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port, preview_port = free_port(), free_port(), free_port()
     conf = workdir / "nginx.conf"
-    conf.write_text(_nginx_conf(workdir, http_port))
+    conf.write_text(_nginx_conf(workdir, http_port, preview_port))
     nginx_cmd = f"nginx -p {workdir} -c {conf} -e {workdir / 'error.log'}"
     proc = spawn([*nginx_cmd.split(), "-g", "daemon off;"], workdir / "stderr.log")
     wait_or_stop(lambda: port_open(http_port), lambda: terminate(proc), what="lab nginx",
@@ -146,7 +162,8 @@ def https_lab() -> Iterator[HttpsLab]:
     try:
         with running_pebble(http_port) as pebble:
             root = pebble.write_root(workdir / "pebble-root.pem")
-            yield HttpsLab(workdir, http_port, https_port, pebble, root, nginx_cmd, proc.pid)
+            yield HttpsLab(workdir, http_port, https_port, preview_port, pebble, root,
+                           nginx_cmd, proc.pid)
     finally:
         terminate(proc)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -220,6 +237,10 @@ def test_issues_serves_redirects_and_renews(https_lab: HttpsLab) -> None:
     # The CA's challenge path stays on HTTP (a later renewal needs it).
     challenge = _http_get(lab.http_port, name, "/.well-known/acme-challenge/none")
     assert challenge.startswith("HTTP/1.1 404")
+    # The preview route stays plain HTTP on the loopback: no redirect, no certificate.
+    preview = _http_get(lab.preview_port, name)
+    assert preview.startswith("HTTP/1.1 200") and f"{PAGE} (next)" in preview
+    assert "Strict-Transport-Security" not in preview
 
     # A run with nothing to do leaves the certificate alone.
     serial = _served_serial(lab, name)
