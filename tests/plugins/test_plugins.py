@@ -124,24 +124,31 @@ def test_a_plugin_command_for_another_api_is_refused_clearly(
 
 def test_a_good_plugin_command_runs(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "hi", "--json")
-    assert code == 0 and json.loads(out) == {"hi": "there"}
+    assert code == 0 and json.loads(out)["hi"] == "there"
 
 
 def test_a_provider_plugin_is_built_by_make_provider(broken: Path) -> None:
+    from forge_ci.config.loader import parse
     from forge_ci.config.provision import ProvisionConfig
     from forge_ci.provision.policy import ProvisionPolicy
     from forge_ci.provision.providers import make_provider
+    from forge_ci.provision.site import resolve
 
-    config = ProvisionConfig.model_validate({"provider": "good"})
-    made = make_provider(config, {}, ProvisionPolicy.from_config(config.wait), print)
+    forge = parse("version: 1\nproject: example\nenvironments:\n  production:\n"
+                  "    path: /srv/www/example\nprovision: { provider: good }\n", {}).config
+    config = forge.provision
+    assert isinstance(config, ProvisionConfig)
+    site = resolve(forge, "production", "forge.yml")
+    made = make_provider(config, {}, ProvisionPolicy.from_config(config.wait), print, site=site)
     assert type(made).__name__ == "GoodProvider"
+    assert made.site is site  # type: ignore[attr-defined]
 
 
 def test_a_provider_plugin_name_is_accepted_by_config_only_when_installed(broken: Path) -> None:
     from forge_ci.config.provision import ProvisionConfig
 
     assert ProvisionConfig.model_validate({"provider": "future"}).provider == "future"
-    with pytest.raises(ValueError, match="is not one of hetzner, cyberpanel, cpanel, future, good"):
+    with pytest.raises(ValueError, match="is not one of hetzner, ssh, cyberpanel, cpanel, future, good"):
         ProvisionConfig.model_validate({"provider": "aws"})
 
 
