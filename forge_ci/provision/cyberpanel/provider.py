@@ -143,7 +143,7 @@ class CyberPanelProvider(Provider[Facts]):
             if change.kind == "website":
                 user = self.api.create_website(
                     domain=self.website, package=self.config.panel.package,
-                    owner_email=self.email, website_owner="admin",
+                    owner_email=self.email, website_owner=self.api.admin_user,
                     owner_password=one_time_password(), php=self.config.panel.php) or user
             elif change.kind == "child_domain":
                 self.api.ensure_child_domain(master=self.website, domain=self.site.domain,

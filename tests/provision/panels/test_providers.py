@@ -287,3 +287,59 @@ def test_the_libyanspider_example_plans_its_site_in_a_cpanel_account() -> None:
     assert [(c.kind, c.name) for c in plan.changes] == [
         ("ssh_key", "forge-shop-production"), ("domain", "shop.example.ly"),
         ("database", "libyan_shop")]
+
+
+def _cyber_cli(fake: CyberPanelFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.sshd import generate_ed25519
+
+    (tmp_path / "forge.yml").write_text(f"""\
+version: 1
+project: example-site
+environments:
+  production:
+    url: https://{DOMAIN}
+    path: /home/{WEBSITE}/{DOMAIN}
+provision:
+  provider: cyberpanel
+  database: shop_production
+  panel: {{ website: {WEBSITE} }}
+  wait: {{ poll_interval: 0, api_backoff: 0, api_retries: 1 }}
+""")
+    monkeypatch.chdir(tmp_path)
+    for name in list(__import__("os").environ):
+        if name.startswith(("GITHUB_", "CYBERPANEL_", "FORGE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CYBERPANEL_URL", fake.url)
+    monkeypatch.setenv("CYBERPANEL_USER", "admin")
+    monkeypatch.setenv("CYBERPANEL_PASSWORD", fake.admin_password)
+    monkeypatch.setenv("FORGE_DB_PASSWORD", password())
+    monkeypatch.setenv("FORGE_SSH_KEY", generate_ed25519().private)
+
+
+def test_provision_plan_for_cyberpanel_through_the_cli(
+        cyber: CyberPanelFake, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _cyber_cli(cyber, tmp_path, monkeypatch)
+    code = main(["provision", "production", "--plan", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    doc = __import__("json").loads(out[out.index("{"):])
+    kinds = [(c["action"], c["kind"], c["name"]) for c in doc["plan"]["changes"]]
+    assert kinds[:3] == [("create", "website", WEBSITE), ("create", "child_domain", DOMAIN),
+                         ("create", "database", "shop_production")]
+    assert not doc["applied"]
+    assert not CREATES & set(cyber.names())
+    assert "ChangeLinuxUserPassword" not in cyber.names()
+
+
+def test_destroy_for_cyberpanel_needs_confirm_before_any_api_call(
+        cyber: CyberPanelFake, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _cyber_cli(cyber, tmp_path, monkeypatch)
+    assert main(["destroy", "production"]) == 2
+    assert "--confirm example-site-production" in capsys.readouterr().err
+    assert cyber.calls == []
+    cyber.add_website(WEBSITE)  # not forge's: refused even when confirmed
+    assert main(["destroy", "production", "--confirm", "example-site-production"]) == 1
+    assert "forge only deletes websites it created" in capsys.readouterr().err
+    assert WEBSITE in cyber.websites
