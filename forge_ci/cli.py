@@ -27,14 +27,17 @@ def _modules() -> list[Any]:
     from forge_ci.config import cli as config_cli
     from forge_ci.deploy import cli as deploy_cli
     from forge_ci.monitor import cli as monitor_cli
+    from forge_ci.plugins import cli as plugins_cli
     from forge_ci.provision import cli as provision_cli
     from forge_ci.sync import command as sync_cli
 
     return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli,
-            monitor_cli, sync_cli]
+            monitor_cli, sync_cli, plugins_cli]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of forge's own commands, plus ``plugin_command`` when a plugin
+    in ``forge_ci.commands`` has that name (PluginError when it cannot be used)."""
     parser = argparse.ArgumentParser(
         prog="forge-ci",
         description="Deploy, back up and provision Bedrock WordPress sites.",
@@ -49,7 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     common = Common()
     for module in _modules():
         module.register(sub, common)
+    if plugin_command and plugin_command not in sub.choices:
+        from forge_ci.plugins import find
+
+        register = find("forge_ci.commands", plugin_command)
+        if register is not None:
+            register(sub, common)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command a command line names (options before it skipped), if any."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -61,7 +81,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if environ.get(name):
             runner.mask(environ[name])
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        # Plugins are only looked at for a command forge does not have itself.
+        parser = build_parser(_command_word(argv))
+    except ForgeError as e:
+        runner.error(str(e), title="forge-ci")
+        return ExitCode.USAGE
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:

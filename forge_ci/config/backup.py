@@ -130,7 +130,14 @@ class BackupConfig(_Frozen):
         if value.startswith("file:") and len(value) > 5:
             _relative(unquote(value[5:]), "a relative file: store")
             return value
-        raise ValueError("store must be s3://bucket/prefix, file:///abs/path or file:rel/path")
+        scheme = value.partition("://")[0]
+        if "://" in value and scheme.isidentifier():
+            from forge_ci.plugins import names  # metadata only: a plugin loads when used
+
+            if scheme in names("forge_ci.stores"):
+                return value
+        raise ValueError("store must be s3://bucket/prefix, file:///abs/path or file:rel/path "
+                         "(or a scheme an installed forge_ci.stores plugin provides)")
 
     @field_validator("paths")
     @classmethod

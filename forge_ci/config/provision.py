@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from forge_ci.config.panel import PanelConfig
 
 # Hetzner label syntax: optional DNS prefix + "/" + name; values may be empty.
 _LABEL_KEY = re.compile(
@@ -37,6 +39,7 @@ _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$
 # Keys forge sets itself; a user label must not change what forge recognises as its own.
 RESERVED_LABELS = frozenset({"managed-by", "forge-project", "forge-environment"})
 _NAME_FIELDS = frozenset({"project", "environment"})
+BUILTIN_PROVIDERS = ("hetzner", "ssh", "cyberpanel", "cpanel")
 
 
 class _Frozen(BaseModel):
@@ -100,11 +103,9 @@ class HttpsConfig(_Frozen):
         return value
 
 
-ProviderName = Literal["hetzner", "ssh"]
-
-
 class ProvisionConfig(_Frozen):
-    provider: ProviderName = "hetzner"
+    # Built in: BUILTIN_PROVIDERS; any other name is a forge_ci.providers plugin.
+    provider: str = "hetzner"
     # provider ssh: the sudo-capable account forge logs in as to set the server up.
     admin_user: str = Field("root", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
     # Server name; "{project}" and "{environment}" are replaced. Default: project-environment.
@@ -127,6 +128,22 @@ class ProvisionConfig(_Frozen):
     database: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$")
     swap_mb: Annotated[int, Field(ge=0, le=65536)] = 2048
     wait: ProvisionWait = ProvisionWait()
+    # provider: cyberpanel | cpanel (forge_ci/config/panel.py)
+    panel: PanelConfig = PanelConfig()
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value in BUILTIN_PROVIDERS:
+            return value
+        from forge_ci.plugins import names  # metadata only: the plugin loads when used
+
+        plugins = names("forge_ci.providers")
+        if value not in plugins:
+            known = ", ".join((*BUILTIN_PROVIDERS, *plugins))
+            raise ValueError(f"provider {value!r} is not one of {known} (a plugin in "
+                             "forge_ci.providers adds more)")
+        return value
 
     @field_validator("fallback_locations", "fallback_server_types")
     @classmethod

@@ -359,7 +359,8 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> None:
     waits, and where it was when it died."""
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
-        stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait))
+        stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
+                                note=dep.log))
         dep.log(f"{host.name}: locked")
 
 

@@ -5,6 +5,12 @@ the connection's stdin. When the run ends, or is killed with SIGKILL, or the
 network drops, the connection closes, ``cat`` exits and the kernel releases the
 lock: a lock whose owner is gone is recovered without anyone deleting a file.
 ``lock.json`` beside it records the owner only to tell the next run who holds it.
+
+Where ``flock`` is missing (a cPanel jailed shell, CageFS) the lock is a
+directory instead, ``.forge/lock.d``: ``mkdir`` is atomic, the holding shell
+writes its pid into it and removes it when the connection closes (EOF on
+stdin, or a hangup). A holder killed outright leaves the directory behind; the
+next run finds its pid gone and takes the lock over (stale-lock recovery).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from forge_ci.deploy.releases import Layout
 from forge_ci.errors import LockedError, RemoteCommandError
@@ -36,9 +42,11 @@ def owner_info(environ: Mapping[str, str], command: str) -> dict[str, str]:
 
 class Lock:
     def __init__(self, host: Host, layout: Layout, owner: Mapping[str, str],
-                 wait: float = 0.0) -> None:
+                 wait: float = 0.0, note: Callable[[str], None] = lambda _m: None) -> None:
         self.host, self.layout, self.owner, self.wait = host, layout, dict(owner), wait
+        self.note = note
         self._proc: Process | None = None
+        self.kind = "flock"  # or "mkdir" where flock is missing
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -51,18 +59,15 @@ class Lock:
         lay = self.layout
         wait = max(0, int(self.wait))
         # One round trip: the owner record arrives as the first line of stdin.
-        script = (
-            f"mkdir -p {sh(lay.meta)} && exec 9>>{sh(lay.lock)} || exit 1\n"
-            "IFS= read -r owner\n"
-            f"flock -w {wait} 9 || exit {_BUSY}\n"
-            f"printf '%s\\n' \"$owner\" > {sh(lay.lock_owner)}\n"
-            "echo locked\n"
-            "exec cat >/dev/null\n"
-        )
+        script = _lock_script(lay.meta, lay.lock, lay.lock_owner, wait)
         proc = self.host.start(script)
         proc.write(json.dumps(self.owner).encode() + b"\n")
-        line = proc.readline()
-        if line.strip() != b"locked":
+        line = proc.readline().strip()
+        if line == b"locked mkdir":
+            self.kind = "mkdir"
+            self.note(f"{self.host.name}: flock is not installed: using a mkdir lock "
+                      f"({self.layout.lock}.d) instead")
+        elif line != b"locked":
             status = proc.wait(30)
             if status == _BUSY:
                 raise LockedError(self._busy_message(), hint=(
@@ -92,3 +97,36 @@ class Lock:
             proc.wait(30)
         except Exception:
             proc.kill()
+
+
+def _lock_script(meta: str, lock: str, owner_file: str, wait: int) -> str:
+    """The remote side of :meth:`Lock.acquire` (see the module docstring)."""
+    d = sh(lock + ".d")
+    return (
+        f"mkdir -p {sh(meta)} || exit 1\n"
+        "IFS= read -r owner\n"
+        "if command -v flock >/dev/null 2>&1; then\n"
+        f"  exec 9>>{sh(lock)} || exit 1\n"
+        f"  flock -w {wait} 9 || exit {_BUSY}\n"
+        f"  printf '%s\\n' \"$owner\" > {sh(owner_file)}\n"
+        "  echo locked\n"
+        "  exec cat >/dev/null\n"
+        "fi\n"
+        f"tries={wait}\n"
+        f"until mkdir {d} 2>/dev/null; do\n"
+        # The holder's pid is written just after its mkdir: give it a moment.
+        f"  pid=$(cat {d}/pid 2>/dev/null)\n"
+        f"  if [ -n \"$pid\" ] && ! kill -0 \"$pid\" 2>/dev/null; then\n"
+        # Re-read first: another waiter may have recovered it and locked already.
+        f"    [ \"$(cat {d}/pid 2>/dev/null)\" = \"$pid\" ] && rm -rf {d}; continue\n"
+        "  fi\n"
+        f"  [ \"$tries\" -gt 0 ] || exit {_BUSY}\n"
+        "  tries=$((tries - 1)); sleep 1\n"
+        "done\n"
+        f"trap 'rm -rf {d}' EXIT\n"
+        "trap 'exit 1' HUP INT TERM\n"
+        f"echo $$ > {d}/pid\n"
+        f"printf '%s\\n' \"$owner\" > {sh(owner_file)}\n"
+        "echo locked mkdir\n"
+        "cat >/dev/null\n"
+    )

@@ -15,7 +15,8 @@ from forge_ci.deploy.ship import STAGED_PREFIX
 from forge_ci.errors import ArtifactError, ConnectError, RemoteCommandError
 from forge_ci.remote.base import Host, sh
 
-REQUIRED_TOOLS = ("tar", "cp", "flock", "xargs", "mv", "ln", "readlink", "cat")
+# flock is optional: without it the deploy lock is a mkdir lock (forge_ci/deploy/lock.py).
+REQUIRED_TOOLS = ("tar", "cp", "xargs", "mv", "ln", "readlink", "cat")
 # Where a site forge did not deploy keeps its media (Bedrock's layout).
 SITE_UPLOADS = "web/app/uploads"
 
@@ -45,7 +46,10 @@ def _observe_script(layout: Layout, shared: Sequence[str]) -> str:
     return f"""\
 cd {sh(layout.root)} 2>/dev/null || {{ printf 'absent\\0'; exit 0; }}
 printf 'present\\0'
-for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done; printf '\\0'
+for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done
+if command -v tar >/dev/null; then
+  case "$(tar --version 2>/dev/null)" in *"GNU tar"*) ;; *) printf 'GNU-tar ' ;; esac
+fi; printf '\\0'
 if [ -e current ] && [ ! -L current ]; then printf notlink; fi; printf '\\0'
 cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
 ls -1A releases 2>/dev/null; printf '\\0'
@@ -66,8 +70,15 @@ def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
     missing, notlink, link, listing, log, manifest, in_shared, in_site = (
         fields + [b""] * 9)[1:9]
     if missing.strip():
-        raise ConnectError(f"{host.name} lacks {missing.decode().strip()}",
-                           hint="install coreutils, tar and util-linux on the server")
+        lacks: list[str] = missing.decode().split()
+        named = ", ".join("GNU tar (the tar there is another one)" if t == "GNU-tar" else t
+                          for t in lacks)
+        raise ConnectError(
+            f"{host.name} lacks {named}: forge cannot deploy there, nothing was changed",
+            hint="install coreutils and GNU tar on the server; on shared hosting (a jailed "
+                 "shell, CageFS) ask the host to add "
+                 + " and ".join("GNU tar" if t.endswith("tar") else t for t in lacks)
+                 + " to the account's shell")
     if notlink:
         raise RemoteCommandError(
             f"{layout.current} on {host.name} exists but is not a symlink",

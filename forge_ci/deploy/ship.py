@@ -31,6 +31,7 @@ from forge_ci.units import human_size
 STAGED_PREFIX = ".forge-base-"
 # Bytes gathered before one write to the remote tar, and read from the local one.
 _CHUNK = 1 << 20
+_COPIED = "forge-copied-without-hard-links"
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,16 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
         listing = b"".join(p.encode() + b"\0" for p in remove)
         # A copy staged after the last deploy saves the cp -al on the critical path.
         staged = staged_base(base_dir)
-        host.check(host.run(
+        # Where hard links fail (another file system, a jailed shell) a plain copy does.
+        done = host.check(host.run(
             f"rm -rf {sh(release_dir)} && {{ mv -T -- {sh(staged)} {sh(release_dir)} 2>/dev/null"
-            f" || cp -al -- {sh(base_dir)} {sh(release_dir)}; }} && "
-            f"cd {sh(release_dir)} && xargs -0 -r rm -rf --",
+            f" || cp -al -- {sh(base_dir)} {sh(release_dir)} 2>/dev/null || "
+            f"{{ rm -rf {sh(release_dir)} && cp -a -- {sh(base_dir)} {sh(release_dir)} && "
+            f"echo {_COPIED}; }}; }} && cd {sh(release_dir)} && xargs -0 -r rm -rf --",
             input=listing, check=False), "hard-linking the live release")
+        if _COPIED.encode() in done.stdout:
+            log(f"{host.name}: hard links failed (cp -al): copied the live release instead, "
+                "which takes more time and disk")
     else:
         host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
                             check=False), "creating the release directory")

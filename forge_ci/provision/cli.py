@@ -28,7 +28,10 @@ changes nothing. hetzner needs HCLOUD_TOKEN (HCLOUD_ENDPOINT overrides the API U
 and FORGE_SSH_KEY (its public half becomes the deploy user's login); for a server
 made earlier, FORGE_KNOWN_HOSTS lets forge check it over SSH. ssh needs
 FORGE_KNOWN_HOSTS, FORGE_SSH_KEY and FORGE_ADMIN_SSH_KEY (the admin_user's key;
-FORGE_SSH_KEY when unset). Outputs: ip, known-hosts."""
+FORGE_SSH_KEY when unset). With provider cyberpanel or cpanel it makes the site
+(domain, document root, database, deploy key) on a control panel instead:
+CYBERPANEL_URL/_USER/_PASSWORD or CPANEL_URL/_USER/_TOKEN, FORGE_DB_PASSWORD,
+FORGE_SSH_KEY and FORGE_KNOWN_HOSTS. Outputs: ip, known-hosts."""
 
 _DESTROY_HELP = """\
 Delete the environment's server and its forge firewall. Only a server carrying

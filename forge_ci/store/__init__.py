@@ -50,4 +50,12 @@ def open_store(url: str, **opts: Any) -> ObjectStore:
         from forge_ci.store.memory import MemoryStore
 
         return MemoryStore(url, **opts)
-    raise ValueError(f"unsupported store URL scheme {parts.scheme!r}: use s3:// or file://")
+    from forge_ci.plugins import find  # an installed forge_ci.stores plugin for the scheme
+
+    plugin = find("forge_ci.stores", parts.scheme) if parts.scheme else None
+    if plugin is not None:
+        store: ObjectStore = plugin.open(url, **opts) if hasattr(plugin, "open") \
+            else plugin(url, **opts)
+        return store
+    raise ValueError(f"unsupported store URL scheme {parts.scheme!r}: use s3:// or file:// "
+                     "(or install a plugin for it: forge-ci plugins lists them)")

@@ -18,14 +18,15 @@ environments:
 
 
 def test_backups_dump_the_environments_database() -> None:
-    loaded = parse(BASE.format(extra="    database: { name: shop, user: shop, password: x }\n", backup=""),
-                   {})
+    extra = "    database: { name: shop, user: shop, password: x }\n"
+    loaded = parse(BASE.format(extra=extra, backup=""), {})
     assert session.target(loaded, "production").backup_config.database is not None
     assert session.target(loaded, "production").backup_config.database.name == "shop"
 
 
 def test_backup_database_keeps_working_and_database_wins() -> None:
-    old = parse(BASE.format(extra="", backup="      database: { name: old, user: old, password: x }\n"), {})
+    backup = "      database: { name: old, user: old, password: x }\n"
+    old = parse(BASE.format(extra="", backup=backup), {})
     db = session.target(old, "production").backup_config.database
     assert db is not None and db.name == "old"
     both = parse(BASE.format(extra="    database: { name: new, user: new, password: x }\n",

@@ -86,6 +86,7 @@ class SshHost:
     known_hosts_path: Path
     workdir: Path
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    extra_config: tuple[str, ...] = ()  # more sshd_config lines (e.g. a jail's SetEnv)
 
     @property
     def log_path(self) -> Path:
@@ -169,7 +170,8 @@ def known_hosts(hosts: list[SshHost]) -> str:
     return "".join(host.known_hosts + "\n" for host in hosts)
 
 
-def start_sshd(client_key: KeyPair | None = None, user: str = DEPLOY_USER) -> SshHost:
+def start_sshd(client_key: KeyPair | None = None, user: str = DEPLOY_USER,
+               extra_config: tuple[str, ...] = ()) -> SshHost:
     """Start an sshd for `user` accepting `client_key` (a fresh one if None)."""
     require_root()
     ensure_deploy_user(user)
@@ -188,6 +190,7 @@ def start_sshd(client_key: KeyPair | None = None, user: str = DEPLOY_USER) -> Ss
         private_key_path=_write_secret(workdir / "id_ed25519", key.private),
         known_hosts_path=workdir / "known_hosts",
         workdir=workdir,
+        extra_config=extra_config,
     )
     return on_free_port(lambda port: _first_start(host, port))
 
@@ -246,6 +249,7 @@ def _write_config(host: SshHost) -> Path:
     if _openssh_version() >= (9, 8):
         # Newer sshd bans sources that fail or drop connections; tests do both on purpose.
         lines.append("PerSourcePenalties no")
+    lines += host.extra_config
     config = host.workdir / "sshd_config"
     config.write_text("\n".join(lines) + "\n")
     return config

@@ -57,6 +57,7 @@ class Website:
     package: str
     state: str
     php: str
+    email: str = ""  # the owner e-mail given at creation (forge tags its own sites there)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class CyberPanelApi:
             rows = _json_list(body.get("data"), "fetchWebsites")
             sites += [Website(domain=str(r["domain"]), owner=str(r.get("admin", "")),
                               package=str(r.get("package", "")), state=str(r.get("state", "")),
-                              php=str(r.get("phpVersion", ""))) for r in rows]
+                              php=str(r.get("phpVersion", "")),
+                              email=str(r.get("adminEmail", ""))) for r in rows]
             pages = body.get("pagination")
             if not rows or not isinstance(pages, list) or page >= len(pages):
                 return sites
