@@ -11,7 +11,7 @@ from typing import Any
 from forge_ci.build.builder import build, open_artifact
 from forge_ci.build.cli import default_out, local_targets
 from forge_ci.command import Common, Context
-from forge_ci.deploy import health
+from forge_ci.deploy import health, safety
 from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
 from forge_ci.deploy.lock import owner_info
 from forge_ci.deploy.observe import observe
@@ -22,6 +22,7 @@ from forge_ci.errors import (
     HealthError,
     RollbackFailed,
     RolledBack,
+    UsageError,
 )
 from forge_ci.targets import open_hosts, target_root
 
@@ -39,6 +40,11 @@ def register(sub: Any, common: Common) -> None:
                        help="switch back to the previous good release (or --to RELEASE)")
     p.add_argument("environment", help=env_help)
     p.add_argument("--to", metavar="RELEASE", help="release id (see forge-ci releases)")
+    p.add_argument("--with-database", action="store_true",
+                   help="also restore the database snapshot taken before that release "
+                        "went live (backup.before_deploy); needs --yes")
+    p.add_argument("--yes", action="store_true",
+                   help="confirm overwriting the live database (--with-database)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("releases", parents=[common.config, common.json],
@@ -71,6 +77,7 @@ def _deployment(ctx: Context, command: str) -> Iterator[Deployment]:
             by=ctx.environ.get("GITHUB_ACTOR", "") or ctx.environ.get("USER", ""),
             warn=ctx.runner.warning, untrusted=ctx.runner.untrusted,
             progress=ctx.runner.progress,
+            snapshots=safety.for_environment(loaded, name, ctx.environ, ctx.runner.log),
         )
     finally:
         for h in hosts:
@@ -152,9 +159,14 @@ def cmd_deploy(ctx: Context) -> int:
 
 def cmd_rollback(ctx: Context) -> int:
     started = time.monotonic()
+    with_database = bool(ctx.args.with_database)
+    if with_database and not ctx.dry_run and not ctx.args.yes:
+        # As restore asks: the live database is overwritten.
+        raise UsageError("rollback --with-database overwrites the live database",
+                         hint="pass --yes to confirm (--dry-run shows what it would do)")
     with _deployment(ctx, "rollback") as dep, ctx.runner.group(f"roll back {dep.environment}"), \
             _failure_summary(ctx, "rollback", dep):
-        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run)
+        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run, with_database=with_database)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
         return 0
@@ -168,6 +180,7 @@ def cmd_releases(ctx: Context) -> int:
     # Every listing is oldest first, the newest last (next to the prompt), as snapshots.
     infos = list(reversed(list_releases(obs.log, obs.dirs, obs.current)))
     lines = [f"{'*' if i.current else ' '} {i.id}  {i.state}{'' if i.present else ' (gone)'}"
+             + (f"  db snapshot {i.snapshot}" if i.snapshot else "")
              for i in infos] or ["no releases yet"]
     ctx.emit({"environment": dep.environment, "host": obs.name, "current": obs.current,
               "releases": [i.to_json() for i in infos]}, "\n".join(lines))

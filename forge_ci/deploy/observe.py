@@ -27,6 +27,8 @@ class Observed:
     dirs: tuple[str, ...] = ()  # release directories
     staged: tuple[str, ...] = ()  # staged base copies (.forge-base-*) in releases/
     current_manifest: Manifest | None = None
+    # Maintenance files a run wrote and did not live to remove (.forge/maintenance).
+    maintenance: tuple[str, ...] = ()
 
 
 def _observe_script(layout: Layout) -> str:
@@ -41,6 +43,7 @@ cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
 ls -1A releases 2>/dev/null; printf '\\0'
 cat .forge/log.jsonl 2>/dev/null; printf '\\0'
 [ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
+cat .forge/maintenance 2>/dev/null; printf '\\0'
 """
 
 
@@ -48,7 +51,7 @@ def observe(host: Host, layout: Layout) -> Observed:
     fields = host.run(_observe_script(layout)).stdout.split(b"\0")
     if fields[0] != b"present":
         return Observed(host.name)
-    missing, notlink, link, listing, log, manifest = (fields + [b""] * 7)[1:7]
+    missing, notlink, link, listing, log, manifest, maintenance = (fields + [b""] * 8)[1:8]
     if missing.strip():
         raise ConnectError(f"{host.name} lacks {missing.decode().strip()}",
                            hint="install coreutils, tar and util-linux on the server")
@@ -66,4 +69,5 @@ def observe(host: Host, layout: Layout) -> Observed:
     names = sorted(listing.decode().splitlines())
     return Observed(host.name, current, ReleaseLog.parse(log),
                     tuple(n for n in names if not n.startswith(".")),
-                    tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed)
+                    tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed,
+                    tuple(maintenance.decode(errors="replace").split()))

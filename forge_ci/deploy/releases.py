@@ -8,6 +8,7 @@
     <path>/.forge/lock           flock(1) file held while a run works
     <path>/.forge/lock.json      who holds it (run id, actor, time)
     <path>/.forge/log.jsonl      release log: one JSON event per line
+    <path>/.forge/maintenance    maintenance files forge wrote and has yet to remove
     <path>/.forge/manifests/<id>.json
 
 The log is the only source of order and state; mtimes are never used. A
@@ -66,6 +67,10 @@ class Layout:
     def log(self) -> str:
         return self._j(".forge", "log.jsonl")
 
+    @property
+    def maintenance(self) -> str:
+        return self._j(".forge", "maintenance")
+
     def link(self, name: str) -> str:
         return self._j(name)
 
@@ -96,6 +101,8 @@ class Event:
     note: str = ""
     # Phase durations (``*_s``) and sizes of the run that went live; only on "live".
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # The database snapshot taken before this release's switch (backup.before_deploy).
+    snapshot: str = ""
 
     def to_line(self) -> bytes:
         d: dict[str, object] = {"release": self.release, "state": self.state,
@@ -106,13 +113,15 @@ class Event:
             d["note"] = self.note
         if self.metrics:
             d["metrics"] = dict(self.metrics)
+        if self.snapshot:
+            d["snapshot"] = self.snapshot
         return (json.dumps(d, sort_keys=True) + "\n").encode()
 
 
 def event(release: str, state: State, by: str = "", note: str = "",
-          metrics: Mapping[str, float] | None = None) -> Event:
+          metrics: Mapping[str, float] | None = None, snapshot: str = "") -> Event:
     return Event(release, state, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by, note,
-                 dict(metrics or {}))
+                 dict(metrics or {}), snapshot)
 
 
 @dataclass
@@ -129,7 +138,7 @@ class ReleaseLog:
                 d = json.loads(raw)
                 ev = Event(str(d["release"]), d["state"], str(d.get("time", "")),
                            str(d.get("by", "")), str(d.get("note", "")),
-                           _metrics(d.get("metrics")))
+                           _metrics(d.get("metrics")), _snapshot(d.get("snapshot")))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed run: the run never finished it
             if ev.state in STATES and "/" not in ev.release and ev.release not in ("", ".", ".."):
@@ -147,6 +156,11 @@ class ReleaseLog:
     def metrics(self) -> Mapping[str, Mapping[str, float]]:
         """Each release's metrics, from the newest event that carries some."""
         return {ev.release: ev.metrics for ev in self.events if ev.metrics}
+
+    @property
+    def snapshots(self) -> Mapping[str, str]:
+        """Each release's database snapshot id, from the newest event that names one."""
+        return {ev.release: ev.snapshot for ev in self.events if ev.snapshot}
 
     @property
     def states(self) -> Mapping[str, State]:
@@ -180,17 +194,20 @@ class ReleaseInfo:
     current: bool
     present: bool
     metrics: Mapping[str, float] = field(default_factory=dict)
+    snapshot: str | None = None  # database snapshot taken before its switch
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "current": self.current,
-                "present": self.present, "metrics": dict(self.metrics)}
+                "present": self.present, "metrics": dict(self.metrics),
+                "snapshot": self.snapshot}
 
 
 def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> list[ReleaseInfo]:
     """Releases newest first: logged ones in log order, then unknown dirs."""
     states = log.states
-    metrics = log.metrics
-    out = [ReleaseInfo(r, states[r], r == current, r in dirs, metrics.get(r, {}))
+    metrics, snapshots = log.metrics, log.snapshots
+    out = [ReleaseInfo(r, states[r], r == current, r in dirs, metrics.get(r, {}),
+                       snapshots.get(r))
            for r in log.order if states[r] != "removed" or r in dirs]
     known = {r.id for r in out}
     out += [ReleaseInfo(d, "unknown", d == current, True) for d in dirs if d not in known]
@@ -231,3 +248,11 @@ def _metrics(raw: object) -> dict[str, float]:
         return {}
     return {str(k): float(v) for k, v in raw.items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _snapshot(raw: object) -> str:
+    """A snapshot id as backups name them; anything else is ignored, not trusted."""
+    if isinstance(raw, str) and raw and len(raw) <= 64 and all(
+            c.isalnum() or c in "-_.:" for c in raw):
+        return raw
+    return ""
