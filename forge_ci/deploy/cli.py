@@ -107,6 +107,8 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
     r.set_output("release-id", res.release)
     r.set_output("previous-release-id", res.previous or "")
     r.set_output("url", res.url or "")
+    if res.snapshot:
+        r.set_output("snapshot-id", res.snapshot)
     seconds = time.monotonic() - started
     rows = "\n".join(f"| {h} | {res.release} |" for h in _hosts(res))
     metrics = "".join(f"| {k} | {v:g} |\n" for k, v in res.metrics.items())
@@ -123,7 +125,7 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
             else {"switch_to_healthy_s": round(res.switch_to_healthy, 2)}))
     ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
               "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3),
-              "metrics": dict(res.metrics),
+              "metrics": dict(res.metrics), "snapshot": res.snapshot,
               "switch_to_healthy": (None if res.switch_to_healthy is None
                                     else round(res.switch_to_healthy, 3))},
              f"{verb}: {res.release} is live on {res.plan.environment} "

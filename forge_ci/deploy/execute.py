@@ -123,6 +123,7 @@ class DeployResult:
     # From the end of the switch until every check passed (the marker comes first).
     switch_to_healthy: float | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)  # as in the release log
+    snapshot: str | None = None  # the database snapshot taken before the switch
 
 
 # -- one step ----------------------------------------------------------------
@@ -406,7 +407,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
             outcome = _switch_all_and_check(run, plan)
         _finish(run, plan.finish, plan.release)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan, outcome.detail,
-                            outcome.seconds, dict(run.metrics))
+                            outcome.seconds, dict(run.metrics), run.snapshot or None)
     raise AssertionError("unreachable")
 
 

@@ -56,6 +56,7 @@ class Net:
         os.chown(self.cnf, pwd.getpwnam(site.site.user).pw_uid, -1)
         self.cnf.chmod(0o600)
         self.runs = 0
+        self.snapshot: str | None = None  # what the last deploy --json said it took
 
     def configure(self, *, snapshot: bool = True, hooks: str = "") -> None:
         db = self.ssh.site.db
@@ -83,6 +84,7 @@ class Net:
         rc, out = self.forge("deploy", "production", "--json")
         assert rc == 0, self.ssh.site.logs()
         assert self.ssh.serves(version)
+        self.snapshot = out["snapshot"]
         return str(out["release"])
 
     def releases(self) -> dict[str, dict[str, Any]]:
@@ -129,7 +131,7 @@ def test_rollback_with_database_brings_back_the_old_schema_and_rows_with_the_old
     assert before[0] is False and before[1]
     # The release carries its snapshot: an ordinary, signed snapshot of the store.
     snap1 = net.releases()[v1]["snapshot"]
-    assert snap1
+    assert snap1 and snap1 == net.snapshot
     rc = net.ssh.forge("snapshots", "production")
     assert rc == 0
 
