@@ -220,3 +220,30 @@ def test_a_snapshot_that_cannot_be_stored_fails_the_deploy_before_any_switch(
     assert all(s == "bad" for rid, s in states.items() if rid != v1)
     assert sorted(os.listdir(net.ssh.site.path / "releases")) == [v1] or all(
         d.startswith(".") or d == v1 for d in os.listdir(net.ssh.site.path / "releases"))
+
+
+def test_a_failed_migration_takes_the_maintenance_page_down_with_it(net: Net) -> None:
+    net.configure(snapshot=False)
+    v1 = net.deploy("v1")
+    # Before the switch: the live release shows the page while the hook runs; the hook
+    # fails, the deploy fails (exit 1), nothing is switched, the page is gone.
+    live = net.ssh.site.path / "releases" / v1 / "web/wp/.maintenance"
+    net.configure(snapshot=False, hooks=net.migrate_hooks(f"test -f {live} && exit 3"))
+    net.ssh.set_version("v2")
+    rc, _ = net.forge("deploy", "production")
+    assert rc == ExitCode.FAILED
+    assert net.current == v1 and net.maintenance_files() == [] and net.status() == 200
+
+    # After the switch: the new release is in maintenance while the hook runs in it;
+    # a failure rolls the code back (exit 3), and the page is gone there too.
+    net.configure(snapshot=False, hooks=net.migrate_hooks("test -f web/wp/.maintenance")
+                  + "      migrate_at: after_switch\n")
+    v3 = net.deploy("v3")
+    assert net.current == v3 and net.maintenance_files() == []
+    net.configure(snapshot=False, hooks=net.migrate_hooks("test -f web/wp/.maintenance && false")
+                  + "      migrate_at: after_switch\n")
+    net.ssh.set_version("v4")
+    rc, _ = net.forge("deploy", "production")
+    assert rc == ExitCode.ROLLED_BACK
+    assert net.current == v3 and net.ssh.serves("v3")
+    assert net.maintenance_files() == [] and net.status() == 200
