@@ -436,7 +436,7 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
         checks=checks_for(config, release),
         finish=tuple(HostSteps(o.name, _finish_steps(o, release, config.keep_releases))
                      for o in observed),
-        undo=_undo(observed, maintenance),
+        undo=_undo(observed, maintenance and config.hooks.migrate_at == "after_switch"),
         discard=tuple(HostSteps(o.name, (*off, Record(release, "bad", "failed before switch"),
                                          Record(release, "removed", "failed before switch"),
                                          RemoveReleases((release,), "failed")))

@@ -89,8 +89,10 @@ def test_migrate_before_the_switch_inside_a_maintenance_window_on_every_host() -
         ("a", RunHooks("migrate", NEW, "r1", ("wp core update-db",))),
         ("a", MaintenanceOff()), ("b", MaintenanceOff())]
     assert _flat(plan.switch) == [("a", Switch(NEW)), ("b", Switch(NEW))]
-    # A failure before the switch takes the file down with the release.
+    # A failure before the switch takes the file down with the release; after the
+    # switch it is down already.
     assert _flat(plan.discard)[0] == ("a", MaintenanceOff("the run failed"))
+    assert _flat(plan.undo)[0] == ("a", Switch("r1"))
     assert plan.to_json()["hosts"][0]["migrate"][0] == {"op": "maintenance_on", "release": "r1"}
     assert "migrate a:" in plan.render()
 
