@@ -10,6 +10,7 @@
       retention: { keep_daily: 14, keep_weekly: 8, timezone: Europe/Berlin }
       object_lock: { mode: governance, days: 30 }   # S3 buckets with Object Lock enabled
       signers: ["forge-sign-ed25519:..."]  # public keys whose snapshots are trusted
+      before_deploy: true                  # snapshot the database in every deploy
 
 Secrets never live here: the database password comes from ``${VAR}``; keys and S3
 credentials come from the environment (``FORGE_BACKUP_RECIPIENT``,
@@ -110,6 +111,8 @@ class BackupConfig(_Frozen):
     retention: Retention | None = None
     object_lock: ObjectLock | None = None
     signers: tuple[str, ...] = ()
+    # A database-only snapshot inside every deploy's lock, before the switch.
+    before_deploy: bool = False
 
     @field_validator("store")
     @classmethod

@@ -88,6 +88,12 @@ class Hooks(Frozen):
     after_switch: tuple[str, ...] = ()
     # Run in the live release (``current``) of a sync's target, after its import.
     after_sync: tuple[str, ...] = ()
+    # Run once, on the first host, in the new release's directory: before the switch
+    # (default) or right after it. ``maintenance`` puts WordPress's .maintenance file
+    # up for as long as they run (forge removes it, even after a killed run).
+    migrate: tuple[str, ...] = ()
+    migrate_at: Literal["before_switch", "after_switch"] = "before_switch"
+    maintenance: bool = False
 
 
 class PhpConfig(Frozen):

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from forge_ci.build.builder import build, open_artifact
 from forge_ci.build.cli import default_out, local_targets
 from forge_ci.command import Common, Context
-from forge_ci.deploy import doctor, health
+from forge_ci.deploy import doctor, health, safety
 from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
 from forge_ci.deploy.lock import Lock, owner_info
 from forge_ci.deploy.observe import observe
@@ -23,6 +23,7 @@ from forge_ci.errors import (
     HealthError,
     RollbackFailed,
     RolledBack,
+    UsageError,
 )
 from forge_ci.targets import open_hosts, target_root
 
@@ -50,6 +51,11 @@ def register(sub: Any, common: Common) -> None:
     p.add_argument("--force", action="store_true",
                    help="switch without the health gate (the site is down for another "
                         "reason: database, DNS); logged as forced")
+    p.add_argument("--with-database", action="store_true",
+                   help="also restore the database snapshot taken before that release "
+                        "went live (backup.before_deploy); needs --yes")
+    p.add_argument("--yes", action="store_true",
+                   help="confirm overwriting the live database (--with-database)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("releases", parents=[common.config, common.json],
@@ -93,6 +99,7 @@ def _deployment(ctx: Context, command: str, started: float | None = None,
             by=origin.actor, warn=ctx.runner.warning, origin=origin.info(), adopt=adopt,
             started=time.monotonic() if started is None else started,
             untrusted=ctx.runner.untrusted, progress=ctx.runner.progress,
+            snapshots=safety.for_environment(loaded, name, ctx.environ, ctx.runner.log),
         )
     finally:
         for h in hosts:
@@ -122,6 +129,8 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
     r.set_output("release-id", res.release)
     r.set_output("previous-release-id", res.previous or "")
     r.set_output("url", res.url or "")
+    if res.snapshot:
+        r.set_output("snapshot-id", res.snapshot)
     seconds = time.monotonic() - started
     rows = "\n".join(f"| {h} | {res.release} |" for h in _hosts(res))
     metrics = "".join(f"| {k} | {v:g} |\n" for k, v in res.metrics.items())
@@ -138,7 +147,7 @@ def _report(ctx: Context, verb: str, res: DeployResult, started: float) -> None:
             else {"switch_to_healthy_s": round(res.switch_to_healthy, 2)}))
     ctx.emit({"release": res.release, "previous": res.previous, "url": res.url,
               "health": res.health, "plan": res.plan.to_json(), "seconds": round(seconds, 3),
-              "metrics": dict(res.metrics),
+              "metrics": dict(res.metrics), "snapshot": res.snapshot,
               "switch_to_healthy": (None if res.switch_to_healthy is None
                                     else round(res.switch_to_healthy, 3))},
              f"{verb}: {res.release} is live on {res.plan.environment} "
@@ -175,13 +184,19 @@ def cmd_deploy(ctx: Context) -> int:
 def cmd_rollback(ctx: Context) -> int:
     started = time.monotonic()
     force = bool(ctx.args.force)
+    with_database = bool(ctx.args.with_database)
+    if with_database and not ctx.dry_run and not ctx.args.yes:
+        # As restore asks: the live database is overwritten.
+        raise UsageError("rollback --with-database overwrites the live database",
+                         hint="pass --yes to confirm (--dry-run shows what it would do)")
     with _deployment(ctx, "rollback", started) as dep, \
             ctx.runner.group(f"roll back {dep.environment}"), \
             _failure_summary(ctx, "rollback", dep):
         if force and not ctx.dry_run:
             ctx.runner.warning(f"rollback --force: {dep.environment} switches WITHOUT health "
                                "checks; nothing verifies what visitors get")
-        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run, force=force)
+        res = rollback(dep, ctx.args.to, dry_run=ctx.dry_run, force=force,
+                       with_database=with_database)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
         return 0

@@ -18,6 +18,7 @@ import posixpath
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from forge_ci.build.builder import Artifact
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
@@ -38,9 +39,12 @@ from forge_ci.deploy.plan import (
 from forge_ci.deploy.releases import Info, Layout, event
 from forge_ci.deploy.ship import ship, stage_script
 from forge_ci.deploy.steps import (
+    MAINTENANCE_FILE,
     Adopt,
     HostSteps,
     LinkShared,
+    MaintenanceOff,
+    MaintenanceOn,
     MakeDirs,
     Phase,
     PointLink,
@@ -49,11 +53,13 @@ from forge_ci.deploy.steps import (
     RefreshPhp,
     RemoveReleases,
     RemoveStaged,
+    RestoreDatabase,
     RunHooks,
     Ship,
     StageNextBase,
     Step,
     Switch,
+    TakeSnapshot,
     WriteManifest,
 )
 from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
@@ -61,6 +67,20 @@ from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote.base import Host, sh
 
 Log = Callable[[str], None]
+
+
+class DatabaseSnapshots(Protocol):
+    """The backup store seen from a deploy (:mod:`forge_ci.deploy.safety`)."""
+
+    def take(self, host: Host, release: str) -> str:
+        """Snapshot the database from ``host``; the new snapshot's id. Raises
+        :class:`ForgeError` when no trusted snapshot could be stored."""
+        ...
+
+    def restore(self, host: Host, snapshot: str) -> None:
+        """Import ``snapshot``'s database over the live one, from ``host``, after the
+        whole dump has authenticated. The caller holds the deploy lock."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,7 @@ class Deployment:
     origin: Info = ()  # commit, subject, run: logged with a new release
     adopt: bool = False  # deploy --adopt: move an existing site's shared paths
     started: float = field(default_factory=time.monotonic)  # for the logged duration
+    snapshots: DatabaseSnapshots | None = None  # the backup store, when there is one
 
     @property
     def layout(self) -> Layout:
@@ -107,6 +128,7 @@ class DeployResult:
     # From the end of the switch until every check passed (the marker comes first).
     switch_to_healthy: float | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)  # as in the release log
+    snapshot: str | None = None  # the database snapshot taken before the switch
 
 
 # -- one step ----------------------------------------------------------------
@@ -120,6 +142,7 @@ class _Run:
     artifact: Artifact | None = None
     # Phase durations in seconds (``<phase>_s``), recorded with the "live" event.
     metrics: dict[str, float] = field(default_factory=dict)
+    snapshot: str = ""  # taken before the switch; recorded with the "live" event
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -223,13 +246,14 @@ def _switch(dep: Deployment, host: Host, release: str | None) -> None:
 
 
 def _record(dep: Deployment, host: Host, steps: Sequence[Record],
-            metrics: Mapping[str, float] | None = None) -> None:
-    """Append the steps' events; ``metrics`` and how long the run took to get there go
-    with a "live" event only."""
+            metrics: Mapping[str, float] | None = None, snapshot: str = "") -> None:
+    """Append the steps' events; ``metrics``, ``snapshot`` and how long the run took to
+    get there go with a "live" event only."""
     took = (("seconds", f"{time.monotonic() - dep.started:.1f}"),)
     lines = b"".join(event(s.release, s.state, dep.by, s.note,
                            metrics if s.state == "live" else None,
-                           s.info + took if s.state == "live" else s.info).to_line()
+                           s.info + took if s.state == "live" else s.info,
+                           snapshot if s.state == "live" else "").to_line()
                      for s in steps)
     host.append(dep.layout.log, lines)
 
@@ -244,6 +268,39 @@ def _adopt_script(lay: Layout, paths: Sequence[str]) -> str:
     return "\n".join(script)
 
 
+def _maintenance_on(dep: Deployment, host: Host, release: str) -> None:
+    """Record the release in .forge/maintenance, then write the file: a run killed
+    in between leaves a record the next run acts on, never an unrecorded file."""
+    lay = dep.layout
+    path = posixpath.join(lay.release(release), MAINTENANCE_FILE)
+    tmp = path + ".forge-tmp"
+    r = host.run(f"set -e\nmkdir -p {sh(lay.meta)}\n"
+                 f"printf '%s\\n' {sh(release)} >> {sh(lay.maintenance)}\n"
+                 f"[ -d {sh(posixpath.dirname(path))} ] || {{ echo no-wordpress; exit 0; }}\n"
+                 f"printf '%s\\n' '<?php $upgrading = time();' > {sh(tmp)}\n"
+                 f"mv -f {sh(tmp)} {sh(path)}\n", check=False)
+    host.check(r, "writing the maintenance file")
+    if b"no-wordpress" in r.stdout:
+        dep.log(f"{host.name}: {release} has no {posixpath.dirname(MAINTENANCE_FILE)}/: "
+                "no maintenance file written")
+    else:
+        dep.log(f"{host.name}: maintenance file up in {release}")
+
+
+def _maintenance_off(dep: Deployment, host: Host, why: str) -> None:
+    """Remove the maintenance file of every release recorded, then the record."""
+    lay = dep.layout
+    r = host.run(
+        f"rec={sh(lay.maintenance)}\n[ -f \"$rec\" ] || exit 0\n"
+        "while IFS= read -r r; do\n"
+        "  case \"$r\" in ''|*/*|.|..) continue;; esac\n"
+        f"  rm -f {sh(lay.releases)}/\"$r\"/{sh(MAINTENANCE_FILE)} && echo removed\n"
+        "done < \"$rec\"\nrm -f \"$rec\"\n", check=False)
+    host.check(r, "removing the maintenance file")
+    if r.stdout:
+        dep.log(f"{host.name}: maintenance file removed" + (f" ({why})" if why else ""))
+
+
 def _do(run: _Run, host: Host, step: Step) -> None:
     dep, lay = run.dep, run.dep.layout
     if isinstance(step, MakeDirs):
@@ -255,7 +312,7 @@ def _do(run: _Run, host: Host, step: Step) -> None:
         host.remove_trees([*(lay.release(r) for r in step.releases),
                            *(lay.manifest(r) for r in step.releases)])
     elif isinstance(step, Record):
-        _record(dep, host, [step], run.metrics)
+        _record(dep, host, [step], run.metrics, run.snapshot)
     elif isinstance(step, Adopt):
         dep.log(f"{host.name}: {step.describe()}")
         host.check(host.run(_adopt_script(lay, step.paths), check=False),
@@ -279,11 +336,28 @@ def _do(run: _Run, host: Host, step: Step) -> None:
         _switch(dep, host, step.release)
     elif isinstance(step, RefreshPhp):
         _refresh(dep, host, step.release)
+    elif isinstance(step, TakeSnapshot):
+        run.snapshot = _snapshots(dep).take(host, step.release)
+        dep.log(f"{host.name}: database snapshot {run.snapshot} stored")
+    elif isinstance(step, MaintenanceOn):
+        _maintenance_on(dep, host, step.release)
+    elif isinstance(step, MaintenanceOff):
+        _maintenance_off(dep, host, step.why)
+    elif isinstance(step, RestoreDatabase):
+        dep.log(f"{host.name}: restoring the database from snapshot {step.snapshot}")
+        _snapshots(dep).restore(host, step.snapshot)
     elif isinstance(step, StageNextBase):
         host.check(host.run(stage_script(lay.release(step.release)), check=False),
                    "staging the next base")
     else:  # pragma: no cover - a new step type without an executor is a bug
         raise AssertionError(f"no executor for {step!r}")
+
+
+def _snapshots(dep: Deployment) -> DatabaseSnapshots:
+    if dep.snapshots is None:
+        raise DeployFailed(f"{dep.environment} has no backup store to snapshot to",
+                           hint="add a backup: section with a store and a database")
+    return dep.snapshots
 
 
 def _host_steps(run: _Run, hs: HostSteps) -> None:
@@ -295,11 +369,11 @@ def _host_steps(run: _Run, hs: HostSteps) -> None:
             pending.append(step)
             continue
         if pending:
-            _record(run.dep, host, pending, run.metrics)
+            _record(run.dep, host, pending, run.metrics, run.snapshot)
             pending = []
         _do(run, host, step)
     if pending:
-        _record(run.dep, host, pending, run.metrics)
+        _record(run.dep, host, pending, run.metrics, run.snapshot)
 
 
 def _phase(run: _Run, phase: Phase) -> None:
@@ -344,13 +418,19 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         dep.log(plan.render())
         with run.timed("prepare"):
             _prepare_all(run, plan)
+        if plan.snapshot:
+            with run.timed("snapshot"):
+                _prepare_all(run, plan, plan.snapshot)
+        if plan.migrate:
+            with run.timed("migrate"):
+                _prepare_all(run, plan, plan.migrate)
         with run.timed("preview"):
             _preview(run, plan)
         with run.timed("switch_and_check"):
             outcome = _switch_all_and_check(run, plan)
         _finish(run, plan.finish, plan.release)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan, outcome.detail,
-                            outcome.seconds, dict(run.metrics))
+                            outcome.seconds, dict(run.metrics), run.snapshot or None)
     raise AssertionError("unreachable")
 
 
@@ -364,9 +444,10 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> None:
         dep.log(f"{host.name}: locked")
 
 
-def _prepare_all(run: _Run, plan: DeployPlan) -> None:
+def _prepare_all(run: _Run, plan: DeployPlan, phase: Phase | None = None) -> None:
+    """Run ``phase`` (default: prepare); any failure discards the release."""
     try:
-        _phase(run, plan.prepare)
+        _phase(run, plan.prepare if phase is None else phase)
     except ForgeError as e:
         # A release that never went live is marked bad and its space freed
         # (a full disk must not stay full because of the release that filled it).
@@ -546,27 +627,34 @@ def _finish(run: _Run, phase: Phase, release: str) -> None:
 # -- rollback ----------------------------------------------------------------
 
 def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False,
-             force: bool = False) -> DeployResult:
+             force: bool = False, with_database: bool = False) -> DeployResult:
     """Switch every host to ``to`` (or the previous good release), health-checked
-    unless ``force``."""
+    unless ``force``; ``with_database`` also restores the database snapshot recorded
+    with it, after the switch and before the checks, inside this run's lock."""
     with contextlib.ExitStack() as stack:
         if not dry_run:
             _lock_all(dep, stack)
-        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to, force=force)
+        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to, force=force,
+                             with_database=with_database)
         target, previous = plan.target, plan.previous
         if dry_run:
             return DeployResult(target, previous, dep.config.url, plan)
         dep.log(plan.render())
-        if plan.already_live:
-            return DeployResult(target, previous, dep.config.url, plan, "already live")
         run = _Run(dep, {h.name: h for h in dep.hosts})
+        _phase(run, plan.cleanup)
+        if plan.already_live:
+            try:
+                _phase(run, plan.database)
+            except ForgeError as e:
+                raise DeployFailed(f"{e.message} — {target} stays live", hint=e.hint) from None
+            return DeployResult(target, previous, dep.config.url, plan, "already live")
         try:
             _phase(run, plan.probe)
         except ForgeError as e:
             raise DeployFailed(f"{e.message} — nothing was switched", hint=e.hint) from None
         try:
             with run.timed("switch_and_check"):
-                outcome = _switch_and_verify(run, plan, ()).detail
+                outcome = _switch_and_verify(run, plan, plan.database).detail
             if plan.forced:
                 outcome = "not checked (--force)"
         except _SwitchFailed as f:

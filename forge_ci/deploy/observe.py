@@ -35,6 +35,8 @@ class Observed:
     # A site forge did not deploy (no releases/): which of the asked-for paths (and
     # web/app/uploads) it holds in place, as real files or directories.
     site_paths: tuple[str, ...] = ()
+    # Maintenance files a run wrote and did not live to remove (.forge/maintenance).
+    maintenance: tuple[str, ...] = ()
 
 
 def _observe_script(layout: Layout, shared: Sequence[str]) -> str:
@@ -59,6 +61,7 @@ for p in {wanted}; do [ -e "shared/$p" ] && printf '%s\\n' "$p"; done; printf '\
 if [ ! -d releases ]; then
   for p in {site}; do [ -e "$p" ] && [ ! -L "$p" ] && printf '%s\\n' "$p"; done
 fi; printf '\\0'
+cat .forge/maintenance 2>/dev/null; printf '\\0'
 """
 
 
@@ -67,8 +70,8 @@ def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
     fields = host.run(_observe_script(layout, shared)).stdout.split(b"\0")
     if fields[0] != b"present":
         return Observed(host.name)
-    missing, notlink, link, listing, log, manifest, in_shared, in_site = (
-        fields + [b""] * 9)[1:9]
+    missing, notlink, link, listing, log, manifest, in_shared, in_site, maintenance = (
+        fields + [b""] * 10)[1:10]
     if missing.strip():
         lacks: list[str] = missing.decode().split()
         named = ", ".join("GNU tar (the tar there is another one)" if t == "GNU-tar" else t
@@ -94,4 +97,5 @@ def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
     return Observed(host.name, current, ReleaseLog.parse(log),
                     tuple(n for n in names if not n.startswith(".")),
                     tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed,
-                    tuple(in_shared.decode().splitlines()), tuple(in_site.decode().splitlines()))
+                    tuple(in_shared.decode().splitlines()), tuple(in_site.decode().splitlines()),
+                    tuple(maintenance.decode(errors="replace").split()))

@@ -6,11 +6,15 @@
 host's ordered steps; :mod:`forge_ci.deploy.execute` carries them out and does
 nothing else, and ``--dry-run`` prints them. A deploy runs::
 
-    prepare (every host) -> preview -> for each batch: switch, refresh, after_switch,
+    prepare (every host) -> snapshot (backup.before_deploy: the database, on the backup
+    host) -> migrate (hooks.migrate, once, on the first host; maintenance file on every
+    host while it runs) -> preview -> for each batch: switch, refresh, after_switch,
     checks on each host of the batch -> checks through the site URL -> finish (record,
     prune, stage the next base)
 
 and on failure ``discard`` (before any switch) or ``undo`` (every switched host back).
+With ``hooks.migrate_at: after_switch`` the migrations run first in the first host's
+after_switch steps instead, the maintenance file going up just before each switch.
 ``strategy: together`` makes one batch of every host; ``strategy: rolling`` makes
 batches of ``rolling.batch`` hosts, so hosts behind a load balancer switch a few at
 a time while the others keep serving.
@@ -43,9 +47,12 @@ from forge_ci.deploy.releases import (
 )
 from forge_ci.deploy.ship import STAGED_PREFIX
 from forge_ci.deploy.steps import (
+    MAINTENANCE_FILE,
     Adopt,
     HostSteps,
     LinkShared,
+    MaintenanceOff,
+    MaintenanceOn,
     MakeDirs,
     Phase,
     PointLink,
@@ -54,11 +61,13 @@ from forge_ci.deploy.steps import (
     RefreshPhp,
     RemoveReleases,
     RemoveStaged,
+    RestoreDatabase,
     RunHooks,
     Ship,
     StageNextBase,
     Step,
     Switch,
+    TakeSnapshot,
     WriteManifest,
 )
 from forge_ci.errors import DeployFailed, UsageError
@@ -105,13 +114,16 @@ class DeployPlan:
     check_hosts: tuple[tuple[str, str], ...] = ()
     host_checks: tuple[HealthCheck, ...] = ()
     rounds: int = 1  # passing rounds in a row needed through the site URL
+    snapshot: Phase = ()  # the database snapshot, after prepare (backup.before_deploy)
+    migrate: Phase = ()  # hooks.migrate before the switch, inside its maintenance window
 
     @property
     def previous(self) -> str | None:
         return self.current[0][1] if self.current else None
 
     def to_json(self) -> dict[str, Any]:
-        phases = {"prepare": self.prepare, "preview": self.preview, "switch": self.switch,
+        phases = {"prepare": self.prepare, "snapshot": self.snapshot, "migrate": self.migrate,
+                  "preview": self.preview, "switch": self.switch,
                   "refresh": self.refresh, "after_switch": self.after_switch,
                   "finish": self.finish, "undo": self.undo, "discard": self.discard}
         return {
@@ -130,6 +142,8 @@ class DeployPlan:
         out = [f"deploy {self.release} to {self.environment}:"]
         out += [f"  {h}: live {c or '(none)'}" for h, c in self.current]
         out += _phase_lines("prepare", self.prepare)
+        out += _phase_lines("snapshot", self.snapshot)
+        out += _phase_lines("migrate", self.migrate)
         out += _phase_lines("preview", self.preview)
         where = " on each host" if self.check_hosts or self.preview_on_host else ""
         out += [f"  preview check{where}: {_check_text(c)}" for c in self.preview_checks]
@@ -152,7 +166,9 @@ class DeployPlan:
 
 
 def _steps(phase: Phase, host: str) -> tuple[Step, ...]:
-    return next((h.steps for h in phase if h.host == host), ())
+    # A phase may visit a host more than once (migrate: every host's maintenance
+    # file goes up before the migration runs on the first).
+    return tuple(s for h in phase if h.host == host for s in h.steps)
 
 
 def _only(phase: Phase, hosts: Sequence[str]) -> Phase:
@@ -217,6 +233,7 @@ def _per_release(config: EnvironmentConfig) -> tuple[str, ...]:
     # an old release's marker would claim to be this one (marker: false).
     out.append(health.MARKER_PATH)
     out.append(php_refresh.SCRIPT)  # left by a killed run
+    out.append(MAINTENANCE_FILE)  # likewise
     return tuple(out)
 
 
@@ -321,6 +338,8 @@ def _prepare_steps(obs: Observed, config: EnvironmentConfig, new: Manifest,
                    release: str, origin: Info = (),
                    adopt: tuple[str, ...] = ()) -> tuple[Step, ...]:
     steps: list[Step] = [MakeDirs()]
+    if obs.maintenance:
+        steps.append(MaintenanceOff("left by an earlier run"))
     if adopt:
         steps.append(Adopt(adopt))
     keep = STAGED_PREFIX + (obs.current or "-")
@@ -366,9 +385,70 @@ def _finish_steps(obs: Observed, release: str, keep: int) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def _undo(observed: Sequence[Observed]) -> Phase:
-    return tuple(HostSteps(o.name, (Switch(o.current), RefreshPhp(o.current)))
+def _undo(observed: Sequence[Observed], maintenance: bool = False) -> Phase:
+    off: tuple[Step, ...] = (MaintenanceOff("the run failed"),) if maintenance else ()
+    return tuple(HostSteps(o.name, (*off, Switch(o.current), RefreshPhp(o.current)))
                  for o in observed)
+
+
+def backup_host(config: EnvironmentConfig, observed: Sequence[Observed]) -> str:
+    """The host holding the database: ``backup.host``, else the first (as backups)."""
+    wanted = config.backup.host if config.backup else None
+    for h, o in zip(config.hosts, observed, strict=False):
+        if h.host == wanted:
+            return o.name
+    return observed[0].name
+
+
+def _maintenance(config: EnvironmentConfig) -> bool:
+    return config.hooks.maintenance and bool(config.hooks.migrate)
+
+
+def _snapshot_phase(config: EnvironmentConfig, observed: Sequence[Observed],
+                    release: str) -> Phase:
+    if config.backup is None or not config.backup.before_deploy:
+        return ()
+    return (HostSteps(backup_host(config, observed), (TakeSnapshot(release),)),)
+
+
+def _migrate_phase(config: EnvironmentConfig, observed: Sequence[Observed],
+                   release: str) -> Phase:
+    """Before the switch: every host's live release in maintenance, the migrations on
+    the first host, every maintenance file removed."""
+    hooks = config.hooks
+    if not hooks.migrate or hooks.migrate_at != "before_switch":
+        return ()
+    first = observed[0]
+    run = HostSteps(first.name, (RunHooks("migrate", release, first.current, hooks.migrate),))
+    if not _maintenance(config):
+        return (run,)
+    on = tuple(HostSteps(o.name, (MaintenanceOn(o.current),)) for o in observed if o.current)
+    off = tuple(HostSteps(o.name, (MaintenanceOff(),)) for o in observed)
+    return (*on, run, *off)
+
+
+def _switch_phase(config: EnvironmentConfig, observed: Sequence[Observed],
+                  release: str) -> Phase:
+    late = config.hooks.migrate_at == "after_switch" and _maintenance(config)
+    on: tuple[Step, ...] = (MaintenanceOn(release),) if late else ()
+    return tuple(HostSteps(o.name, (*on, Switch(release))) for o in observed)
+
+
+def _after_switch_phase(config: EnvironmentConfig, observed: Sequence[Observed],
+                        release: str) -> Phase:
+    hooks = config.hooks
+    out = []
+    for i, o in enumerate(observed):
+        steps: list[Step] = []
+        if hooks.migrate and hooks.migrate_at == "after_switch":
+            if i == 0:
+                steps.append(RunHooks("migrate", release, o.current, hooks.migrate))
+            if _maintenance(config):
+                steps.append(MaintenanceOff())
+        if hooks.after_switch:
+            steps.append(RunHooks("after_switch", release, o.current, hooks.after_switch))
+        out.append(HostSteps(o.name, tuple(steps)))
+    return tuple(out)
 
 
 def _notes(config: EnvironmentConfig, new: Manifest) -> tuple[str, ...]:
@@ -417,7 +497,8 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
     if config.preview is not None and pv_checks:
         preview = tuple(HostSteps(o.name, (PointLink(config.preview.link, release),))
                         for o in observed)
-    hooks = tuple(config.hooks.after_switch)
+    maintenance = _maintenance(config)
+    off: tuple[Step, ...] = (MaintenanceOff("the run failed"),) if maintenance else ()
     return DeployPlan(
         environment=environment, release=release,
         current=tuple((o.name, o.current) for o in observed),
@@ -426,16 +507,14 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
                       for o in observed),
         preview=preview, preview_checks=pv_checks if preview else (),
         preview_on_host=bool(config.preview and config.preview.on_host),
-        switch=tuple(HostSteps(o.name, (Switch(release),)) for o in observed),
+        switch=_switch_phase(config, observed, release),
         refresh=tuple(HostSteps(o.name, (RefreshPhp(release),)) for o in observed),
-        after_switch=tuple(HostSteps(o.name, (RunHooks("after_switch", release, o.current,
-                                                       hooks),) if hooks else ())
-                           for o in observed),
+        after_switch=_after_switch_phase(config, observed, release),
         checks=checks_for(config, release),
         finish=tuple(HostSteps(o.name, _finish_steps(o, release, config.keep_releases))
                      for o in observed),
-        undo=_undo(observed),
-        discard=tuple(HostSteps(o.name, (Record(release, "bad", "failed before switch"),
+        undo=_undo(observed, maintenance and config.hooks.migrate_at == "after_switch"),
+        discard=tuple(HostSteps(o.name, (*off, Record(release, "bad", "failed before switch"),
                                          Record(release, "removed", "failed before switch"),
                                          RemoveReleases((release,), "failed")))
                       for o in observed),
@@ -447,6 +526,8 @@ def plan_deploy(environment: str, config: EnvironmentConfig, observed: Sequence[
         check_hosts=check_hosts(config, [o.name for o in observed]),
         host_checks=host_checks(config, checks_for(config, release)),
         rounds=public_rounds(config),
+        snapshot=_snapshot_phase(config, observed, release),
+        migrate=_migrate_phase(config, observed, release),
     )
 
 
@@ -468,6 +549,8 @@ class RollbackPlan:
     finish: Phase
     undo: Phase
     forced: bool = False  # --force: no health gate
+    cleanup: Phase = ()  # maintenance files an earlier run left
+    database: Phase = ()  # --with-database: after the switch, before the checks
 
     @property
     def previous(self) -> str | None:
@@ -478,7 +561,8 @@ class RollbackPlan:
         return all(c == self.target for _, c in self.current)
 
     def to_json(self) -> dict[str, Any]:
-        phases = {"probe": self.probe, "switch": self.switch, "refresh": self.refresh,
+        phases = {"cleanup": self.cleanup, "probe": self.probe, "switch": self.switch,
+                  "refresh": self.refresh, "database": self.database,
                   "finish": self.finish, "undo": self.undo}
         return {"environment": self.environment, "target": self.target,
                 "hosts": [{"host": h, "current": c,
@@ -491,9 +575,11 @@ class RollbackPlan:
         out = [f"roll back {self.environment} to {self.target}:"]
         out += [f"  {h}: {c or '(none)'} -> {self.target}" for h, c in self.current]
         if self.already_live:
-            out.append(f"  nothing to do: {self.target} is live on every host")
-        for name, phase in (("probe", self.probe), ("switch", self.switch),
-                            ("refresh", self.refresh)):
+            out.append(f"  {self.target} is live on every host: "
+                       + ("only the database is restored" if self.database else "nothing to do"))
+        for name, phase in (("cleanup", self.cleanup), ("probe", self.probe),
+                            ("switch", self.switch), ("refresh", self.refresh),
+                            ("database", self.database)):
             out += _phase_lines(name, phase)
         out += [f"  check: {c.url} -> {c.status}" for c in self.checks]
         if self.forced:
@@ -530,15 +616,31 @@ def _record_rollback(obs: Observed, target: str, forced: bool) -> tuple[Step, ..
     return tuple(steps)
 
 
+def _restore_phase(config: EnvironmentConfig, observed: Sequence[Observed],
+                   target: str) -> Phase:
+    snapshot = observed[0].log.snapshots.get(target)
+    if snapshot is None:
+        raise UsageError(f"release {target} carries no database snapshot",
+                         hint="forge-ci releases ENV shows which releases carry one "
+                              "(backup.before_deploy: true takes one with each deploy)")
+    return (HostSteps(backup_host(config, observed), (RestoreDatabase(snapshot, target),)),)
+
+
 def plan_rollback(environment: str, config: EnvironmentConfig, observed: Sequence[Observed],
-                  to: str | None, *, force: bool = False) -> RollbackPlan:
+                  to: str | None, *, force: bool = False,
+                  with_database: bool = False) -> RollbackPlan:
     """Switch back to ``to`` (or the previous good release). ``force``: without the
-    health gate, for a site down for another reason (database, DNS)."""
+    health gate, for a site down for another reason (database, DNS). ``with_database``:
+    also restore the database snapshot recorded with ``to``, after the switch."""
     target = rollback_target(observed, to)
     current = tuple((o.name, o.current) for o in observed)
+    cleanup = tuple(HostSteps(o.name, (MaintenanceOff("left by an earlier run"),))
+                    for o in observed if o.maintenance)
+    database = _restore_phase(config, observed, target) if with_database else ()
     if all(o.current == target for o in observed):
         return RollbackPlan(environment, target, current, (), (), (),
-                            () if force else checks_for(config, target), (), (), force)
+                            () if force else checks_for(config, target), (), (), force,
+                            cleanup, database)
     return RollbackPlan(
         environment, target, current,
         probe=tuple(HostSteps(o.name, (ProbePhp(target),)) for o in observed),
@@ -547,6 +649,6 @@ def plan_rollback(environment: str, config: EnvironmentConfig, observed: Sequenc
         checks=() if force else checks_for(config, target),
         finish=tuple(HostSteps(o.name, _record_rollback(o, target, force)) for o in observed),
         undo=_undo(observed),
-        forced=force,
+        forced=force, cleanup=cleanup, database=database,
     )
 

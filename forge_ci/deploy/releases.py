@@ -8,6 +8,7 @@
     <path>/.forge/lock           flock(1) file held while a run works
     <path>/.forge/lock.json      who holds it (run id, actor, time)
     <path>/.forge/log.jsonl      release log: one JSON event per line
+    <path>/.forge/maintenance    maintenance files forge wrote and has yet to remove
     <path>/.forge/manifests/<id>.json
 
 The log is the only source of order and state; mtimes are never used. A
@@ -84,6 +85,10 @@ class Layout:
     def log(self) -> str:
         return self._j(".forge", "log.jsonl")
 
+    @property
+    def maintenance(self) -> str:
+        return self._j(".forge", "maintenance")
+
     def link(self, name: str) -> str:
         return self._j(name)
 
@@ -115,6 +120,8 @@ class Event:
     info: Info = ()  # (key, value) pairs, keys from INFO_KEYS
     # Phase durations (``*_s``) and sizes of the run that went live; only on "live".
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # The database snapshot taken before this release's switch (backup.before_deploy).
+    snapshot: str = ""
 
     def to_line(self) -> bytes:
         d: dict[str, object] = {"release": self.release, "state": self.state,
@@ -126,13 +133,16 @@ class Event:
         d.update((k, v) for k, v in self.info if k in INFO_KEYS and v)
         if self.metrics:
             d["metrics"] = dict(self.metrics)
+        if self.snapshot:
+            d["snapshot"] = self.snapshot
         return (json.dumps(d, sort_keys=True) + "\n").encode()
 
 
 def event(release: str, state: State, by: str = "", note: str = "",
-          metrics: Mapping[str, float] | None = None, info: Info = ()) -> Event:
+          metrics: Mapping[str, float] | None = None, info: Info = (),
+          snapshot: str = "") -> Event:
     return Event(release, state, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by, note,
-                 info, dict(metrics or {}))
+                 info, dict(metrics or {}), snapshot)
 
 
 @dataclass
@@ -150,7 +160,7 @@ class ReleaseLog:
                 ev = Event(str(d["release"]), d["state"], str(d.get("time", "")),
                            str(d.get("by", "")), str(d.get("note", "")),
                            tuple((k, str(d[k])) for k in INFO_KEYS if d.get(k) not in (None, "")),
-                           _metrics(d.get("metrics")))
+                           _metrics(d.get("metrics")), _snapshot(d.get("snapshot")))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed run: the run never finished it
             if ev.state in STATES and "/" not in ev.release and ev.release not in ("", ".", ".."):
@@ -168,6 +178,11 @@ class ReleaseLog:
     def metrics(self) -> Mapping[str, Mapping[str, float]]:
         """Each release's metrics, from the newest event that carries some."""
         return {ev.release: ev.metrics for ev in self.events if ev.metrics}
+
+    @property
+    def snapshots(self) -> Mapping[str, str]:
+        """Each release's database snapshot id, from the newest event that names one."""
+        return {ev.release: ev.snapshot for ev in self.events if ev.snapshot}
 
     @property
     def states(self) -> Mapping[str, State]:
@@ -231,19 +246,23 @@ class ReleaseInfo:
     run: str = ""
     note: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
+    snapshot: str | None = None  # database snapshot taken before its switch
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "current": self.current,
                 "present": self.present, "commit": self.commit, "subject": self.subject,
                 "actor": self.actor, "time": self.time, "seconds": self.seconds,
-                "run": self.run, "note": self.note, "metrics": dict(self.metrics)}
+                "run": self.run, "note": self.note, "metrics": dict(self.metrics),
+                "snapshot": self.snapshot}
 
     def row(self) -> tuple[str, ...]:
         return (self.id, self.state + ("" if self.present else " (gone)"), self.commit[:10],
-                self.subject, self.actor, self.time, human_duration(self.seconds))
+                self.subject, self.actor, self.time, human_duration(self.seconds),
+                self.snapshot or "")
 
 
-COLUMNS = ("release", "state", "commit", "subject", "actor", "time", "took")
+# "snapshot": the database snapshot taken before the release's switch (before_deploy).
+COLUMNS = ("release", "state", "commit", "subject", "actor", "time", "took", "snapshot")
 
 
 def human_duration(seconds: float | None) -> str:
@@ -270,7 +289,7 @@ def shown_state(raw: State, is_current: bool) -> str:
 def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> list[ReleaseInfo]:
     """Releases newest first: logged ones in log order, then unknown dirs."""
     states = log.states
-    metrics = log.metrics
+    metrics, snapshots = log.metrics, log.snapshots
     out = []
     for r in log.order:
         if states[r] == "removed" and r not in dirs:
@@ -283,7 +302,7 @@ def list_releases(log: ReleaseLog, dirs: Sequence[str], current: str | None) -> 
         out.append(ReleaseInfo(r, shown_state(states[r], r == current), r == current, r in dirs,
                                d.get("commit", ""), d.get("subject", ""), d.get("actor", ""),
                                d.get("time", ""), seconds, d.get("run", ""), d.get("note", ""),
-                               metrics.get(r, {})))
+                               metrics.get(r, {}), snapshots.get(r)))
     known = {r.id for r in out}
     out += [ReleaseInfo(d, "unknown", d == current, True) for d in dirs if d not in known]
     return list(reversed(out))
@@ -380,3 +399,11 @@ def _metrics(raw: object) -> dict[str, float]:
         return {}
     return {str(k): float(v) for k, v in raw.items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _snapshot(raw: object) -> str:
+    """A snapshot id as backups name them; anything else is ignored, not trusted."""
+    if isinstance(raw, str) and raw and len(raw) <= 64 and all(
+            c.isalnum() or c in "-_.:" for c in raw):
+        return raw
+    return ""

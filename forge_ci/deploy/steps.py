@@ -198,6 +198,57 @@ class StageNextBase(Step):
 
 
 @dataclass(frozen=True)
+class TakeSnapshot(Step):
+    """Snapshot the database to the environment's backup store (backup.before_deploy);
+    its id goes with the release's "live" event."""
+
+    op: ClassVar[str] = "take_snapshot"
+    release: str
+
+    def describe(self) -> str:
+        return f"snapshot the database to the backup store before {self.release} goes live"
+
+
+# Where WordPress looks for its maintenance file: ABSPATH, which is web/wp/ in Bedrock.
+MAINTENANCE_FILE = "web/wp/.maintenance"
+
+
+@dataclass(frozen=True)
+class MaintenanceOn(Step):
+    """Write WordPress's maintenance file in ``release`` (recorded in .forge first)."""
+
+    op: ClassVar[str] = "maintenance_on"
+    release: str
+
+    def describe(self) -> str:
+        return f"put up the maintenance file in {self.release} (recorded first)"
+
+
+@dataclass(frozen=True)
+class MaintenanceOff(Step):
+    """Remove every maintenance file recorded in .forge, then the record."""
+
+    op: ClassVar[str] = "maintenance_off"
+    why: str = ""
+
+    def describe(self) -> str:
+        return "remove the maintenance file" + (f" ({self.why})" if self.why else "")
+
+
+@dataclass(frozen=True)
+class RestoreDatabase(Step):
+    """Import ``snapshot``'s database over the live one (rollback --with-database)."""
+
+    op: ClassVar[str] = "restore_database"
+    snapshot: str
+    release: str
+
+    def describe(self) -> str:
+        return (f"restore the live database from snapshot {self.snapshot} "
+                f"(taken before {self.release} went live)")
+
+
+@dataclass(frozen=True)
 class HostSteps:
     host: str
     steps: tuple[Step, ...]

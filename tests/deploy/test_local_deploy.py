@@ -285,7 +285,8 @@ def test_release_history_says_who_deployed_what_and_rolling_back_and_forth_keeps
     # The human listing: one header, the columns in the documented order.
     assert local_site.forge("releases", "local") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["release", "state", "commit", "subject", "actor", "time", "took"]
+    assert lines[0].split() == ["release", "state", "commit", "subject", "actor",
+                                "time", "took", "snapshot"]
     assert lines[2].startswith(f"* {ids[1]}  live") and "bob" in lines[2]
 
 

@@ -82,7 +82,8 @@ def test_redeploy_ships_only_the_difference_from_the_live_release() -> None:
     assert ship.linked == 2  # web and web/same.css
     # Changed and gone files are unlinked, and so is what each release gets anew.
     assert set(ship.remove) == {"web/index.php", "web/gone.php", ".env",
-                                "web/forge-release.php", ".forge-php-refresh.php"}
+                                "web/forge-release.php", ".forge-php-refresh.php",
+                                "web/wp/.maintenance"}
     assert ship.generated == (".env",)
 
 

@@ -97,9 +97,10 @@ def test_the_log_keeps_commit_subject_actor_time_and_duration() -> None:
         "previous", "abc123def456", "Fix header", "alice", 83.2, "https://ci/runs/7")
     assert info.note == "replaced by r2" and info.time.endswith("Z")
     table = render_releases([info]).splitlines()
-    assert table[0].split() == ["release", "state", "commit", "subject", "actor", "time", "took"]
+    assert table[0].split() == ["release", "state", "commit", "subject", "actor",
+                                "time", "took", "snapshot"]
     assert table[1].split()[:6] == ["r1", "previous", "abc123def4", "Fix", "header", "alice"]
-    assert table[1].endswith("1m 23s")
+    assert table[1].endswith("1m 23s  -")  # took, then no database snapshot
     assert human_duration(5) == "5s" and human_duration(3725) == "1h 02m"
 
 
