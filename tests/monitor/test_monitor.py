@@ -48,6 +48,7 @@ OK, WARNING, CRITICAL = ExitCode.OK, ExitCode.MONITOR_WARNING, ExitCode.MONITOR_
 
 class _Page(http.server.BaseHTTPRequestHandler):
     status = 200
+    timeout = 10  # a client that stalls frees its handler thread
 
     def do_GET(self) -> None:
         body = b"ok site\n"
@@ -244,7 +245,10 @@ def _https(site: Monitored, leaf: Issuer, chain: tuple[Issuer, ...]) -> str:
     context.load_cert_chain(cert, key)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(site.handler))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    # The handshake runs in the handler's thread, on first read: done in accept(), a
+    # client that never finishes it would block serve_forever and with it shutdown().
+    server.socket = context.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     site.servers.append(server)
     return f"https://localhost:{server.server_address[1]}"
