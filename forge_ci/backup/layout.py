@@ -123,10 +123,20 @@ def is_data_key(key: str) -> bool:
     return bool(m and m.group(2).startswith(m.group(1)))
 
 
-def new_snapshot_id(now: datetime) -> str:
-    """``20240115T031502Z-3f9a1c2b``: sorts by time, random tail against collisions."""
+def new_snapshot_id(now: datetime, after: str | None = None) -> str:
+    """``20240115T031502Z-3f9a1c2b``: sorts by time, random tail against collisions.
+
+    ``after``: the newest id so far. Ids sort by the second, so a second snapshot in the
+    same second gets a tail that sorts after that one's: "latest" stays the newest.
+    """
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{os.urandom(4).hex()}"
+    tail = int.from_bytes(os.urandom(4), "big")
+    if after is not None and after.startswith(stamp + "-") and is_snapshot_id(after):
+        last = int(after.split("-")[1], 16)
+        if last < 0xFFFFFFFF:
+            # A small step keeps room for many more in the same second.
+            tail = last + 1 + tail % min(0xFFFFFFFF - last, 1 << 16)
+    return f"{stamp}-{tail:08x}"
 
 
 def is_snapshot_id(value: str) -> bool:

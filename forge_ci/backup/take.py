@@ -86,7 +86,8 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                    who=f"backup of {source.site}/{source.environment}"):
         index = index_store.load(repo, repo.data_keys())
         snapshot_time = now()
-        sid = layout.new_snapshot_id(snapshot_time)
+        newest = max((r.id for r in repo.refs()), default=None)
+        sid = layout.new_snapshot_id(snapshot_time, after=newest)
         db: DatabaseEntry | None = None
         db_stored = 0
         phases: dict[str, float] = {}
