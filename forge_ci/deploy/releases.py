@@ -256,8 +256,9 @@ class ReleaseInfo:
                 "snapshot": self.snapshot}
 
     def row(self) -> tuple[str, ...]:
+        subject = self.subject if len(self.subject) <= 50 else self.subject[:49] + "…"
         return (self.id, self.state + ("" if self.present else " (gone)"), self.commit[:10],
-                self.subject, self.actor, self.time, human_duration(self.seconds),
+                subject, self.actor, self.time, human_duration(self.seconds),
                 self.snapshot or "")
 
 
