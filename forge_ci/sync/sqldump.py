@@ -57,6 +57,8 @@ yielded, so a dry run reports exactly what a real run would change.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -97,8 +99,10 @@ _STRING = rb"'[^'\\]*+(?:(?:\\.|'')[^'\\]*+)*+'"
 # A whole row: strings, and anything but quotes and parentheses between them.
 _ROWS_UP_TO = re.compile(rb"(?:\((?:" + _STRING + rb"|[^'()]++)*+\),?\r?\n?)*+", re.S)
 _BETWEEN_ROWS = re.compile(rb",\r?\n?")
-# One value inside a row, then the separator after it.
-_VALUE = re.compile(rb"([^,'()]*+(?:" + _STRING + rb")?)([,)])", re.S)
+# One value inside a row (a literal, maybe with a prefix such as _binary, or a bare word).
+_ONE_VALUE = rb"([^,'()]*+(?:" + _STRING + rb")?)"
+# ... and then the separator after it.
+_VALUE = re.compile(_ONE_VALUE + rb"([,)])", re.S)
 
 _UNESCAPE = re.compile(rb"\\(.)|''", re.S)
 # replace.py's "looks serialized" as it reads in an escaped literal ('"' is '\\"').
@@ -372,67 +376,84 @@ def _rewrite_insert(
 ) -> bytes:
     table, columns, pos = _head(line, columns_of)
     keep = [c in options.keep or f"{table}.{c}" in options.keep for c in columns]
+    row_pattern = _row_pattern(len(columns))
+    needles = escaped.needles
     out = [line[:pos]]
     while True:
-        needle = escaped.needles.search(line, pos)
+        needle = needles.search(line, pos)
         if needle is None:
             break
-        # Every whole row that ends before the needle is copied as it is ...
-        skipped = _ROWS_UP_TO.match(line, pos, needle.start())
-        assert skipped is not None  # the pattern matches the empty string
-        out.append(line[pos : skipped.end()])
-        pos = skipped.end()
-        # ... and the row around it is cut into values.
-        new_row, pos = _rewrite_row(line, pos, table, columns, keep, (rules, escaped), report)
-        out.append(new_row)
-        between = _BETWEEN_ROWS.match(line, pos)
-        if between is not None:
-            out.append(between.group())
-            pos = between.end()
+        # No value holds a raw newline, so a line of the statement holds whole rows:
+        # every row before the needle's line is copied as it is, unread ...
+        start = line.rfind(b"\n", pos, needle.start()) + 1
+        if start > pos:
+            out.append(line[pos:start])
+            pos = start
+        # ... and the rows of its line are cut into values, each in one match, up to
+        # the one the needle is in.
+        while True:
+            row = row_pattern.match(line, pos)
+            if row is None:
+                _split_row(line, pos, table, len(columns))  # raises the error that says why
+                raise _unreadable(table, pos)
+            if row.end() > needle.start():
+                break
+            out.append(line[pos : row.end()])
+            pos = _after_row(line, row.end(), out)
+        out.append(_rewrite_row(line, row, needle, table, columns, keep, (rules, escaped), report))
+        pos = _after_row(line, row.end(), out)
     out.append(line[pos:])
     return b"".join(out)
 
 
+def _after_row(line: bytes, end: int, out: list[bytes]) -> int:
+    """Past the separator after a row that ends at END (copied into OUT)."""
+    between = _BETWEEN_ROWS.match(line, end)
+    if between is None:
+        return end
+    out.append(between.group())
+    return between.end()
+
+
 def _rewrite_row(
     line: bytes,
-    start: int,
+    row: re.Match[bytes],
+    needle: re.Match[bytes],
     table: str,
     columns: list[str],
     keep: list[bool],
     rules: tuple[Rules, Rules],
     report: Report,
-) -> tuple[bytes, int]:
-    """The row whose '(' is at START, rewritten, and the offset after its ')'."""
-    if line[start : start + 1] != b"(":
-        raise _unreadable(table, start)
+) -> bytes:
+    """ROW (one match, a group a value) with the values that hold a needle rewritten."""
+    spans = row.regs  # the whole row, then each value's
+    starts = [start for start, _ in spans]
     out: list[bytes] = []
-    copied, pos = start, start + 1
-    for index, column in enumerate(columns):
-        value = _VALUE.match(line, pos)
-        if value is None:
-            raise _unreadable(table, pos)
-        begin, end = value.span(1)
-        if (
-            not keep[index]
-            and line[begin : begin + 1] == b"'"
-            and rules[1].needles.search(line, begin, end) is not None
-        ):
-            literal = line[begin:end]
-            new = _rewrite_literal(literal, rules, (table, column), report)
-            if new is not literal:
-                out.append(line[copied:begin])
-                out.append(new)
-                copied = end
-        pos = value.end()
-        if value.group(2) == b")":
-            if index != len(columns) - 1:
-                break
-            out.append(line[copied:pos])
-            return b"".join(out) if len(out) > 1 else line[start:pos], pos
-    raise SyncError(
-        f"a row of table `{table}` does not have its {len(columns)} columns",
-        hint="make the dump with the flags forge_ci.sync.sqldump.DUMP_FLAGS lists",
-    )
+    copied, done = row.start(), 0
+    for found in rules[1].needles.finditer(line, needle.start(), row.end()):
+        index = bisect.bisect_right(starts, found.start(), 1) - 1  # its value's group
+        if index <= done or keep[index - 1]:
+            continue
+        done = index
+        begin, end = spans[index]
+        if found.start() >= end or line[begin : begin + 1] != b"'":
+            continue  # between values, or not a quoted string
+        literal = line[begin:end]
+        new = _rewrite_literal(literal, rules, (table, columns[index - 1]), report)
+        if new is not literal:
+            out.append(line[copied:begin])
+            out.append(new)
+            copied = end
+    if not out:
+        return line[copied : row.end()]
+    out.append(line[copied : row.end()])
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_pattern(count: int) -> re.Pattern[bytes]:
+    """A row of COUNT values, each value a group (so one match cuts the row)."""
+    return re.compile(rb"\(" + rb",".join([_ONE_VALUE] * count) + rb"\)", re.S)
 
 
 def _unreadable(table: str, pos: int) -> SyncError:
@@ -469,6 +490,11 @@ def _unescape(raw: bytes) -> bytes:
     escape left over goes through the regex."""
     if b"\\" not in raw:
         return raw.replace(b"''", b"'")
+    # Serialized data escapes little but its quotes: one replace then, when every
+    # backslash was one of theirs (none is left, so none escaped another).
+    quotes = raw.replace(b'\\"', b'"')
+    if b"\\" not in quotes:
+        return quotes.replace(b"''", b"'")
     parts = raw.split(b"\\\\")
     for i, part in enumerate(parts):
         if b"\\" not in part:
