@@ -210,29 +210,27 @@ class Rules:
         """
         out: list[bytes] = []
         done = 0
+        search, targets, reach = self.pattern.search, self.targets, self.reach + 2
         for needle in self.needles.finditer(text):
             at = needle.start()
             # Two bytes past the furthest end of a match that starts by AT, so the
             # boundary look-ahead sees real text; a match starting after AT is cut short
             # by this window and is left for its own needle's window.
-            end = min(len(text), at + self.reach + 2)
+            end = min(len(text), at + reach)
             while at >= done:
-                match = self.pattern.search(text, max(done, at - _LEAD), end)
+                match = search(text, max(done, at - _LEAD), end)
                 if match is None or match.start() > at:
                     break
-                out.append(text[done : match.start()])
-                out.append(self._replacement(match))
+                begin = match.start()
+                out.append(text[done:begin])
+                target = targets[(match.lastindex or 1) - 1]  # one group per alternative
+                # A match carrying a scheme starts with its "h".
+                out.append(target.with_scheme if text[begin] == 104 else target.without_scheme)
                 done = match.end()
         if not out:
             return text
         out.append(text[done:])
         return b"".join(out)
-
-    def _replacement(self, match: re.Match[bytes]) -> bytes:
-        index = match.lastindex
-        assert index is not None
-        target = self.targets[index - 1]
-        return target.with_scheme if match.group()[:1] == b"h" else target.without_scheme
 
     # -- serialized data -------------------------------------------------------------
 
