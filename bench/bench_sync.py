@@ -117,7 +117,7 @@ environments:
         reference = ["bash", "-c",
                      f"set -o pipefail; mariadb-dump --defaults-file={src} "
                      f"{' '.join(DUMP_FLAGS)} --no-tablespaces {prod.name} "
-                     f"| mariadb --defaults-file={dst} {staging.name}"]
+                     f"| mariadb --defaults-file={dst} --binary-mode {staging.name}"]
         runs: dict[str, list[Measure]] = {"forge": [], "reference": []}
         for i in range(args.repeat):
             for who in ("forge", "reference") if i % 2 == 0 else ("reference", "forge"):
@@ -125,11 +125,14 @@ environments:
                 runs[who].append(spawn(forge if who == "forge" else reference, env))
         med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v))
                for k, v in runs.items()}
-        print(f"database: {size / 2**20:.0f} MiB dump, {args.repeat} rounds, medians")
+        paired = [f / r for (f, _), (r, _) in zip(runs["forge"], runs["reference"], strict=True)]
+        print(f"database: {size / 2**20:.0f} MiB dump, {args.repeat} rounds, medians; "
+              f"load average {os.getloadavg()[0]:.1f} (2 cores: above 2, runs share a core)")
         for k, (t, m) in med.items():
             print(f"  {k:9s} {t:7.2f}s  {size / 2**20 / t:6.1f} MiB/s  peak RSS {m:6.1f} MiB")
         print(f"ratio forge/reference (wall): {med['forge'][0] / med['reference'][0]:.2f} "
-              "(goal <= 1.3); forge peak RSS goal < 100 MiB")
+              f"(goal <= 1.3); per round {', '.join(f'{r:.2f}' for r in paired)}; "
+              "forge peak RSS goal < 100 MiB")
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
