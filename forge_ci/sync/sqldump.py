@@ -20,12 +20,16 @@ at worst), never the dump. MariaDB 10.11 writes each row of an extended ``INSERT
 line of its own, so an ``INSERT`` is its lines up to the one that ends in ``;``; any
 other statement passes through line by line. Everything but an ``INSERT`` passes through
 byte for byte, and so does every ``INSERT`` that holds none of the rules' needles; inside
-the others, only the rows that hold a needle are cut into values. A text value that holds
-one is rewritten as it stands in the dump, escaped (the rules compiled for MariaDB's
-escaping, :meth:`~forge_ci.sync.replace.Rules.encoded`); a value that looks serialized
-is unescaped, rewritten (:meth:`~forge_ci.sync.replace.Rules.rewrite_value`) and escaped
-again, as its lengths count the stored bytes. Unchanged values are always copied as
-they were.
+the others, only the rows that hold a needle are cut into values. As no value holds a raw
+newline, each line of an ``INSERT`` holds whole rows (one, from MariaDB 10.11; all of
+them, from older dumpers): rows on lines before a needle's are copied without being read,
+and a row is cut in one regex match, or, when longer than a kilobyte (a post), by
+``bytes.find`` from quote to quote, which skips a long literal at memory speed. A text
+value that holds one is rewritten as it stands in the dump, escaped (the rules compiled
+for MariaDB's escaping, :meth:`~forge_ci.sync.replace.Rules.encoded`); a value that looks
+serialized is unescaped, rewritten (:meth:`~forge_ci.sync.replace.Rules.rewrite_value`)
+and escaped again, as its lengths count the stored bytes. Unchanged values are always
+copied as they were.
 
 **Columns left alone** (:class:`Options.keep`): ``guid`` by default (WordPress's
 feed identifiers must not change), plus any ``column`` (in every table) or
