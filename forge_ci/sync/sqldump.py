@@ -67,7 +67,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from forge_ci.sync import SyncError
 from forge_ci.sync.replace import Rules, Status
@@ -452,8 +452,7 @@ def _rewrite_row(
     return b"".join(out)
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):
     """Where a row of an INSERT is: its '(', each value, and past its ')'."""
 
     start: int
