@@ -14,13 +14,33 @@ alternating which goes first:
   client would use): the dump streams out of ``mariadb-dump``, through the rewriter
   (https://example.com → https://staging.example.com, anonymize on), into ``mariadb``;
   the undo snapshot of (empty) staging, blog_public and transients included;
-- reference: ``mariadb-dump <the same flags> | mariadb`` between the same databases,
-  no rewriting.
+- reference: ``mariadb-dump <the same flags> | mariadb --binary-mode`` (the client flag
+  sync's import uses) between the same databases, no rewriting.
 
 Each runs in its own process (posix_spawn + wait4): wall time and peak RSS (ru_maxrss:
 the largest process of the run, forge-ci's Python or a client it started). Prints the
-medians and the ratio forge/reference. Staging is emptied before each run, so the undo
-snapshot is not part of the comparison; on a full staging it adds one gzip'd dump of it.
+medians, the ratio forge/reference, each round's ratio and the load average. Staging is
+emptied before each run, so the undo snapshot is not part of the comparison; on a full
+staging it adds one gzip'd dump of it.
+
+Figures (this shared 2-core machine, 2026-12-06; ``uptime`` load beside each):
+
+==========  ======================  =====================  ===========================
+size        before (integ)          after (branch pk)      load average
+==========  ======================  =====================  ===========================
+100 MiB     2.47x (forge 8.9 s)     1.88x (7.5 s; rounds   7.8 / 4.4
+                                    1.43, 1.93, 1.98)
+300 MiB     1.65x (23.4 s, rounds   1.66x (13.5 s, rounds  5.3 / 3.3
+            1.65, 1.45, 1.79)       1.73, 1.63, 1.66)
+300 MiB,    1.41x (rounds 1.51,     1.33x (rounds 1.16,    4.1-4.5, both versions in
+same run    1.41, 1.61)             1.60, 1.71)            one run, order rotated
+==========  ======================  =====================  ===========================
+
+Peak RSS 65-66 MiB at every size (the reference's clients: 27 MiB). Not yet 1.3x:
+with a load average above 2 every process waits for a core, so the ratio follows CPU
+seconds, and per 100 MiB the reference spends about 3.2 s (server 2.4, clients 0.8)
+while sync adds about 1.9 s of rewriting and 0.8 s of fixed cost (Python start-up,
+lock, undo snapshot, URL queries). See bench_rewrite.py for the rewriter alone.
 """
 
 from __future__ import annotations
