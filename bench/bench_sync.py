@@ -23,24 +23,24 @@ medians, the ratio forge/reference, each round's ratio and the load average. Sta
 emptied before each run, so the undo snapshot is not part of the comparison; on a full
 staging it adds one gzip'd dump of it.
 
-Figures (this shared 2-core machine, 2026-12-06; ``uptime`` load beside each):
+Figures (this shared 2-core machine, 2026-12-06, medians of 3, ``uptime``'s load average
+beside each; "before" is the rewriter as of 7ad7198, run by this same script):
 
-==========  ======================  =====================  ===========================
-size        before (integ)          after (branch pk)      load average
-==========  ======================  =====================  ===========================
-100 MiB     2.47x (forge 8.9 s)     1.88x (7.5 s; rounds   7.8 / 4.4
-                                    1.43, 1.93, 1.98)
-300 MiB     1.65x (23.4 s, rounds   1.66x (13.5 s, rounds  5.3 / 3.3
-            1.65, 1.45, 1.79)       1.73, 1.63, 1.66)
-300 MiB,    1.41x (rounds 1.51,     1.33x (rounds 1.16,    4.1-4.5, both versions in
-same run    1.41, 1.61)             1.60, 1.71)            one run, order rotated
-==========  ======================  =====================  ===========================
+=======  ==========================  ==========================  ==========
+size     before                      after                       load
+=======  ==========================  ==========================  ==========
+100 MiB  1.72x (4.46 s / 2.59 s;     1.61x (4.30 s / 2.67 s;     1.9 / 1.4
+         rounds 1.77, 1.72, 1.64)    rounds 1.66, 1.58, 1.56)
+300 MiB  1.63x (13.63 s / 8.34 s;    1.42x (11.37 s / 8.01 s;    2.5 / 2.0
+         rounds 1.60, 1.64, 1.57)    rounds 1.46, 1.43, 1.42)
+=======  ==========================  ==========================  ==========
 
-Peak RSS 65-66 MiB at every size (the reference's clients: 27 MiB). Not yet 1.3x:
-with a load average above 2 every process waits for a core, so the ratio follows CPU
-seconds, and per 100 MiB the reference spends about 3.2 s (server 2.4, clients 0.8)
-while sync adds about 1.9 s of rewriting and 0.8 s of fixed cost (Python start-up,
-lock, undo snapshot, URL queries). See bench_rewrite.py for the rewriter alone.
+Peak RSS 65-66 MiB at every size (the reference's clients: 27 MiB). Under a load
+average of 4-8 the same runs spread from 1.2x to 2.5x. Not yet 1.3x: the machine has
+two cores and the reference alone keeps about 1.2 of them busy (per 100 MiB, about 3.2
+CPU seconds: server 2.4, clients 0.8), while sync adds about 1.9 s of rewriting (see
+bench_rewrite.py) and 0.8 s of fixed cost (Python start-up and imports, lock, undo
+snapshot, URL queries), so the rewriter cannot hide entirely behind the import.
 """
 
 from __future__ import annotations
