@@ -312,9 +312,12 @@ class Rules:
                 if data[end : end + 2] != b'";':
                     raise _Unparsable
                 pos = end + 2
+                if near < begin:  # a needle in the syntax before (a literal pair's)
+                    found = search(data, begin)
+                    near = len(data) if found is None else found.start()
                 if near < end:
                     # Keys are identifiers, never rewritten.
-                    if near >= begin and not is_key:
+                    if not is_key:
                         content = data[begin:end]
                         new = self._inner(content)
                         if new != content:
