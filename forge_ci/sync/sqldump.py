@@ -393,8 +393,8 @@ def _rewrite_insert(
         if start > pos:
             out.append(line[pos:start])
             pos = start
-        # ... and the rows of its line are cut into values, each in one match, up to
-        # the one the needle is in.
+        # ... and the rows of its line are cut into values (_cut_row), up to the one
+        # the needle is in.
         while True:
             row = _cut_row(line, pos, len(columns))
             if row is None:
