@@ -87,15 +87,18 @@ _BOUNDARY = rb"(?![A-Za-z0-9_-]|\.[A-Za-z0-9])"
 _LOOKS_SERIALIZED = re.compile(
     rb'(?:a:[0-9]+:\{|[OCEs]:[0-9]+:"|i:[+-]?[0-9]+;|d:[^;]*;|b:[01];|N;)'
 )
-_STR = re.compile(rb's:([0-9]+):"')
-_ARR = re.compile(rb"a:([0-9]+):\{")
-_NAMED = re.compile(rb'([OCE]):([0-9]+):"')
-_COUNT = re.compile(rb'":([0-9]+):\{')
-_SCALAR = re.compile(
-    rb"(?:i:[+-]?[0-9]+|d:(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NAN|-?INF)"
-    rb"|b:[01]|N|[rR]:[0-9]+);"
+# One token of serialized data; which group matched (``lastindex``) tells its kind.
+_TOKEN = re.compile(
+    rb's:([0-9]+):"'  # _STRING: its length
+    rb"|a:([0-9]+):\{"  # _ARRAY: its count
+    rb"|(i:[+-]?[0-9]+;)"  # _INT (an array key may be one)
+    rb"|(\})"  # _CLOSE
+    rb'|([OCE]):([0-9]+):"'  # _NAMED: the kind, then the name's length
+    rb"|(?:d:(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NAN|-?INF)"
+    rb"|b:[01]|N|[rR]:[0-9]+);"  # no group: other scalars
 )
-_INT_KEY = re.compile(rb"i:[+-]?[0-9]+;")
+_STRING, _ARRAY, _INT, _CLOSE, _NAMED = 1, 2, 3, 4, 6
+_COUNT = re.compile(rb'":([0-9]+):\{')
 # The longest scheme and separator before a host: ``https%3A%2F%2F``.
 _LEAD = len(b"https%3A%2F%2F")
 # Where a serialized value may start inside a C: payload.
@@ -207,29 +210,27 @@ class Rules:
         """
         out: list[bytes] = []
         done = 0
+        search, targets, reach = self.pattern.search, self.targets, self.reach + 2
         for needle in self.needles.finditer(text):
             at = needle.start()
             # Two bytes past the furthest end of a match that starts by AT, so the
             # boundary look-ahead sees real text; a match starting after AT is cut short
             # by this window and is left for its own needle's window.
-            end = min(len(text), at + self.reach + 2)
+            end = min(len(text), at + reach)
             while at >= done:
-                match = self.pattern.search(text, max(done, at - _LEAD), end)
+                match = search(text, max(done, at - _LEAD), end)
                 if match is None or match.start() > at:
                     break
-                out.append(text[done : match.start()])
-                out.append(self._replacement(match))
+                begin = match.start()
+                out.append(text[done:begin])
+                target = targets[(match.lastindex or 1) - 1]  # one group per alternative
+                # A match carrying a scheme starts with its "h".
+                out.append(target.with_scheme if text[begin] == 104 else target.without_scheme)
                 done = match.end()
         if not out:
             return text
         out.append(text[done:])
         return b"".join(out)
-
-    def _replacement(self, match: re.Match[bytes]) -> bytes:
-        index = match.lastindex
-        assert index is not None
-        target = self.targets[index - 1]
-        return target.with_scheme if match.group()[:1] == b"h" else target.without_scheme
 
     # -- serialized data -------------------------------------------------------------
 
@@ -274,94 +275,97 @@ class Rules:
     def _parse(self, data: bytes, start: int) -> tuple[bytes, int]:
         """The serialized value at START, checked exactly: (it rewritten, where it ends).
 
-        One loop with a stack of the members (keys and values) each open array or object
-        still owes, not recursion: a deep value cannot overflow Python's stack. Nothing
-        is copied token by token: the output is the input's unchanged stretches and the
-        strings (and C: payloads) that changed, with their lengths recomputed.
+        One loop over tokens (one regex match each) with a stack of the members each
+        open array or object still owes, not recursion: a deep value cannot overflow
+        Python's stack. Nothing is copied token by token: the output is the input's
+        unchanged stretches and the strings (and C: payloads) that changed, with their
+        lengths recomputed. Only a string that a needle starts in is looked into.
         """
-        needles = [m.start() for m in self.needles.finditer(data, start)]
-        next_needle = 0
+        token = _TOKEN.match
+        search = self.needles.search
+        found = search(data, start)
+        near = len(data) if found is None else found.start()
         out: list[bytes] = []
         copied = pos = start
         stack: list[int] = []
+        owed = -1  # members the innermost open array or object still owes; -1: none open
         while True:
-            if stack and stack[-1] == 0:
-                if data[pos : pos + 1] != b"}":
+            head = token(data, pos)
+            if head is None:
+                raise _Unparsable
+            kind = head.lastindex
+            if owed == 0:  # all members read: only its '}' may follow
+                if kind != _CLOSE:
                     raise _Unparsable
-                pos += 1
-                stack.pop()
-                if not stack:
+                pos = head.end()
+                owed = stack.pop()
+                if owed < 0:
                     break
                 continue
             is_key = False
-            if stack:
-                is_key = stack[-1] % 2 == 0
-                stack[-1] -= 1
-            kind = data[pos : pos + 1]
-            if kind == b"s":
-                head = _STR.match(data, pos)
-                if head is None:
-                    raise _Unparsable
+            if owed > 0:
+                is_key = not owed & 1  # members alternate key, value from an even count
+                owed -= 1
+            if kind == _STRING:
                 begin = head.end()
-                end = begin + int(head.group(1))
+                end = begin + int(head.group(_STRING))
                 if data[end : end + 2] != b'";':
                     raise _Unparsable
-                while next_needle < len(needles) and needles[next_needle] < begin:
-                    next_needle += 1
-                # Keys are identifiers, never rewritten.
-                if not is_key and next_needle < len(needles) and needles[next_needle] < end:
-                    content = data[begin:end]
-                    new = self._inner(content)
-                    if new != content:
-                        out.append(data[copied:pos])
-                        out.append(b's:%d:"%b";' % (len(new), new))
-                        copied = end + 2
                 pos = end + 2
+                if near < begin:  # a needle in the syntax before (a literal pair's)
+                    found = search(data, begin)
+                    near = len(data) if found is None else found.start()
+                if near < end:
+                    # Keys are identifiers, never rewritten.
+                    if not is_key:
+                        content = data[begin:end]
+                        new = self._inner(content)
+                        if new != content:
+                            out.append(data[copied : head.start()])
+                            out.append(b's:%d:"%b";' % (len(new), new))
+                            copied = pos
+                    found = search(data, pos)
+                    near = len(data) if found is None else found.start()
             elif is_key:
-                key = _INT_KEY.match(data, pos)
-                if key is None:
+                if kind != _INT:
                     raise _Unparsable
-                pos = key.end()
-            elif kind == b"a":
-                head = _ARR.match(data, pos)
-                if head is None:
-                    raise _Unparsable
-                stack.append(2 * int(head.group(1)))
+                pos = head.end()
+            elif kind == _ARRAY:
+                stack.append(owed)
+                owed = 2 * int(head.group(_ARRAY))
                 pos = head.end()
                 continue
-            elif kind in (b"O", b"C", b"E"):
-                pos, copied = self._named(data, pos, copied, out, stack)
-                if kind == b"O":
+            elif kind == _NAMED:
+                members, pos, copied = self._named(data, head, copied, out)
+                if members >= 0:  # an object: its members follow
+                    stack.append(owed)
+                    owed = members
                     continue
-            else:
-                scalar = _SCALAR.match(data, pos)
-                if scalar is None:
-                    raise _Unparsable
-                pos = scalar.end()
-            if not stack:
+            elif kind == _CLOSE:
+                raise _Unparsable
+            else:  # a number, boolean, null or reference
+                pos = head.end()
+            if owed < 0:
                 break
         out.append(data[copied:pos])
         return b"".join(out), pos
 
     def _named(
-        self, data: bytes, pos: int, copied: int, out: list[bytes], stack: list[int]
-    ) -> tuple[int, int]:
-        """``O:`` (opens its members on STACK), ``C:`` and ``E:`` at POS: (pos, copied)."""
-        head = _NAMED.match(data, pos)
-        if head is None:
-            raise _Unparsable
-        kind, name_end = head.group(1), head.end() + int(head.group(2))
+        self, data: bytes, head: re.Match[bytes], copied: int, out: list[bytes]
+    ) -> tuple[int, int, int]:
+        """``O:``, ``C:`` or ``E:`` at HEAD: (members an object owes or -1, pos, copied)."""
+        pos = head.start()
+        kind, name_end = head.group(_NAMED - 1), head.end() + int(head.group(_NAMED))
         if kind == b"E":
             if data[name_end : name_end + 2] != b'";':
                 raise _Unparsable
-            return name_end + 2, copied
+            return -1, name_end + 2, copied
         body = _COUNT.match(data, name_end)
         if body is None:
             raise _Unparsable
         count = int(body.group(1))
         if kind == b"O":
-            stack.append(2 * count)
-            return body.end(), copied
+            return 2 * count, body.end(), copied
         payload_end = body.end() + count
         if data[payload_end : payload_end + 1] != b"}":
             raise _Unparsable
@@ -371,7 +375,7 @@ class Rules:
             out.append(data[copied:pos])
             out.append(b'%b":%d:{%b}' % (data[pos:name_end], len(new), new))
             copied = payload_end + 1
-        return payload_end + 1, copied
+        return -1, payload_end + 1, copied
 
 
 # -- URL pairs -----------------------------------------------------------------------

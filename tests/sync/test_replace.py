@@ -232,6 +232,19 @@ def test_a_broken_serialized_string_inside_good_data_is_text() -> None:
     assert RULES.rewrite_value(value) == (b"a:1:{i:0;" + ser(fixed) + b"}", Status.CHANGED)
 
 
+def test_a_literal_pair_that_matches_serialized_syntax_hides_no_url_after_it() -> None:
+    rules = Rules.from_pairs([("https://example.com", "https://staging.example.com"),
+                              ("i:0", "i:zero")])
+    value = (
+        b"a:2:{i:0;" + ser("https://example.com") + b"i:1;" + ser("i:0 https://example.com") + b"}"
+    )
+    assert rules.rewrite_value(value) == (
+        b"a:2:{i:0;" + ser("https://staging.example.com") + b"i:1;"
+        + ser("i:zero https://staging.example.com") + b"}",
+        Status.CHANGED,
+    )
+
+
 def test_text_that_merely_mentions_serialized_syntax_is_text() -> None:
     value = b"a: see https://example.com"
     assert RULES.rewrite_value(value) == (b"a: see https://staging.example.com", Status.CHANGED)
