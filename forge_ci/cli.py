@@ -7,6 +7,7 @@ Each capability registers its own subcommands (``register(sub, common)`` in its
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -19,21 +20,40 @@ from forge_ci._malloc import tune_malloc
 from forge_ci.command import SECRET_VARS, Command, Common, Context
 from forge_ci.errors import ExitCode, ForgeError
 
+# Which capability registers each verb, so a run imports only the module of its verb
+# (a deploy never loads boto3). Anything else (--help, a typo) registers them all.
+_VERB_MODULES = {
+    "config": "config", "build": "build",
+    "deploy": "deploy", "rollback": "deploy", "releases": "deploy", "health": "deploy",
+    "provision": "provision", "destroy": "provision",
+    "backup": "backup", "snapshots": "backup", "verify": "backup", "restore": "backup",
+    "drill": "backup", "prune": "backup", "keygen": "backup",
+    "monitor": "monitor",
+}
+_ORDER = ("config", "build", "deploy", "provision", "backup", "monitor")
 
-def _modules() -> list[Any]:
-    # One line per capability; each module's register() adds its subcommands.
-    from forge_ci.backup import cli as backup_cli
-    from forge_ci.build import cli as build_cli
-    from forge_ci.config import cli as config_cli
-    from forge_ci.deploy import cli as deploy_cli
-    from forge_ci.monitor import cli as monitor_cli
-    from forge_ci.provision import cli as provision_cli
 
-    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli,
-            monitor_cli]
+def _modules(verb: str | None = None) -> list[Any]:
+    """Each capability's cli module (register() adds its subcommands): only the one
+    that owns ``verb`` when it is known."""
+    names = [_VERB_MODULES[verb]] if verb in _VERB_MODULES else list(_ORDER)
+    return [importlib.import_module(f"forge_ci.{name}.cli") for name in names]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (after the global options), if any."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forge-ci",
         description="Deploy, back up and provision Bedrock WordPress sites.",
@@ -46,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="forge.yml to read (default: ./forge.yml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = Common()
-    for module in _modules():
+    for module in _modules(verb):
         module.register(sub, common)
     return parser
 
@@ -60,7 +80,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if environ.get(name):
             runner.mask(environ[name])
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(_verb_of(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
