@@ -1,7 +1,11 @@
 """forge-ci backup/restore against `restic` on the same data and the same S3 endpoint.
 
     .venv/bin/python bench/bench_backup.py [--files 900] [--big-mib 128] [--db-mib 40]
-                                           [--repeat 3]
+                                           [--size 1g] [--file-kb 20-400] [--repeat 3]
+
+``--size`` (``1g``, ``10g``, ``500m``) sets the whole tree's size: the images as
+given, the videos filling the rest (instead of ``--big-mib``). A media library of
+many small files: ``--files 50000 --file-kb 2-40 --big-mib 0``.
 
 One moto S3 server (the lab's), two buckets, and the lab's MariaDB with a database of
 ``--db-mib`` of rows. The data is an uploads-like tree: many small images (random
@@ -37,20 +41,31 @@ from lab.s3 import start_s3
 from forge_ci.backup.format.keys import generate_identity
 
 
-def make_tree(root: Path, files: int, big_mib: int, seed: int = 1) -> int:
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def make_tree(root: Path, files: int, big_mib: int, seed: int = 1,
+              file_kb: tuple[int, int] = (20, 400), size: int | None = None) -> int:
     rng = random.Random(seed)
     up = root / "shared" / "web" / "app" / "uploads"
     total = 0
     for i in range(files):
         d = up / f"{2020 + i % 5}" / f"{1 + i % 12:02d}"
         d.mkdir(parents=True, exist_ok=True)
-        size = rng.randint(20_000, 400_000)
-        (d / f"image-{i:04d}.jpg").write_bytes(os.urandom(size))
-        total += size
+        n = rng.randint(file_kb[0] * 1000, file_kb[1] * 1000)
+        (d / f"image-{i:04d}.jpg").write_bytes(os.urandom(n))
+        total += n
     for i in range(20):
         text = (f"<p>post {i} " + "lorem ipsum dolor sit amet " * 2000).encode()
         (up / f"export-{i}.html").write_bytes(text)
         total += len(text)
+    if size is not None:
+        big_mib = max(size - total, 0) >> 20
     for i in range(2):
         with (up / f"video-{i}.mp4").open("wb") as f:
             for _ in range(big_mib // 2):
@@ -100,6 +115,9 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=128)
     parser.add_argument("--db-mib", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size", type=parse_size, default=None,
+                        help="whole tree size (1g, 10g): videos fill what the images leave")
+    parser.add_argument("--file-kb", default="20-400", help="image sizes, LO-HI in kB")
     args = parser.parse_args()
     if not shutil.which("restic"):
         raise SystemExit("restic is not installed")
@@ -108,13 +126,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     try:
         site = tmp / "site"
-        total = make_tree(site, args.files, args.big_mib)
+        lo, _, hi = args.file_kb.partition("-")
+        total = make_tree(site, args.files, args.big_mib, file_kb=(int(lo), int(hi or lo)),
+                          size=args.size)
         db = fill_database(mariadb, args.db_mib)
         print(f"data: {args.files + 22} files, {total / 2**20:.0f} MiB, a database of "
-              f"~{args.db_mib} MiB (S3: moto on loopback), {args.repeat} rounds, medians")
+              f"~{args.db_mib} MiB (S3: moto on loopback), {args.repeat} rounds, medians; "
+              f"nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
         rounds = [run(server, db, tmp / f"round-{i}", site, forge_first=i % 2 == 0)
                   for i in range(args.repeat)]
         report(rounds)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         server.close()
         mariadb.close()

@@ -7,6 +7,7 @@ Each capability registers its own subcommands (``register(sub, common)`` in its
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -19,25 +20,36 @@ from forge_ci._malloc import tune_malloc
 from forge_ci.command import SECRET_VARS, Command, Common, Context
 from forge_ci.errors import ExitCode, ForgeError
 
+# Which module registers each verb, so a run imports only the module of its verb
+# (a deploy never loads boto3). Anything else (--help, a typo, a plugin's command)
+# registers them all. A new verb goes here too, or it costs every run its imports.
+_VERB_MODULES = {
+    "config": "config.cli", "build": "build.cli",
+    "deploy": "deploy.cli", "rollback": "deploy.cli", "releases": "deploy.cli",
+    "health": "deploy.cli", "doctor": "deploy.cli",
+    "provision": "provision.cli", "destroy": "provision.cli",
+    "backup": "backup.cli", "snapshots": "backup.cli", "verify": "backup.cli",
+    "restore": "backup.cli", "drill": "backup.cli", "prune": "backup.cli",
+    "keygen": "backup.cli",
+    "monitor": "monitor.cli",
+    "sync": "sync.command", "sync-undo": "sync.command",
+    "plugins": "plugins.cli",
+}
+_ORDER = ("config.cli", "build.cli", "deploy.cli", "provision.cli", "backup.cli",
+          "monitor.cli", "sync.command", "plugins.cli")
 
-def _modules() -> list[Any]:
-    # One line per capability; each module's register() adds its subcommands.
-    from forge_ci.backup import cli as backup_cli
-    from forge_ci.build import cli as build_cli
-    from forge_ci.config import cli as config_cli
-    from forge_ci.deploy import cli as deploy_cli
-    from forge_ci.monitor import cli as monitor_cli
-    from forge_ci.plugins import cli as plugins_cli
-    from forge_ci.provision import cli as provision_cli
-    from forge_ci.sync import command as sync_cli
 
-    return [config_cli, build_cli, deploy_cli, provision_cli, backup_cli,
-            monitor_cli, sync_cli, plugins_cli]
+def _modules(verb: str | None = None) -> list[Any]:
+    """Each capability's cli module (register() adds its subcommands): only the one
+    that owns ``verb`` when it is known."""
+    names = [_VERB_MODULES[verb]] if verb in _VERB_MODULES else list(_ORDER)
+    return [importlib.import_module(f"forge_ci.{name}") for name in names]
 
 
-def build_parser(plugin_command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of forge's own commands, plus ``plugin_command`` when a plugin
-    in ``forge_ci.commands`` has that name (PluginError when it cannot be used)."""
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser of forge's own commands (only ``verb``'s module when it is one of
+    them), plus ``verb`` itself when a plugin in ``forge_ci.commands`` has that name
+    (PluginError when it cannot be used)."""
     parser = argparse.ArgumentParser(
         prog="forge-ci",
         description="Deploy, back up and provision Bedrock WordPress sites.",
@@ -50,12 +62,12 @@ def build_parser(plugin_command: str | None = None) -> argparse.ArgumentParser:
                         help="forge.yml to read (default: ./forge.yml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = Common()
-    for module in _modules():
+    for module in _modules(verb):
         module.register(sub, common)
-    if plugin_command and plugin_command not in sub.choices:
+    if verb and verb not in sub.choices:
         from forge_ci.plugins import find
 
-        register = find("forge_ci.commands", plugin_command)
+        register = find("forge_ci.commands", verb)
         if register is not None:
             register(sub, common)
     return parser

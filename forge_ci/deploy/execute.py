@@ -14,6 +14,7 @@ switched), :class:`RolledBack` (switched, then restored), :class:`RollbackFailed
 from __future__ import annotations
 
 import contextlib
+import itertools
 import posixpath
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,7 +65,15 @@ from forge_ci.deploy.steps import (
 )
 from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
 from forge_ci.progress import MakeProgress, silent
-from forge_ci.remote.base import Host, sh
+from forge_ci.remote.base import (
+    Host,
+    Part,
+    append_text_script,
+    batch,
+    point_link_script,
+    sh,
+    write_atomic_script,
+)
 
 Log = Callable[[str], None]
 
@@ -245,17 +254,22 @@ def _switch(dep: Deployment, host: Host, release: str | None) -> None:
     host.point_link(lay.current, posixpath.join("releases", release))
 
 
+def _event_lines(dep: Deployment, steps: Sequence[Record],
+                 metrics: Mapping[str, float] | None = None, snapshot: str = "") -> bytes:
+    """The steps' events as log lines; ``metrics``, ``snapshot`` and how long the run
+    took to get there go with a "live" event only."""
+    took = (("seconds", f"{time.monotonic() - dep.started:.1f}"),)
+    return b"".join(event(s.release, s.state, dep.by, s.note,
+                          metrics if s.state == "live" else None,
+                          s.info + took if s.state == "live" else s.info,
+                          snapshot if s.state == "live" else "").to_line()
+                    for s in steps)
+
+
 def _record(dep: Deployment, host: Host, steps: Sequence[Record],
             metrics: Mapping[str, float] | None = None, snapshot: str = "") -> None:
-    """Append the steps' events; ``metrics``, ``snapshot`` and how long the run took to
-    get there go with a "live" event only."""
-    took = (("seconds", f"{time.monotonic() - dep.started:.1f}"),)
-    lines = b"".join(event(s.release, s.state, dep.by, s.note,
-                           metrics if s.state == "live" else None,
-                           s.info + took if s.state == "live" else s.info,
-                           snapshot if s.state == "live" else "").to_line()
-                     for s in steps)
-    host.append(dep.layout.log, lines)
+    """Append the steps' events (see :func:`_event_lines`)."""
+    host.append(dep.layout.log, _event_lines(dep, steps, metrics, snapshot))
 
 
 def _adopt_script(lay: Layout, paths: Sequence[str]) -> str:
@@ -360,20 +374,72 @@ def _snapshots(dep: Deployment) -> DatabaseSnapshots:
     return dep.snapshots
 
 
+def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
+    """``steps`` (one step, or consecutive log events appended together) as one part
+    of a batch, its log line said now; None for the steps that stream, run hooks or
+    talk to PHP: those run alone."""
+    dep, lay, step = run.dep, run.dep.layout, steps[0]
+    if isinstance(step, Record):
+        lines = _event_lines(dep, [s for s in steps if isinstance(s, Record)], run.metrics,
+                             run.snapshot)
+        return Part(append_text_script(lay.log, lines.decode()), f"appending to {lay.log}")
+    if isinstance(step, MakeDirs):
+        paths = [lay.releases, lay.shared, posixpath.dirname(lay.manifest("-"))]
+        return Part(sh("mkdir", "-p", "--", *paths), f"creating {', '.join(paths)}")
+    if isinstance(step, RemoveStaged):
+        paths = [posixpath.join(lay.releases, n) for n in step.names]
+        return Part(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
+    if isinstance(step, RemoveReleases):
+        dep.log(f"{host.name}: removing {step.why} releases {', '.join(step.releases)}")
+        paths = [*(lay.release(r) for r in step.releases),
+                 *(lay.manifest(r) for r in step.releases)]
+        return Part(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
+    if isinstance(step, WriteManifest):
+        assert run.artifact is not None
+        path = lay.manifest(step.release)
+        return Part(write_atomic_script(path), f"writing {path}",
+                    run.artifact.manifest.to_bytes())
+    if isinstance(step, LinkShared):
+        dep.log(f"{host.name}: linking shared paths")
+        return Part(_link_shared_script(lay, step.release, step.paths), "linking shared paths")
+    if isinstance(step, PointLink | Switch) and step.release is not None:
+        if isinstance(step, Switch):
+            dep.log(f"{host.name}: switching current to {step.release}")
+        link = lay.link(step.link) if isinstance(step, PointLink) else lay.current
+        target = posixpath.join("releases", step.release)
+        return Part(point_link_script(link, target), f"pointing {link} at {target}")
+    if isinstance(step, StageNextBase):
+        return Part(stage_script(lay.release(step.release)), "staging the next base")
+    return None
+
+
+def _groups(steps: Sequence[Step]) -> Iterator[tuple[Step, ...]]:
+    """Each step alone, except consecutive log events: together."""
+    for is_record, group in itertools.groupby(steps, lambda s: isinstance(s, Record)):
+        if is_record:
+            yield tuple(group)
+        else:
+            yield from ((s,) for s in group)
+
+
 def _host_steps(run: _Run, hs: HostSteps) -> None:
-    """Run one host's steps in order; consecutive log events go in one append."""
+    """Run one host's steps in order, consecutive plain file steps in one round trip
+    (:func:`forge_ci.remote.base.batch`: same order, stopping at the first failure,
+    so a removal still comes after the event that announces it)."""
     host = run.hosts[hs.host]
-    pending: list[Record] = []
-    for step in hs.steps:
-        if isinstance(step, Record):
-            pending.append(step)
+    parts: list[Part] = []
+    for group in _groups(hs.steps):
+        part = _part(run, host, group)
+        if part is None:
+            batch(host, parts)
+            parts = []
+            _do(run, host, group[0])
             continue
-        if pending:
-            _record(run.dep, host, pending, run.metrics, run.snapshot)
-            pending = []
-        _do(run, host, step)
-    if pending:
-        _record(run.dep, host, pending, run.metrics, run.snapshot)
+        if part.input is not None and any(p.input is not None for p in parts):
+            batch(host, parts)
+            parts = []
+        parts.append(part)
+    batch(host, parts)
 
 
 def _phase(run: _Run, phase: Phase) -> None:

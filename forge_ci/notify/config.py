@@ -28,20 +28,22 @@ pydantic's errors into :class:`~forge_ci.errors.ConfigError`;
 from __future__ import annotations
 
 import ipaddress
-import ssl
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import SplitResult, urlsplit
 
 import pydantic
-import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from forge_ci.errors import ConfigError
 from forge_ci.notify.base import Notifier, Route
-from forge_ci.notify.email import SmtpNotifier, SmtpServer
+from forge_ci.notify.email import SmtpServer
 from forge_ci.notify.events import check_selector
-from forge_ci.notify.http import discord_notifier, slack_notifier, teams_notifier, webhook_notifier
+
+if TYPE_CHECKING:  # the senders load when notifications are built, not with the config
+    import ssl
+
+    import requests
 
 _SMTP_PORTS = {"smtp": 587, "smtps": 465}
 
@@ -251,6 +253,16 @@ def build_notifiers(
 ) -> list[Route]:
     """One route per target. ``session`` carries every HTTP post; ``ssl_context``
     is what the SMTP client trusts (the system's CAs when None)."""
+    import ssl
+
+    from forge_ci.notify.email import SmtpNotifier
+    from forge_ci.notify.http import (
+        discord_notifier,
+        slack_notifier,
+        teams_notifier,
+        webhook_notifier,
+    )
+
     routes: list[Route] = []
     for index, target in enumerate(targets):
         name = label(index, target)

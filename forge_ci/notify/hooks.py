@@ -17,11 +17,8 @@ SMTP client trusts, default the system's).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from typing import Any
-
-import requests
 
 from forge_ci.command import Context
 from forge_ci.errors import ForgeError, RollbackFailed, RolledBack
@@ -104,6 +101,10 @@ def send(ctx: Context, name: str, *, environment: str, summary: str,
         environ=ctx.environ, severity=severity, project=loaded.config.project,
         release=release, previous_release=previous, details=_details(details),
     )
+    import ssl  # only when there is someone to tell: most runs have no targets
+
+    import requests
+
     cafile = ctx.environ.get("SSL_CERT_FILE") or None
     with requests.Session() as session:
         routes = build_notifiers(targets, session=session,

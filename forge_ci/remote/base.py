@@ -39,6 +39,9 @@ transport behaves the same. Each raises :class:`RemoteCommandError` when it fail
 ``rename(src, dst)``
     Move ``src`` onto ``dst`` in one rename, replacing ``dst``.
 
+:func:`batch` runs several such scripts (``*_script`` below) in one round trip, in
+order, stopping at the first that fails and naming it as the helper alone would.
+
 Secrets never go into ``script`` (command lines are visible in ``ps``): pass them
 as ``input`` or write them with :meth:`Host.write_atomic` (mode 0600).
 
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import abc
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from forge_ci.errors import RemoteCommandError
@@ -61,6 +64,60 @@ CHUNK_SIZE = 65536
 def sh(*argv: str) -> str:
     """Quote argv into one shell command line."""
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# The scripts of the generic helpers below, for callers that run several in one
+# round trip (:func:`forge_ci.remote.base.batch`); each exits non-zero on failure.
+
+def write_atomic_script(path: str, mode: int = 0o644) -> str:
+    """Stdin to ``path`` through a temporary file renamed into place."""
+    tmp = f"{path}.forge-tmp"
+    return (f"umask 077; if cat > {sh(tmp)} && chmod {mode:o} {sh(tmp)}; then"
+            f" sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(path)};"
+            f" else rm -f -- {sh(tmp)}; exit 1; fi")
+
+
+def append_text_script(path: str, text: str) -> str:
+    """Append ``text`` (carried in the script itself) to ``path``."""
+    return f"printf %s {sh(text)} >> {sh(path)}"
+
+
+def point_link_script(link: str, target: str) -> str:
+    tmp = f"{link}.forge-tmp"
+    return (f"rm -f -- {sh(tmp)} && ln -s -- {sh(target)} {sh(tmp)} && "
+            f"mv -Tf -- {sh(tmp)} {sh(link)} || {{ rm -f -- {sh(tmp)}; exit 1; }}")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One step of a batch: its script, what it does (for the error), its stdin."""
+
+    script: str
+    what: str
+    input: bytes | None = None
+
+
+def batch(host: Host, parts: Sequence[Part]) -> None:
+    """Run ``parts`` in order in one round trip; the first that fails stops the rest
+    and raises as :meth:`Host.check` would for it alone. At most one part reads stdin."""
+    if not parts:
+        return
+    feeds = [p.input for p in parts if p.input is not None]
+    if len(feeds) > 1:
+        raise ValueError("a batch carries at most one part's input")
+    lines = []
+    for i, part in enumerate(parts):
+        stdin = "" if part.input is not None else " </dev/null"
+        lines.append(f"( {part.script}\n){stdin} || exit {_FIRST_PART + i}")
+    r = host.run("\n".join(lines) + "\n", input=feeds[0] if feeds else None, check=False)
+    if r.status == 0:
+        return
+    index = r.status - _FIRST_PART
+    what = parts[index].what if 0 <= index < len(parts) else ", ".join(p.what for p in parts)
+    host.check(r, what)
+
+
+_FIRST_PART = 100  # a batch exits 100 + the index of the part that failed
 
 
 @dataclass(frozen=True)
@@ -165,13 +222,7 @@ class Host(abc.ABC):
         return self.check(r, f"reading {path}").stdout
 
     def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        tmp = f"{path}.forge-tmp"
-        script = (
-            f"umask 077; if cat > {sh(tmp)} && chmod {mode:o} {sh(tmp)}; then"
-            f" sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(path)};"
-            f" else rm -f -- {sh(tmp)}; exit 1; fi"
-        )
-        self._do(script, f"writing {path}", input=data)
+        self._do(write_atomic_script(path, mode), f"writing {path}", input=data)
 
     def append(self, path: str, data: bytes) -> None:
         self._do(f"cat >> {sh(path)}", f"appending to {path}", input=data)
@@ -186,10 +237,7 @@ class Host(abc.ABC):
             self._do(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
 
     def point_link(self, link: str, target: str) -> None:
-        tmp = f"{link}.forge-tmp"
-        self._do(f"rm -f -- {sh(tmp)} && ln -s -- {sh(target)} {sh(tmp)} && "
-                 f"mv -Tf -- {sh(tmp)} {sh(link)} || {{ rm -f -- {sh(tmp)}; exit 1; }}",
-                 f"pointing {link} at {target}")
+        self._do(point_link_script(link, target), f"pointing {link} at {target}")
 
     def rename(self, src: str, dst: str) -> None:
         self._do(sh("mv", "-Tf", "--", src, dst), f"moving {src} to {dst}")

@@ -25,15 +25,33 @@ import io
 import logging
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import paramiko
-from paramiko.pkey import UnknownKeyType
-
 from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
 from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
+
+
+def _import_paramiko_without_invoke() -> None:
+    """paramiko imports ``invoke`` (about half its import time) only to run ``Match
+    exec`` lines of an ssh_config file, which forge never reads. Hidden while paramiko
+    loads (it then records invoke as missing), and visible again right after."""
+    hide = "invoke" not in sys.modules
+    if hide:
+        sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["invoke"]
+
+
+_import_paramiko_without_invoke()
+
+import paramiko  # noqa: E402
+from paramiko.pkey import UnknownKeyType  # noqa: E402
 
 # paramiko's transport thread logs what it raises, traceback included; with no handler
 # Python prints that on stderr. Every such failure reaches us as an exception, which

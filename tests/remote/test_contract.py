@@ -17,6 +17,14 @@ from lab.sshd import SshHost as LabSshd
 
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote import Host, LocalHost
+from forge_ci.remote.base import (
+    Part,
+    append_text_script,
+    batch,
+    point_link_script,
+    sh,
+    write_atomic_script,
+)
 from forge_ci.remote.ssh import connector
 
 
@@ -214,3 +222,23 @@ def test_rename_replaces_the_destination(host: Host, work: Path) -> None:
     host.write_atomic(str(work / "b"), b"b")
     host.rename(str(work / "a"), str(work / "b"))
     assert sorted(os.listdir(work)) == ["b"] and (work / "b").read_bytes() == b"a"
+
+
+def test_batch_runs_parts_in_order_in_one_round_trip(host: Host, work: Path) -> None:
+    log, manifest = work / "log", work / "m.json"
+    batch(host, [Part(sh("mkdir", "-p", "--", str(work / "releases")), "creating releases"),
+                 Part(append_text_script(str(log), "one 'quoted' $HOME\n"), "appending"),
+                 Part(write_atomic_script(str(manifest)), "writing", b"{}\n"),
+                 Part(point_link_script(str(work / "current"), "releases"), "pointing")])
+    assert log.read_text() == "one 'quoted' $HOME\n"
+    assert manifest.read_bytes() == b"{}\n"
+    assert os.readlink(work / "current") == "releases"
+
+
+def test_batch_stops_at_the_first_failure_and_names_it(host: Host, work: Path) -> None:
+    log = work / "log"
+    with pytest.raises(RemoteCommandError, match=r"^removing the old release failed on"):
+        batch(host, [Part(append_text_script(str(log), "removing old\n"), "appending"),
+                     Part("echo nope >&2; exit 1", "removing the old release"),
+                     Part(append_text_script(str(log), "after\n"), "appending again")])
+    assert log.read_text() == "removing old\n"  # the event before it, nothing after

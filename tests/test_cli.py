@@ -1,0 +1,39 @@
+"""The command line loads only the capability a verb belongs to."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from forge_ci import cli
+
+
+def _verbs(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+@pytest.mark.parametrize("verb", sorted(cli._VERB_MODULES))
+def test_each_verb_is_registered_by_the_module_named_for_it(verb: str) -> None:
+    assert verb in _verbs(cli.build_parser(verb))
+
+
+def test_every_registered_verb_is_known_or_still_reachable() -> None:
+    every = _verbs(cli.build_parser())
+    assert set(cli._VERB_MODULES) == every  # a new verb goes in the table
+    # A verb missing from the table still works: every module is loaded for it.
+    assert _verbs(cli.build_parser("no-such-verb")) == every
+
+
+def test_a_deploy_does_not_import_the_s3_client() -> None:
+    code = ("import sys; from forge_ci import cli; cli.build_parser(cli._command_word("
+            "['--config', 'x.yml', 'deploy', 'production'])); "
+            "print('boto3' in sys.modules, 'forge_ci.backup.cli' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
