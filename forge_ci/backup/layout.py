@@ -123,19 +123,21 @@ def is_data_key(key: str) -> bool:
     return bool(m and m.group(2).startswith(m.group(1)))
 
 
-def new_snapshot_id(now: datetime, after: str | None = None) -> str:
+def new_snapshot_id(now: datetime, taken: Iterable[str] = ()) -> str:
     """``20240115T031502Z-3f9a1c2b``: sorts by time, random tail against collisions.
 
-    ``after``: the newest id so far. Ids sort by the second, so a second snapshot in the
-    same second gets a tail that sorts after that one's: "latest" stays the newest.
+    ``taken``: the ids already in the store. Ids sort by the second, so a snapshot made
+    in the same second as another gets a tail that sorts after every one of that second:
+    "latest" stays the newest. A first tail leaves half the space for those.
     """
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    tail = int.from_bytes(os.urandom(4), "big")
-    if after is not None and after.startswith(stamp + "-") and is_snapshot_id(after):
-        last = int(after.split("-")[1], 16)
-        if last < 0xFFFFFFFF:
-            # A small step keeps room for many more in the same second.
-            tail = last + 1 + tail % min(0xFFFFFFFF - last, 1 << 16)
+    tail = int.from_bytes(os.urandom(4), "big") >> 1
+    same = [int(t.split("-")[1], 16) for t in taken
+            if t.startswith(stamp + "-") and is_snapshot_id(t)]
+    if same and max(same) < 0xFFFFFFFF:
+        last = max(same)
+        # A small step keeps room for many more in the same second.
+        tail = last + 1 + tail % min(0xFFFFFFFF - last, 1 << 16)
     return f"{stamp}-{tail:08x}"
 
 

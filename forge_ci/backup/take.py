@@ -86,8 +86,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                    who=f"backup of {source.site}/{source.environment}"):
         index = index_store.load(repo, repo.data_keys())
         snapshot_time = now()
-        newest = max((r.id for r in repo.refs()), default=None)
-        sid = layout.new_snapshot_id(snapshot_time, after=newest)
+        sid = layout.new_snapshot_id(snapshot_time, taken=[r.id for r in repo.refs()])
         db: DatabaseEntry | None = None
         db_stored = 0
         phases: dict[str, float] = {}

@@ -17,12 +17,15 @@ NOW = datetime(2026, 12, 6, 21, 45, 17, tzinfo=UTC)
 def test_ids_of_one_second_sort_in_the_order_they_were_made(n: int) -> None:
     ids = [layout.new_snapshot_id(NOW)]
     for _ in range(n):
-        ids.append(layout.new_snapshot_id(NOW, after=ids[-1]))
+        ids.append(layout.new_snapshot_id(NOW, taken=ids))
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(layout.is_snapshot_id(i) for i in ids)
 
 
-def test_an_older_second_or_a_junk_name_does_not_bind_the_tail() -> None:
-    new = layout.new_snapshot_id(NOW, after="20261206T214516Z-ffffffff")
-    assert new.startswith("20261206T214517Z-")
-    assert layout.new_snapshot_id(NOW, after="not-an-id").startswith("20261206T214517Z-")
+def test_only_ids_of_the_same_second_bind_the_tail() -> None:
+    first = layout.new_snapshot_id(NOW)
+    # A future-dated name (junk, or a forgery "newer than every real one") and an older
+    # second do not matter; the id of the same second does.
+    taken = [first, "20261206T215017Z-00000001", "20261206T214516Z-ffffffff", "not-an-id"]
+    new = layout.new_snapshot_id(NOW, taken=taken)
+    assert new.startswith("20261206T214517Z-") and new > first
