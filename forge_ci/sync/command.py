@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,8 @@ class SyncReport:
     undo_command: str | None = None
     hooks: int = 0
     seconds: float = 0.0
+    # Phase durations (``*_s``) and sizes, as deploys and backups record theirs.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         db: dict[str, object] | None = None
@@ -111,7 +113,7 @@ class SyncReport:
                 "dry_run": self.dry_run, "replace": [list(p) for p in self.pairs],
                 "database": db, "uploads": self.upload.as_dict() if self.upload else None,
                 "undo_id": self.undo_id, "undo_command": self.undo_command,
-                "hooks": self.hooks, "seconds": self.seconds}
+                "hooks": self.hooks, "seconds": self.seconds, "metrics": dict(self.metrics)}
 
     def render(self) -> str:
         verb = "would sync" if self.dry_run else "synced"
@@ -336,19 +338,31 @@ def cmd_sync(ctx: Context) -> int:
         src = _open_source(ctx, stack, source, want_db=want_db,
                            prefix=target.config.sync.table_prefix)
         report = SyncReport(source.name, target.name, src.snapshot_id, ctx.dry_run, [])
+        mark = time.monotonic()
         if to_db is not None:
             _copy_database(ctx, source, target, src, to_host, to_db, report)
+            report.metrics["database_s"] = round(time.monotonic() - mark, 3)
+        mark = time.monotonic()
         if want_uploads:
             _copy_uploads(ctx, source, target, src, to_hosts, report)
+            report.metrics["uploads_s"] = round(time.monotonic() - mark, 3)
+            if report.upload is not None:
+                report.metrics["uploads_bytes"] = report.upload.bytes
         if not ctx.dry_run:
+            mark = time.monotonic()
             report.hooks = _after_sync(ctx, source, target, to_hosts)
+            report.metrics["hooks_s"] = round(time.monotonic() - mark, 3)
     report.seconds = round(time.monotonic() - started, 3)
+    ctx.outcome["details"] = dict(report.metrics)
     ctx.outcome["summary"] = report.render().splitlines()[0] + (
         f" ({report.database.total_changed} values rewritten)" if report.database else "")
     if not ctx.dry_run:
         ctx.runner.set_output("undo-id", report.undo_id or "")
+        phases = "".join(f"| {k.removesuffix('_s')} | {v:.1f}s |\n"
+                         for k, v in report.metrics.items() if k.endswith("_s"))
         ctx.runner.summary(f"### forge-ci sync: {source.name} → {target.name}\n\n"
-                           f"```\n{report.render()}\n```\n")
+                           f"```\n{report.render()}\n```\n"
+                           + (f"\n| phase | took |\n|---|---|\n{phases}" if phases else ""))
     ctx.emit(report.as_dict(), report.render())
     return 0
 

@@ -91,6 +91,8 @@ def test_production_into_local_takes_its_urls_from_both_databases(
     assert local.forge("sync", "production", "local", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["replace"] == [[FROM, TO]]
+    # Phase durations and sizes, as deploys and backups record theirs.
+    assert {"database_s", "uploads_s", "uploads_bytes", "hooks_s"} <= set(report["metrics"])
     assert local.value(local.dev, "home") == TO
     assert local.value(local.dev, "siteurl") == f"{TO}/wp"
     assert local.value(local.dev, "widget_text") == widget(f'<a href="{TO}/über">ü</a>')
