@@ -60,14 +60,21 @@ def worst(checks: Sequence[Check]) -> Severity:
 
 def check_http(url: str, *, status: int = 200, contains: str | None = None,
                response_max: float, cafile: str | None = None,
-               timeout: float = 10.0, clock: Callable[[], float] = time.monotonic) -> Check:
+               timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
+               retries: int = 1, sleep: Callable[[float], None] = time.sleep) -> Check:
+    """One GET; a connection that fails is tried ``retries`` more times on a fresh one
+    before the site counts as down (one dropped connection is not an outage)."""
     name = f"http {url}"
-    started = clock()
-    try:
-        r = requests.get(url, timeout=timeout, allow_redirects=False,
-                         verify=cafile or True, headers={"Cache-Control": "no-cache"})
-    except requests.RequestException as e:
-        return Check(name, Severity.CRITICAL, f"no answer ({type(e).__name__})")
+    for attempt in range(retries + 1):
+        started = clock()
+        try:
+            r = requests.get(url, timeout=timeout, allow_redirects=False,
+                             verify=cafile or True, headers={"Cache-Control": "no-cache"})
+            break
+        except requests.RequestException as e:
+            if attempt == retries:
+                return Check(name, Severity.CRITICAL, f"no answer ({type(e).__name__})")
+            sleep(1.0)
     took = clock() - started
     if r.status_code != status:
         return Check(name, Severity.CRITICAL, f"HTTP {r.status_code}, expected {status}")

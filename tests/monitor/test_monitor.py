@@ -300,3 +300,27 @@ def test_health_reports_the_certificates_days_left_and_warns_when_short(
     [cert] = json.loads(captured.out)["certificates"]
     assert cert["severity"] == "warning" and cert["days_left"] in (4, 5)
     assert "tls_min_days: 14" in captured.err and "more days" in captured.err
+
+
+def test_one_refused_connection_is_tried_again_before_the_site_counts_as_down() -> None:
+    from forge_ci.monitor.checks import check_http
+    from forge_ci.tls import Severity
+
+    handler = type("Page", (_Page,), {"status": 200})
+    probe = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    port = probe.server_address[1]
+    probe.server_close()  # the first attempt is refused
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def come_up(_seconds: float) -> None:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+
+    try:
+        check = check_http(f"http://127.0.0.1:{port}/", response_max=5.0, sleep=come_up)
+        assert check.severity is Severity.OK and servers
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
