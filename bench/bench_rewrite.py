@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from forge_ci.sync.replace import Rules
-from forge_ci.sync.sqldump import Options, Report, rewrite_dump
+from forge_ci.sync.sqldump import Options, Report, quote, rewrite_dump
 
 FROM, TO = "https://example.com", "https://staging.example.com"
 STATEMENT = 1024 * 1024
@@ -80,18 +80,6 @@ CREATE TABLE `wp_options` (
 
 def ser(text: bytes) -> bytes:
     return b's:%d:"%b";' % (len(text), text)
-
-
-def sql(value: bytes) -> bytes:
-    escaped = (
-        value.replace(b"\\", b"\\\\")
-        .replace(b"\x00", b"\\0")
-        .replace(b"\n", b"\\n")
-        .replace(b"\r", b"\\r")
-        .replace(b"'", b"\\'")
-        .replace(b'"', b'\\"')
-    )
-    return b"'" + escaped + b"'"
 
 
 WORDS = [
@@ -191,15 +179,15 @@ def rows(table: str, rng: random.Random, start: int) -> Iterator[bytes]:
         if table == "wp_posts":
             yield b"(%d,%b,%b,%b)" % (
                 i,
-                sql(post_content(rng, i)),
-                sql(words(rng, 5)),
-                sql(b"https://example.com/?p=%d" % i),
+                quote(post_content(rng, i)),
+                quote(words(rng, 5)),
+                quote(b"https://example.com/?p=%d" % i),
             )
         elif table == "wp_postmeta":
             key, value = postmeta(rng)
-            yield b"(%d,%d,%b,%b)" % (i, rng.randint(1, 99999), sql(key), sql(value))
+            yield b"(%d,%d,%b,%b)" % (i, rng.randint(1, 99999), quote(key), quote(value))
         else:
-            yield b"(%d,%b,%b)" % (i, sql(b"opt_%d" % i), sql(option(rng)))
+            yield b"(%d,%b,%b)" % (i, quote(b"opt_%d" % i), quote(option(rng)))
 
 
 COLUMNS = {

@@ -51,12 +51,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_backup
 from bench_rewrite import write_dump
 from lab.mariadb import Database, MariaDB, start_mariadb
 
@@ -67,17 +67,8 @@ Measure = tuple[float, float]
 
 def spawn(argv: list[str], env: dict[str, str]) -> Measure:
     """Run to completion; (seconds, peak RSS MiB). Output to /dev/null."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    path = shutil.which(argv[0]) or argv[0]
-    start = time.perf_counter()
-    pid = os.posix_spawn(path, argv, env, file_actions=[
-        (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
-    _, status, usage = os.wait4(pid, 0)
-    elapsed = time.perf_counter() - start
-    os.close(devnull)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(argv[:4])} failed with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_maxrss / 1024
+    seconds, _cpu, rss = bench_backup.spawn(argv, env)
+    return seconds, rss
 
 
 def _db_yaml(db: Database, var: str) -> str:
