@@ -19,6 +19,9 @@ time and peak RSS (ru_maxrss) are measured the same way for both. Each round use
 buckets and alternates which tool goes first (this machine's load drifts); the table
 shows medians over the rounds and the ratio forge/restic (below 1.0: forge is faster
 or smaller). forge runs with the local target (no SSH) so both read the same files.
+moto spools every object above 1 MiB to a temporary file (both stores live on disk,
+not in moto's memory: ``--size 10g`` needs about 40 GiB free), and each round deletes
+both restored trees as soon as they are measured.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("restic"):
         raise SystemExit("restic is not installed")
-    server = start_s3()
+    server = start_s3(spool_bytes=1 << 20)  # both stores on disk, not in moto's memory
     mariadb = start_mariadb()
     tmp = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     try:
@@ -195,6 +198,8 @@ def run(server: object, db: Database, tmp: Path, site: Path, *,
         else:
             r, f = spawn_all(theirs, restic_env), spawn_all(ours, forge_env)
         out.append((f, r))
+        for restored in ("forge-restore", "restic-restore"):  # two copies of 10 GiB: disk
+            shutil.rmtree(tmp / restored, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 
