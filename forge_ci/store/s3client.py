@@ -7,6 +7,9 @@ requests are signed with SigV4 (:mod:`forge_ci.store.sigv4`), sent over
 ``max_pool_connections`` kept idle), and answered as the dicts boto3 would give for
 the same call, so callers read ``response["ETag"]`` the same way.
 
+A bucket in another region than the client's is followed there once its first answer
+names the region (``x-amz-bucket-region``), as the AWS SDKs do.
+
 Addressing: a custom endpoint is addressed path-style (``endpoint/bucket/key``); AWS
 virtual-hosted (``bucket.s3.region.amazonaws.com/key``) unless the bucket name does
 not fit in a host name (path-style then), or ``addressing_style`` says otherwise.
@@ -28,6 +31,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus, urlsplit
@@ -49,6 +53,7 @@ _RETRY_CODES = frozenset({
     "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
     "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException", "InternalError",
 })
+_WRONG_REGION = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"})
 _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _NETWORK = (OSError, http.client.HTTPException)
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -168,7 +173,8 @@ class Body:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._response.isclosed() and not self._response.will_close:
+        whole = self._response.isclosed() and not self._response.length
+        if whole and not self._response.will_close:
             self._pool.put(conn)
         else:
             conn.close()
@@ -178,6 +184,14 @@ class Body:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Where the client sends its requests (named as boto3's ``client.meta``)."""
+
+    region_name: str
+    endpoint_url: str
 
 
 class _Answer:
@@ -207,6 +221,7 @@ class S3Client:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("the S3 endpoint must be an http(s):// URL")
         self._scheme, self._hostname, self._port = parts.scheme, parts.hostname, parts.port
+        self.meta = Meta(region, f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}")
         self._base = parts.path.rstrip("/")
         self._addressing: Addressing = addressing_style or ("path" if self._custom else "auto")
         self._max_attempts = max(1, max_attempts)
@@ -232,6 +247,13 @@ class S3Client:
             host = self._hostname
             path = f"/{bucket}" + (f"/{key}" if key is not None else "")
         return host, sigv4.uri_encode_path(self._base + path)
+
+    def _move(self, region: str) -> None:
+        self.region = region
+        self.meta = Meta(region, self.meta.endpoint_url)
+        if not self._custom:
+            self._hostname = f"s3.{region}.amazonaws.com"
+            self.meta = Meta(region, f"https://{self._hostname}")
 
     def _pool(self, host: str) -> _Pool:
         with self._pools_lock:
@@ -259,6 +281,7 @@ class S3Client:
         body: Sequence[bytes] = (),
         payload_hash: str | None = None,
         stream: bool = False,
+        redirected: bool = False,
     ) -> _Answer | tuple[http.client.HTTPResponse, http.client.HTTPConnection, _Pool]:
         host, path = self._where(bucket, key)
         canonical = sigv4.canonical_query(query or {})
@@ -310,6 +333,13 @@ class S3Client:
                 return _Answer(response.status, response.headers, data)
             if response.status >= 300 and not code:
                 code, message = str(response.status), response.reason
+            moved = response.getheader("x-amz-bucket-region")
+            if (moved and moved != self.region and not redirected
+                    and (response.status in (301, 400) or code in _WRONG_REGION)):
+                self._move(moved)  # as the AWS SDKs do: follow the bucket to its region
+                return self._request(operation, method, bucket, key, query=query,
+                                     headers=headers, body=body, payload_hash=payload_hash,
+                                     stream=stream, redirected=True)
             retry = response.status in _RETRY_STATUS or code in _RETRY_CODES
             if retry and attempt < self._max_attempts:
                 self._sleep(backoff(attempt))

@@ -62,12 +62,13 @@ def test_get_object_signature_matches_the_aws_example() -> None:
         "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
 
 
-def botocore_signature(method: str, url: str, headers: dict[str, str], secret: str) -> str:
+def botocore_signature(method: str, url: str, headers: dict[str, str], secret: str,
+                       region: str = "us-east-1") -> str:
     """What botocore's own S3 signer computes for the request as received."""
     request = AWSRequest(method=method, url=url, headers=headers)
     request.context["timestamp"] = headers["x-amz-date"]
     auth = S3SigV4Auth(BotoCredentials("id", secret, headers.get("x-amz-security-token")),
-                       "s3", "us-east-1")
+                       "s3", region)
     return str(auth.signature(auth.string_to_sign(request, auth.canonical_request(request)),
                               request))
 
@@ -77,10 +78,11 @@ def botocore_signature(method: str, url: str, headers: dict[str, str], secret: s
 
 class FakeS3:
     """Checks every request's SigV4 signature with botocore's signer (the right
-    secret is ``secret``); answers ``fail`` queued statuses first, then 200."""
+    secret is ``secret``, the bucket's region ``region``); answers ``fail`` queued
+    statuses first, then 200."""
 
-    def __init__(self, secret: str) -> None:
-        self.secret = secret
+    def __init__(self, secret: str, region: str = "us-east-1") -> None:
+        self.secret, self.region = secret, region
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.fail: list[int] = []
         fake = self
@@ -101,8 +103,11 @@ class FakeS3:
                 given = auth.rsplit("Signature=", 1)[1]
                 url = f"http://{headers['host']}{self.path}"
                 expected = botocore_signature(
-                    self.command, url, {k: headers[k] for k in signed}, fake.secret)
-                if given != expected:
+                    self.command, url, {k: headers[k] for k in signed}, fake.secret, fake.region)
+                if f"/{fake.region}/s3/" not in auth:
+                    self.answer(400, b"<Error><Code>AuthorizationHeaderMalformed</Code>"
+                                b"<Message>wrong region</Message></Error>", fake.region)
+                elif given != expected:
                     self.answer(403, b"<Error><Code>SignatureDoesNotMatch</Code><Message>"
                                 b"The request signature we calculated does not match"
                                 b"</Message></Error>")
@@ -116,8 +121,10 @@ class FakeS3:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
 
-            def answer(self, status: int, body: bytes) -> None:
+            def answer(self, status: int, body: bytes, region: str | None = None) -> None:
                 self.send_response(status)
+                if region:
+                    self.send_header("x-amz-bucket-region", region)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -198,6 +205,20 @@ def test_throttling_and_5xx_are_retried(fake_s3: FakeS3) -> None:
         client.head_bucket("bucket")
     assert len(fake_s3.seen) == 7
     client.close()
+
+
+def test_a_bucket_in_another_region_is_followed_there() -> None:
+    fake = FakeS3("the-right-secret", region="eu-west-1")
+    try:
+        store = S3Store("bucket", "forge", endpoint_url=fake.url, access_key_id="AKIDFORGETEST",
+                        secret_access_key="the-right-secret")  # region: us-east-1
+        store.check()
+        store.put("k", [b"x"])
+        assert len(fake.seen) == 3  # one refused, then both in eu-west-1
+        assert store._client.region == "eu-west-1"
+        store.close()
+    finally:
+        fake.close()
 
 
 # --- real S3 (moto) ------------------------------------------------------------------
