@@ -391,8 +391,10 @@ class S3Store(ObjectStore):
                 hint="check AWS_ROLE_ARN and the role's trust policy for this repository",
             )
         if isinstance(exc, S3NetworkError):
+            cause = exc.__cause__
+            reason = type(cause).__name__ if cause else "connection closed early"
             return StoreUnreachableError(
-                f"{where}: cannot reach {self.endpoint} ({type(exc).__name__}, "
+                f"{where}: cannot reach {self.endpoint} ({reason}, "
                 f"after {self._max_attempts} attempts)",
                 hint="check AWS_ENDPOINT_URL and the network; nothing partial was stored",
             )
