@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from forge_ci.store import _xml
-from forge_ci.store.sigv4 import Credentials
+from forge_ci.store.sigv4 import Credentials, aws_domain
 
 Provider = Callable[[], Credentials]
 REFRESH_BEFORE = 300.0  # seconds before expiry when temporary keys are renewed
@@ -56,7 +56,8 @@ def static(creds: Credentials) -> Provider:
 
 
 def sts_url(endpoint: str | None, region: str) -> str:
-    return (endpoint or f"https://sts.{region}.amazonaws.com").rstrip("/") + "/"
+    default = f"https://sts.{region}.{aws_domain(region)}"
+    return (endpoint or default).rstrip("/") + "/"
 
 
 def assume_role_with_web_identity(

@@ -217,7 +217,7 @@ class S3Client:
     ) -> None:
         self._credentials, self.region = credentials, region
         self._custom = bool(endpoint_url)
-        parts = urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
+        parts = urlsplit(endpoint_url or f"https://s3.{region}.{sigv4.aws_domain(region)}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("the S3 endpoint must be an http(s):// URL")
         self._scheme, self._hostname, self._port = parts.scheme, parts.hostname, parts.port
@@ -252,7 +252,7 @@ class S3Client:
         self.region = region
         self.meta = Meta(region, self.meta.endpoint_url)
         if not self._custom:
-            self._hostname = f"s3.{region}.amazonaws.com"
+            self._hostname = f"s3.{region}.{sigv4.aws_domain(region)}"
             self.meta = Meta(region, f"https://{self._hostname}")
 
     def _pool(self, host: str) -> _Pool:

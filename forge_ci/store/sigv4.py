@@ -31,6 +31,11 @@ class Credentials:
     token: str | None = field(default=None, repr=False)
 
 
+def aws_domain(region: str) -> str:
+    """The DNS suffix of AWS's endpoints in ``region``'s partition."""
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
