@@ -194,6 +194,25 @@ class Meta:
     endpoint_url: str
 
 
+def _send_body(conn: http.client.HTTPConnection,
+               body: Sequence[bytes]) -> http.client.HTTPResponse:
+    """Send ``body`` and read the answer's head. A server refusing the request (a wrong
+    signature, say) may answer and close before the body is all sent: that answer is
+    read rather than reported as a dropped connection."""
+    try:
+        for piece in body:
+            conn.send(piece)
+    except OSError:
+        try:
+            early = conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            early = None
+        if early is None or early.status < 300:
+            raise
+        return early
+    return conn.getresponse()
+
+
 class _Answer:
     def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
@@ -306,9 +325,7 @@ class S3Client:
                 if size or method in ("PUT", "POST"):
                     conn.putheader("Content-Length", str(size))
                 conn.endheaders()
-                for piece in body:
-                    conn.send(piece)
-                response = conn.getresponse()
+                response = _send_body(conn, body)
                 if stream and response.status in (200, 206):
                     return response, conn, pool
                 data = response.read()

@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +31,7 @@ from forge_ci.store.credentials import (
     WebIdentity,
     assume_role_with_web_identity,
 )
-from forge_ci.store.s3 import S3Store
+from forge_ci.store.s3 import DEFAULT_PART_SIZE, S3Store
 from forge_ci.store.s3client import S3Client, S3ResponseError
 from forge_ci.store.sigv4 import EMPTY_SHA256, Credentials, sign, signing_key
 
@@ -188,6 +190,30 @@ def test_a_session_token_is_sent_and_signed(fake_s3: FakeS3) -> None:
     assert headers["x-amz-security-token"] == "the-session-token"
     assert "x-amz-security-token" in headers["authorization"]
     store.close()
+
+
+def test_a_refusal_sent_before_the_body_is_read_is_an_access_error() -> None:
+    """A server may refuse (wrong signature) and close while a big part is still going
+    up: its answer counts, not the dropped connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        body = b"<Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error>"
+        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        time.sleep(0.2)
+        conn.close()  # the unread body makes this a reset
+
+    threading.Thread(target=refuse, daemon=True).start()
+    store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+                    access_key_id="AKIDFORGETEST", secret_access_key="a-wrong-secret",
+                    max_attempts=1)
+    with pytest.raises(StoreAccessError, match="SignatureDoesNotMatch"):
+        store.put("k", [os.urandom(DEFAULT_PART_SIZE)])  # one PutObject
+    store.close()
+    listener.close()
 
 
 def test_throttling_and_5xx_are_retried(fake_s3: FakeS3) -> None:
