@@ -14,7 +14,7 @@ Two more variables are read here:
     printed, then given to forge-ci's environment only; the raw blob is removed.
 ``AWS_ROLE_ARN``
     With the job's OIDC token available (``permissions: id-token: write``), the
-    token is written to a 0600 file and boto3 assumes the role itself
+    token is written to a 0600 file and the S3 store assumes the role itself
     (``AWS_WEB_IDENTITY_TOKEN_FILE``): no long-lived AWS key in the repository.
 
 Errors in inputs exit 2 (bad usage) with an ``::error::`` naming the input.
@@ -292,10 +292,10 @@ def export_env_lines(environ: Environ, runner: gha.Runner) -> list[str]:
 # -- AWS through OIDC --------------------------------------------------------------
 
 def oidc_aws(environ: Environ, runner: gha.Runner, *, timeout: float = 10.0) -> bool:
-    """With ``AWS_ROLE_ARN`` set, fetch the job's OIDC token for boto3 to assume the role.
+    """With ``AWS_ROLE_ARN`` set, fetch the job's OIDC token for the S3 store to assume the role.
 
     Returns True when a token file was written. Static keys, if also given, win:
-    boto3 prefers them, so the token is not requested.
+    the S3 store prefers them, so the token is not requested.
     """
     role = environ.get("AWS_ROLE_ARN", "").strip()
     if (not role or environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
@@ -340,7 +340,7 @@ def forge_ci(argv: Sequence[str], environ: Mapping[str, str], cwd: Path) -> int:
     """Run ``forge-ci argv`` as a child process with exactly ``environ``, in ``cwd``.
 
     A process of its own, so nothing here changes this interpreter's directory or
-    environment, and boto3 in the child sees the OIDC token file exported for it.
+    environment, and the child sees the OIDC token file exported for it.
     """
     sys.stdout.flush()
     return subprocess.run([sys.executable, "-I", "-m", "forge_ci", *argv], cwd=cwd,

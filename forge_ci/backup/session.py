@@ -34,6 +34,7 @@ from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import ConfigError
 from forge_ci.remote import Host, LocalHost
 from forge_ci.store import ObjectStore, open_store
+from forge_ci.store.credentials import WebIdentity
 from forge_ci.targets import open_hosts, target_root
 
 _AWS = {"endpoint_url": "AWS_ENDPOINT_URL", "access_key_id": "AWS_ACCESS_KEY_ID",
@@ -97,13 +98,21 @@ def unauthenticated_warning(t: Target) -> str | None:
 
 
 def s3_options(backup_config: BackupConfig, environ: Mapping[str, str]) -> dict[str, Any]:
-    """The S3 store's settings: endpoint, region and static keys from ``environ``
-    (without keys, boto3's own credential chain applies: the web identity token the
-    OIDC action wrote, a profile, an instance role), Object Lock from forge.yml."""
+    """The S3 store's settings: endpoint, region and static keys from ``environ``;
+    without keys, the web identity token file the OIDC action wrote and the role to
+    assume with it (at ``AWS_ENDPOINT_URL_STS``, else ``AWS_ENDPOINT_URL``, else AWS's
+    STS); without either, boto3's own credential chain applies (a profile, an instance
+    role). Object Lock from forge.yml."""
     opts: dict[str, Any] = {k: environ[v] for k, v in _AWS.items() if environ.get(v)}
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if region:
         opts["region"] = region
+    token_file, role = environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"), environ.get("AWS_ROLE_ARN")
+    if token_file and role and not environ.get("AWS_ACCESS_KEY_ID"):
+        opts["web_identity"] = WebIdentity(
+            token_file, role, session_name=environ.get("AWS_ROLE_SESSION_NAME") or None,
+            sts_endpoint=environ.get("AWS_ENDPOINT_URL_STS") or environ.get("AWS_ENDPOINT_URL")
+            or None)
     lock = backup_config.object_lock
     if lock is not None:
         opts |= {"retention_mode": lock.mode.upper(), "retention_days": lock.days}

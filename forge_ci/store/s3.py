@@ -1,4 +1,5 @@
-"""``s3://bucket/prefix`` - any S3-compatible endpoint through boto3.
+"""``s3://bucket/prefix`` - any S3-compatible endpoint, through forge's own small client
+(:mod:`forge_ci.store.s3client`; boto3 is loaded only for credentials it alone finds).
 
 Atomicity comes from S3 itself: a PutObject or a CompleteMultipartUpload makes the
 whole object visible at once. Streams of unknown length are buffered one part at a
@@ -13,19 +14,19 @@ aborts the multipart upload before the exception propagates; uploads orphaned by
 killed process are removed by :meth:`S3Store.cleanup` (a bucket lifecycle rule
 "AbortIncompleteMultipartUpload" is a good second net).
 
-Every request carries Content-MD5, so the store rejects bytes damaged in transit;
-botocore's newer default CRC checksums are switched to "when_required" because many
-S3-compatible stores reject or mangle them. Retries: botocore "standard" mode.
-Reads resume after a dropped connection with a Range request pinned to the ETag.
-One client (thread-safe) serves every thread; its connection pool holds
-``max_pool_connections`` keep-alive connections, enough for the backup engine's
-uploader threads plus their parts, so parallel requests reuse connections.
+Every upload carries Content-MD5 (signed), so the store rejects bytes damaged in
+transit; no CRC checksums, which many S3-compatible stores reject or mangle. Retries:
+the AWS SDKs' "standard" mode (``max_attempts`` attempts in all). Reads resume after a
+dropped connection with a Range request pinned to the ETag. One client (thread-safe)
+serves every thread; its connection pool keeps ``max_pool_connections`` keep-alive
+connections, enough for the backup engine's uploader threads plus their parts.
 
 Settings come from the caller only (:func:`forge_ci.backup.session.s3_options` builds
 them from forge.yml and the command's environment): ``endpoint_url`` (None: AWS S3,
-unless botocore's own configuration names an endpoint), ``region`` (None: us-east-1)
-and static keys. Without keys, boto3's default credential chain supplies them (the
-web identity token file the OIDC action wrote, a profile, an instance role).
+``region`` (None: us-east-1) and static keys. Without keys, a ``web_identity`` (the
+token file the OIDC action wrote and the role) is exchanged at STS for temporary keys;
+without either, boto3's default credential chain supplies them (a profile, an
+instance role); see :mod:`forge_ci.store.credentials`.
 
 Optional Object Lock: ``retention_mode`` ("GOVERNANCE" or "COMPLIANCE") and
 ``retention_days`` set a retain-until date on every put (the bucket must have been
@@ -42,23 +43,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
+from functools import partial
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.store.base import ObjectStore, check_key, check_prefix
+from forge_ci.store.credentials import (
+    CredentialsRefusedError,
+    NoCredentialsError,
+    WebIdentity,
+    provider,
+)
 from forge_ci.store.errors import (
     BucketNotFoundError,
     ObjectNotFoundError,
@@ -66,11 +62,7 @@ from forge_ci.store.errors import (
     StoreError,
     StoreUnreachableError,
 )
-
-if TYPE_CHECKING:
-    from botocore.response import StreamingBody
-    from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, GetObjectOutputTypeDef
+from forge_ci.store.s3client import Body, S3Client, S3NetworkError, S3ResponseError
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
@@ -89,7 +81,7 @@ _ACCESS_CODES = frozenset(
         "InvalidSecurity",
     }
 )
-_NETWORK_ERRORS = (HTTPClientError, BotoConnectionError, IncompleteReadError)
+_STORE_ERRORS = (S3ResponseError, S3NetworkError, NoCredentialsError, CredentialsRefusedError)
 RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
 T = TypeVar("T")
 
@@ -105,56 +97,6 @@ def _md5(pieces: Sequence[bytes]) -> str:
     for piece in pieces:
         h.update(piece)
     return base64.b64encode(h.digest()).decode()
-
-
-class _Body:
-    """A request body made of pieces, read in place: sending a part or a pack never
-    joins it into one more copy. Seekable, so botocore can resend it on a retry."""
-
-    def __init__(self, pieces: Sequence[bytes]) -> None:
-        self._pieces = [p for p in pieces if p]
-        self._size = sum(len(p) for p in self._pieces)
-        self._index = self._offset = self._pos = 0
-
-    @classmethod
-    def of(cls, pieces: Sequence[bytes]) -> IO[bytes]:
-        """For botocore, which reads (and seeks) what it is given like a file."""
-        return cast("IO[bytes]", cls(pieces))
-
-    def __len__(self) -> int:
-        return self._size
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        target = {0: pos, 1: self._pos + pos, 2: self._size + pos}[whence]
-        if not 0 <= target <= self._size:
-            raise ValueError("seek outside the body")
-        self._index, self._offset, self._pos = 0, 0, 0
-        while self._index < len(self._pieces) and \
-                self._pos + len(self._pieces[self._index]) <= target:
-            self._pos += len(self._pieces[self._index])
-            self._index += 1
-        self._offset = target - self._pos
-        self._pos = target
-        return target
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._size - self._pos
-        out = []
-        while size > 0 and self._index < len(self._pieces):
-            piece = self._pieces[self._index]
-            take = piece[self._offset:self._offset + size] if (self._offset or size < len(piece)) \
-                else piece
-            out.append(take)
-            size -= len(take)
-            self._pos += len(take)
-            self._offset += len(take)
-            if self._offset == len(piece):
-                self._index, self._offset = self._index + 1, 0
-        return out[0] if len(out) == 1 else b"".join(out)
 
 
 def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
@@ -218,6 +160,7 @@ class S3Store(ObjectStore):
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         session_token: str | None = None,
+        web_identity: WebIdentity | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         min_part_size: int = MIN_PART_SIZE,
         grow_every: int = 1000,
@@ -248,22 +191,17 @@ class S3Store(ObjectStore):
         self._parts_in_flight = parts_in_flight
         self._part_pool: ThreadPoolExecutor | None = None
         self._part_pool_lock = threading.Lock()
-        config = Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+        region = region or "us-east-1"
+        self._client = S3Client(
+            provider(access_key_id, secret_access_key, session_token, web_identity, region),
+            endpoint_url=endpoint_url,
+            region=region,
+            addressing_style=addressing_style,
+            max_attempts=max_attempts,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
         )
-        session = boto3.session.Session(
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            aws_session_token=session_token,
-            region_name=region or "us-east-1",
-        )
-        self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
 
     # --- contract -------------------------------------------------------------------
 
@@ -299,9 +237,7 @@ class S3Store(ObjectStore):
 
     def get(self, key: str) -> Iterator[bytes]:
         name = self.prefix + check_key(key)
-        response = self._call(
-            "get", key, lambda: self._client.get_object(Bucket=self.bucket, Key=name)
-        )
+        response = self._call("get", key, lambda: self._client.get_object(self.bucket, name))
         return self._stream(name, key, response)
 
     def exists(self, key: str) -> bool:
@@ -316,24 +252,23 @@ class S3Store(ObjectStore):
         head = self._call(
             "stat", key, lambda: self._client.head_object(Bucket=self.bucket, Key=name)
         )
-        return head["ContentLength"]
+        return int(head["ContentLength"])
 
     def list(self, prefix: str = "") -> Iterator[str]:
         full = self.prefix + check_prefix(prefix)
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=full
-        )
-        iterator = iter(pages)
+        token: str | None = None
         while True:
-            page = self._call("list", None, lambda: next(iterator, None))
-            if page is None:
-                return
-            for obj in page.get("Contents", []):
+            page = self._call(
+                "list", None, partial(self._client.list_objects_v2, self.bucket, full, token))
+            for obj in page["Contents"]:
                 yield obj["Key"][len(self.prefix) :]
+            token = page.get("NextContinuationToken")
+            if not token:
+                return
 
     def delete(self, key: str) -> None:
         name = self.prefix + check_key(key)
-        self._call("delete", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=name))
+        self._call("delete", key, lambda: self._client.delete_object(self.bucket, name))
 
     def cleanup(self, older_than: float = 24 * 3600.0) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
@@ -348,29 +283,25 @@ class S3Store(ObjectStore):
         self._call(
             "abort upload",
             name,
-            lambda: self._client.abort_multipart_upload(
-                Bucket=self.bucket, Key=name, UploadId=upload_id
-            ),
+            lambda: self._client.abort_multipart_upload(self.bucket, name, upload_id),
         )
 
     def incomplete_uploads(self) -> Iterator[dict[str, Any]]:
         """Multipart uploads under this store's prefix not yet completed or aborted
         (each as returned by ListMultipartUploads: Key, UploadId, Initiated...)."""
-        pages = iter(
-            self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.prefix
-            )
-        )
+        marker: tuple[str | None, str | None] = (None, None)
         while True:
-            page = self._call("list uploads", None, lambda: next(pages, None))
-            if page is None:
+            page = self._call(
+                "list uploads", None,
+                partial(self._client.list_multipart_uploads, self.bucket, self.prefix, *marker))
+            yield from page["Uploads"]
+            if "NextKeyMarker" not in page:
                 return
-            for upload in page.get("Uploads", []):
-                yield dict(upload)
+            marker = (page["NextKeyMarker"], page["NextUploadIdMarker"])
 
     def check(self) -> None:
         """Fail early, with a clear error, if the bucket is missing or unreachable."""
-        self._call("open bucket", None, lambda: self._client.head_bucket(Bucket=self.bucket))
+        self._call("open bucket", None, lambda: self._client.head_bucket(self.bucket))
 
     def close(self) -> None:
         with self._part_pool_lock:
@@ -387,8 +318,7 @@ class S3Store(ObjectStore):
             "put",
             key,
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=name, Body=_Body.of(pieces), ContentMD5=md5,
-                **self._lock_args()
+                self.bucket, name, pieces, content_md5=md5, extra=self._lock_headers()
             ),
         )
 
@@ -400,16 +330,17 @@ class S3Store(ObjectStore):
                     max_workers=8 * self._parts_in_flight, thread_name_prefix="forge-s3-part")
             return self._part_pool
 
-    def _lock_args(self) -> dict[str, Any]:
+    def _lock_headers(self) -> dict[str, str]:
         if self._retention is None:
             return {}
         mode, days = self._retention
         until = datetime.now(UTC) + timedelta(days=days or 0)
-        return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
+        return {"x-amz-object-lock-mode": mode,
+                "x-amz-object-lock-retain-until-date": until.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
-    def _stream(self, name: str, key: str, response: GetObjectOutputTypeDef) -> Iterator[bytes]:
+    def _stream(self, name: str, key: str, response: dict[str, Any]) -> Iterator[bytes]:
         etag, total, pos, retries = response["ETag"], response["ContentLength"], 0, 0
-        body = response["Body"]
+        body: Body = response["Body"]
         try:
             while True:
                 try:
@@ -418,8 +349,8 @@ class S3Store(ObjectStore):
                         yield chunk
                     if pos >= total:
                         return
-                    raise IncompleteReadError(actual_bytes=pos, expected_bytes=total)
-                except _NETWORK_ERRORS as exc:
+                    raise S3NetworkError(f"connection closed after {pos} of {total} bytes")
+                except S3NetworkError as exc:
                     retries += 1
                     if retries >= self._max_attempts:
                         raise self._translate(exc, "read", key) from exc
@@ -428,44 +359,53 @@ class S3Store(ObjectStore):
         finally:
             body.close()
 
-    def _reopen(self, name: str, key: str, start: int, etag: str) -> StreamingBody:
+    def _reopen(self, name: str, key: str, start: int, etag: str) -> Body:
         """Resume a read where the connection dropped, refusing a replaced object."""
         response = self._call(
             "read",
             key,
-            lambda: self._client.get_object(
-                Bucket=self.bucket, Key=name, Range=f"bytes={start}-", IfMatch=etag
-            ),
+            lambda: self._client.get_object(self.bucket, name, range_start=start, if_match=etag),
         )
-        return response["Body"]
+        body: Body = response["Body"]
+        return body
 
     def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except (ClientError, BotoCoreError) as exc:
+        except _STORE_ERRORS as exc:
             raise self._translate(exc, op, key) from exc
 
     def _translate(self, exc: Exception, op: str, key: str | None) -> StoreError:
         where = f"{self.url}: {op}" + (f" {key!r}" if key else "")
-        if isinstance(exc, ClientError):
-            return self._translate_client_error(exc, where, key)
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        response = getattr(exc, "response", None)  # ours, or a botocore ClientError
+        if isinstance(response, dict) and "Error" in response:
+            return self._translate_client_error(response, where, key)
+        if isinstance(exc, NoCredentialsError):
             return StoreAccessError(
-                f"{where}: no usable AWS credentials",
+                f"{where}: no usable AWS credentials ({exc})",
                 hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an OIDC role)",
             )
-        if isinstance(exc, _NETWORK_ERRORS):
+        if isinstance(exc, CredentialsRefusedError):
+            return StoreAccessError(
+                f"{where}: STS refused to assume the role ({exc.code})",
+                hint="check AWS_ROLE_ARN and the role's trust policy for this repository",
+            )
+        if isinstance(exc, S3NetworkError):
+            cause = exc.__cause__
+            reason = type(cause).__name__ if cause else "connection closed early"
             return StoreUnreachableError(
-                f"{where}: cannot reach {self.endpoint} ({type(exc).__name__}, "
+                f"{where}: cannot reach {self.endpoint} ({reason}, "
                 f"after {self._max_attempts} attempts)",
                 hint="check AWS_ENDPOINT_URL and the network; nothing partial was stored",
             )
         return StoreError(f"{where} failed: {exc}")
 
-    def _translate_client_error(self, exc: ClientError, where: str, key: str | None) -> StoreError:
-        error = exc.response.get("Error", {})
+    def _translate_client_error(
+        self, response: dict[str, Any], where: str, key: str | None
+    ) -> StoreError:
+        error = response.get("Error", {})
         code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "NoSuchBucket" or (key is None and status == 404):
             return BucketNotFoundError(
                 f"{where}: bucket {self.bucket!r} does not exist at {self.endpoint}",
@@ -505,12 +445,12 @@ class _MultipartUpload:
             "start upload",
             key,
             lambda: self._client.create_multipart_upload(
-                Bucket=store.bucket, Key=name, **store._lock_args()
+                store.bucket, name, extra=store._lock_headers()
             ),
         )
-        self.upload_id = response["UploadId"]
-        self.parts: list[CompletedPartTypeDef] = []
-        self._sending: list[Future[CompletedPartTypeDef]] = []
+        self.upload_id: str = response["UploadId"]
+        self.parts: list[dict[str, Any]] = []
+        self._sending: list[Future[dict[str, Any]]] = []
         self._count = 0
         self.size = 0
 
@@ -529,18 +469,13 @@ class _MultipartUpload:
         self._count = number
         self.size += sum(len(p) for p in data)
 
-    def _send(self, number: int, data: list[bytes]) -> CompletedPartTypeDef:
+    def _send(self, number: int, data: list[bytes]) -> dict[str, Any]:
         md5 = _md5(data)
         response = self._store._call(
             "upload part",
             self._key,
             lambda: self._client.upload_part(
-                Bucket=self._store.bucket,
-                Key=self._name,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=_Body.of(data),
-                ContentMD5=md5,
+                self._store.bucket, self._name, self.upload_id, number, data, content_md5=md5
             ),
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
@@ -560,10 +495,7 @@ class _MultipartUpload:
             "complete upload",
             self._key,
             lambda: self._client.complete_multipart_upload(
-                Bucket=self._store.bucket,
-                Key=self._name,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
+                self._store.bucket, self._name, self.upload_id, self.parts
             ),
         )
 
@@ -577,7 +509,5 @@ class _MultipartUpload:
                 with contextlib.suppress(BaseException):
                     future.result()
         self._sending.clear()
-        with contextlib.suppress(ClientError, BotoCoreError):
-            self._client.abort_multipart_upload(
-                Bucket=self._store.bucket, Key=self._name, UploadId=self.upload_id
-            )
+        with contextlib.suppress(*_STORE_ERRORS):
+            self._client.abort_multipart_upload(self._store.bucket, self._name, self.upload_id)
