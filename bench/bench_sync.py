@@ -52,6 +52,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,13 +63,25 @@ from lab.mariadb import Database, MariaDB, start_mariadb
 
 from forge_ci.sync.sqldump import DUMP_FLAGS
 
-Measure = tuple[float, float]
+
+class Measure(NamedTuple):
+    seconds: float
+    rss: float  # peak RSS MiB of the largest process of the run
+    cpu: float  # CPU seconds of the run's processes (forge-ci or bash, and the clients)
+    server: float  # CPU seconds of mariadbd meanwhile (the dump's side and the import's)
 
 
-def spawn(argv: list[str], env: dict[str, str]) -> Measure:
-    """Run to completion; (seconds, peak RSS MiB). Output to /dev/null."""
-    seconds, _cpu, rss = bench_backup.spawn(argv, env)
-    return seconds, rss
+def _server_cpu(server: MariaDB) -> float:
+    pid = (server.workdir / "mariadb.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spawn(argv: list[str], env: dict[str, str], server: MariaDB) -> Measure:
+    """Run to completion and measure. Output to /dev/null."""
+    before = _server_cpu(server)
+    seconds, cpu, rss = bench_backup.spawn(argv, env)
+    return Measure(seconds, rss, cpu, _server_cpu(server) - before)
 
 
 def _db_yaml(db: Database, var: str) -> str:
@@ -101,7 +114,8 @@ def main() -> None:
         dump = tmp / "seed.sql"
         write_dump(dump, args.mib * 1024 * 1024)
         client = f"mariadb --no-defaults -uroot --socket={server.socket}"
-        spawn(["sh", "-c", f"{client} {prod.name} < {dump}"], {"PATH": os.environ["PATH"]})
+        spawn(["sh", "-c", f"{client} {prod.name} < {dump}"], {"PATH": os.environ["PATH"]},
+              server)
         size = dump.stat().st_size
         dump.unlink()
         for env_dir in ("production", "staging"):
@@ -133,17 +147,26 @@ environments:
         for i in range(args.repeat):
             for who in ("forge", "reference") if i % 2 == 0 else ("reference", "forge"):
                 _empty(server, staging)
-                runs[who].append(spawn(forge if who == "forge" else reference, env))
-        med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v))
-               for k, v in runs.items()}
-        paired = [f / r for (f, _), (r, _) in zip(runs["forge"], runs["reference"], strict=True)]
+                runs[who].append(spawn(forge if who == "forge" else reference, env, server))
         print(f"database: {size / 2**20:.0f} MiB dump, {args.repeat} rounds, medians; "
               f"load average {os.getloadavg()[0]:.1f} (2 cores: above 2, runs share a core)")
-        for k, (t, m) in med.items():
-            print(f"  {k:9s} {t:7.2f}s  {size / 2**20 / t:6.1f} MiB/s  peak RSS {m:6.1f} MiB")
-        print(f"ratio forge/reference (wall): {med['forge'][0] / med['reference'][0]:.2f} "
+        med: dict[str, dict[str, float]] = {}
+        for k, v in runs.items():
+            med[k] = {f: statistics.median(getattr(m, f) for m in v)
+                      for f in ("seconds", "cpu", "server")}
+            t = med[k]["seconds"]
+            print(f"  {k:9s} {t:7.2f}s  {size / 2**20 / t:6.1f} MiB/s  "
+                  f"peak RSS {max(m.rss for m in v):6.1f} MiB  CPU {med[k]['cpu']:5.2f} s "
+                  f"+ server {med[k]['server']:5.2f} s")
+        paired = [f.seconds / r.seconds
+                  for f, r in zip(runs["forge"], runs["reference"], strict=True)]
+        wall = med["forge"]["seconds"] / med["reference"]["seconds"]
+        print(f"ratio forge/reference (wall): {wall:.2f} "
               f"(goal <= 1.3); per round {', '.join(f'{r:.2f}' for r in paired)}; "
               "forge peak RSS goal < 100 MiB")
+        total = {k: med[k]["cpu"] + med[k]["server"] for k in med}
+        print(f"ratio of CPU seconds, clients and server (the wall ratio on a machine whose "
+              f"cores are all busy): {total['forge'] / total['reference']:.2f}")
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
