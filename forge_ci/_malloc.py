@@ -23,7 +23,6 @@ the heap and are reused rather than mapped and faulted in on every read.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
@@ -34,8 +33,9 @@ READ_SIZE = 128 * 1024
 def tune_malloc() -> bool:
     """Apply the settings above; False where this is not glibc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The symbols already loaded into this process (the C library's among them):
+        # no ctypes.util.find_library, which runs ``ldconfig -p`` at every start.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

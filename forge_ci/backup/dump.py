@@ -22,15 +22,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.errors import DumpError
-from forge_ci.backup.objects import Digest, on_end
-from forge_ci.backup.repo import Repository
-from forge_ci.backup.snapshot import DatabaseEntry
 from forge_ci.config.backup import DatabaseConfig
 from forge_ci.errors import ConnectError, RemoteCommandError
 from forge_ci.remote import Host, Process, sh
+
+if TYPE_CHECKING:  # loaded by dump_database: sync imports only the import side
+    from forge_ci.backup.repo import Repository
+    from forge_ci.backup.snapshot import DatabaseEntry
 
 DUMP_FLAGS = ("--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob",
               "--no-tablespaces", "--default-character-set=utf8mb4")
@@ -123,6 +125,9 @@ def _read_all(proc: Process) -> Iterator[bytes]:
 def dump_database(host: Host, db: DatabaseConfig, repo: Repository,
                   key: str) -> tuple[DatabaseEntry, int]:
     """Stream a dump of ``db`` into ``key``; return its manifest entry and stored size."""
+    from forge_ci.backup.objects import Digest, on_end
+    from forge_ci.backup.snapshot import DatabaseEntry
+
     proc = host.start(dump_script(db.name))
     watch, digest = _Watch(), Digest()
 

@@ -28,12 +28,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from forge_ci.backup import session
-from forge_ci.backup.objects import checked
-from forge_ci.backup.repo import Repository
-from forge_ci.backup.snapshot import Manifest
 from forge_ci.command import Common, Context
 from forge_ci.config import EnvironmentConfig, LoadedConfig, load
 from forge_ci.config.backup import DatabaseConfig
@@ -41,11 +37,18 @@ from forge_ci.deploy.lock import Lock, owner_info
 from forge_ci.deploy.releases import Layout
 from forge_ci.errors import ConfigError, ForgeError, SyncError, UsageError
 from forge_ci.remote import Host, sh
-from forge_ci.sync import database, uploads
+from forge_ci.sync import database
 from forge_ci.sync.anonymize import Anonymizer
 from forge_ci.sync.replace import Rules
 from forge_ci.sync.sqldump import Options, Report, count_dump, rewrite_dump
 from forge_ci.targets import open_hosts, target_root
+
+if TYPE_CHECKING:
+    # Loaded where used: a database sync from live FROM never reads a backup
+    # repository or copies files, and start-up is part of its time.
+    from forge_ci.backup.repo import Repository
+    from forge_ci.backup.snapshot import Manifest
+    from forge_ci.sync import uploads
 
 
 def register(sub: Any, common: Common) -> None:
@@ -228,6 +231,8 @@ class _Source:
 
     def dump(self, source: _Env, exclude: Sequence[str]) -> Iterator[bytes]:
         if self.repo is not None and self.manifest is not None:
+            from forge_ci.backup.objects import checked
+
             entry = self.manifest.database
             assert entry is not None
             return checked(self.repo.open(entry.object), sha256=entry.sha256,
@@ -242,6 +247,8 @@ def _open_source(ctx: Context, stack: contextlib.ExitStack, source: _Env, *,
         host = _db_host(source, hosts)
         urls = database.home_urls(host, source.db(), prefix) if want_db else {}
         return _Source(host=host, urls=urls)
+    from forge_ci.backup import session
+
     repo = stack.enter_context(session.repository(session.target(source.loaded, source.name),
                                                   ctx.environ))
     # Authenticated as restore does (pinned signers): "latest" is the newest trusted
@@ -309,6 +316,8 @@ def _copy_database(ctx: Context, source: _Env, target: _Env, src: _Source, to_ho
 
 def _copy_uploads(ctx: Context, source: _Env, target: _Env, src: _Source,
                   to_hosts: list[Host], report: SyncReport) -> None:
+    from forge_ci.sync import uploads
+
     rel = uploads.folder(target.config.sync.uploads)
     files = (uploads.snapshot_files(src.manifest, rel) if src.manifest is not None
              else uploads.live_files(_req(src.host), source.root, rel))

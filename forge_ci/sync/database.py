@@ -155,31 +155,38 @@ def _table(prefix: str, name: str) -> str:
 def home_urls(host: Host, db: DatabaseConfig, prefix: str) -> dict[str, str]:
     """``home`` and ``siteurl`` from the options table, when it is there."""
     table = _table(prefix, "options")
-    if not _has_table(host, db, table):
-        return {}
     # Only checked names are formatted into these statements (see _table).
-    rows = query(host, db, "SELECT option_name, option_value FROM "  # noqa: S608
-                 f"`{table}` WHERE option_name IN ('home', 'siteurl')")
+    rows = query(host, db, _if_table(table, [
+        "SELECT option_name, option_value FROM "  # noqa: S608
+        f"`{table}` WHERE option_name IN ('home', 'siteurl')"]))
     return {r[0]: r[1] for r in rows if len(r) == 2}
 
 
-def _has_table(host: Host, db: DatabaseConfig, table: str) -> bool:
-    rows = query(host, db, "SELECT COUNT(*) FROM information_schema.tables WHERE "  # noqa: S608
-                 f"table_schema = DATABASE() AND table_name = '{table}'")
-    return bool(rows) and rows[0][0] != "0"
+def _if_table(table: str, statements: Sequence[str]) -> str:
+    """SQL that runs STATEMENTS only when TABLE is in the database: one client run,
+    where a look-up first would take two (each a process start on the host)."""
+    found = ("SELECT COUNT(*) FROM information_schema.tables "  # noqa: S608
+             f"WHERE table_schema = DATABASE() AND table_name = '{table}'")
+    sql = f"SET @forge_found = ({found}) > 0;\n"
+    for statement in statements:
+        # Forge's own statements (checked table names), quoted as one SQL string.
+        literal = statement.replace("\\", "\\\\").replace("'", "''")
+        sql += (f"SET @forge_sql = IF(@forge_found, '{literal}', "  # noqa: S608
+                "'SELECT 0 FROM DUAL WHERE 0');\n"
+                "PREPARE forge_statement FROM @forge_sql;\nEXECUTE forge_statement;\n"
+                "DEALLOCATE PREPARE forge_statement;\n")
+    return sql
 
 
 def after_import(host: Host, db: DatabaseConfig, prefix: str, *, public: bool) -> None:
     """Clear transients; a non-public target also gets ``blog_public = 0``."""
     table = _table(prefix, "options")
-    if not _has_table(host, db, table):
-        return
-    sql = (f"DELETE FROM `{table}` WHERE option_name LIKE '\\_transient\\_%' "  # noqa: S608
-           "OR option_name LIKE '\\_site\\_transient\\_%';\n")
+    statements = [f"DELETE FROM `{table}` WHERE option_name LIKE '\\_transient\\_%' "  # noqa: S608
+                  "OR option_name LIKE '\\_site\\_transient\\_%'"]
     if not public:
-        sql += (f"UPDATE `{table}` SET option_value = '0' "  # noqa: S608
-                "WHERE option_name = 'blog_public';\n")
-    query(host, db, sql)
+        statements.append(f"UPDATE `{table}` SET option_value = '0' "  # noqa: S608
+                          "WHERE option_name = 'blog_public'")
+    query(host, db, _if_table(table, statements))
 
 
 def snapshot_dir(root: str) -> str:

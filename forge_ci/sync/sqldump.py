@@ -431,21 +431,26 @@ def _rewrite_row(
 ) -> bytes:
     """ROW with the values that hold a needle rewritten."""
     out: list[bytes] = []
-    copied, done = row.start, -1
-    for found in rules[1].needles.finditer(line, needle.start(), row.end):
-        index = bisect.bisect_right(row.starts, found.start()) - 1  # its value
-        if index <= done or keep[index]:
+    copied = row.start
+    search = rules[1].needles.search
+    starts, ends = row.starts, row.ends
+    found: re.Match[bytes] | None = needle
+    while found is not None:
+        at = found.start()
+        index = bisect.bisect_right(starts, at) - 1  # its value
+        begin, end = starts[index], ends[index]
+        if at >= end:  # between values
+            found = search(line, found.end(), row.end)
             continue
-        done = index
-        begin, end = row.starts[index], row.ends[index]
-        if found.start() >= end or line[begin : begin + 1] != b"'":
-            continue  # between values, or not a quoted string
-        literal = line[begin:end]
-        new = _rewrite_literal(literal, rules, (table, columns[index]), report)
-        if new is not literal:
-            out.append(line[copied:begin])
-            out.append(new)
-            copied = end
+        # A value is looked at once: the next needle is searched for after it.
+        if not keep[index] and line[begin : begin + 1] == b"'":
+            literal = line[begin:end]
+            new = _rewrite_literal(literal, rules, (table, columns[index]), report)
+            if new is not literal:
+                out.append(line[copied:begin])
+                out.append(new)
+                copied = end
+        found = search(line, end, row.end)
     if not out:
         return line[copied : row.end]
     out.append(line[copied : row.end])

@@ -136,6 +136,29 @@ def test_values_are_rewritten_and_guid_is_not() -> None:
     assert b"quotes '' and https://example.com'" in out
 
 
+def test_every_value_with_a_needle_is_rewritten_once_around_kept_columns_and_plain_rows(
+) -> None:
+    # One statement, one row a line: rows without FROM stay byte for byte; a row's
+    # values each hold FROM several times, a kept column sits between two rewritten
+    # ones, and a number and NULL stand next to them.
+    columns = [b"ID", b"a", b"guid", b"b", b"n"]
+    many = b"https://example.com/1 and //example.com/2, https:\\/\\/example.com\\/3"
+    rows = [
+        [b"1", sql(b"plain"), sql(b"g1"), sql(b"nothing"), b"NULL"],
+        [b"2", sql(many), sql(b"https://example.com/?p=2"), sql(b"x " + OLD.encode()), b"7"],
+        [b"3", sql(b"(https://example.org),"), sql(b"g3"), b"NULL", b"8"],
+    ]
+    dump = b"".join(b"(" + b",".join(row) + b")" for row in rows)
+    statement = b"INSERT INTO `t` (%b) VALUES %b;\n" % (
+        b",".join(b"`" + c + b"`" for c in columns), dump.replace(b"),(", b"),\n("))
+    out, report = run(statement, size=5)
+    new_many = (b"https://staging.example.com/1 and //staging.example.com/2, "
+                b"https:\\/\\/staging.example.com\\/3")
+    assert out == statement.replace(sql(many), sql(new_many)).replace(
+        sql(b"x " + OLD.encode()), sql(b"x " + NEW.encode()))
+    assert report.changed == {("t", "a"): 1, ("t", "b"): 1}
+
+
 def test_every_escape_round_trips_and_serialized_lengths_count_unescaped_bytes() -> None:
     tricky = b"q' d\" b\\ n\n r\r z\x00 Z\x1a t\t bs\x08 pct\\% " + OLD.encode() + " é".encode()
     value = b"a:2:{i:0;" + ser(tricky) + b"i:1;" + ser("x'y") + b"}"
