@@ -13,9 +13,11 @@ Order of operations:
    authentication to the final chunk, the zstd frames, the SHA-256, the size and
    the ``-- Dump completed`` trailer. Only then is it decrypted a second time, from
    the same local bytes (no second download that could differ), into ``mariadb``.
-3. Files: streamed as a tar into a staging directory on the host. Each file's bytes
-   are checked against the manifest as they pass; any failure kills the extraction
-   and removes the staging directory. Modes and nanosecond mtimes travel in the tar.
+3. Files: streamed as a tar into a staging directory on the host (on the local
+   target: written there directly, :mod:`forge_ci.backup.localtree`). Each file's
+   bytes are checked against the manifest as they pass; any failure kills the
+   extraction and removes the staging directory. Modes and nanosecond mtimes travel
+   in the tar.
 4. Only when steps 2 and 3 succeeded: the dump is imported, then each backup path is
    swapped for its staged copy with two renames (the old tree is set aside, then
    deleted). A drill (``--to-dir``) moves the staged tree to the empty target instead.
@@ -43,6 +45,7 @@ from typing import IO, Literal
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
 from forge_ci.backup.errors import BackupFormatError, DumpError, RestoreRefused
+from forge_ci.backup.localtree import write_new_tree
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import SEGMENT, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
@@ -51,7 +54,7 @@ from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import DEPLOY_OWNED, BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.progress import MakeProgress, Progress, silent
-from forge_ci.remote import Host, sh
+from forge_ci.remote import Host, LocalHost, sh
 from forge_ci.units import human_size
 
 Only = Literal["database", "files"]
@@ -258,8 +261,12 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
         with _Prefetch(repo, files) as prefetch, \
                 show(f"restoring files to {host.name}", files=len(files),
                      nbytes=sum(f.size for f in files)) as shown:
-            write_tree(host, staged.new, (_info(f) for f in entries),
-                       lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
+            if isinstance(host, LocalHost):  # no wire: system calls, not a tar process
+                write_new_tree(staged.new, entries,
+                               lambda f: _counted(prefetch.content(f), shown))
+            else:
+                write_tree(host, staged.new, (_info(f) for f in entries),
+                           lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
     except BaseException:
         _remove(host, top)
         raise
