@@ -39,15 +39,20 @@ def write_new_tree(dest: str, entries: Iterable[FileEntry],
     size mismatch is a :class:`BackupError`. The caller removes ``dest`` either way.
     """
     dirs: list[FileEntry] = []
+    made = {dest}  # directories known to exist: one mkdir each, not one per file
     try:
         os.makedirs(dest, exist_ok=True)
         for entry in entries:
             path = _inside(dest, entry.path)
             if entry.type == "dir":
                 os.makedirs(path, mode=0o700, exist_ok=True)
+                made.add(path)
                 dirs.append(entry)
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            parent = os.path.dirname(path)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             if entry.type == "symlink":
                 os.symlink(entry.target or "", path)
                 os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
