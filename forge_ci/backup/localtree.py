@@ -23,7 +23,8 @@ is always run to its end, so checks that fire there (a SHA-256) do run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from forge_ci.backup.snapshot import FileEntry
 from forge_ci.errors import BackupError
@@ -38,30 +39,69 @@ def write_new_tree(dest: str, entries: Iterable[FileEntry],
     An exception from ``content`` propagates as it is; a failed system call or a
     size mismatch is a :class:`BackupError`. The caller removes ``dest`` either way.
     """
-    dirs: list[FileEntry] = []
-    made = {dest}  # directories known to exist: one mkdir each, not one per file
-    try:
-        os.makedirs(dest, exist_ok=True)
-        for entry in entries:
-            path = _inside(dest, entry.path)
-            if entry.type == "dir":
-                os.makedirs(path, mode=0o700, exist_ok=True)
-                made.add(path)
-                dirs.append(entry)
-                continue
-            parent = os.path.dirname(path)
-            if parent not in made:
+    tree = NewTree(dest)
+    for entry in entries:
+        if entry.type == "dir":
+            tree.add_dir(entry)
+        elif entry.type == "symlink":
+            tree.add_link(entry)
+        else:
+            tree.write_file(entry, content(entry))
+    tree.finish()
+
+
+class NewTree:
+    """:func:`write_new_tree` one entry at a time: directories first, then files
+    (:meth:`write_file` may be called from several threads at once, for different
+    files), symlinks, and :meth:`finish` once, last."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self._dirs: list[FileEntry] = []
+        self._made = {dest}  # directories known to exist: one mkdir each, not one per file
+        with _errors(dest):
+            os.makedirs(dest, exist_ok=True)
+
+    def add_dir(self, entry: FileEntry) -> None:
+        path = _inside(self.dest, entry.path)
+        with _errors(self.dest):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        self._made.add(path)
+        self._dirs.append(entry)
+
+    def add_link(self, entry: FileEntry) -> None:
+        path = self._parent_made(entry)
+        with _errors(self.dest):
+            os.symlink(entry.target or "", path)
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+    def write_file(self, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+        path = self._parent_made(entry)
+        with _errors(self.dest):
+            _write_file(path, entry, chunks)
+
+    def finish(self) -> None:
+        """Directories' modes and mtimes, deepest first."""
+        with _errors(self.dest):
+            for entry in sorted(self._dirs, key=lambda d: d.path.count("/"), reverse=True):
+                path = _inside(self.dest, entry.path)
+                os.chmod(path, entry.mode & 0o777)
+                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _parent_made(self, entry: FileEntry) -> str:
+        path = _inside(self.dest, entry.path)
+        parent = os.path.dirname(path)
+        if parent not in self._made:
+            with _errors(self.dest):
                 os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-            if entry.type == "symlink":
-                os.symlink(entry.target or "", path)
-                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            else:
-                _write_file(path, entry, content(entry))
-        for entry in sorted(dirs, key=lambda d: d.path.count("/"), reverse=True):
-            path = _inside(dest, entry.path)
-            os.chmod(path, entry.mode & 0o777)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+            self._made.add(parent)
+        return path
+
+
+@contextmanager
+def _errors(dest: str) -> Iterator[None]:
+    try:
+        yield
     except OSError as e:
         raise BackupError(f"writing files into {dest} failed: {e}") from None
 
