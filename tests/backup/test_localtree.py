@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from forge_ci.backup.format.keys import generate_identity
 from forge_ci.backup.localtree import write_new_tree
+from forge_ci.backup.pack import SEGMENT
+from forge_ci.backup.repo import Repository
+from forge_ci.backup.restore import plan_restore, run_restore
 from forge_ci.backup.snapshot import FileEntry
+from forge_ci.backup.take import Source, take_snapshot
 from forge_ci.backup.tarstream import tar_info, write_tree
+from forge_ci.config.backup import BackupConfig
 from forge_ci.errors import BackupError
 from forge_ci.remote import LocalHost
+from forge_ci.store.file import FileStore
 
 T = 1_700_000_000_123_456_789
 BIG = os.urandom(3 * 1024 * 1024 + 17)  # written in uneven chunks
@@ -121,3 +128,46 @@ def test_an_existing_file_or_link_is_never_written_through(tmp_path: Path) -> No
         write_new_tree(str(tmp_path / "d"), [FileEntry("a", "file", 0o644, T, size=1)],
                        lambda _e: [b"x"])
     assert outside.read_bytes() == b"keep"
+
+
+def _state(root: Path) -> dict[str, tuple[int, int, bytes | str]]:
+    out: dict[str, tuple[int, int, bytes | str]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        body: bytes | str = (os.readlink(p) if p.is_symlink() else
+                             b"" if p.is_dir() else p.read_bytes())
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_mtime_ns, body)
+    return out
+
+
+def test_a_local_restore_is_byte_for_byte_the_snapshot(tmp_path: Path) -> None:
+    """Many small files (written by the workers that unpack their packs), empty
+    files, two files of one content, a file of several segments, a symlink, modes
+    and nanosecond mtimes: the drill is the tree that was backed up."""
+    root, store = tmp_path / "env", FileStore(tmp_path / "store")
+    up = root / "uploads"
+    for i in range(300):
+        d = up / f"{2020 + i % 3}" / f"{i % 7:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"img-{i}.jpg").write_bytes(os.urandom(1 + (i * 7919) % 60_000))
+    (up / "empty").write_bytes(b"")
+    (up / "2020" / "empty too").write_bytes(b"")
+    (up / "copy.jpg").write_bytes((up / "2020" / "00" / "img-0.jpg").read_bytes())
+    (up / "video.mp4").write_bytes(os.urandom(2 * SEGMENT + 12_345))
+    (up / "private.txt").write_text("secret\n")
+    (up / "private.txt").chmod(0o600)
+    (up / "2021").chmod(0o750)
+    (up / "latest").symlink_to("video.mp4")
+    for i, p in enumerate(sorted(up.rglob("*"))):
+        os.utime(p, ns=(T + i, T + i), follow_symlinks=False)
+    identity = generate_identity()
+    cfg = BackupConfig(store=f"file://{tmp_path / 'store'}", paths=("uploads",))
+    writer = Repository(store, "site", "prod", recipients=[identity.recipient])
+    sid = take_snapshot(writer, Source(LocalHost(), str(root), "site", "prod", ("local",)),
+                        cfg).snapshot_id
+    reader = Repository(store, "site", "prod", identities=[identity])
+    ref = reader.resolve(sid)
+    plan = plan_restore(ref, reader.load(ref), cfg, str(root), to_dir=str(tmp_path / "drill"))
+    run_restore(plan, reader, LocalHost(), cfg, yes=False)
+    assert _state(tmp_path / "drill" / "uploads") == _state(up)
+    assert [p.name for p in (tmp_path / "drill").iterdir()] == ["uploads"]  # no staging left
