@@ -6,8 +6,10 @@ a file or the archive in memory, nothing on the runner's disk. tar is only frami
 here: metadata comes from the listing (:mod:`forge_ci.backup.scan`), and content is
 checked against the hash computed on the host.
 
-Into the host (restore): :mod:`tarfile` writes a PAX stream (nanosecond mtimes,
-any file name) straight into ``tar --extract`` on the host.
+Into the host (restore, sync): a PAX stream (nanosecond mtimes, any file name;
+headers from :mod:`tarfile`, content written through as it comes) straight into
+``tar --extract`` on the host. A restore to the local target needs no wire and
+writes the files itself (:mod:`forge_ci.backup.localtree`).
 """
 
 from __future__ import annotations
