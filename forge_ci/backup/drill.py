@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import requests
-
 from forge_ci.backup.dump import check_database_name, option_file
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import plan_restore, run_restore
@@ -137,6 +135,8 @@ def _check(host: Host, db: DatabaseConfig | None, report: DrillReport, *,
 
 
 def _check_url(url: str, report: DrillReport, timeout: float) -> None:
+    import requests  # here: every backup verb imports this module, only a drill needs it
+
     try:
         r = requests.get(url, timeout=timeout, allow_redirects=False)
     except requests.RequestException as e:

@@ -158,7 +158,8 @@ def read_members(plain: Iterable[bytes], wanted: Sequence[tuple[int, int]], *,
                 continue
             buf += chunk
         del buf[:offset - start]
-        data = bytes(buf[:size])
+        with memoryview(buf) as view:
+            data = bytes(view[:size])  # one copy (``bytes(buf[:size])`` makes two)
         del buf[:size]
         start = offset + size
         last = ((offset, size), data)

@@ -13,9 +13,11 @@ Order of operations:
    authentication to the final chunk, the zstd frames, the SHA-256, the size and
    the ``-- Dump completed`` trailer. Only then is it decrypted a second time, from
    the same local bytes (no second download that could differ), into ``mariadb``.
-3. Files: streamed as a tar into a staging directory on the host. Each file's bytes
-   are checked against the manifest as they pass; any failure kills the extraction
-   and removes the staging directory. Modes and nanosecond mtimes travel in the tar.
+3. Files: streamed as a tar into a staging directory on the host (on the local
+   target: written there directly, :mod:`forge_ci.backup.localtree`). Each file's
+   bytes are checked against the manifest as they pass; any failure kills the
+   extraction and removes the staging directory. Modes and nanosecond mtimes travel
+   in the tar.
 4. Only when steps 2 and 3 succeeded: the dump is imported, then each backup path is
    swapped for its staged copy with two renames (the old tree is set aside, then
    deleted). A drill (``--to-dir``) moves the staged tree to the empty target instead.
@@ -43,6 +45,7 @@ from typing import IO, Literal
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
 from forge_ci.backup.errors import BackupFormatError, DumpError, RestoreRefused
+from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import SEGMENT, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
@@ -51,10 +54,11 @@ from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import DEPLOY_OWNED, BackupConfig
 from forge_ci.errors import ForgeError
 from forge_ci.progress import MakeProgress, Progress, silent
-from forge_ci.remote import Host, sh
+from forge_ci.remote import Host, LocalHost, sh
 from forge_ci.units import human_size
 
 Only = Literal["database", "files"]
+Write = Callable[[FileEntry, Iterable[bytes]], None]  # a checked file's content to disk
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
 
 
@@ -254,17 +258,41 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     entries = _order(plan.manifest.files)
     by_name = {f.path: f for f in entries}
     files = [f for f in entries if f.type == "file"]
+    # The local target has no wire: files are written with system calls, those of a
+    # pack by the thread that unpacked it (localtree.NewTree), not by a tar process.
+    tree: NewTree | None = None
     try:
-        with _Prefetch(repo, files) as prefetch, \
+        if isinstance(host, LocalHost):
+            tree = NewTree(staged.new)
+        with _Prefetch(repo, files, write=tree.write_file if tree else None) as prefetch, \
                 show(f"restoring files to {host.name}", files=len(files),
                      nbytes=sum(f.size for f in files)) as shown:
-            write_tree(host, staged.new, (_info(f) for f in entries),
-                       lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
+            if tree is not None:
+                _write_local(tree, entries, prefetch, shown)
+            else:
+                write_tree(host, staged.new, (_info(f) for f in entries),
+                           lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
     except BaseException:
         _remove(host, top)
         raise
     report.files, report.bytes = len(files), sum(f.size for f in files)
     return staged
+
+
+def _write_local(tree: NewTree, entries: list[FileEntry], prefetch: _Prefetch,
+                 shown: Progress) -> None:
+    for f in entries:  # directories first: the pack workers write into them
+        if f.type == "dir":
+            tree.add_dir(f)
+        elif f.type == "symlink":
+            tree.add_link(f)
+        elif prefetch.writes(f):
+            for _ in prefetch.content(f):  # waits for (and reraises from) its worker
+                pass
+            shown.advance(1, f.size)
+        else:
+            tree.write_file(f, _counted(prefetch.content(f), shown))
+    tree.finish()
 
 
 def _counted(chunks: Iterable[bytes], shown: Progress) -> Iterator[bytes]:
@@ -310,8 +338,10 @@ def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
     return checked(plain(), sha256=f.sha256, size=f.size, what=f"file {f.path!r}")
 
 
-def _unpack(repo: Repository, key: str, files: list[FileEntry]) -> dict[str, bytes]:
-    """Read one pack front to back; each member checked against its file's SHA-256."""
+def _unpack(repo: Repository, key: str, files: list[FileEntry],
+            write: Write | None = None) -> dict[str, bytes]:
+    """Read one pack front to back; each member checked against its file's SHA-256.
+    With ``write``, each file is written once checked, and maps to ``b""``."""
     wanted = sorted({(f.offset or 0, f.size) for f in files})
     data = dict(zip(wanted, read_members(unseal(repo.store.get(key), repo.identities), wanted),
                     strict=True))
@@ -320,6 +350,9 @@ def _unpack(repo: Repository, key: str, files: list[FileEntry]) -> dict[str, byt
         assert f.sha256 is not None
         out[f.path] = b"".join(checked([data[(f.offset or 0, f.size)]], sha256=f.sha256,
                                        size=f.size, what=f"file {f.path!r}"))
+        if write is not None:
+            write(f, [out[f.path]])
+            out[f.path] = b""
     return out
 
 
@@ -334,8 +367,10 @@ class _Prefetch:
     """
 
     def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
-                 window: int = 16, max_bytes: int = 16 * 1024 * 1024) -> None:
+                 window: int = 16, max_bytes: int = 16 * 1024 * 1024,
+                 write: Write | None = None) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
+        self._write = write
         self._jobs: list[tuple[str, str, list[FileEntry], int]] = []  # kind, key, files, bytes
         self._of: dict[str, list[int]] = {}  # path -> its jobs
         packs: dict[str, int] = {}
@@ -356,6 +391,11 @@ class _Prefetch:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
         self._pending: dict[int, Future[dict[str, bytes] | list[bytes]]] = {}
         self._next = 0
+
+    def writes(self, f: FileEntry) -> bool:
+        """True when ``f`` is written by the worker that unpacks its pack (``write``
+        given): :meth:`content` then only waits for it and gives ``b""``."""
+        return self._write is not None and f.offset is not None and f.path in self._of
 
     def content(self, f: FileEntry) -> Iterable[bytes]:
         jobs = self._of.get(f.path)
@@ -389,7 +429,8 @@ class _Prefetch:
             if self._next > current and ahead + size > self._max_bytes:
                 break
             if kind == "pack":
-                self._pending[self._next] = self._pool.submit(_unpack, self._repo, key, files)
+                self._pending[self._next] = self._pool.submit(_unpack, self._repo, key, files,
+                                                              self._write)
             else:
                 self._pending[self._next] = self._pool.submit(
                     _object, self._repo, key, SEGMENT)

@@ -6,8 +6,10 @@ a file or the archive in memory, nothing on the runner's disk. tar is only frami
 here: metadata comes from the listing (:mod:`forge_ci.backup.scan`), and content is
 checked against the hash computed on the host.
 
-Into the host (restore): :mod:`tarfile` writes a PAX stream (nanosecond mtimes,
-any file name) straight into ``tar --extract`` on the host.
+Into the host (restore, sync): a PAX stream (nanosecond mtimes, any file name;
+headers from :mod:`tarfile`, content written through as it comes) straight into
+``tar --extract`` on the host. A restore to the local target needs no wire and
+writes the files itself (:mod:`forge_ci.backup.localtree`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, Protocol
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.scan import encode
 from forge_ci.errors import BackupError, RemoteCommandError
 from forge_ci.remote import Host, Process, sh
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
-
 
 CREATE = ("tar --create --file=- --format=gnu --no-recursion --hard-dereference "
           "--null --verbatim-files-from --files-from=-")
@@ -49,49 +47,6 @@ class ProcessReader(io.RawIOBase):
         n = len(data)
         buf[:n] = data
         return n
-
-
-class ProcessWriter(io.RawIOBase):
-    """A process's stdin as a writable binary file."""
-
-    def __init__(self, proc: Process) -> None:
-        self._proc = proc
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: ReadableBuffer, /) -> int:
-        chunk = bytes(data)
-        self._proc.write(chunk)
-        return len(chunk)
-
-
-class IterReader(io.RawIOBase):
-    """An iterator of chunks as a readable file (for ``tarfile.addfile``)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it = iter(chunks)
-        self._buf = memoryview(b"")  # the current chunk, read from without copying it
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buf:
-            nxt = next(self._it, None)
-            if nxt is None:
-                return 0
-            self._buf = memoryview(nxt)
-        n = min(len(buf), len(self._buf))
-        buf[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def finish(self) -> None:
-        """Run the iterator to its end: checks that fire only there (a hash, age's
-        final chunk) must run even when the reader stopped at the expected size."""
-        if self._buf or any(self._it):
-            raise OSError("the content is longer than its recorded size")
 
 
 Member = tuple[str, "Readable | None"]  # (name, content; None unless a regular file)
@@ -178,25 +133,18 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
     """Extract ``entries`` into ``dest`` (created) on the host with ``tar``.
 
     ``content(info)`` gives a regular file's bytes; if it raises, extraction is
-    killed and the exception propagates (the caller removes ``dest``).
+    killed and the exception propagates (the caller removes ``dest``). Content
+    shorter or longer than ``info.size`` is an error; the iterator is always run to
+    its end, so checks that fire only there (a hash, age's final chunk) do run.
     """
     # mkdir first, on its own: a kill must never leave a child that creates it later.
     host.makedirs(dest)
     proc = host.start(f"cd -- {sh(dest)} && exec {EXTRACT}")
     try:
-        # tarfile writes 10 KiB records: buffer them into fewer, larger pipe writes.
-        out = io.BufferedWriter(ProcessWriter(proc), buffer_size=READ_SIZE)
-        # copybufsize: tarfile copies a member 16 KiB at a time unless told otherwise
-        # (open() passes it on to TarFile; typeshed's open() overloads omit it).
-        with tarfile.open(fileobj=out, mode="w|", bufsize=READ_SIZE,  # type: ignore[call-overload]
-                          format=tarfile.PAX_FORMAT, encoding="utf-8",
-                          errors="surrogateescape", copybufsize=READ_SIZE) as tar:
-            for info in entries:
-                body = IterReader(content(info)) if info.isreg() else None
-                tar.addfile(info, body)
-                if body is not None:
-                    body.finish()
-        out.flush()
+        out = _TarWriter(proc.write)
+        for info in entries:
+            out.member(info, content(info) if info.isreg() else ())
+        out.close()
     except (OSError, RemoteCommandError) as e:
         proc.kill()
         status = proc.wait(timeout=30)
@@ -211,6 +159,63 @@ def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
         err = proc.stderr().decode("utf-8", "replace").strip()[-400:]
         raise BackupError(f"tar could not extract into {dest} on {host.name} "
                           f"(exit {status}): {err}")
+
+
+class _TarWriter:
+    """The tar stream format, written straight to ``write``: each member's PAX header
+    (built by :mod:`tarfile`), its content as the caller's chunks, zeros to the next
+    512-byte block; two zero blocks and a pad to a whole record at the end - the bytes
+    ``tarfile`` would write, without copying the content through its buffers.
+
+    Headers and small chunks are gathered into writes of about ``READ_SIZE``; a chunk
+    that large or larger is written as it is.
+    """
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._pending: list[bytes] = []
+        self._held = 0
+        self._offset = 0
+
+    def member(self, info: tarfile.TarInfo, chunks: Iterable[bytes]) -> None:
+        self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        size = info.size if info.isreg() else 0
+        done = 0
+        for chunk in chunks:
+            if done + len(chunk) > size:
+                raise OSError(f"the content of {info.name!r} is longer than its recorded size")
+            done += len(chunk)
+            if chunk:
+                self._put(chunk)
+        if done != size:
+            raise OSError(f"unexpected end of data: {info.name!r} is {done} bytes, "
+                          f"{size} recorded")
+        if size % tarfile.BLOCKSIZE:
+            self._put(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        self._put(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        if self._offset % tarfile.RECORDSIZE:
+            self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
+        self._flush()
+
+    def _put(self, data: bytes) -> None:
+        self._offset += len(data)
+        if len(data) >= READ_SIZE:
+            self._flush()
+            self._write(data)
+            return
+        self._pending.append(data)
+        self._held += len(data)
+        if self._held >= READ_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            self._held = 0
+            self._write(data)
 
 
 def tar_info(path: str, kind: str, mode: int, mtime_ns: int, *, size: int = 0,

@@ -305,13 +305,17 @@ class Decryptor:
         self._done = False
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        return b"".join(self.update_pieces(data))
+
+    def update_pieces(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Like :meth:`update`, as a list of pieces (a chunk each), not joined."""
         if self._done:
             raise ValueError("update() after finish()")
         self._buf += data
         if self._file_key is None and not self._read_header():
-            return b""
+            return []
         if self._stream is None and not self._read_nonce():
-            return b""
+            return []
         return self._open_ready()
 
     def finish(self) -> bytes:
@@ -351,7 +355,7 @@ class Decryptor:
         del self._buf[:NONCE_SIZE]
         return True
 
-    def _open_ready(self) -> bytes:
+    def _open_ready(self) -> list[bytes]:
         assert self._stream is not None
         out, pos, size = [], 0, len(self._buf)
         with memoryview(self._buf) as view:
@@ -360,7 +364,7 @@ class Decryptor:
                 out.append(self._open_middle(view[pos : pos + ENC_CHUNK_SIZE]))
                 pos += ENC_CHUNK_SIZE
         del self._buf[:pos]
-        return b"".join(out)
+        return out
 
     def _open_middle(self, chunk: memoryview) -> bytes:
         assert self._stream is not None
@@ -428,9 +432,7 @@ def decrypt_iter(
     dec = Decryptor(identities, max_header_size=max_header_size)
     for chunk in chunks:
         for piece in _slices(chunk):
-            out = dec.update(piece)
-            if out:
-                yield out
+            yield from dec.update_pieces(piece)
     last = dec.finish()
     if last:
         yield last

@@ -1,0 +1,133 @@
+"""A restored tree written straight into a new directory of this machine (the local target).
+
+Over SSH the files travel as a tar stream into ``tar --extract`` on the host
+(:func:`forge_ci.backup.tarstream.write_tree`). On the local target there is no wire:
+a tar process would only copy every byte once more through a pipe. :func:`write_new_tree`
+makes the same tree with system calls, with the result ``tar --extract
+--preserve-permissions --no-same-owner --delay-directory-restore`` gives:
+
+* each entry's permission bits exactly (no umask), owned by the current user;
+* nanosecond mtimes on files, symlinks and directories; a directory's mode and
+  mtime are set last, deepest first, so writing its children does not change them;
+* missing parent directories made with the default mode, as tar makes them.
+
+Contract: ``dest`` is new or empty (a restore's staging directory) and ``entries``
+come from a parsed manifest (:func:`forge_ci.backup.snapshot.parse`: relative,
+normalised paths, nothing below a symlink), directories before their contents and
+symlinks last. Even so, files are created with ``O_EXCL | O_NOFOLLOW`` and a path
+that is absolute or has ``..`` is refused: nothing is ever written outside ``dest``.
+Content shorter or longer than the entry's size is an error; the content iterator
+is always run to its end, so checks that fire there (a SHA-256) do run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from forge_ci.backup.snapshot import FileEntry
+from forge_ci.errors import BackupError
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_new_tree(dest: str, entries: Iterable[FileEntry],
+                   content: Callable[[FileEntry], Iterable[bytes]]) -> None:
+    """Create ``dest`` and the tree of ``entries`` in it (see the module docstring).
+
+    An exception from ``content`` propagates as it is; a failed system call or a
+    size mismatch is a :class:`BackupError`. The caller removes ``dest`` either way.
+    """
+    tree = NewTree(dest)
+    for entry in entries:
+        if entry.type == "dir":
+            tree.add_dir(entry)
+        elif entry.type == "symlink":
+            tree.add_link(entry)
+        else:
+            tree.write_file(entry, content(entry))
+    tree.finish()
+
+
+class NewTree:
+    """:func:`write_new_tree` one entry at a time: directories first, then files
+    (:meth:`write_file` may be called from several threads at once, for different
+    files), symlinks, and :meth:`finish` once, last."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self._dirs: list[FileEntry] = []
+        self._made = {dest}  # directories known to exist: one mkdir each, not one per file
+        with _errors(dest):
+            os.makedirs(dest, exist_ok=True)
+
+    def add_dir(self, entry: FileEntry) -> None:
+        path = _inside(self.dest, entry.path)
+        with _errors(self.dest):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        self._made.add(path)
+        self._dirs.append(entry)
+
+    def add_link(self, entry: FileEntry) -> None:
+        path = self._parent_made(entry)
+        with _errors(self.dest):
+            os.symlink(entry.target or "", path)
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+    def write_file(self, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+        path = self._parent_made(entry)
+        with _errors(self.dest):
+            _write_file(path, entry, chunks)
+
+    def finish(self) -> None:
+        """Directories' modes and mtimes, deepest first."""
+        with _errors(self.dest):
+            for entry in sorted(self._dirs, key=lambda d: d.path.count("/"), reverse=True):
+                path = _inside(self.dest, entry.path)
+                os.chmod(path, entry.mode & 0o777)
+                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _parent_made(self, entry: FileEntry) -> str:
+        path = _inside(self.dest, entry.path)
+        parent = os.path.dirname(path)
+        if parent not in self._made:
+            with _errors(self.dest):
+                os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
+        return path
+
+
+@contextmanager
+def _errors(dest: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise BackupError(f"writing files into {dest} failed: {e}") from None
+
+
+def _inside(dest: str, path: str) -> str:
+    if path.startswith("/") or ".." in path.split("/"):
+        raise BackupError(f"refusing to write {path!r}: not a relative path inside {dest}")
+    return os.path.join(dest, path)
+
+
+def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+    fd = os.open(path, _FLAGS, 0o600)
+    try:
+        done = 0
+        for chunk in chunks:
+            done += len(chunk)
+            if done > entry.size:
+                raise BackupError(f"the content of {entry.path!r} is longer than its "
+                                  "recorded size")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        if done != entry.size:
+            raise BackupError(f"the content of {entry.path!r} ended after {done} bytes, "
+                              f"{entry.size} recorded")
+        os.fchmod(fd, entry.mode & 0o777)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    finally:
+        os.close(fd)
