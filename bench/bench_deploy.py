@@ -1,7 +1,7 @@
 """Deploy speed and memory against tar-over-ssh and rsync, measured in the same run.
 
     .venv/bin/python bench/bench_deploy.py [--files 4300] [--mb 75] [--repeat 3]
-                                           [--trace FILE]
+                                           [--trace FILE] [--baseline DIR]
 
 A Bedrock-sized tree (WordPress core from Debian plus generated vendor and theme
 assets up to the target size) is deployed over loopback SSH to a lab sshd, with
@@ -10,6 +10,9 @@ Prints wall times (medians over ``--repeat`` runs, alternating who goes first) a
 ratios, with the load average; needs root and the lab's Debian packages.
 ``--trace FILE`` runs forge through bench/trace_remote.py and appends every remote
 round trip of each deploy to FILE (a profile; it adds a little time).
+``--baseline DIR`` also deploys with the forge of another checkout (for example
+``git worktree add /tmp/ab main``), alternated with this one's in the same runs,
+so a change is measured against the code it replaces under the same load.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def fill(tree: Path, files: int, mb: int) -> None:
 
 
 def timed(
-    argv: list[str], env: dict[str, str] | None = None, shell: bool = False
+    argv: list[str], env: dict[str, str] | None = None, shell: bool = False,
+    cwd: Path | None = None,
 ) -> tuple[float, int]:
     """Wall seconds and the peak RSS in MB of this one command (wait4's rusage:
     the command and what it waited for, not the lab services this script started)."""
@@ -58,7 +62,7 @@ def timed(
     subprocess.run(["sync"], check=True)
     t = time.perf_counter()
     p = subprocess.Popen(
-        argv if not shell else " ".join(argv), env=env, shell=shell,
+        argv if not shell else " ".join(argv), env=env, shell=shell, cwd=cwd,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     assert p.stderr is not None
@@ -76,6 +80,8 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=75)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--trace", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout whose forge runs alternated with this one's")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     work.chmod(0o755)
@@ -130,12 +136,25 @@ def main() -> None:
             f"while pgrep -u \"$(id -u)\" -f 'c[p] -al' >/dev/null; do sleep 0.05; done; "
             f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current {site.path}/.forge"
         )
+        base_deploy = [sys.executable, "-m", "forge_ci", *deploy[len(deploy_cmd):]]
+        base_env = dict(env, PYTHONPATH=str(args.baseline)) if args.baseline else env
+        base_env.pop("FORGE_TRACE_OUT", None)
+
+        def run_forge(who: str) -> tuple[float, int]:
+            if who == "baseline":
+                return timed(base_deploy, env=base_env, cwd=args.baseline)
+            return timed(deploy, env=env, cwd=ROOT)
+
+        forges = ("forge", "baseline") if args.baseline else ("forge",)
         # Each from an empty target, so caches favour no one; medians.
         tars: list[float] = []
-        firsts: list[float] = []
+        firsts: dict[str, list[float]] = {w: [] for w in forges}
+        rss1 = 0
         for i in range(args.repeat):
-            # Alternate who goes first, so neither always meets the other's writeback.
-            for who in ("tar", "forge") if i % 2 == 0 else ("forge", "tar"):
+            # Rotate who goes first, so no one always meets another's writeback.
+            order = ("tar", *forges)
+            order = order[i % len(order):] + order[:i % len(order)]
+            for who in order:
                 subprocess.run(wipe, check=True)
                 if who == "tar":
                     t, _ = timed(
@@ -144,8 +163,9 @@ def main() -> None:
                     )
                     tars.append(t)
                 else:
-                    t, rss1 = timed(deploy, env=env)
-                    firsts.append(t)
+                    t, rss = run_forge(who)
+                    firsts[who].append(t)
+                    rss1 = max(rss1, rss)
                 print(f"  first deploy, {who}: {t:.2f}s", file=sys.stderr)
         # One-file change: rebuild the artifact, then redeploy; rsync gets the same change.
         rsync = [
@@ -161,38 +181,48 @@ def main() -> None:
         from forge_ci.build.manifest import scan
 
         rsyncs: list[float] = []
-        seconds: list[float] = []
+        seconds: dict[str, list[float]] = {w: [] for w in forges}
+        rss2 = 0
+        change = 0
         for i in range(args.repeat):
-            (artifact / "tree/web/app/themes/forge-example/version.txt").write_text(f"v{i + 2}\n")
-            (artifact / "manifest.json").write_bytes(scan(artifact / "tree").to_bytes())
-            if i % 2 == 0:
-                rsyncs.append(timed(rsync)[0])
-            # Deploys are minutes apart in real life: let the previous one's staged
-            # copy (made in the background after it went live) finish first.
-            live = os.readlink(site.path / "current").split("/")[-1]
-            staged = site.path / "releases" / f".forge-base-{live}"
-            for _ in range(200):
-                if staged.is_dir():
-                    break
-                time.sleep(0.05)
-            t, rss2 = timed(deploy, env=env)
-            seconds.append(t)
-            if i % 2 == 1:
-                rsyncs.append(timed(rsync)[0])
-            print(f"  redeploy: forge {t:.2f}s, rsync {rsyncs[-1]:.2f}s", file=sys.stderr)
-        t_tar, t_first = statistics.median(tars), statistics.median(firsts)
-        t_rsync, t_second = statistics.median(rsyncs), statistics.median(seconds)
+            order = ("rsync", *forges)
+            order = order[i % len(order):] + order[:i % len(order)]
+            for who in order:
+                if who == "rsync":
+                    rsyncs.append(timed(rsync)[0])
+                    continue
+                change += 1
+                (artifact / "tree/web/app/themes/forge-example/version.txt").write_text(
+                    f"v{change + 1}\n")
+                (artifact / "manifest.json").write_bytes(scan(artifact / "tree").to_bytes())
+                # Deploys are minutes apart in real life: let the previous one's staged
+                # copy (made in the background after it went live) finish first.
+                live = os.readlink(site.path / "current").split("/")[-1]
+                staged = site.path / "releases" / f".forge-base-{live}"
+                for _ in range(200):
+                    if staged.is_dir():
+                        break
+                    time.sleep(0.05)
+                t, rss = run_forge(who)
+                seconds[who].append(t)
+                rss2 = max(rss2, rss)
+                print(f"  redeploy: {who} {t:.2f}s", file=sys.stderr)
+        t_tar, t_rsync = statistics.median(tars), statistics.median(rsyncs)
         load = os.getloadavg()[0]
         print(f"tree: {n} files, {mb:.0f} MB, loopback SSH; medians of {args.repeat}; "
               f"nproc {os.cpu_count()}, load {load:.2f}")
-        print(
-            f"first deploy   forge {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
-            f"ratio {t_first / t_tar:4.2f} (goal <= 1.0)"
-        )
-        print(
-            f"one-file redeploy forge {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
-            f"ratio {t_second / t_rsync:4.2f} (goal <= 1.3)"
-        )
+        for who in forges:
+            t_first, t_second = statistics.median(firsts[who]), statistics.median(seconds[who])
+            label = "forge" if who == "forge" else f"baseline ({args.baseline})"
+            print(f"{label}:")
+            print(
+                f"  first deploy   {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
+                f"ratio {t_first / t_tar:4.2f} (goal <= 1.0)"
+            )
+            print(
+                f"  one-file redeploy {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
+                f"ratio {t_second / t_rsync:4.2f} (goal <= 1.3)"
+            )
         print(f"peak RSS of forge: {max(rss1, rss2)} MB (goal < 150)")
         subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}"), check=False)
     finally:
