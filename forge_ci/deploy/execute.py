@@ -25,7 +25,7 @@ from forge_ci.build.builder import Artifact
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
 from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
-from forge_ci.deploy.observe import Observed, observe
+from forge_ci.deploy.observe import Observed, observe, observe_script, parse_observed
 from forge_ci.deploy.plan import (
     DeployPlan,
     RollbackPlan,
@@ -463,8 +463,9 @@ def _observe_all(dep: Deployment) -> list[Observed]:
     return [observe(h, dep.layout, shared_paths(dep.config)) for h in dep.hosts]
 
 
-def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
-    observed = _observe_all(dep)
+def _make_plan(dep: Deployment, artifact: Artifact,
+               observed: Sequence[Observed] | None = None) -> DeployPlan:
+    observed = _observe_all(dep) if observed is None else observed
     release = release_id(artifact.digest, observed)
     return plan_deploy(dep.environment, dep.config, observed, artifact.manifest, release,
                        origin=dep.origin, adopt=dep.adopt)
@@ -477,8 +478,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
         locking = time.monotonic()
-        _lock_all(dep, stack)
-        plan = _make_plan(dep, artifact)
+        plan = _make_plan(dep, artifact, _lock_all(dep, stack))
         run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
@@ -500,14 +500,19 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
     raise AssertionError("unreachable")
 
 
-def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> None:
-    """Take every host's lock, held until ``stack`` closes. The log says where a run
-    waits, and where it was when it died."""
+def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> list[Observed]:
+    """Take every host's lock, held until ``stack`` closes, and observe each host in
+    its lock's round trip (under the lock: no other run changes what is seen). The
+    log says where a run waits, and where it was when it died."""
+    script = observe_script(dep.layout, shared_paths(dep.config))
+    observed = []
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
-        stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
-                                note=dep.log))
+        lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
+                                        note=dep.log, after=script))
         dep.log(f"{host.name}: locked")
+        observed.append(parse_observed(host.name, dep.layout, lock.output))
+    return observed
 
 
 def _prepare_all(run: _Run, plan: DeployPlan, phase: Phase | None = None) -> None:
@@ -698,9 +703,8 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False,
     unless ``force``; ``with_database`` also restores the database snapshot recorded
     with it, after the switch and before the checks, inside this run's lock."""
     with contextlib.ExitStack() as stack:
-        if not dry_run:
-            _lock_all(dep, stack)
-        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to, force=force,
+        observed = _observe_all(dep) if dry_run else _lock_all(dep, stack)
+        plan = plan_rollback(dep.environment, dep.config, observed, to, force=force,
                              with_database=with_database)
         target, previous = plan.target, plan.previous
         if dry_run:
