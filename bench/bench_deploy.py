@@ -167,6 +167,9 @@ def main() -> None:
                     firsts[who].append(t)
                     rss1 = max(rss1, rss)
                 print(f"  first deploy, {who}: {t:.2f}s", file=sys.stderr)
+        if not (site.path / "current").is_symlink():  # the last first deploy was tar's
+            subprocess.run(wipe, check=True)
+            run_forge("forge")
         # One-file change: rebuild the artifact, then redeploy; rsync gets the same change.
         rsync = [
             "rsync",

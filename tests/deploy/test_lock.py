@@ -26,7 +26,7 @@ def test_the_script_under_the_lock_returns_its_output_and_the_lock_stays_held(
     script = "printf 'a\\0b\\0no newline'; exit 3; echo never"
     with Lock(host, layout, OWNER, after=script) as lock:
         assert lock.output == b"a\0b\0no newline"
-        with pytest.raises(LockedError, match="another forge run holds the lock.*first-run"):
+        with pytest.raises(LockedError, match=r"another forge run holds the lock.*first-run"):
             Lock(host, layout, {"command": "deploy", "actor": "second-run"}).acquire()
     # Released when the holder ends: the next run gets it.
     with Lock(host, layout, OWNER, after="printf x") as again:
