@@ -100,7 +100,8 @@ def main() -> None:
             f"    hosts: [{{host: 127.0.0.1, port: {host.port}, user: forgedeploy}}]\n"
             f"    path: {site.path}\n    shared: [web/app/uploads]\n"
         )
-        env = dict(os.environ, **host.env())
+        # This checkout's forge, wherever the venv's editable install points.
+        env = dict(os.environ, **host.env(), PYTHONPATH=str(ROOT))
         forge = [sys.executable, "-m", "forge_ci"]
         deploy_cmd = forge
         if args.trace:
