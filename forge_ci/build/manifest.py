@@ -8,6 +8,7 @@ rejects anything that could escape the release directory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,11 @@ class Manifest:
     entries: Mapping[str, Entry]
 
     def to_bytes(self) -> bytes:
+        return self._bytes
+
+    @functools.cached_property
+    def _bytes(self) -> bytes:
+        # Made once: a deploy needs them for the digest and again to store the manifest.
         data = {"version": 1, "files": {p: e.to_json() for p, e in sorted(self.entries.items())}}
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
