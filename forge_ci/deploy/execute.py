@@ -397,7 +397,9 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
     if isinstance(step, WriteManifest):
         assert run.artifact is not None
         path = lay.manifest(step.release)
-        return Part(write_atomic_script(path), f"writing {path}",
+        # Not synced (an fsync costs 5-20 ms, more while the disk is busy): after a
+        # crash a short or empty manifest reads as damaged, which costs a full send.
+        return Part(write_atomic_script(path, durable=False), f"writing {path}",
                     run.artifact.manifest.to_bytes())
     if isinstance(step, LinkShared):
         dep.log(f"{host.name}: linking shared paths")
