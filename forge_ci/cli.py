@@ -174,8 +174,12 @@ def run() -> NoReturn:
     """The ``forge-ci`` program: :func:`main`, then the exit a normal one would be
     (threads joined, ``atexit`` handlers run, output flushed) without tearing the
     interpreter down object by object, which costs a run 20-50 ms after its work is
-    done. Usage errors and ``--help`` (``SystemExit`` from argparse) exit as usual."""
+    done. Usage errors and ``--help`` (``SystemExit`` from argparse) exit as usual,
+    and so does a run under a profiler or debugger, which writes its report after
+    :func:`main` returns."""
     code = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
