@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from forge_ci.build.builder import Artifact
+from forge_ci.build.manifest import Manifest
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
 from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
@@ -461,13 +462,13 @@ def _best_effort(run: _Run, phase: Phase) -> None:
 
 # -- deploy ------------------------------------------------------------------
 
-def _observe_all(dep: Deployment) -> list[Observed]:
-    return [observe(h, dep.layout, shared_paths(dep.config)) for h in dep.hosts]
+def _observe_all(dep: Deployment, known: Manifest | None = None) -> list[Observed]:
+    return [observe(h, dep.layout, shared_paths(dep.config), known) for h in dep.hosts]
 
 
 def _make_plan(dep: Deployment, artifact: Artifact,
                observed: Sequence[Observed] | None = None) -> DeployPlan:
-    observed = _observe_all(dep) if observed is None else observed
+    observed = _observe_all(dep, artifact.manifest) if observed is None else observed
     release = release_id(artifact.digest, observed)
     return plan_deploy(dep.environment, dep.config, observed, artifact.manifest, release,
                        origin=dep.origin, adopt=dep.adopt)
@@ -480,7 +481,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
         locking = time.monotonic()
-        plan = _make_plan(dep, artifact, _lock_all(dep, stack))
+        plan = _make_plan(dep, artifact, _lock_all(dep, stack, artifact.manifest))
         run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
@@ -502,10 +503,12 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
     raise AssertionError("unreachable")
 
 
-def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> list[Observed]:
+def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
+              known: Manifest | None = None) -> list[Observed]:
     """Take every host's lock, held until ``stack`` closes, and observe each host in
-    its lock's round trip (under the lock: no other run changes what is seen). The
-    log says where a run waits, and where it was when it died."""
+    its lock's round trip (under the lock: no other run changes what is seen;
+    ``known``: the manifest being deployed). The log says where a run waits, and
+    where it was when it died."""
     script = observe_script(dep.layout, shared_paths(dep.config))
     observed = []
     for host in dep.hosts:
@@ -513,7 +516,7 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> list[Observed]:
         lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
                                         note=dep.log, after=script))
         dep.log(f"{host.name}: locked")
-        observed.append(parse_observed(host.name, dep.layout, lock.output))
+        observed.append(parse_observed(host.name, dep.layout, lock.output, known))
     return observed
 
 

@@ -67,13 +67,18 @@ cat .forge/maintenance 2>/dev/null; printf '\\0'
 """
 
 
-def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
-    """What ``host`` holds at ``layout``; ``shared``: the shared paths to look for."""
-    return parse_observed(host.name, layout, host.run(observe_script(layout, shared)).stdout)
+def observe(host: Host, layout: Layout, shared: Sequence[str] = (),
+            known: Manifest | None = None) -> Observed:
+    """What ``host`` holds at ``layout``; ``shared``: the shared paths to look for;
+    ``known``: the manifest being deployed (see :func:`parse_observed`)."""
+    return parse_observed(host.name, layout, host.run(observe_script(layout, shared)).stdout,
+                          known)
 
 
-def parse_observed(name: str, layout: Layout, output: bytes) -> Observed:
-    """The facts in what :func:`observe_script` printed on host ``name``."""
+def parse_observed(name: str, layout: Layout, output: bytes,
+                   known: Manifest | None = None) -> Observed:
+    """The facts in what :func:`observe_script` printed on host ``name``. The live
+    release's manifest is read against ``known`` (:meth:`Manifest.from_bytes`)."""
     fields = output.split(b"\0")
     if fields[0] != b"present":
         return Observed(name)
@@ -97,7 +102,8 @@ def parse_observed(name: str, layout: Layout, output: bytes) -> Observed:
     parsed = None
     if current and manifest:
         try:
-            parsed = Manifest.from_bytes(manifest, source=f"{name}:{layout.manifest(current)}")
+            parsed = Manifest.from_bytes(manifest, source=f"{name}:{layout.manifest(current)}",
+                                         known=known)
         except ArtifactError:
             parsed = None  # a damaged stored manifest only costs a full send
     names = sorted(listing.decode().splitlines())
