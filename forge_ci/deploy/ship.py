@@ -118,12 +118,12 @@ def stage_script(release_dir: str) -> str:
 class _StreamPosition:
     """Files and bytes of the release sent, estimated from how far GNU tar's stream is.
 
-    tar writes entries in the order listed: a header (with a pax header: about
-    three 512-byte blocks) then the data, padded to 512 bytes. The estimate only
-    feeds the progress line; the last update is exact.
+    tar writes entries in the order listed: a header (one 512-byte block in GNU
+    format; a name over 100 bytes adds a few) then the data, padded to 512 bytes.
+    The estimate only feeds the progress line; the last update is exact.
     """
 
-    _HEADER = 3 * 512
+    _HEADER = 512
 
     def __init__(self, paths: tuple[str, ...], manifest: Manifest) -> None:
         self.ends: list[int] = []
@@ -196,7 +196,9 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter,
         tar = subprocess.Popen(
             ["tar", "-c", "-f", "-", "-C", str(tree), "--null", "--no-recursion",
              "--verbatim-files-from", "-T", listing.name, "--owner=0", "--group=0",
-             "--numeric-owner", "--format=posix"],
+             # GNU format: one header block per entry where POSIX (pax) adds two for
+             # sub-second times nobody reads; 4,300 files stream 4.4 MB less.
+             "--numeric-owner", "--format=gnu"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert tar.stdout is not None
         offset = 0
