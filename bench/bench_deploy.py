@@ -144,7 +144,7 @@ def main() -> None:
             f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current {site.path}/.forge"
         )
         base_deploy = [sys.executable, "-m", "forge_ci", *deploy[len(deploy_cmd):]]
-        base_env = dict(env, PYTHONPATH=str(args.baseline)) if args.baseline else env
+        base_env = dict(env, PYTHONPATH=str(args.baseline or ROOT))
         base_env.pop("FORGE_TRACE_OUT", None)
 
         # CPU seconds of each forge run: on a loaded machine they move far less than
