@@ -1,7 +1,8 @@
 """Deploy speed and memory against tar-over-ssh and rsync, measured in the same run.
 
     .venv/bin/python bench/bench_deploy.py [--files 4300] [--mb 75] [--repeat 3]
-                                           [--trace FILE]
+                                           [--trace FILE] [--baseline DIR]
+                                           [--only first|redeploy]
 
 A Bedrock-sized tree (WordPress core from Debian plus generated vendor and theme
 assets up to the target size) is deployed over loopback SSH to a lab sshd, with
@@ -10,6 +11,10 @@ Prints wall times (medians over ``--repeat`` runs, alternating who goes first) a
 ratios, with the load average; needs root and the lab's Debian packages.
 ``--trace FILE`` runs forge through bench/trace_remote.py and appends every remote
 round trip of each deploy to FILE (a profile; it adds a little time).
+``--baseline DIR`` also deploys with the forge of another checkout (for example
+``git worktree add /tmp/ab main``), alternated with this one's in the same runs,
+so a change is measured against the code it replaces under the same load.
+``--only`` runs one of the two comparisons (more rounds of it in the same time).
 """
 
 from __future__ import annotations
@@ -50,15 +55,18 @@ def fill(tree: Path, files: int, mb: int) -> None:
 
 
 def timed(
-    argv: list[str], env: dict[str, str] | None = None, shell: bool = False
+    argv: list[str], env: dict[str, str] | None = None, shell: bool = False,
+    cwd: Path | None = None, cpu: list[float] | None = None,
 ) -> tuple[float, int]:
     """Wall seconds and the peak RSS in MB of this one command (wait4's rusage:
-    the command and what it waited for, not the lab services this script started)."""
+    the command and what it waited for, not the lab services this script started);
+    its CPU seconds (user + system) are appended to ``cpu``."""
+    cpu = [] if cpu is None else cpu
     # Dirty pages from the previous run would be written back during this one.
     subprocess.run(["sync"], check=True)
     t = time.perf_counter()
     p = subprocess.Popen(
-        argv if not shell else " ".join(argv), env=env, shell=shell,
+        argv if not shell else " ".join(argv), env=env, shell=shell, cwd=cwd,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     assert p.stderr is not None
@@ -67,6 +75,7 @@ def timed(
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {argv}\n{err.decode()[-2000:]}")
+    cpu.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss // 1024
 
 
@@ -76,6 +85,9 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=75)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--trace", type=Path, default=None)
+    ap.add_argument("--only", choices=("first", "redeploy"), default=None)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout whose forge runs alternated with this one's")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     work.chmod(0o755)
@@ -94,7 +106,8 @@ def main() -> None:
             f"    hosts: [{{host: 127.0.0.1, port: {host.port}, user: forgedeploy}}]\n"
             f"    path: {site.path}\n    shared: [web/app/uploads]\n"
         )
-        env = dict(os.environ, **host.env())
+        # This checkout's forge, wherever the venv's editable install points.
+        env = dict(os.environ, **host.env(), PYTHONPATH=str(ROOT))
         forge = [sys.executable, "-m", "forge_ci"]
         deploy_cmd = forge
         if args.trace:
@@ -130,12 +143,30 @@ def main() -> None:
             f"while pgrep -u \"$(id -u)\" -f 'c[p] -al' >/dev/null; do sleep 0.05; done; "
             f"rm -rf {ref_dir}/* {site.path}/releases {site.path}/current {site.path}/.forge"
         )
+        base_deploy = [sys.executable, "-m", "forge_ci", *deploy[len(deploy_cmd):]]
+        base_env = dict(env, PYTHONPATH=str(args.baseline or ROOT))
+        base_env.pop("FORGE_TRACE_OUT", None)
+
+        # CPU seconds of each forge run: on a loaded machine they move far less than
+        # wall time, so an A/B of start-up work still shows there.
+        cpus: dict[tuple[str, str], list[float]] = {}
+
+        def run_forge(who: str, what: str = "") -> tuple[float, int]:
+            spent = cpus.setdefault((who, what), [])
+            if who == "baseline":
+                return timed(base_deploy, env=base_env, cwd=args.baseline, cpu=spent)
+            return timed(deploy, env=env, cwd=ROOT, cpu=spent)
+
+        forges = ("forge", "baseline") if args.baseline else ("forge",)
         # Each from an empty target, so caches favour no one; medians.
         tars: list[float] = []
-        firsts: list[float] = []
-        for i in range(args.repeat):
-            # Alternate who goes first, so neither always meets the other's writeback.
-            for who in ("tar", "forge") if i % 2 == 0 else ("forge", "tar"):
+        firsts: dict[str, list[float]] = {w: [] for w in forges}
+        rss1 = 0
+        for i in range(args.repeat if args.only != "redeploy" else 0):
+            # Rotate who goes first, so no one always meets another's writeback.
+            order = ("tar", *forges)
+            order = order[i % len(order):] + order[:i % len(order)]
+            for who in order:
                 subprocess.run(wipe, check=True)
                 if who == "tar":
                     t, _ = timed(
@@ -144,9 +175,13 @@ def main() -> None:
                     )
                     tars.append(t)
                 else:
-                    t, rss1 = timed(deploy, env=env)
-                    firsts.append(t)
+                    t, rss = run_forge(who, "first")
+                    firsts[who].append(t)
+                    rss1 = max(rss1, rss)
                 print(f"  first deploy, {who}: {t:.2f}s", file=sys.stderr)
+        if not (site.path / "current").is_symlink():  # the last first deploy was tar's
+            subprocess.run(wipe, check=True)
+            run_forge("forge")
         # One-file change: rebuild the artifact, then redeploy; rsync gets the same change.
         rsync = [
             "rsync",
@@ -161,38 +196,52 @@ def main() -> None:
         from forge_ci.build.manifest import scan
 
         rsyncs: list[float] = []
-        seconds: list[float] = []
-        for i in range(args.repeat):
-            (artifact / "tree/web/app/themes/forge-example/version.txt").write_text(f"v{i + 2}\n")
-            (artifact / "manifest.json").write_bytes(scan(artifact / "tree").to_bytes())
-            if i % 2 == 0:
-                rsyncs.append(timed(rsync)[0])
-            # Deploys are minutes apart in real life: let the previous one's staged
-            # copy (made in the background after it went live) finish first.
-            live = os.readlink(site.path / "current").split("/")[-1]
-            staged = site.path / "releases" / f".forge-base-{live}"
-            for _ in range(200):
-                if staged.is_dir():
-                    break
-                time.sleep(0.05)
-            t, rss2 = timed(deploy, env=env)
-            seconds.append(t)
-            if i % 2 == 1:
-                rsyncs.append(timed(rsync)[0])
-            print(f"  redeploy: forge {t:.2f}s, rsync {rsyncs[-1]:.2f}s", file=sys.stderr)
-        t_tar, t_first = statistics.median(tars), statistics.median(firsts)
-        t_rsync, t_second = statistics.median(rsyncs), statistics.median(seconds)
+        seconds: dict[str, list[float]] = {w: [] for w in forges}
+        rss2 = 0
+        change = 0
+        for i in range(args.repeat if args.only != "first" else 0):
+            order = ("rsync", *forges)
+            order = order[i % len(order):] + order[:i % len(order)]
+            for who in order:
+                if who == "rsync":
+                    rsyncs.append(timed(rsync)[0])
+                    continue
+                change += 1
+                (artifact / "tree/web/app/themes/forge-example/version.txt").write_text(
+                    f"v{change + 1}\n")
+                (artifact / "manifest.json").write_bytes(scan(artifact / "tree").to_bytes())
+                # Deploys are minutes apart in real life: let the previous one's staged
+                # copy (made in the background after it went live) finish first.
+                live = os.readlink(site.path / "current").split("/")[-1]
+                staged = site.path / "releases" / f".forge-base-{live}"
+                for _ in range(200):
+                    if staged.is_dir():
+                        break
+                    time.sleep(0.05)
+                t, rss = run_forge(who, "redeploy")
+                seconds[who].append(t)
+                rss2 = max(rss2, rss)
+                print(f"  redeploy: {who} {t:.2f}s (CPU {cpus[(who, 'redeploy')][-1]:.2f}s)",
+                      file=sys.stderr)
+        def median(xs: list[float]) -> float:
+            return statistics.median(xs) if xs else float("nan")
+
+        t_tar, t_rsync = median(tars), median(rsyncs)
         load = os.getloadavg()[0]
         print(f"tree: {n} files, {mb:.0f} MB, loopback SSH; medians of {args.repeat}; "
               f"nproc {os.cpu_count()}, load {load:.2f}")
-        print(
-            f"first deploy   forge {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
-            f"ratio {t_first / t_tar:4.2f} (goal <= 1.0)"
-        )
-        print(
-            f"one-file redeploy forge {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
-            f"ratio {t_second / t_rsync:4.2f} (goal <= 1.3)"
-        )
+        for who in forges:
+            t_first, t_second = median(firsts[who]), median(seconds[who])
+            label = "forge" if who == "forge" else f"baseline ({args.baseline})"
+            print(f"{label}:")
+            if args.only != "redeploy":
+                print(f"  first deploy   {t_first:6.2f}s  tar|ssh tar  {t_tar:6.2f}s  "
+                      f"ratio {t_first / t_tar:4.2f} (goal <= 1.0); "
+                      f"CPU {median(cpus.get((who, 'first'), [])):.2f}s")
+            if args.only != "first":
+                print(f"  one-file redeploy {t_second:6.2f}s  rsync -a --delete {t_rsync:6.2f}s  "
+                      f"ratio {t_second / t_rsync:4.2f} (goal <= 1.3); "
+                      f"CPU {median(cpus.get((who, 'redeploy'), [])):.2f}s")
         print(f"peak RSS of forge: {max(rss1, rss2)} MB (goal < 150)")
         subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}"), check=False)
     finally:

@@ -1,3 +1,3 @@
-from forge_ci.cli import main
+from forge_ci.cli import run
 
-raise SystemExit(main())
+run()

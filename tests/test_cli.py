@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,29 @@ def test_a_deploy_does_not_import_the_s3_client() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_a_deploy_loads_no_backup_code_without_a_backup_store() -> None:
+    # The safety net and the signer keys load their backup modules when used.
+    code = ("import sys; from forge_ci import cli; cli.build_parser('deploy'); "
+            "from forge_ci.config import parse; "
+            "parse('version: 1\\nproject: p\\nenvironments:\\n  production:\\n    path: /srv\\n"
+            "    hosts: [{host: 127.0.0.1}]\\n', {}); "
+            "print(sorted(m for m in sys.modules if m.startswith('forge_ci.backup')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("version: 1\nproject: p\nenvironments:\n  production: {path: site}\n", 0),
+    ("version: 1\nproject: p\nenvironments:\n  production: {path: site, typo: 1}\n", 2),
+])
+def test_the_program_exits_with_its_code_and_all_its_output_through_a_pipe(
+        tmp_path: Path, text: str, code: int) -> None:
+    config = tmp_path / "forge.yml"
+    config.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "forge_ci", "--config", str(config), "config",
+                        "check", "--json"], capture_output=True, text=True, check=False)
+    assert r.returncode == code, r.stderr
+    assert json.loads(r.stdout)["ok"] is (code == 0)

@@ -8,6 +8,7 @@ rejects anything that could escape the release directory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,11 @@ class Manifest:
     entries: Mapping[str, Entry]
 
     def to_bytes(self) -> bytes:
+        return self._bytes
+
+    @functools.cached_property
+    def _bytes(self) -> bytes:
+        # Made once: a deploy needs them for the digest and again to store the manifest.
         data = {"version": 1, "files": {p: e.to_json() for p, e in sorted(self.entries.items())}}
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
@@ -63,13 +69,24 @@ class Manifest:
         return sum(e.size for e in self.entries.values())
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "manifest") -> Manifest:
+    def from_bytes(cls, data: bytes, *, source: str = "manifest",
+                   known: Manifest | None = None) -> Manifest:
+        """Parse and check a manifest. ``known``: one already checked (the artifact's,
+        when reading the live release's, which mostly repeats it): an entry equal to
+        its entry at the same path is taken from it instead of being checked again."""
+        same: Mapping[str, Entry] = known.entries if known is not None else {}
         try:
             raw = json.loads(data)
             files = raw["files"]
             if raw.get("version") != 1 or not isinstance(files, dict):
                 raise ValueError("unknown manifest version")
-            entries = {check_path(p, source): _entry(e) for p, e in files.items()}
+            entries = {}
+            for p, e in files.items():
+                k = same.get(p)
+                if k is not None and e == k.to_json():
+                    entries[p] = k
+                else:
+                    entries[check_path(p, source)] = _entry(e)
         except (ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"{source} is not a valid forge manifest: {e}",
                                 hint="rebuild the artifact with forge-ci build") from None

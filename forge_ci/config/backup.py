@@ -26,12 +26,13 @@ import posixpath
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from forge_ci.backup.signing import SignerKey
+if TYPE_CHECKING:
+    from forge_ci.backup.signing import SignerKey
 
 DEFAULT_PATHS = ("shared/web/app/uploads",)
 # What deploy owns at the top of the environment's path: never backed up, never restored.
@@ -161,6 +162,11 @@ class BackupConfig(_Frozen):
     @field_validator("signers")
     @classmethod
     def _signers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            return value
+        # Loaded here, not at import: only a forge.yml that pins signers needs it.
+        from forge_ci.backup.signing import SignerKey
+
         keys = []
         for text in value:
             try:
@@ -173,6 +179,8 @@ class BackupConfig(_Frozen):
 
     def signer_keys(self) -> tuple[SignerKey, ...]:
         """The pinned public keys whose snapshots are trusted (empty: not configured)."""
+        from forge_ci.backup.signing import SignerKey
+
         return tuple(SignerKey.from_string(s) for s in self.signers)
 
     @model_validator(mode="after")

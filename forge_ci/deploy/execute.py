@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from forge_ci.build.builder import Artifact
+from forge_ci.build.manifest import Manifest
 from forge_ci.config.models import EnvironmentConfig, HealthCheck
 from forge_ci.deploy import dotenv, health, php_refresh
 from forge_ci.deploy.lock import Lock
-from forge_ci.deploy.observe import Observed, observe
+from forge_ci.deploy.observe import Observed, observe, observe_script, parse_observed
 from forge_ci.deploy.plan import (
     DeployPlan,
     RollbackPlan,
@@ -397,7 +398,9 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
     if isinstance(step, WriteManifest):
         assert run.artifact is not None
         path = lay.manifest(step.release)
-        return Part(write_atomic_script(path), f"writing {path}",
+        # Not synced (an fsync costs 5-20 ms, more while the disk is busy): after a
+        # crash a short or empty manifest reads as damaged, which costs a full send.
+        return Part(write_atomic_script(path, durable=False), f"writing {path}",
                     run.artifact.manifest.to_bytes())
     if isinstance(step, LinkShared):
         dep.log(f"{host.name}: linking shared paths")
@@ -459,12 +462,13 @@ def _best_effort(run: _Run, phase: Phase) -> None:
 
 # -- deploy ------------------------------------------------------------------
 
-def _observe_all(dep: Deployment) -> list[Observed]:
-    return [observe(h, dep.layout, shared_paths(dep.config)) for h in dep.hosts]
+def _observe_all(dep: Deployment, known: Manifest | None = None) -> list[Observed]:
+    return [observe(h, dep.layout, shared_paths(dep.config), known) for h in dep.hosts]
 
 
-def _make_plan(dep: Deployment, artifact: Artifact) -> DeployPlan:
-    observed = _observe_all(dep)
+def _make_plan(dep: Deployment, artifact: Artifact,
+               observed: Sequence[Observed] | None = None) -> DeployPlan:
+    observed = _observe_all(dep, artifact.manifest) if observed is None else observed
     release = release_id(artifact.digest, observed)
     return plan_deploy(dep.environment, dep.config, observed, artifact.manifest, release,
                        origin=dep.origin, adopt=dep.adopt)
@@ -477,8 +481,7 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
         locking = time.monotonic()
-        _lock_all(dep, stack)
-        plan = _make_plan(dep, artifact)
+        plan = _make_plan(dep, artifact, _lock_all(dep, stack, artifact.manifest))
         run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
@@ -500,14 +503,21 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
     raise AssertionError("unreachable")
 
 
-def _lock_all(dep: Deployment, stack: contextlib.ExitStack) -> None:
-    """Take every host's lock, held until ``stack`` closes. The log says where a run
-    waits, and where it was when it died."""
+def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
+              known: Manifest | None = None) -> list[Observed]:
+    """Take every host's lock, held until ``stack`` closes, and observe each host in
+    its lock's round trip (under the lock: no other run changes what is seen;
+    ``known``: the manifest being deployed). The log says where a run waits, and
+    where it was when it died."""
+    script = observe_script(dep.layout, shared_paths(dep.config))
+    observed = []
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
-        stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
-                                note=dep.log))
+        lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
+                                        note=dep.log, after=script))
         dep.log(f"{host.name}: locked")
+        observed.append(parse_observed(host.name, dep.layout, lock.output, known))
+    return observed
 
 
 def _prepare_all(run: _Run, plan: DeployPlan, phase: Phase | None = None) -> None:
@@ -698,9 +708,8 @@ def rollback(dep: Deployment, to: str | None, *, dry_run: bool = False,
     unless ``force``; ``with_database`` also restores the database snapshot recorded
     with it, after the switch and before the checks, inside this run's lock."""
     with contextlib.ExitStack() as stack:
-        if not dry_run:
-            _lock_all(dep, stack)
-        plan = plan_rollback(dep.environment, dep.config, _observe_all(dep), to, force=force,
+        observed = _observe_all(dep) if dry_run else _lock_all(dep, stack)
+        plan = plan_rollback(dep.environment, dep.config, observed, to, force=force,
                              with_database=with_database)
         target, previous = plan.target, plan.previous
         if dry_run:

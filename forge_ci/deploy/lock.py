@@ -6,6 +6,11 @@ network drops, the connection closes, ``cat`` exits and the kernel releases the
 lock: a lock whose owner is gone is recovered without anyone deleting a file.
 ``lock.json`` beside it records the owner only to tell the next run who holds it.
 
+A script given as ``after`` runs on the target once the lock is held, in the
+same round trip (a deploy observes the target there): its output is
+:attr:`Lock.output`. It runs in a subshell, so an ``exit`` in it ends only
+itself, never the command that holds the lock.
+
 Where ``flock`` is missing (a cPanel jailed shell, CageFS) the lock is a
 directory instead, ``.forge/lock.d``: ``mkdir`` is atomic, the holding shell
 writes its pid into it and removes it when the connection closes (EOF on
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -42,11 +48,13 @@ def owner_info(environ: Mapping[str, str], command: str) -> dict[str, str]:
 
 class Lock:
     def __init__(self, host: Host, layout: Layout, owner: Mapping[str, str],
-                 wait: float = 0.0, note: Callable[[str], None] = lambda _m: None) -> None:
+                 wait: float = 0.0, note: Callable[[str], None] = lambda _m: None,
+                 after: str = "") -> None:
         self.host, self.layout, self.owner, self.wait = host, layout, dict(owner), wait
-        self.note = note
+        self.note, self.after = note, after
         self._proc: Process | None = None
         self.kind = "flock"  # or "mkdir" where flock is missing
+        self.output = b""  # what ``after`` printed, once the lock is held
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -59,7 +67,9 @@ class Lock:
         lay = self.layout
         wait = max(0, int(self.wait))
         # One round trip: the owner record arrives as the first line of stdin.
-        script = _lock_script(lay.meta, lay.lock, lay.lock_owner, wait)
+        # ``after``'s output ends with a token no file on the target can know.
+        end = secrets.token_hex(16).encode() if self.after else b""
+        script = _lock_script(lay.meta, lay.lock, lay.lock_owner, wait, self.after, end)
         proc = self.host.start(script)
         proc.write(json.dumps(self.owner).encode() + b"\n")
         line = proc.readline().strip()
@@ -77,6 +87,22 @@ class Lock:
                 f"could not take the lock on {self.host.name}: "
                 f"{proc.stderr().decode(errors='replace').strip()}")
         self._proc = proc
+        if end:
+            self.output = self._read_until(proc, b"\0" + end)
+
+    def _read_until(self, proc: Process, end: bytes) -> bytes:
+        """Everything ``after`` printed: up to ``end``, which nothing follows."""
+        out = bytearray()
+        while not out.endswith(end):
+            chunk = proc.read()
+            if not chunk:
+                self.release()
+                raise RemoteCommandError(
+                    f"{self.host.name}: the connection ended just after the deploy lock was "
+                    "taken; nothing was changed", hint="check the server and network, then "
+                                                       "run again")
+            out += chunk
+        return bytes(out[:-len(end)])
 
     def _busy_message(self) -> str:
         raw = self.host.read(self.layout.lock_owner)
@@ -99,9 +125,12 @@ class Lock:
             proc.kill()
 
 
-def _lock_script(meta: str, lock: str, owner_file: str, wait: int) -> str:
+def _lock_script(meta: str, lock: str, owner_file: str, wait: int, after: str = "",
+                 end: bytes = b"") -> str:
     """The remote side of :meth:`Lock.acquire` (see the module docstring)."""
     d = sh(lock + ".d")
+    # stdin stays the lock's: ``after`` reads nothing from it.
+    then = f"(\n{after}\n) </dev/null\nprintf '\\0%s' {end.decode()}\n" if after else ""
     return (
         f"mkdir -p {sh(meta)} || exit 1\n"
         "IFS= read -r owner\n"
@@ -110,6 +139,7 @@ def _lock_script(meta: str, lock: str, owner_file: str, wait: int) -> str:
         f"  flock -w {wait} 9 || exit {_BUSY}\n"
         f"  printf '%s\\n' \"$owner\" > {sh(owner_file)}\n"
         "  echo locked\n"
+        f"{then}"
         "  exec cat >/dev/null\n"
         "fi\n"
         f"tries={wait}\n"
@@ -128,5 +158,6 @@ def _lock_script(meta: str, lock: str, owner_file: str, wait: int) -> str:
         f"echo $$ > {d}/pid\n"
         f"printf '%s\\n' \"$owner\" > {sh(owner_file)}\n"
         "echo locked mkdir\n"
+        f"{then}"
         "cat >/dev/null\n"
     )

@@ -39,7 +39,9 @@ class Observed:
     maintenance: tuple[str, ...] = ()
 
 
-def _observe_script(layout: Layout, shared: Sequence[str]) -> str:
+def observe_script(layout: Layout, shared: Sequence[str] = ()) -> str:
+    """The remote side of :func:`observe`; its output is what :func:`parse_observed` reads
+    (run it alone, or after a lock in the lock's round trip)."""
     # One round trip: NUL-separated fields (the log and manifests never contain NUL;
     # shared paths are clean relative paths, without newlines).
     tools = " ".join(REQUIRED_TOOLS)
@@ -65,11 +67,21 @@ cat .forge/maintenance 2>/dev/null; printf '\\0'
 """
 
 
-def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
-    """What ``host`` holds at ``layout``; ``shared``: the shared paths to look for."""
-    fields = host.run(_observe_script(layout, shared)).stdout.split(b"\0")
+def observe(host: Host, layout: Layout, shared: Sequence[str] = (),
+            known: Manifest | None = None) -> Observed:
+    """What ``host`` holds at ``layout``; ``shared``: the shared paths to look for;
+    ``known``: the manifest being deployed (see :func:`parse_observed`)."""
+    return parse_observed(host.name, layout, host.run(observe_script(layout, shared)).stdout,
+                          known)
+
+
+def parse_observed(name: str, layout: Layout, output: bytes,
+                   known: Manifest | None = None) -> Observed:
+    """The facts in what :func:`observe_script` printed on host ``name``. The live
+    release's manifest is read against ``known`` (:meth:`Manifest.from_bytes`)."""
+    fields = output.split(b"\0")
     if fields[0] != b"present":
-        return Observed(host.name)
+        return Observed(name)
     missing, notlink, link, listing, log, manifest, in_shared, in_site, maintenance = (
         fields + [b""] * 10)[1:10]
     if missing.strip():
@@ -77,24 +89,25 @@ def observe(host: Host, layout: Layout, shared: Sequence[str] = ()) -> Observed:
         named = ", ".join("GNU tar (the tar there is another one)" if t == "GNU-tar" else t
                           for t in lacks)
         raise ConnectError(
-            f"{host.name} lacks {named}: forge cannot deploy there, nothing was changed",
+            f"{name} lacks {named}: forge cannot deploy there, nothing was changed",
             hint="install coreutils and GNU tar on the server; on shared hosting (a jailed "
                  "shell, CageFS) ask the host to add "
                  + " and ".join("GNU tar" if t.endswith("tar") else t for t in lacks)
                  + " to the account's shell")
     if notlink:
         raise RemoteCommandError(
-            f"{layout.current} on {host.name} exists but is not a symlink",
+            f"{layout.current} on {name} exists but is not a symlink",
             hint="move that directory away; forge manages current as a link to a release")
     current = link.decode().rstrip("/").split("/")[-1] or None
     parsed = None
     if current and manifest:
         try:
-            parsed = Manifest.from_bytes(manifest, source=f"{host.name}:{layout.manifest(current)}")
+            parsed = Manifest.from_bytes(manifest, source=f"{name}:{layout.manifest(current)}",
+                                         known=known)
         except ArtifactError:
             parsed = None  # a damaged stored manifest only costs a full send
     names = sorted(listing.decode().splitlines())
-    return Observed(host.name, current, ReleaseLog.parse(log),
+    return Observed(name, current, ReleaseLog.parse(log),
                     tuple(n for n in names if not n.startswith(".")),
                     tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed,
                     tuple(in_shared.decode().splitlines()), tuple(in_site.decode().splitlines()),

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from forge_ci.backup import session
-from forge_ci.backup.restore import plan_restore, run_restore
-from forge_ci.backup.take import take_snapshot
 from forge_ci.config import EnvironmentConfig, LoadedConfig
 from forge_ci.config.backup import BackupConfig, DatabaseConfig
 from forge_ci.errors import ConfigError
 from forge_ci.remote import Host
+
+if TYPE_CHECKING:
+    from forge_ci.backup import session
+
+# The backup modules (and the S3 client behind them) load only when a snapshot is
+# taken or restored: a deploy without ``backup.before_deploy`` never pays for them.
 
 
 def database_config(config: EnvironmentConfig) -> DatabaseConfig | None:
@@ -53,6 +57,8 @@ class BackupSnapshots:
     log: Callable[[str], None]
 
     def _target(self) -> tuple[session.Target, BackupConfig]:
+        from forge_ci.backup import session
+
         t = session.target(self.loaded, self.environment)
         cfg = snapshot_config(t.config)
         if cfg is None or cfg.database is None:
@@ -63,6 +69,9 @@ class BackupSnapshots:
         return t, cfg
 
     def take(self, host: Host, release: str) -> str:
+        from forge_ci.backup import session
+        from forge_ci.backup.take import take_snapshot
+
         t, cfg = self._target()
         self.log(f"{host.name}: snapshotting database {cfg.database.name if cfg.database else ''}"
                  f" before {release} goes live")
@@ -72,6 +81,9 @@ class BackupSnapshots:
         return report.snapshot_id
 
     def restore(self, host: Host, snapshot: str) -> None:
+        from forge_ci.backup import session
+        from forge_ci.backup.restore import plan_restore, run_restore
+
         t, cfg = self._target()
         with session.repository(t, self.environ) as repo:
             loaded = repo.pick(snapshot)

@@ -87,11 +87,12 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
         if _COPIED.encode() in done.stdout:
             log(f"{host.name}: hard links failed (cp -al): copied the live release instead, "
                 "which takes more time and disk")
-    else:
+    elif not send and not generated:
         host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
                             check=False), "creating the release directory")
+    # Without a base the stream's own command makes the directory: one round trip.
     sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {},
-                           progress)
+                           progress, fresh=base_dir is None)
     linked = len(new.entries) - len(send)
     log(f"{host.name}: sent {len(send)} entries ({human_size(sent_bytes)}), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
@@ -117,12 +118,12 @@ def stage_script(release_dir: str) -> str:
 class _StreamPosition:
     """Files and bytes of the release sent, estimated from how far GNU tar's stream is.
 
-    tar writes entries in the order listed: a header (with a pax header: about
-    three 512-byte blocks) then the data, padded to 512 bytes. The estimate only
-    feeds the progress line; the last update is exact.
+    tar writes entries in the order listed: a header (one 512-byte block in GNU
+    format; a name over 100 bytes adds a few) then the data, padded to 512 bytes.
+    The estimate only feeds the progress line; the last update is exact.
     """
 
-    _HEADER = 3 * 512
+    _HEADER = 512
 
     def __init__(self, paths: tuple[str, ...], manifest: Manifest) -> None:
         self.ends: list[int] = []
@@ -149,16 +150,20 @@ class _StreamPosition:
 
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
               manifest: Manifest, generated: Mapping[str, tuple[bytes, int]],
-              progress: MakeProgress = silent) -> int:
-    """Stream the artifact's entries, then the generated files, into the remote tar.
+              progress: MakeProgress = silent, fresh: bool = False) -> int:
+    """Stream the artifact's entries, then the generated files, into the remote tar
+    (``fresh``: into a new, empty ``release_dir``, made by the same command).
 
     GNU tar packs the artifact (it is several times faster than Python's tarfile);
     the generated files follow as a second archive, which ``-i`` lets tar read on.
     """
     if not paths and not generated:
         return 0
-    proc = host.start(f"cd {sh(release_dir)} && exec tar -x -i -p --no-same-owner "
-                      "--delay-directory-restore -f -")
+    make = f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)} && " if fresh else ""
+    # When the directory cannot be made, the stream is still read to its end, so the
+    # error below is mkdir's (on stderr), not a connection that seems lost.
+    proc = host.start(f"if {make}cd {sh(release_dir)}; then exec tar -x -i -p --no-same-owner "
+                      "--delay-directory-restore -f -; fi; cat >/dev/null; exit 1")
     writer = _ProcWriter(proc)
     position = _StreamPosition(paths, manifest)
     total_files, total_bytes = position.at(1 << 62)
@@ -191,7 +196,9 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter,
         tar = subprocess.Popen(
             ["tar", "-c", "-f", "-", "-C", str(tree), "--null", "--no-recursion",
              "--verbatim-files-from", "-T", listing.name, "--owner=0", "--group=0",
-             "--numeric-owner", "--format=posix"],
+             # GNU format: one header block per entry where POSIX (pax) adds two for
+             # sub-second times nobody reads; 4,300 files stream 4.4 MB less.
+             "--numeric-owner", "--format=gnu"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert tar.stdout is not None
         offset = 0

@@ -69,11 +69,14 @@ def sh(*argv: str) -> str:
 # The scripts of the generic helpers below, for callers that run several in one
 # round trip (:func:`forge_ci.remote.base.batch`); each exits non-zero on failure.
 
-def write_atomic_script(path: str, mode: int = 0o644) -> str:
-    """Stdin to ``path`` through a temporary file renamed into place."""
+def write_atomic_script(path: str, mode: int = 0o644, durable: bool = True) -> str:
+    """Stdin to ``path`` through a temporary file renamed into place; ``durable``:
+    on disk before the rename (without it a crash may leave the file empty or
+    short, for files whose readers treat that as missing)."""
     tmp = f"{path}.forge-tmp"
+    sync = f" sync {sh(tmp)} 2>/dev/null;" if durable else ""
     return (f"umask 077; if cat > {sh(tmp)} && chmod {mode:o} {sh(tmp)}; then"
-            f" sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(path)};"
+            f"{sync} mv -f -- {sh(tmp)} {sh(path)};"
             f" else rm -f -- {sh(tmp)}; exit 1; fi")
 
 

@@ -27,8 +27,9 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
 from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
@@ -61,6 +62,24 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # Bigger windows than paramiko's defaults: release tarballs stream at disk speed.
 _WINDOW = 64 * 1024 * 1024
 _PACKET = 32768
+# AES-GCM before paramiko's first choice (AES-CTR with a separate HMAC-SHA2): one
+# AEAD pass per packet, which a release's stream feels on both ends (forge's CPU:
+# about a quarter less for 75 MB on loopback). OpenSSH offers it by default; every
+# other cipher paramiko accepts stays behind it for servers that do not.
+_AEAD_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport(sock: Any, /, *, gss_kex: bool = False, gss_deleg_creds: bool = False,
+               disabled_algorithms: Mapping[str, Iterable[str]] | None = None,
+               ) -> paramiko.Transport:
+    """paramiko's Transport with :data:`_AEAD_FIRST` leading the cipher preference
+    (forge never uses GSS-API: ``gss_*`` are paramiko's defaults, left unused)."""
+    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+    options = transport.get_security_options()
+    ciphers = tuple(options.ciphers)
+    options.ciphers = (tuple(c for c in _AEAD_FIRST if c in ciphers)
+                       + tuple(c for c in ciphers if c not in _AEAD_FIRST))
+    return transport
 
 
 def parse_private_key(text: str) -> paramiko.PKey:
@@ -336,7 +355,7 @@ class SshHost(Host):
                 host, port=port, username=user, pkey=key, timeout=timeout, sock=sock,
                 banner_timeout=timeout, auth_timeout=timeout,
                 allow_agent=False, look_for_keys=False,
-                disabled_algorithms=disabled_algorithms,
+                disabled_algorithms=disabled_algorithms, transport_factory=_transport,
             )
         except paramiko.BadHostKeyException as e:
             raise HostKeyError(

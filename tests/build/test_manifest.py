@@ -179,3 +179,35 @@ def test_a_manifest_naming_a_non_utf8_path_is_refused() -> None:
         "web/caf\udce9.jpg": {"type": "file", "mode": 420, "size": 1, "sha256": "0" * 64}}})
     with pytest.raises(ArtifactError, match="not valid UTF-8"):
         Manifest.from_bytes(data.encode())
+
+
+_SHA = "a" * 64
+
+
+def _live(files: dict[str, dict[str, object]]) -> bytes:
+    return json.dumps({"version": 1, "files": files}).encode()
+
+
+def test_a_live_manifest_read_against_the_new_one_is_still_checked_where_it_differs() -> None:
+    known = Manifest({"web": Entry("dir", 0o755), "web/a.php": Entry("file", 0o644, 3, _SHA),
+                      "web/l": Entry("symlink", 0o777, target="a.php")})
+    same = {"web": {"type": "dir", "mode": 0o755},
+            "web/a.php": {"type": "file", "mode": 0o644, "size": 3, "sha256": _SHA}}
+    # Equal entries come back as they were; a changed one is read as itself.
+    read = Manifest.from_bytes(_live({**same, "web/l": {"type": "symlink", "mode": 0o777,
+                                                        "target": "a.php"}}), known=known)
+    assert read == known
+    changed = {**same, "web/a.php": {"type": "file", "mode": 0o600, "size": 4, "sha256": _SHA}}
+    assert Manifest.from_bytes(_live(changed), known=known).entries["web/a.php"] == Entry(
+        "file", 0o600, 4, _SHA)
+    refused: list[dict[str, dict[str, object]]] = [
+        {**same, "../x": {"type": "file", "mode": 0o644, "size": 1, "sha256": _SHA}},
+        {**same, "web/a.php": {"type": "file", "mode": 0o4755, "size": 3, "sha256": _SHA}},
+        {**same, "web/l": {"type": "symlink", "mode": 0o777, "target": "../../etc"}},
+        # Each link alone stays inside; through the known one it climbs out.
+        {**same, "web/l": {"type": "symlink", "mode": 0o777, "target": ".."},
+         "web/m": {"type": "symlink", "mode": 0o777, "target": "l/.."}},
+    ]
+    for files in refused:
+        with pytest.raises(ArtifactError):
+            Manifest.from_bytes(_live(files), source="live", known=known)

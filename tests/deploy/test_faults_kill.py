@@ -18,8 +18,8 @@ from .deploysite import DeploySite
 pytestmark = [pytest.mark.faults, pytest.mark.lab]
 
 DEPLOY = [
-    Phase("lock", ": taking the deploy lock", ": locked", "old"),
-    Phase("observe", ": locked", "to production:", "old"),
+    # The target is observed in the lock's round trip: one phase.
+    Phase("lock-and-observe", ": taking the deploy lock", ": locked", "old"),
     Phase("ship", ": shipping ", ": linking shared paths", "old"),
     Phase("transfer", "(a partial file on the target)", ": linking shared paths", "old"),
     Phase("prepare", ": linking shared paths", "preview: checking", "old"),

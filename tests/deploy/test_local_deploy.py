@@ -49,6 +49,27 @@ def test_redeploy_links_unchanged_files_and_leaves_the_live_release_untouched(
     assert os.readlink(local_site.target / "current") == f"releases/{second}"
 
 
+@pytest.mark.parametrize("damage", [b"", b'{"version": 1, "files": {"web/ind', b"\0" * 4096])
+def test_a_stored_manifest_cut_short_by_a_crash_costs_a_full_send_not_a_wrong_release(
+    local_site: LocalSite, damage: bytes,
+) -> None:
+    # The stored manifest is written without a sync: after a crash it may be empty,
+    # short or zeros. The next deploy sends everything and serves the right files.
+    local_site.write("web/big.bin", "x" * 100_000)
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    (local_site.target / ".forge/manifests" / f"{first}.json").write_bytes(damage)
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    second = local_site.current
+    old, new = local_site.target / "releases" / first, local_site.target / "releases" / second
+    assert (new / "web/index.html").read_text() == "ok v2\n"
+    assert (new / "web/big.bin").read_text() == "x" * 100_000
+    assert (old / "web/big.bin").stat().st_ino != (new / "web/big.bin").stat().st_ino  # sent
+    live = [e for e in releases(local_site) if e["state"] == "live"][-1]
+    assert live["metrics"]["linked_entries"] == 0  # type: ignore[index]
+
+
 def test_unhealthy_release_is_rolled_back_with_its_own_exit_code(local_site: LocalSite) -> None:
     assert local_site.forge("deploy", "local") == 0
     good = local_site.current
