@@ -30,7 +30,7 @@ _TYPES = {"f": "file", "d": "dir", "l": "symlink"}
 Kind = Literal["file", "dir", "symlink", "other"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stat:
     path: str
     kind: Kind
@@ -106,14 +106,21 @@ def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
 
 
 def parse_listing(data: bytes) -> list[Stat]:
-    fields = data.split(b"\0")
-    if fields and fields[-1] == b"":
-        fields.pop()
-    if len(fields) % _FIELDS:
-        raise RemoteCommandError("unexpected output from find (truncated listing?)")
+    """The ``Stat`` of each record of ``find -printf _FIND_FORMAT`` output.
+
+    Walks the output one record at a time: splitting it whole would hold eight
+    ``bytes`` objects per entry at once (17 MiB at 50,000 files)."""
     out = []
-    for i in range(0, len(fields), _FIELDS):
-        kind, size, mtime, ctime, inode, mode, path, target = fields[i:i + _FIELDS]
+    pos, end = 0, len(data)
+    while pos < end:
+        fields = []
+        for _ in range(_FIELDS):
+            stop = data.find(b"\0", pos)
+            if stop < 0:
+                raise RemoteCommandError("unexpected output from find (truncated listing?)")
+            fields.append(data[pos:stop])
+            pos = stop + 1
+        kind, size, mtime, ctime, inode, mode, path, target = fields
         name = decode(path)
         name = name[2:] if name.startswith("./") else name
         k: Kind = _TYPES.get(kind.decode(), "other")  # type: ignore[assignment]

@@ -40,6 +40,7 @@ import posixpath
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from forge_ci.backup.errors import BackupFormatError
@@ -54,7 +55,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 FileType = Literal["file", "dir", "symlink"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     path: str
     type: FileType
@@ -104,27 +105,53 @@ class Manifest:
 
 def dumps(manifest: Manifest) -> bytes:
     """Serialise; :func:`parse` of the result gives ``manifest`` back."""
-    files = []
-    for f in manifest.files:
-        item: dict[str, Any] = {"path": f.path, "type": f.type, "mode": f.mode,
-                                "mtime_ns": f.mtime_ns}
-        if f.type == "file":
-            item |= {"size": f.size, "sha256": f.sha256, "objects": list(f.objects)}
-            if f.offset is not None:
-                item["offset"] = f.offset
-        elif f.type == "symlink":
-            item["target"] = f.target
-        files.append(item)
+    return b"".join(dump_chunks(manifest))
+
+
+def dump_chunks(manifest: Manifest, *, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """:func:`dumps` as pieces of about ``chunk`` bytes, one entry serialised at a
+    time: the same bytes, without the whole document (as dicts, then as text) in
+    memory at once. Deterministic, so it can be run twice (hash, then store)."""
     doc = {
         "format": FORMAT, "version": VERSION, "id": manifest.id,
         "time": manifest.time.isoformat(), "site": manifest.site,
         "environment": manifest.environment, "hostnames": list(manifest.hostnames),
-        "tool": manifest.tool, "paths": list(manifest.paths), "files": files,
+        "tool": manifest.tool, "paths": list(manifest.paths),
         "database": asdict(manifest.database) if manifest.database else None,
         "stats": manifest.stats,
     }
+    # Keys sorted, as json.dumps(sort_keys=True) of the whole would put them: the
+    # ones before "files", the entries one by one, then the ones after.
+    head = _json({k: v for k, v in doc.items() if k < "files"})
+    tail = _json({k: v for k, v in doc.items() if k > "files"})
+    buf = [head[:-1] + ',"files":[']
+    size = len(buf[0])
+    for i, f in enumerate(manifest.files):
+        text = ("," if i else "") + _json(_file_item(f))
+        buf.append(text)
+        size += len(text)
+        if size >= chunk:
+            yield "".join(buf).encode("ascii")
+            buf, size = [], 0
+    buf.append("]," + tail[1:])
+    yield "".join(buf).encode("ascii")
+
+
+def _json(value: object) -> str:
     # ensure_ascii: non-UTF-8 names (lone surrogates) survive as \udcXX escapes.
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _file_item(f: FileEntry) -> dict[str, Any]:
+    item: dict[str, Any] = {"path": f.path, "type": f.type, "mode": f.mode,
+                            "mtime_ns": f.mtime_ns}
+    if f.type == "file":
+        item |= {"size": f.size, "sha256": f.sha256, "objects": list(f.objects)}
+        if f.offset is not None:
+            item["offset"] = f.offset
+    elif f.type == "symlink":
+        item["target"] = f.target
+    return item
 
 
 def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
