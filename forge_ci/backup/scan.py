@@ -13,6 +13,7 @@ host's bytes with ``surrogateescape`` (non-UTF-8 names survive the round trip).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,3 +184,21 @@ class HashCache:
                           separators=(",", ":")).encode("ascii")
         host.makedirs(f"{root}/.forge")
         host.write_atomic(f"{root}/{CACHE_PATH}", data, mode=0o600)
+
+    @staticmethod
+    def write(host: Host, root: str, stats: Iterable[Stat], hashes: Mapping[str, str]) -> None:
+        """Save the cache of ``stats`` straight from them: what :meth:`of` then
+        :meth:`save` would write, without a second table of every file first."""
+        out = io.BytesIO()
+        out.write(b'{"version":1,"entries":{')
+        sep = b""
+        for st in stats:
+            sha = hashes.get(st.path)
+            if sha is not None:
+                out.write(b"%s%s:[%d,%d,%d,%d,\"%s\"]" % (
+                    sep, json.dumps(st.path).encode("ascii"), st.size, st.mtime_ns,
+                    st.ctime_ns, st.inode, sha.encode("ascii")))
+                sep = b","
+        out.write(b"}}")
+        host.makedirs(f"{root}/.forge")
+        host.write_atomic(f"{root}/{CACHE_PATH}", out.getvalue(), mode=0o600)

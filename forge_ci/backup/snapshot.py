@@ -38,9 +38,9 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from forge_ci.backup.errors import BackupFormatError
