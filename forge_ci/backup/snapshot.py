@@ -35,6 +35,7 @@ through another symlink. A backup leaves such links out (:func:`refused_links`).
 
 from __future__ import annotations
 
+import codecs
 import json
 import posixpath
 import re
@@ -158,7 +159,11 @@ def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
     """Parse and validate a manifest; raise :class:`BackupFormatError` if it is
     malformed or hostile (see the module docstring)."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        # Bytes straight to json (no second, decoded copy of the whole text), still
+        # UTF-8 only: json would also take UTF-16/32 or a BOM, which no manifest is.
+        if data.startswith(codecs.BOM_UTF8) or b"\0" in data[:4]:
+            raise ValueError("not UTF-8 JSON")
+        doc = json.loads(data)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
         manifest = _build(doc)
@@ -186,10 +191,22 @@ def _build(doc: dict[str, Any]) -> Manifest:
         id=doc["id"], time=time, site=doc["site"], environment=doc["environment"],
         hostnames=tuple(_str(h) for h in doc["hostnames"]), tool=_str(doc["tool"]),
         paths=tuple(_str(p) for p in doc["paths"]),
-        files=tuple(_file(f) for f in doc["files"]),
+        files=_files(doc["files"]),
         database=_database(db) if db is not None else None,
         stats={str(k): float(v) for k, v in dict(doc.get("stats") or {}).items()},
     )
+
+
+def _files(items: list[Any]) -> tuple[FileEntry, ...]:
+    """Each parsed entry is dropped once converted: the dicts and the entries of a
+    large manifest are never all held at once."""
+    if not isinstance(items, list):
+        raise TypeError("files is not a list")
+    out = []
+    for i, item in enumerate(items):
+        out.append(_file(item))
+        items[i] = None
+    return tuple(out)
 
 
 def _file(item: dict[str, Any]) -> FileEntry:
