@@ -66,6 +66,7 @@ class BlobIndex:
     _packed: dict[bytes, int] = field(default_factory=dict, repr=False)
     _packs: list[str] = field(default_factory=list, repr=False)
     _pack_no: dict[str, int] = field(default_factory=dict, repr=False)
+    _pack_keys: list[tuple[str]] = field(default_factory=list, repr=False)  # what find gives
 
     @property
     def packed(self) -> Iterator[str]:
@@ -88,6 +89,7 @@ class BlobIndex:
         if no is None:
             no = self._pack_no[pack] = len(self._packs)
             self._packs.append(pack)
+            self._pack_keys.append((pack,))
         return no << 64 | offset << _SIZE_BITS | size
 
     def _unplace(self, place: int) -> Entry:
@@ -100,9 +102,11 @@ class BlobIndex:
         return None if place is None else self._unplace(place)
 
     def find(self, name: str) -> Location | None:
-        hit = self.lookup_packed(name)
-        if hit is not None and hit[0] in self.data_keys:
-            return (hit[0],), hit[1]
+        place = self._packed.get(bytes.fromhex(name))
+        if place is not None:
+            no = place >> 64
+            if self._packs[no] in self.data_keys:
+                return self._pack_keys[no], place >> _SIZE_BITS & _OFFSET_MASK
         segments = self.whole.get(name)
         if segments is not None and all(k in self.data_keys for k in segments[1]):
             return segments[1], None

@@ -36,6 +36,7 @@ through another symlink. A backup leaves such links out (:func:`refused_links`).
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import posixpath
 import re
@@ -203,8 +204,14 @@ def _files(items: list[Any]) -> tuple[FileEntry, ...]:
     if not isinstance(items, list):
         raise TypeError("files is not a list")
     out = []
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # a pack's key, held once
     for i, item in enumerate(items):
-        out.append(_file(item))
+        entry = _file(item)
+        if entry.objects:
+            objects = shared.setdefault(entry.objects, entry.objects)
+            if objects is not entry.objects:
+                entry = dataclasses.replace(entry, objects=objects)
+        out.append(entry)
         items[i] = None
     return tuple(out)
 
