@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,6 +28,16 @@ CACHE_PATH = ".forge/backup-hashes.json"
 _FIELDS = 8
 _FIND_FORMAT = r"%y\0%s\0%T@\0%C@\0%i\0%m\0%p\0%l\0"
 _TYPES = {"f": "file", "d": "dir", "l": "symlink"}
+_SHA = re.compile(r"[0-9a-f]{64}")
+_CACHE_HEAD = b'{"version":1,"entries":{'
+# "path":[size,mtime_ns,ctime_ns,inode,"sha256"], as json.dumps writes it (ASCII).
+_CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
+                           rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"\]')
+
+
+def _meta(*values: int) -> bytes:
+    return b"%d,%d,%d,%d" % values
+
 
 Kind = Literal["file", "dir", "symlink", "other"]
 
@@ -152,26 +163,60 @@ def hash_files(host: Host, root: str, paths: Iterable[str]) -> dict[str, str]:
 
 
 class HashCache:
-    """``path -> (size, mtime, ctime, inode, sha256)`` as last seen on the host."""
+    """``path -> (size, mtime, ctime, inode, sha256)`` as last seen on the host.
+
+    Held compactly (one ``bytes`` per file: the hash's 32 bytes, then the metadata as
+    the file writes it), and read from the file a record at a time when it has the
+    shape :meth:`write` gives it; anything else is parsed as plain JSON."""
 
     def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
-        self._entries: dict[str, list[object]] = dict(entries or {})
+        self._entries: dict[str, bytes] = {}
+        for path, entry in (entries or {}).items():
+            if not (isinstance(entry, list) and len(entry) == 5):
+                continue
+            meta = [v for v in entry[:4] if type(v) is int]
+            sha = entry[4]
+            if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha):
+                self._entries[path] = bytes.fromhex(sha) + _meta(*meta)
 
     @classmethod
     def load(cls, host: Host, root: str) -> HashCache:
         try:
             raw = host.read(f"{root}/{CACHE_PATH}")
+            cache = cls._scan(raw) if raw else None
+            if cache is not None:
+                return cache
             doc = json.loads(raw) if raw else {}
             entries = doc.get("entries", {}) if doc.get("version") == 1 else {}
         except (ValueError, AttributeError, RemoteCommandError):
             entries = {}  # a damaged cache only costs re-hashing
         return cls(entries if isinstance(entries, dict) else {})
 
+    @classmethod
+    def _scan(cls, raw: bytes) -> HashCache | None:
+        """Records one by one, without the parsed document; None: not that shape."""
+        if not (raw.startswith(_CACHE_HEAD) and raw.endswith(b"}}")):
+            return None
+        cache = cls()
+        pos, end = len(_CACHE_HEAD), len(raw) - 2
+        while pos < end:
+            m = _CACHE_RECORD.match(raw, pos)
+            if m is None:
+                return None
+            key, meta, sha = m.group(1, 2, 3)
+            path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
+            cache._entries[path] = bytes.fromhex(sha.decode("ascii")) + meta
+            pos = m.end()
+            if pos < end:
+                if raw[pos:pos + 1] != b",":
+                    return None
+                pos += 1
+        return cache
+
     def lookup(self, st: Stat) -> str | None:
         entry = self._entries.get(st.path)
-        if isinstance(entry, list) and len(entry) == 5 and entry[:4] == st.cache_key():
-            sha = entry[4]
-            return sha if isinstance(sha, str) and len(sha) == 64 else None
+        if entry is not None and entry[32:] == _meta(*st.cache_key()):
+            return entry[:32].hex()
         return None
 
     @classmethod
@@ -180,7 +225,9 @@ class HashCache:
                     if s.path in hashes})
 
     def save(self, host: Host, root: str) -> None:
-        data = json.dumps({"version": 1, "entries": self._entries},
+        entries = {path: [*(int(v) for v in entry[32:].split(b",")), entry[:32].hex()]
+                   for path, entry in self._entries.items()}
+        data = json.dumps({"version": 1, "entries": entries},
                           separators=(",", ":")).encode("ascii")
         host.makedirs(f"{root}/.forge")
         host.write_atomic(f"{root}/{CACHE_PATH}", data, mode=0o600)

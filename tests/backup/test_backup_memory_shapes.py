@@ -108,3 +108,27 @@ def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
     (root / "up" / "5.txt").unlink()
     paths = {s.path for s in listing if s.kind == "file"}
     assert files._moved(host, str(root), plan, paths, batch=2) == ["up/1.txt", "up/5.txt"]
+
+
+def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
+    host = LocalHost()
+    odd = "ü \"q\" \\ \udce9\n\ttab"
+    stats = [Stat(odd, "file", 5, -1_000, 2, 3, 0o644), Stat("b", "file", 6, 4, 5, 6, 0o644)]
+    hashes = {odd: "ab" * 32, "b": "cd" * 32}
+    HashCache.write(host, str(tmp_path), stats, hashes)
+    raw = (tmp_path / ".forge" / "backup-hashes.json").read_bytes()
+    assert HashCache._scan(raw) is not None  # the compact reader takes what write gives
+    assert [HashCache.load(host, str(tmp_path)).lookup(s) for s in stats] == list(hashes.values())
+    # An older or hand-made cache (spaces, other key order) is still read, as JSON.
+    doc = json.loads(raw)
+    (tmp_path / ".forge" / "backup-hashes.json").write_text(json.dumps(
+        {"entries": doc["entries"], "version": 1}, indent=1))
+    cache = HashCache.load(host, str(tmp_path))
+    assert [cache.lookup(s) for s in stats] == list(hashes.values())
+    # Changed metadata, damaged records: a miss (re-hashed), never a wrong hash.
+    assert cache.lookup(Stat("b", "file", 6, 4, 5, 7, 0o644)) is None
+    (tmp_path / ".forge" / "backup-hashes.json").write_bytes(raw[:-40] + b"}}")
+    damaged = HashCache.load(host, str(tmp_path))
+    assert damaged.lookup(stats[1]) is None
+    cache.save(host, str(tmp_path))  # the compact form saves as the same JSON
+    assert json.loads((tmp_path / ".forge" / "backup-hashes.json").read_bytes()) == doc
