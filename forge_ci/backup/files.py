@@ -166,14 +166,15 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
         deferred = set(result.unhashed)
         total = sum(result.stats[p].size for p in todo if p in result.stats)
         with show("uploading", files=len(todo), nbytes=total) as shown:
-            changed = _send(host, root, todo, result, uploader, packer, index, naming_key,
-                            shown)
+            changed = _send(host, root, todo, result, deferred, uploader, packer, index,
+                            naming_key, shown)
         packer.flush()
         uploader.join()
         if deferred:
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
-            changed += _moved(host, root, result, deferred - set(changed))
+            deferred.difference_update(changed)
+            changed += _moved(host, root, result, deferred)
             result.unhashed = []
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
@@ -210,14 +211,14 @@ def _moved(host: Host, root: str, result: FilePlan, paths: set[str], *,
     return out
 
 
-def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Uploader,
-          packer: PackWriter, index: BlobIndex, naming_key: bytes,
+def _send(host: Host, root: str, todo: list[str], result: FilePlan, deferred: set[str],
+          uploader: Uploader, packer: PackWriter, index: BlobIndex, naming_key: bytes,
           shown: Progress | None = None) -> list[str]:
-    """One tar pass; returns the paths that must be planned again."""
+    """One tar pass; returns the paths that must be planned again. ``deferred``: the
+    paths read without a hash yet (named as they pass)."""
     if not todo:
         return []
     expected = set(todo)
-    deferred = set(result.unhashed)
     changed: list[str] = []
     with read_files(host, root, todo) as members:
         for name, reader in members:
