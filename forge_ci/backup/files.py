@@ -37,6 +37,8 @@ from forge_ci.remote import Host
 # progress line moves once per batch.
 _HASH_BATCH_BYTES = 256 * 1024 * 1024
 _HASH_BATCH_FILES = 2000
+# Files whose metadata is checked again per command (after a first backup's upload).
+_STAT_BATCH = 5000
 
 
 @dataclass
@@ -84,7 +86,7 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     result = FilePlan(stats={}, hashes={}, names={}, upload=[])
     # Nothing stored for these recipients yet (a first backup): every file goes up,
     # and hashing small ones on the host first would read them twice.
-    first = not index.data_keys and not index.packed
+    first = not index.data_keys and not index.has_packed()
     _absorb(result, listing, host, root, naming_key, cache, defer_small=first, show=show)
     result.upload = missing(result, index) + result.unhashed
     return result
@@ -164,14 +166,15 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
         deferred = set(result.unhashed)
         total = sum(result.stats[p].size for p in todo if p in result.stats)
         with show("uploading", files=len(todo), nbytes=total) as shown:
-            changed = _send(host, root, todo, result, uploader, packer, index, naming_key,
-                            shown)
+            changed = _send(host, root, todo, result, deferred, uploader, packer, index,
+                            naming_key, shown)
         packer.flush()
         uploader.join()
         if deferred:
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
-            changed += _moved(host, root, result, deferred - set(changed))
+            deferred.difference_update(changed)
+            changed += _moved(host, root, result, deferred)
             result.unhashed = []
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
@@ -195,21 +198,27 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                              "files that are rewritten constantly (logs, caches)")
 
 
-def _moved(host: Host, root: str, result: FilePlan, paths: set[str]) -> list[str]:
-    """Paths whose metadata differs from the listing (or that are gone)."""
-    now = {st.path: st for st in stat_paths(host, root, sorted(paths))}
-    return sorted(p for p in paths if p not in now
-                  or now[p].cache_key() != result.stats[p].cache_key())
+def _moved(host: Host, root: str, result: FilePlan, paths: set[str], *,
+           batch: int = _STAT_BATCH) -> list[str]:
+    """Paths whose metadata differs from the listing (or that are gone). Asked in
+    batches, so a second listing of the whole tree is never held at once."""
+    todo = sorted(paths)
+    out = []
+    for i in range(0, len(todo), batch):
+        part = todo[i:i + batch]
+        now = {st.path: st.cache_key() for st in stat_paths(host, root, part)}
+        out += [p for p in part if now.get(p) != result.stats[p].cache_key()]
+    return out
 
 
-def _send(host: Host, root: str, todo: list[str], result: FilePlan, uploader: Uploader,
-          packer: PackWriter, index: BlobIndex, naming_key: bytes,
+def _send(host: Host, root: str, todo: list[str], result: FilePlan, deferred: set[str],
+          uploader: Uploader, packer: PackWriter, index: BlobIndex, naming_key: bytes,
           shown: Progress | None = None) -> list[str]:
-    """One tar pass; returns the paths that must be planned again."""
+    """One tar pass; returns the paths that must be planned again. ``deferred``: the
+    paths read without a hash yet (named as they pass)."""
     if not todo:
         return []
     expected = set(todo)
-    deferred = set(result.unhashed)
     changed: list[str] = []
     with read_files(host, root, todo) as members:
         for name, reader in members:
@@ -236,6 +245,7 @@ def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploa
     content is stored already; a large one goes up under a random key, which the
     index maps its content name to."""
     st = result.stats[path]
+    path = st.path  # the listing's string: tar's own copy of the name is not kept
     if st.size > MEMBER_MAX:
         digest = Digest()
         keys = packer.segments(digest.tee(_chunks(reader)), path=path)
@@ -255,7 +265,7 @@ def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploa
     name = layout.content_name(naming_key, sha)
     result.hashes[path], result.names[path] = sha, name
     result.hashed += 1
-    if name not in index and name not in packer.names:
+    if not index.knows(name):  # stored, or packed earlier in this run
         pack, offset = packer.add(name, data, path=path)
         index.add_packed(name, pack, offset, len(data))
     return True

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,24 +45,76 @@ Location = tuple[tuple[str, ...], int | None]  # objects, offset (None: whole ob
 Entry = tuple[str, int, int]  # pack key, offset, size
 
 
+# A packed member's place, as one int: pack number << 64 | offset << 24 | size
+# (size <= MEMBER_MAX < 2**24; offset < 2**40, far beyond a pack's plaintext).
+_SIZE_BITS, _OFFSET_BITS = 24, 40
+_SIZE_MASK, _OFFSET_MASK = (1 << _SIZE_BITS) - 1, (1 << _OFFSET_BITS) - 1
+
+
 @dataclass
 class BlobIndex:
-    """Content name -> where it is stored, for contents whose object is present."""
+    """Content name -> where it is stored, for contents whose object is present.
+
+    Held compactly, since a media library has one entry per file: names as their 32
+    raw bytes, a packed member's place as one int with its pack as a number (each
+    pack key is held once), instead of a tuple of strings per entry."""
 
     data_keys: set[str]
-    packed: dict[str, Entry] = field(default_factory=dict)
     whole: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # size, keys
     index_keys: list[str] = field(default_factory=list)  # index objects read
     unreadable: int = 0
+    _packed: dict[bytes, int] = field(default_factory=dict, repr=False)
+    _packs: list[str] = field(default_factory=list, repr=False)
+    _pack_no: dict[str, int] = field(default_factory=dict, repr=False)
+    _pack_keys: list[tuple[str]] = field(default_factory=list, repr=False)  # what find gives
+
+    @property
+    def packed(self) -> Iterator[str]:
+        """The names of packed contents (present or queued)."""
+        return (name.hex() for name in self._packed)
+
+    def has_packed(self) -> bool:
+        return bool(self._packed)
+
+    def packed_entries(self) -> Iterator[tuple[str, str, int, int]]:
+        """(name, pack key, offset, size) of every packed content known."""
+        for name, place in self._packed.items():
+            pack, offset, size = self._unplace(place)
+            yield name.hex(), pack, offset, size
+
+    def _place(self, pack: str, offset: int, size: int) -> int:
+        if not (0 <= offset <= _OFFSET_MASK and 0 < size <= _SIZE_MASK):
+            raise ValueError(f"member of {pack} out of range: {offset}+{size}")
+        no = self._pack_no.get(pack)
+        if no is None:
+            no = self._pack_no[pack] = len(self._packs)
+            self._packs.append(pack)
+            self._pack_keys.append((pack,))
+        return no << 64 | offset << _SIZE_BITS | size
+
+    def _unplace(self, place: int) -> Entry:
+        return (self._packs[place >> 64], place >> _SIZE_BITS & _OFFSET_MASK,
+                place & _SIZE_MASK)
+
+    def lookup_packed(self, name: str) -> Entry | None:
+        """Where a packed content is (stored or queued), or None."""
+        place = self._packed.get(bytes.fromhex(name))
+        return None if place is None else self._unplace(place)
 
     def find(self, name: str) -> Location | None:
-        hit = self.packed.get(name)
-        if hit is not None and hit[0] in self.data_keys:
-            return (hit[0],), hit[1]
+        place = self._packed.get(bytes.fromhex(name))
+        if place is not None:
+            no = place >> 64
+            if self._packs[no] in self.data_keys:
+                return self._pack_keys[no], place >> _SIZE_BITS & _OFFSET_MASK
         segments = self.whole.get(name)
         if segments is not None and all(k in self.data_keys for k in segments[1]):
             return segments[1], None
         return None
+
+    def knows(self, name: str) -> bool:
+        """Stored, or queued by this run (in a pack or as segments)."""
+        return self.lookup_packed(name) is not None or name in self.whole
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.find(name) is not None
@@ -70,7 +122,13 @@ class BlobIndex:
     def add_packed(self, name: str, key: str, offset: int, size: int) -> None:
         """Record a member queued in a pack; :meth:`find` sees it once ``stored(key)``."""
         if name not in self:
-            self.packed[name] = (key, offset, size)
+            self._packed[bytes.fromhex(name)] = self._place(key, offset, size)
+
+    def load_packed(self, name: str, key: str, offset: int, size: int) -> None:
+        """Record a member an index object names (its pack is listed); first wins."""
+        raw = bytes.fromhex(name)
+        if raw not in self._packed:
+            self._packed[raw] = self._place(key, offset, size)
 
     def add_whole(self, name: str, size: int, keys: tuple[str, ...]) -> None:
         """Record a content queued as segments; found once every key is ``stored``."""
@@ -112,7 +170,7 @@ def load(repo: Repository, data_keys: set[str], *, workers: int = 8) -> BlobInde
                 if pack not in index.data_keys:
                     continue  # pruned
                 for name, offset, size in members:
-                    index.packed.setdefault(name, (pack, offset, size))
+                    index.load_packed(name, pack, offset, size)
             for name, (size, segments) in files.items():
                 if all(k in index.data_keys for k in segments):
                     index.whole.setdefault(name, (size, segments))
@@ -129,7 +187,7 @@ def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]],
     merge = len(index.index_keys) + 1 >= consolidate
     packs: dict[str, list[Member]] = {k: list(v) for k, v in new.items()}
     if merge:
-        for name, (pack, offset, size) in index.packed.items():
+        for name, pack, offset, size in index.packed_entries():
             if pack in index.data_keys and pack not in new:
                 packs.setdefault(pack, []).append((name, offset, size))
         for name, (size, segments) in index.whole.items():

@@ -46,7 +46,6 @@ class PackWriter:
         self._plain = 0
         self._key: str | None = None
         self.written: dict[str, list[Member]] = {}  # pack key -> members, once queued
-        self.names: set[str] = set()  # every content packed by this writer
         self.files: dict[str, tuple[int, tuple[str, ...]]] = {}  # large: name -> size, keys
         self.unwanted: list[str] = []  # segments of files that changed while read
 
@@ -63,7 +62,6 @@ class PackWriter:
             self._sealed += sealed
             self._stored += sum(len(p) for p in sealed)
         self._members.append((name, offset, len(data)))
-        self.names.add(name)
         self._plain += len(data)
         if self._stored >= self._target:
             self.flush()
@@ -76,7 +74,6 @@ class PackWriter:
     def record_file(self, name: str, size: int, keys: tuple[str, ...]) -> None:
         """Note a large content stored as ``keys``, for this run's index."""
         self.files.setdefault(name, (size, keys))
-        self.names.add(name)
 
     def keys(self) -> set[str]:
         """Every object this writer queued: packs and recorded segments."""

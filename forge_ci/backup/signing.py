@@ -177,7 +177,12 @@ def message(snapshot_key: str, manifest_sha256: str) -> bytes:
 
 def sign(key: SigningKey, snapshot_key: str, manifest: bytes) -> bytes:
     """The signature object's plaintext for ``manifest`` stored under ``snapshot_key``."""
-    digest = hashlib.sha256(manifest).hexdigest()
+    return sign_digest(key, snapshot_key, hashlib.sha256(manifest).hexdigest())
+
+
+def sign_digest(key: SigningKey, snapshot_key: str, digest: str) -> bytes:
+    """:func:`sign` from the manifest's SHA-256 (hex): a manifest written as a stream
+    is hashed as it is produced, never held whole."""
     doc = {"format": FORMAT, "version": VERSION, "snapshot": snapshot_key,
            "manifest_sha256": digest, "signer": str(key.public),
            "signature": base64.b64encode(key.sign(message(snapshot_key, digest))).decode()}

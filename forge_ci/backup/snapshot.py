@@ -35,9 +35,12 @@ through another symlink. A backup leaves such links out (:func:`refused_links`).
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import json
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -54,7 +57,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 FileType = Literal["file", "dir", "symlink"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     path: str
     type: FileType
@@ -104,34 +107,64 @@ class Manifest:
 
 def dumps(manifest: Manifest) -> bytes:
     """Serialise; :func:`parse` of the result gives ``manifest`` back."""
-    files = []
-    for f in manifest.files:
-        item: dict[str, Any] = {"path": f.path, "type": f.type, "mode": f.mode,
-                                "mtime_ns": f.mtime_ns}
-        if f.type == "file":
-            item |= {"size": f.size, "sha256": f.sha256, "objects": list(f.objects)}
-            if f.offset is not None:
-                item["offset"] = f.offset
-        elif f.type == "symlink":
-            item["target"] = f.target
-        files.append(item)
+    return b"".join(dump_chunks(manifest))
+
+
+def dump_chunks(manifest: Manifest, *, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """:func:`dumps` as pieces of about ``chunk`` bytes, one entry serialised at a
+    time: the same bytes, without the whole document (as dicts, then as text) in
+    memory at once. Deterministic, so it can be run twice (hash, then store)."""
     doc = {
         "format": FORMAT, "version": VERSION, "id": manifest.id,
         "time": manifest.time.isoformat(), "site": manifest.site,
         "environment": manifest.environment, "hostnames": list(manifest.hostnames),
-        "tool": manifest.tool, "paths": list(manifest.paths), "files": files,
+        "tool": manifest.tool, "paths": list(manifest.paths),
         "database": asdict(manifest.database) if manifest.database else None,
         "stats": manifest.stats,
     }
+    # Keys sorted, as json.dumps(sort_keys=True) of the whole would put them: the
+    # ones before "files", the entries one by one, then the ones after.
+    head = _json({k: v for k, v in doc.items() if k < "files"})
+    tail = _json({k: v for k, v in doc.items() if k > "files"})
+    buf = [head[:-1] + ',"files":[']
+    size = len(buf[0])
+    for i, f in enumerate(manifest.files):
+        text = ("," if i else "") + _json(_file_item(f))
+        buf.append(text)
+        size += len(text)
+        if size >= chunk:
+            yield "".join(buf).encode("ascii")
+            buf, size = [], 0
+    buf.append("]," + tail[1:])
+    yield "".join(buf).encode("ascii")
+
+
+def _json(value: object) -> str:
     # ensure_ascii: non-UTF-8 names (lone surrogates) survive as \udcXX escapes.
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _file_item(f: FileEntry) -> dict[str, Any]:
+    item: dict[str, Any] = {"path": f.path, "type": f.type, "mode": f.mode,
+                            "mtime_ns": f.mtime_ns}
+    if f.type == "file":
+        item |= {"size": f.size, "sha256": f.sha256, "objects": list(f.objects)}
+        if f.offset is not None:
+            item["offset"] = f.offset
+    elif f.type == "symlink":
+        item["target"] = f.target
+    return item
 
 
 def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
     """Parse and validate a manifest; raise :class:`BackupFormatError` if it is
     malformed or hostile (see the module docstring)."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        # Bytes straight to json (no second, decoded copy of the whole text), still
+        # UTF-8 only: json would also take UTF-16/32 or a BOM, which no manifest is.
+        if data.startswith(codecs.BOM_UTF8) or b"\0" in data[:4]:
+            raise ValueError("not UTF-8 JSON")
+        doc = json.loads(data)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
         manifest = _build(doc)
@@ -159,10 +192,28 @@ def _build(doc: dict[str, Any]) -> Manifest:
         id=doc["id"], time=time, site=doc["site"], environment=doc["environment"],
         hostnames=tuple(_str(h) for h in doc["hostnames"]), tool=_str(doc["tool"]),
         paths=tuple(_str(p) for p in doc["paths"]),
-        files=tuple(_file(f) for f in doc["files"]),
+        files=_files(doc["files"]),
         database=_database(db) if db is not None else None,
         stats={str(k): float(v) for k, v in dict(doc.get("stats") or {}).items()},
     )
+
+
+def _files(items: list[Any]) -> tuple[FileEntry, ...]:
+    """Each parsed entry is dropped once converted: the dicts and the entries of a
+    large manifest are never all held at once."""
+    if not isinstance(items, list):
+        raise TypeError("files is not a list")
+    out = []
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # a pack's key, held once
+    for i, item in enumerate(items):
+        entry = _file(item)
+        if entry.objects:
+            objects = shared.setdefault(entry.objects, entry.objects)
+            if objects is not entry.objects:
+                entry = dataclasses.replace(entry, objects=objects)
+        out.append(entry)
+        items[i] = None
+    return tuple(out)
 
 
 def _file(item: dict[str, Any]) -> FileEntry:

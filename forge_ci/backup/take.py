@@ -128,7 +128,10 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
                    "database_bytes": report.database_bytes, **phases,
                    "seconds": round(time.monotonic() - started, 3)})
+        # Done with what grows with the file count, before the hash cache is written.
+        del entries, index, packer
         repo.save(manifest)  # the snapshot exists from here on
+        del manifest
     _save_cache(host, root, plan, log)
     report.seconds = round(time.monotonic() - started, 3)
     return report
@@ -147,6 +150,7 @@ def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEn
 
 def _save_cache(host: Host, root: str, plan: files.FilePlan, log: Log) -> None:
     try:
-        HashCache.of(plan.files, plan.hashes).save(host, root)
+        HashCache.write(host, root, (s for s in plan.stats.values() if s.kind == "file"),
+                        plan.hashes)
     except ForgeError as e:
         log(f"warning: could not save the hash cache on {host.name}: {e.message}")

@@ -1,0 +1,134 @@
+"""The compact forms a backup holds per file, so its memory does not grow with a media
+library's size faster than it must: the dedup index, the streamed manifest, the
+listing parser, the hash cache written straight from the listing, metadata re-checked
+in batches. Each keeps the behaviour (and the bytes) of the plain form it replaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from forge_ci.backup import files, layout
+from forge_ci.backup.index import BlobIndex
+from forge_ci.backup.scan import HashCache, Stat, list_tree, parse_listing
+from forge_ci.backup.snapshot import FileEntry, dump_chunks, dumps, parse
+from forge_ci.errors import RemoteCommandError
+from forge_ci.remote import LocalHost
+
+from .test_snapshot_manifest import ROOT, f, manifest
+
+
+def _name(i: int) -> str:
+    return layout.content_name(b"k" * 32, hashlib.sha256(str(i).encode()).hexdigest())
+
+
+def test_index_finds_packed_contents_only_once_their_pack_is_stored() -> None:
+    index = BlobIndex(set())
+    pack = layout.random_data_key()
+    index.add_packed(_name(1), pack, 0, 10)
+    index.add_packed(_name(2), pack, 10, 1 << 20)
+    assert index.knows(_name(1)) and _name(1) not in index  # queued, not stored yet
+    index.stored([pack])
+    assert index.find(_name(1)) == ((pack,), 0)
+    assert index.find(_name(2)) == ((pack,), 10)
+    assert index.find(_name(3)) is None and not index.knows(_name(3))
+
+
+def test_index_gives_back_every_entry_as_added_first_wins() -> None:
+    packs = [layout.random_data_key() for _ in range(30)]
+    index = BlobIndex(set(packs))
+    added = {}
+    for i in range(3000):
+        entry = (packs[i % 30], i * 4096 + (1 << 35), 1 + i % 5000)
+        index.load_packed(_name(i), *entry)
+        added[_name(i)] = entry
+    index.load_packed(_name(7), packs[0], 1, 1)  # a later index naming it again
+    assert {n: (p, o, s) for n, p, o, s in index.packed_entries()} == added
+    assert set(index.packed) == set(added)
+    assert all(index.find(n) == ((p,), o) for n, (p, o, _s) in added.items())
+
+
+def test_index_refuses_a_member_it_cannot_hold() -> None:
+    index = BlobIndex(set())
+    with pytest.raises(ValueError, match="out of range"):
+        index.add_packed(_name(1), layout.random_data_key(), 0, 1 << 24)
+
+
+def test_streamed_manifest_is_the_same_bytes_in_pieces() -> None:
+    names = ["a b.jpg", "new\nline", "latin1-\udce9.txt", "ünï ✓.png"]
+    m = manifest(*(f(f"{ROOT}/{n}-{i}", offset=i * 3) for i in range(500) for n in names),
+                 FileEntry(f"{ROOT}/link", "symlink", 0o777, 5, target="a b.jpg-0"))
+    pieces = list(dump_chunks(m, chunk=4096))
+    assert len(pieces) > 10 and all(len(p) < 4096 + 600 for p in pieces)
+    data = b"".join(pieces)
+    assert data == dumps(m) and parse(data) == m
+    # Exactly what serialising the whole document at once gives.
+    doc = json.loads(data)
+    assert data == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+    empty = manifest()
+    assert parse(dumps(empty)) == empty
+
+
+def test_listing_is_parsed_record_by_record(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "odd \udce9\nname").write_bytes(b"x" * 5)
+    os.symlink("odd", tmp_path / "d" / "link")
+    stats = {s.path: s for s in list_tree(LocalHost(), str(tmp_path), ["d"])}
+    assert stats["d/odd \udce9\nname"].size == 5
+    assert stats["d/link"].kind == "symlink" and stats["d/link"].target == "odd"
+    assert parse_listing(b"") == []
+    with pytest.raises(RemoteCommandError, match="truncated"):
+        parse_listing(b"f\x005\x001.0\x001.0\x0012\x00644\x00./a\x00")
+
+
+def test_hash_cache_written_from_the_listing_reads_back(tmp_path: Path) -> None:
+    host = LocalHost()
+    stats = [Stat("a \"q\" \udce9", "file", 5, 1_700_000_000_123_456_789, 2, 3, 0o644),
+             Stat("b", "file", 6, 4, 5, 6, 0o644), Stat("no-hash", "file", 1, 1, 1, 1, 0o644)]
+    hashes = {"a \"q\" \udce9": "ab" * 32, "b": "cd" * 32}
+    HashCache.write(host, str(tmp_path), stats, hashes)
+    cache = HashCache.load(host, str(tmp_path))
+    assert [cache.lookup(s) for s in stats] == ["ab" * 32, "cd" * 32, None]
+    assert oct((tmp_path / ".forge" / "backup-hashes.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
+    root = tmp_path / "env"
+    (root / "up").mkdir(parents=True)
+    for i in range(7):
+        (root / "up" / f"{i}.txt").write_bytes(b"x" * i)
+    host = LocalHost()
+    listing = list_tree(host, str(root), ["up"])
+    plan = files.FilePlan(stats={s.path: s for s in listing}, hashes={}, names={}, upload=[])
+    os.utime(root / "up" / "1.txt", ns=(1, 1))
+    (root / "up" / "5.txt").unlink()
+    paths = {s.path for s in listing if s.kind == "file"}
+    assert files._moved(host, str(root), plan, paths, batch=2) == ["up/1.txt", "up/5.txt"]
+
+
+def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
+    host = LocalHost()
+    odd = "ü \"q\" \\ \udce9\n\ttab"
+    stats = [Stat(odd, "file", 5, -1_000, 2, 3, 0o644), Stat("b", "file", 6, 4, 5, 6, 0o644)]
+    hashes = {odd: "ab" * 32, "b": "cd" * 32}
+    HashCache.write(host, str(tmp_path), stats, hashes)
+    raw = (tmp_path / ".forge" / "backup-hashes.json").read_bytes()
+    assert HashCache._scan(raw) is not None  # the compact reader takes what write gives
+    assert [HashCache.load(host, str(tmp_path)).lookup(s) for s in stats] == list(hashes.values())
+    # An older or hand-made cache (spaces, other key order) is still read, as JSON.
+    doc = json.loads(raw)
+    (tmp_path / ".forge" / "backup-hashes.json").write_text(json.dumps(
+        {"entries": doc["entries"], "version": 1}, indent=1))
+    cache = HashCache.load(host, str(tmp_path))
+    assert [cache.lookup(s) for s in stats] == list(hashes.values())
+    # Changed metadata, damaged records: a miss (re-hashed), never a wrong hash.
+    assert cache.lookup(Stat("b", "file", 6, 4, 5, 7, 0o644)) is None
+    (tmp_path / ".forge" / "backup-hashes.json").write_bytes(raw[:-40] + b"}}")
+    damaged = HashCache.load(host, str(tmp_path))
+    assert damaged.lookup(stats[1]) is None
+    cache.save(host, str(tmp_path))  # the compact form saves as the same JSON
+    assert json.loads((tmp_path / ".forge" / "backup-hashes.json").read_bytes()) == doc
