@@ -367,7 +367,7 @@ class _Prefetch:
     """
 
     def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
-                 window: int = 16, max_bytes: int = 16 * 1024 * 1024,
+                 window: int = 16, max_bytes: int = 12 * 1024 * 1024,
                  write: Write | None = None) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
         self._write = write
