@@ -146,7 +146,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-Measure = tuple[float, float, float]
+Measure = tuple[float, float, float, float]  # wall s, CPU s, peak MiB, moto's CPU s
 STEPS = ("backup (first)", "backup (+1 file)", "restore (drill)")
 
 
@@ -193,10 +193,11 @@ def run(server: object, db: Database, tmp: Path, site: Path, *,
         if i == 1:
             (uploads / "new-upload.jpg").write_bytes(os.urandom(300_000))
         os.sync()
+        moto = server._proc.pid  # type: ignore[attr-defined]
         if forge_first:
-            f, r = spawn_all(ours, forge_env), spawn_all(theirs, restic_env)
+            f, r = spawn_all(ours, forge_env, moto), spawn_all(theirs, restic_env, moto)
         else:
-            r, f = spawn_all(theirs, restic_env), spawn_all(ours, forge_env)
+            r, f = spawn_all(theirs, restic_env, moto), spawn_all(ours, forge_env, moto)
         out.append((f, r))
         for restored in ("forge-restore", "restic-restore"):  # two copies of 10 GiB: disk
             shutil.rmtree(tmp / restored, ignore_errors=True)
@@ -204,21 +205,32 @@ def run(server: object, db: Database, tmp: Path, site: Path, *,
     return out
 
 
-def spawn_all(commands: list[list[str]], env: dict[str, str]) -> Measure:
-    """Run one after the other: summed seconds and CPU, the largest peak RSS."""
+def spawn_all(commands: list[list[str]], env: dict[str, str], server: int) -> Measure:
+    """Run one after the other: summed seconds and CPU, the largest peak RSS, and the
+    CPU the S3 server (pid ``server``) spent meanwhile (moto is one Python process:
+    its cost per request can be what a run waits for)."""
+    before = _cpu_of(server)
     done = [spawn(argv, env) for argv in commands]
-    return (sum(d[0] for d in done), sum(d[1] for d in done), max(d[2] for d in done))
+    return (sum(d[0] for d in done), sum(d[1] for d in done), max(d[2] for d in done),
+            _cpu_of(server) - before)
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(rounds: list[list[tuple[Measure, Measure]]]) -> None:
     print(f"{'step':18} {'forge s':>8} {'restic s':>9} {'ratio':>6}   {'forge cpu':>9} "
-          f"{'restic cpu':>10}   {'forge MiB':>9} {'restic MiB':>10} {'ratio':>6}")
+          f"{'restic cpu':>10}   {'forge MiB':>9} {'restic MiB':>10} {'ratio':>6}   "
+          f"{'moto cpu (forge / restic)':>25}")
     for i, name in enumerate(STEPS):
-        f = [statistics.median(r[i][0][k] for r in rounds) for k in range(3)]
-        t = [statistics.median(r[i][1][k] for r in rounds) for k in range(3)]
+        f = [statistics.median(r[i][0][k] for r in rounds) for k in range(4)]
+        t = [statistics.median(r[i][1][k] for r in rounds) for k in range(4)]
         walls = ", ".join(f"{r[i][0][0] / r[i][1][0]:.2f}" for r in rounds)
         print(f"{name:18} {f[0]:8.2f} {t[0]:9.2f} {f[0] / t[0]:6.2f}   {f[1]:9.2f} {t[1]:10.2f}"
-              f"   {f[2]:9.0f} {t[2]:10.0f} {f[2] / t[2]:6.2f}   (rounds: {walls})")
+              f"   {f[2]:9.0f} {t[2]:10.0f} {f[2] / t[2]:6.2f}   {f[3]:11.2f} / {t[3]:<11.2f}"
+              f"   (rounds: {walls})")
 
 
 if __name__ == "__main__":
