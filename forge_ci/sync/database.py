@@ -102,14 +102,16 @@ class Table(NamedTuple):
 # sitemeta): rewriting them costs the rewriter several times what importing them costs
 # the server.
 _REWRITE_HEAVY = re.compile(r"(?:^|_)(?:options|sitemeta)$")
-# Above this many tables the names are not listed on the command line.
-MAX_NAMED_TABLES = 2000
+# The names go on the dump's command line, which travels as one argument of the
+# host's shell (Linux takes 128 KiB at most): above this many bytes of names, the
+# dump keeps its own order.
+MAX_NAMES_BYTES = 64 * 1024
 
 
 def dump_order(tables: Sequence[Table], exclude: Sequence[str] = ()) -> list[str]:
     """The order to dump TABLES in so that rewriting and importing overlap; [] for
     ``mariadb-dump``'s own order (a database with views, whose placeholders rely on it;
-    names the client's batch output escapes; very many tables).
+    names the client's batch output escapes; more names than :data:`MAX_NAMES_BYTES`).
 
     The sync is a two-stage flow shop (the rewriter, then the server's import), and
     Johnson's rule orders it: first the tables that cost the import more than the
@@ -117,7 +119,8 @@ def dump_order(tables: Sequence[Table], exclude: Sequence[str] = ()) -> list[str
     (options-like: serialized PHP), largest first (the server has little left to do
     after the rewriter's last table). Each table's costs are taken as its size times a
     per-kind rate, so size orders each group. Triggers come with their tables."""
-    if (not tables or any(t.view for t in tables) or len(tables) > MAX_NAMED_TABLES
+    if (not tables or any(t.view for t in tables)
+            or sum(len(t.name.encode()) + 3 for t in tables) > MAX_NAMES_BYTES
             or any("\\" in t.name for t in tables)):
         return []
     skip = set(exclude)
