@@ -63,6 +63,22 @@ side: start-up without the backup and uploads code (0.09 s), no ``ldconfig -p`` 
 start, three client runs fewer (URL look-up and clean-up each one guarded run), and
 each value of a row looked at once. Peak RSS 54-57 MiB.
 
+**Overlap: table order and 24 MiB ahead (kept).** Sampled every 50 ms during one
+sync of 100 MiB (utime + stime in /proc of forge's Python, mariadbd, mariadb-dump and
+mariadb; the table each is at from mariadb-dump's bytes written and mariadb's bytes
+read), load 4.4-6.1, alternating with the code before: in ``mariadb-dump``'s
+alphabetical order wp_options (16% of the bytes) comes first, and while the rewriter
+works through it (2.1-2.9 s: Python 0.44-0.66 of a core, the server 0.17-0.19) the
+server waits; then the server imports wp_postmeta and wp_posts (5 s: server 0.34-0.50,
+Python 0.18-0.30) while the rewriter waits on a buffer of 4 statements. CPU seconds
+that ran beside the other stage's (min of the two per 250 ms): 57% and 63% of the
+smaller stage's. With the tables named in Johnson's order (wp_posts, wp_postmeta, then
+wp_options; see "Table order" in forge_ci/sync/database.py) and up to 24 MiB of
+rewritten statements ahead of the import, the rewriter reaches wp_options while the
+server is still on wp_postmeta and both work (Python 0.46-0.68, server 0.38-0.49):
+77% and 78%, wall 7.2 and 7.3 s against 8.7 and 10.4 s. CPU seconds are unchanged;
+peak RSS rises from 55 to 73-75 MiB. A/B figures: see the table below.
+
 Not yet 1.3x, and no longer a matter of tuning: per 100 MiB the reference costs about
 3.7 CPU seconds (server 2.8, clients 0.9); forge adds about 3.2, nearly all of it its
 Python (the rewriter 2.2 measured alone, start-up 0.3, moving the stream through the
