@@ -51,6 +51,12 @@ if TYPE_CHECKING:
     from forge_ci.sync import uploads
 
 
+# Statements the rewriter may hold ahead of the import (bytes): the room it needs to
+# keep working while the server imports a large table (see "Table order" in
+# forge_ci/sync/database.py), and most of a sync's peak memory.
+REWRITTEN_AHEAD = 24 * 1024 * 1024
+
+
 def register(sub: Any, common: Common) -> None:
     p = sub.add_parser("sync", parents=[common.config, common.json, common.dry_run],
                        help="copy FROM's database and uploads into TO, URLs rewritten")
@@ -228,6 +234,7 @@ class _Source:
     manifest: Manifest | None = None
     snapshot_id: str | None = None
     urls: dict[str, str] | None = None  # home and siteurl from the live database
+    tables: list[str] = field(default_factory=list)  # the live dump's order, [] its own
 
     def dump(self, source: _Env, exclude: Sequence[str]) -> Iterator[bytes]:
         if self.repo is not None and self.manifest is not None:
@@ -237,16 +244,18 @@ class _Source:
             assert entry is not None
             return checked(self.repo.open(entry.object), sha256=entry.sha256,
                            size=entry.size, what=f"database dump {entry.object}")
-        return database.dump(_req(self.host), source.db(), exclude)
+        return database.dump(_req(self.host), source.db(), exclude, self.tables)
 
 
 def _open_source(ctx: Context, stack: contextlib.ExitStack, source: _Env, *,
-                 want_db: bool, prefix: str) -> _Source:
+                 want_db: bool, prefix: str, exclude: Sequence[str]) -> _Source:
     if not ctx.args.snapshot:
         hosts = stack.enter_context(_connected(source.config, ctx))
         host = _db_host(source, hosts)
-        urls = database.home_urls(host, source.db(), prefix) if want_db else {}
-        return _Source(host=host, urls=urls)
+        if not want_db:
+            return _Source(host=host, urls={})
+        urls, tables = database.look(host, source.db(), prefix)
+        return _Source(host=host, urls=urls, tables=database.dump_order(tables, exclude))
     from forge_ci.backup import session
 
     repo = stack.enter_context(session.repository(session.target(source.loaded, source.name),
@@ -297,11 +306,12 @@ def _copy_database(ctx: Context, source: _Env, target: _Env, src: _Source, to_ho
     report.database = Report()
     with ctx.runner.group(f"database {source.name} -> {target.name}"):
         try:
-            # Three stages in step: read FROM, rewrite, write TO. The rewriter yields
-            # statements of about 1 MiB: only a few wait ahead.
+            # Three stages in step: read FROM, rewrite, write TO. The rewriter may run
+            # up to REWRITTEN_AHEAD bytes of statements ahead of the import, so it goes
+            # on while the server works through a large table.
             stream = database.ahead(rewrite_dump(
                 database.ahead(src.dump(source, cfg.exclude_tables), depth=16), rules,
-                options, report.database), depth=4)
+                options, report.database), depth=1024, max_bytes=REWRITTEN_AHEAD)
             try:
                 database.load(to_host, to_db, stream)
             finally:
@@ -345,7 +355,8 @@ def cmd_sync(ctx: Context) -> int:
             stack.enter_context(_locked(target, to_hosts, ctx, f"sync {source.name}"))
         to_host = _db_host(target, to_hosts)
         src = _open_source(ctx, stack, source, want_db=want_db,
-                           prefix=target.config.sync.table_prefix)
+                           prefix=target.config.sync.table_prefix,
+                           exclude=target.config.sync.exclude_tables)
         report = SyncReport(source.name, target.name, src.snapshot_id, ctx.dry_run, [])
         mark = time.monotonic()
         if to_db is not None:

@@ -11,16 +11,29 @@ network, needs no backup keys, and exists even for environments without a backup
 store). ``forge-ci sync-undo TO <id>`` drops every table and view of TO's database
 and imports that file, so TO is exactly as before the sync, tables the sync added
 included. The three newest snapshots are kept.
+
+**Table order.** A sync is a pipeline of two busy stages: forge's rewriter, then the
+server's import. They cost different tables differently: WordPress's options (nearly
+all serialized PHP) cost the rewriter several times what they cost the import, posts
+and post meta the other way round. In ``mariadb-dump``'s alphabetical order the options
+come first, so the server idles while the rewriter grinds them, then the rewriter idles
+while the server imports the posts. So a live dump names its tables in the order of
+:func:`dump_order` (posts and the like first, options last; the list and sizes come
+from information_schema in the client run that reads FROM's URLs), and the rewriter may
+run up to ``REWRITTEN_AHEAD`` bytes ahead of the import (:func:`ahead`). Every table
+imports the same either way (triggers follow their table); a database with views keeps
+the dump's own order (a view's placeholder table relies on it).
 """
 
 from __future__ import annotations
 
+import collections
 import posixpath
-import queue
 import re
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, import_database, option_file
@@ -45,16 +58,22 @@ def _options_from_stdin(size: int) -> str:
             f'dd bs=1 count={size} of="$f" 2>/dev/null || exit 1\n')
 
 
-def _dump_command(db: DatabaseConfig, exclude: Sequence[str], options: str) -> str:
+def _dump_command(db: DatabaseConfig, exclude: Sequence[str], options: str,
+                  tables: Sequence[str] = ()) -> str:
     name = check_database_name(db.name)
     ignore = "".join(f" {sh('--ignore-table=' + name + '.' + t)}" for t in exclude)
+    named = "".join(f" {sh(t)}" for t in tables)
     return (f'"$dumper" --defaults-extra-file={options} {" ".join(DUMP_FLAGS)} '
-            f"--no-tablespaces{ignore} -- {sh(name)}")
+            f"--no-tablespaces{ignore} -- {sh(name)}{named}")
 
 
-def dump(host: Host, db: DatabaseConfig, exclude: Sequence[str] = ()) -> Iterator[bytes]:
-    """FROM's dump as chunks, streamed; SyncError at the end if the tool failed."""
-    proc = host.start(_DUMPER + "exec " + _dump_command(db, exclude, "/dev/stdin"))
+def dump(host: Host, db: DatabaseConfig, exclude: Sequence[str] = (),
+         tables: Sequence[str] = ()) -> Iterator[bytes]:
+    """FROM's dump as chunks, streamed; SyncError at the end if the tool failed.
+
+    TABLES, when given, are dumped in that order (see :func:`dump_order`); else the
+    whole database in ``mariadb-dump``'s own (alphabetical) order."""
+    proc = host.start(_DUMPER + "exec " + _dump_command(db, exclude, "/dev/stdin", tables))
     try:
         proc.write(option_file(db))
         proc.close_stdin()
@@ -71,6 +90,48 @@ def dump(host: Host, db: DatabaseConfig, exclude: Sequence[str] = ()) -> Iterato
                         hint="check the database credentials in forge.yml (database:)")
 
 
+class Table(NamedTuple):
+    """A table (or view) of FROM's database, as information_schema tells it."""
+
+    name: str
+    view: bool
+    size: int  # data_length: bytes, an estimate
+
+
+# Tables whose rows are mostly serialized PHP (WordPress's options, multisite's
+# sitemeta): rewriting them costs the rewriter several times what importing them costs
+# the server.
+_REWRITE_HEAVY = re.compile(r"(?:^|_)(?:options|sitemeta)$")
+# The names go on the dump's command line, which travels as one argument of the
+# host's shell (Linux takes 128 KiB at most): above this many bytes of names, the
+# dump keeps its own order.
+MAX_NAMES_BYTES = 64 * 1024
+
+
+def dump_order(tables: Sequence[Table], exclude: Sequence[str] = ()) -> list[str]:
+    """The order to dump TABLES in so that rewriting and importing overlap; [] for
+    ``mariadb-dump``'s own order (a database with views, whose placeholders rely on it;
+    names the client's batch output escapes; more names than :data:`MAX_NAMES_BYTES`).
+
+    The sync is a two-stage flow shop (the rewriter, then the server's import), and
+    Johnson's rule orders it: first the tables that cost the import more than the
+    rewriter, smallest first (the server starts early), then the rewrite-heavy ones
+    (options-like: serialized PHP), largest first (the server has little left to do
+    after the rewriter's last table). Each table's costs are taken as its size times a
+    per-kind rate, so size orders each group. Triggers come with their tables."""
+    if (not tables or any(t.view for t in tables)
+            or sum(len(t.name.encode()) + 3 for t in tables) > MAX_NAMES_BYTES
+            or any("\\" in t.name for t in tables)):
+        return []
+    skip = set(exclude)
+    kept = [t for t in tables if t.name not in skip]
+    light = sorted((t for t in kept if not _REWRITE_HEAVY.search(t.name)),
+                   key=lambda t: (t.size, t.name))
+    heavy = sorted((t for t in kept if _REWRITE_HEAVY.search(t.name)),
+                   key=lambda t: (-t.size, t.name))
+    return [t.name for t in light + heavy]
+
+
 def load(host: Host, db: DatabaseConfig, sql: Iterable[bytes]) -> None:
     """Feed SQL to ``mariadb`` on the host, into DB (which must exist)."""
     import_database(host, db, db.name, sql, create=False)
@@ -79,47 +140,62 @@ def load(host: Host, db: DatabaseConfig, sql: Iterable[bytes]) -> None:
 _END = object()
 
 
-def ahead(chunks: Iterable[bytes], depth: int = 32) -> Generator[bytes, None, None]:
-    """CHUNKS produced by a thread of their own, at most DEPTH ahead of the consumer.
+def ahead(chunks: Iterable[bytes], depth: int = 32,
+          max_bytes: int | None = None) -> Generator[bytes, None, None]:
+    """CHUNKS produced by a thread of their own, at most DEPTH chunks (and, with
+    MAX_BYTES, at most that many bytes, though always one chunk) ahead of the consumer.
 
     So reading the dump, rewriting it and writing it into ``mariadb`` overlap (pipe
     reads and writes release the GIL) instead of waiting on each other. An exception
     in the producer is raised in the consumer; a consumer that stops early (closes
     the generator) stops the producer at its next chunk.
     """
-    box: queue.Queue[object] = queue.Queue(maxsize=depth)
+    box: collections.deque[object] = collections.deque()
+    held = [0]  # bytes in BOX
+    cond = threading.Condition()
     stop = threading.Event()
+    limit = max_bytes if max_bytes is not None else float("inf")
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def put(item: object, size: int) -> bool:
+        with cond:
+            while box and (len(box) >= depth or held[0] + size > limit):
+                if stop.is_set():
+                    return False
+                cond.wait(0.2)
+            if stop.is_set():
+                return False
+            box.append(item)
+            held[0] += size
+            cond.notify_all()
+            return True
 
     source = iter(chunks)
 
     def produce() -> None:
         try:
             for chunk in source:
-                if not put(chunk):
+                if not put(chunk, len(chunk)):
                     return
         except BaseException as e:  # handed to the consumer, raised there
-            put(e)
+            put(e, 0)
             return
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 close()  # a generator upstream stops too (a dump process is killed)
-        put(_END)
+        put(_END, 0)
 
     worker = threading.Thread(target=produce, name="forge-sync-ahead", daemon=True)
     worker.start()
     try:
         while True:
-            item = box.get()
+            with cond:
+                while not box:
+                    cond.wait()
+                item = box.popleft()
+                if isinstance(item, bytes):
+                    held[0] -= len(item)
+                cond.notify_all()
             if item is _END:
                 break
             if isinstance(item, BaseException):
@@ -128,6 +204,8 @@ def ahead(chunks: Iterable[bytes], depth: int = 32) -> Generator[bytes, None, No
             yield item
     finally:
         stop.set()
+        with cond:
+            cond.notify_all()
         worker.join(timeout=30)
 
 
@@ -154,12 +232,26 @@ def _table(prefix: str, name: str) -> str:
 
 def home_urls(host: Host, db: DatabaseConfig, prefix: str) -> dict[str, str]:
     """``home`` and ``siteurl`` from the options table, when it is there."""
+    return look(host, db, prefix, tables=False)[0]
+
+
+def look(host: Host, db: DatabaseConfig, prefix: str, *,
+         tables: bool = True) -> tuple[dict[str, str], list[Table]]:
+    """``home`` and ``siteurl`` (see :func:`home_urls`) and, with TABLES, the database's
+    tables and views: one client run."""
     table = _table(prefix, "options")
     # Only checked names are formatted into these statements (see _table).
-    rows = query(host, db, _if_table(table, [
+    sql = _if_table(table, [
         "SELECT option_name, option_value FROM "  # noqa: S608
-        f"`{table}` WHERE option_name IN ('home', 'siteurl')"]))
-    return {r[0]: r[1] for r in rows if len(r) == 2}
+        f"`{table}` WHERE option_name IN ('home', 'siteurl')"])
+    if tables:
+        sql += ("SELECT 'forge-table', table_name, table_type = 'VIEW', "
+                "COALESCE(data_length, 0) FROM information_schema.tables "
+                "WHERE table_schema = DATABASE();\n")
+    rows = query(host, db, sql)
+    found = [Table(r[1], r[2] == "1", int(r[3])) for r in rows
+             if len(r) == 4 and r[0] == "forge-table"]
+    return {r[0]: r[1] for r in rows if len(r) == 2}, found
 
 
 def _if_table(table: str, statements: Sequence[str]) -> str:

@@ -42,3 +42,25 @@ def test_a_reader_that_stops_closes_the_source() -> None:
     assert next(stream) == b"x"
     stream.close()
     assert closed.wait(5)
+
+
+def test_the_producer_stays_within_the_byte_bound() -> None:
+    made = [0]
+
+    def source() -> Iterator[bytes]:
+        for _ in range(200):
+            made[0] += 1
+            yield b"x" * 1000
+
+    stream = ahead(source(), depth=1000, max_bytes=10_000)
+    read = 0
+    for _ in stream:
+        read += 1
+        # What waits in the box, plus the chunk the producer holds: within the bound.
+        assert made[0] - read <= 11
+    assert read == 200
+
+
+def test_a_chunk_larger_than_the_byte_bound_still_passes() -> None:
+    chunks = [b"a" * 50, b"b" * 5, b"c" * 70]
+    assert list(ahead(iter(chunks), max_bytes=10)) == chunks
