@@ -53,8 +53,12 @@ if TYPE_CHECKING:
 
 # Statements the rewriter may hold ahead of the import (bytes): the room it needs to
 # keep working while the server imports a large table (see "Table order" in
-# forge_ci/sync/database.py), and most of a sync's peak memory.
-REWRITTEN_AHEAD = 24 * 1024 * 1024
+# forge_ci/sync/database.py), and most of a sync's peak memory. Past the first
+# PACKED_ABOVE bytes they wait zstd-compressed (3-5 times smaller), so the rewriter can
+# be about 100 MiB of statements ahead: enough to rewrite the options-like tables while
+# the server is still importing the posts.
+REWRITTEN_AHEAD = 32 * 1024 * 1024
+PACKED_ABOVE = 8 * 1024 * 1024
 
 
 def register(sub: Any, common: Common) -> None:
@@ -311,7 +315,8 @@ def _copy_database(ctx: Context, source: _Env, target: _Env, src: _Source, to_ho
             # on while the server works through a large table.
             stream = database.ahead(rewrite_dump(
                 database.ahead(src.dump(source, cfg.exclude_tables), depth=16), rules,
-                options, report.database), depth=1024, max_bytes=REWRITTEN_AHEAD)
+                options, report.database), depth=1024, max_bytes=REWRITTEN_AHEAD,
+                pack_above=PACKED_ABOVE)
             try:
                 database.load(to_host, to_db, stream)
             finally:

@@ -3,6 +3,7 @@ and a reader that stops early stops the stage upstream (a dump process is killed
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 
@@ -64,3 +65,39 @@ def test_the_producer_stays_within_the_byte_bound() -> None:
 def test_a_chunk_larger_than_the_byte_bound_still_passes() -> None:
     chunks = [b"a" * 50, b"b" * 5, b"c" * 70]
     assert list(ahead(iter(chunks), max_bytes=10)) == chunks
+
+
+def test_chunks_held_compressed_come_out_exactly_as_they_went_in() -> None:
+    rng = random.Random(7)
+    sql = [(b"INSERT INTO `wp_posts` VALUES " + bytes(rng.choice(b"abc(),'") for _ in range(n)))
+           for n in (0, 1, 5000, 70_000, 3, 250_000)] * 20
+    noise = [rng.randbytes(n) for n in (10, 40_000)]  # incompressible: bigger when packed
+    chunks = sql + noise + sql
+    assert list(ahead(iter(chunks), depth=1000, max_bytes=200_000, pack_above=1)) == chunks
+
+
+def test_a_slow_reader_lets_the_producer_run_further_ahead_when_packing() -> None:
+    """What waits is bounded by its compressed size: with SQL-like text the producer
+    gets several times further ahead of a reader that has not read yet."""
+    gate = threading.Event()
+
+    def run(pack_above: int | None) -> int:
+        made = [0]
+
+        def source() -> Iterator[bytes]:
+            for i in range(400):
+                made[0] += 1
+                yield b"INSERT INTO t VALUES (%d,'https://example.com/')," % i * 500
+
+        stream = ahead(source(), depth=10_000, max_bytes=200_000, pack_above=pack_above)
+        first = next(stream)
+        assert first.startswith(b"INSERT")
+        gate.wait(0.5)  # the producer fills the room it has
+        ahead_of_reader = made[0]
+        assert b"".join([first, *stream]) == b"".join(
+            b"INSERT INTO t VALUES (%d,'https://example.com/')," % i * 500 for i in range(400))
+        return ahead_of_reader
+
+    plain, packed = run(None), run(20_000)
+    assert plain <= 12
+    assert packed > 3 * plain
