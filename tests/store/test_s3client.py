@@ -78,7 +78,23 @@ def botocore_signature(method: str, url: str, headers: dict[str, str], secret: s
 # --- a fake S3 that checks signatures as AWS does ---------------------------------------
 
 
-class FakeS3:
+class _Served:
+    """An http.server on a free loopback port, in a thread of its own."""
+
+    server: ThreadingHTTPServer
+    url: str
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeS3(_Served):
     """Checks every request's SigV4 signature with botocore's signer (the right
     secret is ``secret``, the bucket's region ``region``); answers ``fail`` queued
     statuses first, then 200."""
@@ -134,13 +150,7 @@ class FakeS3:
 
             do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = handle_one
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -280,7 +290,7 @@ def test_listing_pages(s3_server: Any, s3_bucket: str) -> None:
 # --- web identity (the OIDC action's token file) -----------------------------------------
 
 
-class FakeSts:
+class FakeSts(_Served):
     """AssumeRoleWithWebIdentity as STS answers it; records each request's form."""
 
     def __init__(self, refuse: bool = False, lifetime: timedelta = timedelta(hours=1)) -> None:
@@ -317,13 +327,7 @@ class FakeSts:
                 self.end_headers()
                 self.wfile.write(reply)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
