@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,7 +80,14 @@ def test_chunks_held_compressed_come_out_exactly_as_they_went_in() -> None:
 def test_a_slow_reader_lets_the_producer_run_further_ahead_when_packing() -> None:
     """What waits is bounded by its compressed size: with SQL-like text the producer
     gets several times further ahead of a reader that has not read yet."""
-    gate = threading.Event()
+    def settled(made: list[int]) -> int:
+        """The producer's count once it has stopped moving (it is waiting for room)."""
+        last, still, deadline = -1, 0, time.monotonic() + 30
+        while still < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            still = still + 1 if made[0] == last else 0
+            last = made[0]
+        return last
 
     def run(pack_above: int | None) -> int:
         made = [0]
@@ -92,8 +100,7 @@ def test_a_slow_reader_lets_the_producer_run_further_ahead_when_packing() -> Non
         stream = ahead(source(), depth=10_000, max_bytes=200_000, pack_above=pack_above)
         first = next(stream)
         assert first.startswith(b"INSERT")
-        gate.wait(0.5)  # the producer fills the room it has
-        ahead_of_reader = made[0]
+        ahead_of_reader = settled(made)  # the producer has filled the room it has
         assert b"".join([first, *stream]) == b"".join(
             b"INSERT INTO t VALUES (%d,'https://example.com/')," % i * 500 for i in range(400))
         return ahead_of_reader
