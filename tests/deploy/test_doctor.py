@@ -32,8 +32,15 @@ def _doctor(run: Callable[..., int], capsys: pytest.CaptureFixture[str],
 
 
 def _tree(path: Path) -> set[str]:
-    # Not the staged copy a deploy makes in the background for the next one.
-    return {str(p.relative_to(path)) for p in path.rglob("*") if ".forge-base-" not in str(p)}
+    """Every path under PATH, except the staged copy a deploy makes in the background
+    for the next one: never entered, since it is being written (and renamed) while the
+    test walks."""
+    found: set[str] = set()
+    for top, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if ".forge-base-" not in d]
+        found.update(os.path.relpath(os.path.join(top, n), path)
+                     for n in [*dirs, *files] if ".forge-base-" not in n)
+    return found
 
 
 @pytest.fixture
