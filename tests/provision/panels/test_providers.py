@@ -8,6 +8,7 @@ account stands in for it and checks what the panel did first."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,21 @@ def password() -> str:
     value = secrets.token_hex(12)
     leaks.register(value)
     return value
+
+
+def _panel_environ(monkeypatch: pytest.MonkeyPatch, prefix: str, **panel: str) -> None:
+    """The process environment a provision run through the CLI sees: no GITHUB_*,
+    FORGE_* or PREFIX* variable of this machine's, then the panel's (PREFIX + each
+    name), a database password and an SSH key."""
+    from lab.sshd import generate_ed25519
+
+    for name in list(os.environ):
+        if name.startswith(("GITHUB_", prefix, "FORGE_")):
+            monkeypatch.delenv(name)
+    for name, value in panel.items():
+        monkeypatch.setenv(prefix + name, value)
+    monkeypatch.setenv("FORGE_DB_PASSWORD", password())
+    monkeypatch.setenv("FORGE_SSH_KEY", generate_ed25519().private)
 
 
 # -- CyberPanel ----------------------------------------------------------------
@@ -236,8 +252,6 @@ def test_link_current_script_makes_a_link_and_leaves_an_existing_one(tmp_path: P
 def test_provision_plan_for_cpanel_through_the_cli(cpanel: CpanelFake, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from lab.sshd import generate_ed25519
-
     (tmp_path / "forge.yml").write_text(f"""\
 version: 1
 project: example-site
@@ -252,14 +266,8 @@ provision:
   wait: {{ poll_interval: 0, api_backoff: 0, api_retries: 1 }}
 """)
     monkeypatch.chdir(tmp_path)
-    for name in list(__import__("os").environ):
-        if name.startswith(("GITHUB_", "CPANEL_", "FORGE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("CPANEL_URL", cpanel.url)
-    monkeypatch.setenv("CPANEL_USER", cpanel.user)
-    monkeypatch.setenv("CPANEL_TOKEN", cpanel.token)
-    monkeypatch.setenv("FORGE_DB_PASSWORD", password())
-    monkeypatch.setenv("FORGE_SSH_KEY", generate_ed25519().private)
+    _panel_environ(monkeypatch, "CPANEL_", URL=cpanel.url, USER=cpanel.user,
+                   TOKEN=cpanel.token)
     code = main(["provision", "production", "--plan", "--json"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -290,8 +298,6 @@ def test_the_libyanspider_example_plans_its_site_in_a_cpanel_account() -> None:
 
 
 def _cyber_cli(fake: CyberPanelFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lab.sshd import generate_ed25519
-
     (tmp_path / "forge.yml").write_text(f"""\
 version: 1
 project: example-site
@@ -306,14 +312,8 @@ provision:
   wait: {{ poll_interval: 0, api_backoff: 0, api_retries: 1 }}
 """)
     monkeypatch.chdir(tmp_path)
-    for name in list(__import__("os").environ):
-        if name.startswith(("GITHUB_", "CYBERPANEL_", "FORGE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("CYBERPANEL_URL", fake.url)
-    monkeypatch.setenv("CYBERPANEL_USER", "admin")
-    monkeypatch.setenv("CYBERPANEL_PASSWORD", fake.admin_password)
-    monkeypatch.setenv("FORGE_DB_PASSWORD", password())
-    monkeypatch.setenv("FORGE_SSH_KEY", generate_ed25519().private)
+    _panel_environ(monkeypatch, "CYBERPANEL_", URL=fake.url, USER="admin",
+                   PASSWORD=fake.admin_password)
 
 
 def test_provision_plan_for_cyberpanel_through_the_cli(
