@@ -250,7 +250,7 @@ class S3Store(ObjectStore):
     def size(self, key: str) -> int:
         name = self.prefix + check_key(key)
         head = self._call(
-            "stat", key, lambda: self._client.head_object(Bucket=self.bucket, Key=name)
+            "stat", key, lambda: self._client.head_object(self.bucket, name)
         )
         return int(head["ContentLength"])
 

@@ -420,8 +420,8 @@ class S3Client:
                 "ContentLength": int(response.getheader("Content-Length", "0")),
                 "Body": Body(pool, conn, response)}
 
-    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
-        answer = self._call("HeadObject", "HEAD", Bucket, Key)
+    def head_object(self, bucket: str, key: str) -> dict[str, Any]:
+        answer = self._call("HeadObject", "HEAD", bucket, key)
         return {"ETag": answer.headers.get("ETag", ""),
                 "ContentLength": int(answer.headers.get("Content-Length", "0"))}
 

@@ -114,7 +114,7 @@ def test_unknown_length_multipart(store: ObjectStore) -> None:
     assert store.size("data/large") == len(data)
     assert leftovers(store) == []
     if isinstance(store, S3Store):  # really went up in parts
-        head = store._client.head_object(Bucket=store.bucket, Key=store.prefix + "data/large")
+        head = store._client.head_object(store.bucket, store.prefix + "data/large")
         assert head["ETag"].strip('"').endswith("-3")
 
 

@@ -66,7 +66,7 @@ def test_part_size_grows_on_a_real_upload(s3_store: Callable[..., S3Store]) -> N
         data
     )
     assert store.read_bytes("grow") == data
-    head = store._client.head_object(Bucket=store.bucket, Key=store.prefix + "grow")
+    head = store._client.head_object(store.bucket, store.prefix + "grow")
     assert head["ETag"].strip('"').endswith("-3")
 
 

@@ -266,7 +266,7 @@ def test_odd_key_round_trip_through_moto(s3_server: Any, s3_bucket: str) -> None
     client.put_object(s3_bucket, ODD_KEY, [data[:10], data[10:]], content_md5=md5(data))
     got = client.get_object(s3_bucket, ODD_KEY)
     assert b"".join(got["Body"].iter_chunks(256)) == data
-    assert client.head_object(Bucket=s3_bucket, Key=ODD_KEY)["ContentLength"] == len(data)
+    assert client.head_object(s3_bucket, ODD_KEY)["ContentLength"] == len(data)
     assert client.list_objects_v2(s3_bucket, "dir/a b+")["Contents"] == [{"Key": ODD_KEY}]
     ranged = client.get_object(s3_bucket, ODD_KEY, range_start=900, if_match=got["ETag"])
     assert b"".join(ranged["Body"].iter_chunks(256)) == data[900:]
