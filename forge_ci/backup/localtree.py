@@ -39,15 +39,7 @@ def write_new_tree(dest: str, entries: Iterable[FileEntry],
     An exception from ``content`` propagates as it is; a failed system call or a
     size mismatch is a :class:`BackupError`. The caller removes ``dest`` either way.
     """
-    tree = NewTree(dest)
-    for entry in entries:
-        if entry.type == "dir":
-            tree.add_dir(entry)
-        elif entry.type == "symlink":
-            tree.add_link(entry)
-        else:
-            tree.write_file(entry, content(entry))
-    tree.finish()
+    NewTree(dest).write_all(entries, content)
 
 
 class NewTree:
@@ -61,6 +53,24 @@ class NewTree:
         self._made = {dest}  # directories known to exist: one mkdir each, not one per file
         with _errors(dest):
             os.makedirs(dest, exist_ok=True)
+
+    def write_all(self, entries: Iterable[FileEntry],
+                  content: Callable[[FileEntry], Iterable[bytes]], *,
+                  written: Callable[[FileEntry], bool] | None = None) -> None:
+        """Every entry in order, then :meth:`finish`. A file for which ``written`` is
+        true is written by another thread (:meth:`write_file`): its ``content`` is only
+        run to its end, which waits for that writer and raises what it raised."""
+        for entry in entries:
+            if entry.type == "dir":
+                self.add_dir(entry)
+            elif entry.type == "symlink":
+                self.add_link(entry)
+            elif written is not None and written(entry):
+                for _ in content(entry):
+                    pass
+            else:
+                self.write_file(entry, content(entry))
+        self.finish()
 
     def add_dir(self, entry: FileEntry) -> None:
         path = _inside(self.dest, entry.path)

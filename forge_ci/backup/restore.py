@@ -281,18 +281,21 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
 
 def _write_local(tree: NewTree, entries: list[FileEntry], prefetch: _Prefetch,
                  shown: Progress) -> None:
-    for f in entries:  # directories first: the pack workers write into them
-        if f.type == "dir":
-            tree.add_dir(f)
-        elif f.type == "symlink":
-            tree.add_link(f)
-        elif prefetch.writes(f):
-            for _ in prefetch.content(f):  # waits for (and reraises from) its worker
-                pass
-            shown.advance(1, f.size)
-        else:
-            tree.write_file(f, _counted(prefetch.content(f), shown))
-    tree.finish()
+    def content(f: FileEntry) -> Iterator[bytes]:
+        if prefetch.writes(f):  # its pack's worker writes it: wait, then count it
+            return _counted_whole(prefetch.content(f), f.size, shown)
+        return _counted(prefetch.content(f), shown)
+
+    # Directories come first: the pack workers write into them.
+    tree.write_all(entries, content, written=prefetch.writes)
+
+
+def _counted_whole(chunks: Iterable[bytes], size: int, shown: Progress) -> Iterator[bytes]:
+    """Nothing, once ``chunks`` (a file written elsewhere) ended: then it counts whole."""
+    for _ in chunks:
+        pass
+    shown.advance(1, size)
+    yield from ()
 
 
 def _counted(chunks: Iterable[bytes], shown: Progress) -> Iterator[bytes]:
