@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
 from forge_ci.backup.errors import SourceChanged
-from forge_ci.backup.index import BlobIndex
+from forge_ci.backup.index import BlobIndex, check_location, location_text
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
@@ -49,6 +49,7 @@ class FilePlan:
     upload: list[str]  # paths whose content the store lacks (one per content)
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
+    located: int = 0  # files whose stored place came from the hash cache
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
     unhashed: list[str] = field(default_factory=list)
@@ -88,8 +89,27 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     # and hashing small ones on the host first would read them twice.
     first = not index.data_keys and not index.has_packed()
     _absorb(result, listing, host, root, naming_key, cache, defer_small=first, show=show)
+    if not first:
+        result.located = _cached_locations(result, listing, naming_key, index, cache)
+    index.fetch(result.names.values())  # the index pages of the names still to look up
     result.upload = missing(result, index) + result.unhashed
     return result
+
+
+def _cached_locations(result: FilePlan, listing: list[Stat], naming_key: bytes,
+                      index: BlobIndex, cache: HashCache) -> int:
+    """Give ``index`` the places the hash cache recorded for unchanged files, each
+    checked (its MAC under the naming key, its objects listed): those names need no
+    index page. A place that fails either check is ignored (looked up instead)."""
+    n = 0
+    for st in listing:
+        name = result.names.get(st.path) if st.kind == "file" else None
+        text = cache.location(st) if name else None
+        if name and text:
+            where = check_location(naming_key, name, st.size, text)
+            if where is not None and index.seed(name, st.size, where):
+                n += 1
+    return n
 
 
 def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming_key: bytes,
@@ -120,6 +140,21 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
     for st in listing:
         if st.kind == "file" and st.path in result.hashes and st.size > 0:
             result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
+
+
+def cache_records(result: FilePlan, entries: Iterable[FileEntry], naming_key: bytes
+                  ) -> Iterator[tuple[Stat, str, str | None]]:
+    """What the hash cache keeps of each file of the manifest's ``entries``: its
+    metadata, SHA-256 and (stored content) its place, MAC'd (see
+    :func:`forge_ci.backup.index.location_text`)."""
+    for e in entries:
+        st = result.stats.get(e.path) if e.type == "file" else None
+        if st is None or e.sha256 is None:
+            continue
+        name = result.names.get(e.path)
+        where = (location_text(naming_key, name, e.size, e.objects, e.offset)
+                 if name and e.objects else None)
+        yield st, e.sha256, where
 
 
 def _hash_in_batches(host: Host, root: str, paths: list[str], stats: dict[str, Stat],
@@ -188,6 +223,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                     table.pop(path, None)
             relisted = stat_paths(host, root, changed)
             _absorb(result, relisted, host, root, naming_key, HashCache(), show=show)
+            index.fetch(result.names[p] for p in changed if p in result.names)
         # A changed file may have been the one carrying content other paths share.
         todo = missing(result, index)
         if not todo:

@@ -30,9 +30,12 @@ _FIND_FORMAT = r"%y\0%s\0%T@\0%C@\0%i\0%m\0%p\0%l\0"
 _TYPES = {"f": "file", "d": "dir", "l": "symlink"}
 _SHA = re.compile(r"[0-9a-f]{64}")
 _CACHE_HEAD = b'{"version":1,"entries":{'
-# "path":[size,mtime_ns,ctime_ns,inode,"sha256"], as json.dumps writes it (ASCII).
+# "path":[size,mtime_ns,ctime_ns,inode,"sha256"(,"location")?], as json.dumps writes
+# it (ASCII); the location is forge_ci.backup.index.location_text's.
 _CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
-                           rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"\]')
+                           rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"'
+                           rb'(?:,"([0-9a-f,;-]+)")?\]')
+_LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
 
 
 def _meta(*values: int) -> bytes:
@@ -172,12 +175,15 @@ class HashCache:
     def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
         self._entries: dict[str, bytes] = {}
         for path, entry in (entries or {}).items():
-            if not (isinstance(entry, list) and len(entry) == 5):
+            if not (isinstance(entry, list) and len(entry) in (5, 6)):
                 continue
             meta = [v for v in entry[:4] if type(v) is int]
             sha = entry[4]
-            if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha):
-                self._entries[path] = bytes.fromhex(sha) + _meta(*meta)
+            where = entry[5] if len(entry) == 6 else ""
+            if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha) \
+                    and isinstance(where, str) and where.isascii():
+                self._entries[path] = bytes.fromhex(sha) + _meta(*meta) + (
+                    _LOCATION_SEP + where.encode("ascii") if where else b"")
 
     @classmethod
     def load(cls, host: Host, root: str) -> HashCache:
@@ -203,9 +209,10 @@ class HashCache:
             m = _CACHE_RECORD.match(raw, pos)
             if m is None:
                 return None
-            key, meta, sha = m.group(1, 2, 3)
+            key, meta, sha, where = m.group(1, 2, 3, 4)
             path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
-            cache._entries[path] = bytes.fromhex(sha.decode("ascii")) + meta
+            cache._entries[path] = bytes.fromhex(sha.decode("ascii")) + meta + (
+                _LOCATION_SEP + where if where else b"")
             pos = m.end()
             if pos < end:
                 if raw[pos:pos + 1] != b",":
@@ -215,9 +222,20 @@ class HashCache:
 
     def lookup(self, st: Stat) -> str | None:
         entry = self._entries.get(st.path)
-        if entry is not None and entry[32:] == _meta(*st.cache_key()):
+        if entry is not None and entry[32:].split(_LOCATION_SEP, 1)[0] == _meta(*st.cache_key()):
             return entry[:32].hex()
         return None
+
+    def location(self, st: Stat) -> str | None:
+        """Where the content of an unchanged file was stored, as the last backup wrote
+        it here (unchecked: see :func:`forge_ci.backup.index.check_location`)."""
+        entry = self._entries.get(st.path)
+        if entry is None:
+            return None
+        meta, _, where = entry[32:].partition(_LOCATION_SEP)
+        if not where or meta != _meta(*st.cache_key()):
+            return None
+        return where.decode("ascii")
 
     @classmethod
     def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:
@@ -225,27 +243,30 @@ class HashCache:
                     if s.path in hashes})
 
     def save(self, host: Host, root: str) -> None:
-        entries = {path: [*(int(v) for v in entry[32:].split(b",")), entry[:32].hex()]
-                   for path, entry in self._entries.items()}
+        entries: dict[str, list[object]] = {}
+        for path, entry in self._entries.items():
+            meta, _, where = entry[32:].partition(_LOCATION_SEP)
+            entries[path] = [*(int(v) for v in meta.split(b",")), entry[:32].hex(),
+                             *([where.decode("ascii")] if where else [])]
         data = json.dumps({"version": 1, "entries": entries},
                           separators=(",", ":")).encode("ascii")
         host.makedirs(f"{root}/.forge")
         host.write_atomic(f"{root}/{CACHE_PATH}", data, mode=0o600)
 
     @staticmethod
-    def write(host: Host, root: str, stats: Iterable[Stat], hashes: Mapping[str, str]) -> None:
-        """Save the cache of ``stats`` straight from them: what :meth:`of` then
-        :meth:`save` would write, without a second table of every file first."""
+    def write(host: Host, root: str,
+              records: Iterable[tuple[Stat, str, str | None]]) -> None:
+        """Save the cache straight from ``(stat, sha256, location or None)`` records,
+        without a table of every file first."""
         out = io.BytesIO()
-        out.write(b'{"version":1,"entries":{')
+        out.write(_CACHE_HEAD)
         sep = b""
-        for st in stats:
-            sha = hashes.get(st.path)
-            if sha is not None:
-                out.write(b"%s%s:[%d,%d,%d,%d,\"%s\"]" % (
-                    sep, json.dumps(st.path).encode("ascii"), st.size, st.mtime_ns,
-                    st.ctime_ns, st.inode, sha.encode("ascii")))
-                sep = b","
+        for st, sha, where in records:
+            out.write(b"%s%s:[%d,%d,%d,%d,\"%s\"%s]" % (
+                sep, json.dumps(st.path).encode("ascii"), st.size, st.mtime_ns,
+                st.ctime_ns, st.inode, sha.encode("ascii"),
+                b',"%s"' % where.encode("ascii") if where else b""))
+            sep = b","
         out.write(b"}}")
         host.makedirs(f"{root}/.forge")
         host.write_atomic(f"{root}/{CACHE_PATH}", out.getvalue(), mode=0o600)
