@@ -37,7 +37,6 @@ and offsets).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import hmac
 import json
 import os
@@ -286,7 +285,7 @@ def _location_mac(key: bytes, name: str, size: int, objects: tuple[str, ...],
                     (offset if offset is not None else (1 << 64) - 1).to_bytes(8, "big"),
                     len(objects).to_bytes(4, "big"),
                     *(bytes.fromhex(o[-64:]) for o in objects)])
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key, msg, "sha256")[:16].hex()
 
 
 def location_text(key: bytes, name: str, size: int, objects: tuple[str, ...],
@@ -305,7 +304,7 @@ def check_location(key: bytes, name: str, size: int, text: str) -> Location | No
     m = _LOCATION.match(text)
     if m is None:
         return None
-    objects = tuple(layout.data_key(n) for n in m.group(1).split(","))
+    objects = tuple(f"{layout.DATA}{n[:2]}/{n}" for n in m.group(1).split(","))
     offset = None if m.group(2) == "-" else int(m.group(2))
     if offset is not None and (len(objects) != 1 or size > MEMBER_MAX
                                or offset > _OFFSET_MASK):
