@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import hmac
+import itertools
 import json
 import os
 import re
@@ -386,17 +387,18 @@ def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]],
     hold more names than a page, or when several directories exist."""
     page_entries = page_entries or PAGE_ENTRIES
     files = dict(new_files or {})
-    added = {bytes.fromhex(m[0]) for ms in new.values() for m in ms}
-    added.update(bytes.fromhex(n) for n in files)
-    pending = index.run_names | added
+    added = sum(len(ms) for ms in new.values()) + len(files)
+    pending = len(index.run_names) + added
     merge = len(index.directories) > 1 or (bool(pending) and (
-        len(index.index_keys) + 1 >= consolidate or len(pending) > page_entries))
+        len(index.index_keys) + 1 >= consolidate or pending > page_entries))
     if not merge:
-        if not added:
-            return 0
-        _put(repo, _run_key(repo), dumps(new, files))
+        if added:
+            _put(repo, _run_key(repo), dumps(new, files))
         return 0
-    return _merge(repo, index, pending, page_entries)
+    pending_names = itertools.chain(
+        (n.hex() for n in index.run_names), (m[0] for ms in new.values() for m in ms),
+        files)
+    return _merge(repo, index, pending_names, page_entries)
 
 
 def _run_key(repo: Repository) -> str:
@@ -409,42 +411,63 @@ def _put(repo: Repository, key: str, body: bytes) -> None:
     repo.store.put(key, seal([body], recipients, mode="compress"))
 
 
-def _merge(repo: Repository, index: BlobIndex, pending: set[bytes], page_entries: int
+def _merge(repo: Repository, index: BlobIndex, pending: Iterable[str], page_entries: int
            ) -> int:
     """Rewrite the pages ``pending`` names fall in; write the new directory; delete
-    what it replaces."""
+    what it replaces. Works on the names' raw bytes, sorted: no second table of the
+    entries (a first backup pages every name of a media library)."""
     prefix = layout.index_prefix(repo.naming_key())
     old = index.directories[0] if len(index.directories) == 1 else None
+    affected: set[int] = set()
+    firsts: list[bytes] = []
     if old is None:
         index.fetch_all()  # none, or several: every page is rewritten
-        affected: set[int] = set()
     else:
-        index.fetch((n.hex() for n in pending), found_too=True)  # rewritten whole
-        affected = {0 if i is None else i for i in (old.covering(n.hex()) for n in pending)}
-    # Group the live entries by the (old) page whose range they fall in.
-    groups: dict[int, list[tuple[str, Entry | Whole]]] = {}
-    for name, pack, offset, size in index.packed_entries():
-        if pack in index.data_keys:
-            _group(groups, old, affected, name, (pack, offset, size))
-    for name, (size, segments) in index.whole.items():
-        if all(k in index.data_keys for k in segments):
-            _group(groups, old, affected, name, (size, segments))
+        firsts = [bytes.fromhex(f) for f in old.firsts]
+        todo = []
+        for name in pending:
+            i = old.covering(name)
+            affected.add(0 if i is None else i)
+            todo.append(name)
+        index.fetch(todo, found_too=True)  # the pages rewritten are read whole first
+        del todo
+
+    def page_of(raw: bytes) -> int:
+        return max(bisect.bisect_right(firsts, raw) - 1, 0)
+
+    live_packs = {no for no, pack in enumerate(index._packs) if pack in index.data_keys}
+    names = [raw for raw, place in index._packed.items() if place >> 64 in live_packs
+             and (old is None or page_of(raw) in affected)]
+    for name, (_size, segments) in index.whole.items():
+        raw = bytes.fromhex(name)
+        if all(k in index.data_keys for k in segments) \
+                and (old is None or page_of(raw) in affected):
+            names.append(raw)
+    names.sort()
+    names = [n for k, n in enumerate(names) if k == 0 or names[k - 1] != n]  # packed+whole
+    # The names of each rewritten page's range, in order: [start, stop) of `names`.
+    groups: list[tuple[int, int, int]] = []  # old page, start, stop
+    start = 0
+    while start < len(names):
+        i = page_of(names[start]) if old is not None else 0
+        stop = bisect.bisect_left(names, firsts[i + 1], start) \
+            if old is not None and i + 1 < len(firsts) else len(names)
+        groups.append((i, start, stop))
+        start = stop
     pages: list[Page] = []
     if old is not None:
         pages += [(old.firsts[i], old.keys[i], old.counts[i])
                   for i in range(len(old.keys)) if i not in affected]
-    written: list[str] = []
-    for i, entries in sorted(groups.items()):
-        entries.sort()
-        chunks = -(-len(entries) // page_entries)
+    for i, start, stop in groups:
+        n = stop - start
+        chunks = -(-n // page_entries)
         for c in range(chunks):
-            part = entries[c * len(entries) // chunks:(c + 1) * len(entries) // chunks]
-            first = part[0][0]
-            if c == 0 and old is not None and i < len(old.firsts):
+            part = names[start + c * n // chunks:start + (c + 1) * n // chunks]
+            first = part[0].hex()
+            if c == 0 and old is not None:
                 first = min(first, old.firsts[i])
             key = f"{prefix}page/{os.urandom(16).hex()}"
-            _put(repo, key, _page_body(part))
-            written.append(key)
+            _put(repo, key, _page_body(index, part))
             pages.append((first, key, len(part)))
     pages.sort()
     _put(repo, f"{prefix}dir/{os.urandom(16).hex()}", dumps_directory(pages))
@@ -457,26 +480,17 @@ def _merge(repo: Repository, index: BlobIndex, pending: set[bytes], page_entries
     return len(gone)
 
 
-def _group(groups: dict[int, list[tuple[str, Entry | Whole]]], old: Directory | None,
-           affected: set[int], name: str, where: Entry | Whole) -> None:
-    if old is None:
-        groups.setdefault(0, []).append((name, where))
-        return
-    i = old.covering(name)
-    i = 0 if i is None else i
-    if i in affected:
-        groups.setdefault(i, []).append((name, where))
-
-
-def _page_body(entries: list[tuple[str, Entry | Whole]]) -> bytes:
+def _page_body(index: BlobIndex, names: list[bytes]) -> bytes:
     packs: dict[str, list[Member]] = {}
     files: dict[str, Whole] = {}
-    for name, where in entries:
-        if isinstance(where[0], str):
-            pack, offset, size = where
+    for raw in names:
+        name = raw.hex()
+        place = index._packed.get(raw)
+        if place is not None and index._packs[place >> 64] in index.data_keys:
+            pack, offset, size = index._unplace(place)
             packs.setdefault(pack, []).append((name, offset, size))
         else:
-            files[name] = where
+            files[name] = index.whole[name]
     return dumps(packs, files)
 
 
