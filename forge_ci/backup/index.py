@@ -147,6 +147,16 @@ class BlobIndex:
         return (self._packs[place >> 64], place >> _SIZE_BITS & _OFFSET_MASK,
                 place & _SIZE_MASK)
 
+    def members_of(self, packs: Iterable[str]) -> dict[str, list[Member]]:
+        """The members recorded in each of ``packs``."""
+        wanted = {self._pack_no[k] for k in packs if k in self._pack_no}
+        out: dict[str, list[Member]] = {}
+        for raw, place in self._packed.items():
+            if place >> 64 in wanted:
+                pack, offset, size = self._unplace(place)
+                out.setdefault(pack, []).append((raw.hex(), offset, size))
+        return out
+
     def lookup_packed(self, name: str) -> Entry | None:
         """Where a packed content is (stored or queued), or None."""
         place = self._packed.get(bytes.fromhex(name))
@@ -378,26 +388,29 @@ def load(repo: Repository, data_keys: set[str], *, workers: int = 8) -> BlobInde
     return index
 
 
-def save(repo: Repository, index: BlobIndex, new: Mapping[str, list[Member]],
+def save(repo: Repository, index: BlobIndex, new_packs: Mapping[str, int],
          new_files: Mapping[str, Whole] | None = None, *,
          consolidate: int = CONSOLIDATE, page_entries: int | None = None) -> int:
     """Write this run's index object, or merge into pages; returns objects deleted.
 
-    Merges when run objects pile up (``consolidate``), when they (and this run's)
-    hold more names than a page, or when several directories exist."""
+    ``new_packs``: the packs this run stored (key -> how many members: their entries
+    are ``index``'s); ``new_files``: the large contents it stored. Merges when run
+    objects pile up (``consolidate``), when they (and this run's) hold more names
+    than a page, or when several directories exist."""
     page_entries = page_entries or PAGE_ENTRIES
     files = dict(new_files or {})
-    added = sum(len(ms) for ms in new.values()) + len(files)
+    added = sum(new_packs.values()) + len(files)
     pending = len(index.run_names) + added
     merge = len(index.directories) > 1 or (bool(pending) and (
         len(index.index_keys) + 1 >= consolidate or pending > page_entries))
     if not merge:
         if added:
-            _put(repo, _run_key(repo), dumps(new, files))
+            _put(repo, _run_key(repo), dumps(index.members_of(new_packs), files))
         return 0
     pending_names = itertools.chain(
-        (n.hex() for n in index.run_names), (m[0] for ms in new.values() for m in ms),
-        files)
+        (n.hex() for n in index.run_names),
+        (m[0] for ms in index.members_of(new_packs).values() for m in ms)
+        if index.directories else (), files)
     return _merge(repo, index, pending_names, page_entries)
 
 

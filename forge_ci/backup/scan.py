@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -36,6 +37,25 @@ _CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
                            rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"'
                            rb'(?:,"([0-9a-f,;-]+)")?\]')
 _LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
+_WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-);([0-9a-f]{32})$")
+
+
+def _held_where(text: bytes) -> bytes:
+    """A location as held: ``|<offset or ->;<MAC, 16 bytes><object names, 32 bytes
+    each>`` (half the size of its text); empty if it has not the shape of one."""
+    m = _WHERE.match(text)
+    if m is None:
+        return b""
+    return b"".join([_LOCATION_SEP, m.group(2), b";", bytes.fromhex(m.group(3).decode()),
+                     bytes.fromhex(m.group(1).replace(b",", b"").decode())])
+
+
+def _where_text(held: bytes) -> str:
+    offset, _, rest = held.partition(b";")
+    mac, objects = rest[:16], rest[16:]
+    return (",".join(objects[i:i + 32].hex() for i in range(0, len(objects), 32))
+            + f";{offset.decode()};{mac.hex()}")
+_WRITE_PIECE = 2 << 20  # the cache goes to the host in pieces of this size
 
 
 def _meta(*values: int) -> bytes:
@@ -137,7 +157,8 @@ def parse_listing(data: bytes) -> list[Stat]:
             pos = stop + 1
         kind, size, mtime, ctime, inode, mode, path, target = fields
         name = decode(path)
-        name = name[2:] if name.startswith("./") else name
+        # Interned: shared with the hash cache's copy of the same path, if loaded.
+        name = sys.intern(name[2:] if name.startswith("./") else name)
         k: Kind = _TYPES.get(kind.decode(), "other")  # type: ignore[assignment]
         out.append(Stat(
             path=name, kind=k, size=int(size), mtime_ns=_ns(mtime.decode()),
@@ -182,8 +203,8 @@ class HashCache:
             where = entry[5] if len(entry) == 6 else ""
             if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha) \
                     and isinstance(where, str) and where.isascii():
-                self._entries[path] = bytes.fromhex(sha) + _meta(*meta) + (
-                    _LOCATION_SEP + where.encode("ascii") if where else b"")
+                self._entries[sys.intern(path)] = bytes.fromhex(sha) + _meta(*meta) + (
+                    _held_where(where.encode("ascii")) if where else b"")
 
     @classmethod
     def load(cls, host: Host, root: str) -> HashCache:
@@ -211,8 +232,9 @@ class HashCache:
                 return None
             key, meta, sha, where = m.group(1, 2, 3, 4)
             path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
-            cache._entries[path] = bytes.fromhex(sha.decode("ascii")) + meta + (
-                _LOCATION_SEP + where if where else b"")
+            # Interned: the listing's path of the same name is then this very string.
+            cache._entries[sys.intern(path)] = bytes.fromhex(sha.decode("ascii")) + meta + (
+                _held_where(where) if where else b"")
             pos = m.end()
             if pos < end:
                 if raw[pos:pos + 1] != b",":
@@ -235,7 +257,7 @@ class HashCache:
         meta, _, where = entry[32:].partition(_LOCATION_SEP)
         if not where or meta != _meta(*st.cache_key()):
             return None
-        return where.decode("ascii")
+        return _where_text(where)
 
     @classmethod
     def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:
@@ -247,7 +269,7 @@ class HashCache:
         for path, entry in self._entries.items():
             meta, _, where = entry[32:].partition(_LOCATION_SEP)
             entries[path] = [*(int(v) for v in meta.split(b",")), entry[:32].hex(),
-                             *([where.decode("ascii")] if where else [])]
+                             *([_where_text(where)] if where else [])]
         data = json.dumps({"version": 1, "entries": entries},
                           separators=(",", ":")).encode("ascii")
         host.makedirs(f"{root}/.forge")
@@ -255,18 +277,35 @@ class HashCache:
 
     @staticmethod
     def write(host: Host, root: str,
-              records: Iterable[tuple[Stat, str, str | None]]) -> None:
+              records: Iterable[tuple[Stat, str, str | None]], *,
+              piece: int = _WRITE_PIECE) -> None:
         """Save the cache straight from ``(stat, sha256, location or None)`` records,
-        without a table of every file first."""
+        ``piece`` bytes at a time (a temporary file renamed into place at the end), so
+        neither a table of every file nor the whole file is held at once."""
+        final = f"{root}/{CACHE_PATH}"
+        tmp = f"{final}.forge-part"
+        host.makedirs(f"{root}/.forge")
         out = io.BytesIO()
         out.write(_CACHE_HEAD)
-        sep = b""
+        sep, started = b"", False
         for st, sha, where in records:
             out.write(b"%s%s:[%d,%d,%d,%d,\"%s\"%s]" % (
                 sep, json.dumps(st.path).encode("ascii"), st.size, st.mtime_ns,
                 st.ctime_ns, st.inode, sha.encode("ascii"),
                 b',"%s"' % where.encode("ascii") if where else b""))
             sep = b","
+            if out.tell() >= piece:
+                started = _send_piece(host, tmp, out.getvalue(), started)
+                out = io.BytesIO()
         out.write(b"}}")
-        host.makedirs(f"{root}/.forge")
-        host.write_atomic(f"{root}/{CACHE_PATH}", out.getvalue(), mode=0o600)
+        _send_piece(host, tmp, out.getvalue(), started)
+        host.check(host.run(f"sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(final)}",
+                            check=False), f"writing {final}")
+
+
+def _send_piece(host: Host, path: str, data: bytes, started: bool) -> bool:
+    if started:
+        host.append(path, data)
+    else:
+        host.write_atomic(path, data, mode=0o600)
+    return True

@@ -118,7 +118,10 @@ def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
     hashes = {odd: "ab" * 32, "b": "cd" * 32}
     where = "ef" * 32 + ";12;" + "01" * 16
     HashCache.write(host, str(tmp_path), [(stats[0], hashes[odd], None),
-                                          (stats[1], hashes["b"], where)])
+                                          (stats[1], hashes["b"], where)], piece=64)
+    # Sent in pieces to a temporary file renamed into place: nothing else is left.
+    assert [p.name for p in (tmp_path / ".forge").iterdir()] == ["backup-hashes.json"]
+    assert oct((tmp_path / ".forge" / "backup-hashes.json").stat().st_mode & 0o777) == "0o600"
     raw = (tmp_path / ".forge" / "backup-hashes.json").read_bytes()
     assert HashCache._scan(raw) is not None  # the compact reader takes what write gives
     assert [HashCache.load(host, str(tmp_path)).lookup(s) for s in stats] == list(hashes.values())
