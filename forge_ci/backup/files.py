@@ -88,48 +88,44 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     # Nothing stored for these recipients yet (a first backup): every file goes up,
     # and hashing small ones on the host first would read them twice.
     first = not index.data_keys and not index.has_packed()
-    _absorb(result, listing, host, root, naming_key, cache, defer_small=first, show=show)
-    if not first:
-        result.located = _cached_locations(result, listing, naming_key, index, cache)
+    _absorb(result, listing, host, root, naming_key, cache, defer_small=first,
+            index=None if first else index, show=show)
     index.fetch(result.names.values())  # the index pages of the names still to look up
     result.upload = missing(result, index) + result.unhashed
     return result
 
 
-def _cached_locations(result: FilePlan, listing: list[Stat], naming_key: bytes,
-                      index: BlobIndex, cache: HashCache) -> int:
-    """Give ``index`` the places the hash cache recorded for unchanged files, each
-    checked (its MAC under the naming key, its objects listed): those names need no
-    index page. A place that fails either check is ignored (looked up instead)."""
-    n = 0
-    for st in listing:
-        name = result.names.get(st.path) if st.kind == "file" else None
-        text = cache.location(st) if name else None
-        if name and text:
-            where = check_location(naming_key, name, st.size, text)
-            if where is not None and index.seed(name, st.size, where):
-                n += 1
-    return n
-
-
 def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming_key: bytes,
-            cache: HashCache, *, defer_small: bool = False,
+            cache: HashCache, *, defer_small: bool = False, index: BlobIndex | None = None,
             show: MakeProgress = silent) -> None:
-    """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects."""
+    """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects.
+
+    With ``index``, the places the cache recorded for unchanged files are checked (the
+    MAC under the naming key, the objects listed) and given to it: those names need
+    no index page; a place failing either check is ignored (the name is looked up).
+    Each cache entry is dropped as it is used: the cache is not held next to what
+    the plan builds from it."""
     misses = []
     for st in listing:
         if st.kind == "other":
             result.skipped.append(st.path)
             continue
         result.stats[st.path] = st
-        if st.kind == "file":
-            sha = cache.lookup(st)
-            if sha is None and defer_small and st.size > 0:
-                result.unhashed.append(st.path)
-            elif sha is None:
-                misses.append(st.path)
-            else:
-                result.hashes[st.path] = sha
+        if st.kind != "file":
+            continue
+        hit = cache.take(st)
+        if hit is None and defer_small and st.size > 0:
+            result.unhashed.append(st.path)
+        elif hit is None:
+            misses.append(st.path)
+        else:
+            sha, text = hit
+            result.hashes[st.path] = sha
+            if index is not None and text is not None and st.size > 0:
+                name = result.names[st.path] = layout.content_name(naming_key, sha)
+                where = check_location(naming_key, name, st.size, text)
+                if where is not None and index.seed(name, st.size, where):
+                    result.located += 1
     fresh = _hash_in_batches(host, root, misses, result.stats, show)
     result.hashed += len(fresh)
     for path in misses:
@@ -138,7 +134,8 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
         else:
             del result.stats[path]  # vanished between listing and hashing
     for st in listing:
-        if st.kind == "file" and st.path in result.hashes and st.size > 0:
+        if st.kind == "file" and st.size > 0 and st.path in result.hashes \
+                and st.path not in result.names:
             result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
 
 
