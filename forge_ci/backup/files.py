@@ -62,11 +62,14 @@ class FilePlan:
         return sum(self.stats[p].size for p in self.upload if p in self.stats)
 
     def entries(self, index: BlobIndex) -> tuple[FileEntry, ...]:
-        """Manifest entries; every content must be stored (``index`` knows where)."""
+        """Manifest entries; every content must be stored (``index`` knows where).
+
+        Empties ``names`` as it goes (each is used once more, here): the entries
+        grow while the names shrink."""
         out = []
         for s in self.stats.values():
             if s.kind == "file":
-                name = self.names.get(s.path)
+                name = self.names.pop(s.path, None)
                 where = index.find(name) if name else None
                 if name and where is None:
                     raise AssertionError(f"content of {s.path!r} was not stored")
@@ -143,14 +146,14 @@ def cache_records(result: FilePlan, entries: Iterable[FileEntry], naming_key: by
                   ) -> Iterator[tuple[Stat, str, str | None]]:
     """What the hash cache keeps of each file of the manifest's ``entries``: its
     metadata, SHA-256 and (stored content) its place, MAC'd (see
-    :func:`forge_ci.backup.index.location_text`)."""
+    :func:`forge_ci.backup.index.location_text`) under the content's name, derived
+    again from the SHA-256 (``result.names`` may be cleared by then)."""
     for e in entries:
         st = result.stats.get(e.path) if e.type == "file" else None
         if st is None or e.sha256 is None:
             continue
-        name = result.names.get(e.path)
-        where = (location_text(naming_key, name, e.size, e.objects, e.offset)
-                 if name and e.objects else None)
+        where = (location_text(naming_key, layout.content_name(naming_key, e.sha256),
+                               e.size, e.objects, e.offset) if e.objects else None)
         yield st, e.sha256, where
 
 
