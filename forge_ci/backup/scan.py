@@ -3,9 +3,12 @@
 Everything runs on the host through the Host seam with standard GNU tools (``find``,
 ``sha256sum``): file contents are read there, and only their hashes travel. The hash
 cache (``<path>/.forge/backup-hashes.json``, mode 0600) lives on the host too - it
-holds nothing the host does not already have - and lets an unchanged file (same path,
-size, mtime, ctime and inode) skip hashing. The store is never asked about files:
-whether an object exists comes from one listing of ``data/``.
+holds the hashes of the host's own files, and where the backup stored each content
+(random object keys, offsets, and a MAC under the naming key the host does not hold:
+see :func:`forge_ci.backup.index.check_location`) - and lets an unchanged file (same
+path, size, mtime, ctime and inode) skip hashing and the index lookup. The store is
+never asked about files: whether an object exists comes from one listing of
+``data/``.
 
 All paths are relative to the environment's root, as ``str`` decoded from the
 host's bytes with ``surrogateescape`` (non-UTF-8 names survive the round trip).
