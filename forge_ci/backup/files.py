@@ -126,7 +126,7 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             result.hashes[st.path] = sha
             if index is not None and text is not None and st.size > 0:
                 name = result.names[st.path] = layout.content_name(naming_key, sha)
-                where = check_location(naming_key, name, st.size, text)
+                where = check_location(naming_key, sha, st.size, text)
                 if where is not None and index.seed(name, st.size, where):
                     result.located += 1
     fresh = _hash_in_batches(host, root, misses, result.stats, show)
@@ -146,14 +146,13 @@ def cache_records(result: FilePlan, entries: Iterable[FileEntry], naming_key: by
                   ) -> Iterator[tuple[Stat, str, str | None]]:
     """What the hash cache keeps of each file of the manifest's ``entries``: its
     metadata, SHA-256 and (stored content) its place, MAC'd (see
-    :func:`forge_ci.backup.index.location_text`) under the content's name, derived
-    again from the SHA-256 (``result.names`` may be cleared by then)."""
+    :func:`forge_ci.backup.index.location_text`)."""
     for e in entries:
         st = result.stats.get(e.path) if e.type == "file" else None
         if st is None or e.sha256 is None:
             continue
-        where = (location_text(naming_key, layout.content_name(naming_key, e.sha256),
-                               e.size, e.objects, e.offset) if e.objects else None)
+        where = (location_text(naming_key, e.sha256, e.size, e.objects, e.offset)
+                 if e.objects else None)
         yield st, e.sha256, where
 
 

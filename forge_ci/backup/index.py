@@ -287,42 +287,55 @@ class BlobIndex:
 # -- locations the hash cache keeps ------------------------------------------------
 
 _LOCATION_LABEL = b"forge-ci cached location\x00"
-_LOCATION = re.compile(r"^([0-9a-f]{64}(?:,[0-9a-f]{64})*);(\d{1,13}|-);([0-9a-f]{32})$")
+_NO_OFFSET = (1 << 64) - 1
 
 
-def _location_mac(key: bytes, name: str, size: int, objects: tuple[str, ...],
-                  offset: int | None) -> str:
-    msg = b"".join([_LOCATION_LABEL, bytes.fromhex(name), size.to_bytes(8, "big"),
-                    (offset if offset is not None else (1 << 64) - 1).to_bytes(8, "big"),
-                    len(objects).to_bytes(4, "big"),
-                    *(bytes.fromhex(o[-64:]) for o in objects)])
+def _location_mac(key: bytes, sha256: str, size: int, objects: bytes, offset: int | None
+                  ) -> str:
+    """``objects``: the object names' raw bytes, 32 each, in order."""
+    msg = b"".join([_LOCATION_LABEL, bytes.fromhex(sha256), size.to_bytes(8, "big"),
+                    (_NO_OFFSET if offset is None else offset).to_bytes(8, "big"),
+                    (len(objects) // 32).to_bytes(4, "big"), objects])
     return hmac.digest(key, msg, "sha256")[:16].hex()
 
 
-def location_text(key: bytes, name: str, size: int, objects: tuple[str, ...],
+def location_text(key: bytes, sha256: str, size: int, objects: tuple[str, ...],
                   offset: int | None) -> str:
     """A stored content's place as the hash cache keeps it: ``<object names>;<offset
     or ->;<MAC>``, the MAC (HMAC-SHA256 under the naming key, 128 bits) binding the
-    content name, its size and the place, so the host (which holds no naming key)
-    cannot point a file at other bytes."""
-    return (f"{','.join(o[-64:] for o in objects)};{'-' if offset is None else offset};"
-            f"{_location_mac(key, name, size, objects, offset)}")
+    content's SHA-256 (hence its name), its size and the place, so the host (which
+    holds no naming key) cannot point a file at other bytes."""
+    names = ",".join(o[-64:] for o in objects)
+    raw = bytes.fromhex(names.replace(",", ""))
+    return (f"{names};{'-' if offset is None else offset};"
+            f"{_location_mac(key, sha256, size, raw, offset)}")
 
 
-def check_location(key: bytes, name: str, size: int, text: str) -> Location | None:
-    """The place ``text`` records for content ``name`` of ``size`` bytes, if its MAC
-    holds; None otherwise (the name is then looked up in the index)."""
-    m = _LOCATION.match(text)
-    if m is None:
+def check_location(key: bytes, sha256: str, size: int, text: str) -> Location | None:
+    """The place ``text`` records for the content of SHA-256 ``sha256`` and ``size``
+    bytes, if its MAC holds; None otherwise (its name is then looked up in the index)."""
+    parts = text.split(";")
+    if len(parts) != 3:
         return None
-    objects = tuple(f"{layout.DATA}{n[:2]}/{n}" for n in m.group(1).split(","))
-    offset = None if m.group(2) == "-" else int(m.group(2))
-    if offset is not None and (len(objects) != 1 or size > MEMBER_MAX
-                               or offset > _OFFSET_MASK):
+    names, off, mac = parts[0].split(","), parts[1], parts[2]
+    try:
+        joined = "".join(names)
+        raw = bytes.fromhex(joined)
+    except ValueError:
         return None
-    if not hmac.compare_digest(m.group(3), _location_mac(key, name, size, objects, offset)):
+    if not (all(len(n) == 64 for n in names) and raw.hex() == joined and len(mac) == 32):
+        return None  # lower-case hex only, 64 digits each
+    if off == "-":
+        offset = None
+    elif off.isascii() and off.isdigit() and len(off) <= 13:
+        offset = int(off)
+        if len(names) != 1 or size > MEMBER_MAX or offset > _OFFSET_MASK:
+            return None
+    else:
         return None
-    return objects, offset
+    if not hmac.compare_digest(mac, _location_mac(key, sha256, size, raw, offset)):
+        return None
+    return tuple(f"{layout.DATA}{n[:2]}/{n}" for n in names), offset
 
 
 def _identity(repo: Repository) -> X25519Identity:

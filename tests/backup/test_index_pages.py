@@ -225,7 +225,7 @@ def test_a_cached_place_in_a_pruned_pack_is_not_used(tmp_path: Path) -> None:
     lab.check_restore(again["snapshot_id"])
 
 
-def test_locations_bind_name_size_and_place() -> None:
+def test_locations_bind_content_size_and_place() -> None:
     key, name = os.urandom(32), "ab" * 32
     pack = layout.data_key("cd" * 32)
     text = index_store.location_text(key, name, 100, (pack,), 7)
