@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
 from forge_ci.backup.errors import SourceChanged
-from forge_ci.backup.index import BlobIndex, check_location, location_text
+from forge_ci.backup.index import BlobIndex, location_text, parse_location
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
@@ -103,9 +103,9 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             show: MakeProgress = silent) -> None:
     """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects.
 
-    With ``index``, the places the cache recorded for unchanged files are checked (the
-    MAC under the naming key, the objects listed) and given to it: those names need
-    no index page; a place failing either check is ignored (the name is looked up).
+    With ``index``, the places the cache recorded for unchanged files (kept only when
+    the cache's MAC under the naming key holds) are given to it while their objects
+    are listed: those names need no index page; the others are looked up.
     Each cache entry is dropped as it is used: the cache is not held next to what
     the plan builds from it."""
     misses = []
@@ -126,7 +126,7 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             result.hashes[st.path] = sha
             if index is not None and text is not None and st.size > 0:
                 name = result.names[st.path] = layout.content_name(naming_key, sha)
-                where = check_location(naming_key, sha, st.size, text)
+                where = parse_location(text, st.size)
                 if where is not None and index.seed(name, st.size, where):
                     result.located += 1
     fresh = _hash_in_batches(host, root, misses, result.stats, show)
@@ -142,17 +142,16 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
 
 
-def cache_records(result: FilePlan, entries: Iterable[FileEntry], naming_key: bytes
+def cache_records(result: FilePlan, entries: Iterable[FileEntry]
                   ) -> Iterator[tuple[Stat, str, str | None]]:
     """What the hash cache keeps of each file of the manifest's ``entries``: its
-    metadata, SHA-256 and (stored content) its place, MAC'd (see
-    :func:`forge_ci.backup.index.location_text`)."""
+    metadata, SHA-256 and (stored content) its place
+    (:func:`forge_ci.backup.index.location_text`)."""
     for e in entries:
         st = result.stats.get(e.path) if e.type == "file" else None
         if st is None or e.sha256 is None:
             continue
-        where = (location_text(naming_key, e.sha256, e.size, e.objects, e.offset)
-                 if e.objects else None)
+        where = location_text(e.objects, e.offset) if e.objects else None
         yield st, e.sha256, where
 
 

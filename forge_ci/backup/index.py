@@ -37,7 +37,6 @@ and offsets).
 from __future__ import annotations
 
 import bisect
-import hmac
 import itertools
 import json
 import os
@@ -203,8 +202,8 @@ class BlobIndex:
             self.whole[name] = (size, keys)
 
     def seed(self, name: str, size: int, where: Location) -> bool:
-        """Take a checked cached location (:func:`check_location`) while its objects
-        are listed; returns whether it counts."""
+        """Take a location the hash cache recorded (its MAC checked) while its
+        objects are listed; returns whether it counts."""
         objects, offset = where
         if not all(k in self.data_keys for k in objects):
             return False
@@ -286,45 +285,22 @@ class BlobIndex:
 
 # -- locations the hash cache keeps ------------------------------------------------
 
-_LOCATION_LABEL = b"forge-ci cached location\x00"
-_NO_OFFSET = (1 << 64) - 1
-
-
-def _location_mac(key: bytes, sha256: str, size: int, objects: bytes, offset: int | None
-                  ) -> str:
-    """``objects``: the object names' raw bytes, 32 each, in order."""
-    msg = b"".join([_LOCATION_LABEL, bytes.fromhex(sha256), size.to_bytes(8, "big"),
-                    (_NO_OFFSET if offset is None else offset).to_bytes(8, "big"),
-                    (len(objects) // 32).to_bytes(4, "big"), objects])
-    return hmac.digest(key, msg, "sha256")[:16].hex()
-
-
-def location_text(key: bytes, sha256: str, size: int, objects: tuple[str, ...],
-                  offset: int | None) -> str:
+def location_text(objects: tuple[str, ...], offset: int | None) -> str:
     """A stored content's place as the hash cache keeps it: ``<object names>;<offset
-    or ->;<MAC>``, the MAC (HMAC-SHA256 under the naming key, 128 bits) binding the
-    content's SHA-256 (hence its name), its size and the place, so the host (which
-    holds no naming key) cannot point a file at other bytes."""
-    names = ",".join(o[-64:] for o in objects)
-    raw = bytes.fromhex(names.replace(",", ""))
-    return (f"{names};{'-' if offset is None else offset};"
-            f"{_location_mac(key, sha256, size, raw, offset)}")
+    or ->`` (the cache file as a whole carries a MAC under the naming key: see
+    :class:`forge_ci.backup.scan.HashCache`)."""
+    return f"{','.join(o[-64:] for o in objects)};{'-' if offset is None else offset}"
 
 
-def check_location(key: bytes, sha256: str, size: int, text: str) -> Location | None:
-    """The place ``text`` records for the content of SHA-256 ``sha256`` and ``size``
-    bytes, if its MAC holds; None otherwise (its name is then looked up in the index)."""
+def parse_location(text: str, size: int) -> Location | None:
+    """The place ``text`` records for a content of ``size`` bytes; None if it is not
+    the shape of one (its name is then looked up in the index)."""
     parts = text.split(";")
-    if len(parts) != 3:
+    if len(parts) != 2:
         return None
-    names, off, mac = parts[0].split(","), parts[1], parts[2]
-    try:
-        joined = "".join(names)
-        raw = bytes.fromhex(joined)
-    except ValueError:
+    names, off = parts[0].split(","), parts[1]
+    if not all(len(n) == 64 and _HEX64.match(n) for n in names):
         return None
-    if not (all(len(n) == 64 for n in names) and raw.hex() == joined and len(mac) == 32):
-        return None  # lower-case hex only, 64 digits each
     if off == "-":
         offset = None
     elif off.isascii() and off.isdigit() and len(off) <= 13:
@@ -332,8 +308,6 @@ def check_location(key: bytes, sha256: str, size: int, text: str) -> Location | 
         if len(names) != 1 or size > MEMBER_MAX or offset > _OFFSET_MASK:
             return None
     else:
-        return None
-    if not hmac.compare_digest(mac, _location_mac(key, sha256, size, raw, offset)):
         return None
     return tuple(f"{layout.DATA}{n[:2]}/{n}" for n in names), offset
 

@@ -16,6 +16,8 @@ host's bytes with ``surrogateescape`` (non-UTF-8 names survive the round trip).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import re
@@ -35,30 +37,36 @@ _TYPES = {"f": "file", "d": "dir", "l": "symlink"}
 _SHA = re.compile(r"[0-9a-f]{64}")
 _CACHE_HEAD = b'{"version":1,"entries":{'
 # "path":[size,mtime_ns,ctime_ns,inode,"sha256"(,"location")?], as json.dumps writes
-# it (ASCII); the location is forge_ci.backup.index.location_text's.
+# it (ASCII); the location is "<object names, comma-separated>;<offset or ->".
 _CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
                            rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"'
                            rb'(?:,"([0-9a-f,;-]+)")?\]')
+# After the entries: the MAC of every byte before it, under the naming key.
+_CACHE_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\Z')
+_MAC_LABEL = b"forge-ci hash cache\x00"
 _LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
-_WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-);([0-9a-f]{32})$")
+_WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-)$")
+_WRITE_PIECE = 2 << 20  # the cache goes to the host in pieces of this size
 
 
 def _held_where(text: bytes) -> bytes:
-    """A location as held: ``|<offset or ->;<MAC, 16 bytes><object names, 32 bytes
-    each>`` (half the size of its text); empty if it has not the shape of one."""
+    """A location as held: ``|<offset or ->;<object names, 32 bytes each>`` (half
+    the size of its text); empty if it has not the shape of one."""
     m = _WHERE.match(text)
     if m is None:
         return b""
-    return b"".join([_LOCATION_SEP, m.group(2), b";", bytes.fromhex(m.group(3).decode()),
+    return b"".join([_LOCATION_SEP, m.group(2), b";",
                      bytes.fromhex(m.group(1).replace(b",", b"").decode())])
 
 
 def _where_text(held: bytes) -> str:
-    offset, _, rest = held.partition(b";")
-    mac, objects = rest[:16], rest[16:]
+    offset, _, objects = held.partition(b";")
     return (",".join(objects[i:i + 32].hex() for i in range(0, len(objects), 32))
-            + f";{offset.decode()};{mac.hex()}")
-_WRITE_PIECE = 2 << 20  # the cache goes to the host in pieces of this size
+            + f";{offset.decode()}")
+
+
+def _cache_mac(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, _MAC_LABEL, hashlib.sha256)
 
 
 def _meta(*values: int) -> bytes:
@@ -193,11 +201,14 @@ def hash_files(host: Host, root: str, paths: Iterable[str]) -> dict[str, str]:
 
 
 class HashCache:
-    """``path -> (size, mtime, ctime, inode, sha256)`` as last seen on the host.
+    """``path -> (size, mtime, ctime, inode, sha256[, location])`` as last seen on
+    the host.
 
     Held compactly (one ``bytes`` per file: the hash's 32 bytes, then the metadata as
-    the file writes it), and read from the file a record at a time when it has the
-    shape :meth:`write` gives it; anything else is parsed as plain JSON."""
+    the file writes it, then the location), and read from the file a record at a time
+    when it has the shape :meth:`write` gives it; anything else is parsed as plain
+    JSON. Locations count only when the file's MAC under the naming key holds (the
+    host does not hold that key): otherwise they are dropped as it is read."""
 
     def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
         self._entries: dict[str, bytes] = {}
@@ -206,17 +217,16 @@ class HashCache:
                 continue
             meta = [v for v in entry[:4] if type(v) is int]
             sha = entry[4]
-            where = entry[5] if len(entry) == 6 else ""
-            if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha) \
-                    and isinstance(where, str) and where.isascii():
-                self._entries[sys.intern(path)] = bytes.fromhex(sha) + _meta(*meta) + (
-                    _held_where(where.encode("ascii")) if where else b"")
+            if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha):
+                self._entries[sys.intern(path)] = bytes.fromhex(sha) + _meta(*meta)
 
     @classmethod
-    def load(cls, host: Host, root: str) -> HashCache:
+    def load(cls, host: Host, root: str, naming_key: bytes | None = None) -> HashCache:
+        """The host's cache; with ``naming_key``, with the locations it records if
+        its MAC holds."""
         try:
             raw = host.read(f"{root}/{CACHE_PATH}")
-            cache = cls._scan(raw) if raw else None
+            cache = cls._scan(raw, naming_key) if raw else None
             if cache is not None:
                 return cache
             doc = json.loads(raw) if raw else {}
@@ -226,21 +236,37 @@ class HashCache:
         return cls(entries if isinstance(entries, dict) else {})
 
     @classmethod
-    def _scan(cls, raw: bytes) -> HashCache | None:
+    def _scan(cls, raw: bytes, naming_key: bytes | None = None) -> HashCache | None:
         """Records one by one, without the parsed document; None: not that shape."""
-        if not (raw.startswith(_CACHE_HEAD) and raw.endswith(b"}}")):
+        if not raw.startswith(_CACHE_HEAD):
+            return None
+        tail = _CACHE_TAIL.search(raw, max(len(raw) - 80, 0))
+        if tail is not None:
+            end = tail.start() - 1  # the entries' closing brace
+            if naming_key is None:
+                trusted = False
+            else:
+                mac = _cache_mac(naming_key)
+                mac.update(raw[:tail.start()] if len(raw) < 1 << 16
+                           else memoryview(raw)[:tail.start()])
+                trusted = hmac.compare_digest(mac.hexdigest().encode(), tail.group(1))
+        elif raw.endswith(b"}}"):
+            end, trusted = len(raw) - 2, False
+        else:
+            return None
+        if raw[end:end + 1] != b"}":
             return None
         cache = cls()
-        pos, end = len(_CACHE_HEAD), len(raw) - 2
+        pos = len(_CACHE_HEAD)
         while pos < end:
-            m = _CACHE_RECORD.match(raw, pos)
+            m = _CACHE_RECORD.match(raw, pos, end)
             if m is None:
                 return None
             key, meta, sha, where = m.group(1, 2, 3, 4)
             path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
             # Interned: the listing's path of the same name is then this very string.
             cache._entries[sys.intern(path)] = bytes.fromhex(sha.decode("ascii")) + meta + (
-                _held_where(where) if where else b"")
+                _held_where(where) if where and trusted else b"")
             pos = m.end()
             if pos < end:
                 if raw[pos:pos + 1] != b",":
@@ -256,7 +282,7 @@ class HashCache:
 
     def location(self, st: Stat) -> str | None:
         """Where the content of an unchanged file was stored, as the last backup wrote
-        it here (unchecked: see :func:`forge_ci.backup.index.check_location`)."""
+        it here (its MAC checked; see :func:`forge_ci.backup.index.parse_location`)."""
         entry = self._entries.get(st.path)
         if entry is None:
             return None
@@ -282,11 +308,10 @@ class HashCache:
                     if s.path in hashes})
 
     def save(self, host: Host, root: str) -> None:
-        entries: dict[str, list[object]] = {}
-        for path, entry in self._entries.items():
-            meta, _, where = entry[32:].partition(_LOCATION_SEP)
-            entries[path] = [*(int(v) for v in meta.split(b",")), entry[:32].hex(),
-                             *([_where_text(where)] if where else [])]
+        """As plain JSON, hashes only (locations need :meth:`write` and its MAC)."""
+        entries = {path: [*(int(v) for v in entry[32:].split(_LOCATION_SEP, 1)[0]
+                            .split(b",")), entry[:32].hex()]
+                   for path, entry in self._entries.items()}
         data = json.dumps({"version": 1, "entries": entries},
                           separators=(",", ":")).encode("ascii")
         host.makedirs(f"{root}/.forge")
@@ -294,14 +319,16 @@ class HashCache:
 
     @staticmethod
     def write(host: Host, root: str,
-              records: Iterable[tuple[Stat, str, str | None]], *,
+              records: Iterable[tuple[Stat, str, str | None]], naming_key: bytes, *,
               piece: int = _WRITE_PIECE) -> None:
         """Save the cache straight from ``(stat, sha256, location or None)`` records,
         ``piece`` bytes at a time (a temporary file renamed into place at the end), so
-        neither a table of every file nor the whole file is held at once."""
+        neither a table of every file nor the whole file is held at once. It ends with
+        the MAC (under ``naming_key``) of everything before it."""
         final = f"{root}/{CACHE_PATH}"
         tmp = f"{final}.forge-part"
         host.makedirs(f"{root}/.forge")
+        mac = _cache_mac(naming_key)
         out = io.BytesIO()
         out.write(_CACHE_HEAD)
         sep, started = b"", False
@@ -312,10 +339,14 @@ class HashCache:
                 b',"%s"' % where.encode("ascii") if where else b""))
             sep = b","
             if out.tell() >= piece:
-                started = _send_piece(host, tmp, out.getvalue(), started)
+                data = out.getvalue()
+                mac.update(data)
+                started = _send_piece(host, tmp, data, started)
                 out = io.BytesIO()
-        out.write(b"}}")
-        _send_piece(host, tmp, out.getvalue(), started)
+        out.write(b"}")
+        last = out.getvalue()
+        mac.update(last)
+        _send_piece(host, tmp, last + b',"mac":"%s"}' % mac.hexdigest().encode(), started)
         host.check(host.run(f"sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(final)}",
                             check=False), f"writing {final}")
 

@@ -80,7 +80,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
     key = repo.naming_key()
     if dry_run:
         index = index_store.load(repo, repo.data_keys())
-        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root, key),
                           show=show)
         return _report(None, True, plan, None, started)
     with StoreLock(repo.store, "shared", repo.recipients,
@@ -100,7 +100,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 phases["dump_s"] = round(time.monotonic() - dumping, 3)
                 log(f"database dump: {human_size(db.size)} ({db.tool})")
             scanning = time.monotonic()
-            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root, key),
                               show=show)
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
                 f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
@@ -153,6 +153,6 @@ def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEn
 def _save_cache(host: Host, root: str, plan: files.FilePlan, manifest: Manifest,
                 naming_key: bytes, log: Log) -> None:
     try:
-        HashCache.write(host, root, files.cache_records(plan, manifest.files, naming_key))
+        HashCache.write(host, root, files.cache_records(plan, manifest.files), naming_key)
     except ForgeError as e:
         log(f"warning: could not save the hash cache on {host.name}: {e.message}")

@@ -179,11 +179,7 @@ def _records(lab: Lab) -> dict[str, list[object]]:
     return entries
 
 
-def _write_records(lab: Lab, entries: dict[str, list[object]]) -> None:
-    (lab.root / CACHE).write_text(json.dumps({"version": 1, "entries": entries}))
-
-
-@pytest.mark.parametrize("tamper", ["offset", "swap", "segments", "mac"])
+@pytest.mark.parametrize("tamper", ["offset", "swap", "segments", "mac", "json"])
 def test_a_tampered_cached_place_is_never_recorded(tmp_path: Path, small_pages: int,
                                                    tamper: str) -> None:
     lab = Lab(tmp_path)
@@ -192,24 +188,31 @@ def test_a_tampered_cached_place_is_never_recorded(tmp_path: Path, small_pages: 
     entries = _records(lab)
     a, b, big = "uploads/img-0001.jpg", "uploads/img-0002.jpg", "uploads/big.bin"
     assert all(len(entries[p]) == 6 for p in (a, b, big))  # each with its place
-    place_a, place_b = str(entries[a][5]), str(entries[b][5])
+    place_a, place_b, place_big = (str(entries[p][5]) for p in (a, b, big))
+    raw = (lab.root / CACHE).read_bytes()
     if tamper == "offset":  # the host moves a file to other bytes of its pack
-        objects, offset, mac = place_a.split(";")
-        entries[a][5] = f"{objects};{int(offset) + 1};{mac}"
-    elif tamper == "swap":  # or to another file's real, MAC'd place
-        entries[a][5], entries[b][5] = place_b, place_a
+        objects, offset = place_a.split(";")
+        raw = raw.replace(place_a.encode(), f"{objects};{int(offset) + 1}".encode())
+    elif tamper == "swap":  # or to another file's real place
+        raw = raw.replace(place_a.encode(), b"A").replace(place_b.encode(), place_a.encode())
+        raw = raw.replace(b'"A"', b'"%s"' % place_b.encode())
     elif tamper == "segments":  # a large file at a pack
-        entries[big][5] = place_a
-    else:
-        entries[a][5] = place_a[:-1] + ("0" if place_a[-1] != "0" else "1")
-    _write_records(lab, entries)
+        raw = raw.replace(place_big.encode(), place_a.encode())
+    elif tamper == "mac":
+        raw = raw[:-3] + (b"0" if raw[-3:-2] != b"0" else b"1") + raw[-2:]
+    else:  # the same records as plain JSON, without the MAC
+        raw = json.dumps({"version": 1, "entries": entries}).encode()
+    assert raw != (lab.root / CACHE).read_bytes()
+    (lab.root / CACHE).write_bytes(raw)
     again = lab.backup()
-    # Refused: the names are looked up in the index instead, and found.
-    assert again["upload_files"] == 0 and lab.index_gets()
+    # Refused, every one: the names are looked up in the index instead, and found.
+    assert (again["upload_files"], again["located"], again["hashed"]) == (0, 0, 0)
+    assert lab.index_gets()
     lab.check_restore(again["snapshot_id"])
-    # The cache written by that backup has the true places again.
+    # The cache written by that backup has the true places again, and counts.
     fresh = _records(lab)
-    assert fresh[a][5] == place_a and fresh[b][5] == place_b
+    assert (fresh[a][5], fresh[b][5], fresh[big][5]) == (place_a, place_b, place_big)
+    assert lab.backup()["located"] == 41
 
 
 def test_a_cached_place_in_a_pruned_pack_is_not_used(tmp_path: Path) -> None:
@@ -225,13 +228,15 @@ def test_a_cached_place_in_a_pruned_pack_is_not_used(tmp_path: Path) -> None:
     lab.check_restore(again["snapshot_id"])
 
 
-def test_locations_bind_content_size_and_place() -> None:
-    key, name = os.urandom(32), "ab" * 32
-    pack = layout.data_key("cd" * 32)
-    text = index_store.location_text(key, name, 100, (pack,), 7)
-    assert index_store.check_location(key, name, 100, text) == ((pack,), 7)
-    assert index_store.check_location(key, "ef" * 32, 100, text) is None
-    assert index_store.check_location(key, name, 101, text) is None
-    assert index_store.check_location(os.urandom(32), name, 100, text) is None
-    assert index_store.check_location(key, name, 100, text.replace(";7;", ";8;")) is None
-    assert index_store.check_location(key, name, 100, "junk") is None
+def test_a_cache_written_under_other_recipients_gives_no_places(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    _fill(lab, 5)
+    lab.backup()
+    other = Lab(tmp_path / "other")
+    other.root, other.uploads = lab.root, lab.uploads  # same host, another store and key
+    other.backup()  # the host's cache now carries places in the other store
+    again = lab.backup()
+    assert (again["located"], again["upload_files"]) == (0, 0)
+    assert lab.index_gets()
+    lab.check_restore(again["snapshot_id"])
+    assert lab.backup()["located"] == 6
