@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
 from forge_ci.backup.errors import SourceChanged
-from forge_ci.backup.index import BlobIndex, location_text, parse_location
+from forge_ci.backup.index import BlobIndex, location_text
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
@@ -50,6 +50,7 @@ class FilePlan:
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
     located: int = 0  # files whose stored place came from the hash cache
+    lookup: list[str] = field(default_factory=list)  # names to look up in the index
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
     unhashed: list[str] = field(default_factory=list)
@@ -93,7 +94,8 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     first = not index.data_keys and not index.has_packed()
     _absorb(result, listing, host, root, naming_key, cache, defer_small=first,
             index=None if first else index, show=show)
-    index.fetch(result.names.values())  # the index pages of the names still to look up
+    index.fetch(result.lookup)  # the index pages of the names not located by the cache
+    result.lookup = []
     result.upload = missing(result, index) + result.unhashed
     return result
 
@@ -122,13 +124,16 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
         elif hit is None:
             misses.append(st.path)
         else:
-            sha, text = hit
+            sha, where = hit
             result.hashes[st.path] = sha
-            if index is not None and text is not None and st.size > 0:
+            if index is not None and where is not None and st.size > 0:
                 name = result.names[st.path] = layout.content_name(naming_key, sha)
-                where = parse_location(text, st.size)
-                if where is not None and index.seed(name, st.size, where):
+                packed = where[1] is not None
+                if (not packed or (len(where[0]) == 1 and st.size <= MEMBER_MAX)) \
+                        and index.seed(name, st.size, where):
                     result.located += 1
+                else:
+                    result.lookup.append(name)
     fresh = _hash_in_batches(host, root, misses, result.stats, show)
     result.hashed += len(fresh)
     for path in misses:
@@ -139,7 +144,9 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
     for st in listing:
         if st.kind == "file" and st.size > 0 and st.path in result.hashes \
                 and st.path not in result.names:
-            result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
+            name = result.names[st.path] = layout.content_name(naming_key,
+                                                                result.hashes[st.path])
+            result.lookup.append(name)
 
 
 def cache_records(result: FilePlan, entries: Iterable[FileEntry]
@@ -221,7 +228,8 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                     table.pop(path, None)
             relisted = stat_paths(host, root, changed)
             _absorb(result, relisted, host, root, naming_key, HashCache(), show=show)
-            index.fetch(result.names[p] for p in changed if p in result.names)
+            index.fetch(result.lookup)
+            result.lookup = []
         # A changed file may have been the one carrying content other paths share.
         todo = missing(result, index)
         if not todo:

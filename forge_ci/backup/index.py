@@ -209,8 +209,11 @@ class BlobIndex:
             return False
         if offset is None:
             self.whole.setdefault(name, (size, objects))
-        else:
+            return True
+        try:
             self.load_packed(name, objects[0], offset, size)
+        except ValueError:
+            return False  # out of range: not a place a backup wrote
         return True
 
     def stored(self, keys: Iterable[str]) -> None:
@@ -290,26 +293,6 @@ def location_text(objects: tuple[str, ...], offset: int | None) -> str:
     or ->`` (the cache file as a whole carries a MAC under the naming key: see
     :class:`forge_ci.backup.scan.HashCache`)."""
     return f"{','.join(o[-64:] for o in objects)};{'-' if offset is None else offset}"
-
-
-def parse_location(text: str, size: int) -> Location | None:
-    """The place ``text`` records for a content of ``size`` bytes; None if it is not
-    the shape of one (its name is then looked up in the index)."""
-    parts = text.split(";")
-    if len(parts) != 2:
-        return None
-    names, off = parts[0].split(","), parts[1]
-    if not all(len(n) == 64 and _HEX64.match(n) for n in names):
-        return None
-    if off == "-":
-        offset = None
-    elif off.isascii() and off.isdigit() and len(off) <= 13:
-        offset = int(off)
-        if len(names) != 1 or size > MEMBER_MAX or offset > _OFFSET_MASK:
-            return None
-    else:
-        return None
-    return tuple(f"{layout.DATA}{n[:2]}/{n}" for n in names), offset
 
 
 def _identity(repo: Repository) -> X25519Identity:

@@ -65,6 +65,18 @@ def _where_text(held: bytes) -> str:
             + f";{offset.decode()}")
 
 
+Place = tuple[tuple[str, ...], int | None]  # object keys, offset (None: segments)
+
+
+def _place(held: bytes) -> Place:
+    offset, _, objects = held.partition(b";")
+    keys = []
+    for i in range(0, len(objects), 32):
+        name = objects[i:i + 32].hex()
+        keys.append(f"data/{name[:2]}/{name}")
+    return tuple(keys), None if offset == b"-" else int(offset)
+
+
 def _cache_mac(key: bytes) -> hmac.HMAC:
     return hmac.new(key, _MAC_LABEL, hashlib.sha256)
 
@@ -291,16 +303,17 @@ class HashCache:
             return None
         return _where_text(where)
 
-    def take(self, st: Stat) -> tuple[str, str | None] | None:
-        """SHA-256 and recorded location (see :meth:`location`) of an unchanged file,
-        removing its entry: each is used once, and the cache shrinks as it is."""
+    def take(self, st: Stat) -> tuple[str, Place | None] | None:
+        """SHA-256 and recorded place (object keys, offset or None for segments; see
+        :meth:`location`) of an unchanged file, removing its entry: each is used
+        once, and the cache shrinks as it is."""
         entry = self._entries.pop(st.path, None)
         if entry is None:
             return None
         meta, _, where = entry[32:].partition(_LOCATION_SEP)
         if meta != _meta(*st.cache_key()):
             return None
-        return entry[:32].hex(), _where_text(where) if where else None
+        return entry[:32].hex(), _place(where) if where else None
 
     @classmethod
     def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:
