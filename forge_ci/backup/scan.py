@@ -169,6 +169,7 @@ def parse_listing(data: bytes) -> list[Stat]:
     Walks the output one record at a time: splitting it whole would hold eight
     ``bytes`` objects per entry at once (17 MiB at 50,000 files)."""
     out = []
+    modes: dict[bytes, int] = {}  # one int per distinct mode, not one per entry
     pos, end = 0, len(data)
     while pos < end:
         fields = []
@@ -188,7 +189,7 @@ def parse_listing(data: bytes) -> list[Stat]:
         ctime_ns = mtime_ns if ctime == mtime else _ns(ctime.decode())
         out.append(Stat(
             path=name, kind=k, size=int(size), mtime_ns=mtime_ns,
-            ctime_ns=ctime_ns, inode=int(inode), mode=int(mode, 8),
+            ctime_ns=ctime_ns, inode=int(inode), mode=modes.setdefault(mode, int(mode, 8)),
             target=decode(target) if k == "symlink" else None))
     return out
 
