@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
 from forge_ci.backup.errors import SourceChanged
-from forge_ci.backup.index import BlobIndex
+from forge_ci.backup.index import BlobIndex, location_text
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
 from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
@@ -49,6 +49,8 @@ class FilePlan:
     upload: list[str]  # paths whose content the store lacks (one per content)
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
+    located: int = 0  # files whose stored place came from the hash cache
+    lookup: list[str] = field(default_factory=list)  # names to look up in the index
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
     unhashed: list[str] = field(default_factory=list)
@@ -61,11 +63,14 @@ class FilePlan:
         return sum(self.stats[p].size for p in self.upload if p in self.stats)
 
     def entries(self, index: BlobIndex) -> tuple[FileEntry, ...]:
-        """Manifest entries; every content must be stored (``index`` knows where)."""
+        """Manifest entries; every content must be stored (``index`` knows where).
+
+        Empties ``names`` as it goes (each is used once more, here): the entries
+        grow while the names shrink."""
         out = []
         for s in self.stats.values():
             if s.kind == "file":
-                name = self.names.get(s.path)
+                name = self.names.pop(s.path, None)
                 where = index.find(name) if name else None
                 if name and where is None:
                     raise AssertionError(f"content of {s.path!r} was not stored")
@@ -87,29 +92,48 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     # Nothing stored for these recipients yet (a first backup): every file goes up,
     # and hashing small ones on the host first would read them twice.
     first = not index.data_keys and not index.has_packed()
-    _absorb(result, listing, host, root, naming_key, cache, defer_small=first, show=show)
+    _absorb(result, listing, host, root, naming_key, cache, defer_small=first,
+            index=None if first else index, show=show)
+    index.fetch(result.lookup)  # the index pages of the names not located by the cache
+    result.lookup = []
     result.upload = missing(result, index) + result.unhashed
     return result
 
 
 def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming_key: bytes,
-            cache: HashCache, *, defer_small: bool = False,
+            cache: HashCache, *, defer_small: bool = False, index: BlobIndex | None = None,
             show: MakeProgress = silent) -> None:
-    """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects."""
+    """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects.
+
+    With ``index``, the places the cache recorded for unchanged files (kept only when
+    the cache's MAC under the naming key holds) are given to it while their objects
+    are listed: those names need no index page; the others are looked up.
+    Each cache entry is dropped as it is used: the cache is not held next to what
+    the plan builds from it."""
     misses = []
     for st in listing:
         if st.kind == "other":
             result.skipped.append(st.path)
             continue
         result.stats[st.path] = st
-        if st.kind == "file":
-            sha = cache.lookup(st)
-            if sha is None and defer_small and st.size > 0:
-                result.unhashed.append(st.path)
-            elif sha is None:
-                misses.append(st.path)
-            else:
-                result.hashes[st.path] = sha
+        if st.kind != "file":
+            continue
+        hit = cache.take(st)
+        if hit is None and defer_small and st.size > 0:
+            result.unhashed.append(st.path)
+        elif hit is None:
+            misses.append(st.path)
+        else:
+            sha, where = hit
+            result.hashes[st.path] = sha
+            if index is not None and where is not None and st.size > 0:
+                name = result.names[st.path] = layout.content_name(naming_key, sha)
+                packed = where[1] is not None
+                if (not packed or (len(where[0]) == 1 and st.size <= MEMBER_MAX)) \
+                        and index.seed(name, st.size, where):
+                    result.located += 1
+                else:
+                    result.lookup.append(name)
     fresh = _hash_in_batches(host, root, misses, result.stats, show)
     result.hashed += len(fresh)
     for path in misses:
@@ -118,8 +142,24 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
         else:
             del result.stats[path]  # vanished between listing and hashing
     for st in listing:
-        if st.kind == "file" and st.path in result.hashes and st.size > 0:
-            result.names[st.path] = layout.content_name(naming_key, result.hashes[st.path])
+        if st.kind == "file" and st.size > 0 and st.path in result.hashes \
+                and st.path not in result.names:
+            name = result.names[st.path] = layout.content_name(naming_key,
+                                                                result.hashes[st.path])
+            result.lookup.append(name)
+
+
+def cache_records(result: FilePlan, entries: Iterable[FileEntry]
+                  ) -> Iterator[tuple[Stat, str, str | None]]:
+    """What the hash cache keeps of each file of the manifest's ``entries``: its
+    metadata, SHA-256 and (stored content) its place
+    (:func:`forge_ci.backup.index.location_text`)."""
+    for e in entries:
+        st = result.stats.get(e.path) if e.type == "file" else None
+        if st is None or e.sha256 is None:
+            continue
+        where = location_text(e.objects, e.offset) if e.objects else None
+        yield st, e.sha256, where
 
 
 def _hash_in_batches(host: Host, root: str, paths: list[str], stats: dict[str, Stat],
@@ -188,6 +228,8 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                     table.pop(path, None)
             relisted = stat_paths(host, root, changed)
             _absorb(result, relisted, host, root, naming_key, HashCache(), show=show)
+            index.fetch(result.lookup)
+            result.lookup = []
         # A changed file may have been the one carrying content other paths share.
         todo = missing(result, index)
         if not todo:

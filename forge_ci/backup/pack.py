@@ -45,7 +45,7 @@ class PackWriter:
         self._stored = 0
         self._plain = 0
         self._key: str | None = None
-        self.written: dict[str, list[Member]] = {}  # pack key -> members, once queued
+        self.written: dict[str, int] = {}  # pack key -> how many members, once queued
         self.files: dict[str, tuple[int, tuple[str, ...]]] = {}  # large: name -> size, keys
         self.unwanted: list[str] = []  # segments of files that changed while read
 
@@ -89,7 +89,7 @@ class PackWriter:
         self._sealed, self._members, self._stored, self._plain = [], [], 0, 0
         self._key = self._encryptor = None
         self._uploader.submit_sealed(key, sealed, plain_size=plain)
-        self.written[key] = members
+        self.written[key] = len(members)
 
 
 def put_segments(uploader: Uploader, recipients: Sequence[Recipient], chunks: Iterable[bytes],

@@ -3,9 +3,12 @@
 Everything runs on the host through the Host seam with standard GNU tools (``find``,
 ``sha256sum``): file contents are read there, and only their hashes travel. The hash
 cache (``<path>/.forge/backup-hashes.json``, mode 0600) lives on the host too - it
-holds nothing the host does not already have - and lets an unchanged file (same path,
-size, mtime, ctime and inode) skip hashing. The store is never asked about files:
-whether an object exists comes from one listing of ``data/``.
+holds the hashes of the host's own files, and where the backup stored each content
+(random object keys, offsets, and a MAC under the naming key the host does not hold:
+see :func:`forge_ci.backup.index.check_location`) - and lets an unchanged file (same
+path, size, mtime, ctime and inode) skip hashing and the index lookup. The store is
+never asked about files: whether an object exists comes from one listing of
+``data/``.
 
 All paths are relative to the environment's root, as ``str`` decoded from the
 host's bytes with ``surrogateescape`` (non-UTF-8 names survive the round trip).
@@ -13,9 +16,12 @@ host's bytes with ``surrogateescape`` (non-UTF-8 names survive the round trip).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,9 +36,49 @@ _FIND_FORMAT = r"%y\0%s\0%T@\0%C@\0%i\0%m\0%p\0%l\0"
 _TYPES = {"f": "file", "d": "dir", "l": "symlink"}
 _SHA = re.compile(r"[0-9a-f]{64}")
 _CACHE_HEAD = b'{"version":1,"entries":{'
-# "path":[size,mtime_ns,ctime_ns,inode,"sha256"], as json.dumps writes it (ASCII).
+# "path":[size,mtime_ns,ctime_ns,inode,"sha256"(,"location")?], as json.dumps writes
+# it (ASCII); the location is "<object names, comma-separated>;<offset or ->".
 _CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
-                           rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"\]')
+                           rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"'
+                           rb'(?:,"([0-9a-f,;-]+)")?\]')
+# After the entries: the MAC of every byte before it, under the naming key.
+_CACHE_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\Z')
+_MAC_LABEL = b"forge-ci hash cache\x00"
+_LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
+_WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-)$")
+_WRITE_PIECE = 2 << 20  # the cache goes to the host in pieces of this size
+
+
+def _held_where(text: bytes) -> bytes:
+    """A location as held: ``|<offset or ->;<object names, 32 bytes each>`` (half
+    the size of its text); empty if it has not the shape of one."""
+    m = _WHERE.match(text)
+    if m is None:
+        return b""
+    return b"".join([_LOCATION_SEP, m.group(2), b";",
+                     bytes.fromhex(m.group(1).replace(b",", b"").decode())])
+
+
+def _where_text(held: bytes) -> str:
+    offset, _, objects = held.partition(b";")
+    return (",".join(objects[i:i + 32].hex() for i in range(0, len(objects), 32))
+            + f";{offset.decode()}")
+
+
+Place = tuple[tuple[str, ...], int | None]  # object keys, offset (None: segments)
+
+
+def _place(held: bytes) -> Place:
+    offset, _, objects = held.partition(b";")
+    keys = []
+    for i in range(0, len(objects), 32):
+        name = objects[i:i + 32].hex()
+        keys.append(f"data/{name[:2]}/{name}")
+    return tuple(keys), None if offset == b"-" else int(offset)
+
+
+def _cache_mac(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, _MAC_LABEL, hashlib.sha256)
 
 
 def _meta(*values: int) -> bytes:
@@ -123,6 +169,7 @@ def parse_listing(data: bytes) -> list[Stat]:
     Walks the output one record at a time: splitting it whole would hold eight
     ``bytes`` objects per entry at once (17 MiB at 50,000 files)."""
     out = []
+    modes: dict[bytes, int] = {}  # one int per distinct mode, not one per entry
     pos, end = 0, len(data)
     while pos < end:
         fields = []
@@ -134,11 +181,15 @@ def parse_listing(data: bytes) -> list[Stat]:
             pos = stop + 1
         kind, size, mtime, ctime, inode, mode, path, target = fields
         name = decode(path)
-        name = name[2:] if name.startswith("./") else name
+        # Interned: shared with the hash cache's copy of the same path, if loaded.
+        name = sys.intern(name[2:] if name.startswith("./") else name)
         k: Kind = _TYPES.get(kind.decode(), "other")  # type: ignore[assignment]
+        mtime_ns = _ns(mtime.decode())
+        # One int object when equal (a file written once): 32 bytes less per file.
+        ctime_ns = mtime_ns if ctime == mtime else _ns(ctime.decode())
         out.append(Stat(
-            path=name, kind=k, size=int(size), mtime_ns=_ns(mtime.decode()),
-            ctime_ns=_ns(ctime.decode()), inode=int(inode), mode=int(mode, 8),
+            path=name, kind=k, size=int(size), mtime_ns=mtime_ns,
+            ctime_ns=ctime_ns, inode=int(inode), mode=modes.setdefault(mode, int(mode, 8)),
             target=decode(target) if k == "symlink" else None))
     return out
 
@@ -163,27 +214,32 @@ def hash_files(host: Host, root: str, paths: Iterable[str]) -> dict[str, str]:
 
 
 class HashCache:
-    """``path -> (size, mtime, ctime, inode, sha256)`` as last seen on the host.
+    """``path -> (size, mtime, ctime, inode, sha256[, location])`` as last seen on
+    the host.
 
     Held compactly (one ``bytes`` per file: the hash's 32 bytes, then the metadata as
-    the file writes it), and read from the file a record at a time when it has the
-    shape :meth:`write` gives it; anything else is parsed as plain JSON."""
+    the file writes it, then the location), and read from the file a record at a time
+    when it has the shape :meth:`write` gives it; anything else is parsed as plain
+    JSON. Locations count only when the file's MAC under the naming key holds (the
+    host does not hold that key): otherwise they are dropped as it is read."""
 
     def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
         self._entries: dict[str, bytes] = {}
         for path, entry in (entries or {}).items():
-            if not (isinstance(entry, list) and len(entry) == 5):
+            if not (isinstance(entry, list) and len(entry) in (5, 6)):
                 continue
             meta = [v for v in entry[:4] if type(v) is int]
             sha = entry[4]
             if len(meta) == 4 and isinstance(sha, str) and _SHA.fullmatch(sha):
-                self._entries[path] = bytes.fromhex(sha) + _meta(*meta)
+                self._entries[sys.intern(path)] = bytes.fromhex(sha) + _meta(*meta)
 
     @classmethod
-    def load(cls, host: Host, root: str) -> HashCache:
+    def load(cls, host: Host, root: str, naming_key: bytes | None = None) -> HashCache:
+        """The host's cache; with ``naming_key``, with the locations it records if
+        its MAC holds."""
         try:
             raw = host.read(f"{root}/{CACHE_PATH}")
-            cache = cls._scan(raw) if raw else None
+            cache = cls._scan(raw, naming_key) if raw else None
             if cache is not None:
                 return cache
             doc = json.loads(raw) if raw else {}
@@ -193,19 +249,37 @@ class HashCache:
         return cls(entries if isinstance(entries, dict) else {})
 
     @classmethod
-    def _scan(cls, raw: bytes) -> HashCache | None:
+    def _scan(cls, raw: bytes, naming_key: bytes | None = None) -> HashCache | None:
         """Records one by one, without the parsed document; None: not that shape."""
-        if not (raw.startswith(_CACHE_HEAD) and raw.endswith(b"}}")):
+        if not raw.startswith(_CACHE_HEAD):
+            return None
+        tail = _CACHE_TAIL.search(raw, max(len(raw) - 80, 0))
+        if tail is not None:
+            end = tail.start() - 1  # the entries' closing brace
+            if naming_key is None:
+                trusted = False
+            else:
+                mac = _cache_mac(naming_key)
+                mac.update(raw[:tail.start()] if len(raw) < 1 << 16
+                           else memoryview(raw)[:tail.start()])
+                trusted = hmac.compare_digest(mac.hexdigest().encode(), tail.group(1))
+        elif raw.endswith(b"}}"):
+            end, trusted = len(raw) - 2, False
+        else:
+            return None
+        if raw[end:end + 1] != b"}":
             return None
         cache = cls()
-        pos, end = len(_CACHE_HEAD), len(raw) - 2
+        pos = len(_CACHE_HEAD)
         while pos < end:
-            m = _CACHE_RECORD.match(raw, pos)
+            m = _CACHE_RECORD.match(raw, pos, end)
             if m is None:
                 return None
-            key, meta, sha = m.group(1, 2, 3)
+            key, meta, sha, where = m.group(1, 2, 3, 4)
             path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
-            cache._entries[path] = bytes.fromhex(sha.decode("ascii")) + meta
+            # Interned: the listing's path of the same name is then this very string.
+            cache._entries[sys.intern(path)] = bytes.fromhex(sha.decode("ascii")) + meta + (
+                _held_where(where) if where and trusted else b"")
             pos = m.end()
             if pos < end:
                 if raw[pos:pos + 1] != b",":
@@ -215,9 +289,32 @@ class HashCache:
 
     def lookup(self, st: Stat) -> str | None:
         entry = self._entries.get(st.path)
-        if entry is not None and entry[32:] == _meta(*st.cache_key()):
+        if entry is not None and entry[32:].split(_LOCATION_SEP, 1)[0] == _meta(*st.cache_key()):
             return entry[:32].hex()
         return None
+
+    def location(self, st: Stat) -> str | None:
+        """Where the content of an unchanged file was stored, as the last backup wrote
+        it here (its MAC checked; see :func:`forge_ci.backup.index.parse_location`)."""
+        entry = self._entries.get(st.path)
+        if entry is None:
+            return None
+        meta, _, where = entry[32:].partition(_LOCATION_SEP)
+        if not where or meta != _meta(*st.cache_key()):
+            return None
+        return _where_text(where)
+
+    def take(self, st: Stat) -> tuple[str, Place | None] | None:
+        """SHA-256 and recorded place (object keys, offset or None for segments; see
+        :meth:`location`) of an unchanged file, removing its entry: each is used
+        once, and the cache shrinks as it is."""
+        entry = self._entries.pop(st.path, None)
+        if entry is None:
+            return None
+        meta, _, where = entry[32:].partition(_LOCATION_SEP)
+        if meta != _meta(*st.cache_key()):
+            return None
+        return entry[:32].hex(), _place(where) if where else None
 
     @classmethod
     def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:
@@ -225,7 +322,9 @@ class HashCache:
                     if s.path in hashes})
 
     def save(self, host: Host, root: str) -> None:
-        entries = {path: [*(int(v) for v in entry[32:].split(b",")), entry[:32].hex()]
+        """As plain JSON, hashes only (locations need :meth:`write` and its MAC)."""
+        entries = {path: [*(int(v) for v in entry[32:].split(_LOCATION_SEP, 1)[0]
+                            .split(b",")), entry[:32].hex()]
                    for path, entry in self._entries.items()}
         data = json.dumps({"version": 1, "entries": entries},
                           separators=(",", ":")).encode("ascii")
@@ -233,19 +332,42 @@ class HashCache:
         host.write_atomic(f"{root}/{CACHE_PATH}", data, mode=0o600)
 
     @staticmethod
-    def write(host: Host, root: str, stats: Iterable[Stat], hashes: Mapping[str, str]) -> None:
-        """Save the cache of ``stats`` straight from them: what :meth:`of` then
-        :meth:`save` would write, without a second table of every file first."""
-        out = io.BytesIO()
-        out.write(b'{"version":1,"entries":{')
-        sep = b""
-        for st in stats:
-            sha = hashes.get(st.path)
-            if sha is not None:
-                out.write(b"%s%s:[%d,%d,%d,%d,\"%s\"]" % (
-                    sep, json.dumps(st.path).encode("ascii"), st.size, st.mtime_ns,
-                    st.ctime_ns, st.inode, sha.encode("ascii")))
-                sep = b","
-        out.write(b"}}")
+    def write(host: Host, root: str,
+              records: Iterable[tuple[Stat, str, str | None]], naming_key: bytes, *,
+              piece: int = _WRITE_PIECE) -> None:
+        """Save the cache straight from ``(stat, sha256, location or None)`` records,
+        ``piece`` bytes at a time (a temporary file renamed into place at the end), so
+        neither a table of every file nor the whole file is held at once. It ends with
+        the MAC (under ``naming_key``) of everything before it."""
+        final = f"{root}/{CACHE_PATH}"
+        tmp = f"{final}.forge-part"
         host.makedirs(f"{root}/.forge")
-        host.write_atomic(f"{root}/{CACHE_PATH}", out.getvalue(), mode=0o600)
+        mac = _cache_mac(naming_key)
+        out = io.BytesIO()
+        out.write(_CACHE_HEAD)
+        sep, started = b"", False
+        for st, sha, where in records:
+            out.write(b"%s%s:[%d,%d,%d,%d,\"%s\"%s]" % (
+                sep, json.dumps(st.path).encode("ascii"), st.size, st.mtime_ns,
+                st.ctime_ns, st.inode, sha.encode("ascii"),
+                b',"%s"' % where.encode("ascii") if where else b""))
+            sep = b","
+            if out.tell() >= piece:
+                data = out.getvalue()
+                mac.update(data)
+                started = _send_piece(host, tmp, data, started)
+                out = io.BytesIO()
+        out.write(b"}")
+        last = out.getvalue()
+        mac.update(last)
+        _send_piece(host, tmp, last + b',"mac":"%s"}' % mac.hexdigest().encode(), started)
+        host.check(host.run(f"sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(final)}",
+                            check=False), f"writing {final}")
+
+
+def _send_piece(host: Host, path: str, data: bytes, started: bool) -> bool:
+    if started:
+        host.append(path, data)
+    else:
+        host.write_atomic(path, data, mode=0o600)
+    return True

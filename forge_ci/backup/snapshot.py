@@ -164,11 +164,8 @@ def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
         # UTF-8 only: json would also take UTF-16/32 or a BOM, which no manifest is.
         if data.startswith(codecs.BOM_UTF8) or b"\0" in data[:4]:
             raise ValueError("not UTF-8 JSON")
-        doc = json.loads(data)
-        if not isinstance(doc, dict):
-            raise ValueError("not an object")
-        manifest = _build(doc)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        manifest = _walk(data.decode("utf-8", "surrogatepass"))
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise BackupFormatError(f"invalid snapshot manifest: {e}") from None
     if expect_id is not None and manifest.id != expect_id:
         raise BackupFormatError(f"manifest stored as {expect_id} says it is {manifest.id}")
@@ -176,7 +173,79 @@ def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
     return manifest
 
 
-def _build(doc: dict[str, Any]) -> Manifest:
+_DECODE = json.JSONDecoder().raw_decode
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _walk(text: str) -> Manifest:
+    """The document as :func:`json.loads` reads it, but walked one top-level key at
+    a time and each file entry converted as soon as it is decoded: the whole tree of
+    dicts (about 700 bytes per file) is never built."""
+
+    def skip(pos: int) -> int:
+        m = _SPACE.match(text, pos)
+        return m.end() if m else pos
+
+    doc: dict[str, Any] = {}
+    files: tuple[FileEntry, ...] | None = None
+    pos = skip(0)
+    if text[pos] != "{":
+        raise ValueError("not an object")
+    pos = skip(pos + 1)
+    if text[pos] == "}":
+        pos += 1
+    else:
+        while True:
+            key, pos = _DECODE(text, pos)
+            pos = skip(pos)
+            if not isinstance(key, str) or text[pos] != ":":
+                raise ValueError("malformed JSON object")
+            pos = skip(pos + 1)
+            if key == "files":
+                files, pos = _file_list(text, pos, skip)
+            else:
+                doc[key], pos = _DECODE(text, pos)
+            pos = skip(pos)
+            if text[pos] == "}":
+                pos += 1
+                break
+            if text[pos] != ",":
+                raise ValueError("malformed JSON object")
+            pos = skip(pos + 1)
+    if skip(pos) != len(text):
+        raise ValueError("extra data after the manifest")
+    if files is None:
+        raise KeyError("files")
+    return _build(doc, files)
+
+
+def _file_list(text: str, pos: int, skip: Any) -> tuple[tuple[FileEntry, ...], int]:
+    if text[pos] != "[":
+        raise TypeError("files is not a list")
+    out: list[FileEntry] = []
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # a pack's key, held once
+    pos = skip(pos + 1)
+    if text[pos] == "]":
+        return (), pos + 1
+    while True:
+        item, pos = _DECODE(text, pos)
+        if not isinstance(item, dict):
+            raise TypeError("a file entry is not an object")
+        entry = _file(item)
+        if entry.objects:
+            objects = shared.setdefault(entry.objects, entry.objects)
+            if objects is not entry.objects:
+                entry = dataclasses.replace(entry, objects=objects)
+        out.append(entry)
+        pos = skip(pos)
+        if text[pos] == "]":
+            return tuple(out), pos + 1
+        if text[pos] != ",":
+            raise ValueError("malformed files list")
+        pos = skip(pos + 1)
+
+
+def _build(doc: dict[str, Any], files: tuple[FileEntry, ...]) -> Manifest:
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise ValueError(f"not a {FORMAT} version {VERSION}")
     time = datetime.fromisoformat(_str(doc["time"]))
@@ -192,28 +261,10 @@ def _build(doc: dict[str, Any]) -> Manifest:
         id=doc["id"], time=time, site=doc["site"], environment=doc["environment"],
         hostnames=tuple(_str(h) for h in doc["hostnames"]), tool=_str(doc["tool"]),
         paths=tuple(_str(p) for p in doc["paths"]),
-        files=_files(doc["files"]),
+        files=files,
         database=_database(db) if db is not None else None,
         stats={str(k): float(v) for k, v in dict(doc.get("stats") or {}).items()},
     )
-
-
-def _files(items: list[Any]) -> tuple[FileEntry, ...]:
-    """Each parsed entry is dropped once converted: the dicts and the entries of a
-    large manifest are never all held at once."""
-    if not isinstance(items, list):
-        raise TypeError("files is not a list")
-    out = []
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # a pack's key, held once
-    for i, item in enumerate(items):
-        entry = _file(item)
-        if entry.objects:
-            objects = shared.setdefault(entry.objects, entry.objects)
-            if objects is not entry.objects:
-                entry = dataclasses.replace(entry, objects=objects)
-        out.append(entry)
-        items[i] = None
-    return tuple(out)
 
 
 def _file(item: dict[str, Any]) -> FileEntry:

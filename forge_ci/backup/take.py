@@ -58,6 +58,7 @@ class BackupReport:
     new_objects: int = 0  # objects actually stored by this run
     new_stored_bytes: int = 0  # their encrypted, compressed size
     hashed: int = 0
+    located: int = 0  # unchanged files whose stored place came from the hash cache
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # dump_s, files_s: seconds
@@ -79,7 +80,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
     key = repo.naming_key()
     if dry_run:
         index = index_store.load(repo, repo.data_keys())
-        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+        plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root, key),
                           show=show)
         return _report(None, True, plan, None, started)
     with StoreLock(repo.store, "shared", repo.recipients,
@@ -99,7 +100,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
                 phases["dump_s"] = round(time.monotonic() - dumping, 3)
                 log(f"database dump: {human_size(db.size)} ({db.tool})")
             scanning = time.monotonic()
-            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root),
+            plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root, key),
                               show=show)
             log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
                 f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
@@ -131,8 +132,8 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         # Done with what grows with the file count, before the hash cache is written.
         del entries, index, packer
         repo.save(manifest)  # the snapshot exists from here on
-        del manifest
-    _save_cache(host, root, plan, log)
+    _save_cache(host, root, plan, manifest, key, log)
+    del manifest
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -144,13 +145,14 @@ def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEn
         snapshot_id=sid, dry_run=dry_run, files=len(file_stats),
         file_bytes=sum(s.size for s in file_stats), database_bytes=db.size if db else 0,
         upload_files=len(plan.upload), upload_bytes=plan.upload_bytes(), hashed=plan.hashed,
+        located=plan.located,
         skipped=list(plan.skipped),
         seconds=round(time.monotonic() - started, 3))
 
 
-def _save_cache(host: Host, root: str, plan: files.FilePlan, log: Log) -> None:
+def _save_cache(host: Host, root: str, plan: files.FilePlan, manifest: Manifest,
+                naming_key: bytes, log: Log) -> None:
     try:
-        HashCache.write(host, root, (s for s in plan.stats.values() if s.kind == "file"),
-                        plan.hashes)
+        HashCache.write(host, root, files.cache_records(plan, manifest.files), naming_key)
     except ForgeError as e:
         log(f"warning: could not save the hash cache on {host.name}: {e.message}")

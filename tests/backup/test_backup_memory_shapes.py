@@ -90,7 +90,8 @@ def test_hash_cache_written_from_the_listing_reads_back(tmp_path: Path) -> None:
     stats = [Stat("a \"q\" \udce9", "file", 5, 1_700_000_000_123_456_789, 2, 3, 0o644),
              Stat("b", "file", 6, 4, 5, 6, 0o644), Stat("no-hash", "file", 1, 1, 1, 1, 0o644)]
     hashes = {"a \"q\" \udce9": "ab" * 32, "b": "cd" * 32}
-    HashCache.write(host, str(tmp_path), stats, hashes)
+    HashCache.write(host, str(tmp_path), ((s, hashes[s.path], None) for s in stats
+                                          if s.path in hashes), b"k" * 32)
     cache = HashCache.load(host, str(tmp_path))
     assert [cache.lookup(s) for s in stats] == ["ab" * 32, "cd" * 32, None]
     assert oct((tmp_path / ".forge" / "backup-hashes.json").stat().st_mode & 0o777) == "0o600"
@@ -115,20 +116,32 @@ def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
     odd = "ü \"q\" \\ \udce9\n\ttab"
     stats = [Stat(odd, "file", 5, -1_000, 2, 3, 0o644), Stat("b", "file", 6, 4, 5, 6, 0o644)]
     hashes = {odd: "ab" * 32, "b": "cd" * 32}
-    HashCache.write(host, str(tmp_path), stats, hashes)
+    where, key = "ef" * 32 + ";12", b"k" * 32
+    HashCache.write(host, str(tmp_path), [(stats[0], hashes[odd], None),
+                                          (stats[1], hashes["b"], where)], key, piece=64)
+    # Sent in pieces to a temporary file renamed into place: nothing else is left.
+    assert [p.name for p in (tmp_path / ".forge").iterdir()] == ["backup-hashes.json"]
+    assert oct((tmp_path / ".forge" / "backup-hashes.json").stat().st_mode & 0o777) == "0o600"
     raw = (tmp_path / ".forge" / "backup-hashes.json").read_bytes()
     assert HashCache._scan(raw) is not None  # the compact reader takes what write gives
     assert [HashCache.load(host, str(tmp_path)).lookup(s) for s in stats] == list(hashes.values())
-    # An older or hand-made cache (spaces, other key order) is still read, as JSON.
+    # Locations count only with the key whose MAC the file carries.
+    assert [HashCache.load(host, str(tmp_path), key).location(s) for s in stats] \
+        == [None, where]
+    assert HashCache.load(host, str(tmp_path), b"x" * 32).location(stats[1]) is None
+    # An older or hand-made cache (spaces, other key order) is still read, as JSON
+    # (its hashes: nothing vouches for locations there).
     doc = json.loads(raw)
     (tmp_path / ".forge" / "backup-hashes.json").write_text(json.dumps(
         {"entries": doc["entries"], "version": 1}, indent=1))
-    cache = HashCache.load(host, str(tmp_path))
+    cache = HashCache.load(host, str(tmp_path), key)
     assert [cache.lookup(s) for s in stats] == list(hashes.values())
+    assert cache.location(stats[1]) is None
     # Changed metadata, damaged records: a miss (re-hashed), never a wrong hash.
     assert cache.lookup(Stat("b", "file", 6, 4, 5, 7, 0o644)) is None
-    (tmp_path / ".forge" / "backup-hashes.json").write_bytes(raw[:-40] + b"}}")
+    (tmp_path / ".forge" / "backup-hashes.json").write_bytes(raw[:-120] + b"}}")
     damaged = HashCache.load(host, str(tmp_path))
     assert damaged.lookup(stats[1]) is None
-    cache.save(host, str(tmp_path))  # the compact form saves as the same JSON
-    assert json.loads((tmp_path / ".forge" / "backup-hashes.json").read_bytes()) == doc
+    cache.save(host, str(tmp_path))  # the compact form saves as the same JSON (hashes)
+    assert json.loads((tmp_path / ".forge" / "backup-hashes.json").read_bytes()) == {
+        "version": 1, "entries": {k: v[:5] for k, v in doc["entries"].items()}}

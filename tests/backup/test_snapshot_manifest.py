@@ -144,3 +144,19 @@ def test_object_names_are_keyed_and_reveal_nothing_plain() -> None:
     assert sid.startswith("20240115T031502Z-") and layout.is_snapshot_id(sid)
     assert layout.parse_group_key(layout.manifest_key("s", "e", sid), layout.SNAPSHOTS) == \
         ("s", "e", sid)
+
+
+def test_any_json_layout_reads_the_same_and_malformed_text_is_refused() -> None:
+    """The manifest is read a key and an entry at a time (not as one tree of dicts),
+    with JSON's own rules: spacing and key order do not matter; anything that is
+    not one JSON object is refused."""
+    m = manifest(f(f"{ROOT}/a.jpg", offset=7), f(f"{ROOT}/b.jpg"),
+                 FileEntry(f"{ROOT}/link", "symlink", 0o777, 5, target="a.jpg"))
+    doc = _raw(m)
+    spaced = json.dumps(dict(reversed(list(doc.items()))), indent=2).encode()
+    assert parse(spaced) == m
+    assert parse(json.dumps({**doc, "files": []}).encode()).files == ()
+    for bad in (dumps(m) + b" x", dumps(m)[:-1], b"[1]", b'{"files": {}}', b"{}",
+                dumps(m).replace(b'"files":[', b'"files":[1,')):
+        with pytest.raises(BackupFormatError, match="invalid snapshot manifest"):
+            parse(bad)
