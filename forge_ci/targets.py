@@ -147,6 +147,8 @@ class Opening:
         self._hosts: list[Host] | None = None
         self._error: BaseException | None = None
         self._claimed = False
+        self._lock = threading.Lock()
+        self._abandoned = False
         if not config.is_local:
             import forge_ci.remote.ssh  # noqa: F401 - imported here: never in a second thread
         self._thread = threading.Thread(target=self._run, args=(config, secrets, early),
@@ -156,9 +158,16 @@ class Opening:
     def _run(self, config: EnvironmentConfig, secrets: Mapping[str, str],
              early: Preconnected | None) -> None:
         try:
-            self._hosts = open_hosts(config, secrets, early)
+            hosts = open_hosts(config, secrets, early)
         except BaseException as e:
             self._error = e
+            return
+        with self._lock:
+            self._hosts = hosts
+            if not self._abandoned:
+                return
+        for h in hosts:  # the caller failed meanwhile and did not wait
+            h.close()
 
     def hosts(self) -> list[Host]:
         self._thread.join()
@@ -170,13 +179,16 @@ class Opening:
         return self._hosts
 
     def close(self) -> None:
-        """Close what was opened and not claimed (the caller failed meanwhile)."""
+        """Close what was opened and not claimed (the caller failed meanwhile),
+        without waiting for a connection still being made: that one is closed
+        when it is."""
         if self._claimed:
             return
-        self._thread.join()
-        for h in self._hosts or ():
+        with self._lock:
+            self._abandoned = True
+            hosts, self._hosts = self._hosts, None
+        for h in hosts or ():
             h.close()
-        self._hosts = None
 
 
 @contextlib.contextmanager

@@ -133,3 +133,30 @@ def test_doctor_default_is_the_doctors_own() -> None:
     from forge_ci.deploy import cli, doctor
 
     assert cli._MIN_FREE_MB == doctor.MIN_FREE_MB
+
+
+def test_a_bad_artifact_is_reported_without_waiting_for_a_slow_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import time
+
+    from forge_ci import cli
+
+    # A port that accepts connections and never says anything: the SSH banner would
+    # be waited for until the connect timeout (15 s).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        key = generate_ed25519()
+        env = {"FORGE_SSH_KEY": key.private,
+               "FORGE_KNOWN_HOSTS": f"[127.0.0.1]:{port} {' '.join(key.public.split()[:2])}\n"}
+        path = _forge_yml(tmp_path, "127.0.0.1", port)
+        started = time.monotonic()
+        code = cli.main(["deploy", "production", "--config", str(path), "--artifact",
+                         str(tmp_path / "no-artifact"), "--json"], env)
+        took = time.monotonic() - started
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1 and data["kind"] == "ArtifactError", data
+    assert "is not a forge artifact" in data["error"]
+    assert took < 5
