@@ -13,10 +13,12 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forge_ci import gha
-from forge_ci.config import LoadedConfig, load
+
+if TYPE_CHECKING:
+    from forge_ci.config import LoadedConfig
 
 Command = Callable[["Context"], int]
 
@@ -47,13 +49,21 @@ class Context:
     def config_loaded(self) -> bool:
         return self._config is not None
 
+    @property
+    def config_path(self) -> Path:
+        """The forge.yml this command reads (``--config``, default ``./forge.yml``)."""
+        return Path(getattr(self.args, "config", None) or "forge.yml")
+
     def config(self, *, lenient: bool = False) -> LoadedConfig:
         """forge.yml, loaded once. A command that works on no environment passes
         ``lenient``: then no ``${VAR}`` is needed (see :func:`forge_ci.config.load`)."""
         if self._config is None:
-            path = Path(getattr(self.args, "config", None) or "forge.yml")
-            self._config = load(path, self.environ, getattr(self.args, "environment", None),
-                                lenient=lenient)
+            # Loaded here, not with the command line: the config models (pydantic) are
+            # the biggest import of a run, and a deploy starts connecting before them.
+            from forge_ci.config import load
+
+            self._config = load(self.config_path, self.environ,
+                                getattr(self.args, "environment", None), lenient=lenient)
             for value in self._config.secrets:
                 self.runner.mask(value)
             for name in SECRET_VARS:

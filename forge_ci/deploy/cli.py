@@ -1,22 +1,20 @@
-"""``forge-ci deploy | rollback | releases | health | doctor``."""
+"""``forge-ci deploy | rollback | releases | health | doctor``.
+
+What each verb needs is imported when it runs, not with the command line: a deploy
+starts connecting to its hosts (:func:`forge_ci.targets.preconnect`) before the
+config models and the deploy modules load, and the servers' start-up overlaps them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from forge_ci.build.builder import build, open_artifact
-from forge_ci.build.cli import default_out, local_targets
 from forge_ci.command import Common, Context
-from forge_ci.deploy import doctor, health, safety
-from forge_ci.deploy.execute import Deployment, DeployResult, deploy, rollback
-from forge_ci.deploy.lock import Lock, owner_info
-from forge_ci.deploy.observe import observe
-from forge_ci.deploy.releases import Layout, Origin, list_releases, render_releases
 from forge_ci.errors import (
     DeployFailed,
     ForgeError,
@@ -25,11 +23,17 @@ from forge_ci.errors import (
     RolledBack,
     UsageError,
 )
-from forge_ci.targets import open_hosts, target_root
+from forge_ci.targets import Preconnected, opening, preconnect, target_root
 
 if TYPE_CHECKING:
+    from forge_ci.build.builder import Artifact
     from forge_ci.config.models import EnvironmentConfig, HealthCheck
+    from forge_ci.deploy.execute import Deployment, DeployResult
     from forge_ci.tls import TlsReport
+
+# forge_ci.deploy.doctor.MIN_FREE_MB (a test keeps them equal): the doctor's
+# modules load only when it runs.
+_MIN_FREE_MB = 1024
 
 
 def register(sub: Any, common: Common) -> None:
@@ -73,22 +77,41 @@ def register(sub: Any, common: Common) -> None:
     p = sub.add_parser("doctor", parents=[common.config, common.json],
                        help="check a server before the first deploy and say what to fix")
     p.add_argument("environment", help=env_help)
-    p.add_argument("--min-free-mb", type=int, default=doctor.MIN_FREE_MB, metavar="MB",
-                   help=f"free disk below this fails (default {doctor.MIN_FREE_MB})")
+    p.add_argument("--min-free-mb", type=int, default=_MIN_FREE_MB, metavar="MB",
+                   help=f"free disk below this fails (default {_MIN_FREE_MB})")
     p.set_defaults(func=cmd_doctor)
 
 
 @contextlib.contextmanager
 def _deployment(ctx: Context, command: str, started: float | None = None,
-                adopt: bool = False) -> Iterator[Deployment]:
-    loaded = ctx.config()
-    origin = Origin.from_checkout(loaded.root, ctx.environ)
-    name = ctx.args.environment
-    config = loaded.environment(name)
-    with ctx.runner.group(f"connect to {name}"):
-        hosts = open_hosts(config, ctx.environ)
-        for h in hosts:
-            ctx.runner.log(f"{h.name}: connected")
+                adopt: bool = False, early: Preconnected | None = None,
+                meanwhile: Callable[[], None] | None = None) -> Iterator[Deployment]:
+    """The environment's hosts, connected, as a :class:`Deployment`. ``meanwhile``
+    runs while they connect (the hosts are opened in a thread); its errors come
+    first, as they did when it ran before connecting."""
+    if early is None and not ctx.config_loaded:
+        early = preconnect(ctx.config_path, ctx.args.environment, ctx.environ)
+    try:
+        loaded = ctx.config()
+        name = ctx.args.environment
+        config = loaded.environment(name)
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
+    with opening(config, ctx.environ, early) as pending:
+        from forge_ci.deploy import health, safety
+        from forge_ci.deploy.execute import Deployment
+        from forge_ci.deploy.lock import owner_info
+        from forge_ci.deploy.releases import Origin
+
+        origin = Origin.from_checkout(loaded.root, ctx.environ)
+        if meanwhile is not None:
+            meanwhile()
+        with ctx.runner.group(f"connect to {name}"):
+            hosts = pending.hosts()
+            for h in hosts:
+                ctx.runner.log(f"{h.name}: connected")
     try:
         yield Deployment(
             environment=name, config=config, hosts=hosts,
@@ -161,19 +184,39 @@ def _hosts(res: DeployResult) -> list[str]:
 
 def cmd_deploy(ctx: Context) -> int:
     started = time.monotonic()
-    loaded = ctx.config()
-    loaded.environment(ctx.args.environment)  # fail on a bad name before building
+    # With an artifact the hosts come next: start connecting before the config loads.
+    early = (preconnect(ctx.config_path, ctx.args.environment, ctx.environ)
+             if ctx.args.artifact else None)
+    try:
+        loaded = ctx.config()
+        loaded.environment(ctx.args.environment)  # fail on a bad name before building
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
+    artifacts: list[Artifact] = []
+    meanwhile: Callable[[], None] | None = None
     if ctx.args.artifact:
-        artifact = open_artifact(ctx.args.artifact)
+        def open_it() -> None:
+            from forge_ci.build.builder import open_artifact
+
+            artifacts.append(open_artifact(ctx.args.artifact))
+
+        meanwhile = open_it
     else:
+        from forge_ci.build.builder import build
+        from forge_ci.build.cli import default_out, local_targets
+
         with ctx.runner.group("build"):
-            artifact = build(loaded.root, loaded.config.build, default_out(loaded),
-                             environ=ctx.environ, extra_exclude=local_targets(loaded),
-                             secrets=loaded.secrets, log=ctx.runner.log,
-                             warn=ctx.runner.warning, untrusted=ctx.runner.untrusted)
-    with _deployment(ctx, "deploy", started, ctx.args.adopt) as dep, \
+            artifacts.append(build(loaded.root, loaded.config.build, default_out(loaded),
+                                   environ=ctx.environ, extra_exclude=local_targets(loaded),
+                                   secrets=loaded.secrets, log=ctx.runner.log,
+                                   warn=ctx.runner.warning, untrusted=ctx.runner.untrusted))
+    with _deployment(ctx, "deploy", started, ctx.args.adopt, early, meanwhile) as dep, \
             ctx.runner.group(f"deploy to {dep.environment}"), _failure_summary(ctx, "deploy", dep):
-        res = deploy(dep, artifact, dry_run=ctx.dry_run)
+        from forge_ci.deploy.execute import deploy
+
+        res = deploy(dep, artifacts[0], dry_run=ctx.dry_run)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
         return 0
@@ -192,6 +235,8 @@ def cmd_rollback(ctx: Context) -> int:
     with _deployment(ctx, "rollback", started) as dep, \
             ctx.runner.group(f"roll back {dep.environment}"), \
             _failure_summary(ctx, "rollback", dep):
+        from forge_ci.deploy.execute import rollback
+
         if force and not ctx.dry_run:
             ctx.runner.warning(f"rollback --force: {dep.environment} switches WITHOUT health "
                                "checks; nothing verifies what visitors get")
@@ -208,6 +253,9 @@ def cmd_rollback(ctx: Context) -> int:
 
 
 def cmd_releases(ctx: Context) -> int:
+    from forge_ci.deploy.observe import observe
+    from forge_ci.deploy.releases import Layout, list_releases, render_releases
+
     with _deployment(ctx, "releases") as dep:
         obs = observe(dep.hosts[0], Layout(dep.root))
     # Every listing is oldest first, the newest last (next to the prompt), as snapshots.
@@ -218,6 +266,10 @@ def cmd_releases(ctx: Context) -> int:
 
 
 def cmd_health(ctx: Context) -> int:
+    from forge_ci.deploy import health
+    from forge_ci.deploy.observe import observe
+    from forge_ci.deploy.releases import Layout
+
     with _deployment(ctx, "health") as dep:
         obs = observe(dep.hosts[0], Layout(dep.root))
     checks = list(dep.config.health)
@@ -265,6 +317,9 @@ def _certificates(ctx: Context, config: EnvironmentConfig, checks: list[HealthCh
 
 def cmd_doctor(ctx: Context) -> int:
     """Exit 0 when every check is ok or a warning, 1 when something must be fixed."""
+    from forge_ci.deploy import doctor
+    from forge_ci.deploy.lock import Lock
+
     with _deployment(ctx, "doctor") as dep, ctx.runner.group(f"doctor {dep.environment}"):
         report = doctor.diagnose(
             dep.config, dep.hosts, dep.root, min_free=ctx.args.min_free_mb << 20,

@@ -26,6 +26,7 @@ import logging
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any
 
 from forge_ci.errors import ConnectError, HostKeyError, RemoteCommandError, SecretError
 from forge_ci.remote.base import CHUNK_SIZE, Host, Process, Result
+from forge_ci.remote.dial import Dial, connect
 
 
 def _import_paramiko_without_invoke() -> None:
@@ -69,16 +71,65 @@ _PACKET = 32768
 _AEAD_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, whose key exchange may :meth:`begin` early: the
+    ``start_client`` that ``SSHClient.connect`` calls then waits for that exchange
+    instead of starting one (the host key is checked, and the user authenticated,
+    after it, exactly as for a transport that starts there)."""
+
+    _began: threading.Event | None = None
+
+    def begin(self) -> None:
+        """Start the key exchange in paramiko's thread and return at once."""
+        self._began = threading.Event()
+        super().start_client(event=self._began)
+
+    def start_client(self, event: threading.Event | None = None,
+                     timeout: float | None = None) -> None:
+        if self._began is None or event is not None:
+            super().start_client(event=event, timeout=timeout)
+            return
+        # What paramiko's own synchronous wait does, on the exchange begun earlier.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._began.wait(0.1):
+            if not self.is_active():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+        if not self.is_active():
+            raise self.get_exception() or paramiko.SSHException("Negotiation failed.")
+
+
 def _transport(sock: Any, /, *, gss_kex: bool = False, gss_deleg_creds: bool = False,
                disabled_algorithms: Mapping[str, Iterable[str]] | None = None,
-               ) -> paramiko.Transport:
+               ) -> _Transport:
     """paramiko's Transport with :data:`_AEAD_FIRST` leading the cipher preference
     (forge never uses GSS-API: ``gss_*`` are paramiko's defaults, left unused)."""
-    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+    transport = _Transport(sock, disabled_algorithms=disabled_algorithms)
     options = transport.get_security_options()
     ciphers = tuple(options.ciphers)
     options.ciphers = (tuple(c for c in _AEAD_FIRST if c in ciphers)
                        + tuple(c for c in ciphers if c not in _AEAD_FIRST))
+    return transport
+
+
+def _usable(begun: object) -> bool:
+    """An early transport still worth waiting on: alive, or failed in its exchange
+    (whose error is then this connection's, as if it had just been made)."""
+    if not isinstance(begun, _Transport):
+        return False
+    return begun.is_active() or not begun.initial_kex_done
+
+
+def begin_handshake(sock: socket.socket, disabled_algorithms: dict[str, list[str]],
+                    timeout: float) -> _Transport:
+    """The SSH key exchange on ``sock``, begun now and finished in paramiko's thread
+    (a :class:`~forge_ci.remote.dial.Dial`'s start function). It proves nothing and
+    trusts nothing yet: :class:`SshHost` checks the host key against the pins and
+    authenticates once it takes the transport, as after a connect of its own."""
+    transport = _transport(sock, disabled_algorithms=disabled_algorithms)
+    transport.banner_timeout = timeout
+    transport.begin()
     return transport
 
 
@@ -320,7 +371,12 @@ class SshHost(Host):
         key: paramiko.PKey,
         known_hosts: str | KnownHosts,
         timeout: float = 15.0,
+        early: Dial | None = None,
     ) -> None:
+        """``early``: a dial to this host begun before forge.yml was validated
+        (:func:`forge_ci.targets.preconnect`); used when its key exchange offered
+        exactly what this connection would, else closed. Either way the host key is
+        checked and the user authenticated here."""
         self.name = f"{user}@{host}:{port}"
         known = known_hosts if isinstance(known_hosts, KnownHosts) else KnownHosts.parse(
             known_hosts)
@@ -335,8 +391,13 @@ class SshHost(Host):
         self._client = paramiko.SSHClient()
         # Nothing goes into paramiko's own table: every key is checked by _CheckPinned.
         self._client.set_missing_host_key_policy(_CheckPinned(known, host_id))
+        algorithms = known.disabled_algorithms(host_id)
+        if early is not None and (early.host, early.port, early.timeout, early.tag) != (
+                host, port, timeout, algorithms):
+            early.close()
+            early = None
         try:
-            self._connect(host, port, user, key, timeout, known.disabled_algorithms(host_id))
+            self._connect(host, port, user, key, timeout, algorithms, early)
         except BaseException:
             self._client.close()  # a refused host key leaves paramiko's transport running
             raise
@@ -346,16 +407,28 @@ class SshHost(Host):
         self._transport = transport
 
     def _connect(self, host: str, port: int, user: str, key: paramiko.PKey,
-                 timeout: float, disabled_algorithms: dict[str, list[str]]) -> None:
+                 timeout: float, disabled_algorithms: dict[str, list[str]],
+                 early: Dial | None) -> None:
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-            # Without it, Nagle and delayed ACKs add ~40 ms to every command's round trip.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            factory: Callable[..., paramiko.Transport] = _transport
+            # An early dial's connect error is this connect's error, unchanged.
+            taken = early.take() if early is not None else None
+            if taken is not None and not _usable(taken[1]):
+                taken[1].close()  # its exchange went through, then the server left
+                taken = None
+            if taken is not None:
+                sock, begun = taken
+
+                def factory(_sock: Any, /, **_: Any) -> paramiko.Transport:
+                    assert isinstance(begun, _Transport)
+                    return begun
+            else:
+                sock = connect(host, port, timeout)
             self._client.connect(
                 host, port=port, username=user, pkey=key, timeout=timeout, sock=sock,
                 banner_timeout=timeout, auth_timeout=timeout,
                 allow_agent=False, look_for_keys=False,
-                disabled_algorithms=disabled_algorithms, transport_factory=_transport,
+                disabled_algorithms=disabled_algorithms, transport_factory=factory,
             )
         except paramiko.BadHostKeyException as e:
             raise HostKeyError(
@@ -430,9 +503,11 @@ class SshHost(Host):
         self._client.close()
 
 
-def connector(key_text: str | None, known_hosts: str | None,
-              *, timeout: float = 15.0) -> Callable[[str, int, str], SshHost]:
-    """Check the two SSH secrets once and return a function that opens hosts."""
+def connector(key_text: str | None, known_hosts: str | None, *, timeout: float = 15.0,
+              early: Mapping[tuple[str, int], Dial] | None = None,
+              ) -> Callable[[str, int, str], SshHost]:
+    """Check the two SSH secrets once and return a function that opens hosts (with
+    ``early``'s dial to the same host and port, when there is one)."""
     if not key_text:
         raise SecretError("FORGE_SSH_KEY is not set",
                           hint="pass the deploy key as a secret in the step's env:")
@@ -443,9 +518,12 @@ def connector(key_text: str | None, known_hosts: str | None,
     known = KnownHosts.parse(known_hosts)
 
     def open_host(host: str, port: int, user: str) -> SshHost:
-        return SshHost(host, port, user, key=key, known_hosts=known, timeout=timeout)
+        dial = early.get((host, port)) if early is not None else None
+        return SshHost(host, port, user, key=key, known_hosts=known, timeout=timeout,
+                       early=dial)
 
     return open_host
 
 
-__all__ = ["KnownHosts", "SshHost", "connector", "fingerprint", "parse_private_key"]
+__all__ = ["KnownHosts", "SshHost", "begin_handshake", "connector", "fingerprint",
+           "parse_private_key"]
