@@ -108,6 +108,13 @@ def main() -> None:
         )
         # This checkout's forge, wherever the venv's editable install points.
         env = dict(os.environ, **host.env(), PYTHONPATH=str(ROOT))
+        # As in an action (`python -I`, which ignores PYTHON* variables), forge may
+        # write its bytecode: without that, a shell that sets PYTHONDONTWRITEBYTECODE
+        # makes every timed run compile forge's changed modules again (~0.09 s of CPU).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        for tree in {ROOT, args.baseline or ROOT}:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "forge_ci")],
+                           check=True, stdout=subprocess.DEVNULL)
         forge = [sys.executable, "-m", "forge_ci"]
         deploy_cmd = forge
         if args.trace:
