@@ -38,7 +38,7 @@ from forge_ci.deploy.plan import (
     release_id,
     shared_paths,
 )
-from forge_ci.deploy.releases import Info, Layout, event
+from forge_ci.deploy.releases import TRASH_PREFIX, Info, Layout, event
 from forge_ci.deploy.ship import ship, stage_script
 from forge_ci.deploy.steps import (
     MAINTENANCE_FILE,
@@ -183,6 +183,23 @@ def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
     return "\n".join(script)
 
 
+def _remove_releases_script(lay: Layout, step: RemoveReleases) -> str:
+    """Delete the releases and their manifests; ``step.later``: rename each release
+    out of releases/ now and delete it in the background (with anything an earlier,
+    killed deletion left)."""
+    manifests = sh("rm", "-f", "--", *(lay.manifest(r) for r in step.releases))
+    if not step.later:
+        return sh("rm", "-rf", "--", *(lay.release(r) for r in step.releases)) + f" && {manifests}"
+    moves = "".join(
+        f"if [ -e {sh(lay.release(r))} ]; then mv -T -- {sh(lay.release(r))} "
+        f"{sh(lay.trash(r))} || exit 1; fi\n" for r in step.releases)
+    return (f"{moves}{manifests} || exit 1\n"
+            # Alone in the background, every stream redirected: the command (and
+            # the round trip) ends without waiting for it.
+            f"nohup rm -rf -- {sh(lay.releases)}/{TRASH_PREFIX}* "
+            "</dev/null >/dev/null 2>&1 &\n")
+
+
 def _hook_env(dep: Deployment, step: RunHooks) -> str:
     pairs = {"FORGE_ENVIRONMENT": dep.environment, "FORGE_RELEASE": step.release,
              "FORGE_RELEASE_PATH": dep.layout.release(step.release),
@@ -324,8 +341,8 @@ def _do(run: _Run, host: Host, step: Step) -> None:
         host.remove_trees(posixpath.join(lay.releases, n) for n in step.names)
     elif isinstance(step, RemoveReleases):
         dep.log(f"{host.name}: removing {step.why} releases {', '.join(step.releases)}")
-        host.remove_trees([*(lay.release(r) for r in step.releases),
-                           *(lay.manifest(r) for r in step.releases)])
+        host.check(host.run(_remove_releases_script(lay, step), check=False),
+                   f"removing {', '.join(step.releases)}")
     elif isinstance(step, Record):
         _record(dep, host, [step], run.metrics, run.snapshot)
     elif isinstance(step, Adopt):
@@ -394,7 +411,7 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
         dep.log(f"{host.name}: removing {step.why} releases {', '.join(step.releases)}")
         paths = [*(lay.release(r) for r in step.releases),
                  *(lay.manifest(r) for r in step.releases)]
-        return Part(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
+        return Part(_remove_releases_script(lay, step), f"removing {', '.join(paths)}")
     if isinstance(step, WriteManifest):
         assert run.artifact is not None
         path = lay.manifest(step.release)
