@@ -43,27 +43,35 @@ def observe_script(layout: Layout, shared: Sequence[str] = ()) -> str:
     """The remote side of :func:`observe`; its output is what :func:`parse_observed` reads
     (run it alone, or after a lock in the lock's round trip)."""
     # One round trip: NUL-separated fields (the log and manifests never contain NUL;
-    # shared paths are clean relative paths, without newlines).
+    # shared paths are clean relative paths, without newlines). Shell builtins where
+    # they do (each other command is a fork and an exec on the target): cat only for
+    # files that exist, and tar's version only while no release is live (a live
+    # release was unpacked by the GNU tar checked then).
     tools = " ".join(REQUIRED_TOOLS)
     wanted = " ".join(sh(p) for p in shared)
     site = " ".join(sh(p) for p in dict.fromkeys([*shared, SITE_UPLOADS]))
     return f"""\
-cd {sh(layout.root)} 2>/dev/null || {{ printf 'absent\\0'; exit 0; }}
+if cd {sh(layout.root)} 2>/dev/null; then
 printf 'present\\0'
 for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done
-if command -v tar >/dev/null; then
+if [ ! -L current ] && command -v tar >/dev/null; then
   case "$(tar --version 2>/dev/null)" in *"GNU tar"*) ;; *) printf 'GNU-tar ' ;; esac
 fi; printf '\\0'
 if [ -e current ] && [ ! -L current ]; then printf notlink; fi; printf '\\0'
-cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
-ls -1A releases 2>/dev/null; printf '\\0'
-cat .forge/log.jsonl 2>/dev/null; printf '\\0'
-[ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
+cur=; [ -L current ] && cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
+for d in releases/* releases/.[!.]* releases/..?*; do
+  if [ -e "$d" ] || [ -L "$d" ]; then printf '%s\\n' "${{d#releases/}}"; fi
+done; printf '\\0'
+[ -f .forge/log.jsonl ] && cat .forge/log.jsonl 2>/dev/null; printf '\\0'
+m=".forge/manifests/${{cur##*/}}.json"
+[ -n "$cur" ] && [ -f "$m" ] && cat "$m" 2>/dev/null; printf '\\0'
 for p in {wanted}; do [ -e "shared/$p" ] && printf '%s\\n' "$p"; done; printf '\\0'
 if [ ! -d releases ]; then
   for p in {site}; do [ -e "$p" ] && [ ! -L "$p" ] && printf '%s\\n' "$p"; done
 fi; printf '\\0'
-cat .forge/maintenance 2>/dev/null; printf '\\0'
+[ -f .forge/maintenance ] && cat .forge/maintenance 2>/dev/null; printf '\\0'
+else printf 'absent\\0'
+fi
 """
 
 
