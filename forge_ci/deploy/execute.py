@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -528,11 +529,19 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
     where it was when it died."""
     script = observe_script(dep.layout, shared_paths(dep.config))
     observed = []
+    # What reading the live manifests against ``known`` needs is made while the
+    # first lock's round trip is under way (the first command on a new connection
+    # also waits for the server to set up the session): off the critical path.
+    warm = threading.Thread(target=known.prepare_reading, daemon=True) if known else None
+    if warm is not None:
+        warm.start()
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
         lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
                                         note=dep.log, after=script))
         dep.log(f"{host.name}: locked")
+        if warm is not None:
+            warm.join()
         observed.append(parse_observed(host.name, dep.layout, lock.output, known))
     return observed
 
