@@ -179,8 +179,11 @@ def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
             f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)}; '
             f'else mkdir -p {sh(s)}; fi; fi'
         )
-        script.append(f"rm -rf {sh(r)}; mkdir -p {sh(posixpath.dirname(r))}; "
-                      f"ln -s {sh(rel)} {sh(r)}")
+        # Shipping removed r from the release already: rm and mkdir (commands, where
+        # tests are builtins) only when it is there or its directory is not.
+        d = sh(posixpath.dirname(r))
+        script.append(f"if [ -e {sh(r)} ] || [ -L {sh(r)} ]; then rm -rf {sh(r)}; fi; "
+                      f"[ -d {d} ] || mkdir -p {d}; ln -s {sh(rel)} {sh(r)}")
     return "\n".join(script)
 
 
@@ -404,7 +407,9 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
         return Part(append_text_script(lay.log, lines.decode()), f"appending to {lay.log}")
     if isinstance(step, MakeDirs):
         paths = [lay.releases, lay.shared, posixpath.dirname(lay.manifest("-"))]
-        return Part(sh("mkdir", "-p", "--", *paths), f"creating {', '.join(paths)}")
+        there = " && ".join(f"[ -d {sh(p)} ]" for p in paths)
+        return Part(f"{there} || " + sh("mkdir", "-p", "--", *paths),
+                    f"creating {', '.join(paths)}")
     if isinstance(step, RemoveStaged):
         paths = [posixpath.join(lay.releases, n) for n in step.names]
         return Part(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")

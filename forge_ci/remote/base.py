@@ -87,7 +87,9 @@ def append_text_script(path: str, text: str) -> str:
 
 def point_link_script(link: str, target: str) -> str:
     tmp = f"{link}.forge-tmp"
-    return (f"rm -f -- {sh(tmp)} && ln -s -- {sh(target)} {sh(tmp)} && "
+    # rm only for a temp link a killed run left (a test is a builtin, rm a command).
+    return (f"{{ {{ [ ! -e {sh(tmp)} ] && [ ! -L {sh(tmp)} ]; }} || rm -f -- {sh(tmp)}; }} && "
+            f"ln -s -- {sh(target)} {sh(tmp)} && "
             f"mv -Tf -- {sh(tmp)} {sh(link)} || {{ rm -f -- {sh(tmp)}; exit 1; }}")
 
 
