@@ -154,6 +154,7 @@ class _Run:
     # Phase durations in seconds (``<phase>_s``), recorded with the "live" event.
     metrics: dict[str, float] = field(default_factory=dict)
     snapshot: str = ""  # taken before the switch; recorded with the "live" event
+    observed: Mapping[str, Observed] = field(default_factory=dict)  # by host name
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -420,11 +421,8 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
         return Part(_remove_releases_script(lay, step), f"removing {', '.join(paths)}")
     if isinstance(step, WriteManifest):
         assert run.artifact is not None
-        path = lay.manifest(step.release)
-        # Not synced (an fsync costs 5-20 ms, more while the disk is busy): after a
-        # crash a short or empty manifest reads as damaged, which costs a full send.
-        return Part(write_atomic_script(path, durable=False), f"writing {path}",
-                    run.artifact.manifest.to_bytes())
+        return _write_manifest(lay, step.release, run.artifact.manifest.to_bytes(),
+                               run.observed.get(host.name))
     if isinstance(step, LinkShared):
         dep.log(f"{host.name}: linking shared paths")
         return Part(_link_shared_script(lay, step.release, step.paths), "linking shared paths")
@@ -437,6 +435,37 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
     if isinstance(step, StageNextBase):
         return Part(stage_script(lay.release(step.release)), "staging the next base")
     return None
+
+
+def _write_manifest(lay: Layout, release: str, data: bytes, obs: Observed | None) -> Part:
+    """Store ``data`` as ``release``'s manifest. Where the live release's stored
+    manifest was read, only what differs from it travels: its head and tail are
+    copied on the target (a one-file change sends a few hundred bytes, not the
+    whole manifest). Not synced (an fsync costs 5-20 ms, more while the disk is
+    busy): after a crash a short or wrong manifest fails the digest check the next
+    run makes (:mod:`forge_ci.deploy.observe`), which costs a full send."""
+    path = lay.manifest(release)
+    live = obs.current_manifest_bytes if obs is not None and obs.current else b""
+    head = _common_length(live, data)
+    tail = _common_length(live[head:][::-1], data[head:][::-1])
+    if not live or head + tail < len(data) // 2:
+        return Part(write_atomic_script(path, durable=False), f"writing {path}", data)
+    assert obs is not None and obs.current is not None
+    base, tmp = sh(lay.manifest(obs.current)), sh(f"{path}.forge-tmp")
+    script = (f"umask 077; if {{ head -c {head} {base} && cat && tail -c {tail} {base}; }} "
+              f"> {tmp} && chmod 644 {tmp}; then mv -f -- {tmp} {sh(path)}; "
+              f"else rm -f -- {tmp}; exit 1; fi")
+    return Part(script, f"writing {path}", data[head:len(data) - tail])
+
+
+def _common_length(a: bytes, b: bytes, block: int = 4096) -> int:
+    """How many bytes ``a`` and ``b`` have in common from the start."""
+    n, i = min(len(a), len(b)), 0
+    while i < n and a[i:i + block] == b[i:i + block]:
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return min(i, n)
 
 
 def _groups(steps: Sequence[Step]) -> Iterator[tuple[Step, ...]]:
@@ -504,8 +533,10 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
         locking = time.monotonic()
-        plan = _make_plan(dep, artifact, _lock_all(dep, stack, artifact.manifest))
-        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
+        observed = _lock_all(dep, stack, artifact.manifest)
+        plan = _make_plan(dep, artifact, observed)
+        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact,
+                   observed={o.name: o for o in observed})
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
         with run.timed("prepare"):

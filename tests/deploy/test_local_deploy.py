@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -68,6 +69,40 @@ def test_a_stored_manifest_cut_short_by_a_crash_costs_a_full_send_not_a_wrong_re
     assert (old / "web/big.bin").stat().st_ino != (new / "web/big.bin").stat().st_ino  # sent
     live = [e for e in releases(local_site) if e["state"] == "live"][-1]
     assert live["metrics"]["linked_entries"] == 0  # type: ignore[index]
+
+
+def test_a_stored_manifest_that_is_not_the_releases_own_costs_a_full_send(
+    local_site: LocalSite,
+) -> None:
+    # A stored manifest that parses but does not describe its release (here it claims
+    # the live index.html is already the next one) must not be trusted: the release
+    # id names its manifest's digest, and the next deploy checks it.
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    stored = local_site.target / ".forge/manifests" / f"{first}.json"
+    raw = json.loads(stored.read_bytes())
+    raw["files"]["web/index.html"].update(
+        size=6, sha256=hashlib.sha256(b"ok v2\n").hexdigest())
+    stored.write_bytes(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode())
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.page() == "ok v2\n"
+
+
+def test_each_release_stores_its_own_manifest_and_the_next_sends_only_changes(
+    local_site: LocalSite,
+) -> None:
+    # After the first, each manifest is written as an edit of the live one's.
+    for v in range(3):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        rid = local_site.current
+        stored = (local_site.target / ".forge/manifests" / f"{rid}.json").read_bytes()
+        assert hashlib.sha256(stored).hexdigest()[:8] == rid.split("-")[1]
+        assert local_site.page() == f"ok v{v}\n"
+    live = [e for e in releases(local_site) if e["state"] == "live"][-1]
+    assert live["metrics"]["sent_entries"] == 1  # type: ignore[index]
+    assert live["metrics"]["linked_entries"] > 0  # type: ignore[index]
 
 
 def test_unhealthy_release_is_rolled_back_with_its_own_exit_code(local_site: LocalSite) -> None:
