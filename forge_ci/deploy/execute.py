@@ -452,10 +452,18 @@ def _write_manifest(lay: Layout, release: str, data: bytes, obs: Observed | None
         return Part(write_atomic_script(path, durable=False), f"writing {path}", data)
     assert obs is not None and obs.current is not None
     base, tmp = sh(lay.manifest(obs.current)), sh(f"{path}.forge-tmp")
-    script = (f"umask 077; if {{ head -c {head} {base} && cat && tail -c {tail} {base}; }} "
-              f"> {tmp} && chmod 644 {tmp}; then mv -f -- {tmp} {sh(path)}; "
-              f"else rm -f -- {tmp}; exit 1; fi")
-    return Part(script, f"writing {path}", data[head:len(data) - tail])
+    middle = data[head:len(data) - tail]
+    # A small middle goes in the script (printf is a builtin, cat a command); the
+    # manifest is ASCII JSON (json.dumps escapes the rest), so it quotes as text.
+    inline = len(middle) <= _INLINE
+    put = f"printf %s {sh(middle.decode('ascii'))}" if inline else "cat"
+    # No secret here: made readable as it is written, no chmod.
+    script = (f"umask 022; if {{ head -c {head} {base} && {put} && tail -c {tail} {base}; }} "
+              f"> {tmp}; then mv -f -- {tmp} {sh(path)}; else rm -f -- {tmp}; exit 1; fi")
+    return Part(script, f"writing {path}", None if inline else middle)
+
+
+_INLINE = 16384  # bytes of a manifest edit carried in the script itself
 
 
 def _common_length(a: bytes, b: bytes, block: int = 4096) -> int:
