@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
@@ -65,13 +65,20 @@ from forge_ci.deploy.steps import (
     TakeSnapshot,
     WriteManifest,
 )
-from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
+from forge_ci.errors import (
+    DeployFailed,
+    ForgeError,
+    RemoteCommandError,
+    RollbackFailed,
+    RolledBack,
+)
 from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote.base import (
     Host,
     Part,
     append_text_script,
     batch,
+    failed_part,
     point_link_script,
     sh,
     write_atomic_script,
@@ -155,6 +162,8 @@ class _Run:
     metrics: dict[str, float] = field(default_factory=dict)
     snapshot: str = ""  # taken before the switch; recorded with the "live" event
     observed: Mapping[str, Observed] = field(default_factory=dict)  # by host name
+    # A host's last prepare steps, held back to run in its switch's round trip.
+    held: dict[str, list[Part]] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -170,22 +179,24 @@ def _dotenv_values(config: EnvironmentConfig) -> dict[str, str]:
 
 
 def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
-    script = ["set -e"]
+    # Every command ends the script when it fails: ``set -e`` would not, inside a
+    # batch, where the script runs as the left side of ``||``.
+    script = []
     for p in paths:
         s = posixpath.join(lay.shared, p)
         r = posixpath.join(lay.release(release), p)
         rel = posixpath.relpath(s, posixpath.dirname(r))
         script.append(
-            f'if [ ! -e {sh(s)} ]; then mkdir -p {sh(posixpath.dirname(s))}; '
-            f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)}; '
-            f'else mkdir -p {sh(s)}; fi; fi'
+            f'if [ ! -e {sh(s)} ]; then mkdir -p {sh(posixpath.dirname(s))} || exit 1; '
+            f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)} || exit 1; '
+            f'else mkdir -p {sh(s)} || exit 1; fi; fi'
         )
         # Shipping removed r from the release already: rm and mkdir (commands, where
         # tests are builtins) only when it is there or its directory is not.
         d = sh(posixpath.dirname(r))
-        script.append(f"if [ -e {sh(r)} ] || [ -L {sh(r)} ]; then rm -rf {sh(r)}; fi; "
-                      f"[ -d {d} ] || mkdir -p {d}; ln -s {sh(rel)} {sh(r)}")
-    return "\n".join(script)
+        script.append(f"if [ -e {sh(r)} ] || [ -L {sh(r)} ]; then rm -rf {sh(r)} || exit 1; fi; "
+                      f"[ -d {d} ] || mkdir -p {d} || exit 1; ln -s {sh(rel)} {sh(r)} || exit 1")
+    return "\n".join(script) or "true"
 
 
 def _remove_releases_script(lay: Layout, step: RemoveReleases) -> str:
@@ -485,24 +496,49 @@ def _groups(steps: Sequence[Step]) -> Iterator[tuple[Step, ...]]:
             yield from ((s,) for s in group)
 
 
-def _host_steps(run: _Run, hs: HostSteps) -> None:
+class _HeldFailed(Exception):
+    """A prepare step held back for the switch's round trip failed: it ran before the
+    switch in that round trip, so nothing was switched (see :func:`_can_hold`)."""
+
+    def __init__(self, cause: ForgeError) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+
+
+def _host_steps(run: _Run, hs: HostSteps, hold: bool = False) -> None:
     """Run one host's steps in order, consecutive plain file steps in one round trip
     (:func:`forge_ci.remote.base.batch`: same order, stopping at the first failure,
-    so a removal still comes after the event that announces it)."""
+    so a removal still comes after the event that announces it). ``hold``: keep the
+    last such steps for the host's next steps' first round trip; the steps held
+    before run first (a failure among them raises :class:`_HeldFailed`)."""
     host = run.hosts[hs.host]
-    parts: list[Part] = []
+    held = run.held.pop(hs.host, [])
+    parts: list[Part] = list(held)
+
+    def flush() -> None:
+        nonlocal held, parts
+        try:
+            batch(host, parts)
+        except RemoteCommandError as e:
+            index = failed_part(e, parts)
+            if index is not None and index < len(held):
+                raise _HeldFailed(e) from None
+            raise
+        held, parts = [], []
+
     for group in _groups(hs.steps):
         part = _part(run, host, group)
         if part is None:
-            batch(host, parts)
-            parts = []
+            flush()
             _do(run, host, group[0])
             continue
         if part.input is not None and any(p.input is not None for p in parts):
-            batch(host, parts)
-            parts = []
+            flush()
         parts.append(part)
-    batch(host, parts)
+    if hold:
+        run.held[hs.host] = parts
+    else:
+        flush()
 
 
 def _phase(run: _Run, phase: Phase) -> None:
@@ -558,7 +594,10 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         with run.timed("preview"):
             _preview(run, plan)
         with run.timed("switch_and_check"):
-            outcome = _switch_all_and_check(run, plan)
+            try:
+                outcome = _switch_all_and_check(run, plan)
+            except _HeldFailed as f:
+                _discard(run, plan, f.cause)
         _finish(run, plan.finish, plan.release)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan, outcome.detail,
                             outcome.seconds, dict(run.metrics), run.snapshot or None)
@@ -591,15 +630,32 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
 
 
 def _prepare_all(run: _Run, plan: DeployPlan, phase: Phase | None = None) -> None:
-    """Run ``phase`` (default: prepare); any failure discards the release."""
+    """Run ``phase`` (default: prepare); any failure discards the release. The
+    prepare phase's last plain file steps wait for the switch's round trip where
+    nothing runs between them (:func:`_can_hold`)."""
     try:
-        _phase(run, plan.prepare if phase is None else phase)
+        if phase is None and _can_hold(plan):
+            for hs in plan.prepare:
+                _host_steps(run, hs, hold=True)
+        else:
+            _phase(run, plan.prepare if phase is None else phase)
     except ForgeError as e:
-        # A release that never went live is marked bad and its space freed
-        # (a full disk must not stay full because of the release that filled it).
-        _best_effort(run, plan.discard)
-        raise DeployFailed(f"{e.message} — the live site was not touched",
-                           hint=e.hint) from None
+        _discard(run, plan, e)
+
+
+def _discard(run: _Run, plan: DeployPlan, e: ForgeError) -> NoReturn:
+    # A release that never went live is marked bad and its space freed
+    # (a full disk must not stay full because of the release that filled it).
+    _best_effort(run, plan.discard)
+    raise DeployFailed(f"{e.message} — the live site was not touched", hint=e.hint) from None
+
+
+def _can_hold(plan: DeployPlan) -> bool:
+    """Whether prepare's last steps may run in the switch's round trip, just before
+    the switch: one host (nothing else is switched first, so a failure among them
+    still means nothing was switched) and nothing planned between the two."""
+    return (len(plan.prepare) == 1 and len(plan.batches) == 1 and not plan.snapshot
+            and not plan.migrate and not plan.preview)
 
 
 def _preview(run: _Run, plan: DeployPlan) -> None:

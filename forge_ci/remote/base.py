@@ -125,6 +125,13 @@ def batch(host: Host, parts: Sequence[Part]) -> None:
 _FIRST_PART = 100  # a batch exits 100 + the index of the part that failed
 
 
+def failed_part(error: RemoteCommandError, parts: Sequence[Part]) -> int | None:
+    """The index of the part of ``parts`` whose failure made :func:`batch` raise
+    ``error``; None when no part is known to have failed (the connection was lost)."""
+    index = (error.exit_status if error.exit_status is not None else -1) - _FIRST_PART
+    return index if 0 <= index < len(parts) else None
+
+
 @dataclass(frozen=True)
 class Result:
     status: int

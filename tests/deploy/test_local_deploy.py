@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -123,6 +124,27 @@ def test_failing_before_switch_hook_leaves_the_site_untouched(local_site: LocalS
     local_site.write("web/index.html", "ok v2\n")
     assert local_site.forge("deploy", "local") == ExitCode.FAILED
     assert local_site.current == good and local_site.page() == "ok v1\n"
+
+
+def test_a_step_failing_in_the_switchs_round_trip_is_a_failure_before_the_switch(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The last prepare steps (shared links, the "prepared" event) run in the same
+    # round trip as the switch, before it: when one fails, nothing was switched.
+    assert local_site.forge("deploy", "local") == 0
+    good = local_site.current
+    shared = local_site.target / "shared/web"
+    shutil.rmtree(shared)
+    shared.write_text("a file where shared/web/app/uploads needs a directory\n")
+    local_site.write("web/index.html", "ok v2\n")
+    capsys.readouterr()
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "linking shared paths" in err and "the live site was not touched" in err
+    assert local_site.current == good and local_site.page() == "ok v1\n"
+    failed = [e for e in releases(local_site) if e["release"] != good]
+    assert [e["state"] for e in failed] == ["preparing", "bad", "removed"]
+    assert releases_on_disk(local_site) == [good]
 
 
 def test_first_deploy_that_fails_health_leaves_no_current(local_site: LocalSite) -> None:
