@@ -201,18 +201,18 @@ def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
 
 def _remove_releases_script(lay: Layout, step: RemoveReleases) -> str:
     """Delete the releases and their manifests; ``step.later``: rename each release
-    out of releases/ now and delete it in the background (with anything an earlier,
-    killed deletion left)."""
-    manifests = sh("rm", "-f", "--", *(lay.manifest(r) for r in step.releases))
+    out of releases/ now and delete it and its manifest in the background (with
+    anything an earlier, killed deletion left; a manifest left behind is never read:
+    only the live release's is)."""
+    manifests = [lay.manifest(r) for r in step.releases]
     if not step.later:
-        return sh("rm", "-rf", "--", *(lay.release(r) for r in step.releases)) + f" && {manifests}"
+        return sh("rm", "-rf", "--", *(lay.release(r) for r in step.releases), *manifests)
     moves = "".join(
         f"if [ -e {sh(lay.release(r))} ]; then mv -T -- {sh(lay.release(r))} "
         f"{sh(lay.trash(r))} || exit 1; fi\n" for r in step.releases)
-    return (f"{moves}{manifests} || exit 1\n"
-            # Alone in the background, every stream redirected: the command (and
-            # the round trip) ends without waiting for it.
-            f"nohup rm -rf -- {sh(lay.releases)}/{TRASH_PREFIX}* "
+    # Alone in the background, every stream redirected: the command (and the round
+    # trip) ends without waiting for it.
+    return (f"{moves}nohup rm -rf -- {sh(lay.releases)}/{TRASH_PREFIX}* {sh(*manifests)} "
             "</dev/null >/dev/null 2>&1 &\n")
 
 
