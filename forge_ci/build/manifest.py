@@ -68,25 +68,33 @@ class Manifest:
     def total_size(self) -> int:
         return sum(e.size for e in self.entries.values())
 
+    @functools.cached_property
+    def _entry_bytes(self) -> Mapping[bytes, str] | None:
+        """Each entry's bytes in :meth:`to_bytes` (see :func:`_entry_parts`) -> its
+        path; None for an empty manifest."""
+        parts = _entry_parts(self.to_bytes())
+        paths = sorted(self.entries)  # the order to_bytes writes them in
+        if parts is None or len(parts) != len(paths):
+            return None
+        return dict(zip(parts, paths, strict=True))
+
+    def prepare_reading(self) -> None:
+        """Make now what :meth:`from_bytes` with this manifest as ``known`` needs (for
+        a caller with time to spare while it waits for the bytes to read)."""
+        _ = self._entry_bytes
+
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "manifest",
                    known: Manifest | None = None) -> Manifest:
         """Parse and check a manifest. ``known``: one already checked (the artifact's,
         when reading the live release's, which mostly repeats it): an entry equal to
-        its entry at the same path is taken from it instead of being checked again."""
+        its entry at the same path is taken from it instead of being checked again.
+        Where both are as :meth:`to_bytes` writes them, entries with the same bytes
+        are matched without parsing them; only the others are parsed."""
         same: Mapping[str, Entry] = known.entries if known is not None else {}
         try:
-            raw = json.loads(data)
-            files = raw["files"]
-            if raw.get("version") != 1 or not isinstance(files, dict):
-                raise ValueError("unknown manifest version")
-            entries = {}
-            for p, e in files.items():
-                k = same.get(p)
-                if k is not None and e == k.to_json():
-                    entries[p] = k
-                else:
-                    entries[check_path(p, source)] = _entry(e)
+            quick = cls._read_against(data, known, source) if known is not None else None
+            entries = quick if quick is not None else cls._parse(data, same, source)
         except (ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"{source} is not a valid forge manifest: {e}",
                                 hint="rebuild the artifact with forge-ci build") from None
@@ -95,6 +103,61 @@ class Manifest:
                 check_link(path, entry.target, source)
         check_link_chains(entries, source)
         return cls(entries)
+
+    @staticmethod
+    def _read_against(data: bytes, known: Manifest, source: str) -> dict[str, Entry] | None:
+        """``data``'s entries where it is laid out as :meth:`to_bytes` writes: the
+        entries whose bytes ``known`` has too are its; the rest are parsed and checked
+        together. None when ``data`` is laid out otherwise."""
+        index, parts = known._entry_bytes, _entry_parts(data)
+        if index is None or parts is None:
+            return None
+        entries: dict[str, Entry] = {}
+        fresh: list[bytes] = []
+        for part in parts:
+            path = index.get(part)
+            if path is None:
+                fresh.append(part)
+            else:
+                entries[path] = known.entries[path]
+        if fresh:
+            # The parts differ only where they were cut: put the cuts back.
+            doc = _PREFIX + _SEP.join(fresh) + _SUFFIX
+            entries.update(Manifest._parse(doc, {}, source))
+        return entries
+
+    @staticmethod
+    def _parse(data: bytes, same: Mapping[str, Entry], source: str) -> dict[str, Entry]:
+        """The entries of the JSON ``data``, each checked unless equal to ``same``'s."""
+        raw = json.loads(data)
+        files = raw["files"]
+        if raw.get("version") != 1 or not isinstance(files, dict):
+            raise ValueError("unknown manifest version")
+        entries = {}
+        for p, e in files.items():
+            k = same.get(p)
+            if k is not None and e == k.to_json():
+                entries[p] = k
+            else:
+                entries[check_path(p, source)] = _entry(e)
+        return entries
+
+
+# How to_bytes lays a manifest out: _PREFIX, then each entry as `path":{...` with the
+# entries' `},"` between them (it cannot occur inside a JSON string, where `"` is
+# escaped, nor inside an entry), then _SUFFIX.
+_PREFIX = b'{"files":{"'
+_SEP = b'},"'
+_SUFFIX = b'}},"version":1}'
+
+
+def _entry_parts(data: bytes) -> list[bytes] | None:
+    """The entries of a manifest laid out as to_bytes writes, each as its bytes
+    without the cuts; None when ``data`` is not laid out so (or has no entries)."""
+    if not (data.startswith(_PREFIX) and data.endswith(_SUFFIX)) or len(data) < len(
+            _PREFIX) + len(_SUFFIX):
+        return None
+    return data[len(_PREFIX):-len(_SUFFIX)].split(_SEP)
 
 
 def _entry(e: Mapping[str, Any]) -> Entry:

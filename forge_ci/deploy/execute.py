@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
@@ -38,7 +39,7 @@ from forge_ci.deploy.plan import (
     release_id,
     shared_paths,
 )
-from forge_ci.deploy.releases import Info, Layout, event
+from forge_ci.deploy.releases import TRASH_PREFIX, Info, Layout, event
 from forge_ci.deploy.ship import ship, stage_script
 from forge_ci.deploy.steps import (
     MAINTENANCE_FILE,
@@ -64,13 +65,20 @@ from forge_ci.deploy.steps import (
     TakeSnapshot,
     WriteManifest,
 )
-from forge_ci.errors import DeployFailed, ForgeError, RollbackFailed, RolledBack
+from forge_ci.errors import (
+    DeployFailed,
+    ForgeError,
+    RemoteCommandError,
+    RollbackFailed,
+    RolledBack,
+)
 from forge_ci.progress import MakeProgress, silent
 from forge_ci.remote.base import (
     Host,
     Part,
     append_text_script,
     batch,
+    failed_part,
     point_link_script,
     sh,
     write_atomic_script,
@@ -153,6 +161,9 @@ class _Run:
     # Phase durations in seconds (``<phase>_s``), recorded with the "live" event.
     metrics: dict[str, float] = field(default_factory=dict)
     snapshot: str = ""  # taken before the switch; recorded with the "live" event
+    observed: Mapping[str, Observed] = field(default_factory=dict)  # by host name
+    # A host's last prepare steps, held back to run in its switch's round trip.
+    held: dict[str, list[Part]] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -168,19 +179,41 @@ def _dotenv_values(config: EnvironmentConfig) -> dict[str, str]:
 
 
 def _link_shared_script(lay: Layout, release: str, paths: Sequence[str]) -> str:
-    script = ["set -e"]
+    # Every command ends the script when it fails: ``set -e`` would not, inside a
+    # batch, where the script runs as the left side of ``||``.
+    script = []
     for p in paths:
         s = posixpath.join(lay.shared, p)
         r = posixpath.join(lay.release(release), p)
         rel = posixpath.relpath(s, posixpath.dirname(r))
         script.append(
-            f'if [ ! -e {sh(s)} ]; then mkdir -p {sh(posixpath.dirname(s))}; '
-            f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)}; '
-            f'else mkdir -p {sh(s)}; fi; fi'
+            f'if [ ! -e {sh(s)} ]; then mkdir -p {sh(posixpath.dirname(s))} || exit 1; '
+            f'if [ -e {sh(r)} ] && [ ! -L {sh(r)} ]; then cp -a {sh(r)} {sh(s)} || exit 1; '
+            f'else mkdir -p {sh(s)} || exit 1; fi; fi'
         )
-        script.append(f"rm -rf {sh(r)}; mkdir -p {sh(posixpath.dirname(r))}; "
-                      f"ln -s {sh(rel)} {sh(r)}")
-    return "\n".join(script)
+        # Shipping removed r from the release already: rm and mkdir (commands, where
+        # tests are builtins) only when it is there or its directory is not.
+        d = sh(posixpath.dirname(r))
+        script.append(f"if [ -e {sh(r)} ] || [ -L {sh(r)} ]; then rm -rf {sh(r)} || exit 1; fi; "
+                      f"[ -d {d} ] || mkdir -p {d} || exit 1; ln -s {sh(rel)} {sh(r)} || exit 1")
+    return "\n".join(script) or "true"
+
+
+def _remove_releases_script(lay: Layout, step: RemoveReleases) -> str:
+    """Delete the releases and their manifests; ``step.later``: rename each release
+    out of releases/ now and delete it and its manifest in the background (with
+    anything an earlier, killed deletion left; a manifest left behind is never read:
+    only the live release's is)."""
+    manifests = [lay.manifest(r) for r in step.releases]
+    if not step.later:
+        return sh("rm", "-rf", "--", *(lay.release(r) for r in step.releases), *manifests)
+    moves = "".join(
+        f"if [ -e {sh(lay.release(r))} ]; then mv -T -- {sh(lay.release(r))} "
+        f"{sh(lay.trash(r))} || exit 1; fi\n" for r in step.releases)
+    # Alone in the background, every stream redirected: the command (and the round
+    # trip) ends without waiting for it.
+    return (f"{moves}nohup rm -rf -- {sh(lay.releases)}/{TRASH_PREFIX}* {sh(*manifests)} "
+            "</dev/null >/dev/null 2>&1 &\n")
 
 
 def _hook_env(dep: Deployment, step: RunHooks) -> str:
@@ -324,8 +357,8 @@ def _do(run: _Run, host: Host, step: Step) -> None:
         host.remove_trees(posixpath.join(lay.releases, n) for n in step.names)
     elif isinstance(step, RemoveReleases):
         dep.log(f"{host.name}: removing {step.why} releases {', '.join(step.releases)}")
-        host.remove_trees([*(lay.release(r) for r in step.releases),
-                           *(lay.manifest(r) for r in step.releases)])
+        host.check(host.run(_remove_releases_script(lay, step), check=False),
+                   f"removing {', '.join(step.releases)}")
     elif isinstance(step, Record):
         _record(dep, host, [step], run.metrics, run.snapshot)
     elif isinstance(step, Adopt):
@@ -386,7 +419,9 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
         return Part(append_text_script(lay.log, lines.decode()), f"appending to {lay.log}")
     if isinstance(step, MakeDirs):
         paths = [lay.releases, lay.shared, posixpath.dirname(lay.manifest("-"))]
-        return Part(sh("mkdir", "-p", "--", *paths), f"creating {', '.join(paths)}")
+        there = " && ".join(f"[ -d {sh(p)} ]" for p in paths)
+        return Part(f"{there} || " + sh("mkdir", "-p", "--", *paths),
+                    f"creating {', '.join(paths)}")
     if isinstance(step, RemoveStaged):
         paths = [posixpath.join(lay.releases, n) for n in step.names]
         return Part(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
@@ -394,14 +429,11 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
         dep.log(f"{host.name}: removing {step.why} releases {', '.join(step.releases)}")
         paths = [*(lay.release(r) for r in step.releases),
                  *(lay.manifest(r) for r in step.releases)]
-        return Part(sh("rm", "-rf", "--", *paths), f"removing {', '.join(paths)}")
+        return Part(_remove_releases_script(lay, step), f"removing {', '.join(paths)}")
     if isinstance(step, WriteManifest):
         assert run.artifact is not None
-        path = lay.manifest(step.release)
-        # Not synced (an fsync costs 5-20 ms, more while the disk is busy): after a
-        # crash a short or empty manifest reads as damaged, which costs a full send.
-        return Part(write_atomic_script(path, durable=False), f"writing {path}",
-                    run.artifact.manifest.to_bytes())
+        return _write_manifest(lay, step.release, run.artifact.manifest.to_bytes(),
+                               run.observed.get(host.name))
     if isinstance(step, LinkShared):
         dep.log(f"{host.name}: linking shared paths")
         return Part(_link_shared_script(lay, step.release, step.paths), "linking shared paths")
@@ -416,6 +448,45 @@ def _part(run: _Run, host: Host, steps: Sequence[Step]) -> Part | None:
     return None
 
 
+def _write_manifest(lay: Layout, release: str, data: bytes, obs: Observed | None) -> Part:
+    """Store ``data`` as ``release``'s manifest. Where the live release's stored
+    manifest was read, only what differs from it travels: its head and tail are
+    copied on the target (a one-file change sends a few hundred bytes, not the
+    whole manifest). Not synced (an fsync costs 5-20 ms, more while the disk is
+    busy): after a crash a short or wrong manifest fails the digest check the next
+    run makes (:mod:`forge_ci.deploy.observe`), which costs a full send."""
+    path = lay.manifest(release)
+    live = obs.current_manifest_bytes if obs is not None and obs.current else b""
+    head = _common_length(live, data)
+    tail = _common_length(live[head:][::-1], data[head:][::-1])
+    if not live or head + tail < len(data) // 2:
+        return Part(write_atomic_script(path, durable=False), f"writing {path}", data)
+    assert obs is not None and obs.current is not None
+    base, tmp = sh(lay.manifest(obs.current)), sh(f"{path}.forge-tmp")
+    middle = data[head:len(data) - tail]
+    # A small middle goes in the script (printf is a builtin, cat a command); the
+    # manifest is ASCII JSON (json.dumps escapes the rest), so it quotes as text.
+    inline = len(middle) <= _INLINE
+    put = f"printf %s {sh(middle.decode('ascii'))}" if inline else "cat"
+    # No secret here: made readable as it is written, no chmod.
+    script = (f"umask 022; if {{ head -c {head} {base} && {put} && tail -c {tail} {base}; }} "
+              f"> {tmp}; then mv -f -- {tmp} {sh(path)}; else rm -f -- {tmp}; exit 1; fi")
+    return Part(script, f"writing {path}", None if inline else middle)
+
+
+_INLINE = 16384  # bytes of a manifest edit carried in the script itself
+
+
+def _common_length(a: bytes, b: bytes, block: int = 4096) -> int:
+    """How many bytes ``a`` and ``b`` have in common from the start."""
+    n, i = min(len(a), len(b)), 0
+    while i < n and a[i:i + block] == b[i:i + block]:
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return min(i, n)
+
+
 def _groups(steps: Sequence[Step]) -> Iterator[tuple[Step, ...]]:
     """Each step alone, except consecutive log events: together."""
     for is_record, group in itertools.groupby(steps, lambda s: isinstance(s, Record)):
@@ -425,24 +496,49 @@ def _groups(steps: Sequence[Step]) -> Iterator[tuple[Step, ...]]:
             yield from ((s,) for s in group)
 
 
-def _host_steps(run: _Run, hs: HostSteps) -> None:
+class _HeldFailed(Exception):
+    """A prepare step held back for the switch's round trip failed: it ran before the
+    switch in that round trip, so nothing was switched (see :func:`_can_hold`)."""
+
+    def __init__(self, cause: ForgeError) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+
+
+def _host_steps(run: _Run, hs: HostSteps, hold: bool = False) -> None:
     """Run one host's steps in order, consecutive plain file steps in one round trip
     (:func:`forge_ci.remote.base.batch`: same order, stopping at the first failure,
-    so a removal still comes after the event that announces it)."""
+    so a removal still comes after the event that announces it). ``hold``: keep the
+    last such steps for the host's next steps' first round trip; the steps held
+    before run first (a failure among them raises :class:`_HeldFailed`)."""
     host = run.hosts[hs.host]
-    parts: list[Part] = []
+    held = run.held.pop(hs.host, [])
+    parts: list[Part] = list(held)
+
+    def flush() -> None:
+        nonlocal held, parts
+        try:
+            batch(host, parts)
+        except RemoteCommandError as e:
+            index = failed_part(e, parts)
+            if index is not None and index < len(held):
+                raise _HeldFailed(e) from None
+            raise
+        held, parts = [], []
+
     for group in _groups(hs.steps):
         part = _part(run, host, group)
         if part is None:
-            batch(host, parts)
-            parts = []
+            flush()
             _do(run, host, group[0])
             continue
         if part.input is not None and any(p.input is not None for p in parts):
-            batch(host, parts)
-            parts = []
+            flush()
         parts.append(part)
-    batch(host, parts)
+    if hold:
+        run.held[hs.host] = parts
+    else:
+        flush()
 
 
 def _phase(run: _Run, phase: Phase) -> None:
@@ -481,8 +577,10 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
         locking = time.monotonic()
-        plan = _make_plan(dep, artifact, _lock_all(dep, stack, artifact.manifest))
-        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
+        observed = _lock_all(dep, stack, artifact.manifest)
+        plan = _make_plan(dep, artifact, observed)
+        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact,
+                   observed={o.name: o for o in observed})
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
         with run.timed("prepare"):
@@ -496,7 +594,10 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         with run.timed("preview"):
             _preview(run, plan)
         with run.timed("switch_and_check"):
-            outcome = _switch_all_and_check(run, plan)
+            try:
+                outcome = _switch_all_and_check(run, plan)
+            except _HeldFailed as f:
+                _discard(run, plan, f.cause)
         _finish(run, plan.finish, plan.release)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan, outcome.detail,
                             outcome.seconds, dict(run.metrics), run.snapshot or None)
@@ -511,25 +612,50 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
     where it was when it died."""
     script = observe_script(dep.layout, shared_paths(dep.config))
     observed = []
+    # What reading the live manifests against ``known`` needs is made while the
+    # first lock's round trip is under way (the first command on a new connection
+    # also waits for the server to set up the session): off the critical path.
+    warm = threading.Thread(target=known.prepare_reading, daemon=True) if known else None
+    if warm is not None:
+        warm.start()
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
         lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
                                         note=dep.log, after=script))
         dep.log(f"{host.name}: locked")
+        if warm is not None:
+            warm.join()
         observed.append(parse_observed(host.name, dep.layout, lock.output, known))
     return observed
 
 
 def _prepare_all(run: _Run, plan: DeployPlan, phase: Phase | None = None) -> None:
-    """Run ``phase`` (default: prepare); any failure discards the release."""
+    """Run ``phase`` (default: prepare); any failure discards the release. The
+    prepare phase's last plain file steps wait for the switch's round trip where
+    nothing runs between them (:func:`_can_hold`)."""
     try:
-        _phase(run, plan.prepare if phase is None else phase)
+        if phase is None and _can_hold(plan):
+            for hs in plan.prepare:
+                _host_steps(run, hs, hold=True)
+        else:
+            _phase(run, plan.prepare if phase is None else phase)
     except ForgeError as e:
-        # A release that never went live is marked bad and its space freed
-        # (a full disk must not stay full because of the release that filled it).
-        _best_effort(run, plan.discard)
-        raise DeployFailed(f"{e.message} — the live site was not touched",
-                           hint=e.hint) from None
+        _discard(run, plan, e)
+
+
+def _discard(run: _Run, plan: DeployPlan, e: ForgeError) -> NoReturn:
+    # A release that never went live is marked bad and its space freed
+    # (a full disk must not stay full because of the release that filled it).
+    _best_effort(run, plan.discard)
+    raise DeployFailed(f"{e.message} — the live site was not touched", hint=e.hint) from None
+
+
+def _can_hold(plan: DeployPlan) -> bool:
+    """Whether prepare's last steps may run in the switch's round trip, just before
+    the switch: one host (nothing else is switched first, so a failure among them
+    still means nothing was switched) and nothing planned between the two."""
+    return (len(plan.prepare) == 1 and len(plan.batches) == 1 and not plan.snapshot
+            and not plan.migrate and not plan.preview)
 
 
 def _preview(run: _Run, plan: DeployPlan) -> None:

@@ -34,7 +34,10 @@ def marker_php(release_id: str) -> bytes:
 @dataclass(frozen=True)
 class HealthPolicy:
     timeout: float = 60.0  # total time allowed for all checks to pass
-    interval: float = 1.0  # pause between attempts
+    interval: float = 1.0  # longest pause between attempts
+    # The first pause; each next one doubles up to ``interval``: a switch that PHP
+    # takes a moment to see is passed within tens of milliseconds, not a second.
+    first_interval: float = 0.05
     request_timeout: float = 10.0
     # CA bundle for https checks (the runner's SSL_CERT_FILE); None: the system's.
     cafile: str | None = None
@@ -158,9 +161,10 @@ def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
                fetch: Fetch | None = None, live: bool = False, rounds: int = 1,
                where: str = "") -> Outcome:
     """Retry until every check passes in ``rounds`` rounds in a row, or the time
-    bound runs out. ``fetch`` replaces the HTTP client (see :func:`fetch_on`);
-    ``where`` names the host (or route) in the log and in a failed outcome. Every
-    failed attempt is logged.
+    bound runs out: the first attempt at once, then after pauses growing from
+    ``policy.first_interval`` to ``policy.interval``. ``fetch`` replaces the HTTP
+    client (see :func:`fetch_on`); ``where`` names the host (or route) in the log
+    and in a failed outcome. Every failed attempt is logged.
 
     ``rounds`` > 1 is for a URL behind a load balancer: consecutive rounds reach
     different backends, so one failing host cannot hide behind a lucky request.
@@ -177,6 +181,7 @@ def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
     prefix = f"{where}: " if where else ""
     attempt = passed = 0
     serving = False  # the marker has shown the new release
+    pause = min(policy.first_interval, policy.interval)
     try:
         while True:
             attempt += 1
@@ -196,10 +201,11 @@ def run_checks(checks: Sequence[HealthCheck], policy: HealthPolicy,
             if live and serving:
                 return Outcome(False, f"{prefix}unhealthy while serving the new release: "
                                       f"{last}", elapsed)
-            if elapsed + policy.interval > policy.timeout:
+            if elapsed + pause > policy.timeout:
                 return Outcome(False, f"{prefix}unhealthy after {attempt} attempt(s): {last}",
                                elapsed)
-            sleep(policy.interval)
+            sleep(pause)
+            pause = min(pause * 2, policy.interval)
     finally:
         client.close()
 

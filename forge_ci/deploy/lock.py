@@ -132,7 +132,7 @@ def _lock_script(meta: str, lock: str, owner_file: str, wait: int, after: str = 
     # stdin stays the lock's: ``after`` reads nothing from it.
     then = f"(\n{after}\n) </dev/null\nprintf '\\0%s' {end.decode()}\n" if after else ""
     return (
-        f"mkdir -p {sh(meta)} || exit 1\n"
+        f"[ -d {sh(meta)} ] || mkdir -p {sh(meta)} || exit 1\n"
         "IFS= read -r owner\n"
         "if command -v flock >/dev/null 2>&1; then\n"
         f"  exec 9>>{sh(lock)} || exit 1\n"

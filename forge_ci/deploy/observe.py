@@ -6,6 +6,8 @@ Only reads, in one round trip. The facts (:class:`Observed`) are plain data that
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ from forge_ci.errors import ArtifactError, ConnectError, RemoteCommandError
 from forge_ci.remote.base import Host, sh
 
 # flock is optional: without it the deploy lock is a mkdir lock (forge_ci/deploy/lock.py).
-REQUIRED_TOOLS = ("tar", "cp", "xargs", "mv", "ln", "readlink", "cat")
+REQUIRED_TOOLS = ("tar", "cp", "xargs", "mv", "ln", "readlink", "cat", "head", "tail")
 # Where a site forge did not deploy keeps its media (Bedrock's layout).
 SITE_UPLOADS = "web/app/uploads"
 
@@ -37,33 +39,43 @@ class Observed:
     site_paths: tuple[str, ...] = ()
     # Maintenance files a run wrote and did not live to remove (.forge/maintenance).
     maintenance: tuple[str, ...] = ()
+    # current_manifest as stored (the next one is written as an edit of it).
+    current_manifest_bytes: bytes = field(default=b"", repr=False)
 
 
 def observe_script(layout: Layout, shared: Sequence[str] = ()) -> str:
     """The remote side of :func:`observe`; its output is what :func:`parse_observed` reads
     (run it alone, or after a lock in the lock's round trip)."""
     # One round trip: NUL-separated fields (the log and manifests never contain NUL;
-    # shared paths are clean relative paths, without newlines).
+    # shared paths are clean relative paths, without newlines). Shell builtins where
+    # they do (each other command is a fork and an exec on the target): cat only for
+    # files that exist, and tar's version only while no release is live (a live
+    # release was unpacked by the GNU tar checked then).
     tools = " ".join(REQUIRED_TOOLS)
     wanted = " ".join(sh(p) for p in shared)
     site = " ".join(sh(p) for p in dict.fromkeys([*shared, SITE_UPLOADS]))
     return f"""\
-cd {sh(layout.root)} 2>/dev/null || {{ printf 'absent\\0'; exit 0; }}
+if cd {sh(layout.root)} 2>/dev/null; then
 printf 'present\\0'
 for t in {tools}; do command -v $t >/dev/null || printf '%s ' $t; done
-if command -v tar >/dev/null; then
+if [ ! -L current ] && command -v tar >/dev/null; then
   case "$(tar --version 2>/dev/null)" in *"GNU tar"*) ;; *) printf 'GNU-tar ' ;; esac
 fi; printf '\\0'
 if [ -e current ] && [ ! -L current ]; then printf notlink; fi; printf '\\0'
-cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
-ls -1A releases 2>/dev/null; printf '\\0'
-cat .forge/log.jsonl 2>/dev/null; printf '\\0'
-[ -n "$cur" ] && cat ".forge/manifests/${{cur##*/}}.json" 2>/dev/null; printf '\\0'
+cur=; [ -L current ] && cur=$(readlink current 2>/dev/null); printf '%s\\0' "$cur"
+for d in releases/* releases/.[!.]* releases/..?*; do
+  if [ -e "$d" ] || [ -L "$d" ]; then printf '%s\\n' "${{d#releases/}}"; fi
+done; printf '\\0'
+[ -f .forge/log.jsonl ] && cat .forge/log.jsonl 2>/dev/null; printf '\\0'
+m=".forge/manifests/${{cur##*/}}.json"
+[ -n "$cur" ] && [ -f "$m" ] && cat "$m" 2>/dev/null; printf '\\0'
 for p in {wanted}; do [ -e "shared/$p" ] && printf '%s\\n' "$p"; done; printf '\\0'
 if [ ! -d releases ]; then
   for p in {site}; do [ -e "$p" ] && [ ! -L "$p" ] && printf '%s\\n' "$p"; done
 fi; printf '\\0'
-cat .forge/maintenance 2>/dev/null; printf '\\0'
+[ -f .forge/maintenance ] && cat .forge/maintenance 2>/dev/null; printf '\\0'
+else printf 'absent\\0'
+fi
 """
 
 
@@ -100,7 +112,7 @@ def parse_observed(name: str, layout: Layout, output: bytes,
             hint="move that directory away; forge manages current as a link to a release")
     current = link.decode().rstrip("/").split("/")[-1] or None
     parsed = None
-    if current and manifest:
+    if current and manifest and _digest_agrees(current, manifest):
         try:
             parsed = Manifest.from_bytes(manifest, source=f"{name}:{layout.manifest(current)}",
                                          known=known)
@@ -111,4 +123,16 @@ def parse_observed(name: str, layout: Layout, output: bytes,
                     tuple(n for n in names if not n.startswith(".")),
                     tuple(n for n in names if n.startswith(STAGED_PREFIX)), parsed,
                     tuple(in_shared.decode().splitlines()), tuple(in_site.decode().splitlines()),
-                    tuple(maintenance.decode(errors="replace").split()))
+                    tuple(maintenance.decode(errors="replace").split()),
+                    manifest if parsed is not None else b"")
+
+
+_RELEASE_ID = re.compile(r"\d{8}T\d{6}Z-([0-9a-f]{8})(?:-\d+)?")
+
+
+def _digest_agrees(release: str, manifest: bytes) -> bool:
+    """Whether the stored manifest is the one the release was made from: a release
+    id ends with its manifest's digest (:func:`forge_ci.deploy.releases.new_release_id`),
+    so one cut short by a crash, or written wrong, is known and costs a full send."""
+    m = _RELEASE_ID.fullmatch(release)
+    return m is None or hashlib.sha256(manifest).hexdigest()[:8] == m.group(1)

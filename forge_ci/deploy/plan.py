@@ -380,7 +380,7 @@ def _finish_steps(obs: Observed, release: str, keep: int) -> tuple[Step, ...]:
     victims = _prune_victims(obs, release, keep)
     if victims:  # logged first, as in _prepare_steps
         steps += [Record(r, "removed", "pruned") for r in victims]
-        steps.append(RemoveReleases(victims, "pruned"))
+        steps.append(RemoveReleases(victims, "pruned", later=True))
     steps.append(StageNextBase(release))
     return tuple(steps)
 

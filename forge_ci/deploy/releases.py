@@ -10,6 +10,7 @@
     <path>/.forge/log.jsonl      release log: one JSON event per line
     <path>/.forge/maintenance    maintenance files forge wrote and has yet to remove
     <path>/.forge/manifests/<id>.json
+    <path>/releases/.forge-trash-<id>/   a pruned release, renamed away, being deleted
 
 The log is the only source of order and state; mtimes are never used. A
 release's state is the state of its last event:
@@ -97,6 +98,15 @@ class Layout:
 
     def manifest(self, rid: str) -> str:
         return self._j(".forge", "manifests", f"{rid}.json")
+
+    def trash(self, rid: str) -> str:
+        """Where a release removed in the background waits to be deleted."""
+        return self._j("releases", TRASH_PREFIX + rid)
+
+
+# Releases renamed here are no longer releases (observe skips dot names); whatever
+# a killed deletion left is deleted with the next one.
+TRASH_PREFIX = ".forge-trash-"
 
 
 def new_release_id(digest: str, now: float | None = None, taken: Sequence[str] = ()) -> str:

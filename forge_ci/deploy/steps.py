@@ -51,14 +51,19 @@ class RemoveStaged(Step):
 
 @dataclass(frozen=True)
 class RemoveReleases(Step):
-    """Delete release directories and their stored manifests."""
+    """Delete release directories and their stored manifests. ``later``: each
+    directory is renamed out of ``releases/`` at once (one rename, so the next run
+    never sees it) and deleted in the background, off the run's critical path
+    (deleting a release's thousands of entries takes far longer than the rename)."""
 
     op: ClassVar[str] = "remove_releases"
     releases: tuple[str, ...]
     why: str
+    later: bool = False
 
     def describe(self) -> str:
-        return f"remove {self.why} releases {', '.join(self.releases)}"
+        return (f"remove {self.why} releases {', '.join(self.releases)}"
+                + (" (deleted in the background)" if self.later else ""))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,9 @@ def append_text_script(path: str, text: str) -> str:
 
 def point_link_script(link: str, target: str) -> str:
     tmp = f"{link}.forge-tmp"
-    return (f"rm -f -- {sh(tmp)} && ln -s -- {sh(target)} {sh(tmp)} && "
+    # rm only for a temp link a killed run left (a test is a builtin, rm a command).
+    return (f"{{ {{ [ ! -e {sh(tmp)} ] && [ ! -L {sh(tmp)} ]; }} || rm -f -- {sh(tmp)}; }} && "
+            f"ln -s -- {sh(target)} {sh(tmp)} && "
             f"mv -Tf -- {sh(tmp)} {sh(link)} || {{ rm -f -- {sh(tmp)}; exit 1; }}")
 
 
@@ -121,6 +123,13 @@ def batch(host: Host, parts: Sequence[Part]) -> None:
 
 
 _FIRST_PART = 100  # a batch exits 100 + the index of the part that failed
+
+
+def failed_part(error: RemoteCommandError, parts: Sequence[Part]) -> int | None:
+    """The index of the part of ``parts`` whose failure made :func:`batch` raise
+    ``error``; None when no part is known to have failed (the connection was lost)."""
+    index = (error.exit_status if error.exit_status is not None else -1) - _FIRST_PART
+    return index if 0 <= index < len(parts) else None
 
 
 @dataclass(frozen=True)

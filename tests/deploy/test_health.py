@@ -74,6 +74,22 @@ def test_a_server_that_comes_up_late_passes_and_the_real_error_is_logged(
     assert not any("Request-sent" in line for line in lines), lines
 
 
+def test_a_server_up_a_moment_after_the_switch_passes_without_a_whole_interval(
+    servers: list[http.server.ThreadingHTTPServer],
+) -> None:
+    # Retries start 50 ms apart and grow to the interval: a site that answers 0.3 s
+    # after the switch is seen healthy well before the one-second interval.
+    port = free_port()
+    timer = threading.Timer(0.3, lambda: servers.append(_serve(port)))
+    timer.start()
+    policy = health.HealthPolicy(timeout=8.0, interval=1.0, request_timeout=2.0)
+    outcome = health.run_checks([HealthCheck(url=f"http://127.0.0.1:{port}/", contains="ok")],
+                                policy, lambda _: None, live=True)
+    timer.join()
+    assert outcome.ok, outcome.detail
+    assert 0.3 <= outcome.seconds < 1.0
+
+
 def test_a_server_that_never_comes_up_reports_the_refusal_not_request_sent() -> None:
     port = free_port()
     outcome = health.run_checks([HealthCheck(url=f"http://127.0.0.1:{port}/")],

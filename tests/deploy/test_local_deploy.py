@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -70,6 +72,40 @@ def test_a_stored_manifest_cut_short_by_a_crash_costs_a_full_send_not_a_wrong_re
     assert live["metrics"]["linked_entries"] == 0  # type: ignore[index]
 
 
+def test_a_stored_manifest_that_is_not_the_releases_own_costs_a_full_send(
+    local_site: LocalSite,
+) -> None:
+    # A stored manifest that parses but does not describe its release (here it claims
+    # the live index.html is already the next one) must not be trusted: the release
+    # id names its manifest's digest, and the next deploy checks it.
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    stored = local_site.target / ".forge/manifests" / f"{first}.json"
+    raw = json.loads(stored.read_bytes())
+    raw["files"]["web/index.html"].update(
+        size=6, sha256=hashlib.sha256(b"ok v2\n").hexdigest())
+    stored.write_bytes(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode())
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    assert local_site.page() == "ok v2\n"
+
+
+def test_each_release_stores_its_own_manifest_and_the_next_sends_only_changes(
+    local_site: LocalSite,
+) -> None:
+    # After the first, each manifest is written as an edit of the live one's.
+    for v in range(3):
+        local_site.write("web/index.html", f"ok v{v}\n")
+        assert local_site.forge("deploy", "local") == 0
+        rid = local_site.current
+        stored = (local_site.target / ".forge/manifests" / f"{rid}.json").read_bytes()
+        assert hashlib.sha256(stored).hexdigest()[:8] == rid.split("-")[1]
+        assert local_site.page() == f"ok v{v}\n"
+    live = [e for e in releases(local_site) if e["state"] == "live"][-1]
+    assert live["metrics"]["sent_entries"] == 1  # type: ignore[index]
+    assert live["metrics"]["linked_entries"] > 0  # type: ignore[index]
+
+
 def test_unhealthy_release_is_rolled_back_with_its_own_exit_code(local_site: LocalSite) -> None:
     assert local_site.forge("deploy", "local") == 0
     good = local_site.current
@@ -88,6 +124,27 @@ def test_failing_before_switch_hook_leaves_the_site_untouched(local_site: LocalS
     local_site.write("web/index.html", "ok v2\n")
     assert local_site.forge("deploy", "local") == ExitCode.FAILED
     assert local_site.current == good and local_site.page() == "ok v1\n"
+
+
+def test_a_step_failing_in_the_switchs_round_trip_is_a_failure_before_the_switch(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The last prepare steps (shared links, the "prepared" event) run in the same
+    # round trip as the switch, before it: when one fails, nothing was switched.
+    assert local_site.forge("deploy", "local") == 0
+    good = local_site.current
+    shared = local_site.target / "shared/web"
+    shutil.rmtree(shared)
+    shared.write_text("a file where shared/web/app/uploads needs a directory\n")
+    local_site.write("web/index.html", "ok v2\n")
+    capsys.readouterr()
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "linking shared paths" in err and "the live site was not touched" in err
+    assert local_site.current == good and local_site.page() == "ok v1\n"
+    failed = [e for e in releases(local_site) if e["release"] != good]
+    assert [e["state"] for e in failed] == ["preparing", "bad", "removed"]
+    assert releases_on_disk(local_site) == [good]
 
 
 def test_first_deploy_that_fails_health_leaves_no_current(local_site: LocalSite) -> None:
@@ -140,6 +197,15 @@ def test_keep_releases_prunes_but_never_current_or_last_good(local_site: LocalSi
         assert local_site.forge("deploy", "local") == 0
         ids.append(local_site.current)
     assert sorted(releases_on_disk(local_site)) == sorted(ids[-2:])
+    # Pruned releases are renamed away at once and deleted in the background with
+    # their manifests: the space comes back without the run waiting for it.
+    deadline = time.monotonic() + 30
+    while any(n.startswith(".forge-trash-") for n in os.listdir(local_site.target / "releases")) \
+            or len(os.listdir(local_site.target / ".forge/manifests")) > 2:
+        assert time.monotonic() < deadline, "the pruned releases were never deleted"
+        time.sleep(0.05)
+    assert sorted(p.stem for p in (local_site.target / ".forge/manifests").iterdir()) == sorted(
+        ids[-2:])
 
 
 def _forge_process(site: LocalSite) -> subprocess.Popen[bytes]:

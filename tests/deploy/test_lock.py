@@ -4,6 +4,7 @@ not let the lock go, and a second run is still refused while the first holds it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from forge_ci.deploy.lock import Lock
 from forge_ci.deploy.observe import observe, observe_script, parse_observed
 from forge_ci.deploy.releases import Layout
-from forge_ci.errors import LockedError
+from forge_ci.errors import ConnectError, LockedError
 from forge_ci.remote import LocalHost
 
 OWNER = {"command": "deploy", "actor": "first-run"}
@@ -55,3 +56,30 @@ def test_a_refused_lock_runs_nothing_under_it(tmp_path: Path) -> None:
     with Lock(host, layout, OWNER), pytest.raises(LockedError):
         Lock(host, layout, {"actor": "second-run"}, after=f"touch {witness}").acquire()
     assert not witness.exists()
+
+
+def test_observe_lists_releases_without_forges_own_dot_entries(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    for name in ("r1", "r2", ".forge-base-r2", ".forge-trash-r0", "..odd"):
+        (root / "releases" / name).mkdir(parents=True)
+    (root / "current").symlink_to("releases/r2")
+    seen = observe(LocalHost(), Layout(str(root)))
+    assert seen.current == "r2" and seen.dirs == ("r1", "r2")
+    assert seen.staged == (".forge-base-r2",)
+
+
+def test_a_tar_that_is_not_gnu_tar_is_refused_before_the_first_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tar").write_text("#!/bin/sh\necho 'tar (busybox) 1.36'\n")
+    (fake / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    root = tmp_path / "site"
+    (root / "releases").mkdir(parents=True)
+    with pytest.raises(ConnectError, match="GNU tar"):
+        observe(LocalHost(), Layout(str(root)))
+    # Once a release is live, the tar that unpacked it was checked: no tar is run.
+    (root / "releases" / "r1").mkdir()
+    (root / "current").symlink_to("releases/r1")
+    assert observe(LocalHost(), Layout(str(root))).current == "r1"

@@ -210,6 +210,14 @@ def test_point_link_is_never_missing_while_it_switches(host: Host, work: Path) -
     assert missing == []
 
 
+def test_point_link_replaces_a_temp_link_a_killed_run_left(host: Host, work: Path) -> None:
+    link = work / "current"
+    for left in ("releases/old", "dangling/nowhere"):
+        (work / "current.forge-tmp").symlink_to(left)
+        host.point_link(str(link), "releases/new")
+        assert os.readlink(link) == "releases/new" and _leftovers(work) == []
+
+
 def test_a_failed_point_link_leaves_no_temp_link(host: Host, work: Path) -> None:
     host.makedirs(str(work / "current/inside"))  # a directory, not a link: mv -T refuses
     with pytest.raises(RemoteCommandError, match="pointing"):
