@@ -1,0 +1,126 @@
+"""The release stream (forge_ci/deploy/ship.py) against real hosts: compressed where
+the host has zstd and bytes cost (SSH), plain where it has no zstd or the target is
+local; the release that lands is the artifact, entry for entry, either way."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from lab.faultproxy import FaultProxy
+from lab.jail import JAIL_USER, start_jail
+from lab.policy import lab_required
+from lab.sshd import SshHost as LabSshd
+from lab.sshd import start_sshd
+
+from forge_ci.build.builder import Artifact
+from forge_ci.build.manifest import scan
+from forge_ci.deploy.ship import ship
+from forge_ci.remote import Host, LocalHost
+from forge_ci.remote.ssh import connector
+
+# Text like PHP sources: a level-1 zstd stream is a small fraction of it.
+_TEXT = b"<?php // a line of generated source, as vendor/ is full of\n" * 40_000
+
+
+def _artifact(root: Path) -> Artifact:
+    tree = root / "tree"
+    (tree / "vendor" / "pkg" / "src").mkdir(parents=True)
+    (tree / "web").mkdir()
+    (tree / "vendor" / "pkg" / "src" / "Big.php").write_bytes(_TEXT)
+    (tree / "web" / "random.bin").write_bytes(os.urandom(300_000))
+    (tree / "web" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (tree / "web" / "run.sh").chmod(0o755)
+    (tree / "web" / "empty.txt").write_bytes(b"")
+    (tree / "web" / "link").symlink_to("run.sh")
+    root.chmod(0o755)
+    return Artifact(root, scan(tree))
+
+
+def _ship(host: Host, artifact: Artifact, release: Path) -> None:
+    ship(host, artifact, str(release), None, sorted(artifact.manifest.entries), [],
+         lambda _: None, generated={".env": (b"WP_ENV=production\n", 0o600)})
+
+
+def _same_release(artifact: Artifact, release: Path) -> None:
+    landed = scan(release).entries
+    assert {k: v for k, v in landed.items() if k != ".env"} == dict(artifact.manifest.entries)
+    assert (release / ".env").read_bytes() == b"WP_ENV=production\n"
+    assert (release / ".env").stat().st_mode & 0o777 == 0o600
+
+
+def _ssh(sshd: LabSshd, port: int | None = None) -> Host:
+    known = sshd.known_hosts if port is None else sshd.known_hosts.replace(
+        f":{sshd.port} ", f":{port} ")
+    return connector(sshd.private_key, known)(sshd.host, port or sshd.port, sshd.user)
+
+
+def _workdir(host: Host) -> Iterator[Path]:
+    path = Path(host.run("mktemp -d").text.split()[-1])  # after any login banner
+    yield path
+    host.run(f"rm -rf {path}", check=False)
+
+
+@pytest.mark.lab
+def test_over_ssh_with_zstd_the_stream_is_compressed_and_the_release_is_the_artifact(
+        sshd_host: LabSshd, fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
+    artifact = _artifact(tmp_path / "artifact")
+    proxy = fault_proxy(sshd_host.port)
+    with _ssh(sshd_host, proxy.port) as host:
+        for work in _workdir(host):
+            before = proxy.stats().bytes_up
+            _ship(host, artifact, work / "r1")
+            sent = proxy.stats().bytes_up - before
+            _same_release(artifact, work / "r1")
+    # The random file cannot shrink; the text (2.4 MB) nearly vanishes.
+    assert sent < 300_000 + len(_TEXT) // 4, sent
+
+
+@pytest.mark.lab
+def test_a_host_without_zstd_gets_the_plain_stream_and_the_same_release(
+        tmp_path: Path) -> None:
+    artifact = _artifact(tmp_path / "artifact")
+    with lab_required():
+        jail = start_jail(without=("zstd",))  # a jailed shell: only its tools on PATH
+    try:
+        assert jail.sshd.user == JAIL_USER
+        proxy = FaultProxy(jail.sshd.port).start()
+        try:
+            with _ssh(jail.sshd, proxy.port) as host:
+                assert host.run("command -v zstd", check=False).status != 0
+                before = proxy.stats().bytes_up
+                _ship(host, artifact, jail.home / "r1")
+                sent = proxy.stats().bytes_up - before
+        finally:
+            proxy.stop()
+        _same_release(artifact, jail.home / "r1")
+        assert sent > len(_TEXT) + 300_000, sent
+    finally:
+        jail.stop()
+
+
+@pytest.mark.lab
+def test_a_login_that_prints_before_the_command_does_not_garble_the_stream(
+        tmp_path: Path) -> None:
+    """A server whose sessions print a line first (a noisy shell start-up file, a
+    forced banner command): the stream still asks the right question and lands."""
+    artifact = _artifact(tmp_path / "artifact")
+    with lab_required():
+        sshd = start_sshd(extra_config=(
+            'ForceCommand echo "Welcome to shared hosting"; eval "$SSH_ORIGINAL_COMMAND"',))
+    try:
+        with _ssh(sshd) as host:
+            for work in _workdir(host):
+                _ship(host, artifact, work / "r1")
+                _same_release(artifact, work / "r1")
+    finally:
+        sshd.close()
+
+
+def test_a_local_target_gets_the_same_release(tmp_path: Path) -> None:
+    artifact = _artifact(tmp_path / "artifact")
+    assert not LocalHost.compress_streams  # a pipe: compressing would only add work
+    _ship(LocalHost(), artifact, tmp_path / "target" / "r1")
+    _same_release(artifact, tmp_path / "target" / "r1")
