@@ -15,6 +15,7 @@ import posixpath
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ STAGED_PREFIX = ".forge-base-"
 # Bytes gathered before one write to the remote tar, and read from the local one.
 _CHUNK = 1 << 20
 _COPIED = "forge-copied-without-hard-links"
+# A release of this many entries or more travels as _PARTS streams at once.
+_SPLIT_ENTRIES = 1000
+_PARTS = 2
 # How the unpacking command says what it reads (see _unpack_script).
 _SAYS = "forge-stream:"
 
@@ -75,7 +79,8 @@ class _ProcWriter:
 
 
 class _ZstdWriter:
-    """A zstd frame (level 1) into ``writer``; closing it ends the frame, not ``writer``."""
+    """A zstd frame (level 1) into ``writer``; closing it ends the frame and sends
+    what ``writer`` holds."""
 
     def __init__(self, writer: _ProcWriter) -> None:
         import zstandard  # only a stream to a host with zstd needs it
@@ -90,6 +95,7 @@ class _ZstdWriter:
 
     def close(self) -> None:
         self.writer.write(self.cobj.flush())
+        self.writer.flush()
 
 
 def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
@@ -181,18 +187,17 @@ class _StreamPosition:
 
 
 def _unpack_script(release_dir: str, fresh: bool, compress: bool) -> str:
-    """The remote side of the stream. Its first line of output says how the stream
-    is to be sent (:func:`_stream_kind`): ``zstd`` when ``compress`` and the host
-    has the zstd CLI (GNU tar runs it, and fails when it does), ``tar`` otherwise;
-    said before anything else can fail, so forge never waits on a command that
-    waits for it."""
+    """The remote side of one stream. Once ``release_dir`` is there (``fresh``: made
+    anew by this command) its first line of output says how the stream is to be
+    sent (:func:`_stream_kind`): ``zstd`` when ``compress`` and the host has the
+    zstd CLI (GNU tar runs it, and fails when it does), ``tar`` otherwise; when
+    the directory cannot be made, ``failed`` (the error is on stderr)."""
     make = f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)} && " if fresh else ""
     untar = "tar -x -i -p --no-same-owner --delay-directory-restore -f -"
-    # When the directory cannot be made, the stream is still read to its end, so the
-    # error is mkdir's (on stderr), not a connection that seems lost.
     ask = "command -v zstd >/dev/null 2>&1" if compress else "false"
-    return (f"if {ask}; then z='-I zstd'; echo {_SAYS}zstd; else z=; echo {_SAYS}tar; fi\n"
-            f"if {make}cd {sh(release_dir)}; then exec {untar} $z; fi; cat >/dev/null; exit 1")
+    return (f"if {ask}; then z='-I zstd'; k=zstd; else z=; k=tar; fi\n"
+            f"if {make}cd {sh(release_dir)}; then echo {_SAYS}$k; exec {untar} $z; fi\n"
+            f"echo {_SAYS}failed; exit 1")
 
 
 def _stream_kind(proc: Process) -> bytes:
@@ -204,52 +209,146 @@ def _stream_kind(proc: Process) -> bytes:
     return b""
 
 
+class _Stream:
+    """One channel into one remote tar, ready for the stream once its command said
+    how to send it (raises when the release directory could not be made)."""
+
+    def __init__(self, host: Host, release_dir: str, fresh: bool) -> None:
+        self.host = host
+        self.proc = host.start(_unpack_script(release_dir, fresh, host.compress_streams))
+        self.writer = _ProcWriter(self.proc)
+        self.out: _Sink = self.writer
+        kind = _stream_kind(self.proc)
+        if kind == b"zstd":
+            self.out = _ZstdWriter(self.writer)
+        elif kind != b"tar":
+            self.finish()
+            raise RemoteCommandError(f"unpacking the release on {host.name} failed")
+
+    def finish(self) -> None:
+        """Wait for the remote tar; raises with its error when it failed."""
+        status = self.proc.wait(600)
+        if status != 0:
+            err = self.proc.stderr().decode(errors="replace").strip()[-500:]
+            raise RemoteCommandError(f"unpacking the release on {self.host.name} failed: {err}")
+
+
+def _split(paths: tuple[str, ...], manifest: Manifest, parts: int) -> list[tuple[str, ...]]:
+    """``paths`` in ``parts`` contiguous runs (a directory's files mostly travel
+    together) of about equal cost to unpack: creating a file costs about as much as
+    writing 64 KiB into it."""
+    costs = [1 + manifest.entries[p].size // 65536 for p in paths]
+    total = sum(costs)
+    out: list[tuple[str, ...]] = []
+    start = done = 0
+    for i, cost in enumerate(costs):
+        done += cost
+        if len(out) < parts - 1 and done * parts >= total * (len(out) + 1):
+            out.append(paths[start:i + 1])
+            start = i + 1
+    out.append(paths[start:])
+    return out
+
+
+def _splittable(paths: tuple[str, ...], manifest: Manifest) -> bool:
+    """Big enough for several streams, and no directory that a tar which finished
+    first could make read-only (its mode is set at that tar's end) while another
+    still writes into it."""
+    return len(paths) >= _SPLIT_ENTRIES and all(
+        e.mode & 0o200 for e in manifest.entries.values() if e.kind == "dir")
+
+
+class _Shown:
+    """The progress of several streams at once, as one count (any thread)."""
+
+    def __init__(self, shown: Progress, positions: list[_StreamPosition]) -> None:
+        self.shown, self.positions = shown, positions
+        self.offsets = [0] * len(positions)
+        self.lock = threading.Lock()
+
+    def at(self, part: int, offset: int) -> None:
+        with self.lock:
+            self.offsets[part] = offset
+            counts = [p.at(o) for p, o in zip(self.positions, self.offsets, strict=True)]
+            self.shown.set(sum(c[0] for c in counts), sum(c[1] for c in counts))
+
+
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
               manifest: Manifest, generated: Mapping[str, tuple[bytes, int]],
               progress: MakeProgress = silent, fresh: bool = False) -> int:
     """Stream the artifact's entries, then the generated files, into the remote tar
-    (``fresh``: into a new, empty ``release_dir``, made by the same command).
+    (``fresh``: into a new, empty ``release_dir``, made by the first stream's command).
 
     GNU tar packs the artifact (it is several times faster than Python's tarfile);
     the generated files follow as a second archive, which ``-i`` lets tar read on.
     Where bytes cost (:attr:`Host.compress_streams`) and the host can unpack zstd,
     the stream is compressed (level 1: text shrinks several times, random data
     passes through at memory speed): fewer bytes through the encryption on both
-    ends and the SSH channel's window, the remote tar's pace.
+    ends and the SSH channel's window, the remote tar's pace. A big release
+    travels as :data:`_PARTS` streams at once, each into its own remote tar:
+    creating the files is most of the remote work, and one tar uses one core.
     """
     if not paths and not generated:
         return 0
-    proc = host.start(_unpack_script(release_dir, fresh, host.compress_streams))
-    writer = _ProcWriter(proc)
-    out: _Sink = writer
-    position = _StreamPosition(paths, manifest)
-    total_files, total_bytes = position.at(1 << 62)
+    parts = _split(paths, manifest, _PARTS if _splittable(paths, manifest) else 1)
+    # The first command makes the directory (and says so); the others only go into it.
+    streams = [_Stream(host, release_dir, fresh)]
+    threads: list[threading.Thread] = []
+    failed: list[BaseException] = []
     try:
-        if _stream_kind(proc) == b"zstd":
-            out = _ZstdWriter(writer)
-        if paths:
-            with progress(f"{host.name}: shipping", files=total_files,
-                          nbytes=total_bytes) as shown:
-                _pump_local_tar(tree, paths, out, position, shown)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for rel, (data, mode) in generated.items():
-                info = tarfile.TarInfo(rel)
-                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-        out.close()
-        writer.flush()
-    except (OSError, RemoteCommandError) as e:
-        proc.kill()
-        raise RemoteCommandError(f"sending the release to {host.name} failed: {e}") from None
-    status = proc.wait(600)
-    if status != 0:
-        err = proc.stderr().decode(errors="replace").strip()[-500:]
-        raise RemoteCommandError(f"unpacking the release on {host.name} failed: {err}")
+        streams += [_Stream(host, release_dir, False) for _ in parts[1:]]
+        total_files, total_bytes = _StreamPosition(paths, manifest).at(1 << 62)
+        with progress(f"{host.name}: shipping", files=total_files,
+                      nbytes=total_bytes) as shown:
+            counts = _Shown(shown, [_StreamPosition(p, manifest) for p in parts])
+
+            def pump(i: int) -> None:
+                try:
+                    if parts[i]:
+                        _pump_local_tar(tree, parts[i], streams[i].out,
+                                        lambda offset: counts.at(i, offset))
+                    if i == 0:
+                        _tar_generated(streams[0].out, generated)
+                    streams[i].out.close()
+                except BaseException as e:  # raised below, in the caller's thread
+                    failed.append(e)
+                    for s in streams:
+                        s.proc.kill()
+
+            threads = [threading.Thread(target=pump, args=(i,), daemon=True)
+                       for i in range(1, len(parts))]
+            for t in threads:
+                t.start()
+            pump(0)
+            for t in threads:
+                t.join()
+        if failed:
+            raise failed[0]
+    except BaseException as e:
+        for s in streams:
+            s.proc.kill()
+        for t in threads:
+            t.join()
+        if isinstance(e, OSError | RemoteCommandError):
+            raise RemoteCommandError(f"sending the release to {host.name} failed: {e}") from None
+        raise
+    for s in streams:
+        s.finish()
     return sum(manifest.entries[p].size for p in paths)
 
 
+def _tar_generated(out: _Sink, generated: Mapping[str, tuple[bytes, int]]) -> None:
+    """The generated files, as a second archive after the artifact's."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for rel, (data, mode) in generated.items():
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+
+
 def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _Sink,
-                    position: _StreamPosition, shown: Progress) -> None:
+                    at: Callable[[int], None]) -> None:
+    """GNU tar's archive of ``paths`` into ``writer``; ``at``: how far it has got."""
     with tempfile.NamedTemporaryFile(prefix="forge-files-") as listing:
         listing.write(b"".join(p.encode() + b"\0" for p in paths))
         listing.flush()
@@ -266,11 +365,11 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _Sink,
             while chunk := tar.stdout.read(_CHUNK):
                 writer.write(chunk)
                 offset += len(chunk)
-                shown.set(*position.at(offset))
+                at(offset)
         finally:
             tar.stdout.close()
             err = tar.stderr.read() if tar.stderr else b""
             status = tar.wait()
         if status != 0:
             raise RemoteCommandError(f"packing the release failed: {err.decode()[-300:]}")
-        shown.set(*position.at(1 << 62))
+        at(1 << 62)

@@ -119,6 +119,33 @@ def test_a_login_that_prints_before_the_command_does_not_garble_the_stream(
         sshd.close()
 
 
+def _many_files(root: Path, *, read_only_dir: bool = False) -> Artifact:
+    """More entries than one stream carries: several streams unpack it at once."""
+    tree = root / "tree"
+    for i in range(1200):
+        d = tree / "vendor" / f"pkg{i // 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"F{i}.php").write_bytes(b"<?php // %d\n" % i * (i % 7))
+    if read_only_dir:
+        # Spans the middle of the listing: a tar that finished first would make it
+        # read-only while another still writes into it.
+        (tree / "vendor").chmod(0o555)
+    root.chmod(0o755)
+    return Artifact(root, scan(tree))
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("read_only_dir", [False, True])
+def test_a_release_of_many_files_lands_whole_over_ssh(
+        sshd_host: LabSshd, tmp_path: Path, read_only_dir: bool) -> None:
+    artifact = _many_files(tmp_path / "artifact", read_only_dir=read_only_dir)
+    with _ssh(sshd_host) as host:
+        for work in _workdir(host):
+            _ship(host, artifact, work / "r1")
+            _same_release(artifact, work / "r1")
+            host.run(f"chmod -R u+w {work}")
+
+
 def test_a_local_target_gets_the_same_release(tmp_path: Path) -> None:
     artifact = _artifact(tmp_path / "artifact")
     assert not LocalHost.compress_streams  # a pipe: compressing would only add work
