@@ -247,7 +247,7 @@ def _split(paths: tuple[str, ...], manifest: Manifest, parts: int) -> list[tuple
             out.append(paths[start:i + 1])
             start = i + 1
     out.append(paths[start:])
-    return out
+    return [p for p in out if p] or [()]  # one big file last: one part
 
 
 def _splittable(paths: tuple[str, ...], manifest: Manifest) -> bool:

@@ -16,8 +16,8 @@ from lab.sshd import SshHost as LabSshd
 from lab.sshd import start_sshd
 
 from forge_ci.build.builder import Artifact
-from forge_ci.build.manifest import scan
-from forge_ci.deploy.ship import ship
+from forge_ci.build.manifest import Entry, Manifest, scan
+from forge_ci.deploy.ship import _split, ship
 from forge_ci.remote import Host, LocalHost
 from forge_ci.remote.ssh import connector
 
@@ -151,3 +151,13 @@ def test_a_local_target_gets_the_same_release(tmp_path: Path) -> None:
     assert not LocalHost.compress_streams  # a pipe: compressing would only add work
     _ship(LocalHost(), artifact, tmp_path / "target" / "r1")
     _same_release(artifact, tmp_path / "target" / "r1")
+
+
+def test_a_release_is_split_into_non_empty_parts_of_similar_cost() -> None:
+    """An empty part would be an empty stream, which a plain remote tar refuses."""
+    small = {f"vendor/f{i:04d}": Entry("file", 0o644, 100) for i in range(1200)}
+    even = Manifest(small)
+    assert [len(p) for p in _split(tuple(sorted(small)), even, 2)] == [600, 600]
+    big_last = Manifest({**small, "zz.bin": Entry("file", 0o644, 10**10)})
+    assert _split(tuple(sorted(big_last.entries)), big_last, 2) == [
+        tuple(sorted(big_last.entries))]
