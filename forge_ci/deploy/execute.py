@@ -39,7 +39,7 @@ from forge_ci.deploy.plan import (
     shared_paths,
 )
 from forge_ci.deploy.releases import Info, Layout, event
-from forge_ci.deploy.ship import ship, stage_script
+from forge_ci.deploy.ship import EarlyStream, ship, stage_script
 from forge_ci.deploy.steps import (
     MAINTENANCE_FILE,
     Adopt,
@@ -153,6 +153,7 @@ class _Run:
     # Phase durations in seconds (``<phase>_s``), recorded with the "live" event.
     metrics: dict[str, float] = field(default_factory=dict)
     snapshot: str = ""  # taken before the switch; recorded with the "live" event
+    early: Mapping[str, EarlyStream] = field(default_factory=dict)  # by host name
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -222,7 +223,8 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
     stats = ship(host, run.artifact, lay.release(step.release),
                  lay.release(step.base) if step.base else None, step.send, step.remove,
-                 dep.log, generated=generated, progress=dep.progress)
+                 dep.log, generated=generated, progress=dep.progress,
+                 early=run.early.get(host.name))
     for name, value in (("sent_entries", stats.sent_entries), ("sent_bytes", stats.sent_bytes),
                         ("linked_entries", stats.linked_entries)):
         run.metrics[name] = run.metrics.get(name, 0) + value
@@ -480,9 +482,14 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         plan = _make_plan(dep, artifact)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
+        # A first deploy's artifact starts streaming now, while the lock is taken.
+        early = {h.name: EarlyStream(h, dep.layout.meta, dep.layout.current, artifact)
+                 for h in dep.hosts}
+        for stream in early.values():
+            stack.callback(stream.discard)
         locking = time.monotonic()
         plan = _make_plan(dep, artifact, _lock_all(dep, stack, artifact.manifest))
-        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact)
+        run = _Run(dep, {h.name: h for h in dep.hosts}, artifact, early=early)
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
         with run.timed("prepare"):

@@ -10,8 +10,10 @@ tar stream of the changed entries is unpacked into it. Without a live release
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import posixpath
+import secrets
 import subprocess
 import tarfile
 import tempfile
@@ -24,13 +26,16 @@ from typing import Protocol
 
 from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
-from forge_ci.errors import RemoteCommandError
+from forge_ci.errors import ForgeError, RemoteCommandError
 from forge_ci.progress import MakeProgress, Progress, silent
 from forge_ci.remote.base import Host, Process, sh
 from forge_ci.units import human_size
 
 # Staged copies of a release wait in releases/ under this prefix (see staged_base).
 STAGED_PREFIX = ".forge-base-"
+# A first deploy's early stream lands in .forge/ under this prefix (see EarlyStream).
+INCOMING_PREFIX = "incoming-"
+_STALE_MINUTES = 30
 # Bytes gathered before one write to the remote tar, and read from the local one.
 _CHUNK = 1 << 20
 _COPIED = "forge-copied-without-hard-links"
@@ -101,7 +106,7 @@ class _ZstdWriter:
 def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
          send: Sequence[str], remove: Sequence[str], log: Callable[[str], None],
          generated: Mapping[str, tuple[bytes, int]] | None = None,
-         progress: MakeProgress = silent) -> ShipStats:
+         progress: MakeProgress = silent, early: EarlyStream | None = None) -> ShipStats:
     """Create ``release_dir`` on ``host`` from ``artifact``, as the plan's ship step says.
 
     ``base_dir`` is the live release to hard-link from (None: send everything),
@@ -128,12 +133,99 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
     elif not send and not generated:
         host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
                             check=False), "creating the release directory")
-    # Without a base the stream's own command makes the directory: one round trip.
-    sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {},
-                           progress, fresh=base_dir is None)
+    if early is not None and base_dir is None and _move_early(host, artifact, release_dir,
+                                                              send, generated or {}, early):
+        sent_bytes = sum(new.entries[p].size for p in send)
+    else:
+        if early is not None:
+            early.discard()
+        # Without a base the stream's own command makes the directory: one round trip.
+        sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new,
+                               generated or {}, progress, fresh=base_dir is None)
     linked = len(new.entries) - len(send)
     log(f"{host.name}: sent {len(send)} entries ({human_size(sent_bytes)}), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
+
+
+class EarlyStream:
+    """A first deploy's whole artifact, streamed into a private directory
+    (``<meta>/incoming-<token>``) from the moment the host is connected, while the
+    lock is taken and the plan made; the ship step then moves it into the release
+    (:meth:`take`) or, when the plan is not a full send, it is removed (:meth:`discard`).
+
+    The remote command declines (nothing is sent) when ``current`` exists: then
+    the release is built from the live one. The directory is never a release:
+    only an atomic rename makes it one.
+    """
+
+    def __init__(self, host: Host, meta: str, current: str, artifact: Artifact) -> None:
+        self.host = host
+        self.dir = posixpath.join(meta, f"{INCOMING_PREFIX}{secrets.token_hex(6)}")
+        self.paths = tuple(sorted(artifact.manifest.entries))
+        self.streams: list[_Stream] = []
+        self.failed: BaseException | None = None
+        self.declined = self.used = False
+        # In the background: what runs killed long ago left (a run that waited
+        # longer for its lock than that only sends again), renamed first so that no
+        # one ever moves a part of it into a release.
+        stale = (f"cd {sh(meta)} && find . -maxdepth 1 -name '{INCOMING_PREFIX}*' "
+                 f"! -name '*.trash' -mmin +{_STALE_MINUTES} -exec sh -c "
+                 "'mv -T -- \"$1\" \"$1.trash\" && rm -rf -- \"$1.trash\"' _ {} \\; ;"
+                 f" rm -rf -- ./{INCOMING_PREFIX}*.trash")
+        unless = (f"( {stale} ) </dev/null >/dev/null 2>&1 &\n"
+                  f"[ -L {sh(current)} ] || ! command -v tar >/dev/null || "
+                  f"! mkdir -p -- {sh(meta)}")
+        self.thread = threading.Thread(target=self._send, args=(artifact, unless), daemon=True)
+        self.thread.start()
+
+    def _send(self, artifact: Artifact, unless: str) -> None:
+        try:
+            _send_tar(self.host, artifact.tree, self.dir, self.paths, artifact.manifest, {},
+                      fresh=True, unless=unless, streams=self.streams)
+        except _Skipped:
+            self.declined = True
+        except BaseException as e:  # the ship step sends again, and says what fails
+            self.failed = e
+
+    def take(self, send: Sequence[str]) -> str | None:
+        """The complete directory holding exactly ``send``, or None (send it then)."""
+        if tuple(send) != self.paths:
+            return None
+        self.thread.join()
+        return None if self.declined or self.failed else self.dir
+
+    def discard(self) -> None:
+        """Stop the stream and remove what it made (unless the release took it)."""
+        if self.used:
+            return
+        for s in self.streams:
+            s.proc.kill()
+        self.thread.join()
+        if self.declined:
+            return
+        # A killed remote tar may still write a file or two: try again briefly. It
+        # goes to a trash name first so no one ever moves a part of it.
+        trash = self.dir + ".trash"
+        with contextlib.suppress(ForgeError):
+            self.host.run(f"mv -T -- {sh(self.dir)} {sh(trash)} 2>/dev/null; "
+                          f"for i in 1 2 3 4 5 6 7 8 9 10; do rm -rf -- {sh(trash)} 2>/dev/null;"
+                          f" [ -e {sh(trash)} ] || exit 0; sleep 0.1; done; exit 1", check=False)
+
+
+def _move_early(host: Host, artifact: Artifact, release_dir: str, send: Sequence[str],
+                generated: Mapping[str, tuple[bytes, int]], early: EarlyStream) -> bool:
+    """Make ``release_dir`` of what ``early`` streamed, if it holds exactly ``send``
+    and arrived whole: one rename, then the generated files. False: send it all."""
+    moved = early.take(send)
+    if moved is None:
+        return False
+    try:
+        _send_tar(host, artifact.tree, release_dir, (), artifact.manifest, generated,
+                  moved=moved)
+    except RemoteCommandError:
+        return False  # gone (a later run's clean-up after a long wait): send it all
+    early.used = True
+    return True
 
 
 def staged_base(release_dir: str) -> str:
@@ -186,16 +278,20 @@ class _StreamPosition:
         return before[0], before[1] + min(partial, self.data[i] - before[1])
 
 
-def _unpack_script(release_dir: str, fresh: bool, compress: bool) -> str:
+def _unpack_script(release_dir: str, fresh: bool, compress: bool, moved: str = "",
+                   unless: str = "") -> str:
     """The remote side of one stream. Once ``release_dir`` is there (``fresh``: made
     anew by this command) its first line of output says how the stream is to be
     sent (:func:`_stream_kind`): ``zstd`` when ``compress`` and the host has the
     zstd CLI (GNU tar runs it, and fails when it does), ``tar`` otherwise; when
     the directory cannot be made, ``failed`` (the error is on stderr)."""
     make = f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)} && " if fresh else ""
+    if moved:
+        make = f"rm -rf {sh(release_dir)} && mv -T -- {sh(moved)} {sh(release_dir)} && "
     untar = "tar -x -i -p --no-same-owner --delay-directory-restore -f -"
     ask = "command -v zstd >/dev/null 2>&1" if compress else "false"
-    return (f"if {ask}; then z='-I zstd'; k=zstd; else z=; k=tar; fi\n"
+    skip = f"if {unless}; then echo {_SAYS}skip; exit 0; fi\n" if unless else ""
+    return (f"{skip}if {ask}; then z='-I zstd'; k=zstd; else z=; k=tar; fi\n"
             f"if {make}cd {sh(release_dir)}; then echo {_SAYS}$k; exec {untar} $z; fi\n"
             f"echo {_SAYS}failed; exit 1")
 
@@ -209,18 +305,27 @@ def _stream_kind(proc: Process) -> bytes:
     return b""
 
 
+class _Skipped(Exception):
+    """The unpacking command found a reason not to take the stream (see ``unless``)."""
+
+
 class _Stream:
     """One channel into one remote tar, ready for the stream once its command said
     how to send it (raises when the release directory could not be made)."""
 
-    def __init__(self, host: Host, release_dir: str, fresh: bool) -> None:
+    def __init__(self, host: Host, release_dir: str, fresh: bool, moved: str = "",
+                 unless: str = "") -> None:
         self.host = host
-        self.proc = host.start(_unpack_script(release_dir, fresh, host.compress_streams))
+        self.proc = host.start(_unpack_script(release_dir, fresh, host.compress_streams,
+                                              moved, unless))
         self.writer = _ProcWriter(self.proc)
         self.out: _Sink = self.writer
         kind = _stream_kind(self.proc)
         if kind == b"zstd":
             self.out = _ZstdWriter(self.writer)
+        elif kind == b"skip":
+            self.proc.wait(600)
+            raise _Skipped
         elif kind != b"tar":
             self.finish()
             raise RemoteCommandError(f"unpacking the release on {host.name} failed")
@@ -275,7 +380,8 @@ class _Shown:
 
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
               manifest: Manifest, generated: Mapping[str, tuple[bytes, int]],
-              progress: MakeProgress = silent, fresh: bool = False) -> int:
+              progress: MakeProgress = silent, fresh: bool = False, moved: str = "",
+              unless: str = "", streams: list[_Stream] | None = None) -> int:
     """Stream the artifact's entries, then the generated files, into the remote tar
     (``fresh``: into a new, empty ``release_dir``, made by the first stream's command).
 
@@ -288,11 +394,12 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
     travels as :data:`_PARTS` streams at once, each into its own remote tar:
     creating the files is most of the remote work, and one tar uses one core.
     """
-    if not paths and not generated:
+    if not paths and not generated and not moved:
         return 0
     parts = _split(paths, manifest, _PARTS if _splittable(paths, manifest) else 1)
     # The first command makes the directory (and says so); the others only go into it.
-    streams = [_Stream(host, release_dir, fresh)]
+    streams = [] if streams is None else streams
+    streams.append(_Stream(host, release_dir, fresh, moved, unless))
     threads: list[threading.Thread] = []
     failed: list[BaseException] = []
     try:

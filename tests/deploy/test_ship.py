@@ -5,6 +5,7 @@ local; the release that lands is the artifact, entry for entry, either way."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from lab.sshd import start_sshd
 
 from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Entry, Manifest, scan
+from forge_ci.deploy.lock import Lock
+from forge_ci.deploy.releases import Layout
 from forge_ci.deploy.ship import _split, ship
 from forge_ci.remote import Host, LocalHost
 from forge_ci.remote.ssh import connector
+from tests.deploy.conftest import LocalSite
 
 # Text like PHP sources: a level-1 zstd stream is a small fraction of it.
 _TEXT = b"<?php // a line of generated source, as vendor/ is full of\n" * 40_000
@@ -161,3 +165,68 @@ def test_a_release_is_split_into_non_empty_parts_of_similar_cost() -> None:
     big_last = Manifest({**small, "zz.bin": Entry("file", 0o644, 10**10)})
     assert _split(tuple(sorted(big_last.entries)), big_last, 2) == [
         tuple(sorted(big_last.entries))]
+
+
+# -- a first deploy streams before its lock -----------------------------------
+
+def _incoming(site: LocalSite) -> list[str]:
+    meta = site.target / ".forge"
+    return sorted(n for n in os.listdir(meta) if n.startswith("incoming-")) if meta.exists() \
+        else []
+
+
+def _with_media(site: LocalSite) -> None:
+    """Enough to still be streaming when the lock answers."""
+    for i in range(40):
+        (site.src / "web" / "media").mkdir(parents=True, exist_ok=True)
+        (site.src / "web" / "media" / f"m{i}.bin").write_bytes(os.urandom(500_000))
+
+
+def test_a_first_deploy_refused_by_the_lock_leaves_nothing_it_streamed(
+        local_site: LocalSite, capsys: pytest.CaptureFixture[str]) -> None:
+    site = local_site
+    _with_media(site)
+    holder = Lock(LocalHost(), Layout(str(site.target)), {"command": "deploy",
+                                                          "actor": "other-run"})
+    with holder:
+        code = site.forge("deploy", "local")
+    err = capsys.readouterr().err
+    assert code != 0 and "another forge run holds the lock" in err, err
+    assert _incoming(site) == []
+    assert not (site.target / "current").exists()
+    assert not (site.target / "releases").exists() or not os.listdir(site.target / "releases")
+    # The next run deploys as if the refused one had never been.
+    assert site.forge("deploy", "local") == 0
+    assert site.page() == "ok v1\n" and _incoming(site) == []
+
+
+def test_a_first_deploy_keeps_what_it_streamed_early_and_leaves_nothing_else(
+        local_site: LocalSite) -> None:
+    site = local_site
+    _with_media(site)
+    assert site.forge("deploy", "local") == 0
+    live = site.target / "releases" / site.current
+    assert (live / "web" / "media" / "m7.bin").read_bytes() == (
+        site.src / "web" / "media" / "m7.bin").read_bytes()
+    assert _incoming(site) == []
+    site.write("web/index.html", "ok v2\n")  # a redeploy: nothing streams early
+    assert site.forge("deploy", "local") == 0
+    assert site.page() == "ok v2\n" and _incoming(site) == []
+
+
+def test_what_a_killed_first_deploy_streamed_is_removed_by_a_later_run(
+        local_site: LocalSite) -> None:
+    site = local_site
+    meta = site.target / ".forge"
+    (meta / "incoming-0123456789ab" / "web").mkdir(parents=True)
+    (meta / "incoming-0123456789ab" / "web" / "index.html").write_text("half\n")
+    old = time.time() - 3600
+    os.utime(meta / "incoming-0123456789ab", (old, old))
+    (meta / "incoming-fedcba987654").mkdir()  # another run's, still streaming: kept
+    assert site.forge("deploy", "local") == 0
+    for _ in range(50):  # the clean-up runs beside the deploy
+        if _incoming(site) == ["incoming-fedcba987654"]:
+            break
+        time.sleep(0.1)
+    assert _incoming(site) == ["incoming-fedcba987654"]
+    assert site.page() == "ok v1\n"
