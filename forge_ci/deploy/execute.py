@@ -483,8 +483,8 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
         # A first deploy's artifact starts streaming now, while the lock is taken.
-        early = {h.name: EarlyStream(h, dep.layout.meta, dep.layout.current, artifact)
-                 for h in dep.hosts}
+        early = {h.name: EarlyStream(h, dep.layout.meta, dep.layout.current, artifact,
+                                     dep.progress) for h in dep.hosts}
         for stream in early.values():
             stack.callback(stream.discard)
         locking = time.monotonic()

@@ -158,7 +158,8 @@ class EarlyStream:
     only an atomic rename makes it one.
     """
 
-    def __init__(self, host: Host, meta: str, current: str, artifact: Artifact) -> None:
+    def __init__(self, host: Host, meta: str, current: str, artifact: Artifact,
+                 progress: MakeProgress = silent) -> None:
         self.host = host
         self.dir = posixpath.join(meta, f"{INCOMING_PREFIX}{secrets.token_hex(6)}")
         self.paths = tuple(sorted(artifact.manifest.entries))
@@ -175,13 +176,14 @@ class EarlyStream:
         unless = (f"( {stale} ) </dev/null >/dev/null 2>&1 &\n"
                   f"[ -L {sh(current)} ] || ! command -v tar >/dev/null || "
                   f"! mkdir -p -- {sh(meta)}")
-        self.thread = threading.Thread(target=self._send, args=(artifact, unless), daemon=True)
+        self.thread = threading.Thread(target=self._send, args=(artifact, unless, progress),
+                                       daemon=True)
         self.thread.start()
 
-    def _send(self, artifact: Artifact, unless: str) -> None:
+    def _send(self, artifact: Artifact, unless: str, progress: MakeProgress) -> None:
         try:
             _send_tar(self.host, artifact.tree, self.dir, self.paths, artifact.manifest, {},
-                      fresh=True, unless=unless, streams=self.streams)
+                      progress, fresh=True, unless=unless, streams=self.streams)
         except _Skipped:
             self.declined = True
         except BaseException as e:  # the ship step sends again, and says what fails
