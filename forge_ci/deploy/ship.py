@@ -200,9 +200,10 @@ class EarlyStream:
         """Stop the stream and remove what it made (unless the release took it)."""
         if self.used:
             return
-        for s in self.streams:
-            s.proc.kill()
-        self.thread.join()
+        while self.thread.is_alive():  # a stream may open while this one is stopped
+            for s in list(self.streams):
+                s.proc.kill()
+            self.thread.join(0.1)
         if self.declined:
             return
         # A killed remote tar may still write a file or two: try again briefly. It
