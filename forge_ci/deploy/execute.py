@@ -40,7 +40,7 @@ from forge_ci.deploy.plan import (
     shared_paths,
 )
 from forge_ci.deploy.releases import TRASH_PREFIX, Info, Layout, event
-from forge_ci.deploy.ship import ship, stage_script
+from forge_ci.deploy.ship import EarlyStream, ship, stage_script
 from forge_ci.deploy.steps import (
     MAINTENANCE_FILE,
     Adopt,
@@ -164,6 +164,7 @@ class _Run:
     observed: Mapping[str, Observed] = field(default_factory=dict)  # by host name
     # A host's last prepare steps, held back to run in its switch's round trip.
     held: dict[str, list[Part]] = field(default_factory=dict)
+    early: Mapping[str, EarlyStream] = field(default_factory=dict)  # by host name
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -255,7 +256,8 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
         generated[health.MARKER_PATH] = (health.marker_php(step.release), 0o644)
     stats = ship(host, run.artifact, lay.release(step.release),
                  lay.release(step.base) if step.base else None, step.send, step.remove,
-                 dep.log, generated=generated, progress=dep.progress)
+                 dep.log, generated=generated, progress=dep.progress,
+                 early=run.early.get(host.name))
     for name, value in (("sent_entries", stats.sent_entries), ("sent_bytes", stats.sent_bytes),
                         ("linked_entries", stats.linked_entries)):
         run.metrics[name] = run.metrics.get(name, 0) + value
@@ -576,11 +578,16 @@ def deploy(dep: Deployment, artifact: Artifact, *, dry_run: bool = False) -> Dep
         plan = _make_plan(dep, artifact)
         return DeployResult(plan.release, plan.previous, dep.config.url, plan)
     with contextlib.ExitStack() as stack:
+        # A first deploy's artifact starts streaming now, while the lock is taken.
+        early = {h.name: EarlyStream(h, dep.layout.meta, dep.layout.current, artifact,
+                                     dep.progress) for h in dep.hosts}
+        for stream in early.values():
+            stack.callback(stream.discard)
         locking = time.monotonic()
         observed = _lock_all(dep, stack, artifact.manifest)
         plan = _make_plan(dep, artifact, observed)
         run = _Run(dep, {h.name: h for h in dep.hosts}, artifact,
-                   observed={o.name: o for o in observed})
+                   observed={o.name: o for o in observed}, early=early)
         run.metrics["lock_and_observe_s"] = round(time.monotonic() - locking, 3)
         dep.log(plan.render())
         with run.timed("prepare"):

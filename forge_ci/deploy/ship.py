@@ -10,28 +10,40 @@ tar stream of the changed entries is unpacked into it. Without a live release
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import posixpath
+import secrets
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
-from forge_ci.errors import RemoteCommandError
+from forge_ci.errors import ForgeError, RemoteCommandError
 from forge_ci.progress import MakeProgress, Progress, silent
 from forge_ci.remote.base import Host, Process, sh
 from forge_ci.units import human_size
 
 # Staged copies of a release wait in releases/ under this prefix (see staged_base).
 STAGED_PREFIX = ".forge-base-"
+# A first deploy's early stream lands in .forge/ under this prefix (see EarlyStream).
+INCOMING_PREFIX = "incoming-"
+_STALE_MINUTES = 30
 # Bytes gathered before one write to the remote tar, and read from the local one.
 _CHUNK = 1 << 20
 _COPIED = "forge-copied-without-hard-links"
+# A release of this many entries or more travels as _PARTS streams at once.
+_SPLIT_ENTRIES = 1000
+_PARTS = 2
+# How the unpacking command says what it reads (see _unpack_script).
+_SAYS = "forge-stream:"
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,14 @@ class ShipStats:
     sent_entries: int
     sent_bytes: int
     linked_entries: int
+
+
+class _Sink(Protocol):
+    """Where the tar stream goes: the remote tar's stdin, or a compressor before it."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class _ProcWriter:
@@ -59,11 +79,34 @@ class _ProcWriter:
             self.proc.write(bytes(self.buf))
             self.buf.clear()
 
+    def close(self) -> None:
+        self.flush()
+
+
+class _ZstdWriter:
+    """A zstd frame (level 1) into ``writer``; closing it ends the frame and sends
+    what ``writer`` holds."""
+
+    def __init__(self, writer: _ProcWriter) -> None:
+        import zstandard  # only a stream to a host with zstd needs it
+
+        self.writer = writer
+        self.cobj = zstandard.ZstdCompressor(level=1).compressobj()
+
+    def write(self, data: bytes) -> int:
+        if out := self.cobj.compress(data):
+            self.writer.write(out)
+        return len(data)
+
+    def close(self) -> None:
+        self.writer.write(self.cobj.flush())
+        self.writer.flush()
+
 
 def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
          send: Sequence[str], remove: Sequence[str], log: Callable[[str], None],
          generated: Mapping[str, tuple[bytes, int]] | None = None,
-         progress: MakeProgress = silent) -> ShipStats:
+         progress: MakeProgress = silent, early: EarlyStream | None = None) -> ShipStats:
     """Create ``release_dir`` on ``host`` from ``artifact``, as the plan's ship step says.
 
     ``base_dir`` is the live release to hard-link from (None: send everything),
@@ -90,12 +133,102 @@ def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
     elif not send and not generated:
         host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
                             check=False), "creating the release directory")
-    # Without a base the stream's own command makes the directory: one round trip.
-    sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new, generated or {},
-                           progress, fresh=base_dir is None)
+    if early is not None and base_dir is None and _move_early(host, artifact, release_dir,
+                                                              send, generated or {}, early):
+        sent_bytes = sum(new.entries[p].size for p in send)
+    else:
+        if early is not None:
+            early.discard()
+        # Without a base the stream's own command makes the directory: one round trip.
+        sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new,
+                               generated or {}, progress, fresh=base_dir is None)
     linked = len(new.entries) - len(send)
     log(f"{host.name}: sent {len(send)} entries ({human_size(sent_bytes)}), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
+
+
+class EarlyStream:
+    """A first deploy's whole artifact, streamed into a private directory
+    (``<meta>/incoming-<token>``) from the moment the host is connected, while the
+    lock is taken and the plan made; the ship step then moves it into the release
+    (:meth:`take`) or, when the plan is not a full send, it is removed (:meth:`discard`).
+
+    The remote command declines (nothing is sent) when ``current`` exists: then
+    the release is built from the live one. The directory is never a release:
+    only an atomic rename makes it one.
+    """
+
+    def __init__(self, host: Host, meta: str, current: str, artifact: Artifact,
+                 progress: MakeProgress = silent) -> None:
+        self.host = host
+        self.dir = posixpath.join(meta, f"{INCOMING_PREFIX}{secrets.token_hex(6)}")
+        self.paths = tuple(sorted(artifact.manifest.entries))
+        self.streams: list[_Stream] = []
+        self.failed: BaseException | None = None
+        self.declined = self.used = False
+        # In the background: what runs killed long ago left (a run that waited
+        # longer for its lock than that only sends again), renamed first so that no
+        # one ever moves a part of it into a release.
+        stale = (f"cd {sh(meta)} && find . -maxdepth 1 -name '{INCOMING_PREFIX}*' "
+                 f"! -name '*.trash' -mmin +{_STALE_MINUTES} -exec sh -c "
+                 "'mv -T -- \"$1\" \"$1.trash\" && rm -rf -- \"$1.trash\"' _ {} \\; ;"
+                 f" rm -rf -- ./{INCOMING_PREFIX}*.trash")
+        unless = (f"( {stale} ) </dev/null >/dev/null 2>&1 &\n"
+                  f"[ -L {sh(current)} ] || ! command -v tar >/dev/null || "
+                  f"! mkdir -p -- {sh(meta)}")
+        self.thread = threading.Thread(target=self._send, args=(artifact, unless, progress),
+                                       daemon=True)
+        self.thread.start()
+
+    def _send(self, artifact: Artifact, unless: str, progress: MakeProgress) -> None:
+        try:
+            _send_tar(self.host, artifact.tree, self.dir, self.paths, artifact.manifest, {},
+                      progress, fresh=True, unless=unless, streams=self.streams)
+        except _Skipped:
+            self.declined = True
+        except BaseException as e:  # the ship step sends again, and says what fails
+            self.failed = e
+
+    def take(self, send: Sequence[str]) -> str | None:
+        """The complete directory holding exactly ``send``, or None (send it then)."""
+        if tuple(send) != self.paths:
+            return None
+        self.thread.join()
+        return None if self.declined or self.failed else self.dir
+
+    def discard(self) -> None:
+        """Stop the stream and remove what it made (unless the release took it)."""
+        if self.used:
+            return
+        while self.thread.is_alive():  # a stream may open while this one is stopped
+            for s in list(self.streams):
+                s.proc.kill()
+            self.thread.join(0.1)
+        if self.declined:
+            return
+        # A killed remote tar may still write a file or two: try again briefly. It
+        # goes to a trash name first so no one ever moves a part of it.
+        trash = self.dir + ".trash"
+        with contextlib.suppress(ForgeError):
+            self.host.run(f"mv -T -- {sh(self.dir)} {sh(trash)} 2>/dev/null; "
+                          f"for i in 1 2 3 4 5 6 7 8 9 10; do rm -rf -- {sh(trash)} 2>/dev/null;"
+                          f" [ -e {sh(trash)} ] || exit 0; sleep 0.1; done; exit 1", check=False)
+
+
+def _move_early(host: Host, artifact: Artifact, release_dir: str, send: Sequence[str],
+                generated: Mapping[str, tuple[bytes, int]], early: EarlyStream) -> bool:
+    """Make ``release_dir`` of what ``early`` streamed, if it holds exactly ``send``
+    and arrived whole: one rename, then the generated files. False: send it all."""
+    moved = early.take(send)
+    if moved is None:
+        return False
+    try:
+        _send_tar(host, artifact.tree, release_dir, (), artifact.manifest, generated,
+                  moved=moved)
+    except RemoteCommandError:
+        return False  # gone (a later run's clean-up after a long wait): send it all
+    early.used = True
+    return True
 
 
 def staged_base(release_dir: str) -> str:
@@ -148,48 +281,184 @@ class _StreamPosition:
         return before[0], before[1] + min(partial, self.data[i] - before[1])
 
 
+def _unpack_script(release_dir: str, fresh: bool, compress: bool, moved: str = "",
+                   unless: str = "") -> str:
+    """The remote side of one stream. Once ``release_dir`` is there (``fresh``: made
+    anew by this command) its first line of output says how the stream is to be
+    sent (:func:`_stream_kind`): ``zstd`` when ``compress`` and the host has the
+    zstd CLI (GNU tar runs it, and fails when it does), ``tar`` otherwise; when
+    the directory cannot be made, ``failed`` (the error is on stderr)."""
+    make = f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)} && " if fresh else ""
+    if moved:
+        make = f"rm -rf {sh(release_dir)} && mv -T -- {sh(moved)} {sh(release_dir)} && "
+    untar = "tar -x -i -p --no-same-owner --delay-directory-restore -f -"
+    ask = "command -v zstd >/dev/null 2>&1" if compress else "false"
+    skip = f"if {unless}; then echo {_SAYS}skip; exit 0; fi\n" if unless else ""
+    return (f"{skip}if {ask}; then z='-I zstd'; k=zstd; else z=; k=tar; fi\n"
+            f"if {make}cd {sh(release_dir)}; then echo {_SAYS}$k; exec {untar} $z; fi\n"
+            f"echo {_SAYS}failed; exit 1")
+
+
+def _stream_kind(proc: Process) -> bytes:
+    """What the unpacking command asked for; lines before it (a shell start-up file
+    that prints) are skipped. ``b""`` when the command ended without saying."""
+    while line := proc.readline():
+        if line.startswith(_SAYS.encode()):
+            return line[len(_SAYS):].strip()
+    return b""
+
+
+class _Skipped(Exception):
+    """The unpacking command found a reason not to take the stream (see ``unless``)."""
+
+
+class _Stream:
+    """One channel into one remote tar, ready for the stream once its command said
+    how to send it (raises when the release directory could not be made)."""
+
+    def __init__(self, host: Host, release_dir: str, fresh: bool, moved: str = "",
+                 unless: str = "") -> None:
+        self.host = host
+        self.proc = host.start(_unpack_script(release_dir, fresh, host.compress_streams,
+                                              moved, unless))
+        self.writer = _ProcWriter(self.proc)
+        self.out: _Sink = self.writer
+        kind = _stream_kind(self.proc)
+        if kind == b"zstd":
+            self.out = _ZstdWriter(self.writer)
+        elif kind == b"skip":
+            self.proc.wait(600)
+            raise _Skipped
+        elif kind != b"tar":
+            self.finish()
+            raise RemoteCommandError(f"unpacking the release on {host.name} failed")
+
+    def finish(self) -> None:
+        """Wait for the remote tar; raises with its error when it failed."""
+        status = self.proc.wait(600)
+        if status != 0:
+            err = self.proc.stderr().decode(errors="replace").strip()[-500:]
+            raise RemoteCommandError(f"unpacking the release on {self.host.name} failed: {err}")
+
+
+def _split(paths: tuple[str, ...], manifest: Manifest, parts: int) -> list[tuple[str, ...]]:
+    """``paths`` in ``parts`` contiguous runs (a directory's files mostly travel
+    together) of about equal cost to unpack: creating a file costs about as much as
+    writing 64 KiB into it."""
+    costs = [1 + manifest.entries[p].size // 65536 for p in paths]
+    total = sum(costs)
+    out: list[tuple[str, ...]] = []
+    start = done = 0
+    for i, cost in enumerate(costs):
+        done += cost
+        if len(out) < parts - 1 and done * parts >= total * (len(out) + 1):
+            out.append(paths[start:i + 1])
+            start = i + 1
+    out.append(paths[start:])
+    return [p for p in out if p] or [()]  # one big file last: one part
+
+
+def _splittable(paths: tuple[str, ...], manifest: Manifest) -> bool:
+    """Big enough for several streams, and no directory that a tar which finished
+    first could make read-only (its mode is set at that tar's end) while another
+    still writes into it."""
+    return len(paths) >= _SPLIT_ENTRIES and all(
+        e.mode & 0o200 for e in manifest.entries.values() if e.kind == "dir")
+
+
+class _Shown:
+    """The progress of several streams at once, as one count (any thread)."""
+
+    def __init__(self, shown: Progress, positions: list[_StreamPosition]) -> None:
+        self.shown, self.positions = shown, positions
+        self.offsets = [0] * len(positions)
+        self.lock = threading.Lock()
+
+    def at(self, part: int, offset: int) -> None:
+        with self.lock:
+            self.offsets[part] = offset
+            counts = [p.at(o) for p, o in zip(self.positions, self.offsets, strict=True)]
+            self.shown.set(sum(c[0] for c in counts), sum(c[1] for c in counts))
+
+
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
               manifest: Manifest, generated: Mapping[str, tuple[bytes, int]],
-              progress: MakeProgress = silent, fresh: bool = False) -> int:
+              progress: MakeProgress = silent, fresh: bool = False, moved: str = "",
+              unless: str = "", streams: list[_Stream] | None = None) -> int:
     """Stream the artifact's entries, then the generated files, into the remote tar
-    (``fresh``: into a new, empty ``release_dir``, made by the same command).
+    (``fresh``: into a new, empty ``release_dir``, made by the first stream's command).
 
     GNU tar packs the artifact (it is several times faster than Python's tarfile);
     the generated files follow as a second archive, which ``-i`` lets tar read on.
+    Where bytes cost (:attr:`Host.compress_streams`) and the host can unpack zstd,
+    the stream is compressed (level 1: text shrinks several times, random data
+    passes through at memory speed): fewer bytes through the encryption on both
+    ends and the SSH channel's window, the remote tar's pace. A big release
+    travels as :data:`_PARTS` streams at once, each into its own remote tar:
+    creating the files is most of the remote work, and one tar uses one core.
     """
-    if not paths and not generated:
+    if not paths and not generated and not moved:
         return 0
-    make = f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)} && " if fresh else ""
-    # When the directory cannot be made, the stream is still read to its end, so the
-    # error below is mkdir's (on stderr), not a connection that seems lost.
-    proc = host.start(f"if {make}cd {sh(release_dir)}; then exec tar -x -i -p --no-same-owner "
-                      "--delay-directory-restore -f -; fi; cat >/dev/null; exit 1")
-    writer = _ProcWriter(proc)
-    position = _StreamPosition(paths, manifest)
-    total_files, total_bytes = position.at(1 << 62)
+    parts = _split(paths, manifest, _PARTS if _splittable(paths, manifest) else 1)
+    # The first command makes the directory (and says so); the others only go into it.
+    streams = [] if streams is None else streams
+    streams.append(_Stream(host, release_dir, fresh, moved, unless))
+    threads: list[threading.Thread] = []
+    failed: list[BaseException] = []
     try:
-        if paths:
-            with progress(f"{host.name}: shipping", files=total_files,
-                          nbytes=total_bytes) as shown:
-                _pump_local_tar(tree, paths, writer, position, shown)
-        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for rel, (data, mode) in generated.items():
-                info = tarfile.TarInfo(rel)
-                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-        writer.flush()
-    except (OSError, RemoteCommandError) as e:
-        proc.kill()
-        raise RemoteCommandError(f"sending the release to {host.name} failed: {e}") from None
-    status = proc.wait(600)
-    if status != 0:
-        err = proc.stderr().decode(errors="replace").strip()[-500:]
-        raise RemoteCommandError(f"unpacking the release on {host.name} failed: {err}")
+        streams += [_Stream(host, release_dir, False) for _ in parts[1:]]
+        total_files, total_bytes = _StreamPosition(paths, manifest).at(1 << 62)
+        with progress(f"{host.name}: shipping", files=total_files,
+                      nbytes=total_bytes) as shown:
+            counts = _Shown(shown, [_StreamPosition(p, manifest) for p in parts])
+
+            def pump(i: int) -> None:
+                try:
+                    if parts[i]:
+                        _pump_local_tar(tree, parts[i], streams[i].out,
+                                        lambda offset: counts.at(i, offset))
+                    if i == 0:
+                        _tar_generated(streams[0].out, generated)
+                    streams[i].out.close()
+                except BaseException as e:  # raised below, in the caller's thread
+                    failed.append(e)
+                    for s in streams:
+                        s.proc.kill()
+
+            threads = [threading.Thread(target=pump, args=(i,), daemon=True)
+                       for i in range(1, len(parts))]
+            for t in threads:
+                t.start()
+            pump(0)
+            for t in threads:
+                t.join()
+        if failed:
+            raise failed[0]
+    except BaseException as e:
+        for s in streams:
+            s.proc.kill()
+        for t in threads:
+            t.join()
+        if isinstance(e, OSError | RemoteCommandError):
+            raise RemoteCommandError(f"sending the release to {host.name} failed: {e}") from None
+        raise
+    for s in streams:
+        s.finish()
     return sum(manifest.entries[p].size for p in paths)
 
 
-def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter,
-                    position: _StreamPosition, shown: Progress) -> None:
+def _tar_generated(out: _Sink, generated: Mapping[str, tuple[bytes, int]]) -> None:
+    """The generated files, as a second archive after the artifact's."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for rel, (data, mode) in generated.items():
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _Sink,
+                    at: Callable[[int], None]) -> None:
+    """GNU tar's archive of ``paths`` into ``writer``; ``at``: how far it has got."""
     with tempfile.NamedTemporaryFile(prefix="forge-files-") as listing:
         listing.write(b"".join(p.encode() + b"\0" for p in paths))
         listing.flush()
@@ -206,11 +475,11 @@ def _pump_local_tar(tree: Path, paths: tuple[str, ...], writer: _ProcWriter,
             while chunk := tar.stdout.read(_CHUNK):
                 writer.write(chunk)
                 offset += len(chunk)
-                shown.set(*position.at(offset))
+                at(offset)
         finally:
             tar.stdout.close()
             err = tar.stderr.read() if tar.stderr else b""
             status = tar.wait()
         if status != 0:
             raise RemoteCommandError(f"packing the release failed: {err.decode()[-300:]}")
-        shown.set(*position.at(1 << 62))
+        at(1 << 62)

@@ -14,6 +14,12 @@ A :class:`Host` has two transport operations; every implementation provides them
     tarballs, database dumps) and for holding a lock as long as the connection
     lives.
 
+``compress_streams``
+    True where a byte streamed costs more than compressing it (SSH: encryption on
+    both ends, a network between); False for a local pipe, where compressing only
+    adds work. Senders of large streams (a release) compress when it is True and
+    the host can decompress.
+
 The file operations a release needs are built on ``run`` once, here, so every
 transport behaves the same. Each raises :class:`RemoteCommandError` when it fails:
 
@@ -189,6 +195,7 @@ class Host(abc.ABC):
     """One target. ``name`` is what messages call it (``deploy@10.0.0.1:22``, ``local``)."""
 
     name: str
+    compress_streams: bool = False
 
     @abc.abstractmethod
     def run(

@@ -362,6 +362,8 @@ class SshProcess(Process):
 class SshHost(Host):
     """One SSH target. Connects in the constructor so reachability is checked first."""
 
+    compress_streams = True  # every byte is encrypted, sent, decrypted
+
     def __init__(
         self,
         host: str,

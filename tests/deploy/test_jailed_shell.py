@@ -123,6 +123,22 @@ def test_a_second_deploy_while_the_mkdir_lock_is_held_fails_clearly(
     assert (site.current(), site.releases()) == before
 
 
+def test_a_first_deploy_refused_by_the_lock_leaves_nothing_it_streamed(
+        no_flock: JailedSite, capsys: pytest.CaptureFixture[str]) -> None:
+    site = no_flock
+    with site.host() as host:
+        holder = Lock(host, Layout(str(site.path)), {"command": "deploy", "actor": "other-run"})
+        with holder:
+            code = site.forge("deploy", "production")
+    err = capsys.readouterr().err
+    assert code == ExitCode.FAILED, err
+    assert "another forge run holds the lock" in err
+    assert site.current() is None and site.releases() == []
+    # A first deploy streams before its lock answers: what it sent is gone.
+    assert [n for n in os.listdir(site.path / ".forge") if n.startswith("incoming-")] == []
+    assert site.forge("deploy", "production") == 0, capsys.readouterr()
+
+
 def test_a_mkdir_lock_whose_holder_died_is_taken_over(
         no_flock: JailedSite, capsys: pytest.CaptureFixture[str]) -> None:
     site = no_flock
