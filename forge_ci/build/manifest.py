@@ -15,12 +15,15 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from forge_ci.errors import ArtifactError
+
+# A str as json.dumps writes it (ASCII, escaped): the C encoder's own function.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 Kind = Literal["file", "dir", "symlink"]
 _CHUNK = 1 << 20
@@ -57,8 +60,22 @@ class Manifest:
     @functools.cached_property
     def _bytes(self) -> bytes:
         # Made once: a deploy needs them for the digest and again to store the manifest.
-        data = {"version": 1, "files": {p: e.to_json() for p, e in sorted(self.entries.items())}}
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        # The same bytes as json.dumps({"version": 1, "files": {p: e.to_json()}},
+        # sort_keys=True, separators=(",", ":")), written entry by entry: about five
+        # times faster, and in Python code, so a thread making them (while the lock's
+        # round trip is under way) lets the others run.
+        q = _json_string
+        out = []
+        for path, e in sorted(self.entries.items()):
+            if e.kind == "file":
+                out.append(f'{q(path)}:{{"mode":{int(e.mode)},"sha256":{q(e.sha256)},'
+                           f'"size":{int(e.size)},"type":"file"}}')
+            elif e.kind == "symlink":
+                out.append(f'{q(path)}:{{"mode":{int(e.mode)},"target":{q(e.target)},'
+                           '"type":"symlink"}')
+            else:
+                out.append(f'{q(path)}:{{"mode":{int(e.mode)},"type":{q(e.kind)}}}')
+        return f'{{"files":{{{",".join(out)}}},"version":1}}'.encode()
 
     @property
     def digest(self) -> str:
@@ -179,7 +196,10 @@ def _entry(e: Mapping[str, Any]) -> Entry:
 
 def check_path(path: str, source: str) -> str:
     """A release-relative path: no absolute paths, no ``..``, nothing odd."""
-    if not path or _BAD_PATH.search(path):
+    # The pattern only where a part may start with "."; the rest by plain str tests
+    # (a deploy checks every path of the artifact's manifest).
+    if (not path or path[0] == "/" or path[-1] == "/" or "//" in path or "\x00" in path
+            or ((path[0] == "." or "/." in path) and _BAD_PATH.search(path))):
         raise ArtifactError(f"{source} names a path outside the release: {path!r}",
                             hint="the artifact may be corrupt or hostile; rebuild it")
     check_name(path, source)

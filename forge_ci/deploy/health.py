@@ -8,6 +8,7 @@ cached old one. Configured checks (status, contains) run after it.
 from __future__ import annotations
 
 import http.client
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from forge_ci.config.models import HealthCheck
 from forge_ci.remote.base import Host, sh
+from forge_ci.remote.dial import connect
 
 MARKER_PATH = "web/forge-release.php"
 MARKER_URL = "forge-release.php"
@@ -96,7 +98,7 @@ class _Client:
 
             return http.client.HTTPSConnection(host, port, timeout=self.timeout,
                                                context=ssl.create_default_context(cafile=self.cafile))
-        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+        return _HTTPConnection(host, port, timeout=self.timeout)
 
     def _drop(self, key: tuple[str, str]) -> None:
         conn = self._conns.pop(key, None)
@@ -106,6 +108,20 @@ class _Client:
     def close(self) -> None:
         for key in list(self._conns):
             self._drop(key)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    """Plain http connecting as :func:`forge_ci.remote.dial.connect` does: an ASCII
+    name (or an address) is resolved without loading Python's IDNA codec, which a
+    str host makes the resolver load first, on the switch's critical path."""
+
+    def __init__(self, host: str, port: int | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._seconds = timeout
+
+    def connect(self) -> None:
+        sys.audit("http.client.connect", self, self.host, self.port)
+        self.sock = connect(self.host, self.port, self._seconds)
 
 
 Fetch = Callable[[str], tuple[int, str]]

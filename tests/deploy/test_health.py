@@ -179,3 +179,20 @@ def test_passing_rounds_must_follow_each_other(
     assert not outcome.ok  # never four good answers in a row
     assert lines and all("HTTP 500" in line for line in lines)
     assert health.run_checks([check], POLICY, lambda _: None, rounds=3).ok
+
+
+def test_a_check_by_host_name_passes_and_an_unknown_name_says_so(
+    servers: list[http.server.ThreadingHTTPServer],
+) -> None:
+    # Names are resolved as the SSH connections resolve them (ASCII names as bytes):
+    # a name still reaches its server, and a name that does not resolve is reported.
+    port = free_port()
+    servers.append(_serve(port, lambda path: (200, f"served {path}")))
+    outcome = health.run_checks([HealthCheck(url=f"http://localhost:{port}/x?y=1",
+                                             contains="served /x?y=1")],
+                                POLICY, lambda _: None)
+    assert outcome.ok, outcome.detail
+    outcome = health.run_checks([HealthCheck(url="http://no-such-host.invalid/")],
+                                health.HealthPolicy(timeout=0.2, interval=0.1), lambda _: None)
+    assert not outcome.ok
+    assert "http://no-such-host.invalid/: " in outcome.detail, outcome.detail
