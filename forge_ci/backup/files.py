@@ -149,13 +149,19 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             result.lookup.append(name)
 
 
-def cache_records(result: FilePlan, entries: Iterable[FileEntry]
+def cache_records(result: FilePlan, entries: list[FileEntry]
                   ) -> Iterator[tuple[Stat, str, str | None]]:
     """What the hash cache keeps of each file of the manifest's ``entries``: its
     metadata, SHA-256 and (stored content) its place
-    (:func:`forge_ci.backup.index.location_text`)."""
-    for e in entries:
-        st = result.stats.get(e.path) if e.type == "file" else None
+    (:func:`forge_ci.backup.index.location_text`).
+
+    Consumes ``entries`` and ``result``'s tables as it goes (the last thing a
+    backup does): each file's objects are freed once its record is made."""
+    entries.reverse()
+    result.hashes.clear()  # the entries hold the same strings
+    while entries:
+        e = entries.pop()
+        st = result.stats.pop(e.path, None) if e.type == "file" else None
         if st is None or e.sha256 is None:
             continue
         where = location_text(e.objects, e.offset) if e.objects else None
