@@ -116,6 +116,11 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         report.phases = phases
         entries = plan.entries(index)
+        # What only planning needed: a dict keeps its table when emptied by pops, and
+        # the entries hold the hashes' strings. The hash cache needs only the stats.
+        plan.names.clear()
+        plan.hashes.clear()
+        plan.upload, plan.unhashed = [], []
         refused = set(refused_links(entries, cfg.paths))
         for path in sorted(refused):
             log(f"warning: not backing up symlink {path!r}: it points outside the backup "
