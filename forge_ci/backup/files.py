@@ -149,13 +149,19 @@ def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming
             result.lookup.append(name)
 
 
-def cache_records(result: FilePlan, entries: Iterable[FileEntry]
+def cache_records(result: FilePlan, entries: list[FileEntry]
                   ) -> Iterator[tuple[Stat, str, str | None]]:
     """What the hash cache keeps of each file of the manifest's ``entries``: its
     metadata, SHA-256 and (stored content) its place
-    (:func:`forge_ci.backup.index.location_text`)."""
-    for e in entries:
-        st = result.stats.get(e.path) if e.type == "file" else None
+    (:func:`forge_ci.backup.index.location_text`).
+
+    Consumes ``entries`` and ``result``'s tables as it goes (the last thing a
+    backup does): each file's objects are freed once its record is made."""
+    entries.reverse()
+    result.hashes.clear()  # the entries hold the same strings
+    while entries:
+        e = entries.pop()
+        st = result.stats.pop(e.path, None) if e.type == "file" else None
         if st is None or e.sha256 is None:
             continue
         where = location_text(e.objects, e.offset) if e.objects else None
@@ -203,18 +209,18 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     todo = list(result.upload)
     changed: list[str] = []
     for attempt in range(rounds):
-        deferred = set(result.unhashed)
         total = sum(result.stats[p].size for p in todo if p in result.stats)
         with show("uploading", files=len(todo), nbytes=total) as shown:
-            changed = _send(host, root, todo, result, deferred, uploader, packer, index,
+            changed = _send(host, root, todo, result, uploader, packer, index,
                             naming_key, shown)
         packer.flush()
         uploader.join()
-        if deferred:
+        if result.unhashed:
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
-            deferred.difference_update(changed)
-            changed += _moved(host, root, result, deferred)
+            again = set(changed)
+            changed += _moved(host, root, result, [p for p in result.unhashed
+                                                   if p in result.hashes and p not in again])
             result.unhashed = []
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
@@ -240,7 +246,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                              "files that are rewritten constantly (logs, caches)")
 
 
-def _moved(host: Host, root: str, result: FilePlan, paths: set[str], *,
+def _moved(host: Host, root: str, result: FilePlan, paths: list[str], *,
            batch: int = _STAT_BATCH) -> list[str]:
     """Paths whose metadata differs from the listing (or that are gone). Asked in
     batches, so a second listing of the whole tree is never held at once."""
@@ -253,24 +259,32 @@ def _moved(host: Host, root: str, result: FilePlan, paths: set[str], *,
     return out
 
 
-def _send(host: Host, root: str, todo: list[str], result: FilePlan, deferred: set[str],
+def _send(host: Host, root: str, todo: list[str], result: FilePlan,
           uploader: Uploader, packer: PackWriter, index: BlobIndex, naming_key: bytes,
           shown: Progress | None = None) -> list[str]:
-    """One tar pass; returns the paths that must be planned again. ``deferred``: the
-    paths read without a hash yet (named as they pass)."""
+    """One tar pass; returns the paths that must be planned again. The paths without
+    a hash yet (a first backup's) are named as they pass.
+
+    tar sends the files in the order asked, leaving out those it cannot read: the
+    members are matched against ``todo`` in order (no set of every path)."""
     if not todo:
         return []
-    expected = set(todo)
+    met = 0  # todo[:met] were sent or skipped by tar
     changed: list[str] = []
     with read_files(host, root, todo) as members:
         for name, reader in members:
-            if name not in expected:
-                continue  # tar never sends what it was not asked for; be strict anyway
-            expected.discard(name)
+            if met < len(todo) and todo[met] == name:
+                met += 1
+            else:
+                at = _find(todo, name, met)
+                if at < 0:
+                    continue  # tar never sends what it was not asked for; be strict anyway
+                changed += todo[met:at]  # left out: vanished or unreadable
+                met = at + 1
             if reader is None:
                 changed.append(name)
                 continue
-            if name in deferred:
+            if name not in result.hashes:
                 if not _put_unhashed(name, reader, result, uploader, packer, index,
                                      naming_key):
                     changed.append(name)
@@ -278,7 +292,14 @@ def _send(host: Host, root: str, todo: list[str], result: FilePlan, deferred: se
                 changed.append(name)
             if shown is not None and name in result.stats:
                 shown.advance(1, result.stats[name].size)
-    return changed + sorted(expected)  # missing from the stream: vanished or unreadable
+    return changed + todo[met:]  # missing from the stream: vanished or unreadable
+
+
+def _find(todo: list[str], name: str, start: int) -> int:
+    try:
+        return todo.index(name, start)
+    except ValueError:
+        return -1
 
 
 def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploader,

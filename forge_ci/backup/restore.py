@@ -256,7 +256,6 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     # What killed attempts staged (of this snapshot or another) goes first.
     host.run(f"rm -rf -- {leftovers}", check=False)
     entries = _order(plan.manifest.files)
-    by_name = {f.path: f for f in entries}
     files = [f for f in entries if f.type == "file"]
     # The local target has no wire: files are written with system calls, those of a
     # pack by the thread that unpacked it (localtree.NewTree), not by a tar process.
@@ -270,6 +269,7 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
             if tree is not None:
                 _write_local(tree, entries, prefetch, shown)
             else:
+                by_name = {f.path: f for f in entries}
                 write_tree(host, staged.new, (_info(f) for f in entries),
                            lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
     except BaseException:
@@ -375,21 +375,22 @@ class _Prefetch:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
         self._write = write
         self._jobs: list[tuple[str, str, list[FileEntry], int]] = []  # kind, key, files, bytes
-        self._of: dict[str, list[int]] = {}  # path -> its jobs
-        packs: dict[str, int] = {}
+        # A packed file's job is its pack's (nothing held per file); a large file's
+        # are its segments' (one job per segment and file).
+        self._packs: dict[str, int] = {}  # pack key -> its job
+        self._of: dict[str, range] = {}  # path of a large file -> its jobs
         for f in files:
             if f.offset is not None:
                 key = f.objects[0]
-                if key not in packs:
-                    packs[key] = len(self._jobs)
+                if key not in self._packs:
+                    self._packs[key] = len(self._jobs)
                     self._jobs.append(("pack", key, [], 0))
-                kind, _k, members, size = self._jobs[packs[key]]
+                kind, _k, members, size = self._jobs[self._packs[key]]
                 members.append(f)
-                self._jobs[packs[key]] = (kind, key, members, size + f.size)
-                self._of[f.path] = [packs[key]]
+                self._jobs[self._packs[key]] = (kind, key, members, size + f.size)
             elif f.objects and f.size <= SEGMENT * len(f.objects):
                 each = min(f.size, SEGMENT)
-                self._of[f.path] = list(range(len(self._jobs), len(self._jobs) + len(f.objects)))
+                self._of[f.path] = range(len(self._jobs), len(self._jobs) + len(f.objects))
                 self._jobs += [("object", key, [f], each) for key in f.objects]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
         self._pending: dict[int, Future[dict[str, bytes] | list[bytes]]] = {}
@@ -398,14 +399,11 @@ class _Prefetch:
     def writes(self, f: FileEntry) -> bool:
         """True when ``f`` is written by the worker that unpacks its pack (``write``
         given): :meth:`content` then only waits for it and gives ``b""``."""
-        return self._write is not None and f.offset is not None and f.path in self._of
+        return self._write is not None and f.offset is not None and f.objects[0] in self._packs
 
     def content(self, f: FileEntry) -> Iterable[bytes]:
-        jobs = self._of.get(f.path)
-        if not jobs:
-            return _content(self._repo, f)
-        if f.offset is not None:
-            i = jobs[0]
+        if f.offset is not None and f.objects[0] in self._packs:
+            i = self._packs[f.objects[0]]
             self._fill(i)
             members = self._pending[i].result()
             assert isinstance(members, dict)
@@ -413,11 +411,14 @@ class _Prefetch:
             if not members:
                 del self._pending[i]  # the pack's last file: free it
             return [data]
+        jobs = self._of.get(f.path)
+        if not jobs:
+            return _content(self._repo, f)
         assert f.sha256 is not None
         return checked(self._segments(jobs), sha256=f.sha256, size=f.size,
                        what=f"file {f.path!r}")
 
-    def _segments(self, jobs: list[int]) -> Iterator[bytes]:
+    def _segments(self, jobs: range) -> Iterator[bytes]:
         for i in jobs:
             self._fill(i)
             data = self._pending.pop(i).result()

@@ -46,7 +46,7 @@ _CACHE_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\Z')
 _MAC_LABEL = b"forge-ci hash cache\x00"
 _LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
 _WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-)$")
-_WRITE_PIECE = 2 << 20  # the cache goes to the host in pieces of this size
+_WRITE_PIECE = 1 << 20  # the cache goes to the host in pieces of this size
 
 
 def _held_where(text: bytes) -> bytes:
@@ -354,13 +354,16 @@ class HashCache:
             sep = b","
             if out.tell() >= piece:
                 data = out.getvalue()
+                out = io.BytesIO()  # one copy of the piece held while it travels
                 mac.update(data)
                 started = _send_piece(host, tmp, data, started)
-                out = io.BytesIO()
+                del data
         out.write(b"}")
-        last = out.getvalue()
-        mac.update(last)
-        _send_piece(host, tmp, last + b',"mac":"%s"}' % mac.hexdigest().encode(), started)
+        mac.update(out.getbuffer())
+        out.write(b',"mac":"%s"}' % mac.hexdigest().encode())
+        data = out.getvalue()
+        del out
+        _send_piece(host, tmp, data, started)
         host.check(host.run(f"sync {sh(tmp)} 2>/dev/null; mv -f -- {sh(tmp)} {sh(final)}",
                             check=False), f"writing {final}")
 

@@ -36,9 +36,7 @@ through another symlink. A backup leaves such links out (:func:`refused_links`).
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import json
-import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -160,11 +158,12 @@ def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
     """Parse and validate a manifest; raise :class:`BackupFormatError` if it is
     malformed or hostile (see the module docstring)."""
     try:
-        # Bytes straight to json (no second, decoded copy of the whole text), still
-        # UTF-8 only: json would also take UTF-16/32 or a BOM, which no manifest is.
+        # Bytes straight to json, decoded a window at a time (no second, decoded copy
+        # of the whole text), still UTF-8 only: json would also take UTF-16/32 or a
+        # BOM, which no manifest is.
         if data.startswith(codecs.BOM_UTF8) or b"\0" in data[:4]:
             raise ValueError("not UTF-8 JSON")
-        manifest = _walk(data.decode("utf-8", "surrogatepass"))
+        manifest = _walk(_Window(data))
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise BackupFormatError(f"invalid snapshot manifest: {e}") from None
     if expect_id is not None and manifest.id != expect_id:
@@ -174,75 +173,140 @@ def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
 
 
 _DECODE = json.JSONDecoder().raw_decode
+_LOADS = json.JSONDecoder().decode
 _SPACE = re.compile(r"[ \t\n\r]*")
+# Between two file entries, as :func:`dump_chunks` writes them. It cannot occur inside
+# a JSON string (a quote there follows a backslash), so the ``}`` is structural.
+_ENTRY_GAP = '},{"'
+_WINDOW = 256 * 1024  # bytes decoded at a time
 
 
-def _walk(text: str) -> Manifest:
+class _Window:
+    """The UTF-8 text of ``data`` a window at a time: :attr:`text` from :attr:`pos`
+    is what is left to read; :meth:`more` appends the next piece (and drops what was
+    read). Values are decoded by json's own decoder, only once complete."""
+
+    def __init__(self, data: bytes, piece: int | None = None) -> None:
+        self._data, self._piece, self._at = data, piece or _WINDOW, 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        self.text, self.pos, self.eof = "", 0, False
+
+    def more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self._data[self._at:self._at + self._piece]
+        self._at += len(chunk)
+        self.eof = self._at >= len(self._data)
+        self.text = self.text[self.pos:] + self._decoder.decode(chunk, self.eof)
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space (consumed by the caller)."""
+        while True:
+            m = _SPACE.match(self.text, self.pos)
+            self.pos = m.end() if m else self.pos
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                raise ValueError("the manifest ends early")
+
+    def at_end(self) -> bool:
+        while True:
+            m = _SPACE.match(self.text, self.pos)
+            self.pos = m.end() if m else self.pos
+            if self.pos < len(self.text):
+                return False
+            if not self.more():
+                return True
+
+    def value(self) -> Any:
+        """The next JSON value; a value cut by the window's end is read again whole
+        (one that ends exactly there might go on: a number)."""
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODE(self.text, self.pos)
+            except json.JSONDecodeError:
+                if self.more():
+                    continue
+                raise
+            if end < len(self.text) or not self.more():
+                self.pos = end
+                return value
+
+    def entries(self) -> list[Any] | None:
+        """The whole file entries the window holds from here, decoded at once (one
+        call of json's decoder for many), or None: read the next one alone."""
+        cut = self.text.rfind(_ENTRY_GAP, self.pos)
+        if cut < 0 or self.text[self.pos] != "{":
+            return None
+        try:
+            items = _LOADS(f"[{self.text[self.pos:cut + 1]}]")
+        except json.JSONDecodeError:
+            return None  # not the layout dump_chunks writes: one at a time
+        self.pos = cut + 1
+        return items if isinstance(items, list) else None
+
+
+def _walk(text: _Window) -> Manifest:
     """The document as :func:`json.loads` reads it, but walked one top-level key at
-    a time and each file entry converted as soon as it is decoded: the whole tree of
-    dicts (about 700 bytes per file) is never built."""
-
-    def skip(pos: int) -> int:
-        m = _SPACE.match(text, pos)
-        return m.end() if m else pos
-
+    a time and the file entries converted as they are decoded: neither the whole
+    text nor the tree of dicts (about 700 bytes per file) is held at once."""
     doc: dict[str, Any] = {}
     files: tuple[FileEntry, ...] | None = None
-    pos = skip(0)
-    if text[pos] != "{":
+    if text.peek() != "{":
         raise ValueError("not an object")
-    pos = skip(pos + 1)
-    if text[pos] == "}":
-        pos += 1
+    text.pos += 1
+    if text.peek() == "}":
+        text.pos += 1
     else:
         while True:
-            key, pos = _DECODE(text, pos)
-            pos = skip(pos)
-            if not isinstance(key, str) or text[pos] != ":":
+            key = text.value()
+            if not isinstance(key, str) or text.peek() != ":":
                 raise ValueError("malformed JSON object")
-            pos = skip(pos + 1)
+            text.pos += 1
+            text.peek()
             if key == "files":
-                files, pos = _file_list(text, pos, skip)
+                files = _file_list(text)
             else:
-                doc[key], pos = _DECODE(text, pos)
-            pos = skip(pos)
-            if text[pos] == "}":
-                pos += 1
+                doc[key] = text.value()
+            c = text.peek()
+            text.pos += 1
+            if c == "}":
                 break
-            if text[pos] != ",":
+            if c != ",":
                 raise ValueError("malformed JSON object")
-            pos = skip(pos + 1)
-    if skip(pos) != len(text):
+    if not text.at_end():
         raise ValueError("extra data after the manifest")
     if files is None:
         raise KeyError("files")
     return _build(doc, files)
 
 
-def _file_list(text: str, pos: int, skip: Any) -> tuple[tuple[FileEntry, ...], int]:
-    if text[pos] != "[":
+def _file_list(text: _Window) -> tuple[FileEntry, ...]:
+    if text.peek() != "[":
         raise TypeError("files is not a list")
+    text.pos += 1
     out: list[FileEntry] = []
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # a pack's key, held once
-    pos = skip(pos + 1)
-    if text[pos] == "]":
-        return (), pos + 1
+    modes: dict[int, int] = {}
+    if text.peek() == "]":
+        text.pos += 1
+        return ()
     while True:
-        item, pos = _DECODE(text, pos)
-        if not isinstance(item, dict):
-            raise TypeError("a file entry is not an object")
-        entry = _file(item)
-        if entry.objects:
-            objects = shared.setdefault(entry.objects, entry.objects)
-            if objects is not entry.objects:
-                entry = dataclasses.replace(entry, objects=objects)
-        out.append(entry)
-        pos = skip(pos)
-        if text[pos] == "]":
-            return tuple(out), pos + 1
-        if text[pos] != ",":
+        items = text.entries()
+        for item in items if items is not None else [text.value()]:
+            if not isinstance(item, dict):
+                raise TypeError("a file entry is not an object")
+            out.append(_file(item, shared, modes))
+        c = text.peek()
+        text.pos += 1
+        if c == "]":
+            return tuple(out)
+        if c != ",":
             raise ValueError("malformed files list")
-        pos = skip(pos + 1)
+        text.peek()
 
 
 def _build(doc: dict[str, Any], files: tuple[FileEntry, ...]) -> Manifest:
@@ -267,25 +331,33 @@ def _build(doc: dict[str, Any], files: tuple[FileEntry, ...]) -> Manifest:
     )
 
 
-def _file(item: dict[str, Any]) -> FileEntry:
+def _file(item: dict[str, Any],
+          shared: dict[tuple[str, ...], tuple[str, ...]] | None = None,
+          modes: dict[int, int] | None = None) -> FileEntry:
     kind = item["type"]
     mode, mtime = _int(item["mode"]), _int(item["mtime_ns"])
     if not 0 <= mode <= 0o7777:
         raise ValueError("bad mode")
+    if modes is not None:
+        mode = modes.setdefault(mode, mode)  # one int object per mode, not one per entry
     path = _str(item["path"])
     if kind == "file":
         size, sha, objects = _int(item["size"]), _str(item["sha256"]), item["objects"]
         if size < 0 or not _HEX64.match(sha) or not isinstance(objects, list):
             raise ValueError(f"bad file entry {path!r}")
-        if not all(isinstance(o, str) and is_data_key(o) for o in objects):
+        keys = tuple(objects) if all(type(o) is str for o in objects) else None
+        known = keys is not None and shared is not None and keys in shared
+        if keys is None or not (known or all(is_data_key(o) for o in keys)):
             raise ValueError(f"bad object key in {path!r}")
+        if shared is not None:
+            keys = shared.setdefault(keys, keys)  # a pack's key: held and checked once
         if bool(objects) != (size > 0):
             raise ValueError(f"{path!r}: objects do not match its size")
         offset = item.get("offset")
         if offset is not None and (_int(offset) < 0 or len(objects) != 1
                                    or size > PACKED_MAX):
             raise ValueError(f"{path!r}: bad packed entry")
-        return FileEntry(path, "file", mode, mtime, size, sha, tuple(objects), offset=offset)
+        return FileEntry(path, "file", mode, mtime, size, sha, keys, offset=offset)
     if kind == "dir":
         return FileEntry(path, "dir", mode, mtime)
     if kind == "symlink":
@@ -340,8 +412,9 @@ def check_tree(manifest: Manifest) -> None:
         if path in seen:
             raise BackupFormatError(f"manifest {manifest.id}: {path!r} is listed twice")
         seen[path] = entry
+    clear: set[str] = set()  # directories whose every ancestor is checked
     for entry in manifest.files:
-        _check_parents(manifest.id, entry.path, seen)
+        _check_parents(manifest.id, entry.path, seen, clear)
         if entry.type == "symlink":
             problem = _link_problem(entry, seen, roots)
             if problem:
@@ -355,14 +428,19 @@ def refused_links(entries: tuple[FileEntry, ...], roots: tuple[str, ...]) -> lis
     return [e.path for e in entries if e.type == "symlink" and _link_problem(e, seen, roots)]
 
 
-def _check_parents(sid: str, path: str, seen: dict[str, FileEntry]) -> None:
-    parent = posixpath.dirname(path)
-    while parent:
+def _check_parents(sid: str, path: str, seen: dict[str, FileEntry], clear: set[str]) -> None:
+    """No ancestor of ``path`` is listed as anything but a directory; ``clear`` holds
+    the ancestors checked already (each is walked up once, not once per file)."""
+    parent = path.rpartition("/")[0]  # paths are clean (safe_relative): dirname
+    walked = []
+    while parent and parent not in clear:
         above = seen.get(parent)
         if above is not None and above.type != "dir":
             raise BackupFormatError(
                 f"manifest {sid}: {path!r} lies below {parent!r}, which is not a directory")
-        parent = posixpath.dirname(parent)
+        walked.append(parent)
+        parent = parent.rpartition("/")[0]
+    clear.update(walked)
 
 
 def _link_problem(entry: FileEntry, seen: dict[str, FileEntry],

@@ -23,7 +23,7 @@ from forge_ci.backup.dump import dump_database
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
-from forge_ci.backup.snapshot import DatabaseEntry, Manifest, refused_links
+from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest, refused_links
 from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
@@ -116,6 +116,11 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         report.phases = phases
         entries = plan.entries(index)
+        # What only planning needed: a dict keeps its table when emptied by pops, and
+        # the entries hold the hashes' strings. The hash cache needs only the stats.
+        plan.names.clear()
+        plan.hashes.clear()
+        plan.upload, plan.unhashed = [], []
         refused = set(refused_links(entries, cfg.paths))
         for path in sorted(refused):
             log(f"warning: not backing up symlink {path!r}: it points outside the backup "
@@ -132,8 +137,9 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         # Done with what grows with the file count, before the hash cache is written.
         del entries, index, packer
         repo.save(manifest)  # the snapshot exists from here on
-    _save_cache(host, root, plan, manifest, key, log)
-    del manifest
+        kept = list(manifest.files)
+        del manifest  # the entries are freed one by one as the hash cache is written
+    _save_cache(host, root, plan, kept, key, log)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -150,9 +156,9 @@ def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEn
         seconds=round(time.monotonic() - started, 3))
 
 
-def _save_cache(host: Host, root: str, plan: files.FilePlan, manifest: Manifest,
+def _save_cache(host: Host, root: str, plan: files.FilePlan, entries: list[FileEntry],
                 naming_key: bytes, log: Log) -> None:
     try:
-        HashCache.write(host, root, files.cache_records(plan, manifest.files), naming_key)
+        HashCache.write(host, root, files.cache_records(plan, entries), naming_key)
     except ForgeError as e:
         log(f"warning: could not save the hash cache on {host.name}: {e.message}")

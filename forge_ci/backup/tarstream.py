@@ -62,8 +62,7 @@ def read_files(host: Host, root: str, paths: list[str]) -> Iterator[Iterator[Mem
     (1 = "file changed as we read it", 2 = a file vanished): the hash check decides.
     """
     proc = host.start(f"cd -- {sh(root)} || exit 3\nexec {CREATE}")
-    names = b"".join(encode(p) + b"\0" for p in paths)
-    feeder = threading.Thread(target=_feed, args=(proc, names), daemon=True,
+    feeder = threading.Thread(target=_feed, args=(proc, paths), daemon=True,
                               name="forge-tar-names")
     feeder.start()
     done = False
@@ -81,11 +80,12 @@ def read_files(host: Host, root: str, paths: list[str]) -> Iterator[Iterator[Mem
                                      exit_status=status)
 
 
-def _feed(proc: Process, names: bytes) -> None:
-    # A thread: tar starts writing the archive before it has read every name.
+def _feed(proc: Process, paths: list[str]) -> None:
+    # A thread: tar starts writing the archive before it has read every name. The
+    # names are encoded a piece at a time (not all of them at once: 2 MiB at 50,000).
     try:
-        for pos in range(0, len(names), 65536):
-            proc.write(names[pos:pos + 65536])
+        for pos in range(0, len(paths), 1024):
+            proc.write(b"".join(encode(p) + b"\0" for p in paths[pos:pos + 1024]))
         proc.close_stdin()
     except (OSError, RemoteCommandError):
         pass  # tar died; the reader sees the end of the stream and the status says why

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forge_ci.backup import layout
+from forge_ci.backup import layout, snapshot
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest, dumps, parse
 
@@ -47,6 +47,26 @@ def test_round_trip_with_odd_names() -> None:
     data.decode("ascii")  # non-UTF-8 names travel as \udcXX escapes
     assert parse(data) == m
     assert parse(data).objects() == {KEY, m.database.object}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("window", [1, 2, 7, 64, 1000])
+def test_read_a_window_at_a_time_gives_the_same_manifest(
+        window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is decoded a window at a time: values cut at any place (numbers,
+    UTF-8 sequences, a run of entries), compact or indented, read the same."""
+    m = manifest(*(f(f"{ROOT}/{n}-{i}", size=1000 + i, mtime_ns=10**18 + i,
+                     objects=(layout.random_data_key(),), offset=i * 1000)
+                   for i, n in enumerate(["a b.jpg", "ünï ✓.png", "x},{\"path\":y", "z"])),
+                 FileEntry(f"{ROOT}/link", "symlink", 0o777, 5, target="z-3"))
+    compact = dumps(m)
+    indented = json.dumps(json.loads(compact), indent=1, ensure_ascii=False).encode()
+    monkeypatch.setattr(snapshot, "_WINDOW", window)
+    assert parse(compact) == m
+    assert parse(indented) == m
+    with pytest.raises(BackupFormatError):
+        parse(compact[:-1])  # cut short
+    with pytest.raises(BackupFormatError):
+        parse(compact + b"{}")
 
 
 @settings(max_examples=60)
