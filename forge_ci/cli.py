@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import gc
 import importlib
 import json
 import os
@@ -87,8 +86,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *,
-         collector_paused: bool = False) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run one ``forge-ci`` command; ``env`` is its process environment (default ``os.environ``)."""
     tune_malloc()  # process-wide, before any thread starts: see forge_ci._malloc
     environ = dict(os.environ if env is None else env)
@@ -112,7 +110,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                                  "hint": "forge-ci --help", "exit_code": ExitCode.USAGE,
                                  "kind": "UsageError"})
         raise
-    ctx = Context(args=args, environ=environ, runner=runner, collector_paused=collector_paused)
+    ctx = Context(args=args, environ=environ, runner=runner)
     func: Command = args.func
     try:
         code = func(ctx)
@@ -179,10 +177,7 @@ def run() -> NoReturn:
     done. Usage errors and ``--help`` (``SystemExit`` from argparse) exit as usual,
     and so does a run under a profiler or debugger, which writes its report after
     :func:`main` returns."""
-    # Start-up (imports, forge.yml) without the cyclic garbage collector, until the
-    # command's config is loaded: see Context.resume_collector.
-    gc.disable()
-    code = main(collector_paused=True)
+    code = main()
     if sys.getprofile() is not None or sys.gettrace() is not None:
         raise SystemExit(code)
     for thread in threading.enumerate():

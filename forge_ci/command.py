@@ -9,7 +9,6 @@ Nothing here imports a capability, so no capability imports the entry point.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,9 +36,6 @@ class Context:
     # summary, details): see forge_ci.notify.hooks.
     outcome: dict[str, Any] = field(default_factory=dict)
     emitted: bool = False  # stdout has its one object/text: the handler adds none
-    # The entry point paused the cyclic garbage collector for start-up (forge-ci's
-    # own process only, not a caller of main()): resumed once forge.yml is loaded.
-    collector_paused: bool = False
 
     @property
     def json(self) -> bool:
@@ -58,11 +54,9 @@ class Context:
         """The forge.yml this command reads (``--config``, default ``./forge.yml``)."""
         return Path(getattr(self.args, "config", None) or "forge.yml")
 
-    def config(self, *, lenient: bool = False, start_up: bool = False) -> LoadedConfig:
+    def config(self, *, lenient: bool = False) -> LoadedConfig:
         """forge.yml, loaded once. A command that works on no environment passes
-        ``lenient``: then no ``${VAR}`` is needed (see :func:`forge_ci.config.load`).
-        ``start_up``: more start-up follows (the command calls
-        :meth:`resume_collector` when its work begins)."""
+        ``lenient``: then no ``${VAR}`` is needed (see :func:`forge_ci.config.load`)."""
         if self._config is None:
             # Loaded here, not with the command line: the config models (pydantic) are
             # the biggest import of a run, and a deploy starts connecting before them.
@@ -75,19 +69,7 @@ class Context:
             for name in SECRET_VARS:
                 if self.environ.get(name):
                     self.runner.mask(self.environ[name])
-        if not start_up:
-            self.resume_collector()
         return self._config
-
-    def resume_collector(self) -> None:
-        """End of start-up: imports and forge.yml make many long-lived objects and few
-        cycles, and the collector's passes over them cost a run about 30 ms, so the
-        entry point starts with it paused. What exists now is frozen out of later
-        passes (it lives for the whole run) and collection resumes for the work."""
-        if self.collector_paused:
-            self.collector_paused = False
-            gc.freeze()
-            gc.enable()
 
     def emit(self, data: Any, human: str) -> None:
         """Print ``data`` as JSON with --json, else the human text, on stdout.

@@ -65,37 +65,3 @@ def test_the_program_exits_with_its_code_and_all_its_output_through_a_pipe(
                         "check", "--json"], capture_output=True, text=True, check=False)
     assert r.returncode == code, r.stderr
     assert json.loads(r.stdout)["ok"] is (code == 0)
-
-
-def test_the_collector_paused_for_start_up_runs_again_once_the_config_is_loaded(
-        tmp_path: Path) -> None:
-    """forge-ci starts with the cyclic garbage collector paused (imports make many
-    objects and few cycles); a backup or sync that follows must not run without it."""
-    import gc
-
-    from forge_ci import gha
-    from forge_ci.command import Context
-
-    (tmp_path / "forge.yml").write_text(
-        f"version: 1\nproject: demo\nenvironments:\n  local:\n    path: {tmp_path / 'site'}\n")
-    args = argparse.Namespace(config=str(tmp_path / "forge.yml"), environment="local")
-    runner = gha.Runner.from_env({})
-    gc.disable()
-    try:
-        later = Context(args=args, environ={}, runner=runner, collector_paused=True)
-        later.config(start_up=True)  # a deploy with an artifact: more start-up follows
-        assert not gc.isenabled()
-        later.resume_collector()
-        assert gc.isenabled()
-
-        gc.disable()
-        ctx = Context(args=args, environ={}, runner=runner, collector_paused=True)
-        ctx.config()
-        assert gc.isenabled()
-
-        gc.disable()  # a caller of main() that paused it itself keeps it paused
-        Context(args=args, environ={}, runner=runner).config()
-        assert not gc.isenabled()
-    finally:
-        gc.unfreeze()
-        gc.enable()

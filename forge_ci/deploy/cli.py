@@ -188,9 +188,7 @@ def cmd_deploy(ctx: Context) -> int:
     early = (preconnect(ctx.config_path, ctx.args.environment, ctx.environ)
              if ctx.args.artifact else None)
     try:
-        # With an artifact, start-up goes on until the deploy begins (modules, the
-        # artifact's manifest, the hosts' authentication).
-        loaded = ctx.config(start_up=bool(ctx.args.artifact))
+        loaded = ctx.config()
         loaded.environment(ctx.args.environment)  # fail on a bad name before building
     except BaseException:
         if early is not None:
@@ -218,7 +216,6 @@ def cmd_deploy(ctx: Context) -> int:
             ctx.runner.group(f"deploy to {dep.environment}"), _failure_summary(ctx, "deploy", dep):
         from forge_ci.deploy.execute import deploy
 
-        ctx.resume_collector()
         res = deploy(dep, artifacts[0], dry_run=ctx.dry_run)
     if ctx.dry_run:
         ctx.emit(res.plan.to_json(), res.plan.render())
