@@ -98,10 +98,10 @@ def preconnect(path: Path, environment: str, environ: Mapping[str, str]) -> Prec
             early.close()  # open_hosts reports it
             return Preconnected()
         for (host, port), dial in dials.items():
-            host_id = host if port == 22 else f"[{host}]:{port}"
-            if not known.pinned(host_id):
+            name = ssh.known_host_name(host, port)
+            if not known.pinned(name):
                 continue  # refused before any connection: left to open_hosts
-            algorithms = known.disabled_algorithms(host_id)
+            algorithms = known.disabled_algorithms(name)
             dial.then(functools.partial(ssh.begin_handshake, disabled_algorithms=algorithms,
                                         timeout=CONNECT_TIMEOUT), tag=algorithms)
     except BaseException:

@@ -158,7 +158,8 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def _host_id(host: str, port: int) -> str:
+def known_host_name(host: str, port: int) -> str:
+    """How known_hosts names ``host:port`` (``[host]:port`` unless port 22)."""
     return host if port == 22 else f"[{host}]:{port}"
 
 
@@ -382,7 +383,7 @@ class SshHost(Host):
         self.name = f"{user}@{host}:{port}"
         known = known_hosts if isinstance(known_hosts, KnownHosts) else KnownHosts.parse(
             known_hosts)
-        host_id = _host_id(host, port)
+        host_id = known_host_name(host, port)
         if not known.pinned(host_id):
             raise HostKeyError(
                 f"{host_id} is not in FORGE_KNOWN_HOSTS; refusing to trust it"
@@ -434,7 +435,7 @@ class SshHost(Host):
             )
         except paramiko.BadHostKeyException as e:
             raise HostKeyError(
-                f"the host key of {_host_id(host, port)} has CHANGED: it presents "
+                f"the host key of {known_host_name(host, port)} has CHANGED: it presents "
                 f"{fingerprint(e.key)}, FORGE_KNOWN_HOSTS pins {fingerprint(e.expected_key)}",
                 hint="if the server was rebuilt, update the known-hosts secret (provision "
                      "prints it); otherwise someone may be intercepting: do not proceed",
@@ -447,13 +448,14 @@ class SshHost(Host):
         except paramiko.SSHException as e:
             if "not found in known_hosts" in str(e):
                 raise HostKeyError(
-                    f"{_host_id(host, port)} is not in FORGE_KNOWN_HOSTS; refusing to trust it",
+                    f"{known_host_name(host, port)} is not in FORGE_KNOWN_HOSTS; "
+                    "refusing to trust it",
                     hint=f"pin it: ssh-keyscan -p {port} {host} (checked out of band) "
                          "or the known-hosts output of forge-ci provision",
                 ) from None
             if "protocol banner" in str(e):
                 raise ConnectError(
-                    f"{_host_id(host, port)} answers but does not speak SSH (no SSH banner: "
+                    f"{known_host_name(host, port)} answers but does not speak SSH (no SSH banner: "
                     "a web server or another service on that port?)",
                     hint="check hosts[].port in forge.yml: it must be the server's sshd port",
                 ) from None
@@ -528,4 +530,4 @@ def connector(key_text: str | None, known_hosts: str | None, *, timeout: float =
 
 
 __all__ = ["KnownHosts", "SshHost", "begin_handshake", "connector", "fingerprint",
-           "parse_private_key"]
+           "known_host_name", "parse_private_key"]
