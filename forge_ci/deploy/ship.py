@@ -407,10 +407,11 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
     failed: list[BaseException] = []
     try:
         streams += [_Stream(host, release_dir, False) for _ in parts[1:]]
-        total_files, total_bytes = _StreamPosition(paths, manifest).at(1 << 62)
-        with progress(f"{host.name}: shipping", files=total_files,
-                      nbytes=total_bytes) as shown:
-            counts = _Shown(shown, [_StreamPosition(p, manifest) for p in parts])
+        positions = [_StreamPosition(p, manifest) for p in parts]
+        totals = [position.at(1 << 62) for position in positions]
+        with progress(f"{host.name}: shipping", files=sum(t[0] for t in totals),
+                      nbytes=sum(t[1] for t in totals)) as shown:
+            counts = _Shown(shown, positions)
 
             def pump(i: int) -> None:
                 try:
