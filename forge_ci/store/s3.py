@@ -14,8 +14,12 @@ aborts the multipart upload before the exception propagates; uploads orphaned by
 killed process are removed by :meth:`S3Store.cleanup` (a bucket lifecycle rule
 "AbortIncompleteMultipartUpload" is a good second net).
 
-Every upload carries Content-MD5 (signed), so the store rejects bytes damaged in
-transit; no CRC checksums, which many S3-compatible stores reject or mangle. Retries:
+Every upload is bound to its signed request, so the store rejects bytes damaged in
+transit: by the body's SHA-256, signed as SigV4's payload hash (which S3 recomputes;
+SHA-256 costs this CPU less than half of what MD5 does), or by a signed Content-MD5
+where Object Lock demands that header (a retention set here, or a bucket that locks
+objects by default: its first refusal switches the store to Content-MD5). No CRC
+checksums, which many S3-compatible stores reject or mangle. Retries:
 the AWS SDKs' "standard" mode (``max_attempts`` attempts in all). Reads resume after a
 dropped connection with a Range request pinned to the ETag. One client (thread-safe)
 serves every thread; its connection pool keeps ``max_pool_connections`` keep-alive
@@ -97,6 +101,19 @@ def _md5(pieces: Sequence[bytes]) -> str:
     for piece in pieces:
         h.update(piece)
     return base64.b64encode(h.digest()).decode()
+
+
+def _sha256(pieces: Sequence[bytes]) -> str:
+    h = hashlib.sha256()
+    for piece in pieces:
+        h.update(piece)
+    return h.hexdigest()
+
+
+def _wants_md5(exc: S3ResponseError) -> bool:
+    """S3's refusal of an upload without Content-MD5 into a bucket with Object Lock."""
+    message = str(exc.response["Error"].get("Message", ""))
+    return exc.status == 400 and ("Content-MD5" in message or "ObjectLock" in exc.code)
 
 
 def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
@@ -187,6 +204,7 @@ class S3Store(ObjectStore):
         self.url = f"s3://{bucket}/{self.prefix}"
         self._part_size, self._grow_every = part_size, grow_every
         self._retention = (retention_mode, retention_days) if retention_mode else None
+        self._md5 = self._retention is not None  # else SHA-256 binds bodies (see above)
         self._max_attempts = max_attempts
         self._parts_in_flight = parts_in_flight
         self._part_pool: ThreadPoolExecutor | None = None
@@ -313,14 +331,26 @@ class S3Store(ObjectStore):
     # --- helpers --------------------------------------------------------------------
 
     def _put_single(self, name: str, key: str, pieces: Sequence[bytes]) -> None:
+        self._bound("put", key, pieces, lambda md5, sha: self._client.put_object(
+            self.bucket, name, pieces, content_md5=md5, payload_sha256=sha,
+            extra=self._lock_headers()))
+
+    def _bound(self, op: str, key: str, pieces: Sequence[bytes],
+               send: Callable[[str | None, str | None], T]) -> T:
+        """``send(content_md5, payload_sha256)`` with the digest that binds ``pieces``
+        to the signed request: SHA-256, or Content-MD5 where Object Lock wants it."""
+        if not self._md5:
+            sha = _sha256(pieces)
+            try:
+                return send(None, sha)
+            except S3ResponseError as exc:
+                if not _wants_md5(exc):
+                    raise self._translate(exc, op, key) from exc
+                self._md5 = True  # the bucket locks objects by default: from now on
+            except _STORE_ERRORS as exc:
+                raise self._translate(exc, op, key) from exc
         md5 = _md5(pieces)
-        self._call(
-            "put",
-            key,
-            lambda: self._client.put_object(
-                self.bucket, name, pieces, content_md5=md5, extra=self._lock_headers()
-            ),
-        )
+        return self._call(op, key, lambda: send(md5, None))
 
     def _parts(self) -> ThreadPoolExecutor:
         """Threads sending multipart parts, shared by every put of this store."""
@@ -470,14 +500,10 @@ class _MultipartUpload:
         self.size += sum(len(p) for p in data)
 
     def _send(self, number: int, data: list[bytes]) -> dict[str, Any]:
-        md5 = _md5(data)
-        response = self._store._call(
-            "upload part",
-            self._key,
-            lambda: self._client.upload_part(
-                self._store.bucket, self._name, self.upload_id, number, data, content_md5=md5
-            ),
-        )
+        response = self._store._bound(
+            "upload part", self._key, data, lambda md5, sha: self._client.upload_part(
+                self._store.bucket, self._name, self.upload_id, number, data,
+                content_md5=md5, payload_sha256=sha))
         return {"PartNumber": number, "ETag": response["ETag"]}
 
     def make_room(self) -> None:

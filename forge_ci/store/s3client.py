@@ -213,6 +213,16 @@ def _send_body(conn: http.client.HTTPConnection,
     return conn.getresponse()
 
 
+def _payload_hash(content_md5: str | None, payload_sha256: str | None) -> str | None:
+    if payload_sha256 is None and content_md5 is None:
+        raise ValueError("an upload needs its body's SHA-256 or its Content-MD5")
+    return payload_sha256  # None: UNSIGNED-PAYLOAD, the signed Content-MD5 binds the body
+
+
+def _md5_header(content_md5: str | None) -> dict[str, str]:
+    return {} if content_md5 is None else {"content-md5": content_md5}
+
+
 class _Answer:
     def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
@@ -371,10 +381,15 @@ class S3Client:
 
     # --- the calls, answered like boto3 -------------------------------------------------
 
-    def put_object(self, bucket: str, key: str, body: Sequence[bytes], *, content_md5: str,
+    def put_object(self, bucket: str, key: str, body: Sequence[bytes], *,
+                   content_md5: str | None = None, payload_sha256: str | None = None,
                    extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``payload_sha256`` (hex) is signed as the payload's hash, which S3 checks
+        against the body; ``content_md5`` (base64) is sent and signed when given. Give
+        at least one: an unsigned body with neither would go up unchecked."""
         answer = self._call("PutObject", "PUT", bucket, key, body=body,
-                            headers={"content-md5": content_md5, **(extra or {})})
+                            payload_hash=_payload_hash(content_md5, payload_sha256),
+                            headers={**_md5_header(content_md5), **(extra or {})})
         return {"ETag": answer.headers.get("ETag", "")}
 
     def create_multipart_upload(self, bucket: str, key: str, *,
@@ -384,10 +399,13 @@ class S3Client:
         return {"UploadId": _xml.child(_xml.parse(answer.body), "UploadId")}
 
     def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
-                    body: Sequence[bytes], *, content_md5: str) -> dict[str, Any]:
+                    body: Sequence[bytes], *, content_md5: str | None = None,
+                    payload_sha256: str | None = None) -> dict[str, Any]:
+        """The body's digests as for :meth:`put_object`."""
         answer = self._call("UploadPart", "PUT", bucket, key, body=body,
                             query={"partNumber": str(number), "uploadId": upload_id},
-                            headers={"content-md5": content_md5})
+                            payload_hash=_payload_hash(content_md5, payload_sha256),
+                            headers=_md5_header(content_md5))
         return {"ETag": answer.headers.get("ETag", "")}
 
     def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,

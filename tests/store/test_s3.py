@@ -162,6 +162,22 @@ def test_object_lock_retention(s3_server: Any) -> None:
         assert store.read_bytes("small") == b"locked"
 
 
+def test_a_bucket_locking_objects_by_default_takes_puts(s3_server: Any) -> None:
+    """Such a bucket refuses a put without Content-MD5 (S3 and moto alike), though
+    forge.yml sets no retention: the store switches to Content-MD5 and goes on."""
+    bucket = "forge-lock-" + os.urandom(4).hex()
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    client.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled",
+        "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    with make_s3_store(s3_server, bucket) as store:
+        store.put("small", [b"locked"])
+        store.put("large", [os.urandom(PART + 10)])
+        assert store.read_bytes("small") == b"locked"
+        assert store.size("large") == PART + 10
+
+
 def test_object_lock_needs_a_lock_bucket(s3_store: Callable[..., S3Store]) -> None:
     store = s3_store(retention_mode="COMPLIANCE", retention_days=1)
     with pytest.raises(StoreError) as info:

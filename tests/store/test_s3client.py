@@ -31,7 +31,7 @@ from forge_ci.store.credentials import (
     WebIdentity,
     assume_role_with_web_identity,
 )
-from forge_ci.store.s3 import DEFAULT_PART_SIZE, S3Store
+from forge_ci.store.s3 import DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Store
 from forge_ci.store.s3client import S3Client, S3ResponseError
 from forge_ci.store.sigv4 import EMPTY_SHA256, Credentials, sign, signing_key
 
@@ -103,6 +103,7 @@ class FakeS3(_Served):
         self.secret, self.region = secret, region
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.fail: list[int] = []
+        self.damage = False  # flip a byte of every body received, as a bad link would
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -113,7 +114,9 @@ class FakeS3(_Served):
 
             def handle_one(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                body = self.rfile.read(length)
+                if fake.damage and body:
+                    body = body[:-1] + bytes([body[-1] ^ 1])
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 fake.seen.append((self.command, self.path, headers))
                 auth = headers.get("authorization", "")
@@ -129,10 +132,22 @@ class FakeS3(_Served):
                     self.answer(403, b"<Error><Code>SignatureDoesNotMatch</Code><Message>"
                                 b"The request signature we calculated does not match"
                                 b"</Message></Error>")
+                elif headers["x-amz-content-sha256"] not in (
+                        "UNSIGNED-PAYLOAD", hashlib.sha256(body).hexdigest()):
+                    self.answer(400, b"<Error><Code>XAmzContentSHA256Mismatch</Code>"
+                                b"<Message>The provided 'x-amz-content-sha256' header does "
+                                b"not match what was computed.</Message></Error>")
+                elif headers.get("content-md5", md5(body)) != md5(body):
+                    self.answer(400, b"<Error><Code>BadDigest</Code><Message>The Content-MD5 "
+                                b"you specified did not match what we received.</Message>"
+                                b"</Error>")
                 elif fake.fail:
                     status = fake.fail.pop(0)
                     self.answer(status, b"<Error><Code>SlowDown</Code><Message>later</Message>"
                                 b"</Error>" if status == 503 else b"")
+                elif self.command == "POST" and self.path.endswith("?uploads="):
+                    self.answer(200, b"<InitiateMultipartUploadResult><UploadId>u1"
+                                b"</UploadId></InitiateMultipartUploadResult>")
                 else:
                     self.send_response(200)
                     self.send_header("ETag", '"abc"')
@@ -241,6 +256,24 @@ def test_throttling_and_5xx_are_retried(fake_s3: FakeS3) -> None:
         client.head_bucket("bucket")
     assert len(fake_s3.seen) == 7
     client.close()
+
+
+def test_a_body_damaged_on_the_way_is_refused(fake_s3: FakeS3) -> None:
+    """Every upload is bound to its signed request by a digest the store checks: a
+    single put and a multipart part alike fail rather than store other bytes."""
+    store = S3Store("bucket", "forge", endpoint_url=fake_s3.url, access_key_id="AKIDFORGETEST",
+                    secret_access_key="the-right-secret", max_attempts=1,
+                    part_size=MIN_PART_SIZE)
+    store.put("fine", [b"sealed bytes"])
+    assert fake_s3.seen[-1][2]["x-amz-content-sha256"] == hashlib.sha256(
+        b"sealed bytes").hexdigest()
+    fake_s3.damage = True
+    with pytest.raises(StoreError, match="XAmzContentSHA256Mismatch"):
+        store.put("k", [b"sealed bytes"])
+    with pytest.raises(StoreError, match="XAmzContentSHA256Mismatch"):
+        store.put("big", iter([os.urandom(MIN_PART_SIZE), os.urandom(MIN_PART_SIZE)]))  # two parts
+    assert any("partNumber=1" in path for _method, path, _h in fake_s3.seen)
+    store.close()
 
 
 def test_a_bucket_in_another_region_is_followed_there() -> None:
