@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from forge_ci.backup import layout
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.format.age import Encryptor, Recipient
-from forge_ci.backup.format.zstd import compress_iter, frame_pieces
+from forge_ci.backup.format.zstd import SegmentFrame, frame_pieces
 from forge_ci.backup.uploader import SMALL, Uploader
 
 MEMBER_MAX = SMALL  # larger files are stored as segments
@@ -98,33 +98,32 @@ def put_segments(uploader: Uploader, recipients: Sequence[Recipient], chunks: It
     last one shorter), each sealed whole and put with one request under a random key,
     several in flight at once. Returns their keys in order (stored once the uploader
     is joined). An exception of ``chunks`` propagates; segments already queued are
-    left for prune (nothing references them)."""
+    left for prune (nothing references them).
+
+    Each byte is copied once, into its place in the segment's zstd frame
+    (:class:`SegmentFrame`, one buffer for every segment), and sealed from there."""
     keys: list[str] = []
-    pending: list[bytes] = []
-    size = 0
+    frame = SegmentFrame(segment)
 
     def seal_one() -> None:
         encryptor = Encryptor(recipients)
         sealed: list[bytes] = []
-        for frame in compress_iter(pending, name=path):
-            sealed += encryptor.update_pieces(frame)
+        for piece in frame.frame(name=path):
+            sealed += encryptor.update_pieces(piece)
         sealed.append(encryptor.finish())
         key = layout.random_data_key()
-        uploader.submit_sealed(key, sealed, plain_size=size)
+        uploader.submit_sealed(key, sealed, plain_size=frame.size)
         keys.append(key)
+        frame.clear()
 
     for chunk in chunks:
         with memoryview(chunk) as view:
             pos = 0
             while pos < len(view):
-                take = min(len(view) - pos, segment - size)
-                pending.append(bytes(view[pos:pos + take]) if take < len(view) else chunk)
-                size += take
-                pos += take
-                if size == segment:
+                pos += frame.write(view[pos:])
+                if frame.size == segment:
                     seal_one()
-                    pending, size = [], 0
-    if size or not keys:
+    if frame.size or not keys:
         seal_one()
     return tuple(keys)
 

@@ -167,3 +167,32 @@ def test_age_then_zstd_is_the_universal_recipe(tmp_path: Path, kind: str) -> Non
         check=True,
     )
     assert result.stdout == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(0, 300_000),
+    capacity=st.sampled_from([1, 1000, 128 * 1024, 128 * 1024 + 1, 300_000]),
+    writes=st.lists(st.integers(1, 140_000), min_size=1, max_size=8),
+    kind=st.sampled_from(["text", "random"]),
+    name=st.sampled_from([None, "video.mp4", "dump.sql"]),
+)
+def test_a_segment_frame_is_the_frame_compress_iter_makes(
+        size: int, capacity: int, writes: list[int], kind: str, name: str | None) -> None:
+    """Data written into a SegmentFrame in any pieces comes out as one frame that
+    `zstd -d` reads back; stored, it is byte for byte what compress_iter writes."""
+    data = (text(size) if kind == "text" else os.urandom(size))[:capacity]
+    frame = zstd.SegmentFrame(capacity)
+    pos, i = 0, 0
+    while pos < len(data):
+        pos += frame.write(memoryview(data)[pos:pos + writes[i % len(writes)]])
+        i += 1
+    room = capacity - len(data)
+    assert frame.write(b"more") == min(4, room)  # never past the capacity
+    written = data + b"more"[:room]
+    framed = b"".join(bytes(p) for p in frame.frame(name=name))
+    assert decompress_bytes(framed) == written
+    if kind == "random" or name == "video.mp4":
+        assert framed == b"".join(compress_iter([written], name=name))
+    frame.clear()
+    assert frame.size == 0 and decompress_bytes(b"".join(frame.frame(name=name))) == b""

@@ -150,7 +150,7 @@ def _peek(chunks: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
     return bytes(head), chunks
 
 
-def _compressed_frame(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
+def _compressed_frame(chunks: Iterable[bytes | memoryview], level: int) -> Iterator[bytes]:
     # threads=0: no worker threads, so memory and CPU use are predictable in CI.
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0)
     cobj = cctx.compressobj()
@@ -325,6 +325,69 @@ def frame_pieces(data: bytes, *, name: str | None = None,
         pieces += [((len(block) << 3) | int(last)).to_bytes(3, "little"), block]
         if last:
             return pieces
+
+
+class SegmentFrame:
+    """A segment's plaintext, copied once to where a stored frame holds it, in one
+    buffer used again for every segment.
+
+    Large files are cut into segments, each one zstd frame; most are media, stored
+    as raw blocks. :meth:`write` puts each byte after its block's header, so the
+    stored frame is the buffer itself: nothing is joined, sliced or copied again on
+    its way to the encryptor. :meth:`frame` chooses as :func:`compress_iter` does;
+    data that compresses is compressed from the blocks where they lie.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("a segment holds at least one byte")
+        self.capacity, self.size = capacity, 0
+        self._buf = bytearray(_data_at(capacity))  # room for every block header
+        self._buf[: len(_STORED_FRAME_HEADER)] = _STORED_FRAME_HEADER
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Copy as much of ``data`` as fits; returns how many bytes were taken."""
+        take = min(len(data), self.capacity - self.size)
+        pos = 0
+        while pos < take:
+            step = min(take - pos, _RAW_BLOCK - self.size % _RAW_BLOCK)
+            at = _data_at(self.size)
+            self._buf[at : at + step] = data[pos : pos + step]
+            pos += step
+            self.size += step
+        return take
+
+    def clear(self) -> None:
+        self.size = 0
+
+    def frame(self, *, name: str | None = None,
+              level: int = DEFAULT_LEVEL) -> Iterator[bytes | memoryview]:
+        """One zstd frame holding what was written, in pieces; a piece may be a view
+        of the buffer, valid until the next :meth:`write`."""
+        sample = b"" if name is not None and is_incompressible_name(name) else b"".join(
+            itertools.islice(self._blocks(), -(-SAMPLE_SIZE // _RAW_BLOCK)))[:SAMPLE_SIZE]
+        if choose_mode(name, sample) == "compress":
+            yield from _compressed_frame(self._blocks(), level)
+            return
+        blocks = max(1, -(-self.size // _RAW_BLOCK))
+        for i in range(blocks):
+            size = min(_RAW_BLOCK, self.size - i * _RAW_BLOCK)
+            at = _data_at(i * _RAW_BLOCK) - 3
+            self._buf[at : at + 3] = ((size << 3) | int(i == blocks - 1)).to_bytes(3, "little")
+        with memoryview(self._buf) as view:
+            yield view[: len(_STORED_FRAME_HEADER) + 3 * blocks + self.size]
+
+    def _blocks(self) -> Iterator[memoryview]:
+        with memoryview(self._buf) as view:
+            for start in range(0, self.size, _RAW_BLOCK):
+                at = _data_at(start)
+                yield view[at : at + min(_RAW_BLOCK, self.size - start)]
+
+
+def _data_at(offset: int) -> int:
+    """Where byte ``offset`` of the data lies in a stored frame: after the frame
+    header and the header of its block and of every block before it."""
+    return len(_STORED_FRAME_HEADER) + 3 * (offset // _RAW_BLOCK + 1) + offset
 
 
 def compress_bytes(
