@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -307,6 +308,20 @@ def test_odd_key_round_trip_through_moto(s3_server: Any, s3_bucket: str) -> None
     assert client.list_objects_v2(s3_bucket, "")["Contents"] == []
     # boto3 sees the same key.
     assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents") is None
+    client.close()
+
+
+def test_a_body_of_many_pieces_goes_up_whole(s3_server: Any, s3_bucket: str) -> None:
+    """Pieces are gathered into few system calls (more than one batch here, empty
+    pieces among them, and sends the socket takes only in part): the object is their
+    bytes in order."""
+    client = client_for(s3_server.endpoint_url, s3_server.secret_access_key)
+    rng = random.Random(7)
+    pieces = [os.urandom(rng.choice([0, 1, 100, 4096, 65552])) for _ in range(3000)]
+    data = b"".join(pieces)
+    client.put_object(s3_bucket, "many", pieces,
+                      payload_sha256=hashlib.sha256(data).hexdigest())
+    assert b"".join(client.get_object(s3_bucket, "many")["Body"].iter_chunks(1 << 20)) == data
     client.close()
 
 
