@@ -17,6 +17,9 @@ decompressed size, no check) but never needs to.
 :func:`choose_mode` is the cheap incompressibility test: by file extension first,
 else by compressing a sample at level 1 and storing when it saves less than 5 %.
 
+:class:`SegmentFrame` frames a large file's segments: the same frames, the same
+choice, built in one reused buffer where each byte is copied once.
+
 :func:`decompress_iter` accepts any zstd stream (concatenated frames, skippable
 frames) with bounded memory: output comes in slices of at most ``OUTPUT_SIZE``, the
 window is capped at ``max_window_size``, and a stream that stops inside a frame or
@@ -400,6 +403,7 @@ def compress_bytes(
 __all__ = [
     "DEFAULT_LEVEL",
     "INCOMPRESSIBLE_SUFFIXES",
+    "SegmentFrame",
     "choose_mode",
     "compress_bytes",
     "compress_iter",
