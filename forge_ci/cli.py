@@ -190,6 +190,11 @@ def run() -> NoReturn:
         # The collector would scan the start-up's objects again and again to find
         # nothing: about 17 ms of a one-file redeploy's CPU (gc.callbacks, 3 runs).
         gc.disable()
+        # pydantic looks for plugins (reading every installed package's entry
+        # points, ~12 ms) when the first config model is built; forge's own
+        # environment has none, and its config wants none. A value set by the
+        # caller is kept.
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     code = main()
     if sys.getprofile() is not None or sys.gettrace() is not None:
         raise SystemExit(code)
