@@ -625,20 +625,25 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
     where it was when it died."""
     script = observe_script(dep.layout, shared_paths(dep.config))
     observed = []
-    # What reading the live manifests against ``known`` needs is made while the
-    # first lock's round trip is under way (the first command on a new connection
-    # also waits for the server to set up the session): off the critical path. It
-    # starts once the request is sent, so it does not hold the request up.
+    # What reading the live manifests against ``known`` needs (in a thread) and the
+    # health checks' imports are made while the first lock's round trip is under
+    # way (the first command on a new connection also waits for the server to set
+    # up the session): off the critical path, and after the request is sent, so
+    # they do not hold it up.
     warm = threading.Thread(target=known.prepare_reading, daemon=True) if known else None
+    waiting: list[bool] = []
 
-    def start_warm() -> None:
-        if warm is not None and warm.ident is None:
-            warm.start()
+    def meanwhile() -> None:
+        if not waiting:
+            waiting.append(True)
+            if warm is not None:
+                warm.start()
+            health.preload()
 
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
         lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
-                                        note=dep.log, after=script, sent=start_warm))
+                                        note=dep.log, after=script, sent=meanwhile))
         dep.log(f"{host.name}: locked")
         if warm is not None:
             warm.join()

@@ -74,7 +74,11 @@ class Lock:
         proc = self.host.start(script)
         proc.write(json.dumps(self.owner).encode() + b"\n")
         if self.sent is not None:
-            self.sent()  # the caller's work while the target answers
+            try:
+                self.sent()  # the caller's work while the target answers
+            except BaseException:
+                proc.kill()  # the lock goes with the channel
+                raise
         line = proc.readline().strip()
         if line == b"locked mkdir":
             self.kind = "mkdir"
