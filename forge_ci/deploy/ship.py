@@ -52,6 +52,8 @@ _COPIED = "forge-copied-without-hard-links"
 # A release of this many entries or more travels as _PARTS streams at once.
 _SPLIT_ENTRIES = 1000
 _PARTS = 2
+# Streams of fewer bytes than this are sent as they are (see _send_tar).
+_COMPRESS_FROM = 16384
 # How the unpacking command says what it reads (see _unpack_script).
 _SAYS = "forge-stream:"
 
@@ -182,7 +184,10 @@ def _link_part(release_dir: str, base_dir: str, remove: Sequence[str]) -> Part:
     plain copy, which prints :data:`_COPIED`), then ``remove`` unlinked from it."""
     staged = staged_base(base_dir)
     # Where hard links fail (another file system, a jailed shell) a plain copy does.
-    make = (f"rm -rf {sh(release_dir)} && {{ mv -T -- {sh(staged)} {sh(release_dir)} 2>/dev/null"
+    # rm (a command, where tests are builtins) only for a release a failed run left.
+    gone = f"[ ! -e {sh(release_dir)} ] && [ ! -L {sh(release_dir)} ]"
+    make = (f"{{ {{ {gone}; }} || rm -rf {sh(release_dir)}; }} && "
+            f"{{ mv -T -- {sh(staged)} {sh(release_dir)} 2>/dev/null"
             f" || cp -al -- {sh(base_dir)} {sh(release_dir)} 2>/dev/null || "
             f"{{ rm -rf {sh(release_dir)} && cp -a -- {sh(base_dir)} {sh(release_dir)} && "
             f"echo {_COPIED}; }}; }} && cd {sh(release_dir)}")
@@ -365,11 +370,11 @@ class _Stream:
     how to send it (raises when the release directory could not be made)."""
 
     def __init__(self, host: Host, release_dir: str, fresh: bool, moved: str = "",
-                 unless: str = "", before: Sequence[Part] = ()) -> None:
+                 unless: str = "", before: Sequence[Part] = (), small: bool = False) -> None:
         self.host = host
         # ``before`` first (batch_script: none reads stdin), then the unpacking.
         self.proc = host.start((batch_script(before) if before else "") + _unpack_script(
-            release_dir, fresh, host.compress_streams, moved, unless))
+            release_dir, fresh, host.compress_streams and not small, moved, unless))
         self.writer = _ProcWriter(self.proc)
         self.out: _Sink = self.writer
         self.said = bytearray()  # what the command printed before saying how to send
@@ -458,7 +463,10 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
     parts = _split(paths, manifest, _PARTS if _splittable(paths, manifest) else 1)
     # The first command makes the directory (and says so); the others only go into it.
     streams = [] if streams is None else streams
-    streams.append(_Stream(host, release_dir, fresh, moved, unless, before))
+    # A few kilobytes gain nothing from zstd that its process on the host costs.
+    sent = sum(manifest.entries[p].size for p in paths)
+    small = sent + sum(len(data) for data, _ in generated.values()) < _COMPRESS_FROM
+    streams.append(_Stream(host, release_dir, fresh, moved, unless, before, small))
     threads: list[threading.Thread] = []
     failed: list[BaseException] = []
     try:
@@ -501,7 +509,7 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
         raise
     for s in streams:
         s.finish()
-    return sum(manifest.entries[p].size for p in paths)
+    return sent
 
 
 def _tar_generated(out: _Sink, generated: Mapping[str, tuple[bytes, int]]) -> None:
