@@ -245,7 +245,8 @@ def _show_untrusted(dep: Deployment, lines: Sequence[str]) -> None:
             dep.log(f"    {line}")
 
 
-def _ship(run: _Run, host: Host, step: Ship) -> None:
+def _ship(run: _Run, host: Host, step: Ship, before: Sequence[Part] = ()) -> None:
+    """Ship ``step``; ``before``: plain steps to run first (see :func:`ship`)."""
     dep, lay = run.dep, run.dep.layout
     assert run.artifact is not None
     dep.log(f"{host.name}: shipping {step.release}")
@@ -257,7 +258,7 @@ def _ship(run: _Run, host: Host, step: Ship) -> None:
     stats = ship(host, run.artifact, lay.release(step.release),
                  lay.release(step.base) if step.base else None, step.send, step.remove,
                  dep.log, generated=generated, progress=dep.progress,
-                 early=run.early.get(host.name))
+                 early=run.early.get(host.name), before=before)
     for name, value in (("sent_entries", stats.sent_entries), ("sent_bytes", stats.sent_bytes),
                         ("linked_entries", stats.linked_entries)):
         run.metrics[name] = run.metrics.get(name, 0) + value
@@ -530,6 +531,11 @@ def _host_steps(run: _Run, hs: HostSteps, hold: bool = False) -> None:
 
     for group in _groups(hs.steps):
         part = _part(run, host, group)
+        if part is None and isinstance(group[0], Ship) and not held:
+            # The plain steps before it go in the shipping's own round trip.
+            _ship(run, host, group[0], before=parts)
+            parts = []
+            continue
         if part is None:
             flush()
             _do(run, host, group[0])
@@ -619,16 +625,25 @@ def _lock_all(dep: Deployment, stack: contextlib.ExitStack,
     where it was when it died."""
     script = observe_script(dep.layout, shared_paths(dep.config))
     observed = []
-    # What reading the live manifests against ``known`` needs is made while the
-    # first lock's round trip is under way (the first command on a new connection
-    # also waits for the server to set up the session): off the critical path.
+    # What reading the live manifests against ``known`` needs (in a thread) and the
+    # health checks' imports are made while the first lock's round trip is under
+    # way (the first command on a new connection also waits for the server to set
+    # up the session): off the critical path, and after the request is sent, so
+    # they do not hold it up.
     warm = threading.Thread(target=known.prepare_reading, daemon=True) if known else None
-    if warm is not None:
-        warm.start()
+    waiting: list[bool] = []
+
+    def meanwhile() -> None:
+        if not waiting:
+            waiting.append(True)
+            if warm is not None:
+                warm.start()
+            health.preload()
+
     for host in dep.hosts:
         dep.log(f"{host.name}: taking the deploy lock")
         lock = stack.enter_context(Lock(host, dep.layout, dep.owner, dep.config.lock_wait,
-                                        note=dep.log, after=script))
+                                        note=dep.log, after=script, sent=meanwhile))
         dep.log(f"{host.name}: locked")
         if warm is not None:
             warm.join()

@@ -7,16 +7,20 @@ cached old one. Configured checks (status, contains) run after it.
 
 from __future__ import annotations
 
-import http.client
+import functools
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from forge_ci.config.models import HealthCheck
 from forge_ci.remote.base import Host, sh
 from forge_ci.remote.dial import connect
+
+if TYPE_CHECKING:
+    import http.client
 
 MARKER_PATH = "web/forge-release.php"
 MARKER_URL = "forge-release.php"
@@ -52,6 +56,13 @@ class Outcome:
     seconds: float
 
 
+def preload() -> None:
+    """Import what the checks need (``http.client``, which loads ``ssl`` and the
+    email parser: ~10 ms), for a caller with time to spare while it waits on the
+    network; the checks import it themselves otherwise."""
+    import http.client  # noqa: F401
+
+
 class _Client:
     """Plain http.client with one kept-alive connection per origin.
 
@@ -65,6 +76,8 @@ class _Client:
         self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
 
     def get(self, url: str) -> tuple[int, str]:
+        import http.client
+
         parts = urllib.parse.urlsplit(url)
         key = (parts.scheme, parts.netloc)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -92,13 +105,15 @@ class _Client:
             return resp.status, body
 
     def _connect(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+        import http.client
+
         host, port = parts.hostname or "", parts.port
         if parts.scheme == "https":
             import ssl  # only here: most of a deploy never needs it
 
             return http.client.HTTPSConnection(host, port, timeout=self.timeout,
                                                context=ssl.create_default_context(cafile=self.cafile))
-        return _HTTPConnection(host, port, timeout=self.timeout)
+        return _plain_connection()(host, port, timeout=self.timeout)
 
     def _drop(self, key: tuple[str, str]) -> None:
         conn = self._conns.pop(key, None)
@@ -110,18 +125,24 @@ class _Client:
             self._drop(key)
 
 
-class _HTTPConnection(http.client.HTTPConnection):
+@functools.cache
+def _plain_connection() -> type[http.client.HTTPConnection]:
     """Plain http connecting as :func:`forge_ci.remote.dial.connect` does: an ASCII
     name (or an address) is resolved without loading Python's IDNA codec, which a
-    str host makes the resolver load first, on the switch's critical path."""
+    str host makes the resolver load first, on the switch's critical path. Made
+    when first needed: http.client loads with it."""
+    import http.client
 
-    def __init__(self, host: str, port: int | None, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._seconds = timeout
+    class _HTTPConnection(http.client.HTTPConnection):
+        def __init__(self, host: str, port: int | None, timeout: float) -> None:
+            super().__init__(host, port, timeout=timeout)
+            self._seconds = timeout
 
-    def connect(self) -> None:
-        sys.audit("http.client.connect", self, self.host, self.port)
-        self.sock = connect(self.host, self.port, self._seconds)
+        def connect(self) -> None:
+            sys.audit("http.client.connect", self, self.host, self.port)
+            self.sock = connect(self.host, self.port, self._seconds)
+
+    return _HTTPConnection
 
 
 Fetch = Callable[[str], tuple[int, str]]
@@ -160,6 +181,8 @@ def connect_rule(url: str, address: str) -> str:
 
 def _probe(fetch: Fetch, check: HealthCheck) -> str | None:
     """None when the check passes, else why not."""
+    import http.client
+
     try:
         status, body = fetch(check.url)
     except (OSError, http.client.HTTPException) as e:

@@ -8,7 +8,8 @@ lock: a lock whose owner is gone is recovered without anyone deleting a file.
 
 A script given as ``after`` runs on the target once the lock is held, in the
 same round trip (a deploy observes the target there): its output is
-:attr:`Lock.output`. It runs in a subshell, so an ``exit`` in it ends only
+:attr:`Lock.output`. ``sent`` is called once the request is on its way, before
+the answer is awaited. It runs in a subshell, so an ``exit`` in it ends only
 itself, never the command that holds the lock.
 
 Where ``flock`` is missing (a cPanel jailed shell, CageFS) the lock is a
@@ -49,9 +50,9 @@ def owner_info(environ: Mapping[str, str], command: str) -> dict[str, str]:
 class Lock:
     def __init__(self, host: Host, layout: Layout, owner: Mapping[str, str],
                  wait: float = 0.0, note: Callable[[str], None] = lambda _m: None,
-                 after: str = "") -> None:
+                 after: str = "", sent: Callable[[], None] | None = None) -> None:
         self.host, self.layout, self.owner, self.wait = host, layout, dict(owner), wait
-        self.note, self.after = note, after
+        self.note, self.after, self.sent = note, after, sent
         self._proc: Process | None = None
         self.kind = "flock"  # or "mkdir" where flock is missing
         self.output = b""  # what ``after`` printed, once the lock is held
@@ -72,6 +73,12 @@ class Lock:
         script = _lock_script(lay.meta, lay.lock, lay.lock_owner, wait, self.after, end)
         proc = self.host.start(script)
         proc.write(json.dumps(self.owner).encode() + b"\n")
+        if self.sent is not None:
+            try:
+                self.sent()  # the caller's work while the target answers
+            except BaseException:
+                proc.kill()  # the lock goes with the channel
+                raise
         line = proc.readline().strip()
         if line == b"locked mkdir":
             self.kind = "mkdir"

@@ -28,7 +28,17 @@ from forge_ci.build.builder import Artifact
 from forge_ci.build.manifest import Manifest
 from forge_ci.errors import ForgeError, RemoteCommandError
 from forge_ci.progress import MakeProgress, Progress, silent
-from forge_ci.remote.base import Host, Process, sh
+from forge_ci.remote.base import (
+    Host,
+    Part,
+    Process,
+    Result,
+    batch,
+    batch_script,
+    check_batch,
+    failed_index,
+    sh,
+)
 from forge_ci.units import human_size
 
 # Staged copies of a release wait in releases/ under this prefix (see staged_base).
@@ -42,6 +52,8 @@ _COPIED = "forge-copied-without-hard-links"
 # A release of this many entries or more travels as _PARTS streams at once.
 _SPLIT_ENTRIES = 1000
 _PARTS = 2
+# Streams of fewer bytes than this are sent as they are (see _send_tar).
+_COMPRESS_FROM = 16384
 # How the unpacking command says what it reads (see _unpack_script).
 _SAYS = "forge-stream:"
 
@@ -106,45 +118,84 @@ class _ZstdWriter:
 def ship(host: Host, artifact: Artifact, release_dir: str, base_dir: str | None,
          send: Sequence[str], remove: Sequence[str], log: Callable[[str], None],
          generated: Mapping[str, tuple[bytes, int]] | None = None,
-         progress: MakeProgress = silent, early: EarlyStream | None = None) -> ShipStats:
+         progress: MakeProgress = silent, early: EarlyStream | None = None,
+         before: Sequence[Part] = ()) -> ShipStats:
     """Create ``release_dir`` on ``host`` from ``artifact``, as the plan's ship step says.
 
     ``base_dir`` is the live release to hard-link from (None: send everything),
     minus ``remove`` (what changed or went away, and the per-release paths added
     after shipping); ``send`` are the artifact's entries to send; ``generated``
     are files made for this release (path -> content, mode) in the same stream;
-    ``progress`` shows how far the stream has got.
+    ``progress`` shows how far the stream has got. ``before`` are the plain steps
+    that come first (as :func:`forge_ci.remote.base.batch` runs them, failing as it
+    does): from a live release, they and the hard-linking run in the stream's own
+    command when none of them reads stdin (one round trip instead of three).
     """
     new = artifact.manifest
+    generated = generated or {}
+    copied = False
     if base_dir is not None:
-        listing = b"".join(p.encode() + b"\0" for p in remove)
-        # A copy staged after the last deploy saves the cp -al on the critical path.
-        staged = staged_base(base_dir)
-        # Where hard links fail (another file system, a jailed shell) a plain copy does.
-        done = host.check(host.run(
-            f"rm -rf {sh(release_dir)} && {{ mv -T -- {sh(staged)} {sh(release_dir)} 2>/dev/null"
-            f" || cp -al -- {sh(base_dir)} {sh(release_dir)} 2>/dev/null || "
-            f"{{ rm -rf {sh(release_dir)} && cp -a -- {sh(base_dir)} {sh(release_dir)} && "
-            f"echo {_COPIED}; }}; }} && cd {sh(release_dir)} && xargs -0 -r rm -rf --",
-            input=listing, check=False), "hard-linking the live release")
-        if _COPIED.encode() in done.stdout:
-            log(f"{host.name}: hard links failed (cp -al): copied the live release instead, "
-                "which takes more time and disk")
-    elif not send and not generated:
-        host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
-                            check=False), "creating the release directory")
-    if early is not None and base_dir is None and _move_early(host, artifact, release_dir,
-                                                              send, generated or {}, early):
-        sent_bytes = sum(new.entries[p].size for p in send)
-    else:
         if early is not None:
             early.discard()
-        # Without a base the stream's own command makes the directory: one round trip.
-        sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new,
-                               generated or {}, progress, fresh=base_dir is None)
+        # A copy staged after the last deploy saves the cp -al on the critical path.
+        parts = [*before, _link_part(release_dir, base_dir, remove)]
+        if (send or generated) and all(p.input is None for p in parts):
+            streams: list[_Stream] = []
+            sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new,
+                                   generated, progress, before=parts, streams=streams)
+            copied = _COPIED.encode() in streams[0].said
+        else:
+            if sum(p.input is not None for p in parts) > 1:
+                batch(host, parts[:-1])
+                parts = parts[-1:]
+            r = host.run(batch_script(parts), input=parts[-1].input, check=False)
+            check_batch(host, parts, r)
+            copied = _COPIED.encode() in r.stdout
+            sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new,
+                                   generated, progress)
+    else:
+        batch(host, before)
+        if not send and not generated:
+            host.check(host.run(f"rm -rf {sh(release_dir)} && mkdir -p {sh(release_dir)}",
+                                check=False), "creating the release directory")
+        if early is not None and _move_early(host, artifact, release_dir, send, generated,
+                                             early):
+            sent_bytes = sum(new.entries[p].size for p in send)
+        else:
+            if early is not None:
+                early.discard()
+            # Without a base the stream's own command makes the directory: one round trip.
+            sent_bytes = _send_tar(host, artifact.tree, release_dir, tuple(send), new,
+                                   generated, progress, fresh=True)
+    if copied:
+        log(f"{host.name}: hard links failed (cp -al): copied the live release instead, "
+            "which takes more time and disk")
     linked = len(new.entries) - len(send)
     log(f"{host.name}: sent {len(send)} entries ({human_size(sent_bytes)}), linked {linked}")
     return ShipStats(len(send), sent_bytes, linked)
+
+
+# Bytes of paths to unlink carried in the linking script itself; more go on its stdin.
+_INLINE_REMOVE = 16384
+
+
+def _link_part(release_dir: str, base_dir: str, remove: Sequence[str]) -> Part:
+    """``release_dir`` made from ``base_dir`` (its staged copy, else ``cp -al``, else a
+    plain copy, which prints :data:`_COPIED`), then ``remove`` unlinked from it."""
+    staged = staged_base(base_dir)
+    # Where hard links fail (another file system, a jailed shell) a plain copy does.
+    # rm (a command, where tests are builtins) only for a release a failed run left.
+    gone = f"[ ! -e {sh(release_dir)} ] && [ ! -L {sh(release_dir)} ]"
+    make = (f"{{ {{ {gone}; }} || rm -rf {sh(release_dir)}; }} && "
+            f"{{ mv -T -- {sh(staged)} {sh(release_dir)} 2>/dev/null"
+            f" || cp -al -- {sh(base_dir)} {sh(release_dir)} 2>/dev/null || "
+            f"{{ rm -rf {sh(release_dir)} && cp -a -- {sh(base_dir)} {sh(release_dir)} && "
+            f"echo {_COPIED}; }}; }} && cd {sh(release_dir)}")
+    inline = sh("rm", "-rf", "--", *remove) if remove else "true"
+    if len(inline) <= _INLINE_REMOVE:
+        return Part(f"{make} && {inline}", "hard-linking the live release")
+    listing = b"".join(p.encode() + b"\0" for p in remove)
+    return Part(f"{make} && xargs -0 -r rm -rf --", "hard-linking the live release", listing)
 
 
 class EarlyStream:
@@ -299,12 +350,14 @@ def _unpack_script(release_dir: str, fresh: bool, compress: bool, moved: str = "
             f"echo {_SAYS}failed; exit 1")
 
 
-def _stream_kind(proc: Process) -> bytes:
+def _stream_kind(proc: Process, said: bytearray) -> bytes:
     """What the unpacking command asked for; lines before it (a shell start-up file
-    that prints) are skipped. ``b""`` when the command ended without saying."""
+    that prints, the output of steps run first) are skipped into ``said``. ``b""``
+    when the command ended without saying."""
     while line := proc.readline():
         if line.startswith(_SAYS.encode()):
             return line[len(_SAYS):].strip()
+        said += line
     return b""
 
 
@@ -317,19 +370,24 @@ class _Stream:
     how to send it (raises when the release directory could not be made)."""
 
     def __init__(self, host: Host, release_dir: str, fresh: bool, moved: str = "",
-                 unless: str = "") -> None:
+                 unless: str = "", before: Sequence[Part] = (), small: bool = False) -> None:
         self.host = host
-        self.proc = host.start(_unpack_script(release_dir, fresh, host.compress_streams,
-                                              moved, unless))
+        # ``before`` first (batch_script: none reads stdin), then the unpacking.
+        self.proc = host.start((batch_script(before) if before else "") + _unpack_script(
+            release_dir, fresh, host.compress_streams and not small, moved, unless))
         self.writer = _ProcWriter(self.proc)
         self.out: _Sink = self.writer
-        kind = _stream_kind(self.proc)
+        self.said = bytearray()  # what the command printed before saying how to send
+        kind = _stream_kind(self.proc, self.said)
         if kind == b"zstd":
             self.out = _ZstdWriter(self.writer)
         elif kind == b"skip":
             self.proc.wait(600)
             raise _Skipped
         elif kind != b"tar":
+            status = self.proc.wait(600)
+            if failed_index(status, before) is not None:
+                check_batch(host, before, Result(status, bytes(self.said), self.proc.stderr()))
             self.finish()
             raise RemoteCommandError(f"unpacking the release on {host.name} failed")
 
@@ -384,9 +442,11 @@ class _Shown:
 def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
               manifest: Manifest, generated: Mapping[str, tuple[bytes, int]],
               progress: MakeProgress = silent, fresh: bool = False, moved: str = "",
-              unless: str = "", streams: list[_Stream] | None = None) -> int:
+              unless: str = "", streams: list[_Stream] | None = None,
+              before: Sequence[Part] = ()) -> int:
     """Stream the artifact's entries, then the generated files, into the remote tar
-    (``fresh``: into a new, empty ``release_dir``, made by the first stream's command).
+    (``fresh``: into a new, empty ``release_dir``, made by the first stream's command,
+    after ``before``: see :func:`ship`).
 
     GNU tar packs the artifact (it is several times faster than Python's tarfile);
     the generated files follow as a second archive, which ``-i`` lets tar read on.
@@ -398,11 +458,15 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
     creating the files is most of the remote work, and one tar uses one core.
     """
     if not paths and not generated and not moved:
+        batch(host, before)
         return 0
     parts = _split(paths, manifest, _PARTS if _splittable(paths, manifest) else 1)
     # The first command makes the directory (and says so); the others only go into it.
     streams = [] if streams is None else streams
-    streams.append(_Stream(host, release_dir, fresh, moved, unless))
+    # A few kilobytes gain nothing from zstd that its process on the host costs.
+    sent = sum(manifest.entries[p].size for p in paths)
+    small = sent + sum(len(data) for data, _ in generated.values()) < _COMPRESS_FROM
+    streams.append(_Stream(host, release_dir, fresh, moved, unless, before, small))
     threads: list[threading.Thread] = []
     failed: list[BaseException] = []
     try:
@@ -445,7 +509,7 @@ def _send_tar(host: Host, tree: Path, release_dir: str, paths: tuple[str, ...],
         raise
     for s in streams:
         s.finish()
-    return sum(manifest.entries[p].size for p in paths)
+    return sent
 
 
 def _tar_generated(out: _Sink, generated: Mapping[str, tuple[bytes, int]]) -> None:

@@ -116,16 +116,29 @@ def batch(host: Host, parts: Sequence[Part]) -> None:
     feeds = [p.input for p in parts if p.input is not None]
     if len(feeds) > 1:
         raise ValueError("a batch carries at most one part's input")
+    r = host.run(batch_script(parts), input=feeds[0] if feeds else None, check=False)
+    check_batch(host, parts, r)
+
+
+def batch_script(parts: Sequence[Part]) -> str:
+    """The script :func:`batch` runs: each part in a subshell, in order; the first that
+    fails ends it with exit 100 + its index. A part without input reads nothing, so
+    the script may go first in a command whose stdin is for something else."""
     lines = []
     for i, part in enumerate(parts):
         stdin = "" if part.input is not None else " </dev/null"
         lines.append(f"( {part.script}\n){stdin} || exit {_FIRST_PART + i}")
-    r = host.run("\n".join(lines) + "\n", input=feeds[0] if feeds else None, check=False)
-    if r.status == 0:
+    return "\n".join(lines) + "\n"
+
+
+def check_batch(host: Host, parts: Sequence[Part], result: Result) -> None:
+    """Raise for ``result`` of :func:`batch_script` as :meth:`Host.check` would for
+    the part that failed alone (naming them all when none is known to have)."""
+    if result.status == 0:
         return
-    index = r.status - _FIRST_PART
-    what = parts[index].what if 0 <= index < len(parts) else ", ".join(p.what for p in parts)
-    host.check(r, what)
+    index = failed_index(result.status, parts)
+    what = parts[index].what if index is not None else ", ".join(p.what for p in parts)
+    host.check(result, what)
 
 
 _FIRST_PART = 100  # a batch exits 100 + the index of the part that failed
@@ -134,7 +147,12 @@ _FIRST_PART = 100  # a batch exits 100 + the index of the part that failed
 def failed_part(error: RemoteCommandError, parts: Sequence[Part]) -> int | None:
     """The index of the part of ``parts`` whose failure made :func:`batch` raise
     ``error``; None when no part is known to have failed (the connection was lost)."""
-    index = (error.exit_status if error.exit_status is not None else -1) - _FIRST_PART
+    return failed_index(error.exit_status if error.exit_status is not None else -1, parts)
+
+
+def failed_index(status: int, parts: Sequence[Part]) -> int | None:
+    """The index of the part of ``parts`` that ended :func:`batch_script` with ``status``."""
+    index = status - _FIRST_PART
     return index if 0 <= index < len(parts) else None
 
 

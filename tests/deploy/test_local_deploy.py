@@ -147,6 +147,55 @@ def test_a_step_failing_in_the_switchs_round_trip_is_a_failure_before_the_switch
     assert releases_on_disk(local_site) == [good]
 
 
+def _staged_copy_made(site: LocalSite, release: str) -> Path:
+    staged = site.target / "releases" / f".forge-base-{release}"
+    deadline = time.monotonic() + 20
+    while not staged.is_dir():  # made in the background after the deploy
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return staged
+
+
+def test_a_step_failing_in_the_shippings_round_trip_is_named_and_nothing_is_switched(
+    local_site: LocalSite, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A redeploy's first prepare steps (directories, the "preparing" event, the
+    # manifest) run in the stream's own round trip, before the release is made:
+    # one that fails is named as alone, and the release is never made.
+    assert local_site.forge("deploy", "local") == 0
+    good = local_site.current
+    _staged_copy_made(local_site, good)
+    log = local_site.target / ".forge/log.jsonl"
+    log.unlink()
+    log.mkdir()  # the event cannot be appended
+    local_site.write("web/index.html", "ok v2\n")
+    capsys.readouterr()
+    assert local_site.forge("deploy", "local") == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert f"appending to {log}" in err and "the live site was not touched" in err
+    assert local_site.current == good and local_site.page() == "ok v1\n"
+    assert releases_on_disk(local_site) == [good]
+
+
+def test_a_redeploy_that_removes_many_files_unlinks_them_all_from_the_new_release_only(
+    local_site: LocalSite,
+) -> None:
+    # Over 16 kB of names to unlink: they go on the linking command's stdin, not in it.
+    names = [f"web/old/{'n' * 60}-{i:04d}.txt" for i in range(400)]
+    for name in names:
+        local_site.write(name, "old\n")
+    assert local_site.forge("deploy", "local") == 0
+    first = local_site.current
+    shutil.rmtree(local_site.src / "web/old")
+    local_site.write("web/index.html", "ok v2\n")
+    assert local_site.forge("deploy", "local") == 0
+    second = local_site.current
+    old, new = local_site.target / "releases" / first, local_site.target / "releases" / second
+    assert all((old / n).read_text() == "old\n" for n in names)
+    assert not (new / "web/old").exists()
+    assert local_site.page() == "ok v2\n"
+
+
 def test_first_deploy_that_fails_health_leaves_no_current(local_site: LocalSite) -> None:
     local_site.write("web/index.html", "error 500\n")
     assert local_site.forge("deploy", "local") == ExitCode.ROLLED_BACK
