@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import gc
 import importlib
 import json
 import os
@@ -171,25 +170,18 @@ def _print_json(runner: gha.Runner, data: dict[str, Any]) -> None:
     print(runner.redact(json.dumps(data, indent=2, sort_keys=True)), flush=True)
 
 
-# Verbs that run without cyclic garbage collection (see run()): minutes at most,
-# their objects mostly made at start-up (modules, config models, manifests) and
-# kept to the end, the rest freed by reference counting. Not backups: hours of
-# streaming, where an unreclaimed cycle could add up.
-UNCOLLECTED = frozenset({"deploy", "rollback", "releases", "health", "doctor"})
+# Verbs that work on hosts and start their config the same way (see run()).
+DEPLOY_VERBS = frozenset({"deploy", "rollback", "releases", "health", "doctor"})
 
 
 def run() -> NoReturn:
     """The ``forge-ci`` program: :func:`main`, then the exit a normal one would be
     (threads joined, ``atexit`` handlers run, output flushed) without tearing the
     interpreter down object by object, which costs a run 20-50 ms after its work is
-    done; the verbs of :data:`UNCOLLECTED` run without cyclic garbage collection.
-    Usage errors and ``--help`` (``SystemExit`` from argparse) exit as usual,
+    done. Usage errors and ``--help`` (``SystemExit`` from argparse) exit as usual,
     and so does a run under a profiler or debugger, which writes its report after
     :func:`main` returns."""
-    if _command_word(sys.argv[1:]) in UNCOLLECTED:
-        # The collector would scan the start-up's objects again and again to find
-        # nothing: about 17 ms of a one-file redeploy's CPU (gc.callbacks, 3 runs).
-        gc.disable()
+    if _command_word(sys.argv[1:]) in DEPLOY_VERBS:
         # pydantic looks for plugins (reading every installed package's entry
         # points, ~12 ms) when the first config model is built; forge's own
         # environment has none, and its config wants none. A value set by the
