@@ -22,7 +22,8 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -33,7 +34,6 @@ from forge_ci.remote import Host, sh
 CACHE_PATH = ".forge/backup-hashes.json"
 _FIELDS = 8
 _FIND_FORMAT = r"%y\0%s\0%T@\0%C@\0%i\0%m\0%p\0%l\0"
-_TYPES = {"f": "file", "d": "dir", "l": "symlink"}
 _SHA = re.compile(r"[0-9a-f]{64}")
 _CACHE_HEAD = b'{"version":1,"entries":{'
 # "path":[size,mtime_ns,ctime_ns,inode,"sha256"(,"location")?], as json.dumps writes
@@ -117,6 +117,13 @@ def _ns(text: str) -> int:
 
 def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool = True,
               allow_missing: bool = False) -> list[Stat]:
+    """As :func:`list_columns`, one :class:`Stat` per entry."""
+    return list(list_columns(host, root, paths, follow_start=follow_start,
+                             allow_missing=allow_missing))
+
+
+def list_columns(host: Host, root: str, paths: Sequence[str], *, follow_start: bool = True,
+                 allow_missing: bool = False) -> Listing:
     """Every entry under ``paths`` (the paths themselves included), in ``find`` order.
 
     ``follow_start`` (``find -H``) follows a configured path that is itself a symlink
@@ -125,7 +132,7 @@ def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool
     is worse than a failed one.
     """
     if not paths:
-        return []
+        return Listing()
     on_missing = ":" if allow_missing else '{ printf "%s\\n" "$p" >&2; exit 4; }'
     script = (
         f"cd -- {sh(root)} || exit 3\n"
@@ -142,7 +149,7 @@ def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool
         raise BackupError(f"{host.name}: backup path {missing!r} does not exist under {root}",
                           hint="fix `backup.paths` in forge.yml, or create the directory")
     host.check(r, f"listing the backup paths under {root}")
-    return parse_listing(r.stdout)
+    return parse_columns(r.stdout)
 
 
 def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
@@ -164,12 +171,16 @@ def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
 
 
 def parse_listing(data: bytes) -> list[Stat]:
-    """The ``Stat`` of each record of ``find -printf _FIND_FORMAT`` output.
+    """The ``Stat`` of each record of ``find -printf _FIND_FORMAT`` output."""
+    return list(parse_columns(data))
+
+
+def parse_columns(data: bytes) -> Listing:
+    """The records of ``find -printf _FIND_FORMAT`` output as a :class:`Listing`.
 
     Walks the output one record at a time: splitting it whole would hold eight
     ``bytes`` objects per entry at once (17 MiB at 50,000 files)."""
-    out = []
-    modes: dict[bytes, int] = {}  # one int per distinct mode, not one per entry
+    out = Listing()
     pos, end = 0, len(data)
     while pos < end:
         fields = []
@@ -181,17 +192,92 @@ def parse_listing(data: bytes) -> list[Stat]:
             pos = stop + 1
         kind, size, mtime, ctime, inode, mode, path, target = fields
         name = decode(path)
-        # Interned: shared with the hash cache's copy of the same path, if loaded.
-        name = sys.intern(name[2:] if name.startswith("./") else name)
-        k: Kind = _TYPES.get(kind.decode(), "other")  # type: ignore[assignment]
         mtime_ns = _ns(mtime.decode())
-        # One int object when equal (a file written once): 32 bytes less per file.
-        ctime_ns = mtime_ns if ctime == mtime else _ns(ctime.decode())
-        out.append(Stat(
-            path=name, kind=k, size=int(size), mtime_ns=mtime_ns,
-            ctime_ns=ctime_ns, inode=int(inode), mode=modes.setdefault(mode, int(mode, 8)),
-            target=decode(target) if k == "symlink" else None))
+        out.add(name[2:] if name.startswith("./") else name,
+                _KIND_CODES.get(kind, _OTHER), int(size), mtime_ns,
+                mtime_ns if ctime == mtime else _ns(ctime.decode()), int(inode),
+                int(mode, 8), decode(target) if kind == b"l" else None)
     return out
+
+
+_FILE, _DIR, _LINK, _OTHER, _GONE = 0, 1, 2, 3, 4
+_KIND_CODES = {b"f": _FILE, b"d": _DIR, b"l": _LINK}
+_KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "other", "other")
+
+
+class Listing:
+    """Entries of a listing as columns, one row each, in ``find`` order: a path
+    string and a few machine integers per entry instead of a :class:`Stat` and its
+    int objects (a media library has one entry per file). :meth:`stat` gives a
+    row's ``Stat``; a row can be re-stated (:meth:`update`) or dropped
+    (:meth:`drop`: no longer listed, its row number kept)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self._kinds = bytearray()
+        self._ints = array("q")  # size, mtime_ns, ctime_ns, inode, mode per row
+        self._targets: dict[int, str] = {}  # symlinks' targets
+
+    def add(self, path: str, kind: int, size: int, mtime_ns: int, ctime_ns: int,
+            inode: int, mode: int, target: str | None = None) -> int:
+        row = len(self.paths)
+        # Interned: shared with the hash cache's copy of the same path, if loaded.
+        self.paths.append(sys.intern(path))
+        self._kinds.append(kind)
+        self._ints.extend((size, mtime_ns, ctime_ns, inode, mode))
+        if target is not None:
+            self._targets[row] = target
+        return row
+
+    def add_stat(self, st: Stat) -> int:
+        return self.add(st.path, _KINDS.index(st.kind), st.size, st.mtime_ns, st.ctime_ns,
+                        st.inode, st.mode, st.target)
+
+    def update(self, row: int, st: Stat) -> None:
+        """Row ``row`` (same path) as ``st`` now says."""
+        self._kinds[row] = _KINDS.index(st.kind)
+        self._ints[row * 5:row * 5 + 5] = array("q", (st.size, st.mtime_ns, st.ctime_ns,
+                                                      st.inode, st.mode))
+        self._targets.pop(row, None)
+        if st.target is not None:
+            self._targets[row] = st.target
+
+    def drop(self, row: int) -> None:
+        self._kinds[row] = _GONE
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Stat]:
+        return (self.stat(row) for row in range(len(self.paths)) if self._kinds[row] != _GONE)
+
+    def kind(self, row: int) -> Kind | None:
+        """None: dropped."""
+        k = self._kinds[row]
+        return None if k == _GONE else _KINDS[k]
+
+    def is_file(self, row: int) -> bool:
+        return self._kinds[row] == _FILE
+
+    def size(self, row: int) -> int:
+        return self._ints[row * 5]
+
+    def mtime_ns(self, row: int) -> int:
+        return self._ints[row * 5 + 1]
+
+    def mode(self, row: int) -> int:
+        return self._ints[row * 5 + 4]
+
+    def target(self, row: int) -> str | None:
+        return self._targets.get(row)
+
+    def cache_key(self, row: int) -> list[int]:
+        return self._ints[row * 5:row * 5 + 4].tolist()
+
+    def stat(self, row: int) -> Stat:
+        size, mtime_ns, ctime_ns, inode, mode = self._ints[row * 5:row * 5 + 5]
+        return Stat(self.paths[row], _KINDS[self._kinds[row]], size, mtime_ns, ctime_ns,
+                    inode, mode, self._targets.get(row))
 
 
 def hash_files(host: Host, root: str, paths: Iterable[str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 
 from forge_ci.backup import files, layout
 from forge_ci.backup.index import BlobIndex
-from forge_ci.backup.scan import HashCache, Stat, list_tree, parse_listing
+from forge_ci.backup.scan import HashCache, Stat, list_columns, list_tree, parse_listing
 from forge_ci.backup.snapshot import FileEntry, dump_chunks, dumps, parse
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote import LocalHost
@@ -103,12 +103,11 @@ def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
     for i in range(7):
         (root / "up" / f"{i}.txt").write_bytes(b"x" * i)
     host = LocalHost()
-    listing = list_tree(host, str(root), ["up"])
-    plan = files.FilePlan(stats={s.path: s for s in listing}, hashes={}, names={}, upload=[])
+    plan = files.FilePlan.of(list_columns(host, str(root), ["up"]))
     os.utime(root / "up" / "1.txt", ns=(1, 1))
     (root / "up" / "5.txt").unlink()
-    paths = {s.path for s in listing if s.kind == "file"}
-    assert files._moved(host, str(root), plan, paths, batch=2) == ["up/1.txt", "up/5.txt"]
+    moved = files._moved(host, str(root), plan, list(plan.file_rows()), batch=2)
+    assert [plan.listing.paths[row] for row in moved] == ["up/1.txt", "up/5.txt"]
 
 
 def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
