@@ -110,7 +110,7 @@ class FilePlan:
         listing = self.listing
         for row in range(len(listing)):
             if listing.kind(row) == "symlink":
-                yield FileEntry(listing.paths[row], "symlink", listing.mode(row),
+                yield FileEntry(listing.path(row), "symlink", listing.mode(row),
                                 listing.mtime_ns(row), target=listing.target(row))
 
     def entries(self, index: BlobIndex, leave_out: Iterable[str] = ()) -> PlanEntries:
@@ -128,7 +128,7 @@ class PlanEntries(Sequence[FileEntry]):
         listing = plan.listing
         self._rows = array("l", (row for row in range(len(listing))
                                  if listing.kind(row) in ("file", "dir", "symlink")
-                                 and listing.paths[row] not in leave_out))
+                                 and listing.path(row) not in leave_out))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -149,7 +149,7 @@ class PlanEntries(Sequence[FileEntry]):
 
     def _entry(self, row: int) -> FileEntry:
         plan, listing = self._plan, self._plan.listing
-        path, kind = listing.paths[row], listing.kind(row)
+        path, kind = listing.path(row), listing.kind(row)
         if kind == "file":
             name = plan.names.get(row)
             where = self._index.find(name) if name else None
@@ -196,7 +196,7 @@ def _absorb(result: FilePlan, rows: Iterable[int], host: Host, root: str, naming
     for row in rows:
         kind = listing.kind(row)
         if kind == "other":
-            result.skipped.append(listing.paths[row])
+            result.skipped.append(listing.path(row))
             listing.drop(row)
             continue
         if kind != "file":
@@ -255,7 +255,7 @@ def _hash_in_batches(host: Host, root: str, rows: list[int], result: FilePlan,
         batch: dict[str, int] = {}
         size = 0
         for i, row in enumerate(rows):
-            batch[listing.paths[row]] = row
+            batch[listing.path(row)] = row
             size += listing.size(row)
             if (size >= _HASH_BATCH_BYTES or len(batch) >= _HASH_BATCH_FILES
                     or i == len(rows) - 1):
@@ -314,7 +314,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             progress(f"{len(changed)} file(s) changed while being read; reading them again")
             if attempt == rounds - 1:
                 break
-            rows = {listing.paths[row]: row for row in changed}
+            rows = {listing.path(row): row for row in changed}
             for row in changed:
                 result.hashes.discard(row)
                 result.names.discard(row)
@@ -330,7 +330,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
         if not todo:
             return
     raise SourceChanged(f"{len(changed)} file(s) kept changing while being backed up, "
-                        f"e.g. {sorted(listing.paths[row] for row in changed)[0]!r}",
+                        f"e.g. {sorted(listing.path(row) for row in changed)[0]!r}",
                         hint="run the backup again when the site is quieter, or exclude "
                              "files that are rewritten constantly (logs, caches)")
 
@@ -340,13 +340,13 @@ def _moved(host: Host, root: str, result: FilePlan, rows: list[int], *,
     """Rows whose metadata differs from the listing (or that are gone). Asked in
     batches, so a second listing of the whole tree is never held at once."""
     listing = result.listing
-    todo = sorted(rows, key=lambda row: listing.paths[row])
+    todo = sorted(rows, key=lambda row: listing.path(row))
     out = []
     for i in range(0, len(todo), batch):
         part = todo[i:i + batch]
         now = {st.path: st.cache_key()
-               for st in stat_paths(host, root, [listing.paths[row] for row in part])}
-        out += [row for row in part if now.get(listing.paths[row]) != listing.cache_key(row)]
+               for st in stat_paths(host, root, [listing.path(row) for row in part])}
+        out += [row for row in part if now.get(listing.path(row)) != listing.cache_key(row)]
     return out
 
 
@@ -361,15 +361,15 @@ def _send(host: Host, root: str, todo: list[int], result: FilePlan,
     members are matched against ``todo`` in order (no set of every path)."""
     if not todo:
         return []
-    paths = result.listing.paths
+    paths = _RowPaths(result.listing, todo)
     met = 0  # todo[:met] were sent or skipped by tar
     changed: list[int] = []
-    with read_files(host, root, [paths[row] for row in todo]) as members:
+    with read_files(host, root, paths) as members:
         for name, reader in members:
-            if met < len(todo) and paths[todo[met]] == name:
+            if met < len(todo) and paths[met] == name:
                 met += 1
             else:
-                at = _find(paths, todo, name, met)
+                at = _find(paths, name, met)
                 if at < 0:
                     continue  # tar never sends what it was not asked for; be strict anyway
                 changed += todo[met:at]  # left out: vanished or unreadable
@@ -389,9 +389,31 @@ def _send(host: Host, root: str, todo: list[int], result: FilePlan,
     return changed + todo[met:]  # missing from the stream: vanished or unreadable
 
 
-def _find(paths: list[str], todo: list[int], name: str, start: int) -> int:
-    for at in range(start, len(todo)):
-        if paths[todo[at]] == name:
+class _RowPaths(Sequence[str]):
+    """The paths of ``rows`` of a listing, decoded when read (not held: tar's names
+    go a piece at a time)."""
+
+    def __init__(self, listing: Listing, rows: list[int]) -> None:
+        self._listing, self._rows = listing, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self._listing.path(row) for row in self._rows[i]]
+        return self._listing.path(self._rows[i])
+
+
+def _find(paths: Sequence[str], name: str, start: int) -> int:
+    for at in range(start, len(paths)):
+        if paths[at] == name:
             return at
     return -1
 
@@ -401,7 +423,7 @@ def _put_unhashed(row: int, reader: Readable, result: FilePlan, uploader: Upload
     """Hash a file as it passes and name it then: a small one is packed unless its
     content is stored already; a large one goes up under a random key, which the
     index maps its content name to."""
-    size, path = result.listing.size(row), result.listing.paths[row]
+    size, path = result.listing.size(row), result.listing.path(row)
     if size > MEMBER_MAX:
         digest = Digest()
         keys = packer.segments(digest.tee(_chunks(reader)), path=path)
@@ -429,7 +451,7 @@ def _put_unhashed(row: int, reader: Readable, result: FilePlan, uploader: Upload
 
 def _put_one(row: int, reader: Readable, result: FilePlan, uploader: Uploader,
              packer: PackWriter, index: BlobIndex) -> bool:
-    size, path = result.listing.size(row), result.listing.paths[row]
+    size, path = result.listing.size(row), result.listing.path(row)
     sha, name = result.hashes[row], result.names[row]
     if size <= MEMBER_MAX:
         data = reader.read(MEMBER_MAX + 1)

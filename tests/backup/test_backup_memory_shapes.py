@@ -107,7 +107,7 @@ def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
     os.utime(root / "up" / "1.txt", ns=(1, 1))
     (root / "up" / "5.txt").unlink()
     moved = files._moved(host, str(root), plan, list(plan.file_rows()), batch=2)
-    assert [plan.listing.paths[row] for row in moved] == ["up/1.txt", "up/5.txt"]
+    assert [plan.listing.path(row) for row in moved] == ["up/1.txt", "up/5.txt"]
 
 
 def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
