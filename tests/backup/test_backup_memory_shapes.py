@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_ci.backup import files, layout
+from forge_ci.backup import files, layout, scan
 from forge_ci.backup.index import BlobIndex
 from forge_ci.backup.scan import HashCache, Stat, list_columns, list_tree, parse_listing
 from forge_ci.backup.snapshot import FileEntry, dump_chunks, dumps, parse
@@ -144,3 +144,49 @@ def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
     cache.save(host, str(tmp_path))  # the compact form saves as the same JSON (hashes)
     assert json.loads((tmp_path / ".forge" / "backup-hashes.json").read_bytes()) == {
         "version": 1, "entries": {k: v[:5] for k, v in doc["entries"].items()}}
+
+
+def test_listing_columns_give_back_what_find_said_in_any_piece_size(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "odd \udce9\nname").write_bytes(b"x" * 5)
+    (d / "empty").write_bytes(b"")
+    os.link(d / "empty", d / "hard link")
+    os.symlink("odd \udce9\nname", d / "link \udcff")
+    (d / "sub").mkdir()
+    os.mkfifo(d / "fifo")
+    host = LocalHost()
+    stats = list_tree(host, str(tmp_path), ["d"])
+    by_path = {s.path: s for s in stats}
+    assert by_path["d/link \udcff"].kind == "symlink"
+    assert by_path["d/link \udcff"].target == "odd \udce9\nname"
+    assert by_path["d/empty"].size == 0 and by_path["d/sub"].kind == "dir"
+    assert by_path["d/hard link"].inode == by_path["d/empty"].inode
+    assert by_path["d/fifo"].kind == "other"
+    # The columns, fed the raw output cut anywhere, give the same entries.
+    raw = host.run(f"cd {tmp_path} && find ./d -printf '{scan._FIND_FORMAT}'").stdout
+    for piece in (1, 7, 64, len(raw)):
+        listing, rest = scan.Listing(), b""
+        for i in range(0, len(raw), piece):
+            rest += raw[i:i + piece]
+            rest = rest[listing.parse(rest):]
+        assert rest == b"" and list(listing) == stats
+    # A row re-stated or dropped; paths decoded from the shared buffer.
+    listing = list_columns(host, str(tmp_path), ["d"])
+    row = next(r for r in range(len(listing)) if listing.path(r) == "d/odd \udce9\nname")
+    (d / "odd \udce9\nname").write_bytes(b"longer")
+    listing.update(row, scan.stat_paths(host, str(tmp_path), [listing.path(row)])[0])
+    assert listing.size(row) == 6 and listing.stat(row).path == "d/odd \udce9\nname"
+    listing.drop(row)
+    assert listing.kind(row) is None and len(list(listing)) == len(stats) - 1
+
+
+def test_plan_digests_are_held_as_raw_bytes_by_row() -> None:
+    digests = files.Digests(3)
+    digests[1] = "ab" * 32
+    assert 1 in digests and 0 not in digests and digests.get(0) is None
+    assert digests[1] == "ab" * 32 and digests.get(2) is None
+    digests.discard(1)
+    assert 1 not in digests
+    with pytest.raises(KeyError):
+        digests[1]
