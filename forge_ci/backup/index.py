@@ -41,6 +41,7 @@ import itertools
 import json
 import os
 import re
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -74,6 +75,73 @@ Page = tuple[str, str, int]  # first name, key, entries
 # (size <= MEMBER_MAX < 2**24; offset < 2**40, far beyond a pack's plaintext).
 _SIZE_BITS, _OFFSET_BITS = 24, 40
 _SIZE_MASK, _OFFSET_MASK = (1 << _SIZE_BITS) - 1, (1 << _OFFSET_BITS) - 1
+_LOW_MASK = (1 << 64) - 1
+
+
+class _Places:
+    """Content name (its 32 raw bytes) -> a packed member's place (``pack number <<
+    64 | offset << 24 | size``), in an open-addressed table of machine integers: no
+    object per entry (a dict of ``bytes`` to ``int`` costs ~145 bytes per name, this
+    40-80). Names are MACs, so their first 8 bytes spread them evenly over the
+    slots; a slot is free while its size field is 0 (a member is never empty)."""
+
+    def __init__(self, slots: int = 1024) -> None:
+        self._used = 0
+        self._alloc(slots)
+
+    def _alloc(self, slots: int) -> None:
+        self._mask = slots - 1
+        self._keys = array("Q", bytes(8 * slots))  # the name's first 8 bytes
+        self._names = bytearray(32 * slots)
+        self._lows = array("Q", bytes(8 * slots))  # offset << 24 | size; 0: free
+        self._packs = array("I", bytes(4 * slots))
+
+    def _slot(self, raw: bytes) -> int:
+        """The slot holding ``raw``, or the free one where it would go."""
+        key = int.from_bytes(raw[:8], "little")
+        i = key & self._mask
+        keys, lows, names = self._keys, self._lows, self._names
+        while lows[i]:
+            if keys[i] == key and names[i * 32:i * 32 + 32] == raw:
+                return i
+            i = (i + 1) & self._mask
+        return i
+
+    def get(self, raw: bytes) -> int | None:
+        i = self._slot(raw)
+        low = self._lows[i]
+        return self._packs[i] << 64 | low if low else None
+
+    def __contains__(self, raw: bytes) -> bool:
+        return bool(self._lows[self._slot(raw)])
+
+    def put(self, raw: bytes, place: int) -> None:
+        i = self._slot(raw)
+        if not self._lows[i]:
+            self._used += 1
+        self._keys[i] = int.from_bytes(raw[:8], "little")
+        self._names[i * 32:i * 32 + 32] = raw
+        self._lows[i], self._packs[i] = place & _LOW_MASK, place >> 64
+        if self._used * 4 > 3 * (self._mask + 1):
+            self._grow()
+
+    def _grow(self) -> None:
+        names, lows, packs = self._names, self._lows, self._packs
+        self._used = 0
+        self._alloc(2 * (self._mask + 1))
+        for i, low in enumerate(lows):
+            if low:
+                self.put(bytes(names[i * 32:i * 32 + 32]), packs[i] << 64 | low)
+
+    def __len__(self) -> int:
+        return self._used
+
+    def items(self) -> Iterator[tuple[bytes, int]]:
+        """Every name and place, in no particular order."""
+        names, packs = self._names, self._packs
+        for i, low in enumerate(self._lows):
+            if low:
+                yield bytes(names[i * 32:i * 32 + 32]), packs[i] << 64 | low
 
 
 @dataclass
@@ -113,7 +181,7 @@ class BlobIndex:
     unreadable: int = 0
     fetcher: Callable[[list[str]], Iterator[tuple[str, Parsed | None]]] | None = \
         field(default=None, repr=False)
-    _packed: dict[bytes, int] = field(default_factory=dict, repr=False)
+    _packed: _Places = field(default_factory=_Places, repr=False)
     _packs: list[str] = field(default_factory=list, repr=False)
     _pack_no: dict[str, int] = field(default_factory=dict, repr=False)
     _pack_keys: list[tuple[str]] = field(default_factory=list, repr=False)  # what find gives
@@ -121,7 +189,7 @@ class BlobIndex:
     @property
     def packed(self) -> Iterator[str]:
         """The names of packed contents (present or queued)."""
-        return (name.hex() for name in self._packed)
+        return (name.hex() for name, _place in self._packed.items())
 
     def has_packed(self) -> bool:
         return bool(self._packed)
@@ -183,13 +251,13 @@ class BlobIndex:
     def add_packed(self, name: str, key: str, offset: int, size: int) -> None:
         """Record a member queued in a pack; :meth:`find` sees it once ``stored(key)``."""
         if name not in self:
-            self._packed[bytes.fromhex(name)] = self._place(key, offset, size)
+            self._packed.put(bytes.fromhex(name), self._place(key, offset, size))
 
     def load_packed(self, name: str, key: str, offset: int, size: int) -> None:
         """Record a member an index object (or a checked cache entry) names; first wins."""
         raw = bytes.fromhex(name)
         if raw not in self._packed:
-            self._packed[raw] = self._place(key, offset, size)
+            self._packed.put(raw, self._place(key, offset, size))
 
     def load_whole(self, name: str, size: int, keys: tuple[str, ...]) -> None:
         """Record segments an index object (or a checked cache entry) names."""

@@ -190,3 +190,20 @@ def test_plan_digests_are_held_as_raw_bytes_by_row() -> None:
     assert 1 not in digests
     with pytest.raises(KeyError):
         digests[1]
+
+
+def test_index_table_keeps_every_name_through_growth_first_wins() -> None:
+    packs = [layout.random_data_key() for _ in range(3)]
+    index = BlobIndex(set(packs))
+    names = [_name(i) for i in range(5000)]  # grows the table several times
+    for i, name in enumerate(names):
+        index.load_packed(name, packs[i % 3], i * 10, 1 + i % 7)
+        index.load_packed(name, packs[0], 1, 1)  # a later index naming it again: ignored
+    # Two names whose first 8 bytes agree share a probe chain, never a slot.
+    twin = names[0][:16] + "f" * 48
+    index.load_packed(twin, packs[1], 3, 4)
+    assert index.find(twin) == ((packs[1],), 3)
+    assert all(index.find(n) == ((packs[i % 3],), i * 10) for i, n in enumerate(names))
+    assert len(list(index.packed_entries())) == 5001 and index.has_packed()
+    assert index.find(_name(99_999)) is None and not index.knows(_name(99_999))
+    assert not BlobIndex(set()).has_packed()
