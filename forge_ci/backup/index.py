@@ -80,68 +80,67 @@ _LOW_MASK = (1 << 64) - 1
 
 class _Places:
     """Content name (its 32 raw bytes) -> a packed member's place (``pack number <<
-    64 | offset << 24 | size``), in an open-addressed table of machine integers: no
-    object per entry (a dict of ``bytes`` to ``int`` costs ~145 bytes per name, this
-    40-80). Names are MACs, so their first 8 bytes spread them evenly over the
-    slots; a slot is free while its size field is 0 (a member is never empty)."""
+    64 | offset << 24 | size``), held as machine integers: the entries in arrays, in
+    the order added (a name's 32 bytes, its place as two integers), and an
+    open-addressed table of entry numbers keyed by the name's first 8 bytes. No
+    object per entry: ~70 bytes per name where a dict of ``bytes`` to ``int`` costs
+    ~145. Names are MACs, so their first 8 bytes spread them evenly."""
 
-    def __init__(self, slots: int = 1024) -> None:
-        self._used = 0
-        self._alloc(slots)
+    def __init__(self) -> None:
+        self._names = bytearray()
+        self._lows = array("Q")  # offset << 24 | size
+        self._packs = array("I")
+        self._table(1024)
 
-    def _alloc(self, slots: int) -> None:
+    def _table(self, slots: int) -> None:
         self._mask = slots - 1
         self._keys = array("Q", bytes(8 * slots))  # the name's first 8 bytes
-        self._names = bytearray(32 * slots)
-        self._lows = array("Q", bytes(8 * slots))  # offset << 24 | size; 0: free
-        self._packs = array("I", bytes(4 * slots))
+        self._slots = array("i", b"\xff" * (4 * slots))  # entry number; -1: free
+        for n in range(len(self._lows)):
+            key = int.from_bytes(self._names[n * 32:n * 32 + 8], "little")
+            i = key & self._mask
+            while self._slots[i] >= 0:
+                i = (i + 1) & self._mask
+            self._slots[i], self._keys[i] = n, key
 
-    def _slot(self, raw: bytes) -> int:
-        """The slot holding ``raw``, or the free one where it would go."""
+    def _entry(self, raw: bytes) -> tuple[int, int]:
+        """(slot, entry number) of ``raw``; entry -1 and the free slot where it would go."""
         key = int.from_bytes(raw[:8], "little")
         i = key & self._mask
-        keys, lows, names = self._keys, self._lows, self._names
-        while lows[i]:
-            if keys[i] == key and names[i * 32:i * 32 + 32] == raw:
-                return i
+        keys, slots, names = self._keys, self._slots, self._names
+        while (n := slots[i]) >= 0:
+            if keys[i] == key and names[n * 32:n * 32 + 32] == raw:
+                return i, n
             i = (i + 1) & self._mask
-        return i
+        return i, -1
 
     def get(self, raw: bytes) -> int | None:
-        i = self._slot(raw)
-        low = self._lows[i]
-        return self._packs[i] << 64 | low if low else None
+        n = self._entry(raw)[1]
+        return None if n < 0 else self._packs[n] << 64 | self._lows[n]
 
     def __contains__(self, raw: bytes) -> bool:
-        return bool(self._lows[self._slot(raw)])
+        return self._entry(raw)[1] >= 0
 
     def put(self, raw: bytes, place: int) -> None:
-        i = self._slot(raw)
-        if not self._lows[i]:
-            self._used += 1
-        self._keys[i] = int.from_bytes(raw[:8], "little")
-        self._names[i * 32:i * 32 + 32] = raw
-        self._lows[i], self._packs[i] = place & _LOW_MASK, place >> 64
-        if self._used * 4 > 3 * (self._mask + 1):
-            self._grow()
-
-    def _grow(self) -> None:
-        names, lows, packs = self._names, self._lows, self._packs
-        self._used = 0
-        self._alloc(2 * (self._mask + 1))
-        for i, low in enumerate(lows):
-            if low:
-                self.put(bytes(names[i * 32:i * 32 + 32]), packs[i] << 64 | low)
+        i, n = self._entry(raw)
+        if n >= 0:
+            self._lows[n], self._packs[n] = place & _LOW_MASK, place >> 64
+            return
+        self._slots[i], self._keys[i] = len(self._lows), int.from_bytes(raw[:8], "little")
+        self._names += raw
+        self._lows.append(place & _LOW_MASK)
+        self._packs.append(place >> 64)
+        if len(self._lows) * 3 > 2 * (self._mask + 1):
+            self._table(2 * (self._mask + 1))
 
     def __len__(self) -> int:
-        return self._used
+        return len(self._lows)
 
     def items(self) -> Iterator[tuple[bytes, int]]:
-        """Every name and place, in no particular order."""
+        """Every name and place, in the order added."""
         names, packs = self._names, self._packs
-        for i, low in enumerate(self._lows):
-            if low:
-                yield bytes(names[i * 32:i * 32 + 32]), packs[i] << 64 | low
+        for n, low in enumerate(self._lows):
+            yield bytes(names[n * 32:n * 32 + 32]), packs[n] << 64 | low
 
 
 @dataclass
