@@ -42,7 +42,8 @@ _CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
                            rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"'
                            rb'(?:,"([0-9a-f,;-]+)")?\]')
 # After the entries: the MAC of every byte before it, under the naming key.
-_CACHE_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\Z')
+_CACHE_MAC = re.compile(rb',"mac":"([0-9a-f]{64})"\}')
+_RECORD_MAX = 1 << 16  # bytes a record may span (a path is at most 4 KiB, escaped)
 _MAC_LABEL = b"forge-ci hash cache\x00"
 _LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
 _WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-)$")
@@ -336,6 +337,7 @@ class HashCache:
 
     def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
         self._entries: dict[str, bytes] = {}
+        self._trusted = False  # the locations held count (the file's MAC holds)
         for path, entry in (entries or {}).items():
             if not (isinstance(entry, list) and len(entry) in (5, 6)):
                 continue
@@ -347,12 +349,18 @@ class HashCache:
     @classmethod
     def load(cls, host: Host, root: str, naming_key: bytes | None = None) -> HashCache:
         """The host's cache; with ``naming_key``, with the locations it records if
-        its MAC holds."""
+        its MAC holds. Read as it streams from the host when it has the shape
+        :meth:`write` gives it (neither the file nor a copy of it is held whole)."""
+        path = f"{root}/{CACHE_PATH}"
         try:
-            raw = host.read(f"{root}/{CACHE_PATH}")
-            cache = cls._scan(raw, naming_key) if raw else None
+            proc = host.start(f"exec cat -- {sh(path)} 2>/dev/null")
+            try:
+                cache = cls._read(iter(proc.read, b""), naming_key)
+            finally:
+                proc.kill()
             if cache is not None:
                 return cache
+            raw = host.read(path)  # another shape: plain JSON
             doc = json.loads(raw) if raw else {}
             entries = doc.get("entries", {}) if doc.get("version") == 1 else {}
         except (ValueError, AttributeError, RemoteCommandError):
@@ -361,41 +369,52 @@ class HashCache:
 
     @classmethod
     def _scan(cls, raw: bytes, naming_key: bytes | None = None) -> HashCache | None:
-        """Records one by one, without the parsed document; None: not that shape."""
-        if not raw.startswith(_CACHE_HEAD):
-            return None
-        tail = _CACHE_TAIL.search(raw, max(len(raw) - 80, 0))
-        if tail is not None:
-            end = tail.start() - 1  # the entries' closing brace
-            if naming_key is None:
-                trusted = False
-            else:
-                mac = _cache_mac(naming_key)
-                mac.update(raw[:tail.start()] if len(raw) < 1 << 16
-                           else memoryview(raw)[:tail.start()])
-                trusted = hmac.compare_digest(mac.hexdigest().encode(), tail.group(1))
-        elif raw.endswith(b"}}"):
-            end, trusted = len(raw) - 2, False
-        else:
-            return None
-        if raw[end:end + 1] != b"}":
-            return None
-        cache = cls()
-        pos = len(_CACHE_HEAD)
-        while pos < end:
-            m = _CACHE_RECORD.match(raw, pos, end)
+        """:meth:`_read` of the whole file at once."""
+        return cls._read([raw], naming_key)
+
+    @classmethod
+    def _read(cls, chunks: Iterable[bytes], naming_key: bytes | None = None
+              ) -> HashCache | None:
+        """Records one by one as ``chunks`` come, without the parsed document;
+        None: not the shape :meth:`write` gives. Locations count once the MAC at
+        the end holds."""
+        cache, mac = cls(), _cache_mac(naming_key or b"")
+        pieces = iter(chunks)
+        buf, pos, eof, begun = b"", 0, False, False
+        while True:
+            if not eof and len(buf) - pos < _RECORD_MAX:
+                chunk = next(pieces, b"")
+                if chunk:
+                    mac.update(buf[:pos])  # read: all of it before the MAC
+                    buf, pos = buf[pos:] + chunk, 0
+                    continue
+                eof = True
+            if not begun:
+                if not buf.startswith(_CACHE_HEAD):
+                    return cache if eof and not buf else None  # nothing there: empty
+                pos, begun = len(_CACHE_HEAD), True
+            if buf[pos:pos + 1] == b"}":
+                break  # the entries end
+            m = _CACHE_RECORD.match(buf, pos)
             if m is None:
                 return None
             key, meta, sha, where = m.group(1, 2, 3, 4)
             path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
             # Interned: the listing's path of the same name is then this very string.
             cache._entries[sys.intern(path)] = bytes.fromhex(sha.decode("ascii")) + meta + (
-                _held_where(where) if where and trusted else b"")
+                _held_where(where) if where else b"")
             pos = m.end()
-            if pos < end:
-                if raw[pos:pos + 1] != b",":
-                    return None
+            if buf[pos:pos + 1] == b",":
                 pos += 1
+            elif buf[pos:pos + 1] != b"}":
+                return None
+        mac.update(buf[:pos + 1])
+        rest = buf[pos + 1:] + b"".join(pieces)  # the MAC's few bytes
+        tail = _CACHE_MAC.fullmatch(rest)
+        if tail is None and rest != b"}":
+            return None
+        cache._trusted = naming_key is not None and tail is not None and hmac.compare_digest(
+            mac.hexdigest().encode(), tail.group(1))
         return cache
 
     def lookup(self, st: Stat) -> str | None:
@@ -411,7 +430,7 @@ class HashCache:
         if entry is None:
             return None
         meta, _, where = entry[32:].partition(_LOCATION_SEP)
-        if not where or meta != _meta(*st.cache_key()):
+        if not where or not self._trusted or meta != _meta(*st.cache_key()):
             return None
         return _where_text(where)
 
@@ -425,7 +444,7 @@ class HashCache:
         meta, _, where = entry[32:].partition(_LOCATION_SEP)
         if meta != _meta(*st.cache_key()):
             return None
-        return entry[:32].hex(), _place(where) if where else None
+        return entry[:32].hex(), _place(where) if where and self._trusted else None
 
     @classmethod
     def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:

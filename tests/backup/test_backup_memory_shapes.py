@@ -207,3 +207,23 @@ def test_index_table_keeps_every_name_through_growth_first_wins() -> None:
     assert len(list(index.packed_entries())) == 5001 and index.has_packed()
     assert index.find(_name(99_999)) is None and not index.knows(_name(99_999))
     assert not BlobIndex(set()).has_packed()
+
+
+def test_hash_cache_streamed_in_any_piece_size_reads_the_same(tmp_path: Path) -> None:
+    host = LocalHost()
+    odd = "ü \"q\" \\ \udce9\n\ttab"
+    stats = [Stat(odd, "file", 5, -1_000, 2, 3, 0o644), Stat("b", "file", 6, 4, 5, 6, 0o644)]
+    where, key = "ef" * 32 + ";12", b"k" * 32
+    HashCache.write(host, str(tmp_path), [(stats[0], "ab" * 32, None),
+                                          (stats[1], "cd" * 32, where)], key, piece=64)
+    raw = (tmp_path / ".forge" / "backup-hashes.json").read_bytes()
+    for n in (1, 3, 64, len(raw)):
+        pieces = [raw[i:i + n] for i in range(0, len(raw), n)]
+        cache = HashCache._read(pieces, key)
+        assert cache is not None and [cache.lookup(s) for s in stats] == ["ab" * 32, "cd" * 32]
+        assert [cache.location(s) for s in stats] == [None, where]
+        other = HashCache._read(pieces, b"x" * 32)  # its MAC does not hold: hashes only
+        assert other is not None and other.location(stats[1]) is None
+        assert other.take(stats[1]) == ("cd" * 32, None)
+    assert HashCache._read([raw[:-120]]) is None  # cut short: not that shape
+    assert HashCache.load(host, str(tmp_path / "none"), key).lookup(stats[1]) is None
