@@ -20,7 +20,7 @@ import hashlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import TypeAlias, overload
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
@@ -41,6 +41,7 @@ _HASH_BATCH_BYTES = 256 * 1024 * 1024
 _HASH_BATCH_FILES = 2000
 # Files whose metadata is checked again per command (after a first backup's upload).
 _STAT_BATCH = 5000
+Rows: TypeAlias = "array[int]"  # of "l": listing rows
 
 
 class Digests:
@@ -80,14 +81,15 @@ class FilePlan:
     listing: Listing  # every entry; sockets, fifos and devices dropped (``skipped``)
     hashes: Digests  # sha256 of regular files
     names: Digests  # content names of non-empty regular files
-    upload: list[int] = field(default_factory=list)  # rows whose content the store lacks
+    # Rows as machine integers (an int object per row would cost 28 bytes more).
+    upload: Rows = field(default_factory=lambda: array("l"))  # contents the store lacks
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
     located: int = 0  # files whose stored place came from the hash cache
     lookup: list[str] = field(default_factory=list)  # names to look up in the index
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
-    unhashed: list[int] = field(default_factory=list)
+    unhashed: Rows = field(default_factory=lambda: array("l"))
 
     @classmethod
     def of(cls, listing: Listing) -> FilePlan:
@@ -268,10 +270,10 @@ def _hash_in_batches(host: Host, root: str, rows: list[int], result: FilePlan,
     result.hashed += hashed
 
 
-def missing(result: FilePlan, index: BlobIndex) -> list[int]:
+def missing(result: FilePlan, index: BlobIndex) -> Rows:
     """One row per content the store lacks, in listing order."""
     wanted: set[str] = set()
-    out = []
+    out = array("l")
     for row in result.file_rows():
         name = result.names.get(row)
         if name is not None and name not in wanted and name not in index:
@@ -290,7 +292,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     is found in it. ``progress`` gets messages, ``show`` the files read so far.
     """
     listing = result.listing
-    todo = list(result.upload)
+    todo = array("l", result.upload)
     changed: list[int] = []
     for attempt in range(rounds):
         total = sum(listing.size(row) for row in todo)
@@ -303,10 +305,9 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
             again = set(changed)
-            changed += _moved(host, root, result, [row for row in result.unhashed
-                                                   if row in result.hashes
-                                                   and row not in again])
-            result.unhashed = []
+            changed += _moved(host, root, result, array("l", (
+                row for row in result.unhashed if row in result.hashes and row not in again)))
+            result.unhashed = array("l")
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
         packer.unwanted.clear()
@@ -335,22 +336,21 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
                              "files that are rewritten constantly (logs, caches)")
 
 
-def _moved(host: Host, root: str, result: FilePlan, rows: list[int], *,
+def _moved(host: Host, root: str, result: FilePlan, rows: Rows, *,
            batch: int = _STAT_BATCH) -> list[int]:
-    """Rows whose metadata differs from the listing (or that are gone). Asked in
-    batches, so a second listing of the whole tree is never held at once."""
+    """Rows whose metadata differs from the listing (or that are gone), by path.
+    Asked in batches, so a second listing of the whole tree is never held at once."""
     listing = result.listing
-    todo = sorted(rows, key=lambda row: listing.path(row))
     out = []
-    for i in range(0, len(todo), batch):
-        part = todo[i:i + batch]
+    for i in range(0, len(rows), batch):
+        part = rows[i:i + batch]
         now = {st.path: st.cache_key()
                for st in stat_paths(host, root, [listing.path(row) for row in part])}
         out += [row for row in part if now.get(listing.path(row)) != listing.cache_key(row)]
-    return out
+    return sorted(out, key=listing.path)
 
 
-def _send(host: Host, root: str, todo: list[int], result: FilePlan,
+def _send(host: Host, root: str, todo: Rows, result: FilePlan,
           uploader: Uploader, packer: PackWriter, index: BlobIndex, naming_key: bytes,
           shown: Progress | None = None) -> list[int]:
     """One tar pass over the files of rows ``todo``; returns the rows that must be
@@ -372,7 +372,7 @@ def _send(host: Host, root: str, todo: list[int], result: FilePlan,
                 at = _find(paths, name, met)
                 if at < 0:
                     continue  # tar never sends what it was not asked for; be strict anyway
-                changed += todo[met:at]  # left out: vanished or unreadable
+                changed.extend(todo[met:at])  # left out: vanished or unreadable
                 met = at + 1
             row = todo[met - 1]
             if reader is None:
@@ -386,14 +386,14 @@ def _send(host: Host, root: str, todo: list[int], result: FilePlan,
                 changed.append(row)
             if shown is not None:
                 shown.advance(1, result.listing.size(row))
-    return changed + todo[met:]  # missing from the stream: vanished or unreadable
+    return changed + todo[met:].tolist()  # missing from the stream: vanished or unreadable
 
 
 class _RowPaths(Sequence[str]):
     """The paths of ``rows`` of a listing, decoded when read (not held: tar's names
     go a piece at a time)."""
 
-    def __init__(self, listing: Listing, rows: list[int]) -> None:
+    def __init__(self, listing: Listing, rows: Rows) -> None:
         self._listing, self._rows = listing, rows
 
     def __len__(self) -> int:
