@@ -130,7 +130,7 @@ class PlanEntries(Sequence[FileEntry]):
         listing = plan.listing
         self._rows = array("l", (row for row in range(len(listing))
                                  if listing.kind(row) in ("file", "dir", "symlink")
-                                 and listing.path(row) not in leave_out))
+                                 and not (leave_out and listing.path(row) in leave_out)))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -204,7 +204,7 @@ def _absorb(result: FilePlan, rows: Iterable[int], host: Host, root: str, naming
         if kind != "file":
             continue
         size = listing.size(row)
-        hit = cache.take(listing.stat(row))
+        hit = cache.take(listing.stat(row)) if cache else None  # none: a first backup
         if hit is None and defer_small and size > 0:
             result.unhashed.append(row)
         elif hit is None:

@@ -417,6 +417,9 @@ class HashCache:
             mac.hexdigest().encode(), tail.group(1))
         return cache
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def lookup(self, st: Stat) -> str | None:
         entry = self._entries.get(st.path)
         if entry is not None and entry[32:].split(_LOCATION_SEP, 1)[0] == _meta(*st.cache_key()):
