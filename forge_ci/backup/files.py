@@ -17,8 +17,10 @@ files are listed, hashed and sent again, up to ``rounds`` times.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias, overload
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup import layout
@@ -26,7 +28,7 @@ from forge_ci.backup.errors import SourceChanged
 from forge_ci.backup.index import BlobIndex, location_text
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
-from forge_ci.backup.scan import HashCache, Stat, hash_files, list_tree, stat_paths
+from forge_ci.backup.scan import HashCache, Listing, Stat, hash_files, list_columns, stat_paths
 from forge_ci.backup.snapshot import FileEntry
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
@@ -39,47 +41,128 @@ _HASH_BATCH_BYTES = 256 * 1024 * 1024
 _HASH_BATCH_FILES = 2000
 # Files whose metadata is checked again per command (after a first backup's upload).
 _STAT_BATCH = 5000
+Rows: TypeAlias = "array[int]"  # of "l": listing rows
+
+
+class Digests:
+    """A 32-byte digest per listing row, all in one ``bytearray`` (given and taken
+    as hex): no string and no dict entry per file."""
+
+    def __init__(self, rows: int) -> None:
+        self._raw = bytearray(32 * rows)
+        self._set = bytearray(rows)
+
+    def __contains__(self, row: int) -> bool:
+        return bool(self._set[row])
+
+    def __setitem__(self, row: int, hexdigest: str) -> None:
+        self._raw[row * 32:row * 32 + 32] = bytes.fromhex(hexdigest)
+        self._set[row] = 1
+
+    def get(self, row: int) -> str | None:
+        return self._raw[row * 32:row * 32 + 32].hex() if self._set[row] else None
+
+    def __getitem__(self, row: int) -> str:
+        if not self._set[row]:
+            raise KeyError(row)
+        return self._raw[row * 32:row * 32 + 32].hex()
+
+    def discard(self, row: int) -> None:
+        self._set[row] = 0
+
+    def clear(self) -> None:
+        self._raw, self._set = bytearray(), bytearray()
 
 
 @dataclass
 class FilePlan:
-    stats: dict[str, Stat]  # every entry, in listing order
-    hashes: dict[str, str]  # path -> sha256 for regular files
-    names: dict[str, str]  # path -> content name for non-empty regular files
-    upload: list[str]  # paths whose content the store lacks (one per content)
+    """What a backup sends and records, by row of ``listing`` (find order)."""
+
+    listing: Listing  # every entry; sockets, fifos and devices dropped (``skipped``)
+    hashes: Digests  # sha256 of regular files
+    names: Digests  # content names of non-empty regular files
+    # Rows as machine integers (an int object per row would cost 28 bytes more).
+    upload: Rows = field(default_factory=lambda: array("l"))  # contents the store lacks
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
     located: int = 0  # files whose stored place came from the hash cache
     lookup: list[str] = field(default_factory=list)  # names to look up in the index
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
-    unhashed: list[str] = field(default_factory=list)
+    unhashed: Rows = field(default_factory=lambda: array("l"))
 
-    @property
-    def files(self) -> list[Stat]:
-        return [s for s in self.stats.values() if s.kind == "file"]
+    @classmethod
+    def of(cls, listing: Listing) -> FilePlan:
+        return cls(listing, Digests(len(listing)), Digests(len(listing)))
+
+    def file_rows(self) -> Iterator[int]:
+        return (row for row in range(len(self.listing)) if self.listing.is_file(row))
+
+    def file_count(self) -> int:
+        return sum(1 for _ in self.file_rows())
+
+    def file_bytes(self) -> int:
+        return sum(self.listing.size(row) for row in self.file_rows())
 
     def upload_bytes(self) -> int:
-        return sum(self.stats[p].size for p in self.upload if p in self.stats)
+        return sum(self.listing.size(row) for row in self.upload)
 
-    def entries(self, index: BlobIndex) -> tuple[FileEntry, ...]:
-        """Manifest entries; every content must be stored (``index`` knows where).
+    def links(self) -> Iterator[FileEntry]:
+        """The manifest entries of the symlinks."""
+        listing = self.listing
+        for row in range(len(listing)):
+            if listing.kind(row) == "symlink":
+                yield FileEntry(listing.path(row), "symlink", listing.mode(row),
+                                listing.mtime_ns(row), target=listing.target(row))
 
-        Empties ``names`` as it goes (each is used once more, here): the entries
-        grow while the names shrink."""
-        out = []
-        for s in self.stats.values():
-            if s.kind == "file":
-                name = self.names.pop(s.path, None)
-                where = index.find(name) if name else None
-                if name and where is None:
-                    raise AssertionError(f"content of {s.path!r} was not stored")
-                out.append(FileEntry(s.path, "file", s.mode, s.mtime_ns, s.size,
-                                     self.hashes[s.path], where[0] if where else (),
-                                     offset=where[1] if where else None))
-            elif s.kind in ("dir", "symlink"):
-                out.append(FileEntry(s.path, s.kind, s.mode, s.mtime_ns, target=s.target))
-        return tuple(out)
+    def entries(self, index: BlobIndex, leave_out: Iterable[str] = ()) -> PlanEntries:
+        """Manifest entries (every content must be stored: ``index`` knows where),
+        made as they are read, not held."""
+        return PlanEntries(self, index, frozenset(leave_out))
+
+
+class PlanEntries(Sequence[FileEntry]):
+    """A plan's manifest entries, in listing order, each made when read from the
+    plan's columns and the index (iterated twice to save a signed manifest)."""
+
+    def __init__(self, plan: FilePlan, index: BlobIndex, leave_out: frozenset[str]) -> None:
+        self._plan, self._index, self._leave_out = plan, index, leave_out
+        listing = plan.listing
+        self._rows = array("l", (row for row in range(len(listing))
+                                 if listing.kind(row) in ("file", "dir", "symlink")
+                                 and not (leave_out and listing.path(row) in leave_out)))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> FileEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[FileEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> FileEntry | Sequence[FileEntry]:
+        if isinstance(i, slice):
+            return [self._entry(row) for row in self._rows[i]]
+        return self._entry(self._rows[i])
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        return (self._entry(row) for row in self._rows)
+
+    def _entry(self, row: int) -> FileEntry:
+        plan, listing = self._plan, self._plan.listing
+        path, kind = listing.path(row), listing.kind(row)
+        if kind == "file":
+            name = plan.names.get(row)
+            where = self._index.find(name) if name else None
+            if name and where is None:
+                raise AssertionError(f"content of {path!r} was not stored")
+            return FileEntry(path, "file", listing.mode(row), listing.mtime_ns(row),
+                             listing.size(row), plan.hashes[row], where[0] if where else (),
+                             offset=where[1] if where else None)
+        assert kind in ("dir", "symlink")
+        return FileEntry(path, kind, listing.mode(row), listing.mtime_ns(row),
+                         target=listing.target(row))
 
 
 def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
@@ -87,113 +170,115 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
     """Observe the host and the store; decide what to send. Reads only.
 
     ``show`` reports the hashing of files the cache does not know."""
-    listing = list_tree(host, root, list(paths))
-    result = FilePlan(stats={}, hashes={}, names={}, upload=[])
+    result = FilePlan.of(list_columns(host, root, list(paths)))
     # Nothing stored for these recipients yet (a first backup): every file goes up,
     # and hashing small ones on the host first would read them twice.
     first = not index.data_keys and not index.has_packed()
-    _absorb(result, listing, host, root, naming_key, cache, defer_small=first,
-            index=None if first else index, show=show)
+    _absorb(result, range(len(result.listing)), host, root, naming_key, cache,
+            defer_small=first, index=None if first else index, show=show)
     index.fetch(result.lookup)  # the index pages of the names not located by the cache
     result.lookup = []
     result.upload = missing(result, index) + result.unhashed
     return result
 
 
-def _absorb(result: FilePlan, listing: list[Stat], host: Host, root: str, naming_key: bytes,
+def _absorb(result: FilePlan, rows: Iterable[int], host: Host, root: str, naming_key: bytes,
             cache: HashCache, *, defer_small: bool = False, index: BlobIndex | None = None,
             show: MakeProgress = silent) -> None:
-    """Merge a (re-)listing into ``result``: hash what the cache lacks, name objects.
+    """Take ``rows`` of ``result.listing`` into the plan: hash what the cache lacks,
+    name contents.
 
     With ``index``, the places the cache recorded for unchanged files (kept only when
     the cache's MAC under the naming key holds) are given to it while their objects
     are listed: those names need no index page; the others are looked up.
     Each cache entry is dropped as it is used: the cache is not held next to what
     the plan builds from it."""
+    listing = result.listing
     misses = []
-    for st in listing:
-        if st.kind == "other":
-            result.skipped.append(st.path)
+    for row in rows:
+        kind = listing.kind(row)
+        if kind == "other":
+            result.skipped.append(listing.path(row))
+            listing.drop(row)
             continue
-        result.stats[st.path] = st
-        if st.kind != "file":
+        if kind != "file":
             continue
-        hit = cache.take(st)
-        if hit is None and defer_small and st.size > 0:
-            result.unhashed.append(st.path)
+        size = listing.size(row)
+        hit = cache.take(listing.stat(row)) if cache else None  # none: a first backup
+        if hit is None and defer_small and size > 0:
+            result.unhashed.append(row)
         elif hit is None:
-            misses.append(st.path)
+            misses.append(row)
         else:
             sha, where = hit
-            result.hashes[st.path] = sha
-            if index is not None and where is not None and st.size > 0:
-                name = result.names[st.path] = layout.content_name(naming_key, sha)
-                packed = where[1] is not None
-                if (not packed or (len(where[0]) == 1 and st.size <= MEMBER_MAX)) \
-                        and index.seed(name, st.size, where):
-                    result.located += 1
-                else:
-                    result.lookup.append(name)
-    fresh = _hash_in_batches(host, root, misses, result.stats, show)
-    result.hashed += len(fresh)
-    for path in misses:
-        if path in fresh:
-            result.hashes[path] = fresh[path]
-        else:
-            del result.stats[path]  # vanished between listing and hashing
-    for st in listing:
-        if st.kind == "file" and st.size > 0 and st.path in result.hashes \
-                and st.path not in result.names:
-            name = result.names[st.path] = layout.content_name(naming_key,
-                                                                result.hashes[st.path])
+            result.hashes[row] = sha
+            if size == 0:
+                continue
+            name = layout.content_name(naming_key, sha)
+            result.names[row] = name
+            if index is not None and where is not None \
+                    and (where[1] is None or (len(where[0]) == 1 and size <= MEMBER_MAX)) \
+                    and index.seed(name, size, where):
+                result.located += 1
+            else:
+                result.lookup.append(name)
+    _hash_in_batches(host, root, misses, result, show)
+    for row in misses:
+        if row not in result.hashes:
+            listing.drop(row)  # vanished between listing and hashing
+        elif listing.size(row) > 0 and row not in result.names:
+            name = layout.content_name(naming_key, result.hashes[row])
+            result.names[row] = name
             result.lookup.append(name)
 
 
-def cache_records(result: FilePlan, entries: list[FileEntry]
+def cache_records(result: FilePlan, index: BlobIndex
                   ) -> Iterator[tuple[Stat, str, str | None]]:
-    """What the hash cache keeps of each file of the manifest's ``entries``: its
-    metadata, SHA-256 and (stored content) its place
-    (:func:`forge_ci.backup.index.location_text`).
-
-    Consumes ``entries`` and ``result``'s tables as it goes (the last thing a
-    backup does): each file's objects are freed once its record is made."""
-    entries.reverse()
-    result.hashes.clear()  # the entries hold the same strings
-    while entries:
-        e = entries.pop()
-        st = result.stats.pop(e.path, None) if e.type == "file" else None
-        if st is None or e.sha256 is None:
+    """What the hash cache keeps of each file the snapshot holds: its metadata,
+    SHA-256 and (stored content) its place
+    (:func:`forge_ci.backup.index.location_text`)."""
+    listing = result.listing
+    for row in result.file_rows():
+        sha = result.hashes.get(row)
+        if sha is None:
             continue
-        where = location_text(e.objects, e.offset) if e.objects else None
-        yield st, e.sha256, where
+        name = result.names.get(row)
+        where = index.find(name) if name else None
+        yield listing.stat(row), sha, location_text(*where) if where else None
 
 
-def _hash_in_batches(host: Host, root: str, paths: list[str], stats: dict[str, Stat],
-                     show: MakeProgress) -> dict[str, str]:
-    fresh: dict[str, str] = {}
-    total = sum(stats[p].size for p in paths)
-    with show(f"hashing on {host.name}", files=len(paths), nbytes=total) as shown:
-        batch: list[str] = []
+def _hash_in_batches(host: Host, root: str, rows: list[int], result: FilePlan,
+                     show: MakeProgress) -> None:
+    """Hash ``rows`` on the host, a batch per command, into ``result.hashes``."""
+    listing = result.listing
+    total = sum(listing.size(row) for row in rows)
+    hashed = 0
+    with show(f"hashing on {host.name}", files=len(rows), nbytes=total) as shown:
+        batch: dict[str, int] = {}
         size = 0
-        for i, path in enumerate(paths):
-            batch.append(path)
-            size += stats[path].size
+        for i, row in enumerate(rows):
+            batch[listing.path(row)] = row
+            size += listing.size(row)
             if (size >= _HASH_BATCH_BYTES or len(batch) >= _HASH_BATCH_FILES
-                    or i == len(paths) - 1):
-                fresh.update(hash_files(host, root, batch))
+                    or i == len(rows) - 1):
+                for path, sha in hash_files(host, root, batch).items():
+                    if path in batch:
+                        result.hashes[batch[path]] = sha
+                        hashed += 1
                 shown.advance(len(batch), size)
-                batch, size = [], 0
-    return fresh
+                batch, size = {}, 0
+    result.hashed += hashed
 
 
-def missing(result: FilePlan, index: BlobIndex) -> list[str]:
-    """One path per content the store lacks, in listing order."""
+def missing(result: FilePlan, index: BlobIndex) -> Rows:
+    """One row per content the store lacks, in listing order."""
     wanted: set[str] = set()
-    out = []
-    for path, name in result.names.items():
-        if name not in wanted and name not in index:
+    out = array("l")
+    for row in result.file_rows():
+        name = result.names.get(row)
+        if name is not None and name not in wanted and name not in index:
             wanted.add(name)
-            out.append(path)
+            out.append(row)
     return out
 
 
@@ -206,10 +291,11 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     ``index`` learns every content stored. On return every name in ``result.names``
     is found in it. ``progress`` gets messages, ``show`` the files read so far.
     """
-    todo = list(result.upload)
-    changed: list[str] = []
+    listing = result.listing
+    todo = array("l", result.upload)
+    changed: list[int] = []
     for attempt in range(rounds):
-        total = sum(result.stats[p].size for p in todo if p in result.stats)
+        total = sum(listing.size(row) for row in todo)
         with show("uploading", files=len(todo), nbytes=total) as shown:
             changed = _send(host, root, todo, result, uploader, packer, index,
                             naming_key, shown)
@@ -219,9 +305,9 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
             again = set(changed)
-            changed += _moved(host, root, result, [p for p in result.unhashed
-                                                   if p in result.hashes and p not in again])
-            result.unhashed = []
+            changed += _moved(host, root, result, array("l", (
+                row for row in result.unhashed if row in result.hashes and row not in again)))
+            result.unhashed = array("l")
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
         packer.unwanted.clear()
@@ -229,11 +315,15 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             progress(f"{len(changed)} file(s) changed while being read; reading them again")
             if attempt == rounds - 1:
                 break
-            for path in changed:
-                for table in (result.stats, result.hashes, result.names):
-                    table.pop(path, None)
-            relisted = stat_paths(host, root, changed)
-            _absorb(result, relisted, host, root, naming_key, HashCache(), show=show)
+            rows = {listing.path(row): row for row in changed}
+            for row in changed:
+                result.hashes.discard(row)
+                result.names.discard(row)
+                listing.drop(row)
+            for st in stat_paths(host, root, rows):
+                listing.update(rows[st.path], st)
+            _absorb(result, sorted(rows.values()), host, root, naming_key, HashCache(),
+                    show=show)
             index.fetch(result.lookup)
             result.lookup = []
         # A changed file may have been the one carrying content other paths share.
@@ -241,92 +331,117 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
         if not todo:
             return
     raise SourceChanged(f"{len(changed)} file(s) kept changing while being backed up, "
-                        f"e.g. {sorted(changed)[0]!r}",
+                        f"e.g. {sorted(listing.path(row) for row in changed)[0]!r}",
                         hint="run the backup again when the site is quieter, or exclude "
                              "files that are rewritten constantly (logs, caches)")
 
 
-def _moved(host: Host, root: str, result: FilePlan, paths: list[str], *,
-           batch: int = _STAT_BATCH) -> list[str]:
-    """Paths whose metadata differs from the listing (or that are gone). Asked in
-    batches, so a second listing of the whole tree is never held at once."""
-    todo = sorted(paths)
+def _moved(host: Host, root: str, result: FilePlan, rows: Rows, *,
+           batch: int = _STAT_BATCH) -> list[int]:
+    """Rows whose metadata differs from the listing (or that are gone), by path.
+    Asked in batches, so a second listing of the whole tree is never held at once."""
+    listing = result.listing
     out = []
-    for i in range(0, len(todo), batch):
-        part = todo[i:i + batch]
-        now = {st.path: st.cache_key() for st in stat_paths(host, root, part)}
-        out += [p for p in part if now.get(p) != result.stats[p].cache_key()]
-    return out
+    for i in range(0, len(rows), batch):
+        part = rows[i:i + batch]
+        now = {st.path: st.cache_key()
+               for st in stat_paths(host, root, [listing.path(row) for row in part])}
+        out += [row for row in part if now.get(listing.path(row)) != listing.cache_key(row)]
+    return sorted(out, key=listing.path)
 
 
-def _send(host: Host, root: str, todo: list[str], result: FilePlan,
+def _send(host: Host, root: str, todo: Rows, result: FilePlan,
           uploader: Uploader, packer: PackWriter, index: BlobIndex, naming_key: bytes,
-          shown: Progress | None = None) -> list[str]:
-    """One tar pass; returns the paths that must be planned again. The paths without
-    a hash yet (a first backup's) are named as they pass.
+          shown: Progress | None = None) -> list[int]:
+    """One tar pass over the files of rows ``todo``; returns the rows that must be
+    planned again. The files without a hash yet (a first backup's) are named as
+    they pass.
 
     tar sends the files in the order asked, leaving out those it cannot read: the
     members are matched against ``todo`` in order (no set of every path)."""
     if not todo:
         return []
+    paths = _RowPaths(result.listing, todo)
     met = 0  # todo[:met] were sent or skipped by tar
-    changed: list[str] = []
-    with read_files(host, root, todo) as members:
+    changed: list[int] = []
+    with read_files(host, root, paths) as members:
         for name, reader in members:
-            if met < len(todo) and todo[met] == name:
+            if met < len(todo) and paths[met] == name:
                 met += 1
             else:
-                at = _find(todo, name, met)
+                at = _find(paths, name, met)
                 if at < 0:
                     continue  # tar never sends what it was not asked for; be strict anyway
-                changed += todo[met:at]  # left out: vanished or unreadable
+                changed.extend(todo[met:at])  # left out: vanished or unreadable
                 met = at + 1
+            row = todo[met - 1]
             if reader is None:
-                changed.append(name)
+                changed.append(row)
                 continue
-            if name not in result.hashes:
-                if not _put_unhashed(name, reader, result, uploader, packer, index,
+            if row not in result.hashes:
+                if not _put_unhashed(row, reader, result, uploader, packer, index,
                                      naming_key):
-                    changed.append(name)
-            elif not _put_one(name, reader, result, uploader, packer, index):
-                changed.append(name)
-            if shown is not None and name in result.stats:
-                shown.advance(1, result.stats[name].size)
-    return changed + todo[met:]  # missing from the stream: vanished or unreadable
+                    changed.append(row)
+            elif not _put_one(row, reader, result, uploader, packer, index):
+                changed.append(row)
+            if shown is not None:
+                shown.advance(1, result.listing.size(row))
+    return changed + todo[met:].tolist()  # missing from the stream: vanished or unreadable
 
 
-def _find(todo: list[str], name: str, start: int) -> int:
-    try:
-        return todo.index(name, start)
-    except ValueError:
-        return -1
+class _RowPaths(Sequence[str]):
+    """The paths of ``rows`` of a listing, decoded when read (not held: tar's names
+    go a piece at a time)."""
+
+    def __init__(self, listing: Listing, rows: Rows) -> None:
+        self._listing, self._rows = listing, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self._listing.path(row) for row in self._rows[i]]
+        return self._listing.path(self._rows[i])
 
 
-def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
+def _find(paths: Sequence[str], name: str, start: int) -> int:
+    for at in range(start, len(paths)):
+        if paths[at] == name:
+            return at
+    return -1
+
+
+def _put_unhashed(row: int, reader: Readable, result: FilePlan, uploader: Uploader,
                   packer: PackWriter, index: BlobIndex, naming_key: bytes) -> bool:
     """Hash a file as it passes and name it then: a small one is packed unless its
     content is stored already; a large one goes up under a random key, which the
     index maps its content name to."""
-    st = result.stats[path]
-    path = st.path  # the listing's string: tar's own copy of the name is not kept
-    if st.size > MEMBER_MAX:
+    size, path = result.listing.size(row), result.listing.path(row)
+    if size > MEMBER_MAX:
         digest = Digest()
         keys = packer.segments(digest.tee(_chunks(reader)), path=path)
-        if digest.size != st.size:
+        if digest.size != size:
             packer.unwanted += keys
             return False
         name = layout.content_name(naming_key, digest.hexdigest)
-        result.hashes[path], result.names[path] = digest.hexdigest, name
+        result.hashes[row], result.names[row] = digest.hexdigest, name
         result.hashed += 1
-        packer.record_file(name, st.size, keys)
-        index.add_whole(name, st.size, keys)
+        packer.record_file(name, size, keys)
+        index.add_whole(name, size, keys)
         return True
     data = reader.read(MEMBER_MAX + 1)
-    if len(data) != st.size:
+    if len(data) != size:
         return False
     sha = hashlib.sha256(data).hexdigest()
     name = layout.content_name(naming_key, sha)
-    result.hashes[path], result.names[path] = sha, name
+    result.hashes[row], result.names[row] = sha, name
     result.hashed += 1
     if not index.knows(name):  # stored, or packed earlier in this run
         pack, offset = packer.add(name, data, path=path)
@@ -334,23 +449,24 @@ def _put_unhashed(path: str, reader: Readable, result: FilePlan, uploader: Uploa
     return True
 
 
-def _put_one(path: str, reader: Readable, result: FilePlan, uploader: Uploader,
+def _put_one(row: int, reader: Readable, result: FilePlan, uploader: Uploader,
              packer: PackWriter, index: BlobIndex) -> bool:
-    st, sha, name = result.stats[path], result.hashes[path], result.names[path]
-    if st.size <= MEMBER_MAX:
+    size, path = result.listing.size(row), result.listing.path(row)
+    sha, name = result.hashes[row], result.names[row]
+    if size <= MEMBER_MAX:
         data = reader.read(MEMBER_MAX + 1)
-        if len(data) != st.size or hashlib.sha256(data).hexdigest() != sha:
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
             return False
         pack, offset = packer.add(name, data, path=path)
         index.add_packed(name, pack, offset, len(data))
         return True
     digest = Digest()
     keys = packer.segments(digest.tee(_chunks(reader)), path=path)
-    if digest.size != st.size or digest.hexdigest != sha:
+    if digest.size != size or digest.hexdigest != sha:
         packer.unwanted += keys  # deleted once stored: nothing may name them
         return False
-    packer.record_file(name, st.size, keys)
-    index.add_whole(name, st.size, keys)
+    packer.record_file(name, size, keys)
+    index.add_whole(name, size, keys)
     return True
 
 

@@ -22,18 +22,18 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
 from forge_ci.errors import BackupError, RemoteCommandError
-from forge_ci.remote import Host, sh
+from forge_ci.remote import Host, Result, sh
 
 CACHE_PATH = ".forge/backup-hashes.json"
 _FIELDS = 8
 _FIND_FORMAT = r"%y\0%s\0%T@\0%C@\0%i\0%m\0%p\0%l\0"
-_TYPES = {"f": "file", "d": "dir", "l": "symlink"}
 _SHA = re.compile(r"[0-9a-f]{64}")
 _CACHE_HEAD = b'{"version":1,"entries":{'
 # "path":[size,mtime_ns,ctime_ns,inode,"sha256"(,"location")?], as json.dumps writes
@@ -42,7 +42,8 @@ _CACHE_RECORD = re.compile(rb'("(?:[^"\\\x00-\x1f\x7f-\xff]|\\.)*")'
                            rb':\[(-?\d+,-?\d+,-?\d+,-?\d+),"([0-9a-f]{64})"'
                            rb'(?:,"([0-9a-f,;-]+)")?\]')
 # After the entries: the MAC of every byte before it, under the naming key.
-_CACHE_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\Z')
+_CACHE_MAC = re.compile(rb',"mac":"([0-9a-f]{64})"\}')
+_RECORD_MAX = 1 << 16  # bytes a record may span (a path is at most 4 KiB, escaped)
 _MAC_LABEL = b"forge-ci hash cache\x00"
 _LOCATION_SEP = b"|"  # between the metadata and the location in a held entry
 _WHERE = re.compile(rb"^((?:[0-9a-f]{64},)*[0-9a-f]{64});(\d{1,13}|-)$")
@@ -117,6 +118,13 @@ def _ns(text: str) -> int:
 
 def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool = True,
               allow_missing: bool = False) -> list[Stat]:
+    """As :func:`list_columns`, one :class:`Stat` per entry."""
+    return list(list_columns(host, root, paths, follow_start=follow_start,
+                             allow_missing=allow_missing))
+
+
+def list_columns(host: Host, root: str, paths: Sequence[str], *, follow_start: bool = True,
+                 allow_missing: bool = False) -> Listing:
     """Every entry under ``paths`` (the paths themselves included), in ``find`` order.
 
     ``follow_start`` (``find -H``) follows a configured path that is itself a symlink
@@ -125,7 +133,7 @@ def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool
     is worse than a failed one.
     """
     if not paths:
-        return []
+        return Listing()
     on_missing = ":" if allow_missing else '{ printf "%s\\n" "$p" >&2; exit 4; }'
     script = (
         f"cd -- {sh(root)} || exit 3\n"
@@ -136,13 +144,28 @@ def list_tree(host: Host, root: str, paths: Sequence[str], *, follow_start: bool
         '[ "$#" -gt 0 ] || exit 0\n'
         f"exec find {'-H ' if follow_start else ''}\"$@\" -printf '{_FIND_FORMAT}'"
     )
-    r = host.run(script, check=False, timeout=3600)
-    if r.status == 4:
-        missing = r.stderr.decode("utf-8", "replace").strip()
+    # Read and parsed as it comes: the whole output (5 MiB at 50,000 files) is never
+    # held, nor the copies capturing it would make.
+    out = Listing()
+    proc = host.start(script)
+    try:
+        proc.close_stdin()
+        rest = b""
+        while chunk := proc.read():
+            rest = rest + chunk if rest else chunk
+            rest = rest[out.parse(rest):]
+        status = proc.wait(timeout=3600)
+    except BaseException:
+        proc.kill()
+        raise
+    if status == 4:
+        missing = proc.stderr().decode("utf-8", "replace").strip()
         raise BackupError(f"{host.name}: backup path {missing!r} does not exist under {root}",
                           hint="fix `backup.paths` in forge.yml, or create the directory")
-    host.check(r, f"listing the backup paths under {root}")
-    return parse_listing(r.stdout)
+    host.check(Result(status, b"", proc.stderr()), f"listing the backup paths under {root}")
+    if rest:
+        raise RemoteCommandError("unexpected output from find (truncated listing?)")
+    return out
 
 
 def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
@@ -164,34 +187,123 @@ def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
 
 
 def parse_listing(data: bytes) -> list[Stat]:
-    """The ``Stat`` of each record of ``find -printf _FIND_FORMAT`` output.
+    """The ``Stat`` of each record of ``find -printf _FIND_FORMAT`` output."""
+    return list(parse_columns(data))
 
-    Walks the output one record at a time: splitting it whole would hold eight
-    ``bytes`` objects per entry at once (17 MiB at 50,000 files)."""
-    out = []
-    modes: dict[bytes, int] = {}  # one int per distinct mode, not one per entry
-    pos, end = 0, len(data)
-    while pos < end:
-        fields = []
-        for _ in range(_FIELDS):
-            stop = data.find(b"\0", pos)
-            if stop < 0:
-                raise RemoteCommandError("unexpected output from find (truncated listing?)")
-            fields.append(data[pos:stop])
-            pos = stop + 1
-        kind, size, mtime, ctime, inode, mode, path, target = fields
-        name = decode(path)
-        # Interned: shared with the hash cache's copy of the same path, if loaded.
-        name = sys.intern(name[2:] if name.startswith("./") else name)
-        k: Kind = _TYPES.get(kind.decode(), "other")  # type: ignore[assignment]
-        mtime_ns = _ns(mtime.decode())
-        # One int object when equal (a file written once): 32 bytes less per file.
-        ctime_ns = mtime_ns if ctime == mtime else _ns(ctime.decode())
-        out.append(Stat(
-            path=name, kind=k, size=int(size), mtime_ns=mtime_ns,
-            ctime_ns=ctime_ns, inode=int(inode), mode=modes.setdefault(mode, int(mode, 8)),
-            target=decode(target) if k == "symlink" else None))
+
+def parse_columns(data: bytes) -> Listing:
+    """The records of ``find -printf _FIND_FORMAT`` output as a :class:`Listing`."""
+    out = Listing()
+    if out.parse(data) != len(data):
+        raise RemoteCommandError("unexpected output from find (truncated listing?)")
     return out
+
+
+_FILE, _DIR, _LINK, _OTHER, _GONE = 0, 1, 2, 3, 4
+_KIND_CODES = {b"f": _FILE, b"d": _DIR, b"l": _LINK}
+_KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "other", "other")
+
+
+class Listing:
+    """Entries of a listing as columns, one row each, in ``find`` order: the path's
+    bytes in one buffer and a few machine integers per entry instead of a
+    :class:`Stat`, its path string and its int objects (a media library has one
+    entry per file). :meth:`path` and :meth:`stat` give a row's; a row can be
+    re-stated (:meth:`update`) or dropped (:meth:`drop`: no longer listed, its row
+    number kept)."""
+
+    def __init__(self) -> None:
+        self._names = bytearray()  # every path's bytes, one after the other
+        self._ends = array("q")  # where each row's path ends in _names
+        self._kinds = bytearray()
+        self._ints = array("q")  # size, mtime_ns, ctime_ns, inode, mode per row
+        self._targets: dict[int, str] = {}  # symlinks' targets
+
+    def parse(self, data: bytes) -> int:
+        """Add the whole records of ``find -printf _FIND_FORMAT`` output at the start
+        of ``data``, one at a time; returns where the first incomplete one starts."""
+        pos, end = 0, len(data)
+        while pos < end:
+            start, fields = pos, []
+            for _ in range(_FIELDS):
+                stop = data.find(b"\0", pos)
+                if stop < 0:
+                    return start
+                fields.append(data[pos:stop])
+                pos = stop + 1
+            kind, size, mtime, ctime, inode, mode, path, target = fields
+            mtime_ns = _ns(mtime.decode())
+            self._add(path[2:] if path.startswith(b"./") else path,
+                      _KIND_CODES.get(kind, _OTHER), int(size), mtime_ns,
+                      mtime_ns if ctime == mtime else _ns(ctime.decode()), int(inode),
+                      int(mode, 8), decode(target) if kind == b"l" else None)
+        return pos
+
+    def add(self, path: str, kind: Kind, size: int, mtime_ns: int, ctime_ns: int,
+            inode: int, mode: int, target: str | None = None) -> int:
+        return self._add(encode(path), _KINDS.index(kind), size, mtime_ns, ctime_ns, inode,
+                         mode, target)
+
+    def _add(self, path: bytes, kind: int, size: int, mtime_ns: int, ctime_ns: int,
+             inode: int, mode: int, target: str | None) -> int:
+        row = len(self._kinds)
+        self._names += path
+        self._ends.append(len(self._names))
+        self._kinds.append(kind)
+        self._ints.extend((size, mtime_ns, ctime_ns, inode, mode))
+        if target is not None:
+            self._targets[row] = target
+        return row
+
+    def update(self, row: int, st: Stat) -> None:
+        """Row ``row`` (same path) as ``st`` now says."""
+        self._kinds[row] = _KINDS.index(st.kind)
+        self._ints[row * 5:row * 5 + 5] = array("q", (st.size, st.mtime_ns, st.ctime_ns,
+                                                      st.inode, st.mode))
+        self._targets.pop(row, None)
+        if st.target is not None:
+            self._targets[row] = st.target
+
+    def drop(self, row: int) -> None:
+        self._kinds[row] = _GONE
+
+    def path(self, row: int) -> str:
+        return self._names[self._ends[row - 1] if row else 0:self._ends[row]].decode(
+            "utf-8", "surrogateescape")
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __iter__(self) -> Iterator[Stat]:
+        return (self.stat(row) for row in range(len(self)) if self._kinds[row] != _GONE)
+
+    def kind(self, row: int) -> Kind | None:
+        """None: dropped."""
+        k = self._kinds[row]
+        return None if k == _GONE else _KINDS[k]
+
+    def is_file(self, row: int) -> bool:
+        return self._kinds[row] == _FILE
+
+    def size(self, row: int) -> int:
+        return self._ints[row * 5]
+
+    def mtime_ns(self, row: int) -> int:
+        return self._ints[row * 5 + 1]
+
+    def mode(self, row: int) -> int:
+        return self._ints[row * 5 + 4]
+
+    def target(self, row: int) -> str | None:
+        return self._targets.get(row)
+
+    def cache_key(self, row: int) -> list[int]:
+        return self._ints[row * 5:row * 5 + 4].tolist()
+
+    def stat(self, row: int) -> Stat:
+        size, mtime_ns, ctime_ns, inode, mode = self._ints[row * 5:row * 5 + 5]
+        return Stat(self.path(row), _KINDS[self._kinds[row]], size, mtime_ns, ctime_ns,
+                    inode, mode, self._targets.get(row))
 
 
 def hash_files(host: Host, root: str, paths: Iterable[str]) -> dict[str, str]:
@@ -225,6 +337,7 @@ class HashCache:
 
     def __init__(self, entries: Mapping[str, list[object]] | None = None) -> None:
         self._entries: dict[str, bytes] = {}
+        self._trusted = False  # the locations held count (the file's MAC holds)
         for path, entry in (entries or {}).items():
             if not (isinstance(entry, list) and len(entry) in (5, 6)):
                 continue
@@ -236,12 +349,18 @@ class HashCache:
     @classmethod
     def load(cls, host: Host, root: str, naming_key: bytes | None = None) -> HashCache:
         """The host's cache; with ``naming_key``, with the locations it records if
-        its MAC holds."""
+        its MAC holds. Read as it streams from the host when it has the shape
+        :meth:`write` gives it (neither the file nor a copy of it is held whole)."""
+        path = f"{root}/{CACHE_PATH}"
         try:
-            raw = host.read(f"{root}/{CACHE_PATH}")
-            cache = cls._scan(raw, naming_key) if raw else None
+            proc = host.start(f"exec cat -- {sh(path)} 2>/dev/null")
+            try:
+                cache = cls._read(iter(proc.read, b""), naming_key)
+            finally:
+                proc.kill()
             if cache is not None:
                 return cache
+            raw = host.read(path)  # another shape: plain JSON
             doc = json.loads(raw) if raw else {}
             entries = doc.get("entries", {}) if doc.get("version") == 1 else {}
         except (ValueError, AttributeError, RemoteCommandError):
@@ -250,42 +369,56 @@ class HashCache:
 
     @classmethod
     def _scan(cls, raw: bytes, naming_key: bytes | None = None) -> HashCache | None:
-        """Records one by one, without the parsed document; None: not that shape."""
-        if not raw.startswith(_CACHE_HEAD):
-            return None
-        tail = _CACHE_TAIL.search(raw, max(len(raw) - 80, 0))
-        if tail is not None:
-            end = tail.start() - 1  # the entries' closing brace
-            if naming_key is None:
-                trusted = False
-            else:
-                mac = _cache_mac(naming_key)
-                mac.update(raw[:tail.start()] if len(raw) < 1 << 16
-                           else memoryview(raw)[:tail.start()])
-                trusted = hmac.compare_digest(mac.hexdigest().encode(), tail.group(1))
-        elif raw.endswith(b"}}"):
-            end, trusted = len(raw) - 2, False
-        else:
-            return None
-        if raw[end:end + 1] != b"}":
-            return None
-        cache = cls()
-        pos = len(_CACHE_HEAD)
-        while pos < end:
-            m = _CACHE_RECORD.match(raw, pos, end)
+        """:meth:`_read` of the whole file at once."""
+        return cls._read([raw], naming_key)
+
+    @classmethod
+    def _read(cls, chunks: Iterable[bytes], naming_key: bytes | None = None
+              ) -> HashCache | None:
+        """Records one by one as ``chunks`` come, without the parsed document;
+        None: not the shape :meth:`write` gives. Locations count once the MAC at
+        the end holds."""
+        cache, mac = cls(), _cache_mac(naming_key or b"")
+        pieces = iter(chunks)
+        buf, pos, eof, begun = b"", 0, False, False
+        while True:
+            if not eof and len(buf) - pos < _RECORD_MAX:
+                chunk = next(pieces, b"")
+                if chunk:
+                    mac.update(buf[:pos])  # read: all of it before the MAC
+                    buf, pos = buf[pos:] + chunk, 0
+                    continue
+                eof = True
+            if not begun:
+                if not buf.startswith(_CACHE_HEAD):
+                    return cache if eof and not buf else None  # nothing there: empty
+                pos, begun = len(_CACHE_HEAD), True
+            if buf[pos:pos + 1] == b"}":
+                break  # the entries end
+            m = _CACHE_RECORD.match(buf, pos)
             if m is None:
                 return None
             key, meta, sha, where = m.group(1, 2, 3, 4)
             path = json.loads(key) if b"\\" in key else key[1:-1].decode("ascii")
             # Interned: the listing's path of the same name is then this very string.
             cache._entries[sys.intern(path)] = bytes.fromhex(sha.decode("ascii")) + meta + (
-                _held_where(where) if where and trusted else b"")
+                _held_where(where) if where else b"")
             pos = m.end()
-            if pos < end:
-                if raw[pos:pos + 1] != b",":
-                    return None
+            if buf[pos:pos + 1] == b",":
                 pos += 1
+            elif buf[pos:pos + 1] != b"}":
+                return None
+        mac.update(buf[:pos + 1])
+        rest = buf[pos + 1:] + b"".join(pieces)  # the MAC's few bytes
+        tail = _CACHE_MAC.fullmatch(rest)
+        if tail is None and rest != b"}":
+            return None
+        cache._trusted = naming_key is not None and tail is not None and hmac.compare_digest(
+            mac.hexdigest().encode(), tail.group(1))
         return cache
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def lookup(self, st: Stat) -> str | None:
         entry = self._entries.get(st.path)
@@ -300,7 +433,7 @@ class HashCache:
         if entry is None:
             return None
         meta, _, where = entry[32:].partition(_LOCATION_SEP)
-        if not where or meta != _meta(*st.cache_key()):
+        if not where or not self._trusted or meta != _meta(*st.cache_key()):
             return None
         return _where_text(where)
 
@@ -314,7 +447,7 @@ class HashCache:
         meta, _, where = entry[32:].partition(_LOCATION_SEP)
         if meta != _meta(*st.cache_key()):
             return None
-        return entry[:32].hex(), _place(where) if where else None
+        return entry[:32].hex(), _place(where) if where and self._trusted else None
 
     @classmethod
     def of(cls, stats: Iterable[Stat], hashes: Mapping[str, str]) -> HashCache:

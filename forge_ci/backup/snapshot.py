@@ -38,7 +38,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -87,7 +87,7 @@ class Manifest:
     hostnames: tuple[str, ...]
     tool: str
     paths: tuple[str, ...]
-    files: tuple[FileEntry, ...] = ()
+    files: Sequence[FileEntry] = ()  # a backup's are made as they are written
     database: DatabaseEntry | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -422,10 +422,11 @@ def check_tree(manifest: Manifest) -> None:
                                         f"{problem}")
 
 
-def refused_links(entries: tuple[FileEntry, ...], roots: tuple[str, ...]) -> list[str]:
-    """The symlinks among ``entries`` that :func:`check_tree` would refuse."""
-    seen = {e.path: e for e in entries}
-    return [e.path for e in entries if e.type == "symlink" and _link_problem(e, seen, roots)]
+def refused_links(entries: Iterable[FileEntry], roots: tuple[str, ...]) -> list[str]:
+    """The symlinks among ``entries`` that :func:`check_tree` would refuse (only the
+    symlinks count: ``entries`` may hold nothing else)."""
+    links = {e.path: e for e in entries if e.type == "symlink"}
+    return [path for path, e in links.items() if _link_problem(e, links, roots)]
 
 
 def _check_parents(sid: str, path: str, seen: dict[str, FileEntry], clear: set[str]) -> None:

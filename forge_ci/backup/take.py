@@ -12,6 +12,7 @@ run is about to reference.
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from forge_ci.backup.dump import dump_database
 from forge_ci.backup.pack import PackWriter
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.scan import HashCache
-from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest, refused_links
+from forge_ci.backup.snapshot import DatabaseEntry, Manifest, refused_links
 from forge_ci.backup.store_lock import StoreLock
 from forge_ci.backup.uploader import Uploader
 from forge_ci.config.backup import BackupConfig
@@ -102,7 +103,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
             scanning = time.monotonic()
             plan = files.plan(host, root, cfg.paths, key, index, HashCache.load(host, root, key),
                               show=show)
-            log(f"files: {len(plan.files)}, to upload: {len(plan.upload)} "
+            log(f"files: {plan.file_count()}, to upload: {len(plan.upload)} "
                 f"({human_size(plan.upload_bytes())}), hashed on the host: {plan.hashed}")
             packer = PackWriter(uploader, repo.recipients)
             files.upload(host, root, plan, key, index, uploader, packer, progress=log,
@@ -115,50 +116,43 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         report.new_objects = uploader.objects + (1 if db else 0)
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         report.phases = phases
-        entries = plan.entries(index)
-        # What only planning needed: a dict keeps its table when emptied by pops, and
-        # the entries hold the hashes' strings. The hash cache needs only the stats.
-        plan.names.clear()
-        plan.hashes.clear()
-        plan.upload, plan.unhashed = [], []
-        refused = set(refused_links(entries, cfg.paths))
-        for path in sorted(refused):
+        # The manifest's entries are made from the plan's columns as it is written.
+        plan.upload, plan.unhashed = array("l"), array("l")
+        refused = sorted(set(refused_links(plan.links(), cfg.paths)))
+        for path in refused:
             log(f"warning: not backing up symlink {path!r}: it points outside the backup "
                 "paths, and a restore would refuse it")
-        report.skipped += sorted(refused)
+        report.skipped += refused
         manifest = Manifest(
             id=sid, time=snapshot_time, site=source.site, environment=source.environment,
             hostnames=source.hostnames, tool=f"forge-ci {__version__}", paths=cfg.paths,
-            files=tuple(e for e in entries if e.path not in refused), database=db,
+            files=plan.entries(index, leave_out=refused), database=db,
             stats={"files": report.files, "bytes": report.file_bytes + report.database_bytes,
                    "new_objects": report.new_objects, "new_bytes": report.new_stored_bytes,
                    "database_bytes": report.database_bytes, **phases,
                    "seconds": round(time.monotonic() - started, 3)})
-        # Done with what grows with the file count, before the hash cache is written.
-        del entries, index, packer
+        del packer
         repo.save(manifest)  # the snapshot exists from here on
-        kept = list(manifest.files)
-        del manifest  # the entries are freed one by one as the hash cache is written
-    _save_cache(host, root, plan, kept, key, log)
+        del manifest
+    _save_cache(host, root, plan, index, key, log)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
 def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEntry | None,
             started: float) -> BackupReport:
-    file_stats = plan.files
     return BackupReport(
-        snapshot_id=sid, dry_run=dry_run, files=len(file_stats),
-        file_bytes=sum(s.size for s in file_stats), database_bytes=db.size if db else 0,
+        snapshot_id=sid, dry_run=dry_run, files=plan.file_count(),
+        file_bytes=plan.file_bytes(), database_bytes=db.size if db else 0,
         upload_files=len(plan.upload), upload_bytes=plan.upload_bytes(), hashed=plan.hashed,
         located=plan.located,
         skipped=list(plan.skipped),
         seconds=round(time.monotonic() - started, 3))
 
 
-def _save_cache(host: Host, root: str, plan: files.FilePlan, entries: list[FileEntry],
+def _save_cache(host: Host, root: str, plan: files.FilePlan, index: index_store.BlobIndex,
                 naming_key: bytes, log: Log) -> None:
     try:
-        HashCache.write(host, root, files.cache_records(plan, entries), naming_key)
+        HashCache.write(host, root, files.cache_records(plan, index), naming_key)
     except ForgeError as e:
         log(f"warning: could not save the hash cache on {host.name}: {e.message}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Protocol
 
@@ -53,7 +53,7 @@ Member = tuple[str, "Readable | None"]  # (name, content; None unless a regular 
 
 
 @contextmanager
-def read_files(host: Host, root: str, paths: list[str]) -> Iterator[Iterator[Member]]:
+def read_files(host: Host, root: str, paths: Sequence[str]) -> Iterator[Iterator[Member]]:
     """Yield an iterator of ``(path, reader)`` for the files tar sends, in its order.
 
     A path that vanished or stopped being a regular file is simply missing or comes
@@ -80,7 +80,7 @@ def read_files(host: Host, root: str, paths: list[str]) -> Iterator[Iterator[Mem
                                      exit_status=status)
 
 
-def _feed(proc: Process, paths: list[str]) -> None:
+def _feed(proc: Process, paths: Sequence[str]) -> None:
     # A thread: tar starts writing the archive before it has read every name. The
     # names are encoded a piece at a time (not all of them at once: 2 MiB at 50,000).
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from forge_ci.backup import files, layout
+from forge_ci.backup import files, layout, scan
 from forge_ci.backup.index import BlobIndex
-from forge_ci.backup.scan import HashCache, Stat, list_tree, parse_listing
+from forge_ci.backup.scan import HashCache, Stat, list_columns, list_tree, parse_listing
 from forge_ci.backup.snapshot import FileEntry, dump_chunks, dumps, parse
 from forge_ci.errors import RemoteCommandError
 from forge_ci.remote import LocalHost
@@ -103,12 +103,11 @@ def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
     for i in range(7):
         (root / "up" / f"{i}.txt").write_bytes(b"x" * i)
     host = LocalHost()
-    listing = list_tree(host, str(root), ["up"])
-    plan = files.FilePlan(stats={s.path: s for s in listing}, hashes={}, names={}, upload=[])
+    plan = files.FilePlan.of(list_columns(host, str(root), ["up"]))
     os.utime(root / "up" / "1.txt", ns=(1, 1))
     (root / "up" / "5.txt").unlink()
-    paths = {s.path for s in listing if s.kind == "file"}
-    assert files._moved(host, str(root), plan, paths, batch=2) == ["up/1.txt", "up/5.txt"]
+    moved = files._moved(host, str(root), plan, list(plan.file_rows()), batch=2)
+    assert [plan.listing.path(row) for row in moved] == ["up/1.txt", "up/5.txt"]
 
 
 def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
@@ -145,3 +144,86 @@ def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
     cache.save(host, str(tmp_path))  # the compact form saves as the same JSON (hashes)
     assert json.loads((tmp_path / ".forge" / "backup-hashes.json").read_bytes()) == {
         "version": 1, "entries": {k: v[:5] for k, v in doc["entries"].items()}}
+
+
+def test_listing_columns_give_back_what_find_said_in_any_piece_size(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "odd \udce9\nname").write_bytes(b"x" * 5)
+    (d / "empty").write_bytes(b"")
+    os.link(d / "empty", d / "hard link")
+    os.symlink("odd \udce9\nname", d / "link \udcff")
+    (d / "sub").mkdir()
+    os.mkfifo(d / "fifo")
+    host = LocalHost()
+    stats = list_tree(host, str(tmp_path), ["d"])
+    by_path = {s.path: s for s in stats}
+    assert by_path["d/link \udcff"].kind == "symlink"
+    assert by_path["d/link \udcff"].target == "odd \udce9\nname"
+    assert by_path["d/empty"].size == 0 and by_path["d/sub"].kind == "dir"
+    assert by_path["d/hard link"].inode == by_path["d/empty"].inode
+    assert by_path["d/fifo"].kind == "other"
+    # The columns, fed the raw output cut anywhere, give the same entries.
+    raw = host.run(f"cd {tmp_path} && find ./d -printf '{scan._FIND_FORMAT}'").stdout
+    for piece in (1, 7, 64, len(raw)):
+        listing, rest = scan.Listing(), b""
+        for i in range(0, len(raw), piece):
+            rest += raw[i:i + piece]
+            rest = rest[listing.parse(rest):]
+        assert rest == b"" and list(listing) == stats
+    # A row re-stated or dropped; paths decoded from the shared buffer.
+    listing = list_columns(host, str(tmp_path), ["d"])
+    row = next(r for r in range(len(listing)) if listing.path(r) == "d/odd \udce9\nname")
+    (d / "odd \udce9\nname").write_bytes(b"longer")
+    listing.update(row, scan.stat_paths(host, str(tmp_path), [listing.path(row)])[0])
+    assert listing.size(row) == 6 and listing.stat(row).path == "d/odd \udce9\nname"
+    listing.drop(row)
+    assert listing.kind(row) is None and len(list(listing)) == len(stats) - 1
+
+
+def test_plan_digests_are_held_as_raw_bytes_by_row() -> None:
+    digests = files.Digests(3)
+    digests[1] = "ab" * 32
+    assert 1 in digests and 0 not in digests and digests.get(0) is None
+    assert digests[1] == "ab" * 32 and digests.get(2) is None
+    digests.discard(1)
+    assert 1 not in digests
+    with pytest.raises(KeyError):
+        digests[1]
+
+
+def test_index_table_keeps_every_name_through_growth_first_wins() -> None:
+    packs = [layout.random_data_key() for _ in range(3)]
+    index = BlobIndex(set(packs))
+    names = [_name(i) for i in range(5000)]  # grows the table several times
+    for i, name in enumerate(names):
+        index.load_packed(name, packs[i % 3], i * 10, 1 + i % 7)
+        index.load_packed(name, packs[0], 1, 1)  # a later index naming it again: ignored
+    # Two names whose first 8 bytes agree share a probe chain, never a slot.
+    twin = names[0][:16] + "f" * 48
+    index.load_packed(twin, packs[1], 3, 4)
+    assert index.find(twin) == ((packs[1],), 3)
+    assert all(index.find(n) == ((packs[i % 3],), i * 10) for i, n in enumerate(names))
+    assert len(list(index.packed_entries())) == 5001 and index.has_packed()
+    assert index.find(_name(99_999)) is None and not index.knows(_name(99_999))
+    assert not BlobIndex(set()).has_packed()
+
+
+def test_hash_cache_streamed_in_any_piece_size_reads_the_same(tmp_path: Path) -> None:
+    host = LocalHost()
+    odd = "ü \"q\" \\ \udce9\n\ttab"
+    stats = [Stat(odd, "file", 5, -1_000, 2, 3, 0o644), Stat("b", "file", 6, 4, 5, 6, 0o644)]
+    where, key = "ef" * 32 + ";12", b"k" * 32
+    HashCache.write(host, str(tmp_path), [(stats[0], "ab" * 32, None),
+                                          (stats[1], "cd" * 32, where)], key, piece=64)
+    raw = (tmp_path / ".forge" / "backup-hashes.json").read_bytes()
+    for n in (1, 3, 64, len(raw)):
+        pieces = [raw[i:i + n] for i in range(0, len(raw), n)]
+        cache = HashCache._read(pieces, key)
+        assert cache is not None and [cache.lookup(s) for s in stats] == ["ab" * 32, "cd" * 32]
+        assert [cache.location(s) for s in stats] == [None, where]
+        other = HashCache._read(pieces, b"x" * 32)  # its MAC does not hold: hashes only
+        assert other is not None and other.location(stats[1]) is None
+        assert other.take(stats[1]) == ("cd" * 32, None)
+    assert HashCache._read([raw[:-120]]) is None  # cut short: not that shape
+    assert HashCache.load(host, str(tmp_path / "none"), key).lookup(stats[1]) is None
