@@ -30,10 +30,14 @@ from forge_ci.backup.snapshot import FileEntry
 from forge_ci.errors import BackupError
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# Pieces are written a batch at a time (one writev): a segment's pieces are views of
+# its decrypted chunks, 64 KiB or less each, already in memory.
+_BATCH = 512 * 1024
+_MAX_PIECES = 64
 
 
 def write_new_tree(dest: str, entries: Iterable[FileEntry],
-                   content: Callable[[FileEntry], Iterable[bytes]]) -> None:
+                   content: Callable[[FileEntry], Iterable[bytes | memoryview]]) -> None:
     """Create ``dest`` and the tree of ``entries`` in it (see the module docstring).
 
     An exception from ``content`` propagates as it is; a failed system call or a
@@ -55,7 +59,7 @@ class NewTree:
             os.makedirs(dest, exist_ok=True)
 
     def write_all(self, entries: Iterable[FileEntry],
-                  content: Callable[[FileEntry], Iterable[bytes]], *,
+                  content: Callable[[FileEntry], Iterable[bytes | memoryview]], *,
                   written: Callable[[FileEntry], bool] | None = None) -> None:
         """Every entry in order, then :meth:`finish`. A file for which ``written`` is
         true is written by another thread (:meth:`write_file`): its ``content`` is only
@@ -85,7 +89,7 @@ class NewTree:
             os.symlink(entry.target or "", path)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    def write_file(self, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+    def write_file(self, entry: FileEntry, chunks: Iterable[bytes | memoryview]) -> None:
         path = self._parent_made(entry)
         with _errors(self.dest):
             _write_file(path, entry, chunks)
@@ -122,18 +126,23 @@ def _inside(dest: str, path: str) -> str:
     return os.path.join(dest, path)
 
 
-def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview]) -> None:
     fd = os.open(path, _FLAGS, 0o600)
     try:
         done = 0
+        batch: list[bytes | memoryview] = []
+        held = 0
         for chunk in chunks:
             done += len(chunk)
             if done > entry.size:
                 raise BackupError(f"the content of {entry.path!r} is longer than its "
                                   "recorded size")
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+            batch.append(chunk)
+            held += len(chunk)
+            if held >= _BATCH or len(batch) >= _MAX_PIECES:
+                _write_all(fd, batch)
+                batch, held = [], 0
+        _write_all(fd, batch)
         if done != entry.size:
             raise BackupError(f"the content of {entry.path!r} ended after {done} bytes, "
                               f"{entry.size} recorded")
@@ -141,3 +150,14 @@ def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes]) -> None:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """Write ``pieces`` in order with as few system calls as the kernel allows."""
+    while pieces:
+        written = os.writev(fd, pieces)
+        while pieces and written >= len(pieces[0]):
+            written -= len(pieces[0])
+            pieces = pieces[1:]
+        if pieces and written:
+            pieces = [memoryview(pieces[0])[written:], *pieces[1:]]

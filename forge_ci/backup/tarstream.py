@@ -131,7 +131,7 @@ def _members(proc: Process) -> Iterator[Member]:
 
 
 def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
-               content: Callable[[tarfile.TarInfo], Iterable[bytes]]) -> None:
+               content: Callable[[tarfile.TarInfo], Iterable[bytes | memoryview]]) -> None:
     """Extract ``entries`` into ``dest`` (created) on the host with ``tar``.
 
     ``content(info)`` gives a regular file's bytes; if it raises, extraction is
@@ -175,11 +175,11 @@ class _TarWriter:
 
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self._write = write
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self._held = 0
         self._offset = 0
 
-    def member(self, info: tarfile.TarInfo, chunks: Iterable[bytes]) -> None:
+    def member(self, info: tarfile.TarInfo, chunks: Iterable[bytes | memoryview]) -> None:
         self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         size = info.size if info.isreg() else 0
         done = 0
@@ -201,11 +201,11 @@ class _TarWriter:
             self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
         self._flush()
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: bytes | memoryview) -> None:
         self._offset += len(data)
         if len(data) >= READ_SIZE:
             self._flush()
-            self._write(data)
+            self._write(data if isinstance(data, bytes) else bytes(data))
             return
         self._pending.append(data)
         self._held += len(data)
@@ -214,7 +214,7 @@ class _TarWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            data = b"".join(self._pending)
             self._pending.clear()
             self._held = 0
             self._write(data)

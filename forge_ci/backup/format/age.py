@@ -208,7 +208,7 @@ class _Stream:
         self.counter += 1
         return out
 
-    def open(self, chunk: bytes | memoryview, *, last: bool) -> bytes | None:
+    def open(self, chunk: bytes | bytearray | memoryview, *, last: bool) -> bytes | None:
         try:
             out = self._aead.decrypt(self._nonce(last), chunk, None)
         except InvalidTag:
@@ -308,16 +308,20 @@ class Decryptor:
         return b"".join(self.update_pieces(data))
 
     def update_pieces(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Like :meth:`update`, as a list of pieces (a chunk each), not joined."""
+        """Like :meth:`update`, as a list of pieces (a chunk each), not joined.
+
+        Chunks lying whole inside ``data`` are opened from it where they are: only a
+        chunk cut by the end of ``data`` is copied aside, to be completed next time."""
         if self._done:
             raise ValueError("update() after finish()")
-        self._buf += data
-        if self._file_key is None and not self._read_header():
-            return []
-        if self._stream is None and not self._read_nonce():
-            return []
-        return self._open_ready()
-
+        if self._stream is None:
+            self._buf += data
+            if self._file_key is None and not self._read_header():
+                return []
+            if not self._read_nonce():
+                return []
+            data, self._buf = self._buf, bytearray()  # the payload so far: no copy
+        return self._open_ready(data)
     def finish(self) -> bytes:
         if self._done:
             raise ValueError("finish() called twice")
@@ -355,18 +359,27 @@ class Decryptor:
         del self._buf[:NONCE_SIZE]
         return True
 
-    def _open_ready(self) -> list[bytes]:
-        assert self._stream is not None
-        out, pos, size = [], 0, len(self._buf)
-        with memoryview(self._buf) as view:
-            # A chunk followed by more bytes must be a non-final chunk.
+    def _open_ready(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Open every chunk known not to be the last (more bytes follow it): first the
+        one held back, topped up from ``data``, then those inside ``data``; the rest
+        of ``data`` (at most a chunk) is held back."""
+        out: list[bytes] = []
+        with memoryview(data) as whole, whole.cast("B") as view:
+            pos, size = 0, len(view)
+            if self._buf:
+                pos = min(size, ENC_CHUNK_SIZE - len(self._buf))
+                self._buf += view[:pos]
+                if pos == size:  # nothing after it yet: it may be the final chunk
+                    return out
+                out.append(self._open_middle(self._buf))
+                self._buf.clear()
             while size - pos > ENC_CHUNK_SIZE:
                 out.append(self._open_middle(view[pos : pos + ENC_CHUNK_SIZE]))
                 pos += ENC_CHUNK_SIZE
-        del self._buf[:pos]
+            self._buf += view[pos:]
         return out
 
-    def _open_middle(self, chunk: memoryview) -> bytes:
+    def _open_middle(self, chunk: bytearray | memoryview) -> bytes:
         assert self._stream is not None
         plain = self._stream.open(chunk, last=False)
         if plain is not None:
