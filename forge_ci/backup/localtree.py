@@ -30,10 +30,6 @@ from forge_ci.backup.snapshot import FileEntry
 from forge_ci.errors import BackupError
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-# Pieces are written a batch at a time (one writev): a segment's pieces are views of
-# its decrypted chunks, 64 KiB or less each, already in memory.
-_BATCH = 512 * 1024
-_MAX_PIECES = 64
 
 
 def write_new_tree(dest: str, entries: Iterable[FileEntry],
@@ -130,19 +126,16 @@ def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview
     fd = os.open(path, _FLAGS, 0o600)
     try:
         done = 0
-        batch: list[bytes | memoryview] = []
-        held = 0
+        # Each chunk is written before the next is asked for: restore reuses the
+        # buffer a run of chunks were views of once it asked past them.
         for chunk in chunks:
             done += len(chunk)
             if done > entry.size:
                 raise BackupError(f"the content of {entry.path!r} is longer than its "
                                   "recorded size")
-            batch.append(chunk)
-            held += len(chunk)
-            if held >= _BATCH or len(batch) >= _MAX_PIECES:
-                _write_all(fd, batch)
-                batch, held = [], 0
-        _write_all(fd, batch)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         if done != entry.size:
             raise BackupError(f"the content of {entry.path!r} ended after {done} bytes, "
                               f"{entry.size} recorded")
@@ -151,13 +144,3 @@ def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview
     finally:
         os.close(fd)
 
-
-def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
-    """Write ``pieces`` in order with as few system calls as the kernel allows."""
-    while pieces:
-        written = os.writev(fd, pieces)
-        while pieces and written >= len(pieces[0]):
-            written -= len(pieces[0])
-            pieces = pieces[1:]
-        if pieces and written:
-            pieces = [memoryview(pieces[0])[written:], *pieces[1:]]

@@ -175,7 +175,7 @@ class _TarWriter:
 
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self._write = write
-        self._pending: list[bytes | memoryview] = []
+        self._pending: list[bytes] = []
         self._held = 0
         self._offset = 0
 
@@ -202,10 +202,13 @@ class _TarWriter:
         self._flush()
 
     def _put(self, data: bytes | memoryview) -> None:
+        # A view is copied before it is held or written: restore reuses the buffer it
+        # is a view of once the next chunk is asked for.
+        data = data if isinstance(data, bytes) else bytes(data)
         self._offset += len(data)
         if len(data) >= READ_SIZE:
             self._flush()
-            self._write(data if isinstance(data, bytes) else bytes(data))
+            self._write(data)
             return
         self._pending.append(data)
         self._held += len(data)
@@ -214,7 +217,7 @@ class _TarWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            data = b"".join(self._pending)
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
             self._pending.clear()
             self._held = 0
             self._write(data)

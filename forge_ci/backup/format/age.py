@@ -72,6 +72,7 @@ __all__ = [
     "Secret",
     "X25519Identity",
     "X25519Recipient",
+    "decrypt_into",
     "decrypt_iter",
     "encrypt_iter",
 ]
@@ -208,7 +209,17 @@ class _Stream:
         self.counter += 1
         return out
 
-    def open(self, chunk: bytes | bytearray | memoryview, *, last: bool) -> bytes | None:
+    def open_into(self, chunk: bytes | bytearray | memoryview, out: memoryview, *,
+                  last: bool) -> bool:
+        """Like :meth:`open`, the plaintext written to ``out`` (exactly its size)."""
+        try:
+            self._aead.decrypt_into(self._nonce(last), chunk, None, out)
+        except InvalidTag:
+            return False
+        self.counter += 1
+        return True
+
+    def open(self, chunk: bytes | memoryview, *, last: bool) -> bytes | None:
         try:
             out = self._aead.decrypt(self._nonce(last), chunk, None)
         except InvalidTag:
@@ -308,20 +319,16 @@ class Decryptor:
         return b"".join(self.update_pieces(data))
 
     def update_pieces(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Like :meth:`update`, as a list of pieces (a chunk each), not joined.
-
-        Chunks lying whole inside ``data`` are opened from it where they are: only a
-        chunk cut by the end of ``data`` is copied aside, to be completed next time."""
+        """Like :meth:`update`, as a list of pieces (a chunk each), not joined."""
         if self._done:
             raise ValueError("update() after finish()")
-        if self._stream is None:
-            self._buf += data
-            if self._file_key is None and not self._read_header():
-                return []
-            if not self._read_nonce():
-                return []
-            data, self._buf = self._buf, bytearray()  # the payload so far: no copy
-        return self._open_ready(data)
+        self._buf += data
+        if self._file_key is None and not self._read_header():
+            return []
+        if self._stream is None and not self._read_nonce():
+            return []
+        return self._open_ready()
+
     def finish(self) -> bytes:
         if self._done:
             raise ValueError("finish() called twice")
@@ -359,27 +366,61 @@ class Decryptor:
         del self._buf[:NONCE_SIZE]
         return True
 
-    def _open_ready(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Open every chunk known not to be the last (more bytes follow it): first the
-        one held back, topped up from ``data``, then those inside ``data``; the rest
-        of ``data`` (at most a chunk) is held back."""
-        out: list[bytes] = []
-        with memoryview(data) as whole, whole.cast("B") as view:
-            pos, size = 0, len(view)
-            if self._buf:
-                pos = min(size, ENC_CHUNK_SIZE - len(self._buf))
-                self._buf += view[:pos]
-                if pos == size:  # nothing after it yet: it may be the final chunk
-                    return out
-                out.append(self._open_middle(self._buf))
-                self._buf.clear()
+    def update_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int:
+        """Like :meth:`update`, the plaintext written to ``out`` instead of returned:
+        how many bytes were written (from ``out``'s start). ``out`` must have room for
+        every chunk ready (:class:`BackupFormatError` otherwise, ``out`` unspecified)."""
+        if self._done:
+            raise ValueError("update() after finish()")
+        self._buf += data
+        if self._file_key is None and not self._read_header():
+            return 0
+        if self._stream is None and not self._read_nonce():
+            return 0
+        pos = done = 0
+        size = len(self._buf)
+        with memoryview(self._buf) as view:
+            while size - pos > ENC_CHUNK_SIZE:
+                self._open_middle_into(view[pos : pos + ENC_CHUNK_SIZE],
+                                       _room(out, done, CHUNK_SIZE))
+                pos += ENC_CHUNK_SIZE
+                done += CHUNK_SIZE
+        del self._buf[:pos]
+        return done
+
+    def finish_into(self, out: memoryview) -> int:
+        """Like :meth:`finish`, the final chunk written to ``out``: its size."""
+        if self._done:
+            raise ValueError("finish() called twice")
+        self._done = True
+        stream = self._stream
+        if stream is None:
+            raise BackupFormatError("truncated age file: it ends inside the header")
+        chunk = bytes(self._buf)
+        if len(chunk) < TAG_SIZE or (len(chunk) == TAG_SIZE and stream.counter > 0):
+            return len(self._open_final(chunk))  # raises the right error
+        size = len(chunk) - TAG_SIZE
+        if not stream.open_into(chunk, _room(out, 0, size), last=True):
+            self._open_final(chunk)  # raises the right error
+        return size
+
+    def _open_middle_into(self, chunk: memoryview, out: memoryview) -> None:
+        assert self._stream is not None
+        if not self._stream.open_into(chunk, out, last=False):
+            self._open_middle(chunk)  # raises the right error
+
+    def _open_ready(self) -> list[bytes]:
+        assert self._stream is not None
+        out, pos, size = [], 0, len(self._buf)
+        with memoryview(self._buf) as view:
+            # A chunk followed by more bytes must be a non-final chunk.
             while size - pos > ENC_CHUNK_SIZE:
                 out.append(self._open_middle(view[pos : pos + ENC_CHUNK_SIZE]))
                 pos += ENC_CHUNK_SIZE
-            self._buf += view[pos:]
+        del self._buf[:pos]
         return out
 
-    def _open_middle(self, chunk: bytearray | memoryview) -> bytes:
+    def _open_middle(self, chunk: memoryview) -> bytes:
         assert self._stream is not None
         plain = self._stream.open(chunk, last=False)
         if plain is not None:
@@ -414,6 +455,12 @@ class Decryptor:
         )
 
 
+def _room(out: memoryview, start: int, size: int) -> memoryview:
+    if start + size > len(out):
+        raise BackupFormatError("age plaintext larger than the space given for it")
+    return out[start : start + size]
+
+
 # --- iterator API -----------------------------------------------------------------
 
 
@@ -429,6 +476,21 @@ def encrypt_iter(chunks: Iterable[bytes], recipients: Sequence[Recipient]) -> It
             if out:
                 yield out
     yield enc.finish()
+
+
+def decrypt_into(chunks: Iterable[bytes], identities: Sequence[Identity],
+                 out: bytearray | memoryview) -> int:
+    """Decrypt a whole age stream into ``out`` (from its start), authenticated to its
+    final chunk; returns the plaintext's size. Nothing but ``out`` holds plaintext.
+    A plaintext larger than ``out`` raises :class:`BackupFormatError` (``out`` then
+    holds nothing meaningful), as do the errors of :func:`decrypt_iter`."""
+    dec = Decryptor(identities)
+    size = 0
+    with memoryview(out) as view:
+        for chunk in chunks:
+            for piece in _slices(chunk):
+                size += dec.update_into(piece, view[size:])
+        return size + dec.finish_into(view[size:])
 
 
 def decrypt_iter(
