@@ -33,7 +33,7 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_C
 
 
 def write_new_tree(dest: str, entries: Iterable[FileEntry],
-                   content: Callable[[FileEntry], Iterable[bytes]]) -> None:
+                   content: Callable[[FileEntry], Iterable[bytes | memoryview]]) -> None:
     """Create ``dest`` and the tree of ``entries`` in it (see the module docstring).
 
     An exception from ``content`` propagates as it is; a failed system call or a
@@ -55,7 +55,7 @@ class NewTree:
             os.makedirs(dest, exist_ok=True)
 
     def write_all(self, entries: Iterable[FileEntry],
-                  content: Callable[[FileEntry], Iterable[bytes]], *,
+                  content: Callable[[FileEntry], Iterable[bytes | memoryview]], *,
                   written: Callable[[FileEntry], bool] | None = None) -> None:
         """Every entry in order, then :meth:`finish`. A file for which ``written`` is
         true is written by another thread (:meth:`write_file`): its ``content`` is only
@@ -85,7 +85,7 @@ class NewTree:
             os.symlink(entry.target or "", path)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    def write_file(self, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+    def write_file(self, entry: FileEntry, chunks: Iterable[bytes | memoryview]) -> None:
         path = self._parent_made(entry)
         with _errors(self.dest):
             _write_file(path, entry, chunks)
@@ -122,10 +122,12 @@ def _inside(dest: str, path: str) -> str:
     return os.path.join(dest, path)
 
 
-def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes]) -> None:
+def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview]) -> None:
     fd = os.open(path, _FLAGS, 0o600)
     try:
         done = 0
+        # Each chunk is written before the next is asked for: restore reuses the
+        # buffer a run of chunks were views of once it asked past them.
         for chunk in chunks:
             done += len(chunk)
             if done > entry.size:
@@ -141,3 +143,4 @@ def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes]) -> None:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
+

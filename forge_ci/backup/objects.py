@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.format.age import Identity, Recipient, decrypt_iter, encrypt_iter
 from forge_ci.backup.format.zstd import Mode, compress_iter, decompress_iter
+
+Piece = TypeVar("Piece", bytes, bytes | memoryview)  # views: restore's stored content
 
 
 def seal(chunks: Iterable[bytes], recipients: Sequence[Recipient], *,
@@ -37,7 +40,7 @@ class Digest:
         self._h = hashlib.sha256()
         self.size = 0
 
-    def tee(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    def tee(self, chunks: Iterable[Piece]) -> Iterator[Piece]:
         for chunk in chunks:
             self._h.update(chunk)
             self.size += len(chunk)
@@ -48,7 +51,7 @@ class Digest:
         return self._h.hexdigest()
 
 
-def checked(chunks: Iterable[bytes], *, sha256: str, size: int, what: str) -> Iterator[bytes]:
+def checked(chunks: Iterable[Piece], *, sha256: str, size: int, what: str) -> Iterator[Piece]:
     """Pass ``chunks`` through and raise :class:`BackupFormatError` at the end (or as
     soon as the size is exceeded) unless they hash to ``sha256`` and ``size``."""
     digest = Digest()

@@ -36,6 +36,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,8 @@ from typing import IO, Literal
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
 from forge_ci.backup.errors import BackupFormatError, DumpError, RestoreRefused
+from forge_ci.backup.format.age import CHUNK_SIZE, decrypt_into
+from forge_ci.backup.format.zstd import decompress_pieces
 from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import SEGMENT, read_members
@@ -58,7 +61,8 @@ from forge_ci.remote import Host, LocalHost, sh
 from forge_ci.units import human_size
 
 Only = Literal["database", "files"]
-Write = Callable[[FileEntry, Iterable[bytes]], None]  # a checked file's content to disk
+# A checked file's content to disk (views: stored content straight from decryption).
+Write = Callable[[FileEntry, Iterable[bytes | memoryview]], None]
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
 
 
@@ -281,7 +285,7 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
 
 def _write_local(tree: NewTree, entries: list[FileEntry], prefetch: _Prefetch,
                  shown: Progress) -> None:
-    def content(f: FileEntry) -> Iterator[bytes]:
+    def content(f: FileEntry) -> Iterator[bytes | memoryview]:
         if prefetch.writes(f):  # its pack's worker writes it: wait, then count it
             return _counted_whole(prefetch.content(f), f.size, shown)
         return _counted(prefetch.content(f), shown)
@@ -290,7 +294,8 @@ def _write_local(tree: NewTree, entries: list[FileEntry], prefetch: _Prefetch,
     tree.write_all(entries, content, written=prefetch.writes)
 
 
-def _counted_whole(chunks: Iterable[bytes], size: int, shown: Progress) -> Iterator[bytes]:
+def _counted_whole(chunks: Iterable[bytes | memoryview], size: int,
+                   shown: Progress) -> Iterator[bytes | memoryview]:
     """Nothing, once ``chunks`` (a file written elsewhere) ended: then it counts whole."""
     for _ in chunks:
         pass
@@ -298,7 +303,8 @@ def _counted_whole(chunks: Iterable[bytes], size: int, shown: Progress) -> Itera
     yield from ()
 
 
-def _counted(chunks: Iterable[bytes], shown: Progress) -> Iterator[bytes]:
+def _counted(chunks: Iterable[bytes | memoryview],
+             shown: Progress) -> Iterator[bytes | memoryview]:
     """``chunks``, counted into ``shown`` as they pass; the file counts once it ends."""
     for chunk in chunks:
         shown.advance(0, len(chunk))
@@ -393,7 +399,11 @@ class _Prefetch:
                 self._of[f.path] = range(len(self._jobs), len(self._jobs) + len(f.objects))
                 self._jobs += [("object", key, [f], each) for key in f.objects]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
-        self._pending: dict[int, Future[dict[str, bytes] | list[bytes]]] = {}
+        # A segment's zstd framing (~100 bytes) fits in a chunk of room above it; one
+        # buffer is kept free between segments, the rest go (packs need the memory).
+        self._buffers = _Buffers(SEGMENT + CHUNK_SIZE, keep=1)
+        self._pending: dict[int, Future[dict[str, bytes] | tuple[
+            bytearray, list[bytes | memoryview]]]] = {}
         self._next = 0
 
     def writes(self, f: FileEntry) -> bool:
@@ -401,7 +411,7 @@ class _Prefetch:
         given): :meth:`content` then only waits for it and gives ``b""``."""
         return self._write is not None and f.offset is not None and f.objects[0] in self._packs
 
-    def content(self, f: FileEntry) -> Iterable[bytes]:
+    def content(self, f: FileEntry) -> Iterable[bytes | memoryview]:
         if f.offset is not None and f.objects[0] in self._packs:
             i = self._packs[f.objects[0]]
             self._fill(i)
@@ -418,12 +428,18 @@ class _Prefetch:
         return checked(self._segments(jobs), sha256=f.sha256, size=f.size,
                        what=f"file {f.path!r}")
 
-    def _segments(self, jobs: range) -> Iterator[bytes]:
+    def _segments(self, jobs: range) -> Iterator[bytes | memoryview]:
         for i in jobs:
             self._fill(i)
-            data = self._pending.pop(i).result()
-            assert isinstance(data, list)
+            done = self._pending.pop(i).result()
+            assert isinstance(done, tuple)
+            buf, data = done
+            # Each piece is written before the next one is asked for (localtree,
+            # tarstream copy what they hold on to), so once the last one is asked
+            # past, no view of buf is in use.
             yield from data
+            del data, done
+            self._buffers.give(buf)
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)
@@ -437,7 +453,7 @@ class _Prefetch:
                                                               self._write)
             else:
                 self._pending[self._next] = self._pool.submit(
-                    _object, self._repo, key, SEGMENT)
+                    _object, self._repo, key, SEGMENT, self._buffers)
             self._next += 1
 
     def __enter__(self) -> _Prefetch:
@@ -447,17 +463,41 @@ class _Prefetch:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _object(repo: Repository, key: str, limit: int) -> list[bytes]:
+class _Buffers:
+    """Plaintext buffers of one segment each, reused: a fresh one per segment would be
+    mapped and faulted in anew (2 MiB, above the heap's mmap threshold) every time.
+    At most ``keep`` are kept free; as many exist as segments are held at once."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size, self._keep = size, keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def give(self, buf: bytearray) -> None:
+        """Only once no view of ``buf`` is in use any more."""
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
+
+
+def _object(repo: Repository, key: str, limit: int,
+            buffers: _Buffers) -> tuple[bytearray, list[bytes | memoryview]]:
     """An object's whole plaintext (in pieces), authenticated to its end; at most
-    ``limit`` bytes."""
-    out: list[bytes] = []
-    size = 0
-    for chunk in unseal(repo.store.get(key), repo.identities):
-        size += len(chunk)
-        if size > limit:
-            raise BackupFormatError(f"object {key} is larger than a segment")
-        out.append(chunk)
-    return out
+    ``limit`` bytes. It is decrypted into a buffer of ``buffers`` (returned: give it
+    back once the pieces are written); stored (uncompressed) content comes as views
+    of it, so nothing is copied between the decryption and the file's write."""
+    buf = buffers.take()
+    try:
+        size = decrypt_into(repo.store.get(key), repo.identities, buf)
+        return buf, decompress_pieces([memoryview(buf)[:size]], limit=limit)
+    except BackupFormatError as e:
+        raise BackupFormatError(f"object {key}: {e.message}", hint=e.hint) from None
 
 
 def _check_drill_target(host: Host, dest: str) -> None:

@@ -131,7 +131,7 @@ def _members(proc: Process) -> Iterator[Member]:
 
 
 def write_tree(host: Host, dest: str, entries: Iterable[tarfile.TarInfo],
-               content: Callable[[tarfile.TarInfo], Iterable[bytes]]) -> None:
+               content: Callable[[tarfile.TarInfo], Iterable[bytes | memoryview]]) -> None:
     """Extract ``entries`` into ``dest`` (created) on the host with ``tar``.
 
     ``content(info)`` gives a regular file's bytes; if it raises, extraction is
@@ -179,7 +179,7 @@ class _TarWriter:
         self._held = 0
         self._offset = 0
 
-    def member(self, info: tarfile.TarInfo, chunks: Iterable[bytes]) -> None:
+    def member(self, info: tarfile.TarInfo, chunks: Iterable[bytes | memoryview]) -> None:
         self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         size = info.size if info.isreg() else 0
         done = 0
@@ -201,7 +201,10 @@ class _TarWriter:
             self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
         self._flush()
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: bytes | memoryview) -> None:
+        # A view is copied before it is held or written: restore reuses the buffer it
+        # is a view of once the next chunk is asked for.
+        data = data if isinstance(data, bytes) else bytes(data)
         self._offset += len(data)
         if len(data) >= READ_SIZE:
             self._flush()

@@ -24,6 +24,7 @@ from forge_ci.backup.format.age import (
     Decryptor,
     Recipient,
     X25519Identity,
+    decrypt_into,
     decrypt_iter,
     encrypt_iter,
 )
@@ -373,3 +374,39 @@ def test_rejects_low_order_share_and_bad_stanza_shapes(ident: X25519Identity) ->
     rejects(with_stanza(("X25519", zero_share, "extra"), bytes(32)), ident, "argument count")
     share = b64encode_raw(generate_identity().recipient.public_key)
     rejects(with_stanza(("X25519", share), bytes(31)), ident, "not 32 bytes")
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 2 * CHUNK_SIZE + 500])
+def test_decrypt_into_writes_the_plaintext_into_the_buffer(
+        ident: X25519Identity, size: int) -> None:
+    data = os.urandom(size)
+    encrypted = encrypt_bytes(data, [ident.recipient])
+    out = bytearray(size + 100)
+    assert decrypt_into(pieces(encrypted), [ident], out) == size
+    assert bytes(out[:size]) == data
+    exact = bytearray(size)
+    assert decrypt_into([encrypted], [ident], exact) == size and bytes(exact) == data
+
+
+def test_decrypt_into_refuses_a_plaintext_larger_than_the_buffer(
+        ident: X25519Identity, three_chunks: bytes) -> None:
+    for room in (0, CHUNK_SIZE, 2 * CHUNK_SIZE + 499):
+        with pytest.raises(BackupFormatError, match="larger than the space"):
+            decrypt_into([three_chunks], [ident], bytearray(room))
+
+
+def test_decrypt_into_fails_as_decrypt_iter_does(ident: X25519Identity,
+                                                 three_chunks: bytes) -> None:
+    """Same checks, same messages: truncation, trailing data, reordering, flips."""
+    header, nonce, chunks = split_file(three_chunks)
+    full = encrypt_bytes(os.urandom(CHUNK_SIZE), [ident.recipient])
+    flipped = bytearray(three_chunks)
+    flipped[-1] ^= 1
+    for bad in (header + nonce, header + nonce + chunks[0] + chunks[1], three_chunks[:-1],
+                three_chunks + b"\x00", full + b"x" * 10, full + full, bytes(flipped),
+                header + nonce + chunks[1] + chunks[0] + chunks[2], b""):
+        with pytest.raises(BackupFormatError) as want:
+            decrypt_bytes(bad, [ident])
+        with pytest.raises(BackupFormatError) as got:
+            decrypt_into(pieces(bad), [ident], bytearray(4 * CHUNK_SIZE))
+        assert got.value.message == want.value.message

@@ -24,6 +24,7 @@ from forge_ci.backup.format.zstd import (
     compress_iter,
     decompress_bytes,
     decompress_iter,
+    decompress_pieces,
     is_incompressible_name,
 )
 
@@ -196,3 +197,63 @@ def test_a_segment_frame_is_the_frame_compress_iter_makes(
         assert framed == b"".join(compress_iter([written], name=name))
     frame.clear()
     assert frame.size == 0 and decompress_bytes(b"".join(frame.frame(name=name))) == b""
+
+
+def _split(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+@pytest.mark.parametrize("split", [1, 5, 65_536, 1 << 30])
+def test_decompress_pieces_gives_what_decompress_iter_gives(split: int) -> None:
+    skippable = (0x184D2A50).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    random = os.urandom(300_000)
+    streams = [compress_bytes(data, mode=mode)
+               for data in (b"", b"x", random, text(400_000), os.urandom(128 * 1024))
+               for mode in ("compress", "store")]
+    streams.append(b"".join(streams) + skippable + streams[5])
+    streams.append(zstandard.ZstdCompressor(level=1).compress(bytes(500_000)))  # RLE
+    for stream in streams:
+        got = decompress_pieces(_split(stream, split), limit=1 << 30)
+        assert b"".join(got) == b"".join(decompress_iter([stream]))
+
+
+def test_decompress_pieces_gives_stored_content_as_views_of_the_input() -> None:
+    data = os.urandom(300_000)
+    stream = bytearray(compress_bytes(data, mode="store"))
+    pieces = decompress_pieces([stream], limit=len(data))
+    assert b"".join(pieces) == data
+    assert all(isinstance(p, memoryview) for p in pieces)
+    stream[-1] ^= 0xFF  # a view sees the buffer it was cut from
+    assert b"".join(pieces)[-1] == data[-1] ^ 0xFF
+
+
+def test_decompress_pieces_decodes_a_stored_header_frame_with_compressed_blocks() -> None:
+    """zstd itself writes forge's stored-frame header (128 KiB window, no checksum, no
+    size) over compressed blocks: such a frame goes to zstd whole, raw blocks too."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        3, window_log=17, write_checksum=0, write_content_size=0)
+    data = os.urandom(200_000) + text(300_000)  # a raw block first, then compressed ones
+    cobj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    frame = cobj.compress(data) + cobj.flush()
+    assert frame[:6] == compress_bytes(b"x", mode="store")[:6]
+    assert b"".join(decompress_pieces(_split(frame, 70_000), limit=len(data))) == data
+
+
+def test_decompress_pieces_rejects_what_decompress_iter_rejects() -> None:
+    for mode in ("compress", "store"):
+        framed = compress_bytes(text(400_000), mode=mode)
+        for bad in (framed[:-1], framed[: len(framed) // 2], framed[:5], framed + b"x",
+                    framed + bytes(8), b"", b"plain text, not zstd"):
+            with pytest.raises(BackupFormatError):
+                decompress_pieces(_split(bad, 70_000), limit=1 << 30)
+
+
+def test_decompress_pieces_stops_at_the_limit() -> None:
+    for mode in ("compress", "store"):
+        framed = compress_bytes(text(400_000), mode=mode)
+        assert len(b"".join(decompress_pieces([framed], limit=400_000))) == 400_000
+        with pytest.raises(BackupFormatError, match="larger than 399999"):
+            decompress_pieces([framed], limit=399_999)
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(64 * 1024 * 1024))
+    with pytest.raises(BackupFormatError, match="larger than"):
+        decompress_pieces([bomb], limit=1 << 20)

@@ -72,6 +72,7 @@ __all__ = [
     "Secret",
     "X25519Identity",
     "X25519Recipient",
+    "decrypt_into",
     "decrypt_iter",
     "encrypt_iter",
 ]
@@ -207,6 +208,16 @@ class _Stream:
         out = self._aead.encrypt(self._nonce(last), chunk, None)
         self.counter += 1
         return out
+
+    def open_into(self, chunk: bytes | bytearray | memoryview, out: memoryview, *,
+                  last: bool) -> bool:
+        """Like :meth:`open`, the plaintext written to ``out`` (exactly its size)."""
+        try:
+            self._aead.decrypt_into(self._nonce(last), chunk, None, out)
+        except InvalidTag:
+            return False
+        self.counter += 1
+        return True
 
     def open(self, chunk: bytes | memoryview, *, last: bool) -> bytes | None:
         try:
@@ -355,6 +366,49 @@ class Decryptor:
         del self._buf[:NONCE_SIZE]
         return True
 
+    def update_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int:
+        """Like :meth:`update`, the plaintext written to ``out`` instead of returned:
+        how many bytes were written (from ``out``'s start). ``out`` must have room for
+        every chunk ready (:class:`BackupFormatError` otherwise, ``out`` unspecified)."""
+        if self._done:
+            raise ValueError("update() after finish()")
+        self._buf += data
+        if self._file_key is None and not self._read_header():
+            return 0
+        if self._stream is None and not self._read_nonce():
+            return 0
+        pos = done = 0
+        size = len(self._buf)
+        with memoryview(self._buf) as view:
+            while size - pos > ENC_CHUNK_SIZE:
+                self._open_middle_into(view[pos : pos + ENC_CHUNK_SIZE],
+                                       _room(out, done, CHUNK_SIZE))
+                pos += ENC_CHUNK_SIZE
+                done += CHUNK_SIZE
+        del self._buf[:pos]
+        return done
+
+    def finish_into(self, out: memoryview) -> int:
+        """Like :meth:`finish`, the final chunk written to ``out``: its size."""
+        if self._done:
+            raise ValueError("finish() called twice")
+        self._done = True
+        stream = self._stream
+        if stream is None:
+            raise BackupFormatError("truncated age file: it ends inside the header")
+        chunk = bytes(self._buf)
+        if len(chunk) < TAG_SIZE or (len(chunk) == TAG_SIZE and stream.counter > 0):
+            return len(self._open_final(chunk))  # raises the right error
+        size = len(chunk) - TAG_SIZE
+        if not stream.open_into(chunk, _room(out, 0, size), last=True):
+            self._open_final(chunk)  # raises the right error
+        return size
+
+    def _open_middle_into(self, chunk: memoryview, out: memoryview) -> None:
+        assert self._stream is not None
+        if not self._stream.open_into(chunk, out, last=False):
+            self._open_middle(chunk)  # raises the right error
+
     def _open_ready(self) -> list[bytes]:
         assert self._stream is not None
         out, pos, size = [], 0, len(self._buf)
@@ -401,6 +455,12 @@ class Decryptor:
         )
 
 
+def _room(out: memoryview, start: int, size: int) -> memoryview:
+    if start + size > len(out):
+        raise BackupFormatError("age plaintext larger than the space given for it")
+    return out[start : start + size]
+
+
 # --- iterator API -----------------------------------------------------------------
 
 
@@ -416,6 +476,21 @@ def encrypt_iter(chunks: Iterable[bytes], recipients: Sequence[Recipient]) -> It
             if out:
                 yield out
     yield enc.finish()
+
+
+def decrypt_into(chunks: Iterable[bytes], identities: Sequence[Identity],
+                 out: bytearray | memoryview) -> int:
+    """Decrypt a whole age stream into ``out`` (from its start), authenticated to its
+    final chunk; returns the plaintext's size. Nothing but ``out`` holds plaintext.
+    A plaintext larger than ``out`` raises :class:`BackupFormatError` (``out`` then
+    holds nothing meaningful), as do the errors of :func:`decrypt_iter`."""
+    dec = Decryptor(identities)
+    size = 0
+    with memoryview(out) as view:
+        for chunk in chunks:
+            for piece in _slices(chunk):
+                size += dec.update_into(piece, view[size:])
+        return size + dec.finish_into(view[size:])
 
 
 def decrypt_iter(

@@ -306,6 +306,155 @@ def decompress_iter(
         raise BackupFormatError("truncated zstd stream: it ends inside a frame")
 
 
+class _Cursor:
+    """A read position in a list of buffers (a small object's whole plaintext)."""
+
+    def __init__(self, chunks: Iterable[bytes | memoryview]) -> None:
+        self._views = [memoryview(c).cast("B") for c in chunks]
+        self._views = [v for v in self._views if len(v)]
+        self.at = (0, 0)  # (buffer, offset): where the next read starts
+
+    def at_end(self) -> bool:
+        return self.at[0] >= len(self._views)
+
+    def views(self, size: int) -> list[memoryview]:
+        """The next ``size`` bytes as views of the buffers (no copy)."""
+        out = []
+        i, pos = self.at
+        while size:
+            if i >= len(self._views):
+                raise BackupFormatError("truncated zstd stream: it ends inside a frame")
+            view = self._views[i]
+            take = min(size, len(view) - pos)
+            out.append(view[pos : pos + take])
+            size -= take
+            pos += take
+            if pos == len(view):
+                i, pos = i + 1, 0
+        self.at = (i, pos)
+        return out
+
+    def number(self, size: int) -> int:
+        """The next ``size`` bytes as a little-endian number."""
+        views = self.views(size)
+        data = views[0] if len(views) == 1 else b"".join(views)
+        return int.from_bytes(data, "little")
+
+    def span(self, start: tuple[int, int]) -> list[memoryview]:
+        """Views of the bytes from ``start`` to the current position."""
+        end, self.at = self.at, start
+        out: list[memoryview] = []
+        while self.at != end:
+            i, pos = self.at
+            stop = end[1] if i == end[0] else len(self._views[i])
+            out += self.views(stop - pos)
+        return out
+
+
+def _walk_frame(src: _Cursor, fhd: int) -> None:
+    """Move ``src`` from after a frame's descriptor byte ``fhd`` to the frame's end."""
+    if fhd & 0x08:
+        raise BackupFormatError("zstd frame header has the reserved bit set")
+    single = (fhd >> 5) & 1
+    src.views((1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6])
+    while True:
+        header = src.number(3)
+        kind = (header >> 1) & 3
+        if kind == 3:
+            raise BackupFormatError("zstd block of the reserved type")
+        src.views(1 if kind == 1 else header >> 3)
+        if header & 1:
+            break
+    if (fhd >> 2) & 1:
+        src.views(4)  # the content checksum
+
+
+def _stored_blocks(src: _Cursor, out: list[bytes | memoryview]) -> bool:
+    """The blocks of a stored frame (after its header) into ``out``: raw blocks as
+    views of the input, RLE blocks expanded. False, with ``out`` partly filled, at a
+    compressed block (zstd must decode the frame)."""
+    while True:
+        header = src.number(3)
+        kind, size = (header >> 1) & 3, header >> 3
+        if size > _RAW_BLOCK:
+            raise BackupFormatError("corrupt zstd data: a block larger than the window")
+        if kind == 0:
+            out += src.views(size)
+        elif kind == 1:
+            out.append(bytes(src.views(1)[0]) * size)
+        else:
+            return False
+        if header & 1:
+            return True
+
+
+class _ViewReader:
+    """``read(n)`` over a list of views, for zstd's stream reader."""
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self._views, self._i = views, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._i >= len(self._views):
+            return b""
+        view = self._views[self._i]
+        if 0 <= size < len(view):
+            self._views[self._i] = view[size:]
+            return bytes(view[:size])
+        self._i += 1
+        return bytes(view)
+
+
+def decompress_pieces(chunks: Iterable[bytes | memoryview], *, limit: int,
+                      max_window_size: int = MAX_WINDOW_SIZE) -> list[bytes | memoryview]:
+    """The content of a whole zstd stream held in memory (one object's plaintext), as
+    pieces whose concatenation is what :func:`decompress_iter` gives.
+
+    The content of stored frames (:func:`compress_iter`'s ``store``: raw blocks) comes
+    out as views of ``chunks`` themselves, nothing copied; any other frame is decoded
+    by zstd. Raises :class:`BackupFormatError` as :func:`decompress_iter` does, and
+    when the content is longer than ``limit`` bytes (checked as it is produced).
+    """
+    src = _Cursor(chunks)
+    out: list[bytes | memoryview] = []
+    size = frames = 0
+    dctx: zstandard.ZstdDecompressor | None = None
+    while not src.at_end():
+        start = src.at
+        magic = src.number(4)
+        if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
+            src.views(src.number(4))
+            continue
+        if magic != _MAGIC:
+            raise BackupFormatError("not a zstd stream (or trailing data after the last frame)")
+        frames += 1
+        fhd = src.number(1)
+        mark = len(out)
+        if fhd == 0 and src.number(1) == _STORED_FRAME_HEADER[5] and _stored_blocks(src, out):
+            size += sum(len(p) for p in out[mark:])
+            if size > limit:
+                raise BackupFormatError(f"zstd content larger than {limit} bytes")
+            continue
+        del out[mark:]  # not a stored frame after all: zstd decodes it whole
+        src.at = start
+        src.views(5)
+        _walk_frame(src, fhd)
+        dctx = dctx or zstandard.ZstdDecompressor(max_window_size=max_window_size)
+        source = cast(IO[bytes], _ViewReader(src.span(start)))
+        reader = dctx.stream_reader(source, read_size=_RAW_BLOCK, read_across_frames=True)
+        try:
+            while piece := reader.read(OUTPUT_SIZE):
+                size += len(piece)
+                if size > limit:
+                    raise BackupFormatError(f"zstd content larger than {limit} bytes")
+                out.append(piece)
+        except zstandard.ZstdError as exc:
+            raise BackupFormatError(f"corrupt zstd data: {exc}") from None
+    if not frames:
+        raise BackupFormatError("truncated zstd stream: it ends inside a frame")
+    return out
+
+
 def decompress_bytes(data: bytes) -> bytes:
     """Whole-buffer convenience for small objects."""
     return b"".join(decompress_iter([data]))
@@ -409,6 +558,7 @@ __all__ = [
     "compress_iter",
     "decompress_bytes",
     "decompress_iter",
+    "decompress_pieces",
     "is_incompressible_name",
     "looks_incompressible",
 ]
