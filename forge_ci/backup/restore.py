@@ -32,6 +32,7 @@ A dump imported over the live database replaces the tables the dump contains
 
 from __future__ import annotations
 
+import mmap
 import os
 import posixpath
 import tarfile
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Generic, Literal, TypeVar
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
@@ -63,6 +64,7 @@ from forge_ci.units import human_size
 Only = Literal["database", "files"]
 # A checked file's content to disk (views: stored content straight from decryption).
 Write = Callable[[FileEntry, Iterable[bytes | memoryview]], None]
+_B = TypeVar("_B", bytearray, memoryview)
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
 
 
@@ -348,7 +350,8 @@ def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
 
 
 def _unpack(repo: Repository, key: str, files: list[FileEntry],
-            write: Write | None = None, buffers: _Buffers | None = None) -> dict[str, bytes]:
+            write: Write | None = None,
+            buffers: _Buffers[memoryview] | None = None) -> dict[str, bytes]:
     """Read one pack; each member checked against its file's SHA-256 before it is
     written or returned. With ``write``, each file is written once checked, and maps to
     ``b""``. With ``buffers``, a pack whose plaintext fits one of them is decrypted
@@ -371,7 +374,7 @@ def _unpack(repo: Repository, key: str, files: list[FileEntry],
 
 
 def _pack_pieces(repo: Repository, key: str,
-                 buf: bytearray) -> list[bytes | memoryview] | None:
+                 buf: memoryview) -> list[bytes | memoryview] | None:
     """A pack's content decrypted into ``buf`` (as pieces, stored content as views of
     it), or None when it does not fit there (or its zstd is left to the stream path,
     which gives the same errors on the same, authenticated, bytes)."""
@@ -382,7 +385,7 @@ def _pack_pieces(repo: Repository, key: str,
     except BackupFormatError as e:
         raise BackupFormatError(f"object {key}: {e.message}", hint=e.hint) from None
     try:
-        return decompress_pieces([memoryview(buf)[:size]], limit=len(buf))
+        return decompress_pieces([buf[:size]], limit=len(buf))
     except BackupFormatError:
         return None
 
@@ -446,7 +449,9 @@ class _Prefetch:
     round trip each. A job is a pack (all its files of this snapshot, read in one
     pass) or one object of a file stored in segments; ``window`` jobs (at most
     ``max_bytes`` of plaintext) are in memory or in flight. An object bigger than a
-    segment (a manifest from elsewhere) streams in order instead.
+    segment (a manifest from elsewhere) streams in order instead. A pack of at most
+    ``pack_bytes`` (every pack forge writes) is decrypted whole into a reused buffer
+    and its members written as views of it; a larger one streams too.
     """
 
     def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
@@ -476,10 +481,10 @@ class _Prefetch:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
         # A segment's zstd framing (~100 bytes) fits in a chunk of room above it; one
         # buffer is kept free between segments, the rest go (packs need the memory).
-        self._buffers = _Buffers(SEGMENT + CHUNK_SIZE, keep=1)
+        self._buffers = _Buffers(bytearray, SEGMENT + CHUNK_SIZE, keep=1)
         # A pack is sealed once it holds TARGET stored bytes: at most one member (and
         # its framing) more. A larger one (not written by forge) is streamed instead.
-        self._pack_buffers = _Buffers(pack_bytes, keep=2)
+        self._pack_buffers = _Buffers(_mapped, pack_bytes, keep=2)
         self._pending: dict[int, Future[dict[str, bytes] | tuple[
             bytearray, list[bytes | memoryview]]]] = {}
         self._next = 0
@@ -541,31 +546,38 @@ class _Prefetch:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Buffers:
-    """Plaintext buffers of one segment each, reused: a fresh one per segment would be
-    mapped and faulted in anew (2 MiB, above the heap's mmap threshold) every time.
-    At most ``keep`` are kept free; as many exist as segments are held at once."""
+class _Buffers(Generic[_B]):
+    """Plaintext buffers of one segment or pack each, reused: a fresh one per object
+    would be mapped and faulted in anew (2 MiB, above the heap's mmap threshold) every
+    time. At most ``keep`` are kept free; as many exist as objects are held at once."""
 
-    def __init__(self, size: int, keep: int) -> None:
+    def __init__(self, make: Callable[[int], _B], size: int, keep: int) -> None:
         self.size, self._keep = size, keep
-        self._free: list[bytearray] = []
+        self._make: Callable[[int], _B] = make
+        self._free: list[_B] = []
         self._lock = threading.Lock()
 
-    def take(self) -> bytearray:
+    def take(self) -> _B:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return bytearray(self.size)
+        return self._make(self.size)
 
-    def give(self, buf: bytearray) -> None:
+    def give(self, buf: _B) -> None:
         """Only once no view of ``buf`` is in use any more."""
         with self._lock:
             if len(self._free) < self._keep:
                 self._free.append(buf)
 
 
+def _mapped(size: int) -> memoryview:
+    """``size`` bytes of anonymous memory: only the pages written to are resident (a
+    bytearray's are all zeroed, so resident, at once)."""
+    return memoryview(mmap.mmap(-1, size))
+
+
 def _object(repo: Repository, key: str, limit: int,
-            buffers: _Buffers) -> tuple[bytearray, list[bytes | memoryview]]:
+            buffers: _Buffers[bytearray]) -> tuple[bytearray, list[bytes | memoryview]]:
     """An object's whole plaintext (in pieces), authenticated to its end; at most
     ``limit`` bytes. It is decrypted into a buffer of ``buffers`` (returned: give it
     back once the pieces are written); stored (uncompressed) content comes as views
