@@ -32,6 +32,7 @@ A dump imported over the live database replaces the tables the dump contains
 
 from __future__ import annotations
 
+import mmap
 import os
 import posixpath
 import tarfile
@@ -41,16 +42,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Generic, Literal, TypeVar
 
 from forge_ci._malloc import READ_SIZE
 from forge_ci.backup.dump import check_database_name, has_trailer, import_database
 from forge_ci.backup.errors import BackupFormatError, DumpError, RestoreRefused
-from forge_ci.backup.format.age import CHUNK_SIZE, decrypt_into
+from forge_ci.backup.format.age import CHUNK_SIZE, PlaintextTooLarge, decrypt_into
 from forge_ci.backup.format.zstd import decompress_pieces
 from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import checked, unseal
-from forge_ci.backup.pack import SEGMENT, read_members
+from forge_ci.backup.pack import MEMBER_MAX, SEGMENT, TARGET, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest
 from forge_ci.backup.tarstream import tar_info, write_tree
@@ -63,6 +64,7 @@ from forge_ci.units import human_size
 Only = Literal["database", "files"]
 # A checked file's content to disk (views: stored content straight from decryption).
 Write = Callable[[FileEntry, Iterable[bytes | memoryview]], None]
+_B = TypeVar("_B", bytearray, memoryview)
 _DRILL_STAGING = ".forge-restore-"  # in a drill's target: <to-dir>/.forge-restore-<random>
 
 
@@ -348,20 +350,95 @@ def _content(repo: Repository, f: FileEntry) -> Iterator[bytes]:
 
 
 def _unpack(repo: Repository, key: str, files: list[FileEntry],
-            write: Write | None = None) -> dict[str, bytes]:
-    """Read one pack front to back; each member checked against its file's SHA-256.
-    With ``write``, each file is written once checked, and maps to ``b""``."""
+            write: Write | None = None,
+            buffers: _Buffers[memoryview] | None = None) -> dict[str, bytes]:
+    """Read one pack; each member checked against its file's SHA-256 before it is
+    written or returned. With ``write``, each file is written once checked, and maps to
+    ``b""``. With ``buffers``, a pack whose plaintext fits one of them is decrypted
+    whole into it (authenticated to its end) and its stored members written as views
+    of it; a larger one (or content the in-memory reader declines) is streamed."""
     wanted = sorted({(f.offset or 0, f.size) for f in files})
-    data = dict(zip(wanted, read_members(unseal(repo.store.get(key), repo.identities), wanted),
-                    strict=True))
+    if buffers is not None:
+        buf = buffers.take()
+        pieces = None
+        try:
+            pieces = _pack_pieces(repo, key, buf)
+            if pieces is not None:
+                parts = dict(zip(wanted, _members(pieces, wanted), strict=True))
+                return _place(files, parts, write)
+        finally:
+            del pieces  # no view of buf outlives this
+            buffers.give(buf)
+    plain = read_members(unseal(repo.store.get(key), repo.identities), wanted)
+    return _place(files, {w: [d] for w, d in zip(wanted, plain, strict=True)}, write)
+
+
+def _pack_pieces(repo: Repository, key: str,
+                 buf: memoryview) -> list[bytes | memoryview] | None:
+    """A pack's content decrypted into ``buf`` (as pieces, stored content as views of
+    it), or None when it does not fit there (or its zstd is left to the stream path,
+    which gives the same errors on the same, authenticated, bytes)."""
+    try:
+        size = decrypt_into(repo.store.get(key), repo.identities, buf)
+    except PlaintextTooLarge:
+        return None
+    except BackupFormatError as e:
+        raise BackupFormatError(f"object {key}: {e.message}", hint=e.hint) from None
+    try:
+        return decompress_pieces([buf[:size]], limit=len(buf))
+    except BackupFormatError:
+        return None
+
+
+def _members(pieces: list[bytes | memoryview],
+             wanted: list[tuple[int, int]]) -> Iterator[list[bytes | memoryview]]:
+    """Each ``(offset, size)`` of ``wanted`` (sorted) as views of ``pieces``; the
+    same checks as :func:`read_members` (no overlap, nothing past the end)."""
+    at = 0  # content offset of pieces[i]
+    i = 0
+    end = 0  # where the last member ended
+    last: tuple[int, int] | None = None
+    for offset, size in wanted:
+        if last == (offset, size):
+            yield _views(pieces, i, at, offset, size)
+            continue
+        if offset < end or size < 0:
+            raise BackupFormatError("pack members overlap or are out of order")
+        while i < len(pieces) and at + len(pieces[i]) <= offset and size > 0:
+            at += len(pieces[i])
+            i += 1
+        views = _views(pieces, i, at, offset, size)
+        if sum(len(v) for v in views) != size:
+            raise BackupFormatError("a pack is shorter than the files it should hold")
+        end, last = offset + size, (offset, size)
+        yield views
+
+
+def _views(pieces: list[bytes | memoryview], i: int, at: int, offset: int,
+           size: int) -> list[bytes | memoryview]:
+    out: list[bytes | memoryview] = []
+    while size > 0 and i < len(pieces):
+        piece = memoryview(pieces[i])
+        start = offset - at
+        take = min(size, len(piece) - start)
+        out.append(piece[start:start + take])
+        offset, size, at, i = offset + take, size - take, at + len(piece), i + 1
+    return out
+
+
+def _place(files: list[FileEntry], parts: dict[tuple[int, int], list[bytes | memoryview]],
+           write: Write | None) -> dict[str, bytes]:
+    """Check each file's content, then write it (``b""`` in the result) or copy it."""
     out = {}
     for f in files:
         assert f.sha256 is not None
-        out[f.path] = b"".join(checked([data[(f.offset or 0, f.size)]], sha256=f.sha256,
-                                       size=f.size, what=f"file {f.path!r}"))
+        data = list(checked(parts[(f.offset or 0, f.size)], sha256=f.sha256, size=f.size,
+                            what=f"file {f.path!r}"))
         if write is not None:
-            write(f, [out[f.path]])
+            write(f, data)
             out[f.path] = b""
+        else:
+            out[f.path] = b"".join(data)
     return out
 
 
@@ -372,12 +449,15 @@ class _Prefetch:
     round trip each. A job is a pack (all its files of this snapshot, read in one
     pass) or one object of a file stored in segments; ``window`` jobs (at most
     ``max_bytes`` of plaintext) are in memory or in flight. An object bigger than a
-    segment (a manifest from elsewhere) streams in order instead.
+    segment (a manifest from elsewhere) streams in order instead. A pack of at most
+    ``pack_bytes`` (every pack forge writes) is decrypted whole into a reused buffer
+    and its members written as views of it; a larger one streams too.
     """
 
     def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
                  window: int = 16, max_bytes: int = 12 * 1024 * 1024,
-                 write: Write | None = None) -> None:
+                 write: Write | None = None,
+                 pack_bytes: int = TARGET + MEMBER_MAX + CHUNK_SIZE) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
         self._write = write
         self._jobs: list[tuple[str, str, list[FileEntry], int]] = []  # kind, key, files, bytes
@@ -401,7 +481,10 @@ class _Prefetch:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
         # A segment's zstd framing (~100 bytes) fits in a chunk of room above it; one
         # buffer is kept free between segments, the rest go (packs need the memory).
-        self._buffers = _Buffers(SEGMENT + CHUNK_SIZE, keep=1)
+        self._buffers = _Buffers(bytearray, SEGMENT + CHUNK_SIZE, keep=1)
+        # A pack is sealed once it holds TARGET stored bytes: at most one member (and
+        # its framing) more. A larger one (not written by forge) is streamed instead.
+        self._pack_buffers = _Buffers(_mapped, pack_bytes, keep=2)
         self._pending: dict[int, Future[dict[str, bytes] | tuple[
             bytearray, list[bytes | memoryview]]]] = {}
         self._next = 0
@@ -449,8 +532,8 @@ class _Prefetch:
             if self._next > current and ahead + size > self._max_bytes:
                 break
             if kind == "pack":
-                self._pending[self._next] = self._pool.submit(_unpack, self._repo, key, files,
-                                                              self._write)
+                self._pending[self._next] = self._pool.submit(
+                    _unpack, self._repo, key, files, self._write, self._pack_buffers)
             else:
                 self._pending[self._next] = self._pool.submit(
                     _object, self._repo, key, SEGMENT, self._buffers)
@@ -463,31 +546,38 @@ class _Prefetch:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Buffers:
-    """Plaintext buffers of one segment each, reused: a fresh one per segment would be
-    mapped and faulted in anew (2 MiB, above the heap's mmap threshold) every time.
-    At most ``keep`` are kept free; as many exist as segments are held at once."""
+class _Buffers(Generic[_B]):
+    """Plaintext buffers of one segment or pack each, reused: a fresh one per object
+    would be mapped and faulted in anew (2 MiB, above the heap's mmap threshold) every
+    time. At most ``keep`` are kept free; as many exist as objects are held at once."""
 
-    def __init__(self, size: int, keep: int) -> None:
+    def __init__(self, make: Callable[[int], _B], size: int, keep: int) -> None:
         self.size, self._keep = size, keep
-        self._free: list[bytearray] = []
+        self._make: Callable[[int], _B] = make
+        self._free: list[_B] = []
         self._lock = threading.Lock()
 
-    def take(self) -> bytearray:
+    def take(self) -> _B:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return bytearray(self.size)
+        return self._make(self.size)
 
-    def give(self, buf: bytearray) -> None:
+    def give(self, buf: _B) -> None:
         """Only once no view of ``buf`` is in use any more."""
         with self._lock:
             if len(self._free) < self._keep:
                 self._free.append(buf)
 
 
+def _mapped(size: int) -> memoryview:
+    """``size`` bytes of anonymous memory: only the pages written to are resident (a
+    bytearray's are all zeroed, so resident, at once)."""
+    return memoryview(mmap.mmap(-1, size))
+
+
 def _object(repo: Repository, key: str, limit: int,
-            buffers: _Buffers) -> tuple[bytearray, list[bytes | memoryview]]:
+            buffers: _Buffers[bytearray]) -> tuple[bytearray, list[bytes | memoryview]]:
     """An object's whole plaintext (in pieces), authenticated to its end; at most
     ``limit`` bytes. It is decrypted into a buffer of ``buffers`` (returned: give it
     back once the pieces are written); stored (uncompressed) content comes as views

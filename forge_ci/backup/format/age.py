@@ -455,9 +455,14 @@ class Decryptor:
         )
 
 
+class PlaintextTooLarge(BackupFormatError):
+    """:func:`decrypt_into`: the plaintext does not fit the space given (the stream
+    was not necessarily authentic: only its chunks before were authenticated)."""
+
+
 def _room(out: memoryview, start: int, size: int) -> memoryview:
     if start + size > len(out):
-        raise BackupFormatError("age plaintext larger than the space given for it")
+        raise PlaintextTooLarge("age plaintext larger than the space given for it")
     return out[start : start + size]
 
 
@@ -482,7 +487,7 @@ def decrypt_into(chunks: Iterable[bytes], identities: Sequence[Identity],
                  out: bytearray | memoryview) -> int:
     """Decrypt a whole age stream into ``out`` (from its start), authenticated to its
     final chunk; returns the plaintext's size. Nothing but ``out`` holds plaintext.
-    A plaintext larger than ``out`` raises :class:`BackupFormatError` (``out`` then
+    A plaintext larger than ``out`` raises :class:`PlaintextTooLarge` (``out`` then
     holds nothing meaningful), as do the errors of :func:`decrypt_iter`."""
     dec = Decryptor(identities)
     size = 0
