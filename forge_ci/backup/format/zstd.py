@@ -165,9 +165,13 @@ def _compressed_frame(chunks: Iterable[bytes | memoryview], level: int) -> Itera
     yield cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
 
 
+def _block_header(size: int, *, last: bool) -> bytes:
+    """A raw block's 3-byte header: block type 0 in bits 1-2, the last-block flag in bit 0."""
+    return ((size << 3) | int(last)).to_bytes(3, "little")
+
+
 def _raw_block(data: bytes | memoryview, *, last: bool) -> bytes:
-    header = (len(data) << 3) | int(last)  # block type 0 (raw) in bits 1-2
-    return header.to_bytes(3, "little") + data
+    return _block_header(len(data), last=last) + data
 
 
 def _stored_frame(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -187,6 +191,23 @@ def _stored_frame(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 # --- decompression ---------------------------------------------------------------------
+
+
+def _descriptor_fields(fhd: int) -> int:
+    """The bytes of a frame header after its descriptor byte ``fhd`` (window,
+    dictionary id, content size), per RFC 8878 section 3.1.1.1."""
+    if fhd & 0x08:
+        raise BackupFormatError("zstd frame header has the reserved bit set")
+    single = (fhd >> 5) & 1
+    return (1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6]
+
+
+def _block_content(header: int) -> int:
+    """The bytes a block with 3-byte header ``header`` stores after it."""
+    kind = (header >> 1) & 3
+    if kind == 3:
+        raise BackupFormatError("zstd block of the reserved type")
+    return 1 if kind == 1 else header >> 3  # an RLE block stores one byte
 
 
 class _FrameWalker:
@@ -234,19 +255,12 @@ class _FrameWalker:
         self._goto("magic", 4, skip=value)
 
     def _on_descriptor(self, fhd: int) -> None:
-        if fhd & 0x08:
-            raise BackupFormatError("zstd frame header has the reserved bit set")
-        single = (fhd >> 5) & 1
+        rest = _descriptor_fields(fhd)
         self._checksum = bool((fhd >> 2) & 1)
-        fcs = (single, 2, 4, 8)[fhd >> 6]
-        rest = (1 - single) + (0, 1, 2, 4)[fhd & 3] + fcs
         self._goto("block", 3, skip=rest)
 
     def _on_block(self, header: int) -> None:
-        kind, size = (header >> 1) & 3, header >> 3
-        if kind == 3:
-            raise BackupFormatError("zstd block of the reserved type")
-        content = 1 if kind == 1 else size  # an RLE block stores one byte
+        content = _block_content(header)
         if not header & 1:
             self._goto("block", 3, skip=content)
         elif self._checksum:
@@ -353,16 +367,10 @@ class _Cursor:
 
 def _walk_frame(src: _Cursor, fhd: int) -> None:
     """Move ``src`` from after a frame's descriptor byte ``fhd`` to the frame's end."""
-    if fhd & 0x08:
-        raise BackupFormatError("zstd frame header has the reserved bit set")
-    single = (fhd >> 5) & 1
-    src.views((1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6])
+    src.views(_descriptor_fields(fhd))
     while True:
         header = src.number(3)
-        kind = (header >> 1) & 3
-        if kind == 3:
-            raise BackupFormatError("zstd block of the reserved type")
-        src.views(1 if kind == 1 else header >> 3)
+        src.views(_block_content(header))
         if header & 1:
             break
     if (fhd >> 2) & 1:
@@ -474,7 +482,7 @@ def frame_pieces(data: bytes, *, name: str | None = None,
         block = view[pos : pos + _RAW_BLOCK]
         pos += len(block)
         last = pos >= len(view)
-        pieces += [((len(block) << 3) | int(last)).to_bytes(3, "little"), block]
+        pieces += [_block_header(len(block), last=last), block]
         if last:
             return pieces
 
@@ -525,7 +533,7 @@ class SegmentFrame:
         for i in range(blocks):
             size = min(_RAW_BLOCK, self.size - i * _RAW_BLOCK)
             at = _data_at(i * _RAW_BLOCK) - 3
-            self._buf[at : at + 3] = ((size << 3) | int(i == blocks - 1)).to_bytes(3, "little")
+            self._buf[at : at + 3] = _block_header(size, last=i == blocks - 1)
         with memoryview(self._buf) as view:
             yield view[: len(_STORED_FRAME_HEADER) + 3 * blocks + self.size]
 
