@@ -14,8 +14,8 @@ database from scratch, then again after one file was added, then restore the tre
 forge dumps the database itself (``mariadb-dump`` in its backup); restic gets the same
 dump piped in (``mariadb-dump | restic backup --stdin``, its documented way), and its
 two commands' times and CPU are added up (peak RSS: the larger). Each run is a
-separate process started with posix_spawn and reaped with wait4, so wall time, CPU
-time and peak RSS (ru_maxrss) are measured the same way for both. Each round uses new
+separate process run under GNU time (``bench/measure.py``), so wall time, CPU time and
+peak RSS are measured the same way for both. Each round uses new
 buckets and alternates which tool goes first (this machine's load drifts); the table
 shows medians over the rounds and the ratio forge/restic (below 1.0: forge is faster
 or smaller). forge runs with the local target (no SSH) so both read the same files.
@@ -33,11 +33,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import measure  # bench/, beside this script
 from lab.mariadb import Database, MariaDB, start_mariadb
 from lab.s3 import start_s3
 
@@ -99,17 +99,7 @@ def fill_database(server: MariaDB, mib: int) -> Database:
 
 def spawn(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     """Run to completion; (seconds, CPU seconds, peak RSS MiB). Output: /dev/null."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    path = shutil.which(argv[0]) or argv[0]
-    start = time.perf_counter()
-    pid = os.posix_spawn(path, argv, env, file_actions=[
-        (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
-    _, status, usage = os.wait4(pid, 0)
-    elapsed = time.perf_counter() - start
-    os.close(devnull)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv[:3]} failed with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return measure.spawn(argv, env)
 
 
 def main() -> None:

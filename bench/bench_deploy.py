@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+import measure  # noqa: E402  (bench/, beside this script)
 from lab.bedrock import make_site  # noqa: E402
 from lab.mariadb import start_mariadb  # noqa: E402
 from lab.site import start_site  # noqa: E402
@@ -58,25 +59,23 @@ def timed(
     argv: list[str], env: dict[str, str] | None = None, shell: bool = False,
     cwd: Path | None = None, cpu: list[float] | None = None,
 ) -> tuple[float, int]:
-    """Wall seconds and the peak RSS in MB of this one command (wait4's rusage:
-    the command and what it waited for, not the lab services this script started);
+    """Wall seconds and the peak RSS in MiB of this one command (GNU time's: the command
+    and what it waited for, not the lab services this script started);
     its CPU seconds (user + system) are appended to ``cpu``."""
     cpu = [] if cpu is None else cpu
     # Dirty pages from the previous run would be written back during this one.
     subprocess.run(["sync"], check=True)
-    t = time.perf_counter()
-    p = subprocess.Popen(
-        argv if not shell else " ".join(argv), env=env, shell=shell, cwd=cwd,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    assert p.stderr is not None
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {argv}\n{err.decode()[-2000:]}")
-    cpu.append(usage.ru_utime + usage.ru_stime)
-    return wall, usage.ru_maxrss // 1024
+    command = ["sh", "-c", " ".join(argv)] if shell else argv
+    with tempfile.TemporaryFile() as err:
+        try:
+            wall, spent, peak = measure.spawn(command, dict(os.environ if env is None else env),
+                                              cwd=None if cwd is None else str(cwd),
+                                              stderr=err.fileno())
+        except SystemExit:
+            err.seek(0)
+            raise SystemExit(f"failed: {argv}\n{err.read().decode()[-2000:]}") from None
+    cpu.append(spent)
+    return wall, int(peak)
 
 
 def main() -> None:

@@ -34,15 +34,15 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import measure  # bench/, beside this script
 
 from forge_ci.sync.replace import Rules
 from forge_ci.sync.sqldump import Options, Report, quote, rewrite_dump
@@ -235,19 +235,7 @@ def child(path: Path, report_path: Path) -> None:
 
 def spawn(argv: list[str], stdin: str | None = None) -> tuple[float, float, float]:
     """Run to completion; (seconds, CPU seconds, peak RSS MiB). Output: /dev/null."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    actions = [(os.POSIX_SPAWN_DUP2, devnull, 1)]
-    if stdin is not None:
-        actions.append((os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0))
-    path = shutil.which(argv[0]) or argv[0]
-    start = time.perf_counter()
-    pid = os.posix_spawn(path, argv, dict(os.environ), file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
-    elapsed = time.perf_counter() - start
-    os.close(devnull)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv[:3]} failed with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return measure.spawn(argv, dict(os.environ), stdin=stdin, stderr=2)
 
 
 def median(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
