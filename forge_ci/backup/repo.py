@@ -35,7 +35,7 @@ from forge_ci.backup.format.keys import IDENTITY_ENV, RECIPIENT_ENV, X25519Ident
 from forge_ci.backup.format.zstd import Mode
 from forge_ci.backup.objects import seal, unseal
 from forge_ci.backup.signing import SIGNING_KEY_ENV, SignerKey, SigningKey
-from forge_ci.backup.snapshot import Manifest, dump_chunks, parse
+from forge_ci.backup.snapshot import Manifest, dump_chunks, parse_pieces
 from forge_ci.errors import BackupError, ForgeError, SecretError
 from forge_ci.store import ObjectNotFoundError, ObjectStore
 
@@ -172,16 +172,46 @@ class Repository:
         Raises :class:`UntrustedSnapshot` (or :class:`UnsignedSnapshot`) when no pinned
         signer signed it, :class:`BackupFormatError` / :class:`SnapshotNotFound` when it
         cannot be read or is hostile."""
-        data = self.read_small(ref.key)
-        digest = hashlib.sha256(data).hexdigest()
-        signer = self._authenticate(ref, data) if trust else None
-        manifest = parse(data, expect_id=ref.id)
+        # Parsed as it is read and hashed: the text (14 MiB at 50,000 files) is never
+        # held whole. Nothing parsed is returned before the object is authenticated to
+        # its end and its signature checked; a read error is raised as it happens, a
+        # parse error only after the signature (an untrusted manifest is named so).
+        hasher = hashlib.sha256()
+        read_failed = False
+
+        def pieces() -> Iterator[bytes]:
+            nonlocal read_failed
+            try:
+                for piece in self.open(ref.key):
+                    hasher.update(piece)
+                    yield piece
+            except ObjectNotFoundError:
+                read_failed = True
+                raise SnapshotNotFound(f"{self.store.url}: {ref.key} is missing") from None
+            except BaseException:
+                read_failed = True
+                raise
+
+        stream = pieces()
+        problem: BackupFormatError | None = None
+        try:
+            manifest = parse_pieces(stream, expect_id=ref.id)
+        except BackupFormatError as e:
+            if read_failed:
+                raise
+            problem = e
+            for _ in stream:  # the rest read, hashed and authenticated
+                pass
+        digest = hasher.hexdigest()
+        signer = self._authenticate(ref, digest) if trust else None
+        if problem is not None:
+            raise problem
         if (manifest.site, manifest.environment) != (ref.site, ref.environment):
             raise BackupFormatError(f"manifest {ref.key} belongs to "
                                     f"{manifest.site}/{manifest.environment}")
         return Loaded(ref, manifest, digest, signer)
 
-    def _authenticate(self, ref: SnapshotRef, data: bytes) -> SignerKey | None:
+    def _authenticate(self, ref: SnapshotRef, digest: str) -> SignerKey | None:
         if not self.signers:
             return None  # nothing pinned to check against: the commands warn
         key = layout.signature_key(ref.site, ref.environment, ref.id)
@@ -195,7 +225,7 @@ class Repository:
         except BackupError as e:
             raise UntrustedSnapshot(f"snapshot {ref.id}: its signature {key} cannot be "
                                     f"read ({e.message})", hint=_UNTRUSTED_HINT) from None
-        result = signing.check(blob, ref.key, data, self.signers)
+        result = signing.check(blob, ref.key, digest, self.signers)
         if result.signer is None:
             raise UntrustedSnapshot(f"snapshot {ref.id} is not trusted: {result.problem}",
                                     hint=_UNTRUSTED_HINT)
@@ -300,7 +330,7 @@ class Repository:
         """Plaintext of an object, lazily; see :func:`forge_ci.backup.objects.unseal`."""
         return unseal(self.store.get(key), self.identities)
 
-    def read_small(self, key: str) -> bytes:
+    def read_small(self, key: str) -> bytearray:
         """Whole plaintext of a small object, returned only once fully authenticated."""
         # Grown in place, a piece at a time: joining a list of the pieces would hold
         # the text twice (a 50,000-file manifest is 14 MiB) and leave the pieces'

@@ -39,7 +39,8 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Generic, Literal, TypeVar
@@ -53,7 +54,7 @@ from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import checked, unseal
 from forge_ci.backup.pack import MEMBER_MAX, SEGMENT, TARGET, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
-from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, Manifest
+from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, FileTable, Manifest
 from forge_ci.backup.tarstream import tar_info, write_tree
 from forge_ci.config.backup import DEPLOY_OWNED, BackupConfig
 from forge_ci.errors import ForgeError
@@ -87,13 +88,14 @@ class RestorePlan:
         return out
 
     def as_dict(self) -> dict[str, object]:
-        files = [f for f in self.manifest.files if f.type == "file"]
+        table = FileTable.of(self.manifest.files)
+        files = [i for i in range(len(table)) if table.kind(i) == "file"]
         return {
             "snapshot": self.ref.id, "time": self.manifest.time.isoformat(),
             "database": self.database, "database_live": self.database_live,
             "files_dest": self.files_dest, "files_live": self.files_live,
             "files": len(files) if self.files_dest else 0,
-            "bytes": sum(f.size for f in files) if self.files_dest else 0,
+            "bytes": sum(table.size(i) for i in files) if self.files_dest else 0,
             "overwrites": self.live_targets(),
         }
 
@@ -261,31 +263,35 @@ def _stage(repo: Repository, host: Host, plan: RestorePlan, report: RestoreRepor
     staged = _Staged(top, f"{top}/new")
     # What killed attempts staged (of this snapshot or another) goes first.
     host.run(f"rm -rf -- {leftovers}", check=False)
-    entries = _order(plan.manifest.files)
-    files = [f for f in entries if f.type == "file"]
+    # The entries stay in the manifest's table; one is made as it is restored.
+    table = FileTable.of(plan.manifest.files)
+    order = _order(table)
+    files = array("l", (i for i in order if table.kind(i) == "file"))
+    nbytes = sum(table.size(i) for i in files)
     # The local target has no wire: files are written with system calls, those of a
     # pack by the thread that unpacked it (localtree.NewTree), not by a tar process.
     tree: NewTree | None = None
     try:
         if isinstance(host, LocalHost):
             tree = NewTree(staged.new)
-        with _Prefetch(repo, files, write=tree.write_file if tree else None) as prefetch, \
-                show(f"restoring files to {host.name}", files=len(files),
-                     nbytes=sum(f.size for f in files)) as shown:
+        with _Prefetch(repo, table, files, write=tree.write_file if tree else None) \
+                as prefetch, show(f"restoring files to {host.name}", files=len(files),
+                                  nbytes=nbytes) as shown:
             if tree is not None:
-                _write_local(tree, entries, prefetch, shown)
+                _write_local(tree, (table[i] for i in order), prefetch, shown)
             else:
-                by_name = {f.path: f for f in entries}
-                write_tree(host, staged.new, (_info(f) for f in entries),
-                           lambda info: _counted(prefetch.content(by_name[_name(info)]), shown))
+                by_name = {table.path(i): i for i in order}
+                write_tree(host, staged.new, (_info(table[i]) for i in order),
+                           lambda info: _counted(
+                               prefetch.content(table[by_name[_name(info)]]), shown))
     except BaseException:
         _remove(host, top)
         raise
-    report.files, report.bytes = len(files), sum(f.size for f in files)
+    report.files, report.bytes = len(files), nbytes
     return staged
 
 
-def _write_local(tree: NewTree, entries: list[FileEntry], prefetch: _Prefetch,
+def _write_local(tree: NewTree, entries: Iterable[FileEntry], prefetch: _Prefetch,
                  shown: Progress) -> None:
     def content(f: FileEntry) -> Iterator[bytes | memoryview]:
         if prefetch.writes(f):  # its pack's worker writes it: wait, then count it
@@ -314,19 +320,30 @@ def _counted(chunks: Iterable[bytes | memoryview],
     shown.advance(1, 0)
 
 
-def _order(entries: Iterable[FileEntry]) -> list[FileEntry]:
-    """Directories (parents first, as listed), then files grouped by the object that
-    holds them and by offset - each pack is read once, front to back - then links.
-    tar restores directories' modes and times last (``--delay-directory-restore``)."""
-    entries = list(entries)
-    first: dict[str, int] = {}
-    for i, f in enumerate(entries):
-        if f.type == "file" and f.objects:
-            first.setdefault(f.objects[0], i)
-    files = sorted((f for f in entries if f.type == "file"),
-                   key=lambda f: (first[f.objects[0]], f.offset or 0) if f.objects else (-1, 0))
-    return ([f for f in entries if f.type == "dir"] + files
-            + [f for f in entries if f.type == "symlink"])
+def _order(table: FileTable) -> array[int]:
+    """The table's indices: directories (parents first, as listed), then files grouped
+    by the object that holds them and by offset - each pack is read once, front to
+    back - then links. tar restores directories' modes and times last
+    (``--delay-directory-restore``). Grouped, not sorted whole: no key per file."""
+    dirs, empty, links = array("l"), array("l"), array("l")
+    groups: dict[str, array[int]] = {}  # first object -> its files, first seen first
+    for i in range(len(table)):
+        kind = table.kind(i)
+        if kind == "dir":
+            dirs.append(i)
+        elif kind == "symlink":
+            links.append(i)
+        elif (key := table.first_object(i)) is None:
+            empty.append(i)
+        elif (group := groups.get(key)) is not None:
+            group.append(i)
+        else:
+            groups[key] = array("l", [i])
+    order = dirs + empty
+    for group in groups.values():
+        order += group if len(group) == 1 else array(
+            "l", sorted(group, key=lambda i: table.offset(i) or 0))
+    return order + links
 
 
 def _name(info: tarfile.TarInfo) -> str:
@@ -454,30 +471,39 @@ class _Prefetch:
     and its members written as views of it; a larger one streams too.
     """
 
-    def __init__(self, repo: Repository, files: list[FileEntry], *, workers: int = 8,
+    def __init__(self, repo: Repository, table: FileTable, files: Sequence[int], *,
+                 workers: int = 8,
                  window: int = 16, max_bytes: int = 12 * 1024 * 1024,
                  write: Write | None = None,
                  pack_bytes: int = TARGET + MEMBER_MAX + CHUNK_SIZE) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
         self._write = write
-        self._jobs: list[tuple[str, str, list[FileEntry], int]] = []  # kind, key, files, bytes
+        self._table = table
+        # kind, key, its files (indices in table), bytes
+        self._jobs: list[tuple[str, str, array[int], int]] = []
         # A packed file's job is its pack's (nothing held per file); a large file's
         # are its segments' (one job per segment and file).
         self._packs: dict[str, int] = {}  # pack key -> its job
         self._of: dict[str, range] = {}  # path of a large file -> its jobs
-        for f in files:
-            if f.offset is not None:
-                key = f.objects[0]
+        for i in files:
+            offset, size = table.offset(i), table.size(i)
+            if offset is not None:
+                key = table.first_object(i)
+                assert key is not None
                 if key not in self._packs:
                     self._packs[key] = len(self._jobs)
-                    self._jobs.append(("pack", key, [], 0))
-                kind, _k, members, size = self._jobs[self._packs[key]]
-                members.append(f)
-                self._jobs[self._packs[key]] = (kind, key, members, size + f.size)
-            elif f.objects and f.size <= SEGMENT * len(f.objects):
-                each = min(f.size, SEGMENT)
-                self._of[f.path] = range(len(self._jobs), len(self._jobs) + len(f.objects))
-                self._jobs += [("object", key, [f], each) for key in f.objects]
+                    self._jobs.append(("pack", key, array("l"), 0))
+                kind, _k, members, total = self._jobs[self._packs[key]]
+                members.append(i)
+                self._jobs[self._packs[key]] = (kind, key, members, total + size)
+            elif table.first_object(i) is not None:
+                f = table[i]
+                if f.size <= SEGMENT * len(f.objects):
+                    each = min(f.size, SEGMENT)
+                    self._of[f.path] = range(len(self._jobs),
+                                             len(self._jobs) + len(f.objects))
+                    self._jobs += [("object", key, array("l", [i]), each)
+                                   for key in f.objects]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
         # A segment's zstd framing (~100 bytes) fits in a chunk of room above it; one
         # buffer is kept free between segments, the rest go (packs need the memory).
@@ -533,7 +559,8 @@ class _Prefetch:
                 break
             if kind == "pack":
                 self._pending[self._next] = self._pool.submit(
-                    _unpack, self._repo, key, files, self._write, self._pack_buffers)
+                    _unpack, self._repo, key, [self._table[i] for i in files], self._write,
+                    self._pack_buffers)
             else:
                 self._pending[self._next] = self._pool.submit(
                     _object, self._repo, key, SEGMENT, self._buffers)

@@ -197,7 +197,7 @@ class Checked:
     problem: str | None
 
 
-def check(blob: bytes, snapshot_key: str, manifest: bytes,
+def check(blob: bytes | bytearray, snapshot_key: str, manifest_sha256: str,
           pinned: Sequence[SignerKey]) -> Checked:
     """Check a signature object against the manifest read from ``snapshot_key``."""
     try:
@@ -215,7 +215,7 @@ def check(blob: bytes, snapshot_key: str, manifest: bytes,
         return Checked(None, "its signature object is malformed")
     if named != snapshot_key:
         return Checked(None, f"its signature was made for {named!r}")
-    digest = hashlib.sha256(manifest).hexdigest()
+    digest = manifest_sha256
     if doc.get("manifest_sha256") != digest:
         return Checked(None, "the manifest changed after it was signed")
     data = message(snapshot_key, digest)

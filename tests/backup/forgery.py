@@ -55,7 +55,7 @@ def forge(site: Site, *, paths: tuple[str, ...], files: tuple[FileEntry, ...] = 
     if base is not None:
         real = reader(site).open_manifest(reader(site).resolve(base), trust=False).manifest
         manifest = dataclasses.replace(real, id=sid, time=when, paths=paths,
-                                       files=real.files + files)
+                                       files=(*real.files, *files))
     else:
         manifest = Manifest(id=sid, time=when, site="backup-lab",
                             environment=site.environment, hostnames=("evil",),

@@ -20,7 +20,7 @@ from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import Mode, seal
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import _Prefetch
-from forge_ci.backup.snapshot import FileEntry
+from forge_ci.backup.snapshot import FileEntry, FileTable
 from forge_ci.store.memory import MemoryStore
 
 TEXT = b"<?php echo 'hello, world'; // a template line\n"
@@ -59,7 +59,8 @@ def _restore(repo: Repository, entries: list[FileEntry], dest: Path, *,
              pack_bytes: int | None = None, local: bool = True) -> dict[str, bytes]:
     tree = NewTree(str(dest))
     extra = {} if pack_bytes is None else {"pack_bytes": pack_bytes}
-    with _Prefetch(repo, entries, write=tree.write_file if local else None,
+    with _Prefetch(repo, FileTable.of(entries), range(len(entries)),
+                   write=tree.write_file if local else None,
                    **extra) as prefetch:
         for f in entries:
             content = prefetch.content(f)

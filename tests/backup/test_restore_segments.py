@@ -21,7 +21,7 @@ from forge_ci.backup.objects import seal
 from forge_ci.backup.pack import SEGMENT
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import _Prefetch
-from forge_ci.backup.snapshot import FileEntry
+from forge_ci.backup.snapshot import FileEntry, FileTable
 from forge_ci.store.memory import MemoryStore
 
 
@@ -42,7 +42,7 @@ def _repo_with(segments: list[bytes]) -> tuple[Repository, FileEntry]:
 
 def _restore(repo: Repository, entry: FileEntry, dest: Path) -> bytes:
     tree = NewTree(str(dest))
-    with _Prefetch(repo, [entry], max_bytes=3 * SEGMENT) as prefetch:
+    with _Prefetch(repo, FileTable.of([entry]), [0], max_bytes=3 * SEGMENT) as prefetch:
         tree.write_file(entry, prefetch.content(entry))
     return (dest / entry.path).read_bytes()
 
