@@ -187,6 +187,13 @@ class FileTable(Sequence[FileEntry]):
         offset = self._offsets[i]
         return None if offset < 0 else offset
 
+    def object_keys(self) -> set[str]:
+        """Every object some entry names (each key set was added for an entry)."""
+        return {key for keys in self._keysets for key in keys}
+
+    def total_size(self) -> int:
+        return sum(self._sizes)
+
     def target(self, i: int) -> str | None:
         return self._targets.get(i)
 
@@ -221,14 +228,19 @@ class Manifest:
 
     def objects(self) -> set[str]:
         """Every data object this snapshot needs."""
-        keys = {k for f in self.files for k in f.objects}
+        if isinstance(self.files, FileTable):
+            keys = self.files.object_keys()
+        else:
+            keys = {k for f in self.files for k in f.objects}
         if self.database is not None:
             keys.add(self.database.object)
         return keys
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.size for f in self.files) + (self.database.size if self.database else 0)
+        files = self.files
+        size = files.total_size() if isinstance(files, FileTable) else sum(f.size for f in files)
+        return size + (self.database.size if self.database else 0)
 
 
 def dumps(manifest: Manifest) -> bytes:

@@ -180,3 +180,31 @@ def test_any_json_layout_reads_the_same_and_malformed_text_is_refused() -> None:
                 dumps(m).replace(b'"files":[', b'"files":[1,')):
         with pytest.raises(BackupFormatError, match="invalid snapshot manifest"):
             parse(bad)
+
+
+def test_a_parsed_manifest_is_a_table_that_reads_like_its_entries() -> None:
+    """A restore holds the entries as columns: every field of every kind of entry, a
+    non-UTF-8 name, negative indexes and slices, and the sums taken from the columns."""
+    shared = layout.random_data_key()
+    m = manifest(f(f"{ROOT}/a", objects=(shared,), offset=0),
+                 f(f"{ROOT}/b-\udce9", objects=(shared,), offset=3, mode=0o7777),
+                 f(f"{ROOT}/video", size=5 << 20, mtime_ns=-5,
+                   objects=tuple(layout.random_data_key() for _ in range(3))),
+                 f(f"{ROOT}/empty", size=0, sha256=SHA_EMPTY, objects=()),
+                 FileEntry(f"{ROOT}/sub", "dir", 0o700, 7),
+                 FileEntry(f"{ROOT}/link", "symlink", 0o777, 5, target="a"))
+    got = parse(dumps(m))
+    assert isinstance(got.files, snapshot.FileTable)
+    assert list(got.files) == list(m.files) and got == m
+    assert got.files[-1] == m.files[-1] and got.files[1:3] == tuple(m.files[1:3])
+    assert [got.files.path(i) for i in range(len(m.files))] == [e.path for e in m.files]
+    assert got.objects() == m.objects() and got.total_bytes == m.total_bytes
+    with pytest.raises(IndexError):
+        got.files[len(m.files)]
+
+
+def test_a_number_too_large_for_the_table_is_a_format_error() -> None:
+    raw = _raw(manifest(f(f"{ROOT}/a")))
+    raw["files"][1]["size"] = 2**64
+    with pytest.raises(BackupFormatError, match="invalid snapshot manifest"):
+        parse(json.dumps(raw).encode())
