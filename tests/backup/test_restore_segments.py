@@ -22,6 +22,7 @@ from forge_ci.backup.pack import SEGMENT
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import _Prefetch
 from forge_ci.backup.snapshot import FileEntry, FileTable
+from forge_ci.store.errors import ObjectNotFoundError
 from forge_ci.store.memory import MemoryStore
 
 
@@ -60,4 +61,25 @@ def test_a_segment_larger_than_a_segment_is_refused(tmp_path: Path) -> None:
     entry = FileEntry(entry.path, "file", 0o640, 0, size=SEGMENT, sha256=entry.sha256,
                       objects=entry.objects)
     with pytest.raises(BackupFormatError, match="larger than"):
+        _restore(repo, entry, tmp_path / "out")
+
+
+def test_segments_are_hashed_in_the_file_s_order(tmp_path: Path) -> None:
+    """The workers hash the segments they decrypt, each in its turn: two segments
+    swapped in the manifest are written in the manifest's order and refused."""
+    segments = [os.urandom(SEGMENT) for _ in range(6)]
+    repo, entry = _repo_with(segments)
+    keys = list(entry.objects)
+    keys[1], keys[4] = keys[4], keys[1]
+    swapped = FileEntry(entry.path, "file", 0o640, 0, size=entry.size, sha256=entry.sha256,
+                        objects=tuple(keys))
+    with pytest.raises(BackupFormatError, match="does not match the manifest's SHA-256"):
+        _restore(repo, swapped, tmp_path / "out")
+
+
+def test_a_missing_segment_fails_the_file_without_waiting_forever(tmp_path: Path) -> None:
+    segments = [os.urandom(SEGMENT) for _ in range(5)]
+    repo, entry = _repo_with(segments)
+    repo.store.delete(entry.objects[2])
+    with pytest.raises(ObjectNotFoundError):
         _restore(repo, entry, tmp_path / "out")
