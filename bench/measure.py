@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -29,31 +30,25 @@ def spawn(argv: list[str], env: dict[str, str], *, stdin: str | None = None,
         raise SystemExit(f"{GNU_TIME} is missing: install GNU time (Debian: apt-get install "
                          "time) - the benches take peak memory from it")
     path = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-    devnull = os.open(os.devnull, os.O_WRONLY)
     fd, report = tempfile.mkstemp(prefix="forge-bench-time-")
     os.close(fd)
-    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, devnull, 1),
-                                      (os.POSIX_SPAWN_DUP2, stderr if stderr is not None
-                                       else devnull, 2)]
-    if stdin is not None:
-        actions.append((os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0))
-    command = [GNU_TIME, "-q", "-f", "%M", "-o", report, path, *argv[1:]]
     try:
-        start = time.perf_counter()
-        if cwd is None:
-            pid = os.posix_spawn(GNU_TIME, command, env, file_actions=actions)
-        else:  # posix_spawn takes no working directory: a shell changes to it, then execs
-            pid = os.posix_spawn("/bin/sh", ["sh", "-c", 'cd "$0" && exec "$@"', cwd, *command],
-                                 env, file_actions=actions)
-        _, status, usage = os.wait4(pid, 0)
-        elapsed = time.perf_counter() - start
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            raise SystemExit(f"{argv[:3]} failed with {code}")
+        with open(stdin or os.devnull, "rb") as given:
+            start = time.perf_counter()
+            # GNU time's own ru_maxrss is this script's (see above); the one it reports is
+            # its child's, forked from GNU time itself.
+            proc = subprocess.Popen(
+                [GNU_TIME, "-q", "-f", "%M", "-o", report, path, *argv[1:]], env=env,
+                cwd=cwd, stdin=given, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL if stderr is None else stderr)
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv[:3]} failed with {proc.returncode}")
         with open(report) as f:
             peak_kib = int(f.read().split()[-1])
     finally:
-        os.close(devnull)
         os.unlink(report)
     # CPU: the rusage of GNU time and its child (time's own is about a millisecond).
     return elapsed, usage.ru_utime + usage.ru_stime, peak_kib / 1024
