@@ -28,7 +28,15 @@ from forge_ci.backup.errors import SourceChanged
 from forge_ci.backup.index import BlobIndex, location_text
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
-from forge_ci.backup.scan import HashCache, Listing, Stat, hash_files, list_columns, stat_paths
+from forge_ci.backup.scan import (
+    HashCache,
+    Listing,
+    Stat,
+    hash_files,
+    list_columns,
+    stat_columns,
+    stat_paths,
+)
 from forge_ci.backup.snapshot import FileEntry
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
@@ -339,15 +347,38 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
 def _moved(host: Host, root: str, result: FilePlan, rows: Rows, *,
            batch: int = _STAT_BATCH) -> list[int]:
     """Rows whose metadata differs from the listing (or that are gone), by path.
-    Asked in batches, so a second listing of the whole tree is never held at once."""
+    Asked in batches, each stated into columns and matched in order, so neither a
+    second listing of the whole tree nor an object per file is ever held."""
     listing = result.listing
-    out = []
+    out: list[int] = []
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
-        now = {st.path: st.cache_key()
-               for st in stat_paths(host, root, [listing.path(row) for row in part])}
-        out += [row for row in part if now.get(listing.path(row)) != listing.cache_key(row)]
+        out += _differing(listing, part,
+                          stat_columns(host, root, (listing.path_bytes(row) for row in part)))
     return sorted(out, key=listing.path)
+
+
+def _differing(listing: Listing, rows: Rows, now: Listing) -> list[int]:
+    """Of ``rows``, those ``now`` lacks or states otherwise. ``now`` lists them in the
+    order asked, leaving out the gone; matched by path should it ever not."""
+    out = []
+    at = 0
+    for row in rows:
+        if at < len(now) and now.path_bytes(at) == listing.path_bytes(row):
+            if not listing.same_meta(row, now, at):
+                out.append(row)
+            at += 1
+        else:
+            out.append(row)  # gone
+    if at == len(now):
+        return out
+    found = {now.path_bytes(k): k for k in range(len(now))}
+    out = []
+    for row in rows:
+        k = found.get(listing.path_bytes(row))
+        if k is None or not listing.same_meta(row, now, k):
+            out.append(row)
+    return out
 
 
 def _send(host: Host, root: str, todo: Rows, result: FilePlan,

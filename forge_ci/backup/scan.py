@@ -171,19 +171,29 @@ def list_columns(host: Host, root: str, paths: Sequence[str], *, follow_start: b
 def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
     """The entries ``paths`` name (not what lies below them; links not followed); paths
     that are gone are left out. Names go over stdin, so any name and any number work."""
-    todo = list(paths)
-    if not todo:
-        return []
-    stdin = b"".join(b"./" + encode(p) + b"\0" for p in todo)
+    return list(stat_columns(host, root, (encode(p) for p in paths)))
+
+
+def stat_columns(host: Host, root: str, paths: Iterable[bytes]) -> Listing:
+    """As :func:`stat_paths`, from paths as bytes, into a :class:`Listing`: no object
+    per entry, on either side. ``find`` lists them in the order given."""
+    stdin = bytearray()
+    for path in paths:
+        stdin += b"./"
+        stdin += path
+        stdin += b"\0"
+    if not stdin:
+        return Listing()
     script = (f"cd -- {sh(root)} || exit 3\n"
               # xargs appends names last; find wants them before its expression.
               "exec xargs -0 -r sh -c 'exec find -P \"$@\" -maxdepth 0 -printf \"$0\"' "
               f"{sh(_FIND_FORMAT)}")
-    r = host.run(script, input=stdin, check=False, timeout=3600)
+    r = host.run(script, input=bytes(stdin), check=False, timeout=3600)
+    del stdin
     # 123: find complained about some path (it vanished) - the others are listed.
     if r.status not in (0, 123):
         host.check(r, f"checking files under {root}")
-    return parse_listing(r.stdout)
+    return parse_columns(r.stdout)
 
 
 def parse_listing(data: bytes) -> list[Stat]:
@@ -270,6 +280,16 @@ class Listing:
     def path(self, row: int) -> str:
         return self._names[self._ends[row - 1] if row else 0:self._ends[row]].decode(
             "utf-8", "surrogateescape")
+
+    def path_bytes(self, row: int) -> bytes:
+        """The row's path as the host gave it."""
+        return bytes(self._names[self._ends[row - 1] if row else 0:self._ends[row]])
+
+    def same_meta(self, row: int, other: Listing, other_row: int) -> bool:
+        """Whether the row's :meth:`cache_key` is ``other_row``'s of ``other``."""
+        a, b, mine, theirs = row * 5, other_row * 5, self._ints, other._ints
+        return (mine[a] == theirs[b] and mine[a + 1] == theirs[b + 1]
+                and mine[a + 2] == theirs[b + 2] and mine[a + 3] == theirs[b + 3])
 
     def __len__(self) -> int:
         return len(self._kinds)
