@@ -49,7 +49,13 @@ _HASH_BATCH_BYTES = 256 * 1024 * 1024
 _HASH_BATCH_FILES = 2000
 # Files whose metadata is checked again per command (after a first backup's upload).
 _STAT_BATCH = 5000
-Rows: TypeAlias = "array[int]"  # of "l": listing rows
+Rows: TypeAlias = "array[int]"  # of "i": listing rows
+
+
+def row_array(values: Iterable[int] = ()) -> Rows:
+    """Listing rows as 4-byte machine integers (an int object each would cost 28 bytes
+    more, an "l" 4 more)."""
+    return array("i", values)
 
 
 class Digests:
@@ -89,15 +95,14 @@ class FilePlan:
     listing: Listing  # every entry; sockets, fifos and devices dropped (``skipped``)
     hashes: Digests  # sha256 of regular files
     names: Digests  # content names of non-empty regular files
-    # Rows as machine integers (an int object per row would cost 28 bytes more).
-    upload: Rows = field(default_factory=lambda: array("l"))  # contents the store lacks
+    upload: Rows = field(default_factory=row_array)  # contents the store lacks
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
     located: int = 0  # files whose stored place came from the hash cache
     lookup: list[str] = field(default_factory=list)  # names to look up in the index
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
-    unhashed: Rows = field(default_factory=lambda: array("l"))
+    unhashed: Rows = field(default_factory=row_array)
 
     @classmethod
     def of(cls, listing: Listing) -> FilePlan:
@@ -136,9 +141,9 @@ class PlanEntries(Sequence[FileEntry]):
     def __init__(self, plan: FilePlan, index: BlobIndex, leave_out: frozenset[str]) -> None:
         self._plan, self._index, self._leave_out = plan, index, leave_out
         listing = plan.listing
-        self._rows = array("l", (row for row in range(len(listing))
-                                 if listing.kind(row) in ("file", "dir", "symlink")
-                                 and not (leave_out and listing.path(row) in leave_out)))
+        self._rows = row_array(row for row in range(len(listing))
+                           if listing.kind(row) in ("file", "dir", "symlink")
+                           and not (leave_out and listing.path(row) in leave_out))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -186,7 +191,9 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
             defer_small=first, index=None if first else index, show=show)
     index.fetch(result.lookup)  # the index pages of the names not located by the cache
     result.lookup = []
-    result.upload = missing(result, index) + result.unhashed
+    lacking = missing(result, index)
+    # A first backup's: every file, as in ``unhashed`` (neither list changes in place).
+    result.upload = lacking + result.unhashed if lacking else result.unhashed
     return result
 
 
@@ -281,7 +288,7 @@ def _hash_in_batches(host: Host, root: str, rows: list[int], result: FilePlan,
 def missing(result: FilePlan, index: BlobIndex) -> Rows:
     """One row per content the store lacks, in listing order."""
     wanted: set[str] = set()
-    out = array("l")
+    out = row_array()
     for row in result.file_rows():
         name = result.names.get(row)
         if name is not None and name not in wanted and name not in index:
@@ -300,7 +307,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     is found in it. ``progress`` gets messages, ``show`` the files read so far.
     """
     listing = result.listing
-    todo = array("l", result.upload)
+    todo = result.upload  # replaced, never changed in place
     changed: list[int] = []
     for attempt in range(rounds):
         total = sum(listing.size(row) for row in todo)
@@ -313,9 +320,9 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
             again = set(changed)
-            changed += _moved(host, root, result, array("l", (
-                row for row in result.unhashed if row in result.hashes and row not in again)))
-            result.unhashed = array("l")
+            changed += _moved(host, root, result, row_array(
+                row for row in result.unhashed if row in result.hashes and row not in again))
+            result.unhashed = row_array()
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
         packer.unwanted.clear()

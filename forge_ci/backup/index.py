@@ -82,9 +82,9 @@ class _Places:
     """Content name (its 32 raw bytes) -> a packed member's place (``pack number <<
     64 | offset << 24 | size``), held as machine integers: the entries in arrays, in
     the order added (a name's 32 bytes, its place as two integers), and an
-    open-addressed table of entry numbers keyed by the name's first 8 bytes. No
+    open-addressed table of entry numbers keyed by the name's first 4 bytes. No
     object per entry: ~70 bytes per name where a dict of ``bytes`` to ``int`` costs
-    ~145. Names are MACs, so their first 8 bytes spread them evenly."""
+    ~145. Names are MACs, so their first 4 bytes spread them evenly."""
 
     def __init__(self) -> None:
         self._names = bytearray()
@@ -94,10 +94,10 @@ class _Places:
 
     def _table(self, slots: int) -> None:
         self._mask = slots - 1
-        self._keys = array("Q", bytes(8 * slots))  # the name's first 8 bytes
+        self._keys = array("I", bytes(4 * slots))  # the name's first 4 bytes
         self._slots = array("i", b"\xff" * (4 * slots))  # entry number; -1: free
         for n in range(len(self._lows)):
-            key = int.from_bytes(self._names[n * 32:n * 32 + 8], "little")
+            key = int.from_bytes(self._names[n * 32:n * 32 + 4], "little")
             i = key & self._mask
             while self._slots[i] >= 0:
                 i = (i + 1) & self._mask
@@ -105,7 +105,7 @@ class _Places:
 
     def _entry(self, raw: bytes) -> tuple[int, int]:
         """(slot, entry number) of ``raw``; entry -1 and the free slot where it would go."""
-        key = int.from_bytes(raw[:8], "little")
+        key = int.from_bytes(raw[:4], "little")
         i = key & self._mask
         keys, slots, names = self._keys, self._slots, self._names
         while (n := slots[i]) >= 0:
@@ -126,7 +126,7 @@ class _Places:
         if n >= 0:
             self._lows[n], self._packs[n] = place & _LOW_MASK, place >> 64
             return
-        self._slots[i], self._keys[i] = len(self._lows), int.from_bytes(raw[:8], "little")
+        self._slots[i], self._keys[i] = len(self._lows), int.from_bytes(raw[:4], "little")
         self._names += raw
         self._lows.append(place & _LOW_MASK)
         self._packs.append(place >> 64)

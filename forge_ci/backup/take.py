@@ -12,7 +12,6 @@ run is about to reference.
 from __future__ import annotations
 
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,7 +116,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         report.new_stored_bytes = uploader.stored_bytes + db_stored
         report.phases = phases
         # The manifest's entries are made from the plan's columns as it is written.
-        plan.upload, plan.unhashed = array("l"), array("l")
+        plan.upload, plan.unhashed = files.row_array(), files.row_array()
         refused = sorted(set(refused_links(plan.links(), cfg.paths)))
         for path in refused:
             log(f"warning: not backing up symlink {path!r}: it points outside the backup "

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from array import array
 from pathlib import Path
 
 import pytest
@@ -113,7 +112,7 @@ def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
 
 def test_metadata_checked_again_is_matched_by_path_whatever_the_order() -> None:
     listing = scan.Listing()
-    rows = array("l", (listing.add(f"up/{i}", "file", i, 1, 1, i, 0o644) for i in range(4)))
+    rows = files.row_array(listing.add(f"up/{i}", "file", i, 1, 1, i, 0o644) for i in range(4))
     now = scan.Listing()  # as find could list it: backwards, 1 touched, 2 gone
     for i in (3, 1, 0):
         now.add(f"up/{i}", "file", i, 9 if i == 1 else 1, 1, i, 0o644)
