@@ -224,9 +224,10 @@ class Listing:
 
     def __init__(self) -> None:
         self._names = bytearray()  # every path's bytes, one after the other
-        self._ends = array("q")  # where each row's path ends in _names
+        self._ends = array("I")  # where each row's path ends in _names
         self._kinds = bytearray()
-        self._ints = array("q")  # size, mtime_ns, ctime_ns, inode, mode per row
+        self._ints = array("q")  # size, mtime_ns, ctime_ns, inode per row
+        self._modes = array("H")
         self._targets: dict[int, str] = {}  # symlinks' targets
 
     def parse(self, data: bytes) -> int:
@@ -260,7 +261,8 @@ class Listing:
         self._names += path
         self._ends.append(len(self._names))
         self._kinds.append(kind)
-        self._ints.extend((size, mtime_ns, ctime_ns, inode, mode))
+        self._ints.extend((size, mtime_ns, ctime_ns, inode))
+        self._modes.append(mode)
         if target is not None:
             self._targets[row] = target
         return row
@@ -268,8 +270,9 @@ class Listing:
     def update(self, row: int, st: Stat) -> None:
         """Row ``row`` (same path) as ``st`` now says."""
         self._kinds[row] = _KINDS.index(st.kind)
-        self._ints[row * 5:row * 5 + 5] = array("q", (st.size, st.mtime_ns, st.ctime_ns,
-                                                      st.inode, st.mode))
+        self._ints[row * 4:row * 4 + 4] = array("q", (st.size, st.mtime_ns, st.ctime_ns,
+                                                      st.inode))
+        self._modes[row] = st.mode
         self._targets.pop(row, None)
         if st.target is not None:
             self._targets[row] = st.target
@@ -287,7 +290,7 @@ class Listing:
 
     def same_meta(self, row: int, other: Listing, other_row: int) -> bool:
         """Whether the row's :meth:`cache_key` is ``other_row``'s of ``other``."""
-        a, b, mine, theirs = row * 5, other_row * 5, self._ints, other._ints
+        a, b, mine, theirs = row * 4, other_row * 4, self._ints, other._ints
         return (mine[a] == theirs[b] and mine[a + 1] == theirs[b + 1]
                 and mine[a + 2] == theirs[b + 2] and mine[a + 3] == theirs[b + 3])
 
@@ -306,22 +309,23 @@ class Listing:
         return self._kinds[row] == _FILE
 
     def size(self, row: int) -> int:
-        return self._ints[row * 5]
+        return self._ints[row * 4]
 
     def mtime_ns(self, row: int) -> int:
-        return self._ints[row * 5 + 1]
+        return self._ints[row * 4 + 1]
 
     def mode(self, row: int) -> int:
-        return self._ints[row * 5 + 4]
+        return self._modes[row]
 
     def target(self, row: int) -> str | None:
         return self._targets.get(row)
 
     def cache_key(self, row: int) -> list[int]:
-        return self._ints[row * 5:row * 5 + 4].tolist()
+        return self._ints[row * 4:row * 4 + 4].tolist()
 
     def stat(self, row: int) -> Stat:
-        size, mtime_ns, ctime_ns, inode, mode = self._ints[row * 5:row * 5 + 5]
+        size, mtime_ns, ctime_ns, inode = self._ints[row * 4:row * 4 + 4]
+        mode = self._modes[row]
         return Stat(self.path(row), _KINDS[self._kinds[row]], size, mtime_ns, ctime_ns,
                     inode, mode, self._targets.get(row))
 

@@ -11,17 +11,10 @@ store is slower than the caller.
 :meth:`Uploader.join` returns only when every put is stored and raises the first
 failure; the first failure also stops further submissions. Nothing here decides
 the commit order: the caller writes the manifest after ``join``.
-
-Closing the uploader hands the heap pages its freed buffers held back to the system
-(glibc's ``malloc_trim``): sealed objects are chunks of tens of KiB, below the mmap
-threshold (see :mod:`forge_ci._malloc`), so they come from the heap, and glibc keeps
-freed heap pages resident. What the caller allocates next (a media library's index
-pages, its manifest) would otherwise come on top of ~10 MiB that holds nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,18 +126,6 @@ class Uploader:
                  tb: TracebackType | None) -> None:
         # On error, queued puts are cancelled; running ones finish or fail cleanly.
         self._pool.shutdown(wait=True, cancel_futures=exc is not None)
-        _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Return the free pages of the C heap to the system (glibc; elsewhere nothing)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    trim(0)
 
 
 def _wait(future: Future[None]) -> None:
