@@ -80,8 +80,10 @@ class PackWriter:
         64 KiB between the sealed chunks of packs in flight; given whole chunks, its
         buffers are all one size and the heap reuses them instead of growing."""
         whole = len(self._staged) // CHUNK_SIZE * CHUNK_SIZE
-        with memoryview(self._staged) as view:
-            self._sealed += encryptor.update_pieces(view[:whole])
+        # Both views released here, whoever still holds one (a frame kept by a
+        # traceback or a profiler): the buffer is resized next.
+        with memoryview(self._staged) as view, view[:whole] as chunks:
+            self._sealed += encryptor.update_pieces(chunks)
         del self._staged[:whole]
 
     def _stored(self) -> int:
