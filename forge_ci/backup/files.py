@@ -474,7 +474,7 @@ def _put_unhashed(row: int, reader: Readable, result: FilePlan, uploader: Upload
         packer.record_file(name, size, keys)
         index.add_whole(name, size, keys)
         return True
-    data = reader.read(MEMBER_MAX + 1)
+    data = reader.read(size + 1)  # not MEMBER_MAX + 1: that buffer would be allocated
     if len(data) != size:
         return False
     sha = hashlib.sha256(data).hexdigest()
@@ -492,7 +492,7 @@ def _put_one(row: int, reader: Readable, result: FilePlan, uploader: Uploader,
     size, path = result.listing.size(row), result.listing.path(row)
     sha, name = result.hashes[row], result.names[row]
     if size <= MEMBER_MAX:
-        data = reader.read(MEMBER_MAX + 1)
+        data = reader.read(size + 1)  # one more: a file grown since shows
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
             return False
         pack, offset = packer.add(name, data, path=path)
