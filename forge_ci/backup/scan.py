@@ -227,7 +227,7 @@ class Listing:
         self._ends = array("I")  # where each row's path ends in _names
         self._kinds = bytearray()
         self._ints = array("q")  # size, mtime_ns, ctime_ns, inode per row
-        self._modes = array("H")
+        self._modes = array("H")  # st_mode bits per row (16 of them)
         self._targets: dict[int, str] = {}  # symlinks' targets
 
     def parse(self, data: bytes) -> int:
