@@ -80,11 +80,12 @@ class PackWriter:
         64 KiB between the sealed chunks of packs in flight; given whole chunks, its
         buffers are all one size and the heap reuses them instead of growing."""
         whole = len(self._staged) // CHUNK_SIZE * CHUNK_SIZE
-        # Both views released here, whoever still holds one (a frame kept by a
-        # traceback or a profiler): the buffer is resized next.
-        with memoryview(self._staged) as view, view[:whole] as chunks:
-            self._sealed += encryptor.update_pieces(chunks)
+        # A copy, not a view: the buffer is cut next, which a view still held anywhere
+        # (a frame kept by a traceback or a sampling profiler) would refuse.
+        with memoryview(self._staged) as view:
+            chunks = bytes(view[:whole])
         del self._staged[:whole]
+        self._sealed += encryptor.update_pieces(chunks)
 
     def _stored(self) -> int:
         """The pack's sealed size so far as if every framed byte had been given to the
@@ -114,7 +115,7 @@ class PackWriter:
         sealed = self._sealed  # pieces: the store sends them without joining
         key, members, plain = self._key, self._members, self._plain
         self._sealed, self._members, self._framed, self._plain = [], [], 0, 0
-        self._staged.clear()
+        self._staged = bytearray()  # not cleared in place: it was given out
         self._key = self._encryptor = None
         self._uploader.submit_sealed(key, sealed, plain_size=plain)
         self.written[key] = len(members)
