@@ -42,7 +42,7 @@ class PackWriter:
         self._sealed: list[bytes] = []  # encrypted as members arrive: one copy held
         self._encryptor: Encryptor | None = None
         # Framed plaintext not given to the encryptor yet: it gets whole chunks only
-        # (see _seal_staged).
+        # (see _seal_chunk).
         self._staged = bytearray()
         self._framed = 0  # framed plaintext bytes of the pack so far
         self._header = 0  # its sealed bytes before the first chunk (age's header)
@@ -66,26 +66,25 @@ class PackWriter:
         for piece in frame_pieces(data, name=path):
             self._staged += piece
             self._framed += len(piece)
-        if len(self._staged) >= CHUNK_SIZE:
-            self._seal_staged(self._encryptor)
+            while len(self._staged) >= CHUNK_SIZE:
+                self._seal_chunk(self._encryptor)
         self._members.append((name, offset, len(data)))
         self._plain += len(data)
         if self._stored() >= self._target:
             self.flush()
         return key, offset
 
-    def _seal_staged(self, encryptor: Encryptor) -> None:
-        """Hand the encryptor the whole chunks staged. Given members piece by piece
-        (a few KiB each), it would grow its held-back chunk through every size up to
-        64 KiB between the sealed chunks of packs in flight; given whole chunks, its
-        buffers are all one size and the heap reuses them instead of growing."""
-        whole = len(self._staged) // CHUNK_SIZE * CHUNK_SIZE
+    def _seal_chunk(self, encryptor: Encryptor) -> None:
+        """Hand the encryptor the first whole chunk staged. Given members piece by
+        piece (a few KiB each), it would grow its held-back chunk through every size
+        up to 64 KiB between the sealed chunks of packs in flight; given whole chunks,
+        its buffers are all one size and the heap reuses them instead of growing."""
         # A copy, not a view: the buffer is cut next, which a view still held anywhere
         # (a frame kept by a traceback or a sampling profiler) would refuse.
         with memoryview(self._staged) as view:
-            chunks = bytes(view[:whole])
-        del self._staged[:whole]
-        self._sealed += encryptor.update_pieces(chunks)
+            chunk = bytes(view[:CHUNK_SIZE])
+        del self._staged[:CHUNK_SIZE]
+        self._sealed += encryptor.update_pieces(chunk)
 
     def _stored(self) -> int:
         """The pack's sealed size so far as if every framed byte had been given to the
