@@ -28,7 +28,15 @@ from forge_ci.backup.errors import SourceChanged
 from forge_ci.backup.index import BlobIndex, location_text
 from forge_ci.backup.objects import Digest
 from forge_ci.backup.pack import MEMBER_MAX, PackWriter
-from forge_ci.backup.scan import HashCache, Listing, Stat, hash_files, list_columns, stat_paths
+from forge_ci.backup.scan import (
+    HashCache,
+    Listing,
+    Stat,
+    hash_files,
+    list_columns,
+    stat_columns,
+    stat_paths,
+)
 from forge_ci.backup.snapshot import FileEntry
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
@@ -41,7 +49,13 @@ _HASH_BATCH_BYTES = 256 * 1024 * 1024
 _HASH_BATCH_FILES = 2000
 # Files whose metadata is checked again per command (after a first backup's upload).
 _STAT_BATCH = 5000
-Rows: TypeAlias = "array[int]"  # of "l": listing rows
+Rows: TypeAlias = "array[int]"  # of "i": listing rows
+
+
+def row_array(values: Iterable[int] = ()) -> Rows:
+    """Listing rows as 4-byte machine integers (an int object each would cost 28 bytes
+    more, an "l" 4 more)."""
+    return array("i", values)
 
 
 class Digests:
@@ -81,15 +95,14 @@ class FilePlan:
     listing: Listing  # every entry; sockets, fifos and devices dropped (``skipped``)
     hashes: Digests  # sha256 of regular files
     names: Digests  # content names of non-empty regular files
-    # Rows as machine integers (an int object per row would cost 28 bytes more).
-    upload: Rows = field(default_factory=lambda: array("l"))  # contents the store lacks
+    upload: Rows = field(default_factory=row_array)  # contents the store lacks
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
     hashed: int = 0  # files hashed this time (cache misses)
     located: int = 0  # files whose stored place came from the hash cache
     lookup: list[str] = field(default_factory=list)  # names to look up in the index
     # Files hashed as they pass instead of on the host first (a first backup:
     # everything goes up anyway); named only once read.
-    unhashed: Rows = field(default_factory=lambda: array("l"))
+    unhashed: Rows = field(default_factory=row_array)
 
     @classmethod
     def of(cls, listing: Listing) -> FilePlan:
@@ -128,9 +141,9 @@ class PlanEntries(Sequence[FileEntry]):
     def __init__(self, plan: FilePlan, index: BlobIndex, leave_out: frozenset[str]) -> None:
         self._plan, self._index, self._leave_out = plan, index, leave_out
         listing = plan.listing
-        self._rows = array("l", (row for row in range(len(listing))
-                                 if listing.kind(row) in ("file", "dir", "symlink")
-                                 and not (leave_out and listing.path(row) in leave_out)))
+        self._rows = row_array(row for row in range(len(listing))
+                           if listing.kind(row) in ("file", "dir", "symlink")
+                           and not (leave_out and listing.path(row) in leave_out))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -178,7 +191,9 @@ def plan(host: Host, root: str, paths: Iterable[str], naming_key: bytes,
             defer_small=first, index=None if first else index, show=show)
     index.fetch(result.lookup)  # the index pages of the names not located by the cache
     result.lookup = []
-    result.upload = missing(result, index) + result.unhashed
+    lacking = missing(result, index)
+    # A first backup's: every file, as in ``unhashed`` (neither list changes in place).
+    result.upload = lacking + result.unhashed if lacking else result.unhashed
     return result
 
 
@@ -273,7 +288,7 @@ def _hash_in_batches(host: Host, root: str, rows: list[int], result: FilePlan,
 def missing(result: FilePlan, index: BlobIndex) -> Rows:
     """One row per content the store lacks, in listing order."""
     wanted: set[str] = set()
-    out = array("l")
+    out = row_array()
     for row in result.file_rows():
         name = result.names.get(row)
         if name is not None and name not in wanted and name not in index:
@@ -292,7 +307,7 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
     is found in it. ``progress`` gets messages, ``show`` the files read so far.
     """
     listing = result.listing
-    todo = array("l", result.upload)
+    todo = result.upload  # replaced, never changed in place
     changed: list[int] = []
     for attempt in range(rounds):
         total = sum(listing.size(row) for row in todo)
@@ -305,9 +320,9 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
             # Read without a hash to compare with: a file rewritten while tar read it
             # (same size) shows in its metadata. Such files go round again, hashed.
             again = set(changed)
-            changed += _moved(host, root, result, array("l", (
-                row for row in result.unhashed if row in result.hashes and row not in again)))
-            result.unhashed = array("l")
+            changed += _moved(host, root, result, row_array(
+                row for row in result.unhashed if row in result.hashes and row not in again))
+            result.unhashed = row_array()
         index.stored(packer.keys())  # packs and large files' segments: confirmed
         uploader.discard(packer.unwanted)
         packer.unwanted.clear()
@@ -339,15 +354,38 @@ def upload(host: Host, root: str, result: FilePlan, naming_key: bytes, index: Bl
 def _moved(host: Host, root: str, result: FilePlan, rows: Rows, *,
            batch: int = _STAT_BATCH) -> list[int]:
     """Rows whose metadata differs from the listing (or that are gone), by path.
-    Asked in batches, so a second listing of the whole tree is never held at once."""
+    Asked in batches, each stated into columns and matched in order, so neither a
+    second listing of the whole tree nor an object per file is ever held."""
     listing = result.listing
-    out = []
+    out: list[int] = []
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
-        now = {st.path: st.cache_key()
-               for st in stat_paths(host, root, [listing.path(row) for row in part])}
-        out += [row for row in part if now.get(listing.path(row)) != listing.cache_key(row)]
+        out += _differing(listing, part,
+                          stat_columns(host, root, (listing.path_bytes(row) for row in part)))
     return sorted(out, key=listing.path)
+
+
+def _differing(listing: Listing, rows: Rows, now: Listing) -> list[int]:
+    """Of ``rows``, those ``now`` lacks or states otherwise. ``now`` lists them in the
+    order asked, leaving out the gone; matched by path should it ever not."""
+    out = []
+    at = 0
+    for row in rows:
+        if at < len(now) and now.path_bytes(at) == listing.path_bytes(row):
+            if not listing.same_meta(row, now, at):
+                out.append(row)
+            at += 1
+        else:
+            out.append(row)  # gone
+    if at == len(now):
+        return out
+    found = {now.path_bytes(k): k for k in range(len(now))}
+    out = []
+    for row in rows:
+        k = found.get(listing.path_bytes(row))
+        if k is None or not listing.same_meta(row, now, k):
+            out.append(row)
+    return out
 
 
 def _send(host: Host, root: str, todo: Rows, result: FilePlan,
@@ -436,7 +474,7 @@ def _put_unhashed(row: int, reader: Readable, result: FilePlan, uploader: Upload
         packer.record_file(name, size, keys)
         index.add_whole(name, size, keys)
         return True
-    data = reader.read(MEMBER_MAX + 1)
+    data = reader.read(size + 1)  # not MEMBER_MAX + 1: that buffer would be allocated
     if len(data) != size:
         return False
     sha = hashlib.sha256(data).hexdigest()
@@ -454,7 +492,7 @@ def _put_one(row: int, reader: Readable, result: FilePlan, uploader: Uploader,
     size, path = result.listing.size(row), result.listing.path(row)
     sha, name = result.hashes[row], result.names[row]
     if size <= MEMBER_MAX:
-        data = reader.read(MEMBER_MAX + 1)
+        data = reader.read(size + 1)  # one more: a file grown since shows
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
             return False
         pack, offset = packer.add(name, data, path=path)

@@ -82,9 +82,9 @@ class _Places:
     """Content name (its 32 raw bytes) -> a packed member's place (``pack number <<
     64 | offset << 24 | size``), held as machine integers: the entries in arrays, in
     the order added (a name's 32 bytes, its place as two integers), and an
-    open-addressed table of entry numbers keyed by the name's first 8 bytes. No
+    open-addressed table of entry numbers keyed by the name's first 4 bytes. No
     object per entry: ~70 bytes per name where a dict of ``bytes`` to ``int`` costs
-    ~145. Names are MACs, so their first 8 bytes spread them evenly."""
+    ~145. Names are MACs, so their first 4 bytes spread them evenly."""
 
     def __init__(self) -> None:
         self._names = bytearray()
@@ -94,10 +94,10 @@ class _Places:
 
     def _table(self, slots: int) -> None:
         self._mask = slots - 1
-        self._keys = array("Q", bytes(8 * slots))  # the name's first 8 bytes
+        self._keys = array("I", bytes(4 * slots))  # the name's first 4 bytes
         self._slots = array("i", b"\xff" * (4 * slots))  # entry number; -1: free
         for n in range(len(self._lows)):
-            key = int.from_bytes(self._names[n * 32:n * 32 + 8], "little")
+            key = int.from_bytes(self._names[n * 32:n * 32 + 4], "little")
             i = key & self._mask
             while self._slots[i] >= 0:
                 i = (i + 1) & self._mask
@@ -105,7 +105,7 @@ class _Places:
 
     def _entry(self, raw: bytes) -> tuple[int, int]:
         """(slot, entry number) of ``raw``; entry -1 and the free slot where it would go."""
-        key = int.from_bytes(raw[:8], "little")
+        key = int.from_bytes(raw[:4], "little")
         i = key & self._mask
         keys, slots, names = self._keys, self._slots, self._names
         while (n := slots[i]) >= 0:
@@ -126,7 +126,7 @@ class _Places:
         if n >= 0:
             self._lows[n], self._packs[n] = place & _LOW_MASK, place >> 64
             return
-        self._slots[i], self._keys[i] = len(self._lows), int.from_bytes(raw[:8], "little")
+        self._slots[i], self._keys[i] = len(self._lows), int.from_bytes(raw[:4], "little")
         self._names += raw
         self._lows.append(place & _LOW_MASK)
         self._packs.append(place >> 64)
@@ -135,6 +135,22 @@ class _Places:
 
     def __len__(self) -> int:
         return len(self._lows)
+
+    def name(self, n: int) -> bytes:
+        """Entry ``n``'s name."""
+        return bytes(self._names[n * 32:n * 32 + 32])
+
+    def by_first_byte(self, keep: Callable[[bytes, int], bool]) -> list[array[int]]:
+        """The numbers of the entries whose name and place ``keep`` holds, in 256
+        buckets by the name's first byte: the names can then be walked in order a
+        bucket at a time, not sorted all at once as one object each."""
+        buckets = [array("I") for _ in range(256)]
+        names, packs = self._names, self._packs
+        for n, low in enumerate(self._lows):
+            raw = bytes(names[n * 32:n * 32 + 32])
+            if keep(raw, packs[n] << 64 | low):
+                buckets[raw[0]].append(n)
+        return buckets
 
     def items(self) -> Iterator[tuple[bytes, int]]:
         """Every name and place, in the order added."""
@@ -485,34 +501,49 @@ def _merge(repo: Repository, index: BlobIndex, pending: Iterable[str], page_entr
     def page_of(raw: bytes) -> int:
         return max(bisect.bisect_right(firsts, raw) - 1, 0)
 
+    # Each rewritten page's names, counted (by the old page their range is in), then
+    # walked in order a first byte at a time: a first backup pages every name of a
+    # media library, and a list of them all (one object each) outlived itself in the
+    # allocator's arenas.
+    counts: dict[int, int] = {}
+
+    def keep(raw: bytes, place: int | None) -> bool:
+        if place is not None and place >> 64 not in live_packs:
+            return False
+        i = 0 if old is None else page_of(raw)
+        if old is not None and i not in affected:
+            return False
+        counts[i] = counts.get(i, 0) + 1
+        return True
+
     live_packs = {no for no, pack in enumerate(index._packs) if pack in index.data_keys}
-    names = [raw for raw, place in index._packed.items() if place >> 64 in live_packs
-             and (old is None or page_of(raw) in affected)]
+    packed = index._packed
+    buckets = packed.by_first_byte(keep)
+    wholes: list[list[bytes]] = [[] for _ in range(256)]
     for name, (_size, segments) in index.whole.items():
         raw = bytes.fromhex(name)
-        if all(k in index.data_keys for k in segments) \
-                and (old is None or page_of(raw) in affected):
-            names.append(raw)
-    names.sort()
-    names = [n for k, n in enumerate(names) if k == 0 or names[k - 1] != n]  # packed+whole
-    # The names of each rewritten page's range, in order: [start, stop) of `names`.
-    groups: list[tuple[int, int, int]] = []  # old page, start, stop
-    start = 0
-    while start < len(names):
-        i = page_of(names[start]) if old is not None else 0
-        stop = bisect.bisect_left(names, firsts[i + 1], start) \
-            if old is not None and i + 1 < len(firsts) else len(names)
-        groups.append((i, start, stop))
-        start = stop
+        place = packed.get(raw)
+        if place is not None and place >> 64 in live_packs:
+            continue  # packed too: named once, as packed (the page body's rule)
+        if all(k in index.data_keys for k in segments) and keep(raw, None):
+            wholes[raw[0]].append(raw)
+
+    def in_order() -> Iterator[bytes]:
+        for first_byte in range(256):
+            raws = [packed.name(n) for n in buckets[first_byte]] + wholes[first_byte]
+            raws.sort()
+            yield from raws
+
+    names = in_order()
     pages: list[Page] = []
     if old is not None:
         pages += [(old.firsts[i], old.keys[i], old.counts[i])
                   for i in range(len(old.keys)) if i not in affected]
-    for i, start, stop in groups:
-        n = stop - start
+    for i in sorted(counts):
+        n = counts[i]
         chunks = -(-n // page_entries)
         for c in range(chunks):
-            part = names[start + c * n // chunks:start + (c + 1) * n // chunks]
+            part = list(itertools.islice(names, (c + 1) * n // chunks - c * n // chunks))
             first = part[0].hex()
             if c == 0 and old is not None:
                 first = min(first, old.firsts[i])

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from forge_ci.backup import layout
 from forge_ci.backup.errors import BackupFormatError
-from forge_ci.backup.format.age import Encryptor, Recipient
+from forge_ci.backup.format.age import CHUNK_SIZE, TAG_SIZE, Encryptor, Recipient
 from forge_ci.backup.format.zstd import SegmentFrame, frame_pieces
 from forge_ci.backup.uploader import SMALL, Uploader
 
@@ -41,8 +41,12 @@ class PackWriter:
         self._uploader, self._recipients, self._target = uploader, list(recipients), target
         self._sealed: list[bytes] = []  # encrypted as members arrive: one copy held
         self._encryptor: Encryptor | None = None
+        # Framed plaintext not given to the encryptor yet: it gets whole chunks only
+        # (see _seal_chunk).
+        self._staged = bytearray()
+        self._framed = 0  # framed plaintext bytes of the pack so far
+        self._header = 0  # its sealed bytes before the first chunk (age's header)
         self._members: list[Member] = []
-        self._stored = 0
         self._plain = 0
         self._key: str | None = None
         self.written: dict[str, int] = {}  # pack key -> how many members, once queued
@@ -56,16 +60,38 @@ class PackWriter:
         if self._key is None or self._encryptor is None:
             self._key = layout.random_data_key()
             self._encryptor = Encryptor(self._recipients)
+            self._sealed = self._encryptor.update_pieces(b"")  # the header
+            self._header = sum(len(p) for p in self._sealed)
         key, offset = self._key, self._plain
         for piece in frame_pieces(data, name=path):
-            sealed = self._encryptor.update_pieces(piece)
-            self._sealed += sealed
-            self._stored += sum(len(p) for p in sealed)
+            self._staged += piece
+            self._framed += len(piece)
+            while len(self._staged) >= CHUNK_SIZE:
+                self._seal_chunk(self._encryptor)
         self._members.append((name, offset, len(data)))
         self._plain += len(data)
-        if self._stored >= self._target:
+        if self._stored() >= self._target:
             self.flush()
         return key, offset
+
+    def _seal_chunk(self, encryptor: Encryptor) -> None:
+        """Hand the encryptor the first whole chunk staged. Given members piece by
+        piece (a few KiB each), it would grow its held-back chunk through every size
+        up to 64 KiB between the sealed chunks of packs in flight; given whole chunks,
+        its buffers are all one size and the heap reuses them instead of growing."""
+        # A copy, not a view: the buffer is cut next, which a view still held anywhere
+        # (a frame kept by a traceback or a sampling profiler) would refuse.
+        with memoryview(self._staged) as view:
+            chunk = bytes(view[:CHUNK_SIZE])
+        del self._staged[:CHUNK_SIZE]
+        self._sealed += encryptor.update_pieces(chunk)
+
+    def _stored(self) -> int:
+        """The pack's sealed size so far as if every framed byte had been given to the
+        encryptor: its header and every chunk but the last (held back until it is
+        known not to be the last one), so packs close where they always did."""
+        chunks = -(-self._framed // CHUNK_SIZE)
+        return self._header + max(chunks - 1, 0) * (CHUNK_SIZE + TAG_SIZE)
 
     def segments(self, chunks: Iterable[bytes], *, path: str | None = None) -> tuple[str, ...]:
         """A large content's segments (see :func:`put_segments`)."""
@@ -83,10 +109,12 @@ class PackWriter:
         """Seal and queue the pack being filled, if any."""
         if self._key is None or self._encryptor is None:
             return
+        self._sealed += self._encryptor.update_pieces(self._staged)
         self._sealed.append(self._encryptor.finish())
         sealed = self._sealed  # pieces: the store sends them without joining
         key, members, plain = self._key, self._members, self._plain
-        self._sealed, self._members, self._stored, self._plain = [], [], 0, 0
+        self._sealed, self._members, self._framed, self._plain = [], [], 0, 0
+        self._staged = bytearray()  # not cleared in place: it was given out
         self._key = self._encryptor = None
         self._uploader.submit_sealed(key, sealed, plain_size=plain)
         self.written[key] = len(members)

@@ -171,19 +171,29 @@ def list_columns(host: Host, root: str, paths: Sequence[str], *, follow_start: b
 def stat_paths(host: Host, root: str, paths: Iterable[str]) -> list[Stat]:
     """The entries ``paths`` name (not what lies below them; links not followed); paths
     that are gone are left out. Names go over stdin, so any name and any number work."""
-    todo = list(paths)
-    if not todo:
-        return []
-    stdin = b"".join(b"./" + encode(p) + b"\0" for p in todo)
+    return list(stat_columns(host, root, (encode(p) for p in paths)))
+
+
+def stat_columns(host: Host, root: str, paths: Iterable[bytes]) -> Listing:
+    """As :func:`stat_paths`, from paths as bytes, into a :class:`Listing`: no object
+    per entry, on either side. ``find`` lists them in the order given."""
+    stdin = bytearray()
+    for path in paths:
+        stdin += b"./"
+        stdin += path
+        stdin += b"\0"
+    if not stdin:
+        return Listing()
     script = (f"cd -- {sh(root)} || exit 3\n"
               # xargs appends names last; find wants them before its expression.
               "exec xargs -0 -r sh -c 'exec find -P \"$@\" -maxdepth 0 -printf \"$0\"' "
               f"{sh(_FIND_FORMAT)}")
-    r = host.run(script, input=stdin, check=False, timeout=3600)
+    r = host.run(script, input=bytes(stdin), check=False, timeout=3600)
+    del stdin
     # 123: find complained about some path (it vanished) - the others are listed.
     if r.status not in (0, 123):
         host.check(r, f"checking files under {root}")
-    return parse_listing(r.stdout)
+    return parse_columns(r.stdout)
 
 
 def parse_listing(data: bytes) -> list[Stat]:
@@ -214,9 +224,10 @@ class Listing:
 
     def __init__(self) -> None:
         self._names = bytearray()  # every path's bytes, one after the other
-        self._ends = array("q")  # where each row's path ends in _names
+        self._ends = array("I")  # where each row's path ends in _names
         self._kinds = bytearray()
-        self._ints = array("q")  # size, mtime_ns, ctime_ns, inode, mode per row
+        self._ints = array("q")  # size, mtime_ns, ctime_ns, inode per row
+        self._modes = array("H")  # st_mode bits per row (16 of them)
         self._targets: dict[int, str] = {}  # symlinks' targets
 
     def parse(self, data: bytes) -> int:
@@ -250,7 +261,8 @@ class Listing:
         self._names += path
         self._ends.append(len(self._names))
         self._kinds.append(kind)
-        self._ints.extend((size, mtime_ns, ctime_ns, inode, mode))
+        self._ints.extend((size, mtime_ns, ctime_ns, inode))
+        self._modes.append(mode)
         if target is not None:
             self._targets[row] = target
         return row
@@ -258,8 +270,9 @@ class Listing:
     def update(self, row: int, st: Stat) -> None:
         """Row ``row`` (same path) as ``st`` now says."""
         self._kinds[row] = _KINDS.index(st.kind)
-        self._ints[row * 5:row * 5 + 5] = array("q", (st.size, st.mtime_ns, st.ctime_ns,
-                                                      st.inode, st.mode))
+        self._ints[row * 4:row * 4 + 4] = array("q", (st.size, st.mtime_ns, st.ctime_ns,
+                                                      st.inode))
+        self._modes[row] = st.mode
         self._targets.pop(row, None)
         if st.target is not None:
             self._targets[row] = st.target
@@ -270,6 +283,16 @@ class Listing:
     def path(self, row: int) -> str:
         return self._names[self._ends[row - 1] if row else 0:self._ends[row]].decode(
             "utf-8", "surrogateescape")
+
+    def path_bytes(self, row: int) -> bytes:
+        """The row's path as the host gave it."""
+        return bytes(self._names[self._ends[row - 1] if row else 0:self._ends[row]])
+
+    def same_meta(self, row: int, other: Listing, other_row: int) -> bool:
+        """Whether the row's :meth:`cache_key` is ``other_row``'s of ``other``."""
+        a, b, mine, theirs = row * 4, other_row * 4, self._ints, other._ints
+        return (mine[a] == theirs[b] and mine[a + 1] == theirs[b + 1]
+                and mine[a + 2] == theirs[b + 2] and mine[a + 3] == theirs[b + 3])
 
     def __len__(self) -> int:
         return len(self._kinds)
@@ -286,22 +309,23 @@ class Listing:
         return self._kinds[row] == _FILE
 
     def size(self, row: int) -> int:
-        return self._ints[row * 5]
+        return self._ints[row * 4]
 
     def mtime_ns(self, row: int) -> int:
-        return self._ints[row * 5 + 1]
+        return self._ints[row * 4 + 1]
 
     def mode(self, row: int) -> int:
-        return self._ints[row * 5 + 4]
+        return self._modes[row]
 
     def target(self, row: int) -> str | None:
         return self._targets.get(row)
 
     def cache_key(self, row: int) -> list[int]:
-        return self._ints[row * 5:row * 5 + 4].tolist()
+        return self._ints[row * 4:row * 4 + 4].tolist()
 
     def stat(self, row: int) -> Stat:
-        size, mtime_ns, ctime_ns, inode, mode = self._ints[row * 5:row * 5 + 5]
+        size, mtime_ns, ctime_ns, inode = self._ints[row * 4:row * 4 + 4]
+        mode = self._modes[row]
         return Stat(self.path(row), _KINDS[self._kinds[row]], size, mtime_ns, ctime_ns,
                     inode, mode, self._targets.get(row))
 

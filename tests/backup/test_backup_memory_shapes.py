@@ -110,6 +110,19 @@ def test_metadata_is_checked_again_in_batches(tmp_path: Path) -> None:
     assert [plan.listing.path(row) for row in moved] == ["up/1.txt", "up/5.txt"]
 
 
+def test_metadata_checked_again_is_matched_by_path_whatever_the_order() -> None:
+    listing = scan.Listing()
+    rows = files.row_array(listing.add(f"up/{i}", "file", i, 1, 1, i, 0o644) for i in range(4))
+    now = scan.Listing()  # as find could list it: backwards, 1 touched, 2 gone
+    for i in (3, 1, 0):
+        now.add(f"up/{i}", "file", i, 9 if i == 1 else 1, 1, i, 0o644)
+    assert files._differing(listing, rows, now) == [1, 2]
+    now = scan.Listing()
+    for i in (0, 1, 3):
+        now.add(f"up/{i}", "file", i, 9 if i == 1 else 1, 1, i, 0o644)
+    assert files._differing(listing, rows, now) == [1, 2]
+
+
 def test_hash_cache_is_read_record_by_record_or_as_json(tmp_path: Path) -> None:
     host = LocalHost()
     odd = "ü \"q\" \\ \udce9\n\ttab"

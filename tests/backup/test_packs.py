@@ -200,3 +200,48 @@ def test_a_first_backup_reads_once_and_catches_a_file_rewritten_meanwhile(tmp_pa
     # The metadata recorded is that of the bytes that were stored.
     assert entries["uploads/a.txt"].mtime_ns == entries["uploads/big.bin"].mtime_ns \
         == 1_000_000_000
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.packs: list[tuple[bytes, int]] = []
+
+    def submit_sealed(self, key: str, pieces: list[bytes], *, plain_size: int) -> None:
+        self.packs.append((b"".join(pieces), plain_size))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 7, 3000, 40_000, 65_535, 65_536, 65_537,
+                                           200_000, 1 << 20]),
+                          st.sampled_from([".jpg", ".txt"])), min_size=1, max_size=60),
+       st.sampled_from([1, 70_000, 300_000, 2 * 1024 * 1024]))
+def test_packs_close_where_sealing_each_piece_as_it_comes_would(
+        members: list[tuple[int, str]], target: int) -> None:
+    """The writer gives its encryptor whole chunks; a pack still closes at the member
+    whose sealed bytes, had every piece been sealed as it came, reach ``target``."""
+    from forge_ci.backup.format.age import Encryptor, decrypt_iter
+    from forge_ci.backup.format.zstd import decompress_iter, frame_pieces
+    identity = generate_identity()
+    contents = [((b"%d " % i) * size)[:size] if ext == ".txt" else os.urandom(size)
+                for i, (size, ext) in enumerate(members)]
+    capture = _Capture()
+    writer = PackWriter(capture, [identity.recipient], target=target)  # type: ignore[arg-type]
+    for i, (data, (_size, ext)) in enumerate(zip(contents, members, strict=True)):
+        writer.add(f"{i:064x}", data, path=f"f{ext}")
+    writer.flush()
+    expected: list[list[int]] = [[]]  # the members of each pack, sealing piece by piece
+    plain: list[bytes] = [b""]
+    encryptor, stored = Encryptor([identity.recipient]), 0
+    for i, (data, (_size, ext)) in enumerate(zip(contents, members, strict=True)):
+        for piece in frame_pieces(data, name=f"f{ext}"):
+            stored += sum(len(p) for p in encryptor.update_pieces(piece))
+        expected[-1].append(i)
+        plain[-1] += data
+        if stored >= target and i < len(contents) - 1:
+            expected.append([])
+            plain.append(b"")
+            encryptor, stored = Encryptor([identity.recipient]), 0
+    assert list(writer.written.values()) == [len(m) for m in expected]
+    assert [size for _sealed, size in capture.packs] == [len(p) for p in plain]
+    for (sealed, _size), want in zip(capture.packs, plain, strict=True):
+        assert b"".join(decompress_iter(decrypt_iter([sealed], [identity]))) == want
