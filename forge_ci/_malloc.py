@@ -41,3 +41,18 @@ def tune_malloc() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_ARENA_MAX, 2))
+
+
+def release_freed_heap() -> bool:
+    """Give the free pages of the C heap back to the system (glibc's ``malloc_trim``;
+    False elsewhere). Chunks below ``MMAP_THRESHOLD`` (a backup's sealed objects are
+    chunks of tens of KiB) come from the heap, and glibc keeps freed heap pages
+    resident: what a backup's next step allocates (a media library's index pages,
+    manifest, hash cache) would otherwise come on top of ~10 MiB that holds nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

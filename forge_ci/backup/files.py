@@ -37,7 +37,7 @@ from forge_ci.backup.scan import (
     stat_columns,
     stat_paths,
 )
-from forge_ci.backup.snapshot import FileEntry
+from forge_ci.backup.snapshot import EntryView, FileEntry
 from forge_ci.backup.tarstream import Readable, read_files
 from forge_ci.backup.uploader import Uploader
 from forge_ci.progress import MakeProgress, Progress, silent
@@ -134,7 +134,7 @@ class FilePlan:
         return PlanEntries(self, index, frozenset(leave_out))
 
 
-class PlanEntries(Sequence[FileEntry]):
+class PlanEntries(EntryView):
     """A plan's manifest entries, in listing order, each made when read from the
     plan's columns and the index (iterated twice to save a signed manifest)."""
 
@@ -148,21 +148,8 @@ class PlanEntries(Sequence[FileEntry]):
     def __len__(self) -> int:
         return len(self._rows)
 
-    @overload
-    def __getitem__(self, i: int) -> FileEntry: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[FileEntry]: ...
-
-    def __getitem__(self, i: int | slice) -> FileEntry | Sequence[FileEntry]:
-        if isinstance(i, slice):
-            return [self._entry(row) for row in self._rows[i]]
-        return self._entry(self._rows[i])
-
-    def __iter__(self) -> Iterator[FileEntry]:
-        return (self._entry(row) for row in self._rows)
-
-    def _entry(self, row: int) -> FileEntry:
+    def _make(self, i: int) -> FileEntry:
+        row = self._rows[i]
         plan, listing = self._plan, self._plan.listing
         path, kind = listing.path(row), listing.kind(row)
         if kind == "file":

@@ -74,7 +74,32 @@ _KIND_CODE = {kind: i for i, kind in enumerate(_KINDS)}
 _NO_SHA = bytes(32)
 
 
-class FileTable(Sequence[FileEntry]):
+class EntryView(Sequence[FileEntry]):
+    """Entries held as something smaller than :class:`FileEntry` objects, each made
+    when it is read (:meth:`_make`, index ``0 <= i < len``)."""
+
+    def _make(self, i: int) -> FileEntry:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> FileEntry: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[FileEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> FileEntry | Sequence[FileEntry]:
+        if isinstance(i, slice):
+            return tuple(self._make(j) for j in range(*i.indices(len(self))))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("entry index out of range")
+        return self._make(i)
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        return (self._make(i) for i in range(len(self)))
+
+
+class FileTable(EntryView):
     """A parsed manifest's entries as columns: about 140 bytes a file (the path as
     UTF-8, the SHA-256 as 32 bytes, the numbers in arrays, a pack's keys held once)
     instead of about 420 as :class:`FileEntry` objects - 14 MiB less at 50,000 files,
@@ -138,18 +163,7 @@ class FileTable(Sequence[FileEntry]):
     def __len__(self) -> int:
         return len(self._kinds)
 
-    @overload
-    def __getitem__(self, i: int) -> FileEntry: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[FileEntry]: ...
-
-    def __getitem__(self, i: int | slice) -> FileEntry | Sequence[FileEntry]:
-        if isinstance(i, slice):
-            return tuple(self[j] for j in range(*i.indices(len(self))))
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("file table index out of range")
+    def _make(self, i: int) -> FileEntry:
         kind = _KINDS[self._kinds[i]]
         offset = self._offsets[i]
         return FileEntry(
@@ -157,10 +171,6 @@ class FileTable(Sequence[FileEntry]):
             self._shas[32 * i:32 * i + 32].hex() if kind == "file" else None,
             self._keysets[self._keys[i]], self._targets.get(i),
             None if offset < 0 else offset)
-
-    def __iter__(self) -> Iterator[FileEntry]:
-        for i in range(len(self)):
-            yield self[i]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):

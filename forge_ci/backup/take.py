@@ -11,13 +11,13 @@ run is about to reference.
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from forge_ci import __version__
+from forge_ci._malloc import release_freed_heap
 from forge_ci.backup import files, layout
 from forge_ci.backup import index as index_store
 from forge_ci.backup.dump import dump_database
@@ -109,7 +109,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
             files.upload(host, root, plan, key, index, uploader, packer, progress=log,
                          show=show)
         phases["files_s"] = round(time.monotonic() - scanning, 3)
-        _release_freed_heap()  # the upload's buffers: see the function
+        release_freed_heap()  # the upload's buffers (sealed chunks) held nothing now
         # The index next, so the next backup finds these packs; then the manifest.
         log(f"saving snapshot {sid}")
         index_store.save(repo, index, packer.written, packer.files)
@@ -135,7 +135,7 @@ def take_snapshot(repo: Repository, source: Source, cfg: BackupConfig, *,
         del packer
         repo.save(manifest)  # the snapshot exists from here on
         del manifest
-        _release_freed_heap()  # the sealed manifest, held whole for its PUT
+        release_freed_heap()  # the sealed manifest, held whole for its PUT
     _save_cache(host, root, plan, index, key, log)
     report.seconds = round(time.monotonic() - started, 3)
     return report
@@ -150,21 +150,6 @@ def _report(sid: str | None, dry_run: bool, plan: files.FilePlan, db: DatabaseEn
         located=plan.located,
         skipped=list(plan.skipped),
         seconds=round(time.monotonic() - started, 3))
-
-
-def _release_freed_heap() -> None:
-    """Give the free pages of the C heap back to the system (glibc's ``malloc_trim``;
-    elsewhere nothing). Sealed objects are chunks of tens of KiB, below the mmap
-    threshold (see :mod:`forge_ci._malloc`), so they come from the heap, and glibc keeps
-    freed heap pages resident: what the next step allocates (a media library's index
-    pages, manifest, hash cache) would come on top of ~10 MiB that holds nothing."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    trim(0)
 
 
 def _save_cache(host: Host, root: str, plan: files.FilePlan, index: index_store.BlobIndex,
