@@ -32,7 +32,6 @@ A dump imported over the live database replaces the tables the dump contains
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import posixpath
@@ -486,7 +485,6 @@ class _Prefetch:
         # are its segments' (one job per segment and file).
         self._packs: dict[str, int] = {}  # pack key -> its job
         self._of: dict[str, range] = {}  # path of a large file -> its jobs
-        self._chains: dict[str, _HashChain] = {}  # a large file's, from its first job
         for i in files:
             offset, size = table.offset(i), table.size(i)
             if offset is not None:
@@ -535,21 +533,9 @@ class _Prefetch:
         jobs = self._of.get(f.path)
         if not jobs:
             return _content(self._repo, f)
-        return self._checked_segments(f, jobs)
-
-    def _checked_segments(self, f: FileEntry, jobs: range) -> Iterator[bytes | memoryview]:
-        """A large file's segments in order, checked against its SHA-256 as
-        :func:`checked` does - but hashed by the workers (:class:`_HashChain`), beside
-        this thread's writes: hashing and writing on one thread were its whole time."""
-        what, size = f"file {f.path!r}", 0
-        for piece in self._segments(jobs):
-            size += len(piece)
-            if size > f.size:
-                raise BackupFormatError(f"{what}: more data than the manifest records")
-            yield piece
-        chain = self._chains.pop(f.path)  # every segment's job is done: all hashed
-        if size != f.size or chain.size != f.size or chain.hexdigest() != f.sha256:
-            raise BackupFormatError(f"{what}: content does not match the manifest's SHA-256")
+        assert f.sha256 is not None
+        return checked(self._segments(jobs), sha256=f.sha256, size=f.size,
+                       what=f"file {f.path!r}")
 
     def _segments(self, jobs: range) -> Iterator[bytes | memoryview]:
         for i in jobs:
@@ -576,13 +562,8 @@ class _Prefetch:
                     _unpack, self._repo, key, [self._table[i] for i in files], self._write,
                     self._pack_buffers)
             else:
-                path = self._table.path(files[0])
-                turn = self._next - self._of[path].start
-                chain = self._chains.get(path)
-                if chain is None:
-                    chain = self._chains[path] = _HashChain()
                 self._pending[self._next] = self._pool.submit(
-                    _hashed_object, self._repo, key, SEGMENT, self._buffers, chain, turn)
+                    _object, self._repo, key, SEGMENT, self._buffers)
             self._next += 1
 
     def __enter__(self) -> _Prefetch:
@@ -620,52 +601,6 @@ def _mapped(size: int) -> memoryview:
     """``size`` bytes of anonymous memory: only the pages written to are resident (a
     bytearray's are all zeroed, so resident, at once)."""
     return memoryview(mmap.mmap(-1, size))
-
-
-class _HashChain:
-    """One large file's SHA-256 over its segments, updated by the workers that
-    decrypt them, each in its turn (segment k after segment k-1). Jobs start in order
-    (the pool's queue is first in, first out), so the turn a worker waits for belongs
-    to a job that is running or done; a job that failed passes its turn on."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self.size = 0
-        self._turn = 0
-        self._broken = False
-        self._cond = threading.Condition()
-
-    def add(self, turn: int, pieces: Iterable[bytes | memoryview] | None) -> None:
-        """Hash ``pieces`` as segment ``turn`` (None: it failed; the file cannot match)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._turn == turn)
-        try:
-            if pieces is None:
-                self._broken = True
-            elif not self._broken:
-                for piece in pieces:
-                    self._h.update(piece)
-                    self.size += len(piece)
-        finally:
-            with self._cond:
-                self._turn = turn + 1
-                self._cond.notify_all()
-
-    def hexdigest(self) -> str:
-        return "" if self._broken else self._h.hexdigest()
-
-
-def _hashed_object(repo: Repository, key: str, limit: int, buffers: _Buffers[bytearray],
-                   chain: _HashChain, turn: int
-                   ) -> tuple[bytearray, list[bytes | memoryview]]:
-    """:func:`_object`, its plaintext then hashed into ``chain`` as segment ``turn``."""
-    try:
-        buf, pieces = _object(repo, key, limit, buffers)
-    except BaseException:
-        chain.add(turn, None)
-        raise
-    chain.add(turn, pieces)
-    return buf, pieces
 
 
 def _object(repo: Repository, key: str, limit: int,

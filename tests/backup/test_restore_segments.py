@@ -65,8 +65,8 @@ def test_a_segment_larger_than_a_segment_is_refused(tmp_path: Path) -> None:
 
 
 def test_segments_are_hashed_in_the_file_s_order(tmp_path: Path) -> None:
-    """The workers hash the segments they decrypt, each in its turn: two segments
-    swapped in the manifest are written in the manifest's order and refused."""
+    """Two segments swapped in the manifest are written in the manifest's order and
+    refused: the file's SHA-256 is over its segments in order."""
     segments = [os.urandom(SEGMENT) for _ in range(6)]
     repo, entry = _repo_with(segments)
     keys = list(entry.objects)
