@@ -250,6 +250,12 @@ def main() -> None:
                       f"CPU {median(cpus.get((who, 'redeploy'), [])):.2f}s")
         print(f"peak RSS of forge: {max(rss1, rss2)} MB (goal < 150)")
         subprocess.run(host.ssh_argv(f"rm -rf {ref_dir} {rs_dir}"), check=False)
+    except BaseException:
+        # A failed run: keep sshd's side of it (LogLevel VERBOSE) before the lab goes.
+        kept = Path(tempfile.gettempdir()) / f"forge-bench-sshd-{time.strftime('%H%M%S')}.log"
+        shutil.copyfile(host.log_path, kept)
+        print(f"sshd's log of this run: {kept}", file=sys.stderr)
+        raise
     finally:
         host.close()
         site.close()
