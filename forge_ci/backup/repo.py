@@ -330,18 +330,12 @@ class Repository:
         """Plaintext of an object, lazily; see :func:`forge_ci.backup.objects.unseal`."""
         return unseal(self.store.get(key), self.identities)
 
-    def read_small(self, key: str) -> bytearray:
+    def read_small(self, key: str) -> bytes:
         """Whole plaintext of a small object, returned only once fully authenticated."""
-        # Grown in place, a piece at a time: joining a list of the pieces would hold
-        # the text twice (a 50,000-file manifest is 14 MiB) and leave the pieces'
-        # freed heap resident for the rest of a restore.
-        whole = bytearray()
         try:
-            for piece in self.open(key):
-                whole += piece
+            return b"".join(self.open(key))
         except ObjectNotFoundError:
             raise SnapshotNotFound(f"{self.store.url}: {key} is missing") from None
-        return whole
 
     def data_keys(self) -> set[str]:
         """Every data object in the store: the dedup index is the listing itself."""

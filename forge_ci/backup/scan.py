@@ -290,9 +290,7 @@ class Listing:
 
     def same_meta(self, row: int, other: Listing, other_row: int) -> bool:
         """Whether the row's :meth:`cache_key` is ``other_row``'s of ``other``."""
-        a, b, mine, theirs = row * 4, other_row * 4, self._ints, other._ints
-        return (mine[a] == theirs[b] and mine[a + 1] == theirs[b + 1]
-                and mine[a + 2] == theirs[b + 2] and mine[a + 3] == theirs[b + 3])
+        return self._ints[row * 4:row * 4 + 4] == other._ints[other_row * 4:other_row * 4 + 4]
 
     def __len__(self) -> int:
         return len(self._kinds)

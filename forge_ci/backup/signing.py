@@ -197,7 +197,7 @@ class Checked:
     problem: str | None
 
 
-def check(blob: bytes | bytearray, snapshot_key: str, manifest_sha256: str,
+def check(blob: bytes, snapshot_key: str, manifest_sha256: str,
           pinned: Sequence[SignerKey]) -> Checked:
     """Check a signature object against the manifest read from ``snapshot_key``."""
     try:
@@ -215,10 +215,9 @@ def check(blob: bytes | bytearray, snapshot_key: str, manifest_sha256: str,
         return Checked(None, "its signature object is malformed")
     if named != snapshot_key:
         return Checked(None, f"its signature was made for {named!r}")
-    digest = manifest_sha256
-    if doc.get("manifest_sha256") != digest:
+    if doc.get("manifest_sha256") != manifest_sha256:
         return Checked(None, "the manifest changed after it was signed")
-    data = message(snapshot_key, digest)
+    data = message(snapshot_key, manifest_sha256)
     if signer not in pinned:
         if signer.verify(data, signature):
             return Checked(None, f"signed by {signer}, which is not in backup.signers")

@@ -212,7 +212,6 @@ class FileTable(EntryView):
         return keys[0] if keys else None
 
 
-
 @dataclass(frozen=True)
 class DatabaseEntry:
     name: str
@@ -304,13 +303,13 @@ def _file_item(f: FileEntry) -> dict[str, Any]:
     return item
 
 
-def parse(data: bytes | bytearray, *, expect_id: str | None = None) -> Manifest:
+def parse(data: bytes, *, expect_id: str | None = None) -> Manifest:
     """Parse and validate a manifest; raise :class:`BackupFormatError` if it is
     malformed or hostile (see the module docstring)."""
     return parse_pieces(_slices(data, _WINDOW), expect_id=expect_id)
 
 
-def parse_pieces(pieces: Iterable[bytes | bytearray | memoryview], *,
+def parse_pieces(pieces: Iterable[bytes | memoryview], *,
                  expect_id: str | None = None) -> Manifest:
     """:func:`parse` of a manifest's text as it arrives: neither the whole text nor
     the tree of dicts is held at once. What ``pieces`` raises goes through as it is."""
@@ -328,14 +327,14 @@ def parse_pieces(pieces: Iterable[bytes | bytearray | memoryview], *,
     return manifest
 
 
-def _slices(data: bytes | bytearray, size: int) -> Iterator[memoryview]:
+def _slices(data: bytes, size: int) -> Iterator[memoryview]:
     view = memoryview(data)
     for at in range(0, len(view), size):
         yield view[at:at + size]
 
 
-def _utf8_only(pieces: Iterator[bytes | bytearray | memoryview]
-               ) -> Iterator[bytes | bytearray | memoryview]:
+def _utf8_only(pieces: Iterator[bytes | memoryview]
+               ) -> Iterator[bytes | memoryview]:
     """``pieces``, once their first four bytes show no BOM and no NUL (UTF-16/32)."""
     head = b""
     for piece in pieces:
@@ -363,7 +362,7 @@ class _Window:
     is what is left to read; :meth:`more` appends the next piece (and drops what was
     read). Values are decoded by json's own decoder, only once complete."""
 
-    def __init__(self, pieces: Iterator[bytes | bytearray | memoryview]) -> None:
+    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
         self._pieces = pieces
         self._decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
         self.text, self.pos, self.eof = "", 0, False
