@@ -14,17 +14,19 @@ pass, keeping only the member being read.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 
 from forge_ci.backup import layout
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.format.age import CHUNK_SIZE, TAG_SIZE, Encryptor, Recipient
-from forge_ci.backup.format.zstd import SegmentFrame, frame_pieces
+from forge_ci.backup.format.zstd import FrameWriter, frame_pieces
 from forge_ci.backup.uploader import SMALL, Uploader
 
 MEMBER_MAX = SMALL  # larger files are stored as segments
 TARGET = 2 * 1024 * 1024  # stored bytes per pack
-SEGMENT = 2 * 1024 * 1024  # plaintext bytes per object of a large file
+SEGMENT = 8 * 1024 * 1024  # plaintext bytes per object of a large file
+OLD_SEGMENT = 2 * 1024 * 1024  # what earlier versions wrote (still read, of course)
 
 Member = tuple[str, int, int]  # content name, plaintext offset, size
 
@@ -123,37 +125,72 @@ class PackWriter:
 def put_segments(uploader: Uploader, recipients: Sequence[Recipient], chunks: Iterable[bytes],
                  *, path: str | None = None, segment: int = SEGMENT) -> tuple[str, ...]:
     """Store a large content as consecutive objects of ``segment`` plaintext bytes (the
-    last one shorter), each sealed whole and put with one request under a random key,
-    several in flight at once. Returns their keys in order (stored once the uploader
-    is joined). An exception of ``chunks`` propagates; segments already queued are
-    left for prune (nothing references them).
+    last one shorter), each put with one request under a random key. Returns their
+    keys in order (stored once the uploader is joined). An exception of ``chunks``
+    propagates; segments already queued are left for prune (nothing references them).
 
-    Each byte is copied once, into its place in the segment's zstd frame
-    (:class:`SegmentFrame`, one buffer for every segment), and sealed from there."""
+    A segment is framed (:class:`FrameWriter`), sealed and hashed (the SHA-256 its put
+    is signed with) as its bytes are read: what is held is the sealed segment alone,
+    never its plaintext too. While it fills, the one before it travels (a segment
+    is more than half the uploader's bytes in flight): two segments in memory."""
     keys: list[str] = []
-    frame = SegmentFrame(segment)
-
-    def seal_one() -> None:
-        encryptor = Encryptor(recipients)
-        sealed: list[bytes] = []
-        for piece in frame.frame(name=path):
-            sealed += encryptor.update_pieces(piece)
-        sealed.append(encryptor.finish())
+    source = iter(chunks)
+    rest = memoryview(b"")
+    while True:
+        framer = FrameWriter(name=path)
+        sealer = _Sealer(recipients)
+        while framer.size < segment:
+            if not rest:
+                chunk = next(source, None)
+                if chunk is None:
+                    break
+                rest = memoryview(chunk)
+                continue
+            take = min(len(rest), segment - framer.size)
+            framer.write(rest[:take])
+            rest = rest[take:]
+            if framer.ready >= _SEAL_AT:
+                sealer.seal(framer)
+        framer.finish()
+        sealer.seal(framer)
+        sealed, digest = sealer.finish()
         key = layout.random_data_key()
-        uploader.submit_sealed(key, sealed, plain_size=frame.size)
+        uploader.submit_sealed(key, sealed, plain_size=framer.size, sha256=digest)
         keys.append(key)
-        frame.clear()
+        if not rest:
+            chunk = next(source, None)
+            if chunk is None:
+                return tuple(keys)
+            rest = memoryview(chunk)
 
-    for chunk in chunks:
-        with memoryview(chunk) as view:
-            pos = 0
-            while pos < len(view):
-                pos += frame.write(view[pos:])
-                if frame.size == segment:
-                    seal_one()
-    if frame.size or not keys:
-        seal_one()
-    return tuple(keys)
+
+_SEAL_AT = 1024 * 1024  # framed bytes given to the encryptor at once: few held-back chunks
+
+
+class _Sealer:
+    """One object's encryption as its framed plaintext comes, with the SHA-256 of
+    the sealed bytes."""
+
+    def __init__(self, recipients: Sequence[Recipient]) -> None:
+        self._encryptor = Encryptor(recipients)
+        self._sealed: list[bytes] = []
+        self._sha256 = hashlib.sha256()
+
+    def seal(self, framer: FrameWriter) -> None:
+        """Encrypt the framer's ready bytes, then drop them from it."""
+        with memoryview(framer.framed) as view:
+            pieces = self._encryptor.update_pieces(view[: framer.ready])
+        framer.consume(framer.ready)
+        self._add(pieces)
+
+    def finish(self) -> tuple[list[bytes], str]:
+        self._add([self._encryptor.finish()])
+        return self._sealed, self._sha256.hexdigest()
+
+    def _add(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._sha256.update(piece)
+        self._sealed += pieces
 
 
 def read_members(plain: Iterable[bytes], wanted: Sequence[tuple[int, int]], *,

@@ -52,7 +52,7 @@ from forge_ci.backup.format.age import CHUNK_SIZE, PlaintextTooLarge, decrypt_in
 from forge_ci.backup.format.zstd import decompress_pieces
 from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import checked, unseal
-from forge_ci.backup.pack import MEMBER_MAX, SEGMENT, TARGET, read_members
+from forge_ci.backup.pack import MEMBER_MAX, OLD_SEGMENT, SEGMENT, TARGET, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, FileTable, Manifest
 from forge_ci.backup.tarstream import tar_info, write_tree
@@ -465,7 +465,9 @@ class _Prefetch:
     tar needs files one after the other; fetching them one by one would pay a store
     round trip each. A job is a pack (all its files of this snapshot, read in one
     pass) or one object of a file stored in segments; ``window`` jobs (at most
-    ``max_bytes`` of plaintext) are in memory or in flight. An object bigger than a
+    ``max_bytes`` of plaintext ahead of the one being written, but always the next
+    one: a segment's fetch overlaps the writing of the one before) are in memory or
+    in flight. An object bigger than a
     segment (a manifest from elsewhere) streams in order instead. A pack of at most
     ``pack_bytes`` (every pack forge writes) is decrypted whole into a reused buffer
     and its members written as views of it; a larger one streams too.
@@ -473,7 +475,7 @@ class _Prefetch:
 
     def __init__(self, repo: Repository, table: FileTable, files: Sequence[int], *,
                  workers: int = 8,
-                 window: int = 16, max_bytes: int = 12 * 1024 * 1024,
+                 window: int = 16, max_bytes: int = 8 * 1024 * 1024,
                  write: Write | None = None,
                  pack_bytes: int = TARGET + MEMBER_MAX + CHUNK_SIZE) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
@@ -499,20 +501,22 @@ class _Prefetch:
             elif table.first_object(i) is not None:
                 f = table[i]
                 if f.size <= SEGMENT * len(f.objects):
-                    each = min(f.size, SEGMENT)
                     self._of[f.path] = range(len(self._jobs),
                                              len(self._jobs) + len(f.objects))
-                    self._jobs += [("object", key, array("l", [i]), each)
-                                   for key in f.objects]
+                    self._jobs += [("object", key, array("l", [i]), size)
+                                   for key, size in zip(f.objects, _segment_sizes(f),
+                                                        strict=True)]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
-        # A segment's zstd framing (~100 bytes) fits in a chunk of room above it; one
+        # A segment's zstd framing (~200 bytes) fits in a chunk of room above it; one
         # buffer is kept free between segments, the rest go (packs need the memory).
-        self._buffers = _Buffers(bytearray, SEGMENT + CHUNK_SIZE, keep=1)
+        # Mapped: a segment written smaller (2 MiB, by earlier versions) makes only
+        # its own pages resident.
+        self._buffers = _Buffers(_mapped, SEGMENT + CHUNK_SIZE, keep=1)
         # A pack is sealed once it holds TARGET stored bytes: at most one member (and
         # its framing) more. A larger one (not written by forge) is streamed instead.
         self._pack_buffers = _Buffers(_mapped, pack_bytes, keep=2)
         self._pending: dict[int, Future[dict[str, bytes] | tuple[
-            bytearray, list[bytes | memoryview]]]] = {}
+            memoryview, list[bytes | memoryview]]]] = {}
         self._next = 0
 
     def writes(self, f: FileEntry) -> bool:
@@ -573,9 +577,19 @@ class _Prefetch:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _segment_sizes(f: FileEntry) -> list[int]:
+    """The plaintext size of each of a large file's objects (to pace the prefetch):
+    of ``SEGMENT`` bytes but the last, or of ``OLD_SEGMENT`` for a file stored by
+    earlier versions - which is told by its size, for a file of two or more objects
+    could not be that small otherwise."""
+    n = len(f.objects)
+    each = OLD_SEGMENT if n > 1 and f.size <= OLD_SEGMENT * n else SEGMENT
+    return [each] * (n - 1) + [max(f.size - each * (n - 1), 0)]
+
+
 class _Buffers(Generic[_B]):
     """Plaintext buffers of one segment or pack each, reused: a fresh one per object
-    would be mapped and faulted in anew (2 MiB, above the heap's mmap threshold) every
+    would be mapped and faulted in anew (MiBs, above the heap's mmap threshold) every
     time. At most ``keep`` are kept free; as many exist as objects are held at once."""
 
     def __init__(self, make: Callable[[int], _B], size: int, keep: int) -> None:
@@ -604,7 +618,7 @@ def _mapped(size: int) -> memoryview:
 
 
 def _object(repo: Repository, key: str, limit: int,
-            buffers: _Buffers[bytearray]) -> tuple[bytearray, list[bytes | memoryview]]:
+            buffers: _Buffers[memoryview]) -> tuple[memoryview, list[bytes | memoryview]]:
     """An object's whole plaintext (in pieces), authenticated to its end; at most
     ``limit`` bytes. It is decrypted into a buffer of ``buffers`` (returned: give it
     back once the pieces are written); stored (uncompressed) content comes as views
@@ -612,7 +626,7 @@ def _object(repo: Repository, key: str, limit: int,
     buf = buffers.take()
     try:
         size = decrypt_into(repo.store.get(key), repo.identities, buf)
-        return buf, decompress_pieces([memoryview(buf)[:size]], limit=limit)
+        return buf, decompress_pieces([buf[:size]], limit=limit)
     except BackupFormatError as e:
         raise BackupFormatError(f"object {key}: {e.message}", hint=e.hint) from None
 

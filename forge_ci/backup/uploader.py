@@ -44,11 +44,12 @@ class Uploader:
         self.stored_bytes = 0  # encrypted bytes sent to the store
         self.plain_bytes = 0
 
-    def submit_sealed(self, key: str, pieces: list[bytes], *, plain_size: int) -> None:
-        """Queue the put of an object sealed by the caller (its ``pieces`` in order);
-        blocks while the pool is full."""
+    def submit_sealed(self, key: str, pieces: list[bytes], *, plain_size: int,
+                      sha256: str | None = None) -> None:
+        """Queue the put of an object sealed by the caller (its ``pieces`` in order,
+        with their SHA-256 when the caller has it); blocks while the pool is full."""
         self._raise_if_failed()
-        self._start(key, pieces, sum(len(p) for p in pieces), plain_size)
+        self._start(key, pieces, sum(len(p) for p in pieces), plain_size, sha256)
 
     def join(self) -> None:
         """Wait for every queued put; raise the first failure."""
@@ -63,8 +64,8 @@ class Uploader:
 
     # --- internals ------------------------------------------------------------------
 
-    def _start(self, key: str, chunks: Iterable[bytes], size: int,
-               plain_size: int) -> Future[None]:
+    def _start(self, key: str, chunks: list[bytes], size: int, plain_size: int,
+               sha256: str | None) -> Future[None]:
         with self._cond:
             while self._error is None and self._in_flight > 0 and (
                     self._in_flight >= self._workers
@@ -75,7 +76,7 @@ class Uploader:
             self._in_flight += 1
             self._in_flight_bytes += size
             try:
-                future = self._pool.submit(self._put, key, chunks, plain_size)
+                future = self._pool.submit(self._put, key, chunks, plain_size, sha256)
             except BaseException:
                 self._in_flight -= 1
                 self._in_flight_bytes -= size
@@ -95,8 +96,10 @@ class Uploader:
                 self.stored_bytes -= stored
                 self.plain_bytes -= plain
 
-    def _put(self, key: str, chunks: Iterable[bytes], plain_size: int) -> None:
-        stored = self._repo.store.put(key, chunks)
+    def _put(self, key: str, chunks: list[bytes], plain_size: int,
+             sha256: str | None) -> None:
+        store = self._repo.store
+        stored = store.put(key, chunks) if sha256 is None else store.put_sealed(key, chunks, sha256)
         with self._cond:
             self.objects += 1
             self.stored_bytes += stored

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
 _SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
@@ -66,6 +66,13 @@ class ObjectStore(abc.ABC):
         Idempotent: putting the same bytes again is harmless; different bytes replace
         the object (last writer wins).
         """
+
+    def put_sealed(self, key: str, pieces: Sequence[bytes], sha256: str) -> int:
+        """:meth:`put` of an object the caller holds whole, with the hex SHA-256 of its
+        bytes: a store that binds a body to its request by that digest uses it instead
+        of hashing the body again. A wrong digest fails the put; it never stores
+        other bytes."""
+        return self.put(key, pieces)
 
     @abc.abstractmethod
     def get(self, key: str) -> Iterator[bytes]:

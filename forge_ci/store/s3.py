@@ -253,6 +253,11 @@ class S3Store(ObjectStore):
                 upload.abort()
             raise
 
+    def put_sealed(self, key: str, pieces: Sequence[bytes], sha256: str) -> int:
+        # One PUT whatever its size (the caller holds it whole: no part is cut).
+        self._put_single(self.prefix + check_key(key), key, pieces, sha256)
+        return sum(len(p) for p in pieces)
+
     def get(self, key: str) -> Iterator[bytes]:
         name = self.prefix + check_key(key)
         response = self._call("get", key, lambda: self._client.get_object(self.bucket, name))
@@ -330,17 +335,19 @@ class S3Store(ObjectStore):
 
     # --- helpers --------------------------------------------------------------------
 
-    def _put_single(self, name: str, key: str, pieces: Sequence[bytes]) -> None:
+    def _put_single(self, name: str, key: str, pieces: Sequence[bytes],
+                    sha256: str | None = None) -> None:
         self._bound("put", key, pieces, lambda md5, sha: self._client.put_object(
             self.bucket, name, pieces, content_md5=md5, payload_sha256=sha,
-            extra=self._lock_headers()))
+            extra=self._lock_headers()), sha256)
 
     def _bound(self, op: str, key: str, pieces: Sequence[bytes],
-               send: Callable[[str | None, str | None], T]) -> T:
+               send: Callable[[str | None, str | None], T], sha256: str | None = None) -> T:
         """``send(content_md5, payload_sha256)`` with the digest that binds ``pieces``
-        to the signed request: SHA-256, or Content-MD5 where Object Lock wants it."""
+        to the signed request: SHA-256 (``sha256`` when the caller has it), or
+        Content-MD5 where Object Lock wants it."""
         if not self._md5:
-            sha = _sha256(pieces)
+            sha = sha256 or _sha256(pieces)
             try:
                 return send(None, sha)
             except S3ResponseError as exc:

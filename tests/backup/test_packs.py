@@ -9,6 +9,7 @@ import itertools
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from forge_ci.backup import index as index_store
 from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.format.keys import generate_identity
 from forge_ci.backup.index import BlobIndex
-from forge_ci.backup.pack import PackWriter, read_members
+from forge_ci.backup.pack import SEGMENT, PackWriter, put_segments, read_members
 from forge_ci.backup.prune import prune
 from forge_ci.backup.repo import Repository
 from forge_ci.backup.restore import plan_restore, run_restore
@@ -245,3 +246,39 @@ def test_packs_close_where_sealing_each_piece_as_it_comes_would(
     assert [size for _sealed, size in capture.packs] == [len(p) for p in plain]
     for (sealed, _size), want in zip(capture.packs, plain, strict=True):
         assert b"".join(decompress_iter(decrypt_iter([sealed], [identity]))) == want
+
+
+class _SegmentCapture:
+    def __init__(self) -> None:
+        self.objects: list[tuple[bytes, int, str | None]] = []
+
+    def submit_sealed(self, key: str, pieces: list[bytes], *, plain_size: int,
+                      sha256: str | None = None) -> None:
+        self.objects.append((b"".join(pieces), plain_size, sha256))
+
+
+@pytest.mark.parametrize(("size", "step", "name"), [
+    (0, 1, "v.mp4"), (1, 1, "v.mp4"), (SEGMENT, 131_072, "v.mp4"),
+    (SEGMENT + 1, 100_003, "v.mp4"), (2 * SEGMENT + 12_345, 1 << 20, "v.mp4"),
+    (SEGMENT + 300_000, 131_072, "dump.sql"), (SEGMENT + 1, 65_536, None)])
+def test_segments_are_cut_sealed_and_hashed_as_they_are_read(
+        size: int, step: int, name: str | None) -> None:
+    """A large content in reads of any size becomes objects of SEGMENT plaintext bytes
+    (the last shorter; one empty object for no bytes), each the sealed frame of its
+    bytes, handed on with the SHA-256 of exactly what is stored."""
+    from forge_ci.backup.format.age import decrypt_iter
+    from forge_ci.backup.format.zstd import decompress_iter
+    identity = generate_identity()
+    line = b"INSERT INTO wp_posts VALUES (1, 'hello world');\n"
+    data = (line * (size // len(line) + 1))[:size] if name == "dump.sql" else os.urandom(size)
+    capture = _SegmentCapture()
+    keys = put_segments(capture, [identity.recipient],  # type: ignore[arg-type]
+                        (data[i:i + step] for i in range(0, len(data), step)), path=name)
+    want = [data[i:i + SEGMENT] for i in range(0, len(data), SEGMENT)] or [b""]
+    assert len(keys) == len(set(keys)) == len(capture.objects) == len(want)
+    for (sealed, plain_size, sha256), part in zip(capture.objects, want, strict=True):
+        assert sha256 == hashlib.sha256(sealed).hexdigest()
+        assert plain_size == len(part)
+        assert b"".join(decompress_iter(decrypt_iter([sealed], [identity]))) == part
+    if name == "dump.sql":  # text is compressed, segment by segment
+        assert sum(len(s) for s, _n, _d in capture.objects) < size // 4

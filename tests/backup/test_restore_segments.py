@@ -18,9 +18,9 @@ from forge_ci.backup.errors import BackupFormatError
 from forge_ci.backup.format.keys import generate_identity
 from forge_ci.backup.localtree import NewTree
 from forge_ci.backup.objects import seal
-from forge_ci.backup.pack import SEGMENT
+from forge_ci.backup.pack import OLD_SEGMENT, SEGMENT
 from forge_ci.backup.repo import Repository
-from forge_ci.backup.restore import _Prefetch
+from forge_ci.backup.restore import _Prefetch, _segment_sizes
 from forge_ci.backup.snapshot import FileEntry, FileTable
 from forge_ci.store.errors import ObjectNotFoundError
 from forge_ci.store.memory import MemoryStore
@@ -54,6 +54,23 @@ def test_many_segments_restore_exactly(tmp_path: Path) -> None:
     segments.append(os.urandom(12_345))  # a shorter last one
     repo, entry = _repo_with(segments)
     assert _restore(repo, entry, tmp_path / "out") == b"".join(segments)
+
+
+def test_a_file_stored_in_the_earlier_2_mib_segments_restores(tmp_path: Path) -> None:
+    """Backups made before segments grew to 8 MiB restore as they are; the prefetch
+    paces them by their own size (many in flight), not as 8 MiB each."""
+    segments = [os.urandom(OLD_SEGMENT) for _ in range(9)] + [os.urandom(5)]
+    repo, entry = _repo_with(segments)
+    assert _segment_sizes(entry) == [OLD_SEGMENT] * 9 + [5]
+    assert _restore(repo, entry, tmp_path / "out") == b"".join(segments)
+
+
+@pytest.mark.parametrize("sizes", [[SEGMENT], [5], [SEGMENT, 1], [SEGMENT] * 3 + [77],
+                                   [OLD_SEGMENT, OLD_SEGMENT], [OLD_SEGMENT, 1]])
+def test_each_segment_size_is_told_from_the_file_size(sizes: list[int]) -> None:
+    entry = FileEntry("v.mp4", "file", 0o640, 0, size=sum(sizes), sha256="0" * 64,
+                      objects=tuple(f"data/00/{i:064x}" for i in range(len(sizes))))
+    assert _segment_sizes(entry) == sizes
 
 
 def test_a_segment_larger_than_a_segment_is_refused(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from forge_ci.backup.layout import is_data_key
+from forge_ci.backup.pack import SEGMENT
 
 from .conftest import Site, db_state, reference_decrypt, tree_state
 
@@ -39,7 +40,7 @@ def _sha(data: bytes) -> str:
 
 
 def test_round_trip_over_ssh_to_s3(make_site, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    site: Site = make_site(store="s3", ssh=True)
+    site: Site = make_site(store="s3", ssh=True, big=SEGMENT + 500_000)
     files_before = tree_state(site.uploads)
     db_before = db_state(site.server, site.db.name)
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from forge_ci.backup.pack import SEGMENT
+
 from .conftest import Site, db_state, tree_state
 
 
@@ -28,7 +30,7 @@ def _flip(path: Path, where: str) -> int:
 def test_any_flipped_byte_fails_verify_and_restore(make_site, lab_dir: Path,  # type: ignore[no-untyped-def]
                                                    capsys: pytest.CaptureFixture[str],
                                                    where: str) -> None:
-    site: Site = make_site(store="file")
+    site: Site = make_site(store="file", big=SEGMENT + 500_000)
     sid = site.json(capsys, "backup", "production", read=False)["snapshot_id"]
     assert site.run("verify", "production") == 0
     # Live data moves on after the snapshot; a refused restore must not touch it.

@@ -274,6 +274,14 @@ def test_a_body_damaged_on_the_way_is_refused(fake_s3: FakeS3) -> None:
     with pytest.raises(StoreError, match="XAmzContentSHA256Mismatch"):
         store.put("big", iter([os.urandom(MIN_PART_SIZE), os.urandom(MIN_PART_SIZE)]))  # two parts
     assert any("partNumber=1" in path for _method, path, _h in fake_s3.seen)
+    # A sealed segment goes up signed with the digest its writer took as it sealed it.
+    fake_s3.damage = False
+    store.put_sealed("segment", [b"sealed ", b"segment"],
+                     hashlib.sha256(b"sealed segment").hexdigest())
+    assert fake_s3.seen[-1][2]["x-amz-content-sha256"] == hashlib.sha256(
+        b"sealed segment").hexdigest()
+    with pytest.raises(StoreError, match="XAmzContentSHA256Mismatch"):
+        store.put_sealed("wrong", [b"sealed segment"], hashlib.sha256(b"other").hexdigest())
     store.close()
 
 

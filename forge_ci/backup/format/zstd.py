@@ -17,8 +17,8 @@ decompressed size, no check) but never needs to.
 :func:`choose_mode` is the cheap incompressibility test: by file extension first,
 else by compressing a sample at level 1 and storing when it saves less than 5 %.
 
-:class:`SegmentFrame` frames a large file's segments: the same frames, the same
-choice, built in one reused buffer where each byte is copied once.
+:class:`FrameWriter` frames a large file's segments: the same frames, the same
+choice, built as the data arrives (a segment is never held whole in plaintext).
 
 :func:`decompress_iter` accepts any zstd stream (concatenated frames, skippable
 frames) with bounded memory: output comes in slices of at most ``OUTPUT_SIZE``, the
@@ -487,67 +487,109 @@ def frame_pieces(data: bytes, *, name: str | None = None,
             return pieces
 
 
-class SegmentFrame:
-    """A segment's plaintext, copied once to where a stored frame holds it, in one
-    buffer used again for every segment.
+class FrameWriter:
+    """One zstd frame of data given piece by piece, chosen as :func:`compress_iter`
+    chooses (by ``name``, else by the first ``SAMPLE_SIZE`` bytes), built in
+    :attr:`framed` as the data arrives: a large file's segment is sealed as it is read,
+    its plaintext never held whole.
 
-    Large files are cut into segments, each one zstd frame; most are media, stored
-    as raw blocks. :meth:`write` puts each byte after its block's header, so the
-    stored frame is the buffer itself: nothing is joined, sliced or copied again on
-    its way to the encryptor. :meth:`frame` chooses as :func:`compress_iter` does;
-    data that compresses is compressed from the blocks where they lie.
+    The first :attr:`ready` bytes of :attr:`framed` are final; hand them on, then
+    :meth:`consume` them. The rest is the raw block being filled (its header's
+    last-block flag is known only once more data, or the end, comes) or the sample
+    still deciding the mode. Stored frames are byte for byte those of
+    :func:`compress_iter`; each byte is copied once, into :attr:`framed`.
     """
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("a segment holds at least one byte")
-        self.capacity, self.size = capacity, 0
-        self._buf = bytearray(_data_at(capacity))  # room for every block header
-        self._buf[: len(_STORED_FRAME_HEADER)] = _STORED_FRAME_HEADER
+    def __init__(self, *, name: str | None = None, level: int = DEFAULT_LEVEL) -> None:
+        self.framed = bytearray()
+        self.ready = 0  # leading bytes of framed that are final
+        self.size = 0  # plaintext bytes written
+        self._name, self._level = name, level
+        self._sample: list[bytes] | None = []  # held while the mode is undecided
+        self._sampled = 0
+        self._cobj: zstandard.ZstdCompressionObj | None = None
+        self._block_at: int | None = None  # where the open raw block's header is
+        self._block_size = 0
+        if name is not None and is_incompressible_name(name):
+            self._start("store")
 
-    def write(self, data: bytes | memoryview) -> int:
-        """Copy as much of ``data`` as fits; returns how many bytes were taken."""
-        take = min(len(data), self.capacity - self.size)
-        pos = 0
-        while pos < take:
-            step = min(take - pos, _RAW_BLOCK - self.size % _RAW_BLOCK)
-            at = _data_at(self.size)
-            self._buf[at : at + step] = data[pos : pos + step]
-            pos += step
-            self.size += step
-        return take
-
-    def clear(self) -> None:
-        self.size = 0
-
-    def frame(self, *, name: str | None = None,
-              level: int = DEFAULT_LEVEL) -> Iterator[bytes | memoryview]:
-        """One zstd frame holding what was written, in pieces; a piece may be a view
-        of the buffer, valid until the next :meth:`write`."""
-        sample = b"" if name is not None and is_incompressible_name(name) else b"".join(
-            itertools.islice(self._blocks(), -(-SAMPLE_SIZE // _RAW_BLOCK)))[:SAMPLE_SIZE]
-        if choose_mode(name, sample) == "compress":
-            yield from _compressed_frame(self._blocks(), level)
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        if self._sample is not None:
+            self._sample.append(bytes(data))
+            self._sampled += len(data)
+            if self._sampled >= SAMPLE_SIZE:
+                self._decide()
             return
-        blocks = max(1, -(-self.size // _RAW_BLOCK))
-        for i in range(blocks):
-            size = min(_RAW_BLOCK, self.size - i * _RAW_BLOCK)
-            at = _data_at(i * _RAW_BLOCK) - 3
-            self._buf[at : at + 3] = _block_header(size, last=i == blocks - 1)
-        with memoryview(self._buf) as view:
-            yield view[: len(_STORED_FRAME_HEADER) + 3 * blocks + self.size]
+        self._put(data)
 
-    def _blocks(self) -> Iterator[memoryview]:
-        with memoryview(self._buf) as view:
-            for start in range(0, self.size, _RAW_BLOCK):
-                at = _data_at(start)
-                yield view[at : at + min(_RAW_BLOCK, self.size - start)]
+    def finish(self) -> None:
+        """End the frame: every byte of :attr:`framed` is then ready."""
+        if self._sample is not None:
+            self._decide()
+        if self._cobj is not None:
+            self.framed += self._cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+            self._cobj = None
+        elif self._block_at is None:  # nothing was written: one empty last block
+            self.framed += _block_header(0, last=True)
+        else:
+            self._close_block(last=True)
+        self.ready = len(self.framed)
 
+    def consume(self, size: int) -> None:
+        """Drop the first ``size`` ready bytes (handed on); no view of
+        :attr:`framed` may be held."""
+        if not 0 <= size <= self.ready:
+            raise ValueError("only ready bytes can be consumed")
+        del self.framed[:size]
+        self.ready -= size
+        if self._block_at is not None:
+            self._block_at -= size
 
-def _data_at(offset: int) -> int:
-    """Where byte ``offset`` of the data lies in a stored frame: after the frame
-    header and the header of its block and of every block before it."""
-    return len(_STORED_FRAME_HEADER) + 3 * (offset // _RAW_BLOCK + 1) + offset
+    def _decide(self) -> None:
+        assert self._sample is not None
+        sample, self._sample = b"".join(self._sample), None
+        self._start(choose_mode(self._name, sample[:SAMPLE_SIZE]))
+        if sample:
+            self._put(sample)
+
+    def _start(self, mode: Literal["compress", "store"]) -> None:
+        self._sample = None
+        if mode == "compress":
+            # As _compressed_frame: threads=0, a content checksum.
+            cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True, threads=0)
+            self._cobj = cctx.compressobj()
+        else:
+            self.framed += _STORED_FRAME_HEADER
+            self.ready = len(self.framed)
+
+    def _put(self, data: bytes | memoryview) -> None:
+        if self._cobj is not None:
+            for pos in range(0, len(data), _MAX_FEED):
+                self.framed += self._cobj.compress(data[pos : pos + _MAX_FEED])
+            self.ready = len(self.framed)
+            return
+        with memoryview(data) as view:
+            pos = 0
+            while pos < len(view):
+                if self._block_size == _RAW_BLOCK:  # full, and more follows: not the last
+                    self._close_block(last=False)
+                if self._block_at is None:
+                    self._block_at, self._block_size = len(self.framed), 0
+                    self.framed += b"\0\0\0"  # the header, once its flag is known
+                take = min(len(view) - pos, _RAW_BLOCK - self._block_size)
+                self.framed += view[pos : pos + take]
+                self._block_size += take
+                pos += take
+        assert self._block_at is not None
+        self.ready = self._block_at
+
+    def _close_block(self, *, last: bool) -> None:
+        assert self._block_at is not None
+        at = self._block_at
+        self.framed[at : at + 3] = _block_header(self._block_size, last=last)
+        self._block_at = None
+        self.ready = len(self.framed)
 
 
 def compress_bytes(
@@ -560,7 +602,7 @@ def compress_bytes(
 __all__ = [
     "DEFAULT_LEVEL",
     "INCOMPRESSIBLE_SUFFIXES",
-    "SegmentFrame",
+    "FrameWriter",
     "choose_mode",
     "compress_bytes",
     "compress_iter",
