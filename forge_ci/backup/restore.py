@@ -514,7 +514,7 @@ class _Prefetch:
         self._buffers = _Buffers(_mapped, SEGMENT + CHUNK_SIZE, keep=1)
         # A pack is sealed once it holds TARGET stored bytes: at most one member (and
         # its framing) more. A larger one (not written by forge) is streamed instead.
-        self._pack_buffers = _Buffers(_mapped, pack_bytes, keep=2)
+        self._pack_buffers = _Buffers(_mapped, pack_bytes, keep=1)
         self._pending: dict[int, Future[dict[str, bytes] | tuple[
             memoryview, list[bytes | memoryview]]]] = {}
         self._next = 0
