@@ -131,12 +131,14 @@ def put_segments(uploader: Uploader, recipients: Sequence[Recipient], chunks: It
 
     A segment is framed (:class:`FrameWriter`), sealed and hashed (the SHA-256 its put
     is signed with) as its bytes are read: what is held is the sealed segment alone,
-    never its plaintext too. While it fills, the one before it travels (a segment
-    is more than half the uploader's bytes in flight): two segments in memory."""
+    never its plaintext too. Two segments are in memory at most: one filling while
+    the one before travels, or both travelling (the store receives two at once) while
+    the next one waits to start."""
     keys: list[str] = []
     source = iter(chunks)
     rest = memoryview(b"")
     while True:
+        uploader.wait_for_room(_sealed_size(segment))
         framer = FrameWriter(name=path)
         sealer = _Sealer(recipients)
         while framer.size < segment:
@@ -162,6 +164,13 @@ def put_segments(uploader: Uploader, recipients: Sequence[Recipient], chunks: It
             if chunk is None:
                 return tuple(keys)
             rest = memoryview(chunk)
+
+
+def _sealed_size(plain: int) -> int:
+    """An upper bound of a segment's sealed size: age's header (one X25519 stanza per
+    recipient, well under 4 KiB for any sane number) and a tag per chunk, over zstd's
+    framing of stored blocks (3 bytes per 128 KiB) or of data that did not shrink."""
+    return plain + plain // 1024 + 4096
 
 
 _SEAL_AT = 1024 * 1024  # framed bytes given to the encryptor at once: few held-back chunks

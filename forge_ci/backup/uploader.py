@@ -51,6 +51,15 @@ class Uploader:
         self._raise_if_failed()
         self._start(key, pieces, sum(len(p) for p in pieces), plain_size, sha256)
 
+    def wait_for_room(self, size: int) -> None:
+        """Block until an object of ``size`` sealed bytes could go at once: a caller
+        about to seal one waits here first, so it never holds a sealed object on top
+        of all those in flight."""
+        with self._cond:
+            while self._error is None and self._in_flight > 0 and not self._fits(size):
+                self._cond.wait()
+        self._raise_if_failed()
+
     def join(self) -> None:
         """Wait for every queued put; raise the first failure."""
         while True:
@@ -67,9 +76,7 @@ class Uploader:
     def _start(self, key: str, chunks: list[bytes], size: int, plain_size: int,
                sha256: str | None) -> Future[None]:
         with self._cond:
-            while self._error is None and self._in_flight > 0 and (
-                    self._in_flight >= self._workers
-                    or self._in_flight_bytes + size > self._max_bytes):
+            while self._error is None and self._in_flight > 0 and not self._fits(size):
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
@@ -115,6 +122,13 @@ class Uploader:
             if exc is not None and self._error is None:
                 self._error = exc
             self._cond.notify_all()
+
+    def _fits(self, size: int) -> bool:
+        """Whether one more object of ``size`` may be in flight: ``max_bytes`` in all,
+        but always two of any size (a large file's segments: one travels while the
+        other is received, the store busy with both)."""
+        return (self._in_flight < self._workers
+                and self._in_flight_bytes + size <= max(self._max_bytes, 2 * size))
 
     def _raise_if_failed(self) -> None:
         with self._cond:

@@ -256,6 +256,9 @@ class _SegmentCapture:
                       sha256: str | None = None) -> None:
         self.objects.append((b"".join(pieces), plain_size, sha256))
 
+    def wait_for_room(self, size: int) -> None:
+        assert size >= SEGMENT  # room for a whole segment, sealed
+
 
 @pytest.mark.parametrize(("size", "step", "name"), [
     (0, 1, "v.mp4"), (1, 1, "v.mp4"), (SEGMENT, 131_072, "v.mp4"),
