@@ -467,8 +467,8 @@ class _Prefetch:
     pass) or one object of a file stored in segments; ``window`` jobs (at most
     ``max_bytes`` of plaintext ahead of the one being written, but always the next
     one: a segment's fetch overlaps the writing of the one before) are in memory or
-    in flight. An object bigger than a
-    segment (a manifest from elsewhere) streams in order instead. A pack of at most
+    in flight. An object bigger than a segment (a manifest from elsewhere) streams in
+    order instead. A pack of at most
     ``pack_bytes`` (every pack forge writes) is decrypted whole into a reused buffer
     and its members written as views of it; a larger one streams too.
     """

@@ -5,8 +5,9 @@ each would cost a full store round trip. So the caller's thread does the CPU wor
 (hash, compress, encrypt) and hands every object it sealed whole - a pack of small
 files or a segment of a large one (see :mod:`forge_ci.backup.pack`) - to a pool of
 ``workers`` uploader threads. At most ``workers`` objects and ``max_bytes`` sealed
-bytes wait or travel at any time, so :meth:`Uploader.submit_sealed` blocks when the
-store is slower than the caller.
+bytes (or two objects, whatever their size: a large file's 8 MiB segments) wait or
+travel at any time, so :meth:`Uploader.submit_sealed` blocks when the store is slower
+than the caller; :meth:`Uploader.wait_for_room` lets a caller wait before it seals.
 
 :meth:`Uploader.join` returns only when every put is stored and raises the first
 failure; the first failure also stops further submissions. Nothing here decides
@@ -125,8 +126,8 @@ class Uploader:
 
     def _fits(self, size: int) -> bool:
         """Whether one more object of ``size`` may be in flight: ``max_bytes`` in all,
-        but always two of any size (a large file's segments: one travels while the
-        other is received, the store busy with both)."""
+        but always two of any size (two segments of a large file: the store receives
+        both at once rather than one after the other)."""
         return (self._in_flight < self._workers
                 and self._in_flight_bytes + size <= max(self._max_bytes, 2 * size))
 

@@ -495,9 +495,10 @@ class FrameWriter:
 
     The first :attr:`ready` bytes of :attr:`framed` are final; hand them on, then
     :meth:`consume` them. The rest is the raw block being filled (its header's
-    last-block flag is known only once more data, or the end, comes) or the sample
-    still deciding the mode. Stored frames are byte for byte those of
-    :func:`compress_iter`; each byte is copied once, into :attr:`framed`.
+    last-block flag is known only once more data, or the end, comes). Until the
+    mode is chosen nothing is framed: the sample is held aside. Stored frames are
+    byte for byte those of :func:`compress_iter`; each byte is copied once into
+    :attr:`framed` (the sample's twice).
     """
 
     def __init__(self, *, name: str | None = None, level: int = DEFAULT_LEVEL) -> None:
