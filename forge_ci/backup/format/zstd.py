@@ -17,8 +17,8 @@ decompressed size, no check) but never needs to.
 :func:`choose_mode` is the cheap incompressibility test: by file extension first,
 else by compressing a sample at level 1 and storing when it saves less than 5 %.
 
-:class:`FrameWriter` frames a large file's segments: the same frames, the same
-choice, built as the data arrives (a segment is never held whole in plaintext).
+:class:`FrameWriter` builds one frame as the data arrives, for :func:`compress_iter`
+and for a large file's segments (a segment is never held whole in plaintext).
 
 :func:`decompress_iter` accepts any zstd stream (concatenated frames, skippable
 frames) with bounded memory: output comes in slices of at most ``OUTPUT_SIZE``, the
@@ -28,7 +28,6 @@ has trailing garbage raises :class:`BackupFormatError`.
 
 from __future__ import annotations
 
-import itertools
 import posixpath
 from collections.abc import Iterable, Iterator
 from typing import IO, Literal, cast
@@ -129,34 +128,28 @@ def compress_iter(
     name: str | None = None,
     level: int = DEFAULT_LEVEL,
 ) -> Iterator[bytes]:
-    """Turn a plaintext stream into one zstd stream, lazily and with bounded memory.
+    """Turn a plaintext stream into one zstd stream, lazily and with bounded memory
+    (a :class:`FrameWriter`, its ready bytes handed on after every chunk).
 
     ``mode="auto"`` reads up to ``SAMPLE_SIZE`` bytes ahead to run :func:`choose_mode`.
     Lazy: nothing is read before the first ``next()``.
     """
-    if mode == "auto":
-        sample, rest = _peek(iter(chunks), SAMPLE_SIZE)
-        mode = choose_mode(name, sample)
-        chunks = itertools.chain([sample], rest)
-    if mode == "store":
-        yield from _stored_frame(chunks)
-    else:
-        yield from _compressed_frame(chunks, level)
-
-
-def _peek(chunks: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
-    head = bytearray()
+    frame = FrameWriter(mode=mode, name=name, level=level)
     for chunk in chunks:
-        head += chunk
-        if len(head) >= size:
-            break
-    return bytes(head), chunks
+        frame.write(chunk)
+        if frame.ready:
+            yield frame.take()
+    frame.finish()
+    yield frame.take()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressionObj:
+    # threads=0: no worker threads, so memory and CPU use are predictable in CI.
+    return zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0).compressobj()
 
 
 def _compressed_frame(chunks: Iterable[bytes | memoryview], level: int) -> Iterator[bytes]:
-    # threads=0: no worker threads, so memory and CPU use are predictable in CI.
-    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=0)
-    cobj = cctx.compressobj()
+    cobj = _compressor(level)
     for chunk in chunks:
         for pos in range(0, len(chunk), _MAX_FEED):
             out = cobj.compress(chunk[pos : pos + _MAX_FEED])
@@ -168,26 +161,6 @@ def _compressed_frame(chunks: Iterable[bytes | memoryview], level: int) -> Itera
 def _block_header(size: int, *, last: bool) -> bytes:
     """A raw block's 3-byte header: block type 0 in bits 1-2, the last-block flag in bit 0."""
     return ((size << 3) | int(last)).to_bytes(3, "little")
-
-
-def _raw_block(data: bytes | memoryview, *, last: bool) -> bytes:
-    return _block_header(len(data), last=last) + data
-
-
-def _stored_frame(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    yield _STORED_FRAME_HEADER
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        out, pos = [], 0
-        with memoryview(buf) as view:
-            while len(buf) - pos > _RAW_BLOCK:  # not the last block: more data follows
-                out.append(_raw_block(view[pos : pos + _RAW_BLOCK], last=False))
-                pos += _RAW_BLOCK
-        del buf[:pos]
-        if out:
-            yield b"".join(out)
-    yield _raw_block(bytes(buf), last=True)
 
 
 # --- decompression ---------------------------------------------------------------------
@@ -488,20 +461,21 @@ def frame_pieces(data: bytes, *, name: str | None = None,
 
 
 class FrameWriter:
-    """One zstd frame of data given piece by piece, chosen as :func:`compress_iter`
-    chooses (by ``name``, else by the first ``SAMPLE_SIZE`` bytes), built in
-    :attr:`framed` as the data arrives: a large file's segment is sealed as it is read,
-    its plaintext never held whole.
+    """One zstd frame of data given piece by piece, its ``mode`` chosen with ``auto`` by
+    :func:`choose_mode` (by ``name``, else by the first ``SAMPLE_SIZE`` bytes), built
+    in :attr:`framed` as the data arrives: :func:`compress_iter` hands its ready bytes
+    on after every chunk, and a large file's segment is sealed as it is read, its
+    plaintext never held whole.
 
     The first :attr:`ready` bytes of :attr:`framed` are final; hand them on, then
     :meth:`consume` them. The rest is the raw block being filled (its header's
     last-block flag is known only once more data, or the end, comes). Until the
-    mode is chosen nothing is framed: the sample is held aside. Stored frames are
-    byte for byte those of :func:`compress_iter`; each byte is copied once into
-    :attr:`framed` (the sample's twice).
+    mode is chosen nothing is framed: the sample is held aside. Each byte is copied
+    once into :attr:`framed` (the sample's twice).
     """
 
-    def __init__(self, *, name: str | None = None, level: int = DEFAULT_LEVEL) -> None:
+    def __init__(self, *, mode: Mode = "auto", name: str | None = None,
+                 level: int = DEFAULT_LEVEL) -> None:
         self.framed = bytearray()
         self.ready = 0  # leading bytes of framed that are final
         self.size = 0  # plaintext bytes written
@@ -511,7 +485,9 @@ class FrameWriter:
         self._cobj: zstandard.ZstdCompressionObj | None = None
         self._block_at: int | None = None  # where the open raw block's header is
         self._block_size = 0
-        if name is not None and is_incompressible_name(name):
+        if mode != "auto":
+            self._start(mode)
+        elif name is not None and is_incompressible_name(name):
             self._start("store")
 
     def write(self, data: bytes | memoryview) -> None:
@@ -537,6 +513,13 @@ class FrameWriter:
             self._close_block(last=True)
         self.ready = len(self.framed)
 
+    def take(self) -> bytes:
+        """The ready bytes, as a copy, consumed."""
+        with memoryview(self.framed) as view:
+            out = bytes(view[: self.ready])
+        self.consume(self.ready)
+        return out
+
     def consume(self, size: int) -> None:
         """Drop the first ``size`` ready bytes (handed on); no view of
         :attr:`framed` may be held."""
@@ -557,9 +540,7 @@ class FrameWriter:
     def _start(self, mode: Literal["compress", "store"]) -> None:
         self._sample = None
         if mode == "compress":
-            # As _compressed_frame: threads=0, a content checksum.
-            cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True, threads=0)
-            self._cobj = cctx.compressobj()
+            self._cobj = _compressor(self._level)
         else:
             self.framed += _STORED_FRAME_HEADER
             self.ready = len(self.framed)
@@ -569,6 +550,8 @@ class FrameWriter:
             for pos in range(0, len(data), _MAX_FEED):
                 self.framed += self._cobj.compress(data[pos : pos + _MAX_FEED])
             self.ready = len(self.framed)
+            return
+        if not data:
             return
         with memoryview(data) as view:
             pos = 0
