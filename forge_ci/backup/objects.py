@@ -46,6 +46,13 @@ class Digest:
             self.size += len(chunk)
             yield chunk
 
+    def add(self, chunks: Iterable[bytes | memoryview]) -> None:
+        """Hash ``chunks`` (from any one thread at a time: hashlib lets go of the GIL
+        on large pieces, so this runs beside whatever else reads them)."""
+        for chunk in chunks:
+            self._h.update(chunk)
+            self.size += len(chunk)
+
     @property
     def hexdigest(self) -> str:
         return self._h.hexdigest()

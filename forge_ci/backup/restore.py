@@ -51,7 +51,7 @@ from forge_ci.backup.errors import BackupFormatError, DumpError, RestoreRefused
 from forge_ci.backup.format.age import CHUNK_SIZE, PlaintextTooLarge, decrypt_into
 from forge_ci.backup.format.zstd import decompress_pieces
 from forge_ci.backup.localtree import NewTree
-from forge_ci.backup.objects import checked, unseal
+from forge_ci.backup.objects import Digest, checked, unseal
 from forge_ci.backup.pack import MEMBER_MAX, OLD_SEGMENT, SEGMENT, TARGET, read_members
 from forge_ci.backup.repo import Repository, SnapshotRef
 from forge_ci.backup.snapshot import DatabaseEntry, FileEntry, FileTable, Manifest
@@ -466,9 +466,9 @@ class _Prefetch:
     round trip each. A job is a pack (all its files of this snapshot, read in one
     pass) or one object of a file stored in segments; ``window`` jobs (at most
     ``max_bytes`` of plaintext ahead of the one being written, but always the next
-    one: a segment's fetch overlaps the writing of the one before) are in memory or
-    in flight. An object bigger than a segment (a manifest from elsewhere) streams in
-    order instead. A pack of at most
+    one: a segment's fetch overlaps the writing of the one before, and its hashing
+    overlaps its own writing) are in memory or in flight. An object bigger than a
+    segment (a manifest from elsewhere) streams in order instead. A pack of at most
     ``pack_bytes`` (every pack forge writes) is decrypted whole into a reused buffer
     and its members written as views of it; a larger one streams too.
     """
@@ -507,6 +507,7 @@ class _Prefetch:
                                    for key, size in zip(f.objects, _segment_sizes(f),
                                                         strict=True)]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-hash")
         # A segment's zstd framing (~200 bytes) fits in a chunk of room above it; one
         # buffer is kept free between segments, the rest go (packs need the memory).
         # Mapped: a segment written smaller (2 MiB, by earlier versions) makes only
@@ -537,22 +538,33 @@ class _Prefetch:
         jobs = self._of.get(f.path)
         if not jobs:
             return _content(self._repo, f)
-        assert f.sha256 is not None
-        return checked(self._segments(jobs), sha256=f.sha256, size=f.size,
-                       what=f"file {f.path!r}")
+        return self._segments(jobs, f)
 
-    def _segments(self, jobs: range) -> Iterator[bytes | memoryview]:
+    def _segments(self, jobs: range, f: FileEntry) -> Iterator[bytes | memoryview]:
+        """``f``'s segments in order, checked as :func:`checked` does. Each segment is
+        hashed on the hashing thread while it is written here: the SHA-256 and the
+        write both let go of the GIL, so the two run side by side."""
+        assert f.sha256 is not None
+        digest, what = Digest(), f"file {f.path!r}"
         for i in jobs:
             self._fill(i)
             done = self._pending.pop(i).result()
             assert isinstance(done, tuple)
             buf, data = done
-            # Each piece is written before the next one is asked for (localtree,
-            # tarstream copy what they hold on to), so once the last one is asked
-            # past, no view of buf is in use.
-            yield from data
+            if digest.size + sum(len(piece) for piece in data) > f.size:
+                raise BackupFormatError(f"{what}: more data than the manifest records")
+            hashed = self._hasher.submit(digest.add, data)
+            try:
+                # Each piece is written before the next one is asked for (localtree,
+                # tarstream copy what they hold on to).
+                yield from data
+            finally:
+                hashed.result()  # the hash of a file is taken in order
+            # No view of buf is in use any more: written, and hashed.
             del data, done
             self._buffers.give(buf)
+        if digest.size != f.size or digest.hexdigest != f.sha256:
+            raise BackupFormatError(f"{what}: content does not match the manifest's SHA-256")
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)
@@ -575,6 +587,7 @@ class _Prefetch:
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._hasher.shutdown(wait=True)
 
 
 def _segment_sizes(f: FileEntry) -> list[int]:

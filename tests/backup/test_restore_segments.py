@@ -100,3 +100,14 @@ def test_a_missing_segment_fails_the_file_without_waiting_forever(tmp_path: Path
     repo.store.delete(entry.objects[2])
     with pytest.raises(ObjectNotFoundError):
         _restore(repo, entry, tmp_path / "out")
+
+
+def test_segments_holding_more_than_the_manifest_records_are_refused(tmp_path: Path) -> None:
+    """A store that hands back more bytes than the file's recorded size: refused
+    (the restore stages files, so the partial one never reaches the site)."""
+    segments = [os.urandom(SEGMENT), os.urandom(SEGMENT), os.urandom(100)]
+    repo, entry = _repo_with(segments)
+    short = FileEntry(entry.path, "file", 0o640, 0, size=entry.size - 50,
+                      sha256=entry.sha256, objects=entry.objects)
+    with pytest.raises(BackupFormatError, match="more data than the manifest records"):
+        _restore(repo, short, tmp_path / "out")
