@@ -49,13 +49,24 @@ class Digest:
     def add(self, chunks: Iterable[bytes | memoryview]) -> None:
         """Hash ``chunks`` (from any one thread at a time: hashlib lets go of the GIL
         on large pieces, so this runs beside whatever else reads them)."""
-        for chunk in chunks:
-            self._h.update(chunk)
-            self.size += len(chunk)
+        for _ in self.tee(chunks):
+            pass
 
     @property
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+    def refuse_past(self, size: int, *, what: str, coming: int = 0) -> None:
+        """Raise :class:`BackupFormatError` if what was hashed, and ``coming`` bytes
+        more, is longer than the ``size`` the manifest records."""
+        if self.size + coming > size:
+            raise BackupFormatError(f"{what}: more data than the manifest records")
+
+    def check(self, *, sha256: str, size: int, what: str) -> None:
+        """Raise :class:`BackupFormatError` unless what was hashed is the manifest's
+        ``size`` bytes of SHA-256 ``sha256``."""
+        if self.size != size or self.hexdigest != sha256:
+            raise BackupFormatError(f"{what}: content does not match the manifest's SHA-256")
 
 
 def checked(chunks: Iterable[Piece], *, sha256: str, size: int, what: str) -> Iterator[Piece]:
@@ -63,11 +74,9 @@ def checked(chunks: Iterable[Piece], *, sha256: str, size: int, what: str) -> It
     soon as the size is exceeded) unless they hash to ``sha256`` and ``size``."""
     digest = Digest()
     for chunk in digest.tee(chunks):
-        if digest.size > size:
-            raise BackupFormatError(f"{what}: more data than the manifest records")
+        digest.refuse_past(size, what=what)
         yield chunk
-    if digest.size != size or digest.hexdigest != sha256:
-        raise BackupFormatError(f"{what}: content does not match the manifest's SHA-256")
+    digest.check(sha256=sha256, size=size, what=what)
 
 
 def on_end(chunks: Iterable[bytes], check: Callable[[], None]) -> Iterator[bytes]:

@@ -551,8 +551,7 @@ class _Prefetch:
             done = self._pending.pop(i).result()
             assert isinstance(done, tuple)
             buf, data = done
-            if digest.size + sum(len(piece) for piece in data) > f.size:
-                raise BackupFormatError(f"{what}: more data than the manifest records")
+            digest.refuse_past(f.size, what=what, coming=sum(len(piece) for piece in data))
             hashed = self._hasher.submit(digest.add, data)
             try:
                 # Each piece is written before the next one is asked for (localtree,
@@ -563,8 +562,7 @@ class _Prefetch:
             # No view of buf is in use any more: written, and hashed.
             del data, done
             self._buffers.give(buf)
-        if digest.size != f.size or digest.hexdigest != f.sha256:
-            raise BackupFormatError(f"{what}: content does not match the manifest's SHA-256")
+        digest.check(sha256=f.sha256, size=f.size, what=what)
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)

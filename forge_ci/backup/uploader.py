@@ -57,8 +57,7 @@ class Uploader:
         about to seal one waits here first, so it never holds a sealed object on top
         of all those in flight."""
         with self._cond:
-            while self._error is None and self._in_flight > 0 and not self._fits(size):
-                self._cond.wait()
+            self._wait_for_room(size)
         self._raise_if_failed()
 
     def join(self) -> None:
@@ -77,8 +76,7 @@ class Uploader:
     def _start(self, key: str, chunks: list[bytes], size: int, plain_size: int,
                sha256: str | None) -> Future[None]:
         with self._cond:
-            while self._error is None and self._in_flight > 0 and not self._fits(size):
-                self._cond.wait()
+            self._wait_for_room(size)
             if self._error is not None:
                 raise self._error
             self._in_flight += 1
@@ -123,6 +121,11 @@ class Uploader:
             if exc is not None and self._error is None:
                 self._error = exc
             self._cond.notify_all()
+
+    def _wait_for_room(self, size: int) -> None:
+        """With the lock held: until ``size`` fits, nothing is in flight, or a put failed."""
+        while self._error is None and self._in_flight > 0 and not self._fits(size):
+            self._cond.wait()
 
     def _fits(self, size: int) -> bool:
         """Whether one more object of ``size`` may be in flight: ``max_bytes`` in all,
