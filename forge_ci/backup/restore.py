@@ -32,6 +32,7 @@ A dump imported over the live database replaces the tables the dump contains
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import posixpath
@@ -40,9 +41,10 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Generic, Literal, TypeVar
 
 from forge_ci._malloc import READ_SIZE
@@ -471,14 +473,23 @@ class _Prefetch:
     segment (a manifest from elsewhere) streams in order instead. A pack of at most
     ``pack_bytes`` (every pack forge writes) is decrypted whole into a reused buffer
     and its members written as views of it; a larger one streams too.
+
+    A segment's request goes out earlier than its turn to hold plaintext: up to
+    ``requests`` segments ahead are asked for, and each one's body is read (and
+    decrypted into a buffer) only once it is within ``max_bytes`` of the one being
+    written (:meth:`_wait_turn`). Until then its bytes wait in the socket, unread: the
+    store spends its latency (S3's time to first byte, a cold disk behind it) while
+    earlier segments are written, and memory holds no more segments than before.
     """
 
     def __init__(self, repo: Repository, table: FileTable, files: Sequence[int], *,
                  workers: int = 8,
                  window: int = 16, max_bytes: int = 8 * 1024 * 1024,
                  write: Write | None = None,
-                 pack_bytes: int = TARGET + MEMBER_MAX + CHUNK_SIZE) -> None:
+                 pack_bytes: int = TARGET + MEMBER_MAX + CHUNK_SIZE,
+                 requests: int = 4) -> None:
         self._repo, self._window, self._max_bytes = repo, window, max_bytes
+        self._requests = requests
         self._write = write
         self._table = table
         # kind, key, its files (indices in table), bytes
@@ -519,6 +530,12 @@ class _Prefetch:
         self._pending: dict[int, Future[dict[str, bytes] | tuple[
             memoryview, list[bytes | memoryview]]]] = {}
         self._next = 0
+        # Plaintext bytes of the jobs before each one (a job's turn is told from them).
+        self._before = array("q", [0])
+        for _kind, _key, _files, size in self._jobs:
+            self._before.append(self._before[-1] + size)
+        self._turn = threading.Condition()
+        self._current, self._closed = 0, False
 
     def writes(self, f: FileEntry) -> bool:
         """True when ``f`` is written by the worker that unpacks its pack (``write``
@@ -566,24 +583,55 @@ class _Prefetch:
 
     def _fill(self, current: int) -> None:
         self._next = max(self._next, current)
+        with self._turn:
+            self._current = current
+            self._turn.notify_all()
         while self._next < len(self._jobs) and self._next < current + self._window:
-            ahead = sum(self._jobs[j][3] for j in self._pending if j > current)
-            kind, key, files, size = self._jobs[self._next]
-            if self._next > current and ahead + size > self._max_bytes:
-                break
+            kind, key, files, _size = self._jobs[self._next]
+            if self._next > current:
+                # Plaintext in memory ahead: packs are decrypted as soon as they are
+                # fetched, segments only in their turn (the others are requests).
+                ahead = sum(self._holds(j, current) for j in self._pending if j > current)
+                if ahead + self._holds(self._next, current) > self._max_bytes:
+                    break
+                if kind == "object" and sum(
+                        1 for j in self._pending
+                        if j > current and self._jobs[j][0] == "object") >= self._requests:
+                    break
             if kind == "pack":
                 self._pending[self._next] = self._pool.submit(
                     _unpack, self._repo, key, [self._table[i] for i in files], self._write,
                     self._pack_buffers)
             else:
                 self._pending[self._next] = self._pool.submit(
-                    _object, self._repo, key, SEGMENT, self._buffers)
+                    _object, self._repo, key, SEGMENT, self._buffers,
+                    partial(self._wait_turn, self._next))
             self._next += 1
+
+    def _in_turn(self, job: int, current: int) -> bool:
+        """May ``job`` hold its plaintext while ``current`` is being written?"""
+        return job <= current + 1 or \
+            self._before[job + 1] - self._before[current + 1] <= self._max_bytes
+
+    def _holds(self, job: int, current: int) -> int:
+        size = self._jobs[job][3]
+        return size if self._jobs[job][0] == "pack" or self._in_turn(job, current) else 0
+
+    def _wait_turn(self, job: int) -> None:
+        """Until ``job`` (a segment) may be read into a buffer; :class:`_Closed` if the
+        restore ended meanwhile (an error elsewhere)."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._closed or self._in_turn(job, self._current))
+            if self._closed:
+                raise _Closed
 
     def __enter__(self) -> _Prefetch:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self._turn:
+            self._closed = True
+            self._turn.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._hasher.shutdown(wait=True)
 
@@ -628,15 +676,31 @@ def _mapped(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
-def _object(repo: Repository, key: str, limit: int,
-            buffers: _Buffers[memoryview]) -> tuple[memoryview, list[bytes | memoryview]]:
+class _Closed(Exception):
+    """The restore ended (an error elsewhere) while a segment waited for its turn."""
+
+
+def _object(repo: Repository, key: str, limit: int, buffers: _Buffers[memoryview],
+            turn: Callable[[], None] = lambda: None,
+            ) -> tuple[memoryview, list[bytes | memoryview]]:
     """An object's whole plaintext (in pieces), authenticated to its end; at most
     ``limit`` bytes. It is decrypted into a buffer of ``buffers`` (returned: give it
     back once the pieces are written); stored (uncompressed) content comes as views
-    of it, so nothing is copied between the decryption and the file's write."""
+    of it, so nothing is copied between the decryption and the file's write.
+
+    The object is asked for at once, and its body read from ``turn()`` on (which
+    waits, or raises to give up: the unread response is closed)."""
+    chunks = iter(repo.store.get(key))
+    try:
+        first = next(chunks, b"")  # started: closing it closes the response
+        turn()
+    except BaseException:
+        if isinstance(chunks, Generator):
+            chunks.close()
+        raise
     buf = buffers.take()
     try:
-        size = decrypt_into(repo.store.get(key), repo.identities, buf)
+        size = decrypt_into(itertools.chain((first,), chunks), repo.identities, buf)
         return buf, decompress_pieces([buf[:size]], limit=limit)
     except BackupFormatError as e:
         raise BackupFormatError(f"object {key}: {e.message}", hint=e.hint) from None

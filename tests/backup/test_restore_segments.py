@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,75 @@ def test_segments_holding_more_than_the_manifest_records_are_refused(tmp_path: P
                       sha256=entry.sha256, objects=entry.objects)
     with pytest.raises(BackupFormatError, match="more data than the manifest records"):
         _restore(repo, short, tmp_path / "out")
+
+
+class _Watched(MemoryStore):
+    """A store that tells which objects were asked for, which bodies were read past
+    their first chunk, and which responses are still open."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self._objects = store._objects
+        self.asked: list[str] = []
+        self.read: list[str] = []
+        self.open: set[str] = set()
+
+    def get(self, key: str) -> Iterator[bytes]:
+        chunks = super().get(key)
+        self.asked.append(key)
+        return self._body(key, chunks)
+
+    def _body(self, key: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        self.open.add(key)
+        try:
+            for n, chunk in enumerate(chunks):
+                if n == 1:
+                    self.read.append(key)
+                yield chunk
+        finally:
+            self.open.discard(key)
+
+
+def _until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_later_segments_are_asked_for_early_but_read_only_in_their_turn() -> None:
+    """While a segment is written, the store is already asked for the next ones (it
+    starts on them: S3's latency overlaps the writing), but only the next one is read
+    and decrypted: what memory holds does not grow with the requests ahead."""
+    segments = [os.urandom(SEGMENT) for _ in range(8)]
+    repo, entry = _repo_with(segments)
+    store = repo.store = _Watched(repo.store)  # type: ignore[arg-type]
+    keys = list(entry.objects)
+    with _Prefetch(repo, FileTable.of([entry]), [0], requests=4) as prefetch:
+        pieces = iter(prefetch.content(entry))
+        first = bytes(next(pieces))  # segment 0 is being written (a view: copied)
+        _until(lambda: len(store.asked) == 5)
+        _until(lambda: len(store.read) >= 2)
+        time.sleep(0.2)  # nothing else is read meanwhile
+        assert set(store.asked) == set(keys[:5])  # asked for from several threads
+        assert set(store.read) == set(keys[:2])
+        rest = b"".join(bytes(piece) for piece in pieces)
+    assert first + rest == b"".join(segments)
+    assert sorted(store.read) == sorted(keys) and not store.open
+
+
+def test_segments_waiting_for_their_turn_are_let_go_when_one_fails() -> None:
+    """A corrupt first segment fails the file at once; the later segments that were
+    asked for and wait for their turn are closed, not left open (or waited for)."""
+    segments = [os.urandom(SEGMENT) for _ in range(6)]
+    repo, entry = _repo_with(segments)
+    store = repo.store = _Watched(repo.store)  # type: ignore[arg-type]
+    sealed = bytearray(b"".join(store.get(entry.objects[0])))
+    sealed[-100] ^= 1
+    store.put(entry.objects[0], [bytes(sealed)])
+    store.asked.clear()
+    with pytest.raises(BackupFormatError, match="object"), \
+            _Prefetch(repo, FileTable.of([entry]), [0], requests=4) as prefetch:
+        b"".join(prefetch.content(entry))
+    assert len(store.asked) > 2  # segments were waiting for their turn
+    assert not store.open
