@@ -519,11 +519,15 @@ class _Prefetch:
                                                         strict=True)]
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-get")
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-hash")
-        # A segment's zstd framing (~200 bytes) fits in a chunk of room above it; one
-        # buffer is kept free between segments, the rest go (packs need the memory).
-        # Mapped: a segment written smaller (2 MiB, by earlier versions) makes only
-        # its own pages resident.
-        self._buffers = _Buffers(_mapped, SEGMENT + CHUNK_SIZE, keep=1)
+        # A segment's zstd framing (~200 bytes) fits in a chunk of room above it.
+        # Within a file, two are kept free: a segment whose turn came may not have
+        # taken its buffer yet (its response is late) when the one being written is
+        # given back, and a buffer let go then could still be mapped (a view of it in
+        # the writer) when the next turn maps a new one: three. No more than the
+        # segments in turn are ever mapped so. Between files one is kept, the rest go
+        # (packs need the memory). Mapped: a segment written smaller (2 MiB, by
+        # earlier versions) makes only its own pages resident.
+        self._buffers = _Buffers(_mapped, SEGMENT + CHUNK_SIZE, keep=2)
         # A pack is sealed once it holds TARGET stored bytes: at most one member (and
         # its framing) more. A larger one (not written by forge) is streamed instead.
         self._pack_buffers = _Buffers(_mapped, pack_bytes, keep=1)
@@ -579,6 +583,7 @@ class _Prefetch:
             # No view of buf is in use any more: written, and hashed.
             del data, done
             self._buffers.give(buf)
+        self._buffers.keep_at_most(1)  # between files, one is kept
         digest.check(sha256=f.sha256, size=f.size, what=what)
 
     def _fill(self, current: int) -> None:
@@ -668,6 +673,11 @@ class _Buffers(Generic[_B]):
         with self._lock:
             if len(self._free) < self._keep:
                 self._free.append(buf)
+
+    def keep_at_most(self, n: int) -> None:
+        """Let go of the free buffers beyond ``n``."""
+        with self._lock:
+            del self._free[n:]
 
 
 def _mapped(size: int) -> memoryview:
