@@ -15,7 +15,8 @@ forge dumps the database itself (``mariadb-dump`` in its backup); restic gets th
 dump piped in (``mariadb-dump | restic backup --stdin``, its documented way), and its
 two commands' times and CPU are added up (peak RSS: the larger). Each run is a
 separate process run under GNU time (``bench/measure.py``), so wall time, CPU time and
-peak RSS are measured the same way for both. Each round uses new
+peak RSS are measured the same way for both; each side starts after ``sync`` (nothing
+of the other side's left to write back). Each round uses new
 buckets and alternates which tool goes first (this machine's load drifts); the table
 shows medians over the rounds and the ratio forge/restic (below 1.0: forge is faster
 or smaller). forge runs with the local target (no SSH) so both read the same files.
@@ -182,7 +183,6 @@ def run(server: object, db: Database, tmp: Path, site: Path, *,
     for i, (ours, theirs) in enumerate(steps):
         if i == 1:
             (uploads / "new-upload.jpg").write_bytes(os.urandom(300_000))
-        os.sync()
         moto = server._proc.pid  # type: ignore[attr-defined]
         if forge_first:
             f, r = spawn_all(ours, forge_env, moto), spawn_all(theirs, restic_env, moto)
@@ -199,6 +199,9 @@ def spawn_all(commands: list[list[str]], env: dict[str, str], server: int) -> Me
     """Run one after the other: summed seconds and CPU, the largest peak RSS, and the
     CPU the S3 server (pid ``server``) spent meanwhile (moto is one Python process:
     its cost per request can be what a run waits for)."""
+    # Each side starts with nothing left to write back: the other's restore (10 GiB
+    # at --size 10g) would otherwise be written to disk while this one runs.
+    os.sync()
     before = _cpu_of(server)
     done = [spawn(argv, env) for argv in commands]
     return (sum(d[0] for d in done), sum(d[1] for d in done), max(d[2] for d in done),
