@@ -410,3 +410,23 @@ def test_decrypt_into_fails_as_decrypt_iter_does(ident: X25519Identity,
         with pytest.raises(BackupFormatError) as got:
             decrypt_into(pieces(bad), [ident], bytearray(4 * CHUNK_SIZE))
         assert got.value.message == want.value.message
+
+
+@pytest.mark.parametrize("step", [1, 16, 4096, ENC_CHUNK_SIZE - 1, ENC_CHUNK_SIZE,
+                                  ENC_CHUNK_SIZE + 1, 128 * 1024, 2 * ENC_CHUNK_SIZE])
+def test_decrypt_into_gives_the_plaintext_whatever_the_reads_sizes(
+        ident: X25519Identity, step: int) -> None:
+    """Chunks are opened straight from the pieces given: however they fall across
+    chunk boundaries (a read of exactly one chunk, a full last chunk), the plaintext
+    is whole and in order."""
+    for size in (CHUNK_SIZE, 3 * CHUNK_SIZE, 3 * CHUNK_SIZE + 777):
+        data = os.urandom(size)
+        encrypted = encrypt_bytes(data, [ident.recipient])
+        for start in (1, len(encrypted) - size - 3 * TAG_SIZE, step):
+            # a first piece ending inside the header, at its end or later; then
+            # reads of ``step`` bytes
+            chunks = [encrypted[:start]] + [encrypted[i : i + step]
+                                            for i in range(start, len(encrypted), step)]
+            out = bytearray(size)
+            assert decrypt_into(chunks, [ident], out) == size
+            assert bytes(out) == data

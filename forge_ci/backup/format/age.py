@@ -369,19 +369,51 @@ class Decryptor:
     def update_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int:
         """Like :meth:`update`, the plaintext written to ``out`` instead of returned:
         how many bytes were written (from ``out``'s start). ``out`` must have room for
-        every chunk ready (:class:`BackupFormatError` otherwise, ``out`` unspecified)."""
+        every chunk ready (:class:`BackupFormatError` otherwise, ``out`` unspecified).
+
+        Whole chunks are opened straight from ``data``: only the bytes of a chunk
+        that straddles two calls (and the header) are copied aside, not every byte."""
         if self._done:
             raise ValueError("update() after finish()")
-        self._buf += data
-        if self._file_key is None and not self._read_header():
-            return 0
-        if self._stream is None and not self._read_nonce():
-            return 0
-        pos = done = 0
-        size = len(self._buf)
-        with memoryview(self._buf) as view:
+        if self._stream is None:
+            self._buf += data
+            if self._file_key is None and not self._read_header():
+                return 0
+            if self._stream is None and not self._read_nonce():
+                return 0
+            data = b""  # all of it is in self._buf now
+        done = 0
+        with memoryview(data) as whole, whole.cast("B") as view:
+            pos, size = 0, len(view)
+            if self._buf:
+                done = self._open_held(size, out)
+                if self._buf:  # a partial chunk: top it up from data
+                    pos = min(size, ENC_CHUNK_SIZE - len(self._buf))
+                    self._buf += view[:pos]
+                    if pos == size:  # nothing follows it yet: it may be the last
+                        return done
+                    with memoryview(self._buf) as held:
+                        self._open_middle_into(held, _room(out, done, CHUNK_SIZE))
+                    self._buf.clear()
+                    done += CHUNK_SIZE
+            # Open only chunks known not to be last: more bytes follow them.
             while size - pos > ENC_CHUNK_SIZE:
                 self._open_middle_into(view[pos : pos + ENC_CHUNK_SIZE],
+                                       _room(out, done, CHUNK_SIZE))
+                pos += ENC_CHUNK_SIZE
+                done += CHUNK_SIZE
+            self._buf += view[pos:]
+        return done
+
+    def _open_held(self, coming: int, out: memoryview) -> int:
+        """Open the whole chunks held in ``self._buf`` (after the header, the rest of
+        the first read) that are known not to be last, ``coming`` more bytes to
+        follow them; the plaintext bytes written to ``out``."""
+        pos = done = 0
+        with memoryview(self._buf) as held:
+            while len(held) - pos - ENC_CHUNK_SIZE + coming > 0 and \
+                    len(held) - pos >= ENC_CHUNK_SIZE:
+                self._open_middle_into(held[pos : pos + ENC_CHUNK_SIZE],
                                        _room(out, done, CHUNK_SIZE))
                 pos += ENC_CHUNK_SIZE
                 done += CHUNK_SIZE
