@@ -56,10 +56,10 @@ class Digest:
     def hexdigest(self) -> str:
         return self._h.hexdigest()
 
-    def refuse_past(self, size: int, *, what: str, coming: int = 0) -> None:
-        """Raise :class:`BackupFormatError` if what was hashed, and ``coming`` bytes
-        more, is longer than the ``size`` the manifest records."""
-        if self.size + coming > size:
+    def refuse_past(self, size: int, *, what: str) -> None:
+        """Raise :class:`BackupFormatError` if what was hashed is longer than the
+        ``size`` the manifest records."""
+        if self.size > size:
             raise BackupFormatError(f"{what}: more data than the manifest records")
 
     def check(self, *, sha256: str, size: int, what: str) -> None:

@@ -563,23 +563,40 @@ class _Prefetch:
 
     def _segments(self, jobs: range, f: FileEntry) -> Iterator[bytes | memoryview]:
         """``f``'s segments in order, checked as :func:`checked` does. Each segment is
-        hashed on the hashing thread while it is written here: the SHA-256 and the
-        write both let go of the GIL, so the two run side by side."""
+        hashed on the hashing thread (the SHA-256 and the write both let go of the
+        GIL, so the two run side by side) as soon as it is decrypted: the next one's
+        hash starts while this one is still being written, not once it is written."""
         assert f.sha256 is not None
-        digest, what = Digest(), f"file {f.path!r}"
+        digest, what, written = Digest(), f"file {f.path!r}", 0
+
+        def hash_of(segment: Future[dict[str, bytes] | tuple[
+                memoryview, list[bytes | memoryview]]]) -> None:
+            # On the hashing thread, one segment after the other (it runs its tasks
+            # in the order they were given: the file's order).
+            done = segment.result()
+            assert isinstance(done, tuple)
+            digest.add(done[1])
+
+        hashes: dict[int, Future[None]] = {}
         for i in jobs:
             self._fill(i)
-            done = self._pending.pop(i).result()
+            segment = self._pending.pop(i)
+            if i not in hashes:
+                hashes[i] = self._hasher.submit(hash_of, segment)
+            if i + 1 in jobs and i + 1 in self._pending:  # asked for: hash it when it comes
+                hashes[i + 1] = self._hasher.submit(hash_of, self._pending[i + 1])
+            done = segment.result()
             assert isinstance(done, tuple)
             buf, data = done
-            digest.refuse_past(f.size, what=what, coming=sum(len(piece) for piece in data))
-            hashed = self._hasher.submit(digest.add, data)
+            written += sum(len(piece) for piece in data)
+            if written > f.size:
+                raise BackupFormatError(f"{what}: more data than the manifest records")
             try:
                 # Each piece is written before the next one is asked for (localtree,
                 # tarstream copy what they hold on to).
                 yield from data
             finally:
-                hashed.result()  # the hash of a file is taken in order
+                hashes.pop(i).result()  # the hash of a file is taken in order
             # No view of buf is in use any more: written, and hashed.
             del data, done
             self._buffers.give(buf)
