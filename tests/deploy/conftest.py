@@ -65,6 +65,10 @@ def local_site(tmp_path: Path) -> Iterator[LocalSite]:
     target.mkdir()
     handler = functools.partial(_Quiet, directory=str(target / "current" / "web"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    # A connection reset before it is accepted leaves select() saying "readable" and a
+    # blocking accept() waiting for the next one (accept(2)): shutdown() would then wait
+    # forever (seen once in CI). With a timeout, accept() gives up and the loop goes on.
+    server.socket.settimeout(0.5)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     site = LocalSite(
