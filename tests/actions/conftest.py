@@ -267,6 +267,8 @@ def oidc_endpoint() -> Iterator[TokenEndpoint]:
     leaks.register(_Tokens.bearer)
     _Tokens.seen = []
     server = HTTPServer(("127.0.0.1", 0), _Tokens)
+    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
+    server.socket.settimeout(0.5)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:

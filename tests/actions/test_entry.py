@@ -222,6 +222,8 @@ class _TokenServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def token_url() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), _TokenServer)
+    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
+    server.socket.settimeout(0.5)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     _TokenServer.requests.clear()

@@ -24,6 +24,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def http_port() -> Iterator[int]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
+    server.socket.settimeout(0.5)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield server.server_address[1]

@@ -87,6 +87,8 @@ class _Served:
 
     def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
+        self.server.socket.settimeout(0.5)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
