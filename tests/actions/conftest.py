@@ -25,7 +25,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 import pytest
 import yaml
 from lab import leaks
+from lab.webserver import serve
 
 REPO = Path(__file__).resolve().parents[2]
 ACT = REPO / ".venv" / "bin" / "act"
@@ -267,10 +267,7 @@ def oidc_endpoint() -> Iterator[TokenEndpoint]:
     leaks.register(_Tokens.bearer)
     _Tokens.seen = []
     server = HTTPServer(("127.0.0.1", 0), _Tokens)
-    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-    server.socket.settimeout(0.5)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
+    serve(server)
     try:
         yield TokenEndpoint(f"http://127.0.0.1:{server.server_port}/token?api-version=2.0",
                             _Tokens.bearer, _Tokens.jwt, _Tokens.seen)

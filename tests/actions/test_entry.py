@@ -7,7 +7,6 @@ import io
 import json
 import os
 import stat
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import redirect_stdout
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from lab.webserver import serve
 
 from forge_ci import actions, gha
 from forge_ci.actions import InputError, parse_env_lines, plan
@@ -222,10 +222,7 @@ class _TokenServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def token_url() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), _TokenServer)
-    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-    server.socket.settimeout(0.5)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
+    serve(server)
     _TokenServer.requests.clear()
     try:
         yield f"http://127.0.0.1:{server.server_port}/token?api-version=2.0"

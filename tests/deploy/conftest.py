@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from lab import leaks
 from lab.mariadb import MariaDB
+from lab.webserver import serve
 
 from forge_ci.cli import main
 
@@ -65,12 +65,7 @@ def local_site(tmp_path: Path) -> Iterator[LocalSite]:
     target.mkdir()
     handler = functools.partial(_Quiet, directory=str(target / "current" / "web"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    # A connection reset before it is accepted leaves select() saying "readable" and a
-    # blocking accept() waiting for the next one (accept(2)): shutdown() would then wait
-    # forever (seen once in CI). With a timeout, accept() gives up and the loop goes on.
-    server.socket.settimeout(0.5)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
+    serve(server)
     site = LocalSite(
         tmp_path / "src",
         target,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from lab._proc import free_port
+from lab.webserver import serve
 
 from forge_ci.config.models import HealthCheck
 from forge_ci.deploy import health
@@ -44,9 +45,7 @@ def _serve(port: int, answer: Callable[[str], tuple[int, str]] | None = None,
            ) -> http.server.ThreadingHTTPServer:
     handler = type("H", (_Ok,), {"answer": staticmethod(answer)} if answer else {})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-    server.socket.settimeout(0.5)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve(server)
     return server
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from lab.webserver import serve
 
 from forge_ci.backup.format.keys import generate_identity
 from forge_ci.backup.repo import Repository
@@ -128,9 +129,7 @@ def site(tmp_path: Path, receiver: Callable[..., Receiver],  # noqa: F811
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(target)], check=True)
     handler = type("Page", (_Page,), {"status": 200})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-    server.socket.settimeout(0.5)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve(server)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
            "HOOK_SECRET": notify_secrets.hook_secret, "FORGE_NOTIFY_ATTEMPTS": "1",
            "GITHUB_ACTOR": "octocat"}
@@ -316,9 +315,7 @@ def test_one_refused_connection_is_tried_again_before_the_site_counts_as_down() 
 
     def come_up(_seconds: float) -> None:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-        # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-        server.socket.settimeout(0.5)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serve(server)
         servers.append(server)
 
     try:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lab import leaks
+from lab.webserver import serve
 
 from forge_ci.notify import RetryPolicy
 
@@ -127,11 +128,9 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
     def make(status: int = 200, *, hang: bool = False) -> Receiver:
         rec = Receiver(status=status, hang=hang)
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(rec))
-        # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-        server.socket.settimeout(0.5)
         server.daemon_threads = True
         rec.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serve(server)
         servers.append((server, rec))
         return rec
 

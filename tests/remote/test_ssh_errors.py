@@ -5,12 +5,12 @@ from __future__ import annotations
 import http.server
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import paramiko
 import pytest
+from lab.webserver import serve
 
 from forge_ci.errors import ConnectError
 from forge_ci.remote.ssh import SshHost
@@ -24,10 +24,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def http_port() -> Iterator[int]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
-    # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-    server.socket.settimeout(0.5)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
+    serve(server)
     yield server.server_address[1]
     server.shutdown()
     server.server_close()

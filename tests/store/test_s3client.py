@@ -24,6 +24,7 @@ import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
+from lab.webserver import serve
 
 from forge_ci.store import StoreAccessError, StoreError
 from forge_ci.store.credentials import (
@@ -87,10 +88,8 @@ class _Served:
 
     def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        # A reset before accept() must not hang shutdown(): tests/deploy/conftest.py.
-        self.server.socket.settimeout(0.5)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve(self.server)
 
     def close(self) -> None:
         self.server.shutdown()
