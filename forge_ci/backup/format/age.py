@@ -381,21 +381,21 @@ class Decryptor:
                 return 0
             if self._stream is None and not self._read_nonce():
                 return 0
-            data = b""  # all of it is in self._buf now
+            # What follows the header is opened as if given now (self._buf holds
+            # at most a partial chunk from here on).
+            data, self._buf = bytes(self._buf), bytearray()
         done = 0
         with memoryview(data) as whole, whole.cast("B") as view:
             pos, size = 0, len(view)
-            if self._buf:
-                done = self._open_held(size, out)
-                if self._buf:  # a partial chunk: top it up from data
-                    pos = min(size, ENC_CHUNK_SIZE - len(self._buf))
-                    self._buf += view[:pos]
-                    if pos == size:  # nothing follows it yet: it may be the last
-                        return done
-                    with memoryview(self._buf) as held:
-                        self._open_middle_into(held, _room(out, done, CHUNK_SIZE))
-                    self._buf.clear()
-                    done += CHUNK_SIZE
+            if self._buf:  # a chunk begun by an earlier call: top it up from data
+                pos = min(size, ENC_CHUNK_SIZE - len(self._buf))
+                self._buf += view[:pos]
+                if pos == size:  # nothing follows it yet: it may be the last
+                    return 0
+                with memoryview(self._buf) as held:
+                    self._open_middle_into(held, _room(out, done, CHUNK_SIZE))
+                self._buf.clear()
+                done += CHUNK_SIZE
             # Open only chunks known not to be last: more bytes follow them.
             while size - pos > ENC_CHUNK_SIZE:
                 self._open_middle_into(view[pos : pos + ENC_CHUNK_SIZE],
@@ -403,21 +403,6 @@ class Decryptor:
                 pos += ENC_CHUNK_SIZE
                 done += CHUNK_SIZE
             self._buf += view[pos:]
-        return done
-
-    def _open_held(self, coming: int, out: memoryview) -> int:
-        """Open the whole chunks held in ``self._buf`` (after the header, the rest of
-        the first read) that are known not to be last, ``coming`` more bytes to
-        follow them; the plaintext bytes written to ``out``."""
-        pos = done = 0
-        with memoryview(self._buf) as held:
-            while len(held) - pos - ENC_CHUNK_SIZE + coming > 0 and \
-                    len(held) - pos >= ENC_CHUNK_SIZE:
-                self._open_middle_into(held[pos : pos + ENC_CHUNK_SIZE],
-                                       _room(out, done, CHUNK_SIZE))
-                pos += ENC_CHUNK_SIZE
-                done += CHUNK_SIZE
-        del self._buf[:pos]
         return done
 
     def finish_into(self, out: memoryview) -> int:
