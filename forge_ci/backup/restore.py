@@ -577,14 +577,14 @@ class _Prefetch:
             assert isinstance(done, tuple)
             digest.add(done[1])
 
-        hashes: dict[int, Future[None]] = {}
+        coming: Future[None] | None = None  # the hash of segment i, submitted early
         for i in jobs:
             self._fill(i)
             segment = self._pending.pop(i)
-            if i not in hashes:
-                hashes[i] = self._hasher.submit(hash_of, segment)
-            if i + 1 in jobs and i + 1 in self._pending:  # asked for: hash it when it comes
-                hashes[i + 1] = self._hasher.submit(hash_of, self._pending[i + 1])
+            hashed = coming or self._hasher.submit(hash_of, segment)
+            coming = None
+            if i + 1 in self._pending and i + 1 in jobs:  # asked for: hash it when it comes
+                coming = self._hasher.submit(hash_of, self._pending[i + 1])
             done = segment.result()
             assert isinstance(done, tuple)
             buf, data = done
@@ -596,7 +596,7 @@ class _Prefetch:
                 # tarstream copy what they hold on to).
                 yield from data
             finally:
-                hashes.pop(i).result()  # the hash of a file is taken in order
+                hashed.result()  # the hash of a file is taken in order
             # No view of buf is in use any more: written, and hashed.
             del data, done
             self._buffers.give(buf)
