@@ -137,8 +137,12 @@ class SshHost:
             self._proc = None
 
     def close(self) -> None:
-        """Stop and delete the host's directory (keys included)."""
+        """Stop and delete the host's directory (keys included). What sshd logged as
+        an error is printed first: pytest shows it beside a failed test, and a session
+        sshd refused (a failed fork, too many sessions) says why only there."""
         self.stop()
+        for line in _complaints(self.log_path):
+            print(f"sshd on port {self.port}: {line}")
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def kill_connections(self) -> int:
@@ -212,6 +216,17 @@ def _write_host_key(host: SshHost) -> None:
     key_type, blob = pair.public.split()[:2]
     host.known_hosts = f"[{host.host}]:{host.port} {key_type} {blob}"
     host.known_hosts_path.write_text(host.known_hosts + "\n")
+
+
+def _complaints(log: Path) -> list[str]:
+    """The lines of an sshd log that tell of a failure: errors and fatal ones (``-e``
+    puts the level in front) and requests it turned down (those say "failed")."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines()
+            if line.startswith(("error:", "fatal:")) or " failed" in line]
 
 
 def _ensure_privsep_dir() -> None:

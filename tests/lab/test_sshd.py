@@ -63,6 +63,23 @@ def test_sftp_subsystem(sshd_host: SshHost) -> None:
         sftp.remove("lab-sftp-probe.txt")
 
 
+def test_what_sshd_turned_down_is_printed_when_the_host_closes(
+    ssh_hosts: Callable[[int], list[SshHost]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client sees only "Channel closed." when sshd refuses a request; the reason
+    is in sshd's log, which close() prints (pytest shows it beside a failed test)."""
+    (host,) = ssh_hosts(1)
+    with connect(host) as client:
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session()
+        with pytest.raises(paramiko.SSHException, match="Channel closed"):
+            channel.invoke_subsystem("no-such-subsystem")
+    host.close()
+    printed = capsys.readouterr().out
+    assert f"sshd on port {host.port}: subsystem request for no-such-subsystem" in printed
+
+
 def test_other_client_key_is_refused(sshd_host: SshHost) -> None:
     stranger = generate_ed25519()
     with pytest.raises(paramiko.AuthenticationException):
