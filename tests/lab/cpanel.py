@@ -44,6 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from . import leaks
 from ._proc import lab_root
+from .webserver import serve
 
 Json = dict[str, Any]
 _PRIVILEGES = frozenset({"ALL PRIVILEGES", "ALL", "SELECT", "INSERT", "UPDATE", "DELETE",
@@ -97,7 +98,7 @@ class CpanelFake:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        serve(self._httpd, poll_interval=0.05)
         return self
 
     def stop(self) -> None:

@@ -42,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import leaks
+from .webserver import serve
 
 Json = dict[str, Any]
 
@@ -105,7 +106,7 @@ class CyberPanelFake:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        serve(self._httpd, poll_interval=0.05)
         return self
 
     def stop(self) -> None:

@@ -41,6 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import leaks
+from .webserver import serve
 
 Json = dict[str, Any]
 MAX_USER_DATA = 32 * 1024
@@ -123,9 +124,7 @@ class HetznerFake:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
+        self._thread = serve(self._httpd, poll_interval=0.05)
         return self
 
     def stop(self) -> None:

@@ -6,8 +6,9 @@ import socketserver
 import threading
 
 
-def serve(server: socketserver.TCPServer) -> threading.Thread:
-    """Serve ``server`` from a daemon thread (started) until its ``shutdown()``.
+def serve(server: socketserver.TCPServer, poll_interval: float = 0.5) -> threading.Thread:
+    """Serve ``server`` from a daemon thread (started) until its ``shutdown()``,
+    which waits up to ``poll_interval`` seconds for the loop to notice.
 
     The listening socket gets a timeout. A connection reset before it is accepted
     leaves select() saying "readable" and a blocking accept() waiting for the next
@@ -16,6 +17,6 @@ def serve(server: socketserver.TCPServer) -> threading.Thread:
     shutdown request. Accepted sockets are blocking as before.
     """
     server.socket.settimeout(0.5)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), daemon=True)
     thread.start()
     return thread

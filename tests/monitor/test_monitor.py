@@ -17,7 +17,6 @@ import json
 import os
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -250,7 +249,7 @@ def _https(site: Monitored, leaf: Issuer, chain: tuple[Issuer, ...]) -> str:
     # client that never finishes it would block serve_forever and with it shutdown().
     server.socket = context.wrap_socket(server.socket, server_side=True,
                                         do_handshake_on_connect=False)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve(server)
     site.servers.append(server)
     return f"https://localhost:{server.server_address[1]}"
 
