@@ -138,8 +138,9 @@ class SshHost:
 
     def close(self) -> None:
         """Stop and delete the host's directory (keys included). What sshd logged as
-        an error is printed first: pytest shows it beside a failed test, and a session
-        sshd refused (a failed fork, too many sessions) says why only there."""
+        an error is printed before its log goes: pytest shows it beside a failed test,
+        and a request sshd refused (a failed fork, too many sessions) says why only
+        there - the client sees "Channel closed."."""
         self.stop()
         for line in _complaints(self.log_path):
             print(f"sshd on port {self.port}: {line}")
@@ -220,13 +221,16 @@ def _write_host_key(host: SshHost) -> None:
 
 def _complaints(log: Path) -> list[str]:
     """The lines of an sshd log that tell of a failure: errors and fatal ones (``-e``
-    puts the level in front) and requests it turned down (those say "failed")."""
+    puts the level in front; a failed fork or pipe, "no more sessions") and requests
+    it turned down (a subsystem's say "failed"; a request on a channel it has no
+    session for, "no session")."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return []
     return [line for line in text.splitlines()
-            if line.startswith(("error:", "fatal:")) or " failed" in line]
+            if line.startswith(("error:", "fatal:")) or " failed" in line
+            or "no session" in line]
 
 
 def _ensure_privsep_dir() -> None:
