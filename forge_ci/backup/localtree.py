@@ -22,7 +22,11 @@ is always run to its end, so checks that fire there (a SHA-256) do run.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -51,6 +55,7 @@ class NewTree:
         self.dest = dest
         self._dirs: list[FileEntry] = []
         self._made = {dest}  # directories known to exist: one mkdir each, not one per file
+        self._stages = _Stages()
         with _errors(dest):
             os.makedirs(dest, exist_ok=True)
 
@@ -88,7 +93,7 @@ class NewTree:
     def write_file(self, entry: FileEntry, chunks: Iterable[bytes | memoryview]) -> None:
         path = self._parent_made(entry)
         with _errors(self.dest):
-            _write_file(path, entry, chunks)
+            _write_file(path, entry, chunks, self._stages)
 
     def finish(self) -> None:
         """Directories' modes and mtimes, deepest first."""
@@ -122,20 +127,20 @@ def _inside(dest: str, path: str) -> str:
     return os.path.join(dest, path)
 
 
-def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview]) -> None:
+def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview],
+                stages: _Stages) -> None:
     fd = os.open(path, _FLAGS, 0o600)
     try:
-        done = 0
         # Each chunk is written before the next is asked for: restore reuses the
         # buffer a run of chunks were views of once it asked past them.
-        for chunk in chunks:
-            done += len(chunk)
-            if done > entry.size:
-                raise BackupError(f"the content of {entry.path!r} is longer than its "
-                                  "recorded size")
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+        if entry.size >= DIRECT_MIN and _direct_on(fd):
+            done = _DirectWriter(fd).write_all(entry, chunks, stages)
+        else:
+            done = 0
+            for chunk in chunks:
+                done += len(chunk)
+                _check_length(entry, done)
+                _write_out(fd, memoryview(chunk))
         if done != entry.size:
             raise BackupError(f"the content of {entry.path!r} ended after {done} bytes, "
                               f"{entry.size} recorded")
@@ -144,3 +149,111 @@ def _write_file(path: str, entry: FileEntry, chunks: Iterable[bytes | memoryview
     finally:
         os.close(fd)
 
+
+def _check_length(entry: FileEntry, done: int) -> None:
+    if done > entry.size:
+        raise BackupError(f"the content of {entry.path!r} is longer than its recorded size")
+
+
+def _write_out(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# Files from this size on are written past the page cache (O_DIRECT), where the
+# file system allows it. A restore does not read them back, and filling the page
+# cache is most of a large restore's CPU on a VM (each page is a fresh one for the
+# guest: 1.5-2.8 s of system time per GiB here, against 0.3 s written direct); it
+# would also push the server's own working set out of memory.
+DIRECT_MIN = 8 * 1024 * 1024
+_ALIGN = 4096  # offsets, sizes and addresses of direct writes: any block size divides it
+_STAGE = 4 * 1024 * 1024  # bytes gathered (aligned) per direct write
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _direct_on(fd: int) -> bool:
+    """Turn O_DIRECT on for ``fd``; False where the system or file system has none."""
+    if not _O_DIRECT:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+def _direct_off(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+
+
+class _Stages:
+    """The aligned buffers of a tree's direct writes: one kept for the next file."""
+
+    def __init__(self) -> None:
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return mmap.mmap(-1, _STAGE)
+
+    def give(self, stage: mmap.mmap) -> None:
+        with self._lock:
+            if not self._free:
+                self._free.append(stage)
+
+
+class _DirectWriter:
+    """A file's content written with O_DIRECT: its pieces (at any address, of any
+    size) are gathered into an aligned buffer, written out whole each time it fills;
+    the last partial block goes through the page cache. A file system that refuses
+    a direct write (EINVAL: alignment it does not take) gets the rest buffered."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._direct = True
+
+    def write_all(self, entry: FileEntry, chunks: Iterable[bytes | memoryview],
+                  stages: _Stages) -> int:
+        stage = stages.take()
+        try:
+            with memoryview(stage) as buf:
+                done = fill = 0
+                for chunk in chunks:
+                    done += len(chunk)
+                    _check_length(entry, done)
+                    with memoryview(chunk) as whole, whole.cast("B") as view:
+                        at = 0
+                        while at < len(view):
+                            take = min(len(view) - at, _STAGE - fill)
+                            buf[fill:fill + take] = view[at:at + take]
+                            fill, at = fill + take, at + take
+                            if fill == _STAGE:
+                                self._out(buf)
+                                fill = 0
+                whole_blocks = fill - fill % _ALIGN
+                self._out(buf[:whole_blocks])
+                if self._direct:
+                    _direct_off(self._fd)
+                _write_out(self._fd, buf[whole_blocks:fill])
+                return done
+        finally:
+            stages.give(stage)
+
+    def _out(self, view: memoryview) -> None:
+        """Write ``view`` (whole blocks, aligned) at the file's end."""
+        while view and self._direct:
+            try:
+                written = os.write(self._fd, view)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                written = 0
+            view = view[written:]
+            if view and (not written or written % _ALIGN):
+                # Refused, or cut short off a block: the rest goes buffered.
+                _direct_off(self._fd)
+                self._direct = False
+        _write_out(self._fd, view)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
+from forge_ci.backup import localtree
 from forge_ci.backup.format.keys import generate_identity
 from forge_ci.backup.localtree import write_new_tree
 from forge_ci.backup.pack import SEGMENT
@@ -171,3 +173,60 @@ def test_a_local_restore_is_byte_for_byte_the_snapshot(tmp_path: Path) -> None:
     run_restore(plan, reader, LocalHost(), cfg, yes=False)
     assert _state(tmp_path / "drill" / "uploads") == _state(up)
     assert [p.name for p in (tmp_path / "drill").iterdir()] == ["uploads"]  # no staging left
+
+
+def _resident(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, as util-linux's ``fincore`` counts them."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def _on_tmpfs(path: Path) -> bool:
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip() == "tmpfs"
+
+
+# A large file's sizes: whole aligned buffers, whole blocks, and a partial last block.
+LARGE = [localtree.DIRECT_MIN, localtree.DIRECT_MIN + 3 * 4096,
+         2 * localtree.DIRECT_MIN + 12_345]
+
+
+@pytest.mark.parametrize("size", LARGE)
+def test_a_large_file_is_written_whole_and_left_out_of_the_page_cache(
+        tmp_path: Path, size: int) -> None:
+    """A restore does not read back what it wrote: a large file goes past the page
+    cache (which would push the server's working set out), and is still exactly its
+    content, its mode and its mtime - however its pieces were cut."""
+    if _on_tmpfs(tmp_path):
+        pytest.skip("tmpfs is the page cache")
+    data = os.urandom(size)
+    entry = FileEntry("big.mp4", "file", 0o640, T, size=size)
+    write_new_tree(str(tmp_path / "d"), [entry], lambda _e: _chunks(data))
+    path = tmp_path / "d" / "big.mp4"
+    assert _resident(path) <= 4096  # at most the partial last block
+    assert path.read_bytes() == data
+    st = path.stat()
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, T)
+
+
+def test_a_file_system_that_refuses_direct_writes_gets_the_file_through_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes cut off the file system's block size are refused by it (EINVAL, as a
+    file system with larger blocks than forge aligns to would refuse them): the
+    file is then written through the page cache, byte for byte."""
+    monkeypatch.setattr(localtree, "_STAGE", 4 * 1024 * 1024 + 1000)
+    data = os.urandom(localtree.DIRECT_MIN + 4321)
+    entry = FileEntry("big.mp4", "file", 0o600, T, size=len(data))
+    write_new_tree(str(tmp_path / "d"), [entry], lambda _e: _chunks(data))
+    assert (tmp_path / "d" / "big.mp4").read_bytes() == data
+
+
+@pytest.mark.parametrize(("extra", "what"), [(-1, "ended after"), (1, "longer than")])
+def test_a_large_content_of_the_wrong_size_is_refused(tmp_path: Path, extra: int,
+                                                      what: str) -> None:
+    entry = FileEntry("big", "file", 0o644, T, size=localtree.DIRECT_MIN)
+    with pytest.raises(BackupError, match=what):
+        write_new_tree(str(tmp_path / "d"), [entry],
+                       lambda _e: [bytes(localtree.DIRECT_MIN + extra)])
