@@ -11,6 +11,10 @@ makes the same tree with system calls, with the result ``tar --extract
   mtime are set last, deepest first, so writing its children does not change them;
 * missing parent directories made with the default mode, as tar makes them.
 
+Files of ``DIRECT_MIN`` bytes and more are written past the page cache (O_DIRECT)
+where the file system takes it: the same bytes, without filling memory with data
+nothing reads back.
+
 Contract: ``dest`` is new or empty (a restore's staging directory) and ``entries``
 come from a parsed manifest (:func:`forge_ci.backup.snapshot.parse`: relative,
 normalised paths, nothing below a symlink), directories before their contents and

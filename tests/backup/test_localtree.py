@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
+import signal
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -230,3 +232,22 @@ def test_a_large_content_of_the_wrong_size_is_refused(tmp_path: Path, extra: int
     with pytest.raises(BackupError, match=what):
         write_new_tree(str(tmp_path / "d"), [entry],
                        lambda _e: [bytes(localtree.DIRECT_MIN + extra)])
+
+
+def test_a_failed_direct_write_fails_the_file_with_the_system_s_reason(
+        tmp_path: Path) -> None:
+    """The kernel refuses a write past the process's file size limit (EFBIG, as a full
+    disk gives ENOSPC): the error of the thread that writes reaches the caller."""
+    limit = localtree.DIRECT_MIN // 2
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        entry = FileEntry("big", "file", 0o644, T, size=localtree.DIRECT_MIN)
+        with pytest.raises(BackupError, match="File too large"):
+            write_new_tree(str(tmp_path / "d"), [entry],
+                           lambda _e: _chunks(bytes(localtree.DIRECT_MIN)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert (tmp_path / "d" / "big").stat().st_size <= limit
