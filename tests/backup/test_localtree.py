@@ -236,8 +236,8 @@ def test_a_large_content_of_the_wrong_size_is_refused(tmp_path: Path, extra: int
 
 def test_a_failed_direct_write_fails_the_file_with_the_system_s_reason(
         tmp_path: Path) -> None:
-    """The kernel refuses a write past the process's file size limit (EFBIG, as a full
-    disk gives ENOSPC): the error of the thread that writes reaches the caller."""
+    """The kernel refuses a direct write past the process's file size limit (EFBIG, as
+    a full disk gives ENOSPC): the file fails with the system's reason."""
     limit = localtree.DIRECT_MIN // 2
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
